@@ -1,0 +1,285 @@
+"""Keyset batch copy of the rows `D >= C` from a source to a target table.
+
+Each batch is one transaction: find the batch's upper bound (the `batch_size`-th next row
+in `(D, key)` order, through an index on `D`), copy the rows in `(last, upper]` with
+`FOR KEY SHARE` and `ON CONFLICT DO NOTHING`, and store the new checkpoint in
+`migration_state` in the same transaction. So:
+
+* a crash loses at most the batch in flight, and its checkpoint with it;
+* a row deleted (committed) before the batch locks it is skipped, and a delete that comes
+  after waits for the batch to commit and is then applied by the capture trigger: the
+  deleted-row race cannot resurrect a row;
+* a stale batch never overwrites a newer row written by the capture trigger.
+
+`synchronous_commit` is off for batch transactions: a batch lost in a server crash is lost
+together with its checkpoint, so it is copied again on the rerun.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from . import state
+from .db import connect
+from .names import QualifiedName
+
+Throttle = Callable[[], None]
+Progress = Callable[[dict[str, Any]], None]
+
+MIN_BATCH, MAX_BATCH = 1_000, 500_000
+
+
+@dataclass
+class CopyJob:
+    """What to copy: `source[D >= cutoff]` (or every row when `date_column` is None)."""
+
+    source: QualifiedName
+    target: QualifiedName
+    columns: list[str]
+    order_columns: list[str]
+    order_types: list[str]
+    date_column: str | None
+    date_type: str
+    cutoff: str
+    overriding: bool
+    key: list[str]
+    update_on_conflict: bool = False
+    history: bool = False  # copy the rows D < cutoff OR D IS NULL instead
+
+    def _date_filter(self) -> sql.Composable:
+        d, t = sql.Identifier(self.date_column or ""), sql.SQL(self.date_type)
+        if self.history:
+            return sql.SQL("({d} < %s::{t} OR {d} IS NULL)").format(d=d, t=t)
+        return sql.SQL("{} >= %s::{}").format(d, t)
+
+    def _cols(self) -> sql.Composable:
+        return sql.SQL(", ").join(map(sql.Identifier, self.columns))
+
+    def _order(self) -> sql.Composable:
+        return sql.SQL(", ").join(map(sql.Identifier, self.order_columns))
+
+    def _bound(self, op: str) -> sql.Composable:
+        vals = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(t)) for t in self.order_types)
+        cond = sql.SQL("({}) {} ({})").format(self._order(), sql.SQL(op), vals)
+        if op == ">" and self.order_columns[0] == self.date_column:
+            # lets the index on D start at the checkpoint (the row comparison alone does not)
+            cond = sql.SQL("{} >= %s::{} AND {}").format(
+                sql.Identifier(self.date_column), sql.SQL(self.date_type), cond)
+        return cond
+
+    def _filter(self, lo: bool, hi: bool) -> tuple[sql.Composable, int]:
+        parts: list[sql.Composable] = []
+        if self.date_column:
+            parts.append(self._date_filter())
+        if lo:
+            parts.append(self._bound(">"))
+        if hi:
+            parts.append(self._bound("<="))
+        return (sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")), len(parts)
+
+    def params(self, lo: list[str] | None, hi: list[str] | None) -> list[Any]:
+        out: list[Any] = [self.cutoff] if self.date_column else []
+        if lo is not None:
+            if self.order_columns[0] == self.date_column:
+                out.append(lo[0])
+            out.extend(lo)
+        if hi is not None:
+            out.extend(hi)
+        return out
+
+    def upper_bound_sql(self, lo: bool, hi: bool) -> sql.Composable:
+        where, _ = self._filter(lo, hi)
+        texts = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c))
+                                   for c in self.order_columns)
+        return sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET %s LIMIT 1").format(
+            texts, self.source.ident(), where, self._order())
+
+    def copy_sql(self, lo: bool, hi: bool) -> sql.Composable:
+        where, _ = self._filter(lo, hi)
+        conflict = sql.SQL(", ").join(map(sql.Identifier, self.key))
+        if self.update_on_conflict:
+            sets = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c))
+                                      for c in self.columns if c not in self.key)
+            action = sql.SQL("DO UPDATE SET {}").format(sets)
+        else:
+            action = sql.SQL("DO NOTHING")
+        return sql.SQL(
+            "INSERT INTO {tgt} ({cols}){ovr} SELECT {cols} FROM {src} WHERE {where}"
+            " FOR KEY SHARE ON CONFLICT ({conflict}) {action}").format(
+            tgt=self.target.ident(), cols=self._cols(), src=self.source.ident(), where=where,
+            ovr=sql.SQL(" OVERRIDING SYSTEM VALUE" if self.overriding else ""),
+            conflict=conflict, action=action)
+
+
+@dataclass
+class CopyRange:
+    lo: list[str] | None  # exclusive lower bound, None = from the start
+    hi: list[str] | None  # inclusive upper bound, None = to the end
+    last: list[str] | None = None
+    done: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lo": self.lo, "hi": self.hi, "last": self.last, "done": self.done}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> CopyRange:
+        return cls(d.get("lo"), d.get("hi"), d.get("last"), bool(d.get("done")))
+
+
+@dataclass
+class CopyStats:
+    rows: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)  # throughput over time
+
+
+def split_ranges(conn: psycopg.Connection[Any], job: CopyJob, expected_rows: int,
+                 workers: int) -> list[CopyRange]:
+    """Disjoint ranges of roughly equal row counts, one per worker."""
+    if workers <= 1 or expected_rows < workers * MIN_BATCH:
+        return [CopyRange(None, None)]
+    points: list[list[str]] = []
+    for i in range(1, workers):
+        row = conn.execute(job.upper_bound_sql(False, False),
+                           [*job.params(None, None), expected_rows * i // workers]).fetchone()
+        if row and (not points or list(row) != points[-1]):
+            points.append([str(v) for v in row])
+    bounds: list[list[str] | None] = [None, *points, None]
+    return [CopyRange(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
+
+
+class BatchCopier:
+    """Runs a CopyJob over checkpointed ranges, with throttling and progress."""
+
+    def __init__(self, dsn: str, job: CopyJob, table_label: str, checkpoint_key: str, *,
+                 batch_size: int, target_seconds: float = 0.5, workers: int = 1,
+                 throttle: Throttle | None = None, progress: Progress | None = None,
+                 expected_rows: int | None = None) -> None:
+        self.dsn, self.job, self.table = dsn, job, table_label
+        self.key = checkpoint_key
+        self.batch_size = batch_size
+        self.target_seconds = target_seconds
+        self.workers = workers
+        self.throttle = throttle
+        self.progress = progress or _print_progress
+        self.expected = expected_rows
+        self.stats = CopyStats()
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+
+    def run(self, conn: psycopg.Connection[Any], checkpoint: dict[str, Any]) -> CopyStats:
+        """Copy everything not yet copied; `conn` is used for planning the ranges."""
+        saved = checkpoint.get(self.key)
+        if saved and saved.get("ranges"):
+            ranges = [CopyRange.from_json(r) for r in saved["ranges"]]
+        else:
+            ranges = split_ranges(conn, self.job, self.expected or 0, self.workers)
+            with conn.transaction():
+                self._save(conn, ranges, {})
+        started = time.monotonic()
+        todo = [i for i, r in enumerate(ranges) if not r.done]
+        if len(todo) <= 1:
+            for i in todo:
+                self._worker(ranges, i)
+        else:
+            threads = [threading.Thread(target=self._worker, args=(ranges, i), daemon=True)
+                       for i in todo]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        self.stats.seconds = time.monotonic() - started
+        if self._error:
+            raise self._error
+        return self.stats
+
+    def _save(self, conn: psycopg.Connection[Any], ranges: list[CopyRange],
+              extra: dict[str, Any]) -> None:
+        conn.execute(
+            "UPDATE table_migration.migration_state SET checkpoint = jsonb_set(checkpoint, %s,"
+            " %s::jsonb), updated_at = now() WHERE table_name = %s",
+            ([self.key], _json({"ranges": [r.to_json() for r in ranges], **extra}), self.table))
+
+    def _save_range(self, conn: psycopg.Connection[Any], index: int, rng: CopyRange,
+                    copied: int) -> None:
+        """Each worker writes only its own range, in its own batch transaction, so a
+        checkpoint never records another worker's uncommitted progress."""
+        conn.execute(
+            "UPDATE table_migration.migration_state SET checkpoint = jsonb_set(checkpoint, %s,"
+            " %s::jsonb), rows_copied = rows_copied + %s, updated_at = now()"
+            " WHERE table_name = %s",
+            ([self.key, "ranges", str(index)], _json(rng.to_json()), copied, self.table))
+
+    def _worker(self, ranges: list[CopyRange], index: int) -> None:
+        try:
+            with connect(self.dsn, application_name="tablemig-backfill") as conn:
+                self._copy_range(conn, ranges, index)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by run()
+            with self._lock:
+                self._error = self._error or exc
+
+    def _copy_range(self, conn: psycopg.Connection[Any], ranges: list[CopyRange],
+                    index: int) -> None:
+        rng = ranges[index]
+        job, size = self.job, self.batch_size
+        has_hi = rng.hi is not None
+        while not rng.done and self._error is None:
+            if self.throttle:
+                self.throttle()
+            lo = rng.last if rng.last is not None else rng.lo
+            t0 = time.perf_counter()
+            with conn.transaction():
+                conn.execute("SET LOCAL synchronous_commit = off")
+                row = conn.execute(job.upper_bound_sql(lo is not None, has_hi),
+                                   [*job.params(lo, rng.hi), size - 1]).fetchone()
+                upper = [str(v) for v in row] if row else rng.hi
+                cur = conn.execute(job.copy_sql(lo is not None, upper is not None),
+                                   job.params(lo, upper))
+                copied = max(cur.rowcount, 0)
+                done = CopyRange(rng.lo, rng.hi, upper, row is None)
+                self._save_range(conn, index, done, copied)
+            with self._lock:
+                rng.last, rng.done = done.last, done.done
+                self.stats.rows += copied
+                self.stats.batches += 1
+                self.stats.batch_sizes.append(size)
+            elapsed = time.perf_counter() - t0
+            with self._lock:
+                self.stats.samples.append({"t": time.time(), "rows": self.stats.rows,
+                                           "batch_rows": copied, "batch_seconds": elapsed,
+                                           "batch_size": size})
+            self.progress({"table": self.table, "rows": self.stats.rows,
+                           "expected": self.expected, "batch_seconds": elapsed,
+                           "batch_size": size, "started": self.stats.samples[0]["t"]})
+            # Tune towards the target batch time, at most doubling or halving per step.
+            if elapsed > 0:
+                size = int(min(MAX_BATCH, max(MIN_BATCH, size * min(
+                    2.0, max(0.5, self.target_seconds / elapsed)))))
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def _print_progress(p: dict[str, Any]) -> None:
+    rate_elapsed = max(time.time() - p["started"], 1e-6)
+    rate = p["rows"] / rate_elapsed
+    expected = p.get("expected") or 0
+    eta = (expected - p["rows"]) / rate if rate > 0 and expected > p["rows"] else 0
+    print(f"\r[tablemig] {p['table']}: {p['rows']:,}/{expected:,} rows, {rate:,.0f} rows/s, "
+          f"batch {p['batch_size']:,}, ETA {eta:,.0f} s   ", end="", file=sys.stderr, flush=True)
+
+
+__all__ = ["BatchCopier", "CopyJob", "CopyRange", "CopyStats", "split_ranges", "state"]

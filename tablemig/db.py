@@ -1,0 +1,50 @@
+"""Connections with the session settings every comparison relies on, and DSN redaction."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+# Text forms of rows must be identical on every connection that checksums them.
+SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c extra_float_digits=3 -c IntervalStyle=postgres"
+
+_PASSWORD_URL = re.compile(r"(://[^:/@\s]*:)([^@\s]*)(@)")
+_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Remove passwords from any string that may hold a DSN or connection error."""
+    text = _PASSWORD_URL.sub(r"\1***\3", text)
+    return _PASSWORD_KV.sub(r"\1***", text)
+
+
+def connect(dsn: str, *, autocommit: bool = True, application_name: str = "tablemig",
+            **kwargs: Any) -> psycopg.Connection[Any]:
+    """Open a connection with fixed text forms (UTC, ISO dates, exact floats)."""
+    params = conninfo_to_dict(dsn)
+    extra = params.get("options", "")
+    params["options"] = f"{extra} {SESSION_OPTIONS}".strip()
+    params.setdefault("application_name", application_name)
+    params.setdefault("connect_timeout", "10")
+    try:
+        return psycopg.connect(make_conninfo(**params), autocommit=autocommit, **kwargs)
+    except psycopg.OperationalError as exc:
+        from .errors import InputError
+
+        raise InputError(
+            f"cannot connect to {redact(dsn)}: {redact(str(exc)).strip()}",
+            "check host, port, database and credentials; is the server running?",
+        ) from None
+
+
+def server_identity(conn: psycopg.Connection[Any]) -> tuple[str, str, int]:
+    """(system identifier, data directory or address, port) to tell two servers apart."""
+    row = conn.execute(
+        "SELECT (SELECT system_identifier::text FROM pg_control_system()),"
+        " coalesce(inet_server_addr()::text, 'local'), current_setting('port')::int"
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1], row[2]

@@ -1,0 +1,124 @@
+"""SQL that builds the new table's structure and its row-sync triggers.
+
+Index and constraint definitions are taken from the catalog (`pg_get_indexdef`, ...) and
+re-issued for the new table under temporary names; the swap gives them back the original
+names. Every statement is returned as `psycopg.sql` so the dry run can print it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from psycopg import sql
+
+from .catalog import Index, TableInfo
+from .errors import InputError
+from .names import QualifiedName, derived_name
+from .templating import render
+
+_RELOPTION = re.compile(r"^([a-z_][a-z0-9_.]*)=(.*)$")
+TRIGGER_PREFIX = "tablemig_"
+
+
+def temp_index_name(index: Index) -> str:
+    """Name of the copy of `index` on the new table until the swap."""
+    return derived_name(index.name, f"_n{index.oid}")
+
+
+def archive_index_name(index: Index) -> str:
+    """Name the original index takes on the archive after the swap."""
+    return derived_name(index.name, f"_a{index.oid}")
+
+
+def index_sql(info: TableInfo, index: Index, target: QualifiedName, name: str, *,
+              concurrently: bool) -> sql.Composed:
+    head, rest = index.body(info.quoted)
+    return sql.Composed([
+        sql.SQL(head + "INDEX " + ("CONCURRENTLY " if concurrently else "")),
+        sql.Identifier(name), sql.SQL(" ON "), target.ident(), sql.SQL(" " + rest)])
+
+
+def _reloptions(info: TableInfo) -> sql.Composable:
+    if not info.reloptions:
+        return sql.SQL("")
+    parts = []
+    for opt in info.reloptions:
+        m = _RELOPTION.match(opt)
+        if not m:
+            raise InputError(f"unexpected storage option {opt!r} on {info.name}",
+                             "report it; tablemig copies storage options to the new table")
+        parts.append(sql.SQL("{}={}").format(sql.SQL(m.group(1)), sql.Literal(m.group(2))))
+    return sql.SQL(" WITH ({})").format(sql.SQL(", ").join(parts))
+
+
+def create_table_sql(info: TableInfo, target: QualifiedName,
+                     current_user: str) -> list[sql.Composable]:
+    """CREATE the new (or archive-copy) table: same columns, defaults, identity, generated
+    columns, CHECK constraints, comments, storage, statistics; the key; outgoing FKs."""
+    stmts: list[sql.Composable] = [sql.SQL(
+        "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED"
+        " INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING COMMENTS INCLUDING CONSTRAINTS"
+        " INCLUDING STATISTICS){}").format(target.ident(), info.name.ident(), _reloptions(info))]
+    if info.owner != current_user:
+        stmts.append(sql.SQL("ALTER TABLE {} OWNER TO {}").format(
+            target.ident(), sql.Identifier(info.owner)))
+    if info.replica_identity == "f":
+        stmts.append(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(target.ident()))
+    key = next(i for i in info.indexes if i.is_key)
+    tmp = temp_index_name(key)
+    stmts.append(index_sql(info, key, target, tmp, concurrently=False))
+    if key.constraint_type == "p":
+        stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY USING INDEX {}")
+                     .format(target.ident(), sql.Identifier(tmp), sql.Identifier(tmp)))
+    elif key.constraint_type == "u":
+        stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} UNIQUE USING INDEX {}")
+                     .format(target.ident(), sql.Identifier(tmp), sql.Identifier(tmp)))
+    for name, definition, _ in info.outgoing_fks:
+        body = definition if definition.endswith(" NOT VALID") else definition + " NOT VALID"
+        stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+            target.ident(), sql.Identifier(name), sql.SQL(body)))
+    return stmts
+
+
+def secondary_indexes(info: TableInfo) -> list[Index]:
+    """Indexes built on the new table after the backfill (all valid ones but the key)."""
+    return [i for i in info.indexes if not i.is_key and i.valid and i.constraint_type != "x"]
+
+
+def sync_function_sql(info: TableInfo, function: QualifiedName, mode: str,
+                      recent: QualifiedName, history: QualifiedName | None = None, *,
+                      date_column: str = "", date_type: str = "", cutoff: str = "") -> sql.SQL:
+    """The row-sync trigger function (see sql_templates/row_sync_function.sql.j2)."""
+    writable = info.writable_columns
+    key = info.key_columns
+    always = {c.name for c in writable if c.identity == "a"}
+    if mode == "capture":
+        update_columns = [c.name for c in writable if c.name not in key and c.name not in always]
+    else:
+        update_columns = [c.name for c in writable if c.name not in always]
+    text = render("row_sync_function.sql.j2", function=(function.schema, function.name),
+                  mode=mode, recent=(recent.schema, recent.name),
+                  history=(history.schema, history.name) if history else None,
+                  columns=[c.name for c in writable], key=key, update_columns=update_columns,
+                  overriding=bool(always), date_column=date_column, date_type=date_type,
+                  cutoff=cutoff)
+    return sql.SQL(text)  # type: ignore[arg-type] - rendered with the quoting filters
+
+
+def trigger_sql(table: QualifiedName, trigger: str, function: QualifiedName) -> list[sql.Composable]:
+    return [
+        sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW"
+                " EXECUTE FUNCTION {}()").format(sql.Identifier(trigger), table.ident(),
+                                                 function.ident()),
+    ]
+
+
+def truncate_guard_sql(table: QualifiedName) -> sql.Composable:
+    return sql.SQL("CREATE TRIGGER {} BEFORE TRUNCATE ON {} FOR EACH STATEMENT"
+                   " EXECUTE FUNCTION table_migration.refuse_truncate()").format(
+        sql.Identifier(TRIGGER_PREFIX + "no_truncate"), table.ident())
+
+
+def drop_trigger_sql(table: QualifiedName, trigger: str) -> sql.Composable:
+    return sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger),
+                                                             table.ident())
