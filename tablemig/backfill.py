@@ -263,7 +263,8 @@ class BatchCopier:
                            "batch_size": size, "started": self.stats.samples[0]["t"]})
             # Tune towards the target batch time, at most doubling or halving per step.
             if elapsed > 0:
-                size = int(min(MAX_BATCH, max(MIN_BATCH, size * min(
+                floor = min(MIN_BATCH, self.batch_size)  # a smaller configured size is respected
+                size = int(min(MAX_BATCH, max(floor, size * min(
                     2.0, max(0.5, self.target_seconds / elapsed)))))
 
 

@@ -1,4 +1,4 @@
-"""`tablemig sandbox start|stop`: throwaway primary + standby clusters for tests and demos.
+"""Throwaway PostgreSQL clusters (primary + standby) for tests and demos: `tablemig sandbox`.
 
 `start` prints exactly one JSON object of DSNs on stdout, so scripts can capture it;
 everything else goes to stderr.

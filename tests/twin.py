@@ -1,0 +1,193 @@
+"""Concurrent writers with a twin table as ground truth.
+
+Each writer transaction applies one operation to the migrated table and then exactly the
+same effect (the rows the statement returned) to `<table>_twin`, in the same transaction.
+The twin is therefore "the original table, had there been no migration"; after the swap
+the archive (kept by the mirror trigger) must equal it, and the live table must equal its
+rows with `d >= cutoff`.
+
+Before the swap the writers insert, update recent and old rows, move `d` across the cutoff
+both ways, change primary keys and delete rows anywhere (also rows the backfill has not
+reached). Once `swapping` is set they keep to what an application does with the live table
+after the swap: no history rows and no moves below the cutoff (those rows are not in the
+live table any more, by design).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from tablemig.db import connect
+
+BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+CUTOFF = BASE + dt.timedelta(days=300)  # rows are spread over 365 days, newest ~18 % kept
+
+
+def create_events(conn: psycopg.Connection[Any], rows: int, table: str = "events") -> None:
+    """`events` and its twin: ids ascend with d, ~18 % of rows on or after CUTOFF."""
+    for name in (table, f"{table}_twin"):
+        conn.execute(f"DROP TABLE IF EXISTS {name}")
+        conn.execute(f"CREATE TABLE {name} (id bigint PRIMARY KEY, d timestamptz NOT NULL,"
+                     " v integer NOT NULL, payload text)")
+        conn.execute(f"INSERT INTO {name} SELECT g, %s::timestamptz + (g * 365.0 / %s) * interval '1 day',"
+                     " g %% 1000, 'row ' || g FROM generate_series(1, %s) g", (BASE, rows, rows))
+    conn.execute(f"CREATE INDEX {table}_d_idx ON {table} (d)")
+    conn.execute(f"CREATE SEQUENCE IF NOT EXISTS {table}_ids START {rows * 10}")
+    conn.execute(f"ANALYZE {table}")
+
+
+@dataclass
+class WriterStats:
+    ops: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    max_latency_s: float = 0.0
+    latencies: list[tuple[float, float]] = field(default_factory=list)  # (start, seconds)
+
+
+class Writers:
+    def __init__(self, dsn: str, rows: int, *, table: str = "events", threads: int = 3,
+                 seed: int = 7) -> None:
+        self.dsn, self.rows, self.table, self.n = dsn, rows, table, threads
+        self.stop = threading.Event()
+        self.swapping = threading.Event()
+        self.stats = WriterStats()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(seed + i,), daemon=True)
+                         for i in range(threads)]
+
+    def __enter__(self) -> Writers:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+
+    def _count(self, bucket: dict[str, int], key: str) -> None:
+        with self._lock:
+            bucket[key] = bucket.get(key, 0) + 1
+
+    def _run(self, seed: int) -> None:
+        rnd = random.Random(seed)
+        with connect(self.dsn, application_name="twin-writer") as conn:
+            while not self.stop.is_set():
+                op = self._choose(rnd)
+                t0 = time.perf_counter()
+                try:
+                    with conn.transaction():
+                        getattr(self, f"_op_{op}")(conn, rnd)
+                    self._count(self.stats.ops, op)
+                except psycopg.errors.LockNotAvailable:
+                    self._count(self.stats.errors, "lock_not_available")
+                except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected,
+                        psycopg.errors.SerializationFailure) as exc:
+                    self._count(self.stats.errors, type(exc).__name__)
+                elapsed = time.perf_counter() - t0
+                with self._lock:
+                    self.stats.latencies.append((t0, elapsed))
+                    self.stats.max_latency_s = max(self.stats.max_latency_s, elapsed)
+                time.sleep(rnd.random() * 0.002)
+
+    def _choose(self, rnd: random.Random) -> str:
+        if self.swapping.is_set():
+            return rnd.choice(["insert_recent", "update_recent", "delete_recent",
+                               "move_up", "pk_recent"])
+        return rnd.choice(["insert_recent", "insert_old", "update_recent", "update_old",
+                           "move_up", "move_down", "pk_recent", "pk_old", "delete_recent",
+                           "delete_old", "delete_any"])
+
+    # -- helpers --------------------------------------------------------------------------
+    def _recent_id(self, rnd: random.Random) -> int:
+        return rnd.randint(int(self.rows * 300 / 365) + 2, self.rows)
+
+    def _old_id(self, rnd: random.Random) -> int:
+        return rnd.randint(1, int(self.rows * 300 / 365) - 2)
+
+    def _mirror(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]],
+                old_ids: list[int] | None = None) -> None:
+        twin = f"{self.table}_twin"
+        for i, row in enumerate(rows):
+            old = old_ids[i] if old_ids else row[0]
+            conn.execute(f"UPDATE {twin} SET id = %s, d = %s, v = %s, payload = %s WHERE id = %s",
+                         (*row, old))
+
+    def _update(self, conn: psycopg.Connection[Any], ident: int, assignment: str,
+                params: tuple[Any, ...]) -> None:
+        rows = conn.execute(f"UPDATE {self.table} SET {assignment} WHERE id = %s"
+                            " RETURNING id, d, v, payload", (*params, ident)).fetchall()
+        self._mirror(conn, rows)
+
+    # -- operations -----------------------------------------------------------------------
+    def _insert(self, conn: psycopg.Connection[Any], d: dt.datetime, rnd: random.Random) -> None:
+        row = conn.execute(f"INSERT INTO {self.table} VALUES (nextval('{self.table}_ids'), %s, %s, %s)"
+                           " RETURNING id, d, v, payload",
+                           (d, rnd.randint(0, 10**6), f"ins {rnd.random()}")).fetchone()
+        conn.execute(f"INSERT INTO {self.table}_twin VALUES (%s, %s, %s, %s)", row)
+
+    def _op_insert_recent(self, conn: psycopg.Connection[Any], rnd: random.Random) -> None:
+        self._insert(conn, CUTOFF + dt.timedelta(days=rnd.uniform(1, 60)), rnd)
+
+    def _op_insert_old(self, conn: psycopg.Connection[Any], rnd: random.Random) -> None:
+        self._insert(conn, BASE + dt.timedelta(days=rnd.uniform(0, 290)), rnd)
+
+    def _op_update_recent(self, conn: psycopg.Connection[Any], rnd: random.Random) -> None:
+        self._update(conn, self._recent_id(rnd), "v = v + 1, payload = %s", (f"u {rnd.random()}",))
+
+    def _op_update_old(self, conn: psycopg.Connection[Any], rnd: random.Random) -> None:
+        self._update(conn, self._old_id(rnd), "v = v - 1, payload = %s", (f"o {rnd.random()}",))
+
+    def _op_move_up(self, conn: psycopg.Connection[Any], rnd: random.Random) -> None:
+        ident = self._old_id(rnd) if not self.swapping.is_set() else self._recent_id(rnd)
+        self._update(conn, ident, "d = %s", (CUTOFF + dt.timedelta(days=rnd.uniform(0, 30)),))
+
+    def _op_move_down(self, conn: psycopg.Connection[Any], rnd: random.Random) -> None:
+        self._update(conn, self._recent_id(rnd), "d = %s",
+                     (CUTOFF - dt.timedelta(days=rnd.uniform(1, 30)),))
+
+    def _pk(self, conn: psycopg.Connection[Any], ident: int) -> None:
+        rows = conn.execute(f"UPDATE {self.table} SET id = nextval('{self.table}_ids') WHERE id = %s"
+                            " RETURNING id, d, v, payload", (ident,)).fetchall()
+        self._mirror(conn, rows, [ident] * len(rows))
+
+    def _op_pk_recent(self, conn: psycopg.Connection[Any], rnd: random.Random) -> None:
+        self._pk(conn, self._recent_id(rnd))
+
+    def _op_pk_old(self, conn: psycopg.Connection[Any], rnd: random.Random) -> None:
+        self._pk(conn, self._old_id(rnd))
+
+    def _delete(self, conn: psycopg.Connection[Any], ident: int) -> None:
+        rows = conn.execute(f"DELETE FROM {self.table} WHERE id = %s RETURNING id", (ident,)).fetchall()
+        for (i,) in rows:
+            conn.execute(f"DELETE FROM {self.table}_twin WHERE id = %s", (i,))
+
+    def _op_delete_recent(self, conn: psycopg.Connection[Any], rnd: random.Random) -> None:
+        self._delete(conn, self._recent_id(rnd))
+
+    def _op_delete_old(self, conn: psycopg.Connection[Any], rnd: random.Random) -> None:
+        self._delete(conn, self._old_id(rnd))
+
+    def _op_delete_any(self, conn: psycopg.Connection[Any], rnd: random.Random) -> None:
+        # the newest rows are copied last: deleting them races the backfill
+        self._delete(conn, self.rows - rnd.randint(0, self.rows // 20))
+
+
+def diff(conn: psycopg.Connection[Any], left: str, right: str, where: str = "true") -> dict[str, int]:
+    """Rows that differ between two tables (every column), both filtered by `where`."""
+    row = conn.execute(f"""
+        SELECT (SELECT count(*) FROM (SELECT * FROM {left} WHERE {where}
+                                      EXCEPT ALL SELECT * FROM {right} WHERE {where}) a),
+               (SELECT count(*) FROM (SELECT * FROM {right} WHERE {where}
+                                      EXCEPT ALL SELECT * FROM {left} WHERE {where}) b),
+               (SELECT count(*) FROM {left} WHERE {where}),
+               (SELECT count(*) FROM {right} WHERE {where})""").fetchone()
+    assert row is not None
+    return {"only_left": row[0], "only_right": row[1], "left": row[2], "right": row[3]}
