@@ -114,8 +114,11 @@ class Migration:
 
     # -- plumbing -------------------------------------------------------------------------
     def close(self) -> None:
-        if self._locked_oid is not None:
-            state.release_table_lock(self.conn, self._locked_oid)
+        if self._locked_oid is not None and not self.conn.closed:
+            try:
+                state.release_table_lock(self.conn, self._locked_oid)
+            except psycopg.Error:
+                pass  # the session is gone, and its advisory lock with it
         self.conn.close()
 
     def __enter__(self) -> Migration:

@@ -1,0 +1,122 @@
+"""A migration plan, declared at the top of a plan module, and the `step` decorator.
+
+    PLAN = PlanConfig(
+        name="orders_migration",
+        tables=[TableConfig("public.orders", date_column="created_date", retention=0.10)],
+        ...
+    )
+
+    @step("EX-1.1")
+    def test_deploy_framework(ctx: StepContext) -> None: ...
+
+Each test function is one checklist item (its id and text come from `checklist.py`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pytest
+
+from .checklist import ITEMS
+from .errors import InputError
+from .spec import TableSpec
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    table: str
+    date_column: str
+    retention: float | None = None
+    cutoff: str | None = None
+    new_table: str | None = None
+    archive_table: str | None = None
+    archive_mode: str = "rename"
+    batch_size: int = 10_000
+    workers: int = 1
+
+    def spec(self) -> TableSpec:
+        return TableSpec(self.table, self.date_column, retention=self.retention, cutoff=self.cutoff,
+                         new_table=self.new_table, archive_table=self.archive_table,
+                         archive_mode=self.archive_mode, batch_size=self.batch_size,
+                         workers=self.workers)
+
+
+@dataclass(frozen=True)
+class Contact:
+    role: str
+    name: str
+    phone: str = ""
+    email: str = ""
+    escalation: str = ""
+
+
+@dataclass(frozen=True)
+class Attestation:
+    by: str
+    at: str = ""  # ISO timestamp; filled with "now" when given on the command line
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Window:
+    """Maintenance window, in the plan's time zone (UTC unless `tz` says otherwise)."""
+
+    start: str  # ISO timestamp
+    end: str
+
+    def bounds(self) -> tuple[dt.datetime, dt.datetime]:
+        s, e = dt.datetime.fromisoformat(self.start), dt.datetime.fromisoformat(self.end)
+        if s.tzinfo is None:
+            s = s.replace(tzinfo=dt.UTC)
+        if e.tzinfo is None:
+            e = e.replace(tzinfo=dt.UTC)
+        if e <= s:
+            raise InputError(f"maintenance window ends ({self.end}) before it starts ({self.start})",
+                             "give start < end as ISO timestamps")
+        return s, e
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    name: str
+    tables: list[TableConfig]
+    demo_rows: int = 100_000  # on the embedded sandbox only: demo data to migrate
+    window: Window | None = None
+    max_replication_lag: str = "16MB"
+    thresholds: dict[str, str] = field(default_factory=dict)
+    notifiers: list[dict[str, str]] = field(default_factory=list)
+    contacts: list[Contact] = field(default_factory=list)
+    attestations: dict[str, Attestation] = field(default_factory=dict)
+    require_attestations: bool = False
+    allow_single_site: bool = True
+    backup_dir: str = "backups"
+    declared_free_bytes: int | None = None  # free space of a remote server's data directory
+
+    def __post_init__(self) -> None:
+        if not self.tables:
+            raise InputError(f"plan {self.name} lists no tables", "add at least one TableConfig")
+        names = [t.spec().qualified for t in self.tables]
+        if len(set(names)) != len(names):
+            raise InputError(f"plan {self.name} lists a table twice", "list each table once")
+        for item in self.attestations:
+            if item not in ITEMS:
+                raise InputError(f"attestation for unknown checklist item {item!r}",
+                                 "use an id from the checklist, e.g. PRE-3.2")
+
+
+def step(item_id: str) -> Callable[[F], F]:
+    """Mark a test function as the checklist item `item_id`."""
+    if item_id not in ITEMS:
+        raise InputError(f"unknown checklist item {item_id!r}", "use an id from tablemig.checklist")
+
+    def wrap(fn: F) -> F:
+        marked = pytest.mark.tablemig_step(item_id)(fn)
+        return marked  # type: ignore[no-any-return]
+
+    return wrap

@@ -1,0 +1,93 @@
+"""Read-only evidence gathering used by plan steps: data-volume analysis, validation
+summaries, trigger probes. Each returns plain data for the report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import psycopg
+from psycopg import sql
+
+from .names import QualifiedName
+
+
+def monthly_distribution(conn: psycopg.Connection[Any], table: QualifiedName, date_column: str,
+                         date_type: str, cutoff: str) -> pd.DataFrame:
+    """The checklist's data-volume analysis: rows per month, share, kept vs archived."""
+    d = sql.Identifier(date_column)
+    cur = conn.execute(sql.SQL(
+        "SELECT date_trunc('month', {d})::date AS month, count(*) AS record_count,"
+        " count(*) FILTER (WHERE {d} >= %s::{t}) AS kept,"
+        " count(*) FILTER (WHERE NOT ({d} >= %s::{t})) AS archived"
+        " FROM {tbl} WHERE {d} IS NOT NULL GROUP BY 1 ORDER BY 1").format(
+        d=d, t=sql.SQL(date_type), tbl=table.ident()), (cutoff, cutoff))
+    frame = pd.DataFrame(cur.fetchall(), columns=["month", "record_count", "kept", "archived"])
+    total = frame["record_count"].sum()
+    frame["percentage"] = (frame["record_count"] * 100.0 / total).round(2) if total else 0.0
+    return frame
+
+
+def validation_summary(conn: psycopg.Connection[Any], tables: dict[str, QualifiedName],
+                       date_column: str) -> list[dict[str, Any]]:
+    """The checklist's validation summary: count and min/max date of each table."""
+    out = []
+    for label, t in tables.items():
+        row = conn.execute(sql.SQL("SELECT count(*), min({d})::text, max({d})::text FROM {t}").format(
+            d=sql.Identifier(date_column), t=t.ident())).fetchone()
+        assert row is not None
+        out.append({"table_type": label, "table": str(t), "record_count": row[0],
+                    "earliest_date": row[1], "latest_date": row[2]})
+    return out
+
+
+def trigger_probe(conn: psycopg.Connection[Any], source: QualifiedName, target: QualifiedName,
+                  key: list[str], date_column: str, date_type: str, cutoff: str,
+                  columns: list[str], overriding: bool) -> dict[str, Any]:
+    """Write a test row to `source` inside a transaction that is rolled back and report
+    whether the row trigger put it into `target`. Inserts a copy of a recent row under a
+    new key when the key is one integer column; otherwise touches an existing recent row."""
+    d = sql.Identifier(date_column)
+    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+    k = sql.SQL(", ").join(map(sql.Identifier, key))
+    result: dict[str, Any] = {"source": str(source), "target": str(target)}
+    try:
+        with conn.transaction(force_rollback=True):
+            kind = conn.execute(
+                "SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = %s::regclass"
+                " AND attname = %s", (str(source), key[0])).fetchone()
+            integer = len(key) == 1 and kind is not None and kind[0] in ("integer", "bigint", "smallint")
+            with conn.transaction():  # savepoint: fall back to an update probe on any failure
+                if integer:
+                    new_key = conn.execute(sql.SQL("SELECT coalesce(max({k}), 0) + 1000000 FROM {t}").format(
+                        k=k, t=source.ident())).fetchone()
+                    assert new_key is not None
+                    others = [c for c in columns if c != key[0]]
+                    conn.execute(sql.SQL(
+                        "INSERT INTO {t} ({k}, {o}){ovr} SELECT %s, {o} FROM {t} WHERE {d} >= %s::{dt} LIMIT 1"
+                    ).format(t=source.ident(), k=k, o=sql.SQL(", ").join(map(sql.Identifier, others)),
+                             ovr=sql.SQL(" OVERRIDING SYSTEM VALUE" if overriding else ""), d=d,
+                             dt=sql.SQL(date_type)), (new_key[0], cutoff))
+                    result.update(probe="insert", key=[str(new_key[0])])
+                    found = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
+                        target.ident(), k), (new_key[0],)).fetchone()
+                else:
+                    row = conn.execute(sql.SQL(
+                        "UPDATE {t} SET {d} = {d} WHERE ({k}) = (SELECT {k} FROM {t} WHERE {d} >= %s::{dt}"
+                        " LIMIT 1) RETURNING {k}").format(t=source.ident(), d=d, k=k, dt=sql.SQL(date_type)),
+                        (cutoff,)).fetchone()
+                    result.update(probe="update", key=[str(v) for v in row or []])
+                    found = conn.execute(sql.SQL(
+                        "SELECT count(*) FROM {tt} n JOIN {st} s USING ({k}) WHERE ({k}) = ({vals})"
+                        " AND ROW(n.*) IS NOT DISTINCT FROM ROW(s.*)").format(
+                        tt=target.ident(), st=source.ident(), k=k,
+                        vals=sql.SQL(", ").join(sql.Literal(v) for v in row or [])),
+                    ).fetchone() if row else (0,)
+                result["appeared"] = bool(found and found[0] == 1)
+                src = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} >= %s::{}").format(
+                    target.ident(), d, sql.SQL(date_type)), (cutoff,)).fetchone()
+                result["target_rows_in_probe_tx"] = src[0] if src else None
+    except psycopg.Error as exc:
+        result.update(appeared=False, error=str(exc.diag.message_primary))
+    result["rolled_back"] = True
+    return result

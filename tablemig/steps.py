@@ -1,0 +1,300 @@
+"""Step semantics for plan modules (a pytest plugin, registered by entry point).
+
+* Every test marked with `@step(ID)` is a checklist item; per-table items are parametrized
+  with the plan's tables and grouped per table for `pytest -n K --dist loadgroup`.
+* `ctx` gives the step its context: mode, sites, the table's migration, evidence.
+* In a dry run a mutating step records what it would do and ends as "dry-run".
+* A failed step blocks the later steps of the same table (plan-wide steps: of every
+  table); they are reported "blocked by <ID>".
+* Outcomes, evidence and statements are collected in `RunRecord` for the reports.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import pytest
+
+from .checklist import ITEMS, Item
+from .db import connect, redact
+from .engine import Migration
+from .executor import Executor, Recorder
+from .plan import Attestation, PlanConfig, TableConfig
+
+RECORD = pytest.StashKey["RunRecord"]()
+
+
+@dataclass
+class StepResult:
+    id: str
+    table: str | None
+    status: str = "passed"  # passed failed blocked dry-run attested needs-attestation not-applicable
+    reason: str = ""
+    started: float = 0.0
+    duration_s: float = 0.0
+    evidence: dict[str, Any] = field(default_factory=dict)
+    statements: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class TableRun:
+    """Per-table state shared by the steps of one table (on one worker)."""
+
+    config: TableConfig
+    migration: Migration | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunRecord:
+    plan: PlanConfig | None = None
+    module: str = ""
+    execute: bool = False
+    started: float = field(default_factory=time.time)
+    results: list[StepResult] = field(default_factory=list)
+    blocked: dict[str, str] = field(default_factory=dict)  # table or "*" -> blocking step
+    tables: dict[str, TableRun] = field(default_factory=dict)
+    attestations: dict[str, Attestation] = field(default_factory=dict)
+    recorder: Recorder = field(default_factory=Recorder)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+class NotApplicable(Exception):
+    """Raised by a step that does not apply (e.g. replication items on a single site)."""
+
+
+class StepContext:
+    def __init__(self, request: pytest.FixtureRequest, record: RunRecord, result: StepResult,
+                 item: Item, active_dsn: str, passive_dsn: str | None) -> None:
+        self.request, self.record, self.result, self.item = request, record, result, item
+        self.active_dsn, self.passive_dsn = active_dsn, passive_dsn
+        self.execute: bool = record.execute
+        self._conns: list[psycopg.Connection[Any]] = []
+
+    # -- sites ----------------------------------------------------------------------------
+    @property
+    def plan(self) -> PlanConfig:
+        assert self.record.plan is not None
+        return self.record.plan
+
+    @property
+    def table(self) -> TableRun:
+        assert self.result.table is not None, f"{self.item.id} is not a per-table step"
+        return self.record.tables[self.result.table]
+
+    def connect(self, site: str = "active") -> psycopg.Connection[Any]:
+        dsn = self.active_dsn if site == "active" else self.passive_dsn
+        if dsn is None:
+            raise NotApplicable("no passive site is configured (single-site run)")
+        conn = connect(dsn)
+        self._conns.append(conn)
+        return conn
+
+    def executor(self, site: str = "active") -> Executor:
+        self.record.recorder.step = self._step_key
+        return Executor(self.connect(site), dry_run=not self.execute, recorder=self.record.recorder,
+                        site=site)
+
+    @property
+    def _step_key(self) -> str:
+        return f"{self.item.id}|{self.result.table or ''}"
+
+    def migration(self) -> Migration:
+        run = self.table
+        if run.migration is None:
+            run.migration = Migration(self.active_dsn, run.config.spec(), recorder=self.record.recorder,
+                                      plan_name=self.plan.name)
+        self.record.recorder.step = self._step_key
+        return run.migration
+
+    # -- outcomes -------------------------------------------------------------------------
+    def evidence(self, **kv: Any) -> None:
+        self.result.evidence.update(kv)
+
+    def dry_run(self, would: str, **evidence: Any) -> None:
+        """End a mutating step in a dry run: record what it would do."""
+        self.result.status = "dry-run"
+        self.result.reason = would
+        self.evidence(**evidence)
+
+    def not_applicable(self, why: str) -> None:
+        raise NotApplicable(why)
+
+    def attest(self) -> Attestation | None:
+        """The attestation of this (human) item, or None (reported as needing one)."""
+        a = self.record.attestations.get(self.item.id)
+        if a:
+            self.result.status = "attested"
+            self.evidence(attested_by=a.by, attested_at=a.at, attestation_note=a.note)
+            return a
+        self.result.status = "needs-attestation"
+        self.result.reason = (f"not attested: record who confirmed it (plan attestations or "
+                              f"--attest {self.item.id}=NAME)")
+        required = self.plan.require_attestations or self.request.config.getoption(
+            "--require-attestations")
+        if required and self.execute:
+            pytest.fail(f"{self.item.id} requires an attestation: --attest {self.item.id}=NAME")
+        return None
+
+    def close(self) -> None:
+        for c in self._conns:
+            c.close()
+
+
+def _plan_of(module: Any) -> PlanConfig | None:
+    plan = getattr(module, "PLAN", None)
+    return plan if isinstance(plan, PlanConfig) else None
+
+
+def _selected_tables(config: pytest.Config, plan: PlanConfig) -> list[TableConfig]:
+    wanted = config.getoption("--table")
+    if not wanted:
+        return list(plan.tables)
+    from .names import QualifiedName
+
+    keys = {QualifiedName.parse(w) for w in wanted}
+    chosen = [t for t in plan.tables if t.spec().qualified in keys]
+    missing = keys - {t.spec().qualified for t in chosen}
+    if missing:
+        raise pytest.UsageError(f"--table {', '.join(map(str, missing))} is not in plan {plan.name}")
+    return chosen
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("tablemig_step")
+    plan = _plan_of(metafunc.module)
+    if marker is None or plan is None:
+        return
+    item = ITEMS[marker.args[0]]
+    if item.per_table:
+        names = [str(t.spec().qualified) for t in _selected_tables(metafunc.config, plan)]
+        metafunc.parametrize("tablemig_table", names, ids=names)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for it in items:
+        marker = it.get_closest_marker("tablemig_step")
+        if marker is None:
+            continue
+        table = getattr(it, "callspec", None) and it.callspec.params.get("tablemig_table")  # type: ignore[attr-defined]
+        it.add_marker(pytest.mark.xdist_group(name=str(table or "plan")))
+
+
+@pytest.fixture
+def tablemig_table() -> str | None:
+    """The table a per-table step runs for (parametrized by the plugin)."""
+    return None
+
+
+def _record(config: pytest.Config) -> RunRecord:
+    if RECORD not in config.stash:
+        config.stash[RECORD] = RunRecord(execute=bool(config.getoption("--execute")))
+    return config.stash[RECORD]
+
+
+def _cli_attestations(config: pytest.Config) -> dict[str, Attestation]:
+    out = {}
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    for raw in config.getoption("--attest"):
+        item, sep, who = raw.partition("=")
+        if not sep or not who.strip() or item not in ITEMS:
+            raise pytest.UsageError(f"--attest {raw!r}: expected ID=NAME with a checklist id "
+                                    "(e.g. --attest PRE-3.2=alice)")
+        out[item] = Attestation(who.strip(), now, "given on the command line")
+    return out
+
+
+@pytest.fixture
+def ctx(request: pytest.FixtureRequest, tablemig_table: str | None, active_dsn: str,
+        passive_dsn: str | None, plan_ready: None) -> Iterator[StepContext]:
+    """The context of one checklist step."""
+    marker = request.node.get_closest_marker("tablemig_step")
+    if marker is None:
+        raise pytest.UsageError(f"{request.node.name} uses ctx but is not a @step")
+    item = ITEMS[marker.args[0]]
+    record = _record(request.config)
+    result = StepResult(item.id, tablemig_table, started=time.time())
+    record.results.append(result)
+    request.node.stash[_RESULT] = result
+    blocker = record.blocked.get(tablemig_table or "*") or record.blocked.get("*")
+    if blocker and item.id not in ("RB-1", "NOTES", "CONTACTS") and not item.id.startswith("SC-"):
+        result.status, result.reason = "blocked", f"blocked by {blocker}"
+        pytest.skip(f"blocked by {blocker}")
+    context = StepContext(request, record, result, item, active_dsn, passive_dsn)
+    t0 = time.perf_counter()
+    try:
+        yield context
+    finally:
+        result.duration_s = round(time.perf_counter() - t0, 3)
+        context.close()
+
+
+_RESULT = pytest.StashKey[StepResult]()
+
+
+@pytest.fixture(scope="module")
+def plan_ready(request: pytest.FixtureRequest, sandbox: Any, active_dsn: str) -> Iterator[None]:
+    """Register the plan of the module; on the embedded sandbox, load the demo data."""
+    plan = _plan_of(request.module)
+    if plan is None:
+        raise pytest.UsageError(f"{request.module.__name__} has no PLAN = PlanConfig(...)")
+    record = _record(request.config)
+    record.plan = plan
+    record.module = request.module.__name__
+    record.attestations = {**plan.attestations, **_cli_attestations(request.config)}
+    record.facts["executed_by"] = getpass.getuser()
+    for t in _selected_tables(request.config, plan):
+        record.tables.setdefault(str(t.spec().qualified), TableRun(t))
+    if sandbox is not None and plan.demo_rows and not record.facts.get("demo_loaded"):
+        from .demo_data import create_demo_data
+
+        with connect(active_dsn) as conn:
+            exists = conn.execute("SELECT to_regclass('public.orders') IS NOT NULL").fetchone()
+            if not (exists and exists[0]):
+                record.facts["demo_data"] = create_demo_data(conn, plan.demo_rows)
+        record.facts["demo_loaded"] = True
+    yield
+    for run in record.tables.values():  # before the sandbox (a session fixture) stops
+        if run.migration is not None:
+            run.facts.setdefault("timings", dict(run.migration.timings))
+            run.migration.close()
+            run.migration = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    result = item.stash.get(_RESULT, None)
+    if result is None or call.when != "call":
+        if result is not None and call.when == "setup" and report.failed:
+            result.status, result.reason = "failed", redact(str(call.excinfo.value) if call.excinfo else "")
+        return report
+    record = _record(item.config)
+    if call.excinfo is not None and call.excinfo.errisinstance(NotApplicable):
+        result.status, result.reason = "not-applicable", str(call.excinfo.value)
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), 0, f"not applicable: {call.excinfo.value}")
+    elif report.failed:
+        result.status = "failed"
+        result.reason = redact(str(call.excinfo.value) if call.excinfo else "failed")
+        record.blocked.setdefault(result.table or "*", result.id)
+    result.statements = [
+        {"site": s.site, "sql": s.sql, "executed": s.executed, "duration_ms": s.duration_ms,
+         "rows": s.rows, "error": s.error}
+        for s in record.recorder.for_step(f"{result.id}|{result.table or ''}")]
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    record = session.config.stash.get(RECORD, None)
+    if record is None or record.plan is None:
+        return
+    from .report_writer import write_run
+
+    write_run(session.config, record)
