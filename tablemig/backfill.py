@@ -2,14 +2,18 @@
 
 Each batch is one transaction: find the batch's upper bound (the `batch_size`-th next row
 in `(D, key)` order, through an index on `D`), copy the rows in `(last, upper]` with
-`FOR KEY SHARE` and `ON CONFLICT DO NOTHING`, and store the new checkpoint in
-`migration_state` in the same transaction. So:
+`ON CONFLICT DO NOTHING`, and store the new checkpoint in `migration_state` in the same
+transaction. So a crash loses at most the batch in flight, and its checkpoint with it, and
+a stale batch never overwrites a newer row written by the capture trigger.
 
-* a crash loses at most the batch in flight, and its checkpoint with it;
-* a row deleted (committed) before the batch locks it is skipped, and a delete that comes
-  after waits for the batch to commit and is then applied by the capture trigger: the
-  deleted-row race cannot resurrect a row;
-* a stale batch never overwrites a newer row written by the capture trigger.
+The copy takes no row locks. Two races remain while a batch is in flight: a row deleted,
+or moved across the cutoff, after the batch read it but before the batch committed: the
+trigger's DELETE cannot see the batch's uncommitted insert, so the stale copy survives.
+Both are closed by `verify`, which compares every key range in one snapshot and repairs
+the differing rows before the swap is allowed (after the backfill the trigger alone keeps
+the copy exact, so nothing can go stale later). Locking the source rows instead
+(`FOR SHARE`/`FOR KEY SHARE`) would make writers wait for whole batches and write a lock
+into every copied tuple (WAL and dirty pages proportional to the rows kept).
 
 `synchronous_commit` is off for batch transactions: a batch lost in a server crash is lost
 together with its checkpoint, so it is copied again on the rerun.
@@ -53,6 +57,7 @@ class CopyJob:
     key: list[str]
     update_on_conflict: bool = False
     history: bool = False  # copy the rows D < cutoff OR D IS NULL instead
+    lock_rows: bool = False  # FOR SHARE: writers of a row wait for the batch (no verify follows)
 
     def _date_filter(self) -> sql.Composable:
         d, t = sql.Identifier(self.date_column or ""), sql.SQL(self.date_type)
@@ -113,8 +118,9 @@ class CopyJob:
             action = sql.SQL("DO NOTHING")
         return sql.SQL(
             "INSERT INTO {tgt} ({cols}){ovr} SELECT {cols} FROM {src} WHERE {where}"
-            " FOR KEY SHARE ON CONFLICT ({conflict}) {action}").format(
+            "{lock} ON CONFLICT ({conflict}) {action}").format(
             tgt=self.target.ident(), cols=self._cols(), src=self.source.ident(), where=where,
+            lock=sql.SQL(" FOR SHARE" if self.lock_rows else ""),
             ovr=sql.SQL(" OVERRIDING SYSTEM VALUE" if self.overriding else ""),
             conflict=conflict, action=action)
 

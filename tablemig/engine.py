@@ -42,6 +42,7 @@ from .swap import (
     CAPTURE_TRIGGER,
     GUARD_TRIGGER,
     MIRROR_TRIGGER,
+    PRUNE_TRIGGER,
     SwapResult,
     swap,
     swap_back,
@@ -203,7 +204,7 @@ class Migration:
             history = None
             if self.spec.archive_mode == "copy":
                 history = plan.archive
-                for stmt in create_table_sql(info, plan.archive, user):
+                for stmt in create_table_sql(info, plan.archive, user, tag="h"):
                     self.ex.run(stmt)
             self.ex.run(sync_function_sql(info, capture_fn, "capture", plan.new, history,
                                           date_column=plan.date_column, date_type=plan.date_type,
@@ -281,8 +282,7 @@ class Migration:
         s = self._settings()
         for target in targets:
             for idx in secondary_indexes(plan.info):
-                name = temp_index_name(idx) if target.name == m["new_name"] else \
-                    temp_index_name(idx).replace(f"_n{idx.oid}", f"_h{idx.oid}")
+                name = temp_index_name(idx, "n" if target.name == m["new_name"] else "h")
                 found = self.conn.execute(
                     "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
                     " JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -403,28 +403,49 @@ class Migration:
 
     # -- after the swap -------------------------------------------------------------------
     def prune(self, batch_size: int | None = None) -> int:
-        """Drop the mirror trigger, then delete from the archive the rows that live in T.
-        From here T and A are disjoint; a rollback needs `rollback()`'s restore path."""
+        """Delete from the archive the rows that live in T; from here T and A are disjoint.
+
+        The mirror trigger is first replaced, in one transaction, by a prune guard (deletes
+        reach the archive; keys that exist in the archive are refused), the copies are
+        deleted in batches, then the guard is dropped and the state becomes `pruned`.
+        Resumable; a rollback during or after it goes through `rollback()`'s restore path."""
         t0 = time.perf_counter()
         m = self._require("swapped", "pruned")
+        if m["state"] == "pruned":
+            return 0
         s = self._settings()
         t = QualifiedName(m["schema_name"], m["original_name"])
-        a = QualifiedName(m["schema_name"], (m["swap_record"] or {}).get("outgoing")
-                          or m["archive_name"])
-        if m["state"] == "swapped":
-            def drop(_locked_at: float) -> dict[str, Any]:
+        a = QualifiedName(m["schema_name"], (m["swap_record"] or {}).get("outgoing") or m["archive_name"])
+        info = (self._plan or self.plan_for_state(m)).info
+        mirror = QualifiedName("table_migration", f"mirror_{m['table_oid']}")
+        guard = QualifiedName("table_migration", f"prune_{m['table_oid']}")
+        copy_mode = m["archive_mode"] == "copy"
+        if not (m["checkpoint"] or {}).get("prune_started") and not copy_mode:
+            def start(_locked_at: float) -> dict[str, Any]:
                 self.ex.run(drop_trigger_sql(t, MIRROR_TRIGGER))
-                self.ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
-                self.ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
-                    QualifiedName("table_migration", f"mirror_{m['table_oid']}").ident()))
-                state.update(self.conn, self.table, state="pruned")
-                state.log(self.conn, self.table, "prune", "mirror trigger dropped")
+                self.ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(mirror.ident()))
+                self.ex.run(sync_function_sql(info, guard, "prune", a))
+                for stmt in trigger_sql(t, PRUNE_TRIGGER, guard):
+                    self.ex.run(stmt)
+                self.conn.execute("UPDATE table_migration.migration_state SET checkpoint = checkpoint ||"
+                                  " '{\"prune_started\": true}' WHERE table_name = %s", (self.table,))
+                state.log(self.conn, self.table, "prune", "started")
                 return {}
-            with_lock_retries(self.conn, f"prune of {t}", [t], drop, lock_timeout=s.lock_timeout,
-                              attempts=s.swap_max_attempts)
-        deleted = 0
-        if m["archive_mode"] == "rename":
-            deleted = self._delete_archived_copies(m, t, a, batch_size or m["batch_size"])
+            with_lock_retries(self.conn, f"prune of {t}", [t], start, lock_timeout=s.lock_timeout,
+                              attempts=s.swap_max_attempts, mode="SHARE ROW EXCLUSIVE")
+            m = self._state() or m
+        deleted = 0 if copy_mode else self._delete_archived_copies(m, t, a, batch_size or m["batch_size"])
+
+        def finish(_locked_at: float) -> dict[str, Any]:
+            for trg in (PRUNE_TRIGGER, MIRROR_TRIGGER, GUARD_TRIGGER):
+                self.ex.run(drop_trigger_sql(t, trg))
+            for fn in (guard, mirror):
+                self.ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(fn.ident()))
+            state.update(self.conn, self.table, state="pruned")
+            state.log(self.conn, self.table, "prune", "done", rows=deleted)
+            return {}
+        with_lock_retries(self.conn, f"prune of {t}", [t], finish, lock_timeout=s.lock_timeout,
+                          attempts=s.swap_max_attempts, mode="SHARE ROW EXCLUSIVE")
         self._timed("prune", t0)
         return deleted
 
@@ -464,8 +485,6 @@ class Migration:
                     (_json(last), bound is None, self.table))
             if bound is None:
                 break
-        with self.conn.transaction():
-            state.log(self.conn, self.table, "prune", "done", rows=total)
         return total
 
     def _type_of(self, table: QualifiedName, column: str) -> str:
@@ -486,7 +505,7 @@ class Migration:
         self._lock(int(m["table_oid"]))
         s = self._settings()
         t = QualifiedName(m["schema_name"], m["original_name"])
-        if m["state"] == "pruned":
+        if m["state"] == "pruned" or (m["checkpoint"] or {}).get("prune_started"):
             self._unprune(m, s)
             m = self._state() or m
         if m["state"] == "swapped":
@@ -521,8 +540,13 @@ class Migration:
         t = QualifiedName(m["schema_name"], m["original_name"])
         a = QualifiedName(m["schema_name"], (m["swap_record"] or {}).get("outgoing")
                           or m["archive_name"])
-        if m["archive_mode"] == "rename" and not (m["checkpoint"] or {}).get("prune_done"):
-            self._delete_archived_copies(m, t, a, m["batch_size"])
+        if m["archive_mode"] == "copy":
+            raise TablemigError(
+                f"{t} was pruned in archive mode copy: the original stopped following the live table",
+                f"restore by hand: the original (complete up to the prune) is {a}; rows written since are "
+                f"in {t}; or restore from the PRE-2.1 backup (RB-3)")
+        if m["state"] != "pruned":
+            self.prune()  # an interrupted prune is finished first: then A holds history only
         key = sql.SQL(", ").join(map(sql.Identifier, m["key_columns"]))
         clash = self.conn.execute(sql.SQL(
             "SELECT {k} FROM {t} JOIN {a} USING ({k}) LIMIT 10").format(
@@ -548,9 +572,11 @@ class Migration:
                           mode="SHARE ROW EXCLUSIVE")
         if m["archive_mode"] == "rename":
             types = {c.name: c.type for c in info.columns}
+            # no verify pass follows this copy, so it locks the rows it reads: a writer
+            # changing one of them waits for the batch, then the mirror trigger sees the copy
             job = CopyJob(t, a, plan.columns, list(m["key_columns"]),
                           [types[k] for k in m["key_columns"]], None, "", "", plan.overriding,
-                          list(m["key_columns"]))
+                          list(m["key_columns"]), lock_rows=True)
             with self.conn.transaction():
                 self.conn.execute(
                     "UPDATE table_migration.migration_state SET checkpoint = checkpoint - 'unprune'"
@@ -559,6 +585,9 @@ class Migration:
                         throttle=self.throttle, progress=self.progress).run(self.conn, {})
         with self.conn.transaction():
             state.update(self.conn, self.table, state="swapped")
+            self.conn.execute("UPDATE table_migration.migration_state SET checkpoint = checkpoint"
+                              " - 'prune_started' - 'prune_last' - 'prune_done' WHERE table_name = %s",
+                              (self.table,))
             state.log(self.conn, self.table, "rollback", "archive made complete again")
 
     def plan_for_state(self, m: dict[str, Any]) -> TablePlan:

@@ -7,6 +7,7 @@ ever turned back into SQL through `psycopg.sql.Identifier`.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -14,6 +15,11 @@ from psycopg import sql
 from .errors import InputError
 
 MAX_IDENT_BYTES = 63
+# An unquoted identifier as PostgreSQL's scanner reads it: a letter, "_" or any non-ASCII
+# character first, then also digits and "$". Anything else (a space, "-", ";") needs quotes.
+_UNQUOTED = re.compile(r"[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_$\u0080-\U0010ffff]*")
+# PostgreSQL folds only ASCII letters of unquoted identifiers (UTF8): `Ärger` stays `Ärger`.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def _split(text: str) -> list[str]:
@@ -48,7 +54,12 @@ def _split(text: str) -> list[str]:
                 )
             if '"' in raw:
                 raise InputError(f"stray double quote in {text!r}", "quote the whole identifier")
-            parts.append(raw.lower())  # unquoted identifiers fold to lower case, as in SQL
+            if not _UNQUOTED.fullmatch(raw):
+                raise InputError(
+                    f"invalid unquoted identifier {raw!r} in {text!r}",
+                    'quote names with spaces or special characters: "My Schema"."My Table"',
+                )
+            parts.append(raw.translate(_ASCII_LOWER))  # unquoted identifiers fold, as in SQL
             i = i + len(raw)
         if i < n:
             if text[i] != ".":
@@ -68,6 +79,8 @@ class QualifiedName:
     @classmethod
     def parse(cls, text: str, default_schema: str = "public") -> QualifiedName:
         parts = _split(text.strip())
+        if not parts:
+            raise InputError("empty table name", "give schema.table or table")
         for p in parts:
             if len(p.encode()) > MAX_IDENT_BYTES:
                 raise InputError(

@@ -161,7 +161,9 @@ class Reconciler:
 
     def repair(self, conn: psycopg.Connection[Any], source: Side, target: Side,
                keys: list[list[str]], overriding: bool) -> int:
-        """Make `target` hold exactly the `source` version of each key (one transaction)."""
+        """Make `target` hold exactly the `source` version of each key (one transaction).
+        `FOR SHARE` holds off writers of those few rows until the repair commits, so the
+        repaired copy cannot itself go stale."""
         if not keys:
             return 0
         match = sql.SQL("({}) = ({})").format(self._key(), self._typed())
@@ -173,7 +175,7 @@ class Reconciler:
                 conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(target.table.ident(), match), k)
                 conn.execute(sql.SQL(
                     "INSERT INTO {tt} ({cols}){ovr} SELECT {cols} FROM {st} WHERE {m} AND {sw}"
-                    " FOR KEY SHARE").format(tt=target.table.ident(), cols=cols, ovr=ovr,
+                    " FOR SHARE").format(tt=target.table.ident(), cols=cols, ovr=ovr,
                                              st=source.table.ident(), m=match, sw=sw),
                     [*k, *sparams])
         return len(keys)

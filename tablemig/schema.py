@@ -93,6 +93,9 @@ def _cmd_install(args: argparse.Namespace) -> int:
     if args.print_sql:
         print("\n".join(render_schema()))
         return 0
+    if not args.dsn:
+        raise InputError("install-schema needs --dsn (the active site)",
+                         "give --dsn, or --print-sql to only print the SQL")
     with connect(args.dsn) as conn:
         result = install_schema(conn)
     prev = "" if result.previous_version is None else f" (was {result.previous_version})"

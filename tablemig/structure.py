@@ -20,9 +20,10 @@ _RELOPTION = re.compile(r"^([a-z_][a-z0-9_.]*)=(.*)$")
 TRIGGER_PREFIX = "tablemig_"
 
 
-def temp_index_name(index: Index) -> str:
-    """Name of the copy of `index` on the new table until the swap."""
-    return derived_name(index.name, f"_n{index.oid}")
+def temp_index_name(index: Index, tag: str = "n") -> str:
+    """Name of the copy of `index` on the new table (tag n) until the swap, or on the
+    history copy of archive mode copy (tag h)."""
+    return derived_name(index.name, f"_{tag}{index.oid}")
 
 
 def archive_index_name(index: Index) -> str:
@@ -51,8 +52,8 @@ def _reloptions(info: TableInfo) -> sql.Composable:
     return sql.SQL(" WITH ({})").format(sql.SQL(", ").join(parts))
 
 
-def create_table_sql(info: TableInfo, target: QualifiedName,
-                     current_user: str) -> list[sql.Composable]:
+def create_table_sql(info: TableInfo, target: QualifiedName, current_user: str,
+                     tag: str = "n") -> list[sql.Composable]:
     """CREATE the new (or archive-copy) table: same columns, defaults, identity, generated
     columns, CHECK constraints, comments, storage, statistics; the key; outgoing FKs."""
     stmts: list[sql.Composable] = [sql.SQL(
@@ -65,7 +66,7 @@ def create_table_sql(info: TableInfo, target: QualifiedName,
     if info.replica_identity == "f":
         stmts.append(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(target.ident()))
     key = next(i for i in info.indexes if i.is_key)
-    tmp = temp_index_name(key)
+    tmp = temp_index_name(key, tag)
     stmts.append(index_sql(info, key, target, tmp, concurrently=False))
     if key.constraint_type == "p":
         stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY USING INDEX {}")
@@ -92,14 +93,13 @@ def sync_function_sql(info: TableInfo, function: QualifiedName, mode: str,
     writable = info.writable_columns
     key = info.key_columns
     always = {c.name for c in writable if c.identity == "a"}
-    if mode == "capture":
-        update_columns = [c.name for c in writable if c.name not in key and c.name not in always]
-    else:
-        update_columns = [c.name for c in writable if c.name not in always]
+    upsert_columns = [c.name for c in writable if c.name not in key and c.name not in always]
+    update_columns = [c.name for c in writable if c.name not in always]
     text = render("row_sync_function.sql.j2", function=(function.schema, function.name),
                   mode=mode, recent=(recent.schema, recent.name),
                   history=(history.schema, history.name) if history else None,
                   columns=[c.name for c in writable], key=key, update_columns=update_columns,
+                  upsert_columns=upsert_columns,
                   overriding=bool(always), date_column=date_column, date_type=date_type,
                   cutoff=cutoff)
     return sql.SQL(text)  # type: ignore[arg-type] - rendered with the quoting filters

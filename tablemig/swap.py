@@ -46,6 +46,7 @@ from .structure import (
 CAPTURE_TRIGGER = TRIGGER_PREFIX + "capture"
 MIRROR_TRIGGER = TRIGGER_PREFIX + "mirror"
 GUARD_TRIGGER = TRIGGER_PREFIX + "no_truncate"
+PRUNE_TRIGGER = TRIGGER_PREFIX + "prune"
 
 
 @dataclass
