@@ -240,6 +240,7 @@ class BatchCopier:
         job, size = self.job, self.batch_size
         has_hi = rng.hi is not None
         while not rng.done and self._error is None:
+            wait_while_paused(conn, self.table)
             if self.throttle:
                 self.throttle()
             lo = rng.last if rng.last is not None else rng.lo
@@ -272,6 +273,20 @@ class BatchCopier:
                 floor = min(MIN_BATCH, self.batch_size)  # a smaller configured size is respected
                 size = int(min(MAX_BATCH, max(floor, size * min(
                     2.0, max(0.5, self.target_seconds / elapsed)))))
+
+
+def wait_while_paused(conn: psycopg.Connection[Any], table: str, poll_s: float = 1.0) -> None:
+    """`tablemig pause` sets checkpoint.paused; batches wait here until `tablemig resume`."""
+    announced = False
+    while True:
+        row = conn.execute("SELECT (checkpoint->>'paused')::boolean FROM table_migration.migration_state"
+                           " WHERE table_name = %s", (table,)).fetchone()
+        if not (row and row[0]):
+            return
+        if not announced:
+            print(f"\n[tablemig] {table}: paused; waiting for `tablemig resume`", file=sys.stderr, flush=True)
+            announced = True
+        time.sleep(poll_s)
 
 
 def _json(value: Any) -> str:

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "tablemig.sandbox_cli",
     "tablemig.demo_data",
     "tablemig.schema",
+    "tablemig.commands",
 ]
 
 

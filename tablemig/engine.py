@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from . import state
-from .backfill import BatchCopier, CopyJob, Progress, Throttle
+from .backfill import BatchCopier, CopyJob, Progress, Throttle, wait_while_paused
 from .db import connect
 from .errors import InputError, TablemigError
 from .executor import Executor, Recorder
@@ -462,6 +462,7 @@ class Migration:
         above = sql.SQL("({}) > ({})").format(klist, typed)
         upto = sql.SQL("({}) <= ({})").format(klist, typed)
         while True:
+            wait_while_paused(self.conn, self.table)
             if self.throttle:
                 self.throttle()
             with self.conn.transaction():

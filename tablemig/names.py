@@ -15,6 +15,29 @@ from psycopg import sql
 from .errors import InputError
 
 MAX_IDENT_BYTES = 63
+
+# PostgreSQL's reserved key words (and those reserved "can be function or type"): names that
+# must be quoted even when they are simple lower-case identifiers.
+_RESERVED = frozenset("""
+all analyse analyze and any array as asc asymmetric authorization binary both case cast check
+collate collation column concurrently constraint create cross current_catalog current_date
+current_role current_schema current_time current_timestamp current_user default deferrable
+desc distinct do else end except false fetch for foreign freeze from full grant group having
+ilike in initially inner intersect into is isnull join lateral leading left like limit
+localtime localtimestamp natural not notnull null offset on only or order outer overlaps
+placing primary references returning right select session_user similar some symmetric
+system_user table tablesample then to trailing true union unique user using variadic verbose
+when where window with
+""".split())
+
+
+def quote_ident(name: str) -> str:
+    """Quote like PostgreSQL's quote_ident(): only when needed."""
+    simple = name and (name[0].islower() or name[0] == "_") and name.isascii() and all(
+        c.islower() or c.isdigit() or c in "_$" for c in name)
+    if simple and name not in _RESERVED:
+        return name
+    return '"' + name.replace('"', '""') + '"'
 # An unquoted identifier as PostgreSQL's scanner reads it: a letter, "_" or any non-ASCII
 # character first, then also digits and "$". Anything else (a space, "-", ";") needs quotes.
 _UNQUOTED = re.compile(r"[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_$\u0080-\U0010ffff]*")
@@ -102,7 +125,8 @@ class QualifiedName:
         return QualifiedName(self.schema, name)
 
     def __str__(self) -> str:
-        return sql.Identifier(self.schema, self.name).as_string()
+        """schema.table as SQL writes it (quoted only where needed); parses back."""
+        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
 
 
 def derived_name(base: str, suffix: str) -> str:

@@ -48,7 +48,6 @@ def trigger_probe(conn: psycopg.Connection[Any], source: QualifiedName, target: 
     whether the row trigger put it into `target`. Inserts a copy of a recent row under a
     new key when the key is one integer column; otherwise touches an existing recent row."""
     d = sql.Identifier(date_column)
-    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
     k = sql.SQL(", ").join(map(sql.Identifier, key))
     result: dict[str, Any] = {"source": str(source), "target": str(target)}
     try:

@@ -7,10 +7,10 @@ import time
 from typing import Any
 
 import psycopg
+from twin import CUTOFF, Writers, create_events, diff
 
 from tablemig.engine import Migration
 from tablemig.spec import TableSpec
-from twin import CUTOFF, Writers, create_events, diff
 
 ROWS = 30_000
 
@@ -21,7 +21,8 @@ def _migrate_with_writers(db: Any, *, blocker_seconds: float = 0.0, workers: int
     spec = TableSpec("public.events", "d", cutoff=CUTOFF.isoformat(), batch_size=250, workers=workers)
     out: dict[str, Any] = {}
     with Writers(db.dsn, ROWS, threads=3) as writers, \
-            Migration(db.dsn, spec, progress=lambda p: None, throttle=lambda: time.sleep(0.03), lock_timeout="100ms", batch_target_seconds=0.001,
+            Migration(db.dsn, spec, progress=lambda p: None, throttle=lambda: time.sleep(0.03),
+                      lock_timeout="100ms", batch_target_seconds=0.001,
                       swap_max_attempts=30) as mig:
         time.sleep(0.3)
         mig.run("verified")
@@ -62,7 +63,7 @@ def _hold_lock(dsn: str, table: str, seconds: float) -> threading.Thread:
 def _check_invariants(db: Any) -> None:
     with db.connect() as conn:
         archive = conn.execute(
-            "SELECT archive_name FROM table_migration.migration_state WHERE table_name = '\"public\".\"events\"'"
+            "SELECT archive_name FROM table_migration.migration_state WHERE table_name = 'public.events'"
         ).fetchone()[0]
         # the archive is what the original would be: every write, no loss, no resurrection
         assert diff(conn, archive, "events_twin") | {"left": 0, "right": 0} == {

@@ -6,10 +6,10 @@ import time
 from typing import Any
 
 import pytest
+from twin import CUTOFF, Writers, create_events, diff
 
 from tablemig.engine import Migration
 from tablemig.spec import TableSpec
-from twin import CUTOFF, Writers, create_events, diff
 
 ROWS = 20_000
 
@@ -124,5 +124,5 @@ def test_copy_mode_archives_history_into_a_separate_table(fresh_db: Any) -> None
         assert d["only_left"] == 0 and d["only_right"] == 0, d
     with _mig(fresh_db, archive_mode="copy") as mig:
         mig.prune()
-        assert mig.cleanup(approved_by="change board CAB-42") == [f'"public"."{backup}"']
+        assert mig.cleanup(approved_by="change board CAB-42") == [f"public.{backup}"]
         assert mig._state()["state"] == "cleaned"
