@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "tablemig.demo_data",
     "tablemig.schema",
     "tablemig.commands",
+    "tablemig.newplan",
 ]
 
 

@@ -25,7 +25,7 @@ from .executor import Executor, Recorder
 from .names import QualifiedName
 from .planner import TablePlan, build_plan
 from .reconcile import Reconciler, Segment, Side
-from .schema import install_schema
+from .schema import install_schema, installed_version
 from .spec import TableSpec
 from .structure import (
     TRIGGER_PREFIX,
@@ -141,6 +141,8 @@ class Migration:
         return Settings.load(self.conn, **self.overrides)
 
     def _state(self) -> dict[str, Any] | None:
+        if installed_version(self.conn) is None:
+            return None
         return state.load(self.conn, self.table)
 
     def _lock(self, oid: int) -> None:
@@ -442,6 +444,10 @@ class Migration:
             for fn in (guard, mirror):
                 self.ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(fn.ident()))
             state.update(self.conn, self.table, state="pruned")
+            self.conn.execute(sql.SQL(
+                "UPDATE table_migration.migration_state SET checkpoint = checkpoint || jsonb_build_object("
+                "'archive_rows_at_prune', (SELECT count(*) FROM {})) WHERE table_name = %s").format(a.ident()),
+                (self.table,))
             state.log(self.conn, self.table, "prune", "done", rows=deleted)
             return {}
         with_lock_retries(self.conn, f"prune of {t}", [t], finish, lock_timeout=s.lock_timeout,

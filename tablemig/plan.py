@@ -86,7 +86,7 @@ class Window:
 class PlanConfig:
     name: str
     tables: list[TableConfig]
-    demo_rows: int = 100_000  # on the embedded sandbox only: demo data to migrate
+    demo_rows: int = 0  # on the embedded sandbox only: demo orders to create before the plan runs
     window: Window | None = None
     max_replication_lag: str = "16MB"
     thresholds: dict[str, str] = field(default_factory=dict)

@@ -74,6 +74,11 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     first = dict(parts[0])
     steps = [s for p in parts for s in p["steps"]]
     steps.sort(key=lambda s: (ORDER.index(s["id"]), s["table"] or ""))
+    from .criteria import evaluate
+
+    for s in steps:  # success criteria need every worker's results
+        if s["status"] == "deferred" and s["id"].startswith("SC-"):
+            s["status"], s["reason"] = evaluate(s["id"], steps, first["mode"])
     first["steps"] = steps
     first["tables"] = {k: v for p in parts for k, v in p["tables"].items()}
     first["started"] = min(p["started"] for p in parts)

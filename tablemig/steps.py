@@ -34,7 +34,8 @@ RECORD = pytest.StashKey["RunRecord"]()
 class StepResult:
     id: str
     table: str | None
-    status: str = "passed"  # passed failed blocked dry-run attested needs-attestation not-applicable
+    # passed failed blocked dry-run attested needs-attestation not-applicable warning deferred
+    status: str = "passed"
     reason: str = ""
     started: float = 0.0
     duration_s: float = 0.0
@@ -106,12 +107,9 @@ class StepContext:
         return f"{self.item.id}|{self.result.table or ''}"
 
     def migration(self) -> Migration:
-        run = self.table
-        if run.migration is None:
-            run.migration = Migration(self.active_dsn, run.config.spec(), recorder=self.record.recorder,
-                                      plan_name=self.plan.name)
+        m = self.migration_for(self.table.config)
         self.record.recorder.step = self._step_key
-        return run.migration
+        return m
 
     # -- outcomes -------------------------------------------------------------------------
     def evidence(self, **kv: Any) -> None:
@@ -123,8 +121,39 @@ class StepContext:
         self.result.reason = would
         self.evidence(**evidence)
 
+    def defer(self, why: str) -> None:
+        self.result.status, self.result.reason = "deferred", why
+
     def not_applicable(self, why: str) -> None:
         raise NotApplicable(why)
+
+    def warn(self, why: str) -> None:
+        """The step passes its checks but something is unknown or doubtful: never a pass."""
+        if self.result.status in ("passed", "warning"):
+            self.result.status = "warning"
+        self.result.reason = "; ".join(x for x in (self.result.reason, why) if x)
+
+    def table_facts_all(self, **kv: Any) -> None:
+        for run in self.record.tables.values():
+            run.facts.update(kv)
+
+    def migration_for(self, config: TableConfig) -> Migration:
+        """The migration of another table of the plan (for plan-wide steps)."""
+        key = str(config.spec().qualified)
+        run = self.record.tables[key]
+        if run.migration is None:
+            run.migration = Migration(self.active_dsn, config.spec(), recorder=self.record.recorder,
+                                      plan_name=self.plan.name, throttle=self._throttle(run))
+        return run.migration
+
+    def _throttle(self, run: TableRun) -> Any:
+        if self.passive_dsn is None:
+            return None
+        from .replication import LagLimit, LagThrottle
+
+        if "throttle" not in run.facts:
+            run.facts["throttle"] = LagThrottle(self.active_dsn, LagLimit.parse(self.plan.max_replication_lag))
+        return run.facts["throttle"]
 
     def attest(self) -> Attestation | None:
         """The attestation of this (human) item, or None (reported as needing one)."""
@@ -223,7 +252,7 @@ def ctx(request: pytest.FixtureRequest, tablemig_table: str | None, active_dsn: 
     record.results.append(result)
     request.node.stash[_RESULT] = result
     blocker = record.blocked.get(tablemig_table or "*") or record.blocked.get("*")
-    if blocker and item.id not in ("RB-1", "NOTES", "CONTACTS") and not item.id.startswith("SC-"):
+    if blocker and item.id not in ("NOTES", "CONTACTS") and not item.id.startswith(("SC-", "RB-")):
         result.status, result.reason = "blocked", f"blocked by {blocker}"
         pytest.skip(f"blocked by {blocker}")
     context = StepContext(request, record, result, item, active_dsn, passive_dsn)

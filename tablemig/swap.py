@@ -61,17 +61,21 @@ class SwapResult:
 def blockers(conn: psycopg.Connection[Any], tables: list[QualifiedName],
              older_than_s: float) -> list[dict[str, Any]]:
     """Sessions holding locks on `tables`, and transactions older than `older_than_s`
-    (they would make the swap's ACCESS EXCLUSIVE request wait)."""
+    (they would make the swap's ACCESS EXCLUSIVE request wait). Only sessions of this
+    database: relation OIDs in pg_locks are per database."""
     rows = conn.execute("""
         SELECT DISTINCT a.pid, a.usename, a.application_name, a.state,
                round(extract(epoch FROM now() - a.xact_start)::numeric, 1) AS xact_seconds,
                left(a.query, 200) AS query,
                EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.granted
+                         AND l.database = a.datid
                          AND l.relation = ANY(%s::regclass[])) AS holds_lock
           FROM pg_stat_activity a
          WHERE a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL
            AND a.backend_type = 'client backend'
+           AND a.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
            AND (EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.granted
+                          AND l.database = a.datid
                           AND l.relation = ANY(%s::regclass[]))
                 OR now() - a.xact_start > make_interval(secs => %s))
          ORDER BY xact_seconds DESC""",
@@ -85,16 +89,18 @@ def with_lock_retries(conn: psycopg.Connection[Any], what: str, tables: list[Qua
                       attempts: int, statement_timeout: str = "30s",
                       long_xact_seconds: float = 60, base_delay: float = 0.2,
                       mode: str = "ACCESS EXCLUSIVE",
-                      on_attempt: Callable[[dict[str, Any]], None] | None = None
+                      on_attempt: Callable[[dict[str, Any]], None] | None = None,
+                      watch: list[QualifiedName] | None = None,
                       ) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
     """Run `body(locked_at)` in a transaction that first locks `tables` in `mode`.
 
     Each attempt waits at most `lock_timeout` for the locks; failures back off
     exponentially with jitter. After `attempts` failures, LockNotAcquired names the
-    blockers seen. `body` runs with the locks held and returns what to record."""
+    blockers seen (holders of locks on `tables` and on `watch`: relations `body` locks
+    itself). `body` runs with the locks held and returns what to record."""
     log: list[dict[str, Any]] = []
     for attempt in range(1, attempts + 1):
-        seen = blockers(conn, tables, long_xact_seconds)
+        seen = blockers(conn, tables + (watch or []), long_xact_seconds)
         t0 = time.perf_counter()
         try:
             with conn.transaction():
@@ -132,9 +138,15 @@ def with_lock_retries(conn: psycopg.Connection[Any], what: str, tables: list[Qua
         "then rerun; the migration resumes at this step")
 
 
+def _matviews(info: TableInfo) -> list[QualifiedName]:
+    return sorted(v.name for v in info.views if v.kind == "m")
+
+
 def _lock_list(t: QualifiedName, other: QualifiedName, info: TableInfo) -> list[QualifiedName]:
     children = sorted({fk.table for fk in info.incoming_fks})
-    views = sorted(v.name for v in info.views)
+    # LOCK TABLE refuses materialized views; the swap's DROP MATERIALIZED VIEW takes their
+    # lock under the same lock_timeout
+    views = sorted(v.name for v in info.views if v.kind == "v")
     return [t, other, *children, *views]
 
 
@@ -174,6 +186,23 @@ def _grant(ex: Executor, target: QualifiedName, acl: list[tuple[str, str, bool]]
         who = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
         ex.run(sql.SQL("GRANT {} ON {} {} TO {}{}").format(
             sql.SQL(priv), sql.SQL(kind), target.ident(), who,
+            sql.SQL(" WITH GRANT OPTION" if grantable else "")))
+
+
+def _column_grants(ex: Executor, source: QualifiedName, target: QualifiedName) -> None:
+    """Column privileges (`pg_attribute.attacl`): CREATE TABLE ... LIKE does not copy them
+    and the table ACL does not hold them, so they are re-granted column by column."""
+    rows = ex.run(sql.SQL("""
+        SELECT CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee) END,
+               x.privilege_type, x.is_grantable, array_agg(a.attname::text ORDER BY a.attnum)
+          FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid, aclexplode(a.attacl) x
+         WHERE c.oid = {}::regclass AND a.attnum > 0 AND NOT a.attisdropped
+           AND x.grantee <> c.relowner
+         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""").format(sql.Literal(str(source))), mutating=False)
+    for grantee, priv, grantable, columns in (rows.fetchall() if rows is not None else []):
+        who = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
+        ex.run(sql.SQL("GRANT {} ({}) ON TABLE {} TO {}{}").format(
+            sql.SQL(priv), sql.SQL(", ").join(map(sql.Identifier, columns)), target.ident(), who,
             sql.SQL(" WITH GRANT OPTION" if grantable else "")))
 
 
@@ -284,6 +313,7 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
         _repoint_fks(ex, info.incoming_fks)
         _recreate_views(ex, info.views)
         _grant(ex, t, info.acl)
+        _column_grants(ex, outgoing, t)
         _policies(ex, t, info)
         disabled = _copy_triggers(ex, info, outgoing, t, _quoted(ex, t))
         _publications(ex, info.publications, outgoing, t)
@@ -312,7 +342,7 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
     record, used, log = with_lock_retries(
         conn, f"swap of {t}", _lock_list(t, n, info0), body, lock_timeout=lock_timeout,
         attempts=attempts, statement_timeout=statement_timeout,
-        long_xact_seconds=long_xact_seconds, on_attempt=on_attempt)
+        long_xact_seconds=long_xact_seconds, on_attempt=on_attempt, watch=_matviews(info0))
     hold = record.pop("lock_hold_ms")
     lsn = str(ex.scalar("SELECT pg_current_wal_insert_lsn()::text"))
     state.update(conn, str(t), lock_hold_ms=hold, swap_attempts=used, swap_lsn=lsn)
@@ -347,6 +377,7 @@ def swap_back(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: i
         _repoint_fks(ex, info.incoming_fks)
         _recreate_views(ex, info.views)
         _grant(ex, t, info.acl)
+        _column_grants(ex, n, t)
         for name in rec.get("disabled_triggers", []):
             ex.run(sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(t.ident(), sql.Identifier(name)))
         _publications(ex, info.publications, n, t)
@@ -359,7 +390,7 @@ def swap_back(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: i
     record, used, log = with_lock_retries(
         conn, f"swap back of {t}", _lock_list(t, outgoing, info0), body,
         lock_timeout=lock_timeout, attempts=attempts, statement_timeout=statement_timeout,
-        long_xact_seconds=long_xact_seconds)
+        long_xact_seconds=long_xact_seconds, watch=_matviews(info0))
     hold = record.pop("lock_hold_ms")
     return SwapResult(used, hold, str(ex.scalar("SELECT pg_current_wal_insert_lsn()::text")),
                       record, log)

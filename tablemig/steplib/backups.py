@@ -1,0 +1,178 @@
+"""Pre-execution · 2. Backup and safety measures (PRE-2.1 .. PRE-2.4).
+
+The backup is the real `pg_dump` of the target tables, taken from a snapshot exported by
+tablemig so that the checksums recorded next to it describe exactly the dumped rows;
+PRE-2.3 restores it into a scratch database and compares. The backup files are removed by
+cleanup only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from ..db import connect, redact
+from ..names import QualifiedName
+from ..reconcile import Reconciler, Side
+from ..steps import StepContext
+from ..structure import create_table_sql, drop_trigger_sql, sync_function_sql, trigger_sql
+from ..swap import CAPTURE_TRIGGER
+
+
+def _tool(ctx: StepContext, name: str) -> str:
+    sb = ctx.request.getfixturevalue("sandbox")
+    if sb is not None:
+        return str(sb.pg_bin.tool(name))
+    from ..pgbin import find_pg_bin
+
+    try:
+        return str(find_pg_bin().tool(name))
+    except Exception:  # noqa: BLE001 - fall back to PATH
+        return name
+
+
+def _checksums(conn: psycopg.Connection[Any], ctx: StepContext) -> dict[str, Any]:
+    out = {}
+    for t in ctx.plan.tables:
+        plan = ctx.migration_for(t).plan()
+        types = {c.name: c.type for c in plan.info.columns}
+        rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns])
+        segs = rec.checksums(conn, {"t": Side(plan.original)}, [])
+        out[str(plan.original)] = {"rows": segs[0].counts["t"], "checksum": segs[0].sums["t"]}
+    return out
+
+
+def _backup_dir(ctx: StepContext) -> Path:
+    run = ctx.record.facts.setdefault("backup_run", time.strftime("%Y%m%dT%H%M%S"))
+    return Path(ctx.plan.backup_dir).resolve() / ctx.plan.name / run
+
+
+def pre_2_1_full_backup(ctx: StepContext) -> None:
+    tables = [str(t.spec().qualified) for t in ctx.plan.tables]
+    out = _backup_dir(ctx) / "pre_migration_backup.dump"
+    cmd = [_tool(ctx, "pg_dump"), "--format=custom", "--no-owner", f"--file={out}",
+           *[f"--table={t}" for t in tables], "--dbname", ctx.active_dsn]
+    shown = redact(" ".join(cmd))
+    if not ctx.execute:
+        ctx.dry_run("would run pg_dump of the target tables", command=shown, target=str(out))
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    conn = connect(ctx.active_dsn)
+    try:
+        # One snapshot for the dump and the checksums recorded next to it.
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        snap = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        assert snap is not None
+        sums = _checksums(conn, ctx)
+        t0 = time.perf_counter()
+        proc = subprocess.run([*cmd[:-2], f"--snapshot={snap[0]}", *cmd[-2:]], capture_output=True, text=True,
+                              timeout=24 * 3600)
+        elapsed = time.perf_counter() - t0
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    assert proc.returncode == 0, f"pg_dump failed: {redact(proc.stderr.strip())}"
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    (out.parent / "SHA256SUMS").write_text(f"{digest}  {out.name}\n")
+    (out.parent / "checksums.json").write_text(json.dumps(sums, indent=2))
+    ctx.record.facts["backup"] = {"file": str(out), "sha256": digest, "checksums": sums}
+    ctx.evidence(command=shown, file=str(out), bytes=out.stat().st_size, sha256=digest, seconds=round(elapsed, 2),
+                 table_checksums=sums)
+
+
+def pre_2_2_restore_point(ctx: StepContext) -> None:
+    conn = ctx.connect()
+    archiving = conn.execute("SELECT current_setting('archive_mode'), current_setting('archive_command'),"
+                             " current_setting('wal_level')").fetchone()
+    assert archiving is not None
+    usable = archiving[0] != "off" and archiving[1] not in ("", "(disabled)")
+    ctx.evidence(archive_mode=archiving[0], archive_command=redact(archiving[1]), wal_level=archiving[2],
+                 pitr_usable=usable)
+    if not ctx.execute:
+        ctx.dry_run("would run SELECT pg_create_restore_point('before_table_rename_strategy')")
+        return
+    try:
+        row = conn.execute("SELECT pg_create_restore_point('before_table_rename_strategy')::text").fetchone()
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise AssertionError(
+            f"{exc.diag.message_primary}: the role may not create restore points. Fix: "
+            "GRANT EXECUTE ON FUNCTION pg_create_restore_point(text) TO <role>, or create it as a superuser "
+            "and attest PRE-2.2") from None
+    ctx.evidence(restore_point="before_table_rename_strategy", lsn=row and row[0])
+    ctx.record.facts["restore_point"] = {"name": "before_table_rename_strategy", "lsn": row and row[0]}
+    if not usable:
+        ctx.warn("WAL archiving is off: the restore point cannot be used for point-in-time recovery; the "
+                 "pg_dump backup (PRE-2.1) is the way back")
+
+
+def pre_2_3_test_restore(ctx: StepContext) -> None:
+    backup = ctx.record.facts.get("backup")
+    scratch = f"tablemig_restore_{uuid.uuid4().hex[:8]}"
+    if not ctx.execute:
+        ctx.dry_run(f"would restore the PRE-2.1 dump into a scratch database {scratch} and compare checksums")
+        return
+    assert backup, "no backup from PRE-2.1 in this run"
+    admin = ctx.connect()
+    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
+    params = conninfo_to_dict(ctx.active_dsn)
+    params["dbname"] = scratch
+    scratch_dsn = make_conninfo(**params)
+    try:
+        proc = subprocess.run([_tool(ctx, "pg_restore"), "--no-owner", "--dbname", scratch_dsn, backup["file"]],
+                              capture_output=True, text=True, timeout=24 * 3600)
+        assert proc.returncode == 0, f"pg_restore failed: {redact(proc.stderr.strip())}"
+        with connect(scratch_dsn) as conn:
+            restored = {}
+            for t in ctx.plan.tables:
+                plan = ctx.migration_for(t).plan()
+                types = {c.name: c.type for c in plan.info.columns}
+                rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns])
+                seg = rec.checksums(conn, {"t": Side(QualifiedName.parse(str(plan.original)))}, [])[0]
+                restored[str(plan.original)] = {"rows": seg.counts["t"], "checksum": seg.sums["t"]}
+    finally:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
+    ctx.evidence(scratch_database=scratch, restored=restored, dumped=backup["checksums"])
+    assert restored == backup["checksums"], "restored data differs from the dumped snapshot"
+
+
+def pre_2_4_rollback_plan_executable(ctx: StepContext) -> None:
+    """Create the new table and the capture trigger, run the rollback SQL, and roll the
+    whole transaction back: proves the rollback statements run, changes nothing."""
+    conn = ctx.connect()
+    ran = []
+    for t in ctx.plan.tables:
+        mig = ctx.migration_for(t)
+        plan = mig.plan()
+        if plan.resumed_state:
+            ctx.evidence(**{str(plan.original): f"already {plan.resumed_state}: rollback is RB-1's"})
+            continue
+        user = conn.execute("SELECT current_user").fetchone()
+        fn = plan.function_name("capture")
+        with conn.transaction(force_rollback=True):
+            conn.execute("SET LOCAL lock_timeout = '200ms'")
+            if conn.execute("SELECT to_regnamespace('table_migration')").fetchone() == (None,):
+                conn.execute("CREATE SCHEMA table_migration")
+            stmts = [*create_table_sql(plan.info, plan.new, user[0] if user else ""),
+                     sync_function_sql(plan.info, fn, "capture", plan.new, date_column=plan.date_column,
+                                       date_type=plan.date_type, cutoff=plan.cutoff),
+                     *trigger_sql(plan.original, CAPTURE_TRIGGER, fn)]
+            for s in stmts:
+                conn.execute(s)
+            rollback = [drop_trigger_sql(plan.original, CAPTURE_TRIGGER),
+                        sql.SQL("DROP FUNCTION {}()").format(fn.ident()),
+                        sql.SQL("DROP TABLE {}").format(plan.new.ident())]
+            for s in rollback:
+                conn.execute(s)
+                ran.append(s.as_string(conn))
+        still = conn.execute("SELECT to_regclass(%s)", (str(plan.new),)).fetchone()
+        assert still == (None,), "the rehearsal left the new table behind"
+    ctx.evidence(rollback_sql=ran, note="executed inside a transaction that was rolled back")

@@ -1,0 +1,80 @@
+"""Rollback procedures RB-2 (partial) and RB-3 (full). RB-1 lives with the execution steps.
+
+RB-2 is rehearsed for real inside a transaction that is rolled back: the triggers are
+disabled, a segment of recent rows is restored from the original (the archive, which the
+mirror trigger keeps complete) into the live table, the triggers re-enabled, and the
+segment compared. RB-3 is documented with the exact commands and checked against this
+run's backup and restore point.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import sql
+
+from ..names import QualifiedName
+from ..reconcile import Reconciler, Side
+from ..steps import StepContext
+
+
+def rb_2_partial_rollback(ctx: StepContext) -> None:
+    mig = ctx.migration()
+    m = mig._state()
+    if m is None or m["state"] != "swapped":
+        if not ctx.execute:
+            ctx.dry_run("after the swap: rehearse restoring recent rows from the original into the new table")
+            return
+        ctx.not_applicable(f"state is {m and m['state']}: a partial rollback applies after the swap, before prune")
+    conn = ctx.connect()
+    live = QualifiedName(m["schema_name"], m["original_name"])
+    archive = QualifiedName(m["schema_name"], (m["swap_record"] or {}).get("outgoing") or m["archive_name"])
+    plan = mig.plan_for_state(m)
+    types = {c.name: c.type for c in plan.info.columns}
+    rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns], plan.columns)
+    key = sql.SQL(", ").join(map(sql.Identifier, plan.key))
+    done: dict[str, Any] = {}
+    with conn.transaction(force_rollback=True):
+        conn.execute("SET LOCAL lock_timeout = '200ms'")
+        conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(live.ident()))
+        sample = conn.execute(sql.SQL("SELECT {k} FROM {t} ORDER BY {k} DESC LIMIT 100").format(
+            k=key, t=live.ident())).fetchall()
+        keys = [[str(v) for v in r] for r in sample]
+        restored = rec.repair(conn, Side(archive), Side(live), keys, plan.overriding)
+        conn.execute(sql.SQL("ALTER TABLE {} ENABLE TRIGGER USER").format(live.ident()))
+        bounds = rec.boundaries(conn, Side(live), 4)
+        segs = rec.checksums(conn, {"live": Side(live), "original": Side(archive, m["date_column"], m["date_type"],
+                                                                          m["cutoff"])}, bounds)
+        done = {"rows_restored": restored, "segments_equal": all(s.match for s in segs)}
+    ctx.evidence(**done, procedure=["ALTER TABLE T DISABLE TRIGGER USER",
+                                    "restore the affected recent rows from the original (tablemig verify repairs)",
+                                    "ALTER TABLE T ENABLE TRIGGER USER", "compare segment checksums"],
+                 note="rehearsed inside a transaction that was rolled back")
+    assert done["rows_restored"] == len(keys)
+
+
+def rb_3_full_rollback(ctx: StepContext) -> None:
+    backup = ctx.record.facts.get("backup")
+    rp = ctx.record.facts.get("restore_point")
+    conn = ctx.connect()
+    arch = conn.execute("SELECT current_setting('archive_mode'), current_setting('archive_command')").fetchone()
+    pitr = bool(arch and arch[0] != "off" and arch[1] not in ("", "(disabled)"))
+    tables = " ".join(f"--table={t.table}" for t in ctx.plan.tables)
+    ctx.evidence(
+        backup=backup and {"file": backup["file"], "sha256": backup["sha256"]},
+        restore_point=rp, pitr_possible=pitr,
+        procedure=[
+            "1. restore: pg_restore --clean --if-exists " + tables + " --dbname DSN " +
+            (backup["file"] if backup else "<PRE-2.1 dump>")
+            + (" (or PITR: recovery_target_name = 'before_table_rename_strategy')" if pitr else ""),
+            "2. re-sync replication: a physical standby follows; after PITR rebuild it with pg_basebackup",
+            "3. validate: compare counts/checksums with checksums.json next to the dump (PRE-2.3 proved it)",
+            "4. root cause analysis: the report of this run (failed steps, SQL, timings)"])
+    if not ctx.execute:
+        ctx.dry_run("documented; the backup it relies on is made and restore-tested by PRE-2.1/PRE-2.3")
+        return
+    assert backup, "no backup in this run: a full rollback would have nothing to restore"
+    restored = next((r for r in ctx.record.results if r.id == "PRE-2.3"), None)
+    assert restored is not None and restored.status == "passed", "the backup was not restore-tested (PRE-2.3)"
+    if not pitr:
+        ctx.warn("WAL archiving is off: full rollback means restoring the pg_dump backup, not point-in-time")

@@ -1,0 +1,126 @@
+"""Execution · Phase 3: replication synchronisation (EX-3.1 .. EX-3.3).
+
+Physical standby: DDL and data replicate; the harness proves it by waiting for the
+standby to replay past the active's current LSN and then finding the objects and the same
+segment checksums there. Logical subscribers are handled by `tablemig.logical`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from .. import replication
+from ..names import QualifiedName
+from ..reconcile import Reconciler, Side
+from ..replication import LagLimit
+from ..steps import StepContext
+
+
+def _pair(ctx: StepContext) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
+    return ctx.connect("active"), ctx.connect("passive")
+
+
+def _names(ctx: StepContext) -> dict[str, Any] | None:
+    return ctx.migration()._state() if ctx.execute else None
+
+
+def ex_3_1_prepare_passive_site(ctx: StepContext) -> None:
+    active, passive = _pair(ctx)
+    in_recovery = passive.execute("SELECT pg_is_in_recovery()").fetchone()
+    if in_recovery and not in_recovery[0]:
+        raise AssertionError(
+            "the passive site is not a physical standby (a logical subscriber?): tablemig does not yet "
+            "apply the migration's DDL to subscribers; refusing rather than letting the subscription apply "
+            "changes to the wrong table")
+    replay = replication.wait_for_replay(active, passive)
+    m = _names(ctx)
+    expected = ["table_migration.migration_state"]
+    if m is not None:
+        outgoing = (m["swap_record"] or {}).get("outgoing") or m["archive_name"]
+        expected += [str(QualifiedName(m["schema_name"], m["original_name"])),
+                     str(QualifiedName(m["schema_name"], outgoing))]
+    found = {name: passive.execute("SELECT to_regclass(%s)::text", (name,)).fetchone()[0]  # type: ignore[index]
+             for name in expected}
+    ctx.evidence(topology="physical: DDL replicates with the WAL", replayed=replay, objects_on_passive=found)
+    if not ctx.execute and m is None:
+        schema = passive.execute("SELECT schema_name FROM information_schema.schemata"
+                                 " WHERE schema_name = 'table_migration'").fetchone()
+        ctx.evidence(schema_on_passive=bool(schema))
+        ctx.dry_run("after the migration: objects checked on the standby after replay")
+        return
+    missing = [n for n, v in found.items() if v is None]
+    assert not missing, f"not on the passive site after replay: {missing}"
+
+
+def _compare_sites(ctx: StepContext, active: psycopg.Connection[Any], passive: psycopg.Connection[Any],
+                   tables: dict[str, QualifiedName]) -> dict[str, Any]:
+    mig = ctx.migration()
+    m = mig._state()
+    plan = mig.plan_for_state(m) if m and m["state"] in ("swapped", "pruned") else mig.plan()
+    types = {c.name: c.type for c in plan.info.columns}
+    rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns])
+    out: dict[str, Any] = {}
+    for label, table in tables.items():
+        side = Side(table)
+        bounds = rec.boundaries(active, side, 16)
+        a = rec.checksums(active, {"active": side}, bounds)
+        p = rec.checksums(passive, {"passive": side}, bounds)
+        rows = []
+        for s, q in zip(a, p, strict=True):
+            s.counts["passive"], s.sums["passive"] = q.counts["passive"], q.sums["passive"]
+            rows.append(s.to_row())
+        out[label] = {"table": str(table), "segments": rows,
+                      "match": all(r["match"] for r in rows),
+                      "rows_active": sum(s.counts["active"] for s in a),
+                      "rows_passive": sum(s.counts["passive"] for s in a)}
+    return out
+
+
+def ex_3_2_replication_health(ctx: StepContext) -> None:
+    active, passive = _pair(ctx)
+    limit = LagLimit.parse(ctx.plan.max_replication_lag)
+    lag = replication.standbys(active)
+    ctx.evidence(standbys=lag, max_replication_lag=limit.text)
+    m = ctx.migration()._state()
+    in_recovery = passive.execute("SELECT pg_is_in_recovery()").fetchone()
+    if in_recovery and in_recovery[0]:
+        replay = replication.wait_for_replay(active, passive)
+        ctx.evidence(replayed=replay)
+    if m is None or m["state"] not in ("swapped", "pruned"):
+        if not ctx.execute:
+            ctx.dry_run("after the swap: lag under the limit and equal checksums on both sites")
+            return
+    schema = m["schema_name"] if m else "public"
+    tables = {"live": QualifiedName(schema, m["original_name"])} if m else {}
+    if m:
+        tables["archive"] = QualifiedName(schema, (m["swap_record"] or {}).get("outgoing") or m["archive_name"])
+    result = _compare_sites(ctx, active, passive, tables)
+    conflicts = passive.execute("SELECT confl_tablespace, confl_lock, confl_snapshot, confl_bufferpin,"
+                                " confl_deadlock FROM pg_stat_database_conflicts"
+                                " WHERE datname = current_database()").fetchone()
+    ctx.table.facts["sites"] = result
+    ctx.evidence(sites={k: {kk: vv for kk, vv in v.items() if kk != "segments"} for k, v in result.items()},
+                 standby_conflicts=dict(zip(["tablespace", "lock", "snapshot", "bufferpin", "deadlock"],
+                                            conflicts or [], strict=False)))
+    for r in lag:
+        assert not limit.exceeded(r["lag_bytes"], r["lag_seconds"]), f"lag over {limit.text}: {r}"
+    bad = [k for k, v in result.items() if not v["match"]]
+    assert not bad, f"checksums differ between the sites for {bad}"
+
+
+def ex_3_3_reenable_replication(ctx: StepContext) -> None:
+    table = ctx.result.table
+    note = "Migration completed, replication re-enabled"
+    ex = ctx.executor()
+    ex.run("UPDATE table_migration.replication_control SET replication_enabled = TRUE, last_sync_time = NOW(),"
+           " notes = %s WHERE table_name = %s", (note, table))
+    if not ctx.execute:
+        ctx.dry_run("would mark replication re-enabled in table_migration.replication_control")
+        return
+    row = ex.conn.execute("SELECT replication_enabled, last_sync_time::text, notes FROM"
+                          " table_migration.replication_control WHERE table_name = %s", (table,)).fetchone()
+    ctx.evidence(replication_control=row and {"replication_enabled": row[0], "last_sync_time": row[1],
+                                              "notes": row[2]})
+    assert row is not None and row[0], "replication_control was not updated"
