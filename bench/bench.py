@@ -351,6 +351,10 @@ def run_naive(srv: Server, db: str, cut: dict[str, Any]) -> dict[str, Any]:
             "rows_after": int(rows), "ok": int(rows) == cut["kept_rows"]}
 
 
+def num(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
 def migration_events(dsn: str) -> list[dict[str, Any]]:
     with connect(dsn, application_name="tablemig-bench") as c:
         rows = c.execute(
@@ -392,8 +396,8 @@ def run_tablemig(srv: Server, db: str, cut: dict[str, Any], a: argparse.Namespac
     progress = tail(err, 3).splitlines()
     return {"method": "tablemig", "wall_s": round(wall, 3), "elapsed_s": round(core, 3),
             "core_s": round(core, 3), "timings": timings, "wal_bytes": wal,
-            "lock_hold_ms": result.get("lock_hold_ms"), "swap_attempts": result.get("swap_attempts"),
-            "peak_rss_mb": round(rss, 1), "rows_copied": st[1], "rows_to_copy": st[2],
+            "lock_hold_ms": num(result.get("lock_hold_ms")),
+            "swap_attempts": result.get("swap_attempts"), "peak_rss_mb": round(rss, 1), "rows_copied": st[1], "rows_to_copy": st[2],
             "batches": (backfill_done or {}).get("details", {}).get("batches"),
             "cutoff": st[0], "cutoff_matches": st[0] == cut["cutoff"], "rows_after": int(rows),
             "ok": int(rows) == cut["kept_rows"], "started_at": started_at,
@@ -734,7 +738,7 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
         res = json.loads(out.read_text())
         return {"started_at": started, "ended_at": ended, "wall_s": round(wall, 3),
                 "peak_rss_mb": round(rss, 1), "timings": res.get("timings"),
-                "lock_hold_ms": res.get("lock_hold_ms"), "swap_attempts": res.get("swap_attempts"),
+                "lock_hold_ms": num(res.get("lock_hold_ms")), "swap_attempts": res.get("swap_attempts"),
                 "pgbench_running_at_end": p.poll() is None}
 
     try:

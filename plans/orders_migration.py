@@ -13,7 +13,7 @@ its docstring is the item's text and its body calls the library step that does i
 
 from __future__ import annotations
 
-from tablemig.plan import Contact, PlanConfig, TableConfig, step, Window  # noqa: F401
+from tablemig.plan import Attestation, Contact, PlanConfig, TableConfig, Window, step  # noqa: F401
 from tablemig.steplib.registry import STEPS
 from tablemig.steps import StepContext
 

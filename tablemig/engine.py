@@ -619,10 +619,30 @@ class Migration:
                 b = QualifiedName(m["schema_name"], m["backup_name"])
                 self.ex.run(sql.SQL("DROP TABLE IF EXISTS {}").format(b.ident()))
                 dropped.append(str(b))
+            backups = [r[0] for r in self.conn.execute(
+                "SELECT DISTINCT details->>'file' FROM table_migration.migration_log"
+                " WHERE table_name = %s AND operation = 'backup'", (self.table,)).fetchall() if r[0]]
+            removed = _remove_backups(backups)
             state.update(self.conn, self.table, state="cleaned")
             state.log(self.conn, self.table, "cleanup", "done",
-                      details={"approved_by": approved_by, "dropped": dropped})
-        return dropped
+                      details={"approved_by": approved_by, "dropped": dropped, "backups_removed": removed})
+        return dropped + removed
+
+
+def _remove_backups(files: list[str]) -> list[str]:
+    """The PRE-2.1 dumps of this table (and their checksum files), where they are local."""
+    from pathlib import Path
+
+    removed = []
+    for f in files:
+        p = Path(f)
+        if p.exists():
+            p.unlink()
+            removed.append(str(p))
+            if not list(p.parent.glob("*.dump")):  # the last dump of that backup: its manifests too
+                for extra in (p.parent / "SHA256SUMS", p.parent / "checksums.json"):
+                    extra.unlink(missing_ok=True)
+    return removed
 
 
 def _json(value: Any) -> str:

@@ -56,37 +56,52 @@ def _backup_dir(ctx: StepContext) -> Path:
     return Path(ctx.plan.backup_dir).resolve() / ctx.plan.name / run
 
 
+def _dump_name(table: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in table).strip("_") + ".dump"
+
+
 def pre_2_1_full_backup(ctx: StepContext) -> None:
+    """One pg_dump per table (so cleanup of one table removes only its own backup), all from
+    one exported snapshot, with the checksums of exactly the dumped rows."""
     tables = [str(t.spec().qualified) for t in ctx.plan.tables]
-    out = _backup_dir(ctx) / "pre_migration_backup.dump"
-    cmd = [_tool(ctx, "pg_dump"), "--format=custom", "--no-owner", f"--file={out}",
-           *[f"--table={t}" for t in tables], "--dbname", ctx.active_dsn]
-    shown = redact(" ".join(cmd))
+    folder = _backup_dir(ctx)
+    cmds = {t: [_tool(ctx, "pg_dump"), "--format=custom", "--no-owner", f"--file={folder / _dump_name(t)}",
+                f"--table={t}", "--dbname", ctx.active_dsn] for t in tables}
+    shown = {t: redact(" ".join(c)) for t, c in cmds.items()}
     if not ctx.execute:
-        ctx.dry_run("would run pg_dump of the target tables", command=shown, target=str(out))
+        ctx.dry_run("would run pg_dump of each target table", commands=shown, target=str(folder))
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     conn = connect(ctx.active_dsn)
+    files: dict[str, dict[str, Any]] = {}
     try:
-        # One snapshot for the dump and the checksums recorded next to it.
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         snap = conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert snap is not None
         sums = _checksums(conn, ctx)
-        t0 = time.perf_counter()
-        proc = subprocess.run([*cmd[:-2], f"--snapshot={snap[0]}", *cmd[-2:]], capture_output=True, text=True,
-                              timeout=24 * 3600)
-        elapsed = time.perf_counter() - t0
+        for t, cmd in cmds.items():
+            t0 = time.perf_counter()
+            proc = subprocess.run([*cmd[:-2], f"--snapshot={snap[0]}", *cmd[-2:]], capture_output=True, text=True,
+                                  timeout=24 * 3600)
+            assert proc.returncode == 0, f"pg_dump of {t} failed: {redact(proc.stderr.strip())}"
+            out = folder / _dump_name(t)
+            files[t] = {"file": str(out), "bytes": out.stat().st_size,
+                        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+                        "seconds": round(time.perf_counter() - t0, 2), "checksum": sums[t]}
         conn.execute("COMMIT")
     finally:
         conn.close()
-    assert proc.returncode == 0, f"pg_dump failed: {redact(proc.stderr.strip())}"
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    (out.parent / "SHA256SUMS").write_text(f"{digest}  {out.name}\n")
-    (out.parent / "checksums.json").write_text(json.dumps(sums, indent=2))
-    ctx.record.facts["backup"] = {"file": str(out), "sha256": digest, "checksums": sums}
-    ctx.evidence(command=shown, file=str(out), bytes=out.stat().st_size, sha256=digest, seconds=round(elapsed, 2),
-                 table_checksums=sums)
+    (folder / "SHA256SUMS").write_text("".join(f"{f['sha256']}  {Path(f['file']).name}\n" for f in files.values()))
+    (folder / "checksums.json").write_text(json.dumps(sums, indent=2))
+    ctx.record.facts["backup"] = {"folder": str(folder), "files": files, "checksums": sums}
+    from ..schema import installed_version
+    from ..state import log
+
+    log_conn = ctx.connect()
+    if installed_version(log_conn) is not None:  # cleanup finds (and only cleanup removes) each dump
+        for t, f in files.items():
+            log(log_conn, t, "backup", "done", details={"file": f["file"], "sha256": f["sha256"]})
+    ctx.evidence(commands=shown, files=files)
 
 
 def pre_2_2_restore_point(ctx: StepContext) -> None:
@@ -127,9 +142,10 @@ def pre_2_3_test_restore(ctx: StepContext) -> None:
     params["dbname"] = scratch
     scratch_dsn = make_conninfo(**params)
     try:
-        proc = subprocess.run([_tool(ctx, "pg_restore"), "--no-owner", "--dbname", scratch_dsn, backup["file"]],
-                              capture_output=True, text=True, timeout=24 * 3600)
-        assert proc.returncode == 0, f"pg_restore failed: {redact(proc.stderr.strip())}"
+        for f in backup["files"].values():
+            proc = subprocess.run([_tool(ctx, "pg_restore"), "--no-owner", "--dbname", scratch_dsn, f["file"]],
+                                  capture_output=True, text=True, timeout=24 * 3600)
+            assert proc.returncode == 0, f"pg_restore of {f['file']} failed: {redact(proc.stderr.strip())}"
         with connect(scratch_dsn) as conn:
             restored = {}
             for t in ctx.plan.tables:

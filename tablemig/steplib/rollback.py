@@ -61,11 +61,11 @@ def rb_3_full_rollback(ctx: StepContext) -> None:
     pitr = bool(arch and arch[0] != "off" and arch[1] not in ("", "(disabled)"))
     tables = " ".join(f"--table={t.table}" for t in ctx.plan.tables)
     ctx.evidence(
-        backup=backup and {"file": backup["file"], "sha256": backup["sha256"]},
+        backup=backup and {t: {"file": f["file"], "sha256": f["sha256"]} for t, f in backup["files"].items()},
         restore_point=rp, pitr_possible=pitr,
         procedure=[
             "1. restore: pg_restore --clean --if-exists " + tables + " --dbname DSN " +
-            (backup["file"] if backup else "<PRE-2.1 dump>")
+            (" ".join(f["file"] for f in backup["files"].values()) if backup else "<PRE-2.1 dumps>")
             + (" (or PITR: recovery_target_name = 'before_table_rename_strategy')" if pitr else ""),
             "2. re-sync replication: a physical standby follows; after PITR rebuild it with pg_basebackup",
             "3. validate: compare counts/checksums with checksums.json next to the dump (PRE-2.3 proved it)",
