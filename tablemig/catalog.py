@@ -159,6 +159,12 @@ def resolve(conn: psycopg.Connection[Any], name: QualifiedName) -> int:
     if row[1] != "r":
         raise InputError(f"{name} is {kinds.get(row[1], 'not a table')}, not a table",
                          "give the ordinary table that holds the rows")
+    inh = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = %s OR inhparent = %s)",
+                       (row[0], row[0])).fetchone()
+    if inh and inh[0]:
+        raise InputError(f"{name} takes part in table inheritance: refused",
+                         "the rename strategy would separate parent and children; migrate each "
+                         "child table on its own after detaching it (ALTER TABLE ... NO INHERIT)")
     return int(row[0])
 
 

@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+import psycopg
+
 from .db import redact
 from .errors import TablemigError
 
@@ -43,6 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.fix:
             print(f"tablemig: fix: {exc.fix}", file=sys.stderr)
         return 2
+    except psycopg.OperationalError as exc:
+        print(f"tablemig: error: the connection to the server was lost: {redact(str(exc)).strip()}",
+              file=sys.stderr)
+        print("tablemig: fix: nothing is half-done (every step commits with its checkpoint); when the "
+              "server is back, rerun the same command to resume", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("tablemig: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

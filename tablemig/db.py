@@ -30,7 +30,7 @@ def connect(dsn: str, *, autocommit: bool = True, application_name: str = "table
     params.setdefault("application_name", application_name)
     params.setdefault("connect_timeout", "10")
     try:
-        return psycopg.connect(make_conninfo(**params), autocommit=autocommit, **kwargs)
+        conn = psycopg.connect(make_conninfo(**params), autocommit=autocommit, **kwargs)
     except psycopg.OperationalError as exc:
         from .errors import InputError
 
@@ -38,6 +38,13 @@ def connect(dsn: str, *, autocommit: bool = True, application_name: str = "table
             f"cannot connect to {redact(dsn)}: {redact(str(exc)).strip()}",
             "check host, port, database and credentials; is the server running?",
         ) from None
+    if conn.info.server_version >= 140000:
+        # A backend whose client died (harness killed) stops within a second instead of
+        # finishing a long statement nobody waits for, and releases its locks.
+        conn.execute("SET client_connection_check_interval = '1s'")
+        if not autocommit:
+            conn.commit()
+    return conn
 
 
 def server_identity(conn: psycopg.Connection[Any]) -> tuple[str, str, int]:

@@ -173,14 +173,18 @@ class Migration:
         """Install the schema, create N (and A in copy mode) and the capture trigger."""
         t0 = time.perf_counter()
         self.recorder.step = self.recorder.step or "capture"
-        install_schema(self.conn)
+        # Plan (which validates every input) before anything is installed: bad input changes nothing.
         plan = self._plan if self._plan and self._plan.resumed_state is None else self.plan()
         if plan.blockers:
             raise TablemigError(f"{self.table} has blockers: " + "; ".join(plan.blockers),
                                 "resolve them (the dry run lists them) and rerun")
+        install_schema(self.conn)
         self._lock(plan.info.oid)
         m = self._state()
         if m and m["state"] not in ("rolled_back", "cleaned"):
+            if m["plan_name"] and self.plan_name and m["plan_name"] != self.plan_name:
+                raise InputError(f"{self.table} is mid-migration (state {m['state']}) by plan {m['plan_name']!r}",
+                                 f"finish or roll back that plan first (tablemig rollback --table {self.table})")
             if m["table_oid"] != plan.info.oid:
                 raise InputError(f"state of {self.table} belongs to another table (oid "
                                  f"{m['table_oid']})", "inspect table_migration.migration_state")

@@ -137,10 +137,6 @@ def build_plan(conn: psycopg.Connection[Any], spec: TableSpec,
         raise InputError(f"{original} was already swapped (state {existing['state']})",
                          "nothing to migrate; use `tablemig prune` / `tablemig rollback`")
     info = inspect_table(conn, original, list(spec.key) if spec.key else None)
-    if info.has_children or info.inherits:
-        raise InputError(f"{original} takes part in table inheritance: refused",
-                         "the rename strategy would separate parent and children; migrate each "
-                         "child table on its own after detaching it (ALTER TABLE ... NO INHERIT)")
     col = info.column(spec.date_column)
     if col is None:
         raise InputError(f"column {spec.date_column!r} does not exist in {original}",

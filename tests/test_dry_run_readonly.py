@@ -9,36 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from snapshots import snapshot as take_snapshot
 
 from tablemig.demo_data import create_demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CATALOG = """
-SELECT 'class', n.nspname || '.' || c.relname || ':' || c.relkind::text || ':' || coalesce(c.relacl::text, '')
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-UNION ALL SELECT 'attr', attrelid::regclass || '.' || attname || ':' || atttypid::regtype
-  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AND attnum > 0
-UNION ALL SELECT 'proc', p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
- WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
-UNION ALL SELECT 'trigger', tgrelid::regclass || '.' || tgname || ':' || tgenabled::text FROM pg_trigger
-UNION ALL SELECT 'constraint', conrelid::regclass || '.' || conname || ':' || convalidated FROM pg_constraint
- WHERE connamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
-UNION ALL SELECT 'namespace', nspname FROM pg_namespace
-UNION ALL SELECT 'view', schemaname || '.' || viewname || ':' || md5(definition) FROM pg_views
- WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
-UNION ALL SELECT 'sequence', schemaname || '.' || sequencename || ':' || coalesce(last_value, 0) FROM pg_sequences
-ORDER BY 1, 2
-"""
-
-
 def snapshot(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    catalog = conn.execute(CATALOG).fetchall()
-    data = {t: conn.execute(f"SELECT count(*), md5(string_agg(x::text, ',' ORDER BY x::text)) FROM {t} x").fetchone()
-            for t in ("orders", "order_items")}
-    return {"catalog": catalog, "data": data}
+    return take_snapshot(conn, ("orders", "order_items"))
 
 
 def test_I5_dry_run_of_the_plan_changes_nothing(fresh_db: Any, tmp_path: Path) -> None:
