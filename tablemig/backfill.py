@@ -102,10 +102,13 @@ class CopyJob:
 
     def upper_bound_sql(self, lo: bool, hi: bool) -> sql.Composable:
         where, _ = self._filter(lo, hi)
-        texts = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c))
+        # Qualified with the alias on purpose: a bare ORDER BY name would bind to the ::text
+        # output column and sort by text (wrong order, and no index scan).
+        texts = sql.SQL(", ").join(sql.SQL("src.{}::text").format(sql.Identifier(c))
                                    for c in self.order_columns)
-        return sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET %s LIMIT 1").format(
-            texts, self.source.ident(), where, self._order())
+        order = sql.SQL(", ").join(sql.SQL("src.{}").format(sql.Identifier(c)) for c in self.order_columns)
+        return sql.SQL("SELECT {} FROM {} AS src WHERE {} ORDER BY {} OFFSET %s LIMIT 1").format(
+            texts, self.source.ident(), where, order)
 
     def copy_sql(self, lo: bool, hi: bool) -> sql.Composable:
         where, _ = self._filter(lo, hi)
@@ -247,6 +250,7 @@ class BatchCopier:
             t0 = time.perf_counter()
             with conn.transaction():
                 conn.execute("SET LOCAL synchronous_commit = off")
+                wal0 = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
                 row = conn.execute(job.upper_bound_sql(lo is not None, has_hi),
                                    [*job.params(lo, rng.hi), size - 1]).fetchone()
                 upper = [str(v) for v in row] if row else rng.hi
@@ -255,6 +259,8 @@ class BatchCopier:
                 copied = max(cur.rowcount, 0)
                 done = CopyRange(rng.lo, rng.hi, upper, row is None)
                 self._save_range(conn, index, done, copied)
+                wal = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)::bigint",
+                                   (wal0[0] if wal0 else None,)).fetchone()
             with self._lock:
                 rng.last, rng.done = done.last, done.done
                 self.stats.rows += copied
@@ -264,7 +270,7 @@ class BatchCopier:
             with self._lock:
                 self.stats.samples.append({"t": time.time(), "rows": self.stats.rows,
                                            "batch_rows": copied, "batch_seconds": elapsed,
-                                           "batch_size": size})
+                                           "batch_size": size, "wal_bytes": wal[0] if wal else None})
             self.progress({"table": self.table, "rows": self.stats.rows,
                            "expected": self.expected, "batch_seconds": elapsed,
                            "batch_size": size, "started": self.stats.samples[0]["t"]})

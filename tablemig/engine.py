@@ -163,6 +163,9 @@ class Migration:
         steps = {"backfilling": self.backfill, "indexed": self.build_indexes,
                  "verified": self.verify, "swapped": self.swap}
         for target in order[1:order.index(until) + 1]:
+            m = self._state()
+            if m and state.ORDER[m["state"]] > state.ORDER[target]:
+                continue  # resuming: this step finished in an earlier run
             steps[target]()
         if until == "swapped":
             self.validate_foreign_keys()
@@ -463,7 +466,8 @@ class Migration:
                                 batch: int) -> int:
         key = [sql.Identifier(k) for k in m["key_columns"]]
         klist = sql.SQL(", ").join(key)
-        texts = sql.SQL(", ").join(sql.SQL("{}::text").format(k) for k in key)
+        texts = sql.SQL(", ").join(sql.SQL("src.{}::text").format(k) for k in key)
+        src_order = sql.SQL(", ").join(sql.SQL("src.{}").format(k) for k in key)
         match = sql.SQL(" AND ").join(sql.SQL("a.{0} = b.{0}").format(k) for k in key)
         last = (m["checkpoint"] or {}).get("prune_last")
         total = 0
@@ -476,9 +480,9 @@ class Migration:
             if self.throttle:
                 self.throttle()
             with self.conn.transaction():
-                bound = self.conn.execute(sql.SQL(
-                    "SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET %s LIMIT 1").format(
-                    texts, t.ident(), above if last else sql.SQL("true"), klist),
+                bound = self.conn.execute(sql.SQL(  # ORDER BY the typed columns, not the ::text outputs
+                    "SELECT {} FROM {} AS src WHERE {} ORDER BY {} OFFSET %s LIMIT 1").format(
+                    texts, t.ident(), above if last else sql.SQL("true"), src_order),
                     [*(last or []), batch - 1]).fetchone()
                 upper = [str(v) for v in bound] if bound else None
                 conds = ([above] if last else []) + ([upto] if upper else [])

@@ -91,7 +91,7 @@ class Reconciler:
         texts = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in self.key)
         rows = conn.execute(sql.SQL(
             "SELECT {texts} FROM (SELECT {key}, row_number() OVER (ORDER BY {key}) AS rn"
-            " FROM {t} WHERE {w}) s WHERE rn %% %s = 1 AND rn > 1 ORDER BY {key}").format(
+            " FROM {t} WHERE {w}) s WHERE rn %% %s = 1 AND rn > 1 ORDER BY rn").format(
             texts=texts, key=self._key(), t=side.table.ident(), w=where),
             [*params, step]).fetchall()
         return [[str(v) for v in r] for r in rows]
