@@ -23,7 +23,7 @@ from .db import connect
 from .errors import InputError, TablemigError
 from .executor import Executor, Recorder
 from .names import QualifiedName
-from .planner import TablePlan, build_plan
+from .planner import TablePlan, build_plan, missing_privileges
 from .reconcile import Reconciler, Segment, Side
 from .schema import install_schema, installed_version
 from .spec import TableSpec
@@ -181,7 +181,20 @@ class Migration:
         if plan.blockers:
             raise TablemigError(f"{self.table} has blockers: " + "; ".join(plan.blockers),
                                 "resolve them (the dry run lists them) and rerun")
-        install_schema(self.conn)
+        user = str(self.ex.scalar("SELECT current_user"))
+        lacking = missing_privileges(self.conn, plan)
+        if lacking:
+            raise InputError(f"the role {user} lacks a privilege for {self.table}: " + "; ".join(lacking)
+                             + "; nothing was changed",
+                             "run as the table's owner (or a member of the owner role, also of referencing "
+                             "tables and views) with CREATE on its schema; see README, Least privilege")
+        try:
+            install_schema(self.conn)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise InputError(f"the role {user} lacks a privilege to install the table_migration schema: "
+                             f"{exc.diag.message_primary}",
+                             "GRANT CREATE ON DATABASE to the role, or have the database owner run "
+                             "`tablemig install-schema` once (the table owner is needed for the rest)") from None
         self._lock(plan.info.oid)
         m = self._state()
         if m and m["state"] not in ("rolled_back", "cleaned"):
@@ -193,7 +206,6 @@ class Migration:
                                  f"{m['table_oid']})", "inspect table_migration.migration_state")
             return  # resuming: capture is already in place
         info = plan.info
-        user = str(self.ex.scalar("SELECT current_user"))
         capture_fn = plan.function_name("capture")
 
         def body(_locked_at: float) -> dict[str, Any]:
@@ -233,10 +245,16 @@ class Migration:
         s = self._settings()
         # CREATE TRIGGER takes SHARE ROW EXCLUSIVE: it waits for running writers and blocks
         # new ones while waiting, so it gets the same bounded lock_timeout as the swap.
-        with_lock_retries(self.conn, f"capture on {self.table}", [plan.original], body,
-                          lock_timeout=s.lock_timeout, attempts=s.swap_max_attempts,
-                          long_xact_seconds=s.long_transaction_seconds,
-                          mode="SHARE ROW EXCLUSIVE")
+        try:
+            with_lock_retries(self.conn, f"capture on {self.table}", [plan.original], body,
+                              lock_timeout=s.lock_timeout, attempts=s.swap_max_attempts,
+                              long_xact_seconds=s.long_transaction_seconds,
+                              mode="SHARE ROW EXCLUSIVE")
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise InputError(
+                f"the role {user} lacks a privilege: {exc.diag.message_primary}; nothing was changed",
+                "run as the table's owner (or a member of the owner role) with CREATE on its schema; "
+                "see README, Least privilege") from None
         self._timed("capture", t0)
 
     def _jobs(self, m: dict[str, Any]) -> list[tuple[str, CopyJob, int | None]]:

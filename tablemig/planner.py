@@ -243,6 +243,26 @@ def _check(conn: psycopg.Connection[Any], plan: TablePlan, resuming: bool) -> No
                  f"{plan.backup} until cleanup")
 
 
+def missing_privileges(conn: psycopg.Connection[Any], plan: TablePlan) -> list[str]:
+    """What the current role lacks to carry out the migration (empty: nothing)."""
+    row = conn.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    assert row is not None
+    if row[1]:
+        return []
+    owned = [("table", plan.original)] + [("referencing table", fk.table) for fk in plan.info.incoming_fks] + \
+        [("view", v.name) for v in plan.info.views]
+    out = []
+    for kind, name in owned:
+        ok = conn.execute("SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c"
+                          " WHERE c.oid = %s::regclass", (str(name),)).fetchone()
+        if not (ok and ok[0]):
+            out.append(f"not the owner (or a member of the owner role) of {kind} {name}")
+    create = conn.execute("SELECT has_schema_privilege(%s, 'CREATE')", (plan.original.schema,)).fetchone()
+    if not (create and create[0]):
+        out.append(f"no CREATE privilege on schema {plan.original.schema}")
+    return out
+
+
 def _orphans_after_swap(conn: psycopg.Connection[Any], plan: TablePlan, fk: Any) -> int:
     """Child rows whose parent will not be in the live table after the swap."""
     child_cols, parent_cols = _fk_columns(conn, fk.table, fk.name)
