@@ -28,21 +28,28 @@ What it does
    Then a table, the ratios against the targets, and all figures as JSON in
    bench/results/<timestamp>.json.
 4. `--scale-test`: also migrates a table with the same number of kept rows but twice the
-   total (2N rows, retention/2), alternating with the physical limit at 2N, and reports the
-   growth of the tablemig core time (target <= 15 %) and of the peak RSS.
+   total (2N rows over twice the months, retention/2: the kept rows span the same days at
+   the same density, and order_items, which covers the last 30 days, still references kept
+   orders only), alternating with the physical limit at 2N, and reports the growth of the
+   tablemig core time (target <= 15 %) and of the peak RSS.
 5. `--workload`: runs pgbench (the sandbox's binary) with bench/pgbench_orders.sql (70 %
    INSERT of a new order, 30 % UPDATE of one of the newest orders), `-c 4 -j 2 -T S
    --max-tries`, with per-transaction logs: first a baseline on an untouched copy, then the
    same while tablemig migrates another copy (migration started ~2 s after pgbench).
    Reports baseline tps, tps between capture start and swap, worst latency overall and
-   around the swap (+-1 s), failed transactions and aborted clients. Alone, `--workload`
-   runs only this experiment; add `--measure` to also run step 3.
+   around the swap (+-1 s), failed transactions and aborted clients. The migration uses
+   `--cutoff` = the cutoff computed before pgbench starts (`--workload-cutoff retention`
+   for `--retention`: the orders pgbench inserts first would move it). Alone, `--workload`
+   runs only this experiment; add `--measure` to also run step 3. `--trigger-overhead`
+   runs pgbench without and with only the capture trigger installed (no backfill), to
+   tell the trigger's cost from the backfill's.
 6. `--smoke`: exits 1 when core/physical > `--smoke-limit` (3.0); meant for CI with
    `--rows 100000`.
 
 Diagnostics: `--explain` prints EXPLAIN (ANALYZE, BUFFERS) of a first and a middle
 backfill batch (on a copy with only the capture installed); `--profile` runs one migration
-in-process with a statement recorder and prints the slowest statements per step.
+in-process with a statement recorder and prints the backfill batches and the slowest
+statements per step. Like `--workload`, alone they skip the measurement (add `--measure`).
 
 Usage examples (from the repository root)
 -----------------------------------------
@@ -51,6 +58,7 @@ Usage examples (from the repository root)
     .venv/bin/python bench/bench.py --repeat 3 --workers 2 --batch-size 100000
     .venv/bin/python bench/bench.py --workload                     # pgbench experiment
     .venv/bin/python bench/bench.py --workload --workload-seconds 240
+    .venv/bin/python bench/bench.py --trigger-overhead --explain --profile   # diagnostics
     .venv/bin/python bench/bench.py --scale-test                   # also 20M / 0.05
     .venv/bin/python bench/bench.py --keep-sandbox --sandbox-dir /tmp/tmb   # keep server
     .venv/bin/python bench/bench.py --reuse-dsn 'host=127.0.0.1 port=5432 dbname=tablemig user=postgres'
@@ -108,6 +116,30 @@ TARGETS = {  # name: (comparison, threshold)
 }
 
 CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # our running subprocesses, by pid
+
+
+def engine_fingerprint() -> str:
+    """Short hash of the tablemig sources (the package is installed editable and other
+    people edit it: a change between runs shows up here)."""
+    import hashlib
+
+    import tablemig
+
+    root = Path(tablemig.__file__).resolve().parent
+    h = hashlib.sha1()
+    files = sorted([*root.rglob("*.py"), *root.parent.joinpath("sql_templates").rglob("*")])
+    for f in files:
+        if f.is_file() and "__pycache__" not in f.parts:
+            h.update(str(f.relative_to(root.parent)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:10]
+
+
+def loadavg() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1.0
 
 
 def log(msg: str) -> None:
@@ -246,9 +278,10 @@ def tail(path: Path, n: int = 15) -> str:
 # data
 
 
-def ensure_source(srv: Server, rows: int, workdir: Path) -> dict[str, Any]:
-    """bench_src_<rows> made with the real `tablemig demo-data` (reused when complete)."""
-    db = f"bench_src_{rows}"
+def ensure_source(srv: Server, rows: int, workdir: Path, months: int = 36) -> dict[str, Any]:
+    """bench_src_<rows>[_m<months>] made with the real `tablemig demo-data` (reused when
+    complete)."""
+    db = f"bench_src_{rows}" + ("" if months == 36 else f"_m{months}")
     mark = srv.scalar("SELECT shobj_description(oid, 'pg_database') FROM pg_database"
                       " WHERE datname = %s", (db,))
     if mark and str(mark).startswith(SRC_MARK):
@@ -261,7 +294,7 @@ def ensure_source(srv: Server, rows: int, workdir: Path) -> dict[str, Any]:
     log(f"generating {rows:,} rows with `tablemig demo-data` into {db} ...")
     out, err = workdir / f"demo_data_{rows}.out", workdir / f"demo_data_{rows}.err"
     rc, seconds, _ = run_child(tablemig_cli("demo-data", "--dsn", srv.dsn(db), "--rows",
-                                            str(rows)), out, err)
+                                            str(rows), "--months", str(months)), out, err)
     if rc != 0:
         raise RuntimeError(f"demo-data failed (exit {rc}):\n{tail(err)}\n{tail(out)}")
     log(f"demo-data: {out.read_text().strip()} (wall {seconds:.1f} s)")
@@ -276,7 +309,7 @@ def ensure_source(srv: Server, rows: int, workdir: Path) -> dict[str, Any]:
             " (SELECT count(*) FROM orders), (SELECT count(*) FROM order_items)").fetchone()
         assert sizes is not None
     ckpt = srv.checkpoint()
-    info = {"database": db, "rows": int(sizes[4]), "order_items": int(sizes[5]),
+    info = {"database": db, "rows": int(sizes[4]), "months": months, "order_items": int(sizes[5]),
             "generate_seconds": round(seconds, 2), "vacuum_analyze_seconds": round(vacuum_s, 2),
             "checkpoint_seconds": round(ckpt, 2), "database_bytes": int(sizes[0]),
             "orders_heap_bytes": int(sizes[1]), "orders_total_bytes": int(sizes[2]),
@@ -366,10 +399,11 @@ def migration_events(dsn: str) -> list[dict[str, Any]]:
 
 
 def migrate_cmd(a: argparse.Namespace, dsn: str, retention: float,
-                until: str = "swapped") -> list[str]:
+                until: str = "swapped", cutoff: str | None = None) -> list[str]:
+    which = ["--cutoff", cutoff] if cutoff else ["--retention", str(retention)]
     return tablemig_cli("migrate", "--dsn", dsn, "--table", TABLE, "--date-column",
-                        DATE_COLUMN, "--retention", str(retention), "--batch-size",
-                        str(a.batch_size), "--workers", str(a.workers), "--until", until)
+                        DATE_COLUMN, *which, "--batch-size", str(a.batch_size),
+                        "--workers", str(a.workers), "--until", until)
 
 
 def run_tablemig(srv: Server, db: str, cut: dict[str, Any], a: argparse.Namespace,
@@ -397,7 +431,8 @@ def run_tablemig(srv: Server, db: str, cut: dict[str, Any], a: argparse.Namespac
     return {"method": "tablemig", "wall_s": round(wall, 3), "elapsed_s": round(core, 3),
             "core_s": round(core, 3), "timings": timings, "wal_bytes": wal,
             "lock_hold_ms": num(result.get("lock_hold_ms")),
-            "swap_attempts": result.get("swap_attempts"), "peak_rss_mb": round(rss, 1), "rows_copied": st[1], "rows_to_copy": st[2],
+            "swap_attempts": result.get("swap_attempts"), "peak_rss_mb": round(rss, 1),
+            "rows_copied": st[1], "rows_to_copy": st[2],
             "batches": (backfill_done or {}).get("details", {}).get("batches"),
             "cutoff": st[0], "cutoff_matches": st[0] == cut["cutoff"], "rows_after": int(rows),
             "ok": int(rows) == cut["kept_rows"], "started_at": started_at,
@@ -413,7 +448,9 @@ def measured(srv: Server, src: str, method: str, cut: dict[str, Any], a: argpars
     db = f"bench_{label}"
     copy_s = srv.copy(src, db)
     ckpt = srv.checkpoint()
-    log(f"{label}: copy {copy_s:.1f} s, checkpoint {ckpt:.1f} s; running {method} ...")
+    load0, fp = loadavg(), engine_fingerprint()
+    log(f"{label}: copy {copy_s:.1f} s, checkpoint {ckpt:.1f} s, load {load0:.2f}; "
+        f"running {method} ...")
     try:
         if method == "tablemig":
             res = run_tablemig(srv, db, cut, a, workdir, label)
@@ -425,7 +462,8 @@ def measured(srv: Server, src: str, method: str, cut: dict[str, Any], a: argpars
         if not a.keep_copies:
             srv.drop(db)
     res.update(label=label, rows_total=cut["total"], copy_seconds=round(copy_s, 2),
-               checkpoint_seconds=round(ckpt, 2))
+               checkpoint_seconds=round(ckpt, 2), loadavg_before=load0,
+               loadavg_after=loadavg(), engine=fp if method == "tablemig" else None)
     log(f"{label}: {method} {res['elapsed_s']:.2f} s, WAL {res['wal_bytes'] / 2**20:.0f} MiB"
         + ("" if res.get("ok") else "  ROW COUNT MISMATCH"))
     return res
@@ -464,6 +502,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "naive_lock_hold_ms": median([r["lock_hold_ms"] for r in nv]),
         "timings_median": {k: median([r["timings"].get(k) for r in tm]) for k in ALL_STEPS},
     }
+    s["tablemig_core_min_s"] = min([r["core_s"] for r in tm], default=None)
+    s["physical_min_s"] = min([r["elapsed_s"] for r in ph], default=None)
+    s["naive_min_s"] = min([r["elapsed_s"] for r in nv], default=None)
+    s["core_over_physical_min"] = ratio(s["tablemig_core_min_s"], s["physical_min_s"])
     s["core_over_physical"] = ratio(s["tablemig_core_s"], s["physical_s"])
     s["naive_over_core"] = ratio(s["naive_s"], s["tablemig_core_s"])
     s["wal_tablemig_over_naive"] = ratio(s["tablemig_wal_bytes"], s["naive_wal_bytes"])
@@ -478,19 +520,24 @@ def fmt(x: Any, spec: str = ".2f") -> str:
 
 def print_runs(title: str, runs: list[dict[str, Any]]) -> None:
     print(f"\n== {title} ==")
-    head = (f"{'run':<22}{'method':<10}{'rows':>11}{'elapsed s':>10}{'wall s':>9}{'WAL MiB':>9}"
-            f"{'lock ms':>9}{'RSS MB':>8}  steps (s)")
+    head = (f"{'run':<16}{'method':<10}{'rows':>11}{'elapsed s':>10}{'wall s':>9}{'WAL MiB':>9}"
+            f"{'lock ms':>9}{'RSS MB':>8}{'load':>6}  steps (s)")
     print(head)
     print("-" * len(head))
     for r in runs:
         steps = r.get("timings") or r.get("steps") or {}
         steps_s = " ".join(f"{k}={v:g}" for k, v in steps.items())
-        print(f"{r['label']:<22}{r['method']:<10}{r['rows_total']:>11,}{r['elapsed_s']:>10.2f}"
+        print(f"{r['label']:<16}{r['method']:<10}{r['rows_total']:>11,}{r['elapsed_s']:>10.2f}"
               f"{fmt(r.get('wall_s')):>9}{r['wal_bytes'] / 2**20:>9.0f}"
               f"{fmt(r.get('lock_hold_ms'), '.1f'):>9}{fmt(r.get('peak_rss_mb'), '.0f'):>8}"
+              f"{fmt(r.get('loadavg_before'), '.1f'):>6}"
               f"  {steps_s}" + ("" if r.get("ok") else "  ROWS MISMATCH"))
     print("(elapsed = tablemig core capture+backfill+index+verify+swap; physical/naive total;"
-          " wall = whole CLI process; naive lock = VACUUM FULL)")
+          " wall = whole CLI process; naive lock = VACUUM FULL; load = 1-min load average"
+          " before the run: above ~0.5 something else used the CPUs)")
+    engines = {r["engine"] for r in runs if r.get("engine")}
+    if len(engines) > 1:
+        print(f"WARNING: the tablemig sources changed between runs (fingerprints {sorted(engines)})")
 
 
 def print_ratios(s: dict[str, Any]) -> None:
@@ -505,6 +552,9 @@ def print_ratios(s: dict[str, Any]) -> None:
     ]
     for key, label, value, target, spec in lines:
         print(f"{label:<34} = {fmt(value, spec):>8}   target {target:<18} {verdict(key, value)}")
+    if s["tablemig_core_min_s"] is not None and s["physical_min_s"] is not None:
+        print(f"(best runs: tablemig core {fmt(s['tablemig_core_min_s'])} s / physical "
+              f"{fmt(s['physical_min_s'])} s = {fmt(s['core_over_physical_min'])})")
     print(f"tablemig core {fmt(s['tablemig_core_s'])} s (wall {fmt(s['tablemig_wall_s'])} s), "
           f"physical {fmt(s['physical_s'])} s, naive {fmt(s['naive_s'])} s; "
           f"swap lock {fmt(s['tablemig_lock_hold_ms'], '.1f')} ms vs naive lock "
@@ -530,7 +580,9 @@ def phase_scale(srv: Server, a: argparse.Namespace, workdir: Path,
                 base_runs: list[dict[str, Any]]) -> dict[str, Any]:
     rows2 = a.rows * 2
     retention2 = a.retention / 2
-    src2 = ensure_source(srv, rows2, workdir)
+    # twice the history at the same recent density: the kept rows span the same days, so
+    # order_items (last 30 days) still only references kept orders
+    src2 = ensure_source(srv, rows2, workdir, months=a.months * 2)
     cut2 = compute_cutoff(srv.dsn(src2["database"]), retention2)
     log(f"scale: {rows2:,} rows, retention {retention2}: keeps {cut2['kept_rows']:,} rows")
     runs = []
@@ -689,7 +741,7 @@ def run_pgbench(srv: Server, db: str, a: argparse.Namespace, seconds: int, workd
     res = {"label": label, "exit_code": rc, "seconds": seconds, "started_at": t_start,
            "ended_at": t_end, "pgbench": parsed, "aborted_lines": aborted[:20],
            "aborted_clients": len(aborted), "failed_in_log": failed_log,
-           "all": window(txns, t_start, t_end + 5), "per_second": per_second(txns, t_start),
+           "all": window(txns, t_start + 1, min(t_end, t_start + seconds)), "per_second": per_second(txns, t_start),
            "command": " ".join(cmd)}
     if rc != 0:
         log(f"pgbench {label} exited {rc}: {tail(err, 5)}")
@@ -701,8 +753,9 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
     if a.workload_seconds:
         seconds = a.workload_seconds
     else:
-        est = est_migration_s if est_migration_s else 10 + cut["total"] * 6e-6
-        seconds = int(math.ceil(2 + est * 2.5 + 15))
+        # ~26 s unloaded at 10M rows on 2 cores; under load it may take twice as long
+        est = est_migration_s if est_migration_s else 10 + cut["total"] * 2.5e-6
+        seconds = int(math.ceil(a.migration_delay + est * 3 + 15))
     log(f"workload: pgbench -c {a.clients} -j {a.threads} -T {seconds} (baseline, then with a "
         f"migration starting after {a.migration_delay} s)")
     # baseline on an untouched copy
@@ -714,7 +767,7 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
     finally:
         if not a.keep_copies:
             srv.drop(db)
-    base.pop("txns")
+    base_txns = base.pop("txns")
     base.pop("extra")
     log(f"baseline: {base['all']['tps']} tps, worst {base['all']['worst_ms']} ms")
 
@@ -728,8 +781,11 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
             raise RuntimeError("pgbench ended before the migration started")
         label = "wl_migrate"
         out, err = workdir / f"{label}.out", workdir / f"{label}.err"
+        fp = engine_fingerprint()
         started = time.time()
-        rc, wall, rss = run_child(migrate_cmd(a, srv.dsn(db), cut["retention"]), out, err)
+        fixed = cut["cutoff"] if a.workload_cutoff == "fixed" else None
+        rc, wall, rss = run_child(migrate_cmd(a, srv.dsn(db), cut["retention"], cutoff=fixed),
+                                  out, err)
         ended = time.time()
         if rc != 0:
             raise RuntimeError(f"tablemig migrate under load failed (exit {rc}):\n{tail(err)}")
@@ -739,7 +795,7 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
         return {"started_at": started, "ended_at": ended, "wall_s": round(wall, 3),
                 "peak_rss_mb": round(rss, 1), "timings": res.get("timings"),
                 "lock_hold_ms": num(res.get("lock_hold_ms")), "swap_attempts": res.get("swap_attempts"),
-                "pgbench_running_at_end": p.poll() is None}
+                "pgbench_running_at_end": p.poll() is None, "engine": fp}
 
     try:
         mig = run_pgbench(srv, db, a, seconds, workdir, "wl_mig", cut, during=migrate)
@@ -770,6 +826,10 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
             phases[name] = window(txns, x, y)
     base_tps = base["all"]["tps"]
     cap_tps = phases.get("capture_to_swap", {}).get("tps")
+    # the baseline over the same seconds after pgbench start (tps drifts as the table grows)
+    same = (window(base_txns, base["started_at"] + (t_cap_start - mig["started_at"]),
+                   base["started_at"] + (t_swap_start - mig["started_at"]))
+            if t_swap_start else {})
     swap_worst = (overlapping_worst(txns, t_swap_start - 1, t_swap_end + 1)
                   if t_swap_start else None)
     capture_worst = (overlapping_worst(txns, t_cap_done - 1, t_cap_done + 1)
@@ -782,6 +842,9 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
         "migration_run_tps": mig["all"]["tps"], "capture_to_swap_tps": cap_tps,
         "workload_capture_tps_pct": None if not base_tps or cap_tps is None
         else cap_tps / base_tps * 100,
+        "baseline_same_window_tps": same.get("tps"),
+        "capture_tps_pct_same_window": None if not same.get("tps") or cap_tps is None
+        else cap_tps / same["tps"] * 100,
         "worst_ms_overall": mig["all"]["worst_ms"], "p99_ms_overall": mig["all"]["p99_ms"],
         "workload_swap_worst_ms": swap_worst, "capture_install_worst_ms": capture_worst,
         "baseline_failed": (base["pgbench"].get("failed") or 0) + base["aborted_clients"],
@@ -807,11 +870,12 @@ def print_workload(w: dict[str, Any], a: argparse.Namespace) -> None:
     b = w["baseline"]
     print(f"baseline (no migration): {b['all']['committed']:,} txns, {fmt(s['baseline_tps'], '.1f')} "
           f"tps, p50 {b['all']['p50_ms']} ms, p99 {b['all']['p99_ms']} ms, worst "
-          f"{b['all']['worst_ms']} ms, failed {s['baseline_failed']}")
+          f"{b['all']['worst_ms']} ms, failed {s['baseline_failed']} (pgbench's own tps "
+          f"{b['pgbench'].get('tps')})")
     mr = w["migration_run"]
     print(f"with migration:          {mr['all']['committed']:,} txns, {fmt(s['migration_run_tps'], '.1f')}"
           f" tps, p50 {mr['all']['p50_ms']} ms, p99 {mr['all']['p99_ms']} ms, worst "
-          f"{mr['all']['worst_ms']} ms")
+          f"{mr['all']['worst_ms']} ms (pgbench's own tps {mr['pgbench'].get('tps')})")
     print(f"migration under load: wall {s['migration_wall_s']:.1f} s, core {s['migration_core_s']:.1f} s,"
           f" timings {s['migration_timings']}, swap lock {s['lock_hold_ms']} ms, attempts "
           f"{s['swap_attempts']}")
@@ -824,6 +888,9 @@ def print_workload(w: dict[str, Any], a: argparse.Namespace) -> None:
                   f"{fmt(ph['p50_ms'], '.1f'):>9}{fmt(ph['p99_ms'], '.1f'):>9}{fmt(ph['worst_ms'], '.1f'):>10}")
     print(f"tps capture->swap / baseline   = {fmt(s['workload_capture_tps_pct'], '.1f'):>7} %  "
           f"target >= 85 %     {verdict('workload_capture_tps_pct', s['workload_capture_tps_pct'])}")
+    print(f"  (baseline run over the same seconds after pgbench start: "
+          f"{fmt(s['baseline_same_window_tps'], '.1f')} tps -> "
+          f"{fmt(s['capture_tps_pct_same_window'], '.1f')} %)")
     print(f"worst latency within +-1 s of swap = {fmt(s['workload_swap_worst_ms'], '.1f')} ms  "
           f"target <= 250 ms  {verdict('workload_swap_worst_ms', s['workload_swap_worst_ms'])}")
     print(f"worst latency overall = {fmt(s['worst_ms_overall'], '.1f')} ms; around capture "
@@ -833,6 +900,46 @@ def print_workload(w: dict[str, Any], a: argparse.Namespace) -> None:
           f"{verdict('workload_failed', s['workload_failed'])}")
     if not s["swap_covered"]:
         print("WARNING: pgbench did not run until 1 s after the swap; raise --workload-seconds")
+
+
+def phase_trigger(srv: Server, src: str, cut: dict[str, Any], a: argparse.Namespace,
+                  workdir: Path) -> dict[str, Any]:
+    """pgbench on an untouched copy, then on a copy with only the capture trigger installed
+    (`migrate --until capturing`, no backfill running): the trigger's own cost."""
+    seconds = a.trigger_seconds
+    out: dict[str, Any] = {"seconds": seconds}
+    for label in ("trig_base", "trig_capture"):
+        db = f"bench_{label}"
+        srv.copy(src, db)
+        try:
+            if label == "trig_capture":
+                rc, _, _ = run_child(migrate_cmd(a, srv.dsn(db), cut["retention"],
+                                                 until="capturing", cutoff=cut["cutoff"]),
+                                     workdir / f"{label}.out", workdir / f"{label}.err")
+                if rc != 0:
+                    raise RuntimeError(f"migrate --until capturing failed:\n"
+                                       f"{tail(workdir / f'{label}.err')}")
+            srv.checkpoint()
+            r = run_pgbench(srv, db, a, seconds, workdir, label, cut)
+        finally:
+            if not a.keep_copies:
+                srv.drop(db)
+        r.pop("txns")
+        r.pop("extra")
+        out[label] = r
+    b, c = out["trig_base"]["all"], out["trig_capture"]["all"]
+    out["tps_pct"] = c["tps"] / b["tps"] * 100 if b["tps"] and c["tps"] else None
+    return out
+
+
+def print_trigger(t: dict[str, Any], a: argparse.Namespace) -> None:
+    b, c = t["trig_base"]["all"], t["trig_capture"]["all"]
+    print(f"\n== capture trigger alone: pgbench -c {a.clients} -j {a.threads} -T {t['seconds']}, "
+          f"no backfill running ==")
+    for name, w in (("no trigger", b), ("capture trigger", c)):
+        print(f"{name:<16} {fmt(w['tps'], '.1f'):>8} tps  p50 {w['p50_ms']} ms  p99 {w['p99_ms']} ms"
+              f"  worst {w['worst_ms']} ms")
+    print(f"tps with the trigger / without = {fmt(t['tps_pct'], '.1f')} %")
 
 
 # --------------------------------------------------------------------------------------
@@ -911,7 +1018,12 @@ def phase_profile(srv: Server, src: str, cut: dict[str, Any], a: argparse.Namesp
         spec = TableSpec(TABLE, DATE_COLUMN, retention=cut["retention"], batch_size=a.batch_size,
                          workers=a.workers)
         with Migration(srv.dsn(db), spec, recorder=rec, progress=lambda _p: None) as mig:
-            mig.run("swapped")
+            # the steps of Migration.run("swapped"), labelled for the recorder
+            for step, fn in (("capture", mig.capture), ("backfill", mig.backfill),
+                             ("index", mig.build_indexes), ("verify", mig.verify),
+                             ("swap", mig.swap), ("validate_fks", mig.validate_foreign_keys)):
+                rec.step = step
+                fn()
             timings = dict(mig.timings)
             samples = mig.backfill_samples
     finally:
@@ -947,6 +1059,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("data")
     g.add_argument("--rows", type=int, default=10_000_000,
                    help="orders rows in the source table (default 10000000, ~1.9 GB)")
+    g.add_argument("--months", type=int, default=36,
+                   help="months of history for demo-data (default 36)")
     g.add_argument("--retention", type=float, default=0.1,
                    help="fraction kept (default 0.1 = the newest 10%% of rows)")
     g = p.add_argument_group("measurement")
@@ -958,20 +1072,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--skip", action="append", default=[], choices=["tablemig", "physical", "naive"],
                    help="leave a method out of the measurement (repeatable)")
     g.add_argument("--measure", action="store_true",
-                   help="run the alternating measurement even with --workload")
+                   help="run the alternating measurement even with --workload, --explain or "
+                        "--profile")
     g.add_argument("--smoke", action="store_true",
                    help="CI mode: exit 1 if tablemig core / physical > --smoke-limit")
     g.add_argument("--smoke-limit", type=float, default=3.0, help="(default 3.0)")
     g.add_argument("--strict", action="store_true", help="exit 1 when any target is missed")
     g = p.add_argument_group("scale test")
     g.add_argument("--scale-test", action="store_true",
-                   help="also migrate 2x rows with retention/2 (same kept rows); implies the "
-                        "measurement")
+                   help="also migrate 2x rows over 2x months with retention/2 (same kept "
+                        "rows); implies the measurement")
     g = p.add_argument_group("workload (pgbench)")
     g.add_argument("--workload", action="store_true",
                    help="pgbench baseline, then pgbench during a migration (alone: only this)")
     g.add_argument("--workload-seconds", type=int, default=0,
-                   help="pgbench -T for both runs (default: 2.5x the expected migration + 17 s)")
+                   help="pgbench -T for both runs (default: delay + 3x the expected migration "
+                        "+ 15 s; expected = the measured tablemig wall time if measured in "
+                        "this run, else 10 s + 2.5 us per row)")
     g.add_argument("--clients", type=int, default=4, help="pgbench -c (default 4)")
     g.add_argument("--threads", type=int, default=2, help="pgbench -j (default 2)")
     g.add_argument("--max-tries", type=int, default=10,
@@ -980,6 +1097,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="pgbench -R target tps (default 0 = as fast as possible)")
     g.add_argument("--query-mode", default="simple", choices=["simple", "extended", "prepared"],
                    help="pgbench -M (default simple)")
+    g.add_argument("--workload-cutoff", choices=["fixed", "retention"], default="fixed",
+                   help="fixed (default): migrate with --cutoff = the cutoff computed before "
+                        "pgbench starts, so the kept rows do not depend on how many orders "
+                        "pgbench inserted first; retention: --retention like the measurement")
+    g.add_argument("--trigger-overhead", action="store_true",
+                   help="pgbench without and with only the capture trigger installed (no "
+                        "backfill): separates the trigger's cost from the backfill's")
+    g.add_argument("--trigger-seconds", type=int, default=40,
+                   help="pgbench -T of each --trigger-overhead run (default 40)")
     g.add_argument("--migration-delay", type=float, default=2.0,
                    help="seconds between pgbench start and migration start (default 2)")
     g = p.add_argument_group("diagnostics")
@@ -1003,7 +1129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.repeat < 1 or a.rows < 1000 or not 0 < a.retention < 1:
         p.error("need --repeat >= 1, --rows >= 1000 and 0 < --retention < 1")
-    a.do_measure = (not a.workload) or a.measure or a.scale_test or a.smoke
+    a.do_measure = (not (a.workload or a.explain or a.profile or a.trigger_overhead)
+                    or a.measure or a.scale_test or a.smoke)
     return a
 
 
@@ -1059,8 +1186,10 @@ def main(argv: list[str] | None = None) -> int:
                                  "standby_dsn": sb.passive_dsn,
                                  "start_seconds": round(time.perf_counter() - t0, 1)}
         results["server"]["settings"] = srv.settings()
-        results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
-        src = ensure_source(srv, a.rows, workdir)
+        results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                              "loadavg_at_start": loadavg()}
+        results["engine_fingerprint_at_start"] = engine_fingerprint()
+        src = ensure_source(srv, a.rows, workdir, months=a.months)
         results["source"] = src
         cut = compute_cutoff(srv.dsn(src["database"]), a.retention)
         results["cutoff"] = cut
@@ -1075,6 +1204,8 @@ def main(argv: list[str] | None = None) -> int:
             results["scale"] = phase_scale(srv, a, workdir, results.get("runs", []))
         if a.workload:
             results["workload"] = phase_workload(srv, src["database"], cut, a, workdir, est)
+        if a.trigger_overhead:
+            results["trigger"] = phase_trigger(srv, src["database"], cut, a, workdir)
         if a.explain:
             results["explain"] = phase_explain(srv, src["database"], cut, a, workdir)
         if a.profile:
@@ -1132,6 +1263,8 @@ def main(argv: list[str] | None = None) -> int:
         print_scale(results["scale"], a.rows)
     if results.get("workload"):
         print_workload(results["workload"], a)
+    if results.get("trigger"):
+        print_trigger(results["trigger"], a)
     if results.get("explain"):
         print_explain(results["explain"])
     if results.get("profile"):

@@ -183,6 +183,7 @@ class BatchCopier:
         self.progress = progress or _print_progress
         self.expected = expected_rows
         self.stats = CopyStats()
+        self._started = time.time()
         self._lock = threading.Lock()
         self._error: BaseException | None = None
 
@@ -197,6 +198,7 @@ class BatchCopier:
                 self._save(conn, ranges, {})
         started = time.monotonic()
         todo = [i for i, r in enumerate(ranges) if not r.done]
+        self._started = time.time()
         if len(todo) <= 1:
             for i in todo:
                 self._worker(ranges, i)
@@ -273,7 +275,7 @@ class BatchCopier:
                                            "batch_size": size, "wal_bytes": wal[0] if wal else None})
             self.progress({"table": self.table, "rows": self.stats.rows,
                            "expected": self.expected, "batch_seconds": elapsed,
-                           "batch_size": size, "started": self.stats.samples[0]["t"]})
+                           "batch_size": size, "started": self._started})
             # Tune towards the target batch time, at most doubling or halving per step.
             if elapsed > 0:
                 floor = min(MIN_BATCH, self.batch_size)  # a smaller configured size is respected
@@ -306,8 +308,9 @@ def _print_progress(p: dict[str, Any]) -> None:
     rate = p["rows"] / rate_elapsed
     expected = p.get("expected") or 0
     eta = (expected - p["rows"]) / rate if rate > 0 and expected > p["rows"] else 0
+    end = "\n" if expected and p["rows"] >= expected else ""
     print(f"\r[tablemig] {p['table']}: {p['rows']:,}/{expected:,} rows, {rate:,.0f} rows/s, "
-          f"batch {p['batch_size']:,}, ETA {eta:,.0f} s   ", end="", file=sys.stderr, flush=True)
+          f"batch {p['batch_size']:,}, ETA {eta:,.0f} s   ", end=end, file=sys.stderr, flush=True)
 
 
 __all__ = ["BatchCopier", "CopyJob", "CopyRange", "CopyStats", "split_ranges", "state"]

@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except TablemigError as exc:
+        print(file=sys.stderr)  # end a progress line
         print(f"tablemig: error: {redact(exc.problem)}", file=sys.stderr)
         if exc.fix:
             print(f"tablemig: fix: {exc.fix}", file=sys.stderr)

@@ -33,10 +33,18 @@ def evaluate(criterion: str, steps: list[dict[str, Any]], mode: str) -> tuple[st
         return "dry-run", f"evaluated after an execution: {how}"
     if not relevant:
         return "not-applicable", f"none of {', '.join(needed)} ran"
-    bad = [f"{s['id']}{' ' + s['table'] if s.get('table') else ''}: {s['status']}" for s in relevant
-           if s["status"] not in GOOD | {"not-applicable"}]
-    if bad:
-        return "failed", "; ".join(bad)
+    def name(s: dict[str, Any]) -> str:
+        return f"{s['id']}{' ' + s['table'] if s.get('table') else ''}"
+
+    failed = [f"{name(s)}: {s['reason'] or s['status']}" for s in relevant if s["status"] == "failed"]
+    if failed:
+        return "failed", "; ".join(failed)
+    doubtful = [f"{name(s)}: {s['reason']}" for s in relevant if s["status"] == "warning"]
+    if doubtful:
+        return "warning", "; ".join(doubtful)
+    blocked = [name(s) for s in relevant if s["status"] not in GOOD | {"not-applicable", "warning"}]
+    if blocked:
+        return "blocked", "not evaluated: " + ", ".join(blocked) + " did not pass"
     if all(s["status"] == "not-applicable" for s in relevant):
         return "not-applicable", "; ".join(f"{s['id']}: {s['reason']}" for s in relevant)
     return "passed", how

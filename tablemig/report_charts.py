@@ -1,8 +1,13 @@
-"""Charts of the run report: small static PNGs (matplotlib, Agg canvas) as `data:` URIs.
+"""Charts and per-table measurements of the run report (used by `tablemig.report`).
 
-Only the object-oriented API is used (`Figure` + `FigureCanvasAgg`), never `pyplot`: no global
-backend switch in the host process and no GUI. Every function returns None when its data
-is missing or unusable, so the report simply leaves the chart out.
+Charts are small static PNGs (matplotlib, Agg canvas) returned as `data:` URIs. Only the
+object-oriented API is used (`Figure` + `FigureCanvasAgg`), never `pyplot`: no global backend
+switch in the host process and no GUI. Every chart function returns None when its data is
+missing or unusable, so the report simply leaves the chart out; a chart that raises is
+reported in the page instead of costing the report.
+
+The section builders (`table_context`, `replication_context`) take the redacted, JSON-like
+run data of `tablemig.report`.
 """
 
 from __future__ import annotations
@@ -10,8 +15,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
+import re
+import statistics
+import sys
 from collections.abc import Sequence
 from typing import Any
+
+from .db import redact
 
 WIDTH_IN, HEIGHT_IN, DPI = 7.0, 3.0, 100
 
@@ -22,6 +32,10 @@ LINE = "#1f6feb"
 RATE = "#bf8700"
 LAG = "#8250df"
 PAUSED = "#cf222e"
+TARGET_BATCH_SECONDS = 0.5  # the backfill tunes its batches towards this batch time
+KNOWN_TABLE_FACTS = {"cutoff", "rows_total", "rows_keep", "rows_archive", "distribution", "reconciliation",
+                     "throughput", "timings", "swap_log", "lock_hold_ms", "swap_attempts", "state", "rows_copied",
+                     "lag_samples"}
 
 
 def _num(v: Any) -> float | None:
@@ -77,6 +91,7 @@ def _thousands(ax: Any) -> None:
 def distribution_chart(rows: Sequence[dict[str, Any]], cutoff: Any, title: str) -> str | None:
     """Rows per month as stacked bars (kept / archived), the cutoff as a dashed line."""
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from matplotlib.ticker import MaxNLocator
 
     months, kept, archived, total = [], [], [], []
     for r in rows:
@@ -103,6 +118,7 @@ def distribution_chart(rows: Sequence[dict[str, Any]], cutoff: Any, title: str) 
     locator = AutoDateLocator(maxticks=12)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
     _thousands(ax)
     ax.set_ylabel("rows per month", fontsize=8)
     ax.set_title(title, fontsize=10, loc="left")
@@ -183,8 +199,171 @@ def lag_chart(samples: Sequence[dict[str, Any]], t0: float | None, limit_bytes: 
         ax.axhline(limit_bytes / div, color=CUTOFF, linestyle="--", linewidth=1.2,
                    label=f"limit {limit_bytes / div:,.1f} {unit}")
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("seconds since start of backfill", fontsize=8)
+    if len(set(xs)) == 1 and xs[0] >= 0:  # one sample: a readable range instead of a negative one
+        ax.set_xlim(0, max(xs[0] * 2, 1.0))
+    ax.set_xlabel("seconds since start of backfill" if t0 is not None else "seconds since first sample", fontsize=8)
     ax.set_ylabel(f"lag ({unit})", fontsize=8)
     ax.set_title(title, fontsize=10, loc="left")
     ax.legend(fontsize=8, frameon=False, loc="upper left")
     return _png(fig)
+
+
+# -- per-table and replication sections ----------------------------------------------------
+def _limit_bytes(steps: list[dict[str, Any]], facts: dict[str, Any]) -> float | None:
+    """The replication lag limit in bytes, if a step or the throttle recorded one as a size."""
+    thr = facts.get("throttle")
+    if isinstance(thr, dict) and isinstance(thr.get("limit"), dict) and thr["limit"].get("kind") == "bytes":
+        return _num(thr["limit"].get("value"))
+    units = {"b": 1, "bytes": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
+    for s in steps:
+        text = s["evidence"].get("max_replication_lag")
+        m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*(b|bytes|kb|mb|gb|tb)\s*$", str(text or ""), re.I)
+        if m:
+            return float(m.group(1)) * units[m.group(2).lower()]
+    return None
+
+
+def lag_samples(source: dict[str, Any], table: str | None = None) -> list[dict[str, Any]]:
+    v = source.get("lag_samples")
+    if isinstance(v, dict) and table is not None:
+        v = v.get(table)
+    if isinstance(v, list) and v:
+        return [x for x in v if isinstance(x, dict)]
+    thr = source.get("throttle")
+    if isinstance(thr, dict) and isinstance(thr.get("samples"), list):
+        return [x for x in thr["samples"] if isinstance(x, dict)]
+    return []
+
+
+def reconciliation(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Segments with count and checksum per side; `match` recomputed when a row lacks it."""
+    sides: list[str] = []
+    for r in rows:
+        for k in r:
+            if k.startswith("count_") and k[6:] not in sides:
+                sides.append(k[6:])
+    out = []
+    for r in rows:
+        counts = [r.get(f"count_{s}") for s in sides]
+        sums = [r.get(f"checksum_{s}") for s in sides]
+        match = r.get("match")
+        if not isinstance(match, bool):
+            match = len(set(map(str, counts))) <= 1 and len(set(map(str, sums))) <= 1
+        out.append({"segment": r.get("segment"), "key_from": r.get("key_from"), "key_to": r.get("key_to"),
+                    "cells": [(r.get(f"count_{s}"), r.get(f"checksum_{s}")) for s in sides], "match": match})
+    return {"sides": sides, "rows": out, "mismatches": sum(1 for r in out if not r["match"])}
+
+
+def batch_recommendation(samples: list[dict[str, Any]], configured: Any = None) -> dict[str, Any] | None:
+    """Median batch time of the backfill and, when it is far from the 0.5 s target (outside
+    0.5x..2x), the batch size that would reach it at the measured rate."""
+    full = [(b, secs) for s in samples
+            if (b := _num(s.get("batch_rows"))) and b > 0 and (secs := _num(s.get("batch_seconds"))) and secs > 0]
+    if not full:
+        return None
+    median_s = statistics.median(secs for _, secs in full)
+    rate = statistics.median(b / secs for b, secs in full)
+    sizes = [_num(s.get("batch_size")) for s in samples if _num(s.get("batch_size"))]
+    size = _num(configured) or (statistics.median(sizes) if sizes else statistics.median(b for b, _ in full))
+    suggested = rate * TARGET_BATCH_SECONDS
+    if suggested >= 10:
+        digits = len(str(int(suggested))) - 2
+        suggested = round(suggested, -digits)
+    far = not (TARGET_BATCH_SECONDS / 2 <= median_s <= TARGET_BATCH_SECONDS * 2)
+    return {"median_seconds": median_s, "rows_per_second": rate, "batch_size": size, "batches": len(full),
+            "suggested": int(max(suggested, 1)), "far": far}
+
+
+def table_context(name: str, facts: dict[str, Any], steps: list[dict[str, Any]],
+                  configured_batch: Any, run_facts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the report shows for one table: key figures, charts, reconciliation, swap."""
+    from .report import _columns, _records, fmt, safe_name
+
+    charts = sys.modules[__name__]
+    ctx: dict[str, Any] = {"name": name, "safe": safe_name(name), "chart_errors": []}
+
+    def chart(label: str, fn: Any, *args: Any) -> str | None:
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - a chart must never cost the report
+            ctx["chart_errors"].append(f"{label}: {type(exc).__name__}: {redact(str(exc))}")
+            return None
+
+    kpis = []
+    for key, label, unit in (("cutoff", "Cutoff", ""), ("rows_total", "Rows total", ""),
+                             ("rows_keep", "Rows kept (live)", ""), ("rows_archive", "Rows archived", ""),
+                             ("state", "Migration state", ""), ("rows_copied", "Rows copied", ""),
+                             ("swap_attempts", "Swap attempts", ""), ("lock_hold_ms", "Lock hold", " ms")):
+        if facts.get(key) not in (None, ""):
+            kpis.append({"label": label, "value": fmt(facts[key]) + unit, "key": key})
+    timings = facts.get("timings") if isinstance(facts.get("timings"), dict) else {}
+    copied, backfill_s = _num(facts.get("rows_copied")), _num(timings.get("backfill"))
+    if copied and backfill_s:
+        kpis.append({"label": "Backfill rate", "value": f"{fmt(round(copied / backfill_s))} rows/s",
+                     "key": "rate"})
+    ctx["kpis"] = kpis
+    ctx["timings"] = timings
+
+    dist = _records(facts.get("distribution"))
+    ctx["distribution"] = dist
+    ctx["distribution_columns"] = _columns(dist, ["month", "record_count", "kept", "archived", "percentage"])
+    ctx["distribution_chart"] = chart("cutoff distribution", charts.distribution_chart, dist, facts.get("cutoff"),
+                                      f"{name}: rows per month") if dist else None
+
+    ctx["reconciliation"] = reconciliation(_records(facts.get("reconciliation")))
+
+    throughput = _records(facts.get("throughput"))
+    lag = lag_samples(facts)
+    ctx["lag_from_run"] = not lag
+    lag = lag or lag_samples({"lag_samples": (run_facts or {}).get("lag_samples")}, name)
+    ctx["lag_from_run"] = bool(lag) and ctx["lag_from_run"]
+    t_first = [t - (_num(s.get("batch_seconds")) or 0) for s in throughput[:1] if (t := _num(s.get("t"))) is not None]
+    starts = [t for t in t_first + [_num(s.get("t")) for s in lag[:1]] if t is not None]
+    t0 = min(starts) if starts else None
+    ctx["throughput"] = throughput
+    ctx["throughput_chart"] = chart("throughput", charts.throughput_chart, throughput, t0,
+                                    f"{name}: backfill progress") if throughput else None
+    ctx["lag"] = lag
+    ctx["lag_chart"] = chart("replication lag", charts.lag_chart, lag, t0, _limit_bytes(steps, facts),
+                             f"{name}: replication lag during the backfill") if lag else None
+    ctx["batch"] = batch_recommendation(throughput, configured_batch)
+    ctx["swap_log"] = _records(facts.get("swap_log"))
+    ctx["swap_columns"] = _columns(ctx["swap_log"], ["attempt", "outcome", "wait_ms", "hold_ms", "blockers"])
+    ctx["lock_hold_ms"] = facts.get("lock_hold_ms")
+    ctx["rows_copied"] = facts.get("rows_copied")
+    ctx["swap_attempts"] = facts.get("swap_attempts")
+    ctx["other"] = {k: v for k, v in facts.items() if k not in KNOWN_TABLE_FACTS}
+    return ctx
+
+
+def replication_context(facts: dict[str, Any], steps: list[dict[str, Any]],
+                        lag_shown: bool = False) -> dict[str, Any] | None:
+    """The replication snapshot (PRE-1.1d) as a settings table per site, and the run-wide lag
+    samples unless a table section already charts them (`lag_shown`)."""
+    snap = facts.get("replication")
+    raw = facts.get("lag_samples")
+    lag = lag_samples({"lag_samples": raw}) if isinstance(raw, list) and not lag_shown else []
+    if not isinstance(snap, dict) and not lag:
+        return None
+    ctx: dict[str, Any] = {"settings": [], "sites": [], "other": {}, "lag_chart": None, "error": None}
+    if isinstance(snap, dict):
+        sites = [s for s in ("active", "passive") if isinstance(snap.get(s), dict)]
+        names: list[str] = []
+        for s in sites:
+            settings = snap[s].get("settings")
+            if isinstance(settings, dict):
+                names += [n for n in settings if n not in names]
+        ctx["sites"] = sites
+        ctx["settings"] = [{"name": n, "values": [(snap[s].get("settings") or {}).get(n) for s in sites]}
+                           for n in sorted(names)]
+        for s in sites:
+            rest = {k: v for k, v in snap[s].items() if k != "settings"}
+            if rest:
+                ctx["other"][f"{s} site"] = rest
+        ctx["other"].update({k: v for k, v in snap.items() if k not in sites})
+    if lag:
+        try:
+            ctx["lag_chart"] = lag_chart(lag, None, _limit_bytes(steps, facts), "replication lag")
+        except Exception as exc:  # noqa: BLE001 - a chart must never cost the report
+            ctx["error"] = f"{type(exc).__name__}: {redact(str(exc))}"
+    return ctx

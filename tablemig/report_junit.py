@@ -26,7 +26,7 @@ from typing import Any
 
 from .checklist import ITEMS
 
-SKIPPED = ("blocked", "not-applicable", "needs-attestation")
+SKIPPED = ("blocked", "not-applicable", "needs-attestation", "deferred")
 MAX_VALUE = 300
 MAX_MESSAGE = 1000
 MAX_PROPERTIES = 60

@@ -113,7 +113,19 @@ def finish_run(base: Path, parts: list[dict[str, Any]], config: pytest.Config | 
 
 
 def _dumps(data: Any) -> str:
-    return redact(json.dumps(data, indent=2, default=str, sort_keys=False))
+    # Redact each string, not the JSON text: a value ending in `password=...` would otherwise
+    # lose its closing quote to the redaction and leave invalid JSON.
+    return json.dumps(_redacted(data), indent=2, default=lambda o: redact(str(o)), sort_keys=False)
+
+
+def _redacted(v: Any) -> Any:
+    if isinstance(v, str):
+        return redact(v)
+    if isinstance(v, dict):
+        return {redact(k) if isinstance(k, str) else k: _redacted(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_redacted(x) for x in v]
+    return v
 
 
 @pytest.hookimpl(trylast=True)

@@ -26,6 +26,7 @@ from .db import connect, redact
 from .engine import Migration
 from .executor import Executor, Recorder
 from .plan import Attestation, PlanConfig, TableConfig
+from .xdist_order import mark_done, wait_for_prerequisites
 
 RECORD = pytest.StashKey["RunRecord"]()
 
@@ -206,6 +207,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("tablemig_table", names, ids=names)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist turns xdist_group markers into scheduling groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for it in items:
         marker = it.get_closest_marker("tablemig_step")
@@ -213,6 +215,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         table = getattr(it, "callspec", None) and it.callspec.params.get("tablemig_table")  # type: ignore[attr-defined]
         it.add_marker(pytest.mark.xdist_group(name=str(table or "plan")))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _cli_attestations(config)  # a malformed --attest is a usage error before anything runs
 
 
 @pytest.fixture
@@ -252,6 +258,9 @@ def ctx(request: pytest.FixtureRequest, tablemig_table: str | None, active_dsn: 
     record.results.append(result)
     request.node.stash[_RESULT] = result
     blocker = record.blocked.get(tablemig_table or "*") or record.blocked.get("*")
+    if record.plan is not None:  # other xdist workers' steps that come first in the checklist
+        blocker = blocker or wait_for_prerequisites(request.config, record.plan.name, item.id, tablemig_table,
+                                                    list(record.tables))
     if blocker and item.id not in ("NOTES", "CONTACTS") and not item.id.startswith(("SC-", "RB-")):
         result.status, result.reason = "blocked", f"blocked by {blocker}"
         pytest.skip(f"blocked by {blocker}")
@@ -284,9 +293,12 @@ def plan_ready(request: pytest.FixtureRequest, sandbox: Any, active_dsn: str) ->
         from .demo_data import create_demo_data
 
         with connect(active_dsn) as conn:
+            # xdist workers share the sandbox: one of them creates the demo data
+            conn.execute("SELECT pg_advisory_lock(hashtext('tablemig.demo_data'))")
             exists = conn.execute("SELECT to_regclass('public.orders') IS NOT NULL").fetchone()
             if not (exists and exists[0]):
                 record.facts["demo_data"] = create_demo_data(conn, plan.demo_rows)
+            conn.execute("SELECT pg_advisory_unlock(hashtext('tablemig.demo_data'))")
         record.facts["demo_loaded"] = True
     yield
     for run in record.tables.values():  # before the sandbox (a session fixture) stops
@@ -300,6 +312,13 @@ def plan_ready(request: pytest.FixtureRequest, sandbox: Any, active_dsn: str) ->
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     result = item.stash.get(_RESULT, None)
+    record_ = item.config.stash.get(RECORD, None)
+    finished = call.when == "call" or (call.when == "setup" and not report.passed)
+    if result is not None and finished and record_ is not None and record_.plan is not None:
+        status = "failed" if report.failed and result.status != "blocked" else result.status
+        if call.excinfo is not None and call.excinfo.errisinstance(NotApplicable):
+            status = "not-applicable"
+        mark_done(item.config, record_.plan.name, result.id, result.table, status)
     if result is None or call.when != "call":
         if result is not None and call.when == "setup" and report.failed:
             result.status, result.reason = "failed", redact(str(call.excinfo.value) if call.excinfo else "")

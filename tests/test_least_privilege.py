@@ -54,7 +54,8 @@ def test_demo_plan_as_a_non_superuser(fresh_db: Any, active: Any, tmp_path: Path
         assert steps["EX-2.2"]["status"] == "blocked" and steps["EX-2.2"]["reason"] == "blocked by PRE-2.2"
         with fresh_db.connect() as conn:
             assert conn.execute("SELECT to_regclass('orders_new')").fetchone() == (None,)
-        active.execute(sql.SQL("GRANT EXECUTE ON FUNCTION pg_create_restore_point(text) TO {}").format(r))
+        with fresh_db.connect() as conn:  # function privileges are per database
+            conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION pg_create_restore_point(text) TO {}").format(r))
         rc, steps, out = _run(fresh_db, role, tmp_path)
         assert rc == 0, out[-3000:]
         for item in ("PRE-2.1", "PRE-2.3", "EX-1.1", "EX-2.2", "EX-3.2", "EX-4.1", "EX-4.3"):

@@ -51,6 +51,20 @@ def _checksums(conn: psycopg.Connection[Any], ctx: StepContext) -> dict[str, Any
     return out
 
 
+MANIFEST = "manifest.json"
+
+
+def latest_backup(ctx: StepContext) -> dict[str, Any] | None:
+    """This run's backup; under pytest -n another worker may have made it: the newest
+    manifest of the plan's backup directory."""
+    mine = ctx.record.facts.get("backup")
+    if mine and (Path(mine["folder"]) / MANIFEST).exists():  # the file has PRE-2.3's result too
+        return dict(json.loads((Path(mine["folder"]) / MANIFEST).read_text()))
+    root = Path(ctx.plan.backup_dir).resolve() / ctx.plan.name
+    manifests = sorted(root.glob(f"*/{MANIFEST}"), key=lambda p: p.stat().st_mtime)
+    return json.loads(manifests[-1].read_text()) if manifests else None
+
+
 def _backup_dir(ctx: StepContext) -> Path:
     run = ctx.record.facts.setdefault("backup_run", time.strftime("%Y%m%dT%H%M%S"))
     return Path(ctx.plan.backup_dir).resolve() / ctx.plan.name / run
@@ -94,11 +108,12 @@ def pre_2_1_full_backup(ctx: StepContext) -> None:
     (folder / "SHA256SUMS").write_text("".join(f"{f['sha256']}  {Path(f['file']).name}\n" for f in files.values()))
     (folder / "checksums.json").write_text(json.dumps(sums, indent=2))
     ctx.record.facts["backup"] = {"folder": str(folder), "files": files, "checksums": sums}
+    (folder / MANIFEST).write_text(json.dumps(ctx.record.facts["backup"], indent=2))
     from ..schema import installed_version
     from ..state import log
 
     log_conn = ctx.connect()
-    if installed_version(log_conn) is not None:  # cleanup finds (and only cleanup removes) each dump
+    if installed_version(log_conn) is not None:  # else EX-1.1 records it once the schema exists
         for t, f in files.items():
             log(log_conn, t, "backup", "done", details={"file": f["file"], "sha256": f["sha256"]})
     ctx.evidence(commands=shown, files=files)
@@ -130,7 +145,7 @@ def pre_2_2_restore_point(ctx: StepContext) -> None:
 
 
 def pre_2_3_test_restore(ctx: StepContext) -> None:
-    backup = ctx.record.facts.get("backup")
+    backup = latest_backup(ctx)
     scratch = f"tablemig_restore_{uuid.uuid4().hex[:8]}"
     if not ctx.execute:
         ctx.dry_run(f"would restore the PRE-2.1 dump into a scratch database {scratch} and compare checksums")
@@ -142,6 +157,10 @@ def pre_2_3_test_restore(ctx: StepContext) -> None:
     params["dbname"] = scratch
     scratch_dsn = make_conninfo(**params)
     try:
+        with connect(scratch_dsn) as conn:  # pg_dump --table does not dump the table's schema
+            for t in ctx.plan.tables:
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(t.spec().qualified.schema)))
         for f in backup["files"].values():
             proc = subprocess.run([_tool(ctx, "pg_restore"), "--no-owner", "--dbname", scratch_dsn, f["file"]],
                                   capture_output=True, text=True, timeout=24 * 3600)
@@ -158,6 +177,8 @@ def pre_2_3_test_restore(ctx: StepContext) -> None:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
     ctx.evidence(scratch_database=scratch, restored=restored, dumped=backup["checksums"])
     assert restored == backup["checksums"], "restored data differs from the dumped snapshot"
+    backup["restore_test"] = {"passed": True, "scratch_database": scratch}
+    (Path(backup["folder"]) / MANIFEST).write_text(json.dumps(backup, indent=2))
 
 
 def pre_2_4_rollback_plan_executable(ctx: StepContext) -> None:

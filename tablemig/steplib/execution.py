@@ -30,6 +30,14 @@ def ex_1_1_deploy_framework(ctx: StepContext) -> None:
     assert schema is not None, "table_migration schema missing after install"
     assert value is not None and float(value[0]) > 0
     ctx.evidence(action=result.action, schema=schema[0], data_retention_percentage=value[0])
+    # The PRE-2.1 backup was taken before the schema existed: record it in the audit log now,
+    # so cleanup (and only cleanup) can find and remove each table's dump.
+    from ..state import log
+    from .backups import latest_backup
+
+    backup = latest_backup(ctx)
+    for table, f in (backup or {}).get("files", {}).items():
+        log(conn, table, "backup", "done", details={"file": f["file"], "sha256": f["sha256"]})
 
 
 def ex_1_2_configure_parameters(ctx: StepContext) -> None:

@@ -16,6 +16,7 @@ from psycopg import sql
 from ..names import QualifiedName
 from ..reconcile import Reconciler, Side
 from ..steps import StepContext
+from .backups import latest_backup
 
 
 def rb_2_partial_rollback(ctx: StepContext) -> None:
@@ -54,7 +55,7 @@ def rb_2_partial_rollback(ctx: StepContext) -> None:
 
 
 def rb_3_full_rollback(ctx: StepContext) -> None:
-    backup = ctx.record.facts.get("backup")
+    backup = latest_backup(ctx)
     rp = ctx.record.facts.get("restore_point")
     conn = ctx.connect()
     arch = conn.execute("SELECT current_setting('archive_mode'), current_setting('archive_command')").fetchone()
@@ -74,7 +75,6 @@ def rb_3_full_rollback(ctx: StepContext) -> None:
         ctx.dry_run("documented; the backup it relies on is made and restore-tested by PRE-2.1/PRE-2.3")
         return
     assert backup, "no backup in this run: a full rollback would have nothing to restore"
-    restored = next((r for r in ctx.record.results if r.id == "PRE-2.3"), None)
-    assert restored is not None and restored.status == "passed", "the backup was not restore-tested (PRE-2.3)"
+    assert (backup.get("restore_test") or {}).get("passed"), "the backup was not restore-tested (PRE-2.3)"
     if not pitr:
         ctx.warn("WAL archiving is off: full rollback means restoring the pg_dump backup, not point-in-time")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import statistics
 
+import pytest
+
 from ..criteria import evaluate
 from ..report_writer import _result_dict
 from ..steps import StepContext
@@ -23,6 +25,11 @@ def success_criterion(ctx: StepContext) -> None:
         ctx.dry_run(reason)
     elif status == "not-applicable":
         ctx.not_applicable(reason)
+    elif status == "warning":
+        ctx.warn(reason)
+    elif status == "blocked":
+        ctx.result.status, ctx.result.reason = "blocked", reason
+        pytest.skip(reason)
     else:
         assert status == "passed", reason
 

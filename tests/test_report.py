@@ -1,0 +1,505 @@
+"""The run reports (report.html, junit.xml, CSV files) of real plan runs.
+
+The plan runs are real: `pytest plans/orders_migration.py --execute` in a subprocess, on its
+own embedded sandbox or on a fresh database of this session's sandbox. report.html is
+rendered by headless chromium (DOM dump and screenshot).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from tablemig.checklist import ITEMS, ORDER
+from tablemig.demo_data import create_demo_data
+from tablemig.report import render_reports
+
+ROOT = Path(__file__).resolve().parent.parent
+PLAN = ROOT / "plans" / "orders_migration.py"
+PLAN_NAME = "orders_migration"
+SECRET = "S3cretPW"
+SKIPPED = {"blocked", "not-applicable", "needs-attestation", "deferred"}
+DISTRIBUTION_COLUMNS = ["month", "record_count", "kept", "archived", "percentage"]
+
+
+# -- running a plan -----------------------------------------------------------------------------
+@dataclass
+class Run:
+    proc: subprocess.CompletedProcess[str]
+    reports: Path  # --reports-dir
+    dir: Path  # reports/<plan>/<run-id>
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return json.loads((self.dir / "run.json").read_text())
+
+    def why(self) -> str:
+        return f"plan run output:\n{self.proc.stdout[-6000:]}\n{self.proc.stderr[-3000:]}"
+
+
+def run_plan(work: Path, *args: str) -> Run:
+    """Run the plan in `work` (cwd, where its backups and notifications go), reports in work/reports."""
+    reports = work / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("TABLEMIG_ACTIVE_DSN", "TABLEMIG_PASSIVE_DSN")}
+    cmd = [sys.executable, "-m", "pytest", str(PLAN), "-q", "-p", "no:cacheprovider", "--reports-dir", str(reports),
+           *args]
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=900, env=env)
+    latest = reports / PLAN_NAME / "latest"
+    run = Run(proc, reports, latest.resolve())
+    assert latest.is_symlink() and (run.dir / "run.json").is_file(), "no run directory was written\n" + run.why()
+    return run
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """One real executed run of the demo plan on its own embedded sandbox."""
+    return run_plan(tmp_path_factory.mktemp("executed"), "--execute")
+
+
+def dsn_with_password(dsn: str) -> str:
+    p = conninfo_to_dict(dsn)
+    return (f"host={p.get('host', '127.0.0.1')} port={p.get('port', '5432')} dbname={p['dbname']} "
+            f"user={p.get('user', 'postgres')} password={SECRET}")
+
+
+# -- reading HTML -------------------------------------------------------------------------------
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+@dataclass
+class Node:
+    tag: str
+    attrs: dict[str, str]
+    children: list[Any] = field(default_factory=list)  # Node or str
+
+    def text(self) -> str:
+        return " ".join(" ".join(c.text() if isinstance(c, Node) else c for c in self.children).split())
+
+    def iter(self) -> Any:
+        yield self
+        for c in self.children:
+            if isinstance(c, Node):
+                yield from c.iter()
+
+
+class TreeBuilder(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = Node("#document", {})
+        self.stack = [self.root]
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        node = Node(tag, {k: v or "" for k, v in attrs})
+        self.stack[-1].children.append(node)
+        if tag not in VOID:
+            self.stack.append(node)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.stack[-1].children.append(Node(tag, {k: v or "" for k, v in attrs}))
+
+    def handle_endtag(self, tag: str) -> None:
+        for i in range(len(self.stack) - 1, 0, -1):
+            if self.stack[i].tag == tag:
+                del self.stack[i:]
+                return
+
+    def handle_data(self, data: str) -> None:
+        self.stack[-1].children.append(data)
+
+
+def parse_html(text: str) -> Node:
+    builder = TreeBuilder()
+    builder.feed(text)
+    builder.close()
+    return builder.root
+
+
+def step_rows(doc: Node) -> list[Node]:
+    return [n for n in doc.iter() if "data-step-id" in n.attrs]
+
+
+def row_of(doc: Node, step_id: str, table: str | None) -> Node:
+    rows = [n for n in step_rows(doc) if n.attrs["data-step-id"] == step_id and n.attrs.get("data-table") == table]
+    assert len(rows) == 1, f"expected one row for {step_id} {table or ''}, found {len(rows)}"
+    return rows[0]
+
+
+def png_dimensions(raw: bytes) -> tuple[int, int]:
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[12:16] == b"IHDR", "not a PNG"
+    return struct.unpack(">II", raw[16:24])
+
+
+def png_size(uri: str) -> tuple[int, int]:
+    prefix = "data:image/png;base64,"
+    assert uri.startswith(prefix), uri[:60]
+    return png_dimensions(base64.b64decode(uri[len(prefix):], validate=True))
+
+
+REFERENCE_ATTRS = {"src", "href", "srcset", "xlink:href", "action", "formaction", "poster", "data", "background"}
+
+
+def external_references(doc: Node) -> list[str]:
+    """Every src/href/srcset/url(...) that is not a data: URI, and anything naming http(s): or //."""
+    found = []
+    for n in doc.iter():
+        for name, value in n.attrs.items():
+            if name in REFERENCE_ATTRS:
+                v = value.strip()
+                if not v.startswith("data:") or re.search(r"https?:|^//", v):
+                    found.append(f"<{n.tag} {name}={v[:80]!r}>")
+            if name == "style":
+                found += [f"<{n.tag} style> url({u[:80]})" for u in re.findall(r"url\(\s*['\"]?([^'\")]*)", value)
+                          if not u.startswith("data:")]
+        if n.tag in ("style", "script"):
+            css = " ".join(c for c in n.children if isinstance(c, str))
+            found += [f"<{n.tag}> url({u[:80]})" for u in re.findall(r"url\(\s*['\"]?([^'\")]*)", css)
+                      if not u.startswith("data:")]
+            found += [f"<{n.tag}> @import" for _ in re.findall(r"@import|@font-face", css)]
+        if n.tag == "script" and n.attrs.get("src") is not None:
+            found.append("<script src>")
+    return found
+
+
+# -- chromium -----------------------------------------------------------------------------------
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def chromium_binary() -> str:
+    if os.environ.get("TABLEMIG_TEST_BROWSER") == "no":
+        pytest.skip("browser tests disabled (TABLEMIG_TEST_BROWSER=no)")
+    names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+    found = next((shutil.which(n) for n in names if shutil.which(n)), None)
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=900, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, timeout=900, env=env)
+        found = shutil.which("chromium")
+    if found is None:
+        pytest.skip("chromium is not installed and could not be installed (apt-get install chromium): "
+                    "report.html was not rendered in a browser")
+    return found
+
+
+def chromium(binary: str, *args: str) -> subprocess.CompletedProcess[str]:
+    profile = tempfile.mkdtemp(prefix="tablemig-chromium-")
+    try:
+        return subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                              capture_output=True, text=True, timeout=180)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+# -- tests: the executed run in a browser --------------------------------------------------------
+def test_report_html_in_headless_chromium(executed: Run) -> None:
+    binary = chromium_binary()
+    html = executed.dir / "report.html"
+    assert html.is_file(), executed.why()
+    dumped = chromium(binary, "--dump-dom", html.as_uri())
+    assert dumped.returncode == 0 and "</html>" in dumped.stdout, dumped.stderr[-2000:]
+    doc = parse_html(dumped.stdout)
+    data = executed.data
+
+    # every checklist id is there, with a status; every step result with its own status
+    rows = step_rows(doc)
+    assert all(r.attrs.get("data-status") for r in rows)
+    assert {r.attrs["data-step-id"] for r in rows} >= set(ORDER)
+    assert data["steps"], executed.why()
+    for s in data["steps"]:
+        row = row_of(doc, s["id"], s["table"])
+        assert row.attrs["data-status"] == s["status"], (s["id"], s["table"])
+        if s["reason"]:
+            assert " ".join(s["reason"].split())[:60] in row.text()
+    ran = {s["id"] for s in data["steps"]}
+    for item_id in set(ORDER) - ran:
+        assert {r.attrs["data-status"] for r in rows if r.attrs["data-step-id"] == item_id} == {"not-run"}
+
+    # the success criteria are all listed with a verdict
+    verdicts = {n.attrs["data-criterion"]: n.attrs["data-verdict"] for n in doc.iter() if "data-criterion" in n.attrs}
+    assert sorted(verdicts) == [i for i in ORDER if i.startswith("SC-")]
+    for s in data["steps"]:
+        if s["id"].startswith("SC-"):
+            assert verdicts[s["id"]] == s["status"]
+
+    # charts: data: PNGs with a size; at least the cutoff distribution and the backfill progress
+    images = [n for n in doc.iter() if n.tag == "img"]
+    assert len(images) >= 2, executed.why()
+    for img in images:
+        width, height = png_size(img.attrs["src"])
+        assert width > 0 and height > 0
+    alts = " ".join(img.attrs.get("alt", "") for img in images)
+    assert "Rows per month" in alts and "Backfill progress" in alts
+
+    # self-contained: nothing refers to anything outside the file
+    assert external_references(doc) == []
+    raw = html.read_text()
+    assert not re.search(r"<script|<link|@import|@font-face|https?://", raw, re.I)
+
+    # the screenshot an auditor would see
+    shot = executed.dir / "report.png"
+    made = chromium(binary, f"--screenshot={shot}", "--window-size=1400,3000", html.as_uri())
+    assert shot.is_file() and shot.stat().st_size > 0, made.stderr[-2000:]
+    assert png_dimensions(shot.read_bytes()) == (1400, 3000)
+
+
+def test_report_html_tables_and_sections(executed: Run) -> None:
+    doc = parse_html((executed.dir / "report.html").read_text())
+    data = executed.data
+    text = doc.text()
+    for heading in ("Success criteria", "Checklist", "Notes and Observations", "Emergency contacts",
+                    "Replication configuration"):
+        assert heading in text
+    for section in dict.fromkeys(ITEMS[i].section for i in ORDER):
+        assert section in text
+    assert data["facts"]["executed_by"] in text
+    for contact in data["contacts"]:
+        assert contact["email"] in text
+    for table, facts in data["tables"].items():
+        block = next(n for n in doc.iter() if n.attrs.get("class", "").startswith("card table-report")
+                     and n.attrs.get("data-table") == table)
+        recon = facts.get("reconciliation") or []
+        assert recon, executed.why()
+        body = next(n for n in block.iter() if n.tag == "table" and "reconciliation" in n.attrs.get("class", ""))
+        trs = [r for r in body.iter() if r.tag == "tr"]
+        assert len(trs) == len(recon) + 1  # header + one row per segment
+        mismatching = [r for r in trs if "mismatch" in r.attrs.get("class", "").split()]
+        assert len(mismatching) == sum(1 for r in recon if not r["match"])
+        assert "Swap" in block.text() and "Cutoff distribution" in block.text()
+        if facts.get("lock_hold_ms") is not None:
+            assert "Exclusive lock held for" in block.text()
+
+
+# -- tests: junit.xml ------------------------------------------------------------------------------
+# The common JUnit XML structure (Jenkins/Surefire junit-10.xsd and the xunit2 layout CI servers
+# read), with per-testcase <properties> as most CI servers accept them: element -> (allowed
+# attributes, required attributes, allowed children in order ranks).
+JUNIT = {
+    "testsuites": ({"name", "time", "tests", "failures", "errors", "disabled"}, set(), {"testsuite": 0}),
+    "testsuite": ({"name", "tests", "failures", "errors", "skipped", "time", "timestamp", "hostname", "id",
+                   "package", "group", "file", "disabled"}, {"name", "tests", "failures", "errors"},
+                  {"properties": 0, "testcase": 1, "system-out": 2, "system-err": 2}),
+    "properties": (set(), set(), {"property": 0}),
+    "property": ({"name", "value"}, {"name", "value"}, {}),
+    "testcase": ({"name", "classname", "time", "assertions", "status", "file", "line"}, {"name", "classname", "time"},
+                 {"properties": 0, "skipped": 1, "error": 1, "failure": 1, "system-out": 2, "system-err": 2}),
+    "failure": ({"message", "type"}, set(), {}),
+    "error": ({"message", "type"}, set(), {}),
+    "skipped": ({"message", "type"}, set(), {}),
+    "system-out": (set(), set(), {}),
+    "system-err": (set(), set(), {}),
+}
+TIME = re.compile(r"^\d+(\.\d{1,3})?$")
+
+
+def check_junit_structure(el: ET.Element) -> None:
+    assert el.tag in JUNIT, f"unexpected element <{el.tag}>"
+    allowed, required, children = JUNIT[el.tag]
+    assert set(el.attrib) <= allowed, f"<{el.tag}> has attributes {set(el.attrib) - allowed}"
+    assert required <= set(el.attrib), f"<{el.tag}> lacks {required - set(el.attrib)}"
+    if "time" in el.attrib:
+        assert TIME.match(el.attrib["time"]), el.attrib["time"]
+    if el.tag in ("skipped", "failure", "error") or not children:
+        assert len(el) == 0, f"<{el.tag}> has child elements"
+    ranks = []
+    for child in el:
+        assert child.tag in children, f"<{child.tag}> not allowed in <{el.tag}>"
+        ranks.append(children[child.tag])
+        check_junit_structure(child)
+    assert ranks == sorted(ranks), f"children of <{el.tag}> out of order: {[c.tag for c in el]}"
+
+
+def props(el: ET.Element) -> dict[str, str]:
+    p = el.find("properties")
+    return {} if p is None else {x.get("name", ""): x.get("value", "") for x in p.findall("property")}
+
+
+def check_junit(run: Run) -> ET.Element:
+    root = ET.parse(run.dir / "junit.xml").getroot()
+    check_junit_structure(root)
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    assert len(suites) == 1
+    suite = suites[0]
+    steps = run.data["steps"]
+    cases = suite.findall("testcase")
+    assert len(cases) == len(steps) == int(suite.get("tests", "-1"))
+    assert [c.get("name") for c in cases] == [f"{s['id']} {s['table']}" if s["table"] else s["id"] for s in steps]
+    failed = sum(1 for s in steps if s["status"] == "failed")
+    skipped = sum(1 for s in steps if s["status"] in SKIPPED)
+    assert int(suite.get("failures", "-1")) == failed == sum(1 for c in cases if c.find("failure") is not None)
+    assert int(suite.get("skipped", "-1")) == skipped == sum(1 for c in cases if c.find("skipped") is not None)
+    assert int(suite.get("errors", "-1")) == 0 == sum(1 for c in cases if c.find("error") is not None)
+    meta = props(suite)
+    for key in ("plan", "mode", "run_id", "executed_by", "started", "finished", "status"):
+        assert meta.get(key), f"testsuite property {key} missing"
+    assert meta["plan"] == PLAN_NAME and meta["run_id"] == run.dir.name and meta["status"] == run.data["status"]
+    for case, s in zip(cases, steps, strict=True):
+        assert case.get("classname", "").startswith(PLAN_NAME + ".")
+        if s["table"]:
+            assert case.get("classname") == f"{PLAN_NAME}.{s['table']}"
+        p = props(case)
+        assert p["text"] == ITEMS[s["id"]].text and p["status"] == s["status"]
+        scalars = {k: v for k, v in s["evidence"].items() if isinstance(v, str | int | float | bool)}
+        for k, v in scalars.items():
+            value = str(v)
+            assert p[f"evidence.{k}"] == value or (len(value) > 300 and p[f"evidence.{k}"].endswith("…"))
+        if s["statements"]:
+            out = case.find("system-out")
+            assert out is not None and out.text
+            assert all(st["sql"].strip()[:40] in out.text for st in s["statements"])
+    return suite
+
+
+def test_junit_xml_of_the_executed_run(executed: Run) -> None:
+    suite = check_junit(executed)
+    assert props(suite)["mode"] == "execute"
+
+
+# -- tests: CSV files ------------------------------------------------------------------------------
+def test_csv_files_per_table(executed: Run) -> None:
+    tables = executed.data["tables"]
+    assert tables, executed.why()
+    for table, facts in tables.items():
+        safe = re.sub(r"[^0-9A-Za-z]", "_", table)
+        dist = pd.read_csv(executed.dir / f"cutoff_distribution_{safe}.csv")
+        assert list(dist.columns) == DISTRIBUTION_COLUMNS
+        assert len(dist) == len(facts["distribution"])
+        assert int(dist["record_count"].sum()) == sum(r["record_count"] for r in facts["distribution"])
+        assert int(dist["kept"].sum()) == facts["rows_keep"]
+        recon = pd.read_csv(executed.dir / f"reconciliation_{safe}.csv", dtype=str, keep_default_na=False)
+        sides = [k[len("count_"):] for k in facts["reconciliation"][0] if k.startswith("count_")]
+        assert list(recon.columns) == (["segment", "key_from", "key_to"]
+                                       + [c for s in sides for c in (f"count_{s}", f"checksum_{s}")] + ["match"])
+        assert len(recon) == len(facts["reconciliation"])
+        assert list(recon["checksum_new"]) == [str(r["checksum_new"]) for r in facts["reconciliation"]]
+
+
+# -- tests: a failed run ----------------------------------------------------------------------------
+def test_failed_run_still_writes_every_report(fresh_db: Any, tmp_path: Path) -> None:
+    """public.orders with a text date column: the analysis fails, the later steps of the table
+    are blocked by it, and all reports are still written."""
+    with fresh_db.connect() as conn:
+        conn.execute("CREATE TABLE public.orders (id bigint PRIMARY KEY, created_date text NOT NULL, amount numeric)")
+        conn.execute("INSERT INTO public.orders SELECT g, '2024-01-01', g FROM generate_series(1, 500) g")
+    run = run_plan(tmp_path, "--execute", "--active-dsn", fresh_db.dsn)
+    assert run.proc.returncode != 0, run.why()
+    for name in ("run.json", "report.html", "junit.xml"):
+        assert (run.dir / name).is_file(), name
+    assert not (run.dir / "report_errors.txt").exists()
+    data = run.data
+    assert data["status"] == "failed"
+    failed = [s for s in data["steps"] if s["status"] == "failed" and s["table"] == "public.orders"]
+    assert failed, run.why()
+    first = failed[0]
+    assert "text" in first["reason"], first  # the planner names the wrong column type
+
+    doc = parse_html((run.dir / "report.html").read_text())
+    row = row_of(doc, first["id"], first["table"])
+    assert row.attrs["data-status"] == "failed"
+    assert " ".join(first["reason"].split())[:60] in row.text()
+    later = [s for s in data["steps"] if s["table"] == first["table"] and s["status"] == "blocked"
+             and ORDER.index(s["id"]) > ORDER.index(first["id"])]
+    assert later, "no later step of the table was blocked"
+    for s in later:
+        assert s["reason"] == f"blocked by {first['id']}"
+        blocked = row_of(doc, s["id"], s["table"])
+        assert blocked.attrs["data-status"] == "blocked" and f"blocked by {first['id']}" in blocked.text()
+    assert {r.attrs["data-step-id"] for r in step_rows(doc)} >= set(ORDER)
+    notes = next(n for n in doc.iter() if n.attrs.get("id") == "notes").text()
+    assert first["id"] in notes
+    suite = check_junit(run)
+    failure = next(c for c in suite.findall("testcase") if c.get("name") == f"{first['id']} public.orders")
+    assert failure.find("failure") is not None and "text" in failure.find("failure").get("message", "")  # type: ignore[union-attr]
+
+
+# -- tests: passwords ------------------------------------------------------------------------------
+def test_no_password_in_any_report(fresh_db: Any, tmp_path: Path) -> None:
+    with fresh_db.connect() as conn:
+        create_demo_data(conn, 20_000)
+    run = run_plan(tmp_path, "--execute", "--active-dsn", dsn_with_password(fresh_db.dsn))
+    for name in ("run.json", "report.html", "junit.xml"):
+        assert (run.dir / name).is_file(), name + "\n" + run.why()
+    assert any(s["id"] == "EX-1.1" and s["status"] == "passed" for s in run.data["steps"]), run.why()
+    leaks = [str(p) for p in run.reports.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert leaks == []
+
+
+@dataclass
+class _Throttle:  # what a step may leave in the facts: an object holding a DSN
+    dsn: str
+    samples: list[dict[str, Any]]
+    _conn: Any = None
+
+
+def test_redaction_and_missing_data_without_a_database(tmp_path: Path) -> None:
+    """Secrets anywhere in the run (reason, evidence, SQL, facts, objects, keys) never reach a
+    report; any subset of steps and facts renders; unknown statuses and ids are shown."""
+    url = f"postgresql://app:{SECRET}@db1/shop"
+    kv = f"host=db1 password={SECRET}"
+    data = {
+        "plan": "p", "module": "p", "mode": "dry-run", "started": 1_700_000_000.0, "finished": 1_700_000_012.5,
+        "run_id": "r1", "host": "h", "status": "failed",
+        "facts": {"executed_by": "alice", "db_role": "migrator", "dsn": kv, "server_version": "16.4",
+                  "lag_samples": [{"t": 1_700_000_001 + i, "lag_bytes": 1000 * i} for i in range(5)]},
+        "steps": [
+            {"id": "EX-1.1", "table": None, "status": "dry-run", "reason": f"would connect to {url}",
+             "duration_s": 0.01, "evidence": {"sql": "CREATE SCHEMA x;\n" * 3, "nested": {"conn": kv, "n": [1, 2]}},
+             "statements": [{"site": "active", "sql": f"SELECT '{kv}'", "executed": False, "duration_ms": None,
+                             "rows": None, "error": None}]},
+            {"id": "EX-1.3", "table": "s.t-1", "status": "failed", "reason": f"cannot connect to {kv}",
+             "duration_s": 0.2, "evidence": {kv: 1}, "statements": []},
+            {"id": "EX-2.1", "table": "s.t-1", "status": "blocked", "reason": "blocked by EX-1.3"},
+            {"id": "SC-3", "table": None, "status": "weird-new-status", "reason": "", "evidence": {}},
+            {"id": "X-9", "table": None, "status": "passed"},
+        ],
+        "tables": {"s.t-1": {"cutoff": "2024-06-15", "throttle": _Throttle(kv, [{"t": 1.0, "lag_bytes": 5}]),
+                             "distribution": [{"month": "2024-05-01", "record_count": 3, "kept": 0, "archived": 3},
+                                              {"month": "2024-06-01", "record_count": 4, "kept": 2, "archived": 2}],
+                             "reconciliation": [{"segment": 0, "key_from": "", "key_to": "9", "count_a": 1,
+                                                 "checksum_a": "5", "count_b": 2, "checksum_b": "6", "match": False}],
+                             "throughput": [{"t": 5.0, "rows": 100, "batch_rows": 100, "batch_seconds": 5.0,
+                                             "batch_size": 100}]}},
+        "contacts": [{"role": "DBA", "name": "Bob", "phone": "1", "email": url, "escalation": ""}],
+    }
+    render_reports(tmp_path, data)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["cutoff_distribution_s_t_1.csv", "junit.xml", "reconciliation_s_t_1.csv", "report.html"]
+    for p in tmp_path.iterdir():
+        assert SECRET not in p.read_text(), p.name
+    html = (tmp_path / "report.html").read_text()
+    doc = parse_html(html)
+    assert {r.attrs["data-step-id"] for r in step_rows(doc)} >= set(ORDER) | {"X-9"}
+    assert row_of(doc, "EX-2.1", "s.t-1").attrs["data-status"] == "blocked"
+    assert row_of(doc, "EX-2.2", "s.t-1").attrs["data-status"] == "not-run"
+    assert row_of(doc, "SC-3", None).attrs["data-status"] == "weird-new-status"
+    assert [n for n in doc.iter() if "mismatch" in n.attrs.get("class", "").split()]
+    assert external_references(doc) == []
+    assert "a batch_size of about 10 rows" in doc.text()  # 100 rows took 5 s: 10 rows take 0.5 s
+    for img in (n for n in doc.iter() if n.tag == "img"):
+        assert min(png_size(img.attrs["src"])) > 0
+    assert "would connect to postgresql://app:***@db1/shop" in doc.text()
+    ET.parse(tmp_path / "junit.xml")
+
+    empty = tmp_path / "empty"
+    render_reports(empty, {"plan": "p", "mode": "execute", "steps": [], "tables": {}, "facts": {}})
+    doc = parse_html((empty / "report.html").read_text())
+    assert {r.attrs["data-status"] for r in step_rows(doc)} == {"not-run"}
+    assert {r.attrs["data-step-id"] for r in step_rows(doc)} == set(ORDER)
+    suite = ET.parse(empty / "junit.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "0"
