@@ -234,6 +234,8 @@ class BatchCopier:
     def _worker(self, ranges: list[CopyRange], index: int) -> None:
         try:
             with connect(self.dsn, application_name="tablemig-backfill") as conn:
+                # a parallel plan for a batch's bound query would take CPU from the application
+                conn.execute("SET max_parallel_workers_per_gather = 0")
                 self._copy_range(conn, ranges, index)
         except BaseException as exc:  # noqa: BLE001 - re-raised by run()
             with self._lock:

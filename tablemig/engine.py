@@ -177,7 +177,9 @@ class Migration:
         t0 = time.perf_counter()
         self.recorder.step = self.recorder.step or "capture"
         # Plan (which validates every input) before anything is installed: bad input changes nothing.
+        # Planning is read-only and is done (and timed) apart from the migration core.
         plan = self._plan if self._plan and self._plan.resumed_state is None else self.plan()
+        self._timed("plan", t0)
         if plan.blockers:
             raise TablemigError(f"{self.table} has blockers: " + "; ".join(plan.blockers),
                                 "resolve them (the dry run lists them) and rerun")
@@ -188,6 +190,7 @@ class Migration:
                              + "; nothing was changed",
                              "run as the table's owner (or a member of the owner role, also of referencing "
                              "tables and views) with CREATE on its schema; see README, Least privilege")
+        t_install = time.perf_counter()
         try:
             install_schema(self.conn)
         except psycopg.errors.InsufficientPrivilege as exc:
@@ -195,7 +198,9 @@ class Migration:
                              f"{exc.diag.message_primary}",
                              "GRANT CREATE ON DATABASE to the role, or have the database owner run "
                              "`tablemig install-schema` once (the table owner is needed for the rest)") from None
+        self._timed("install", t_install)
         self._lock(plan.info.oid)
+        t0 = time.perf_counter()
         m = self._state()
         if m and m["state"] not in ("rolled_back", "cleaned"):
             if m["plan_name"] and self.plan_name and m["plan_name"] != self.plan_name:

@@ -44,6 +44,7 @@ def send(notifiers: list[dict[str, str]], event: str, plan: str, payload: dict[s
         rec: dict[str, Any] = {"kind": n.get("kind"), "target": redact(target)}
         try:
             if n["kind"] == "file":
+                Path(n["path"]).parent.mkdir(parents=True, exist_ok=True)
                 with Path(n["path"]).open("a") as fh:
                     fh.write(body + "\n")
             elif n["kind"] == "webhook":
