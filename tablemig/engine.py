@@ -447,7 +447,7 @@ class Migration:
             return 0
         s = self._settings()
         t = QualifiedName(m["schema_name"], m["original_name"])
-        a = QualifiedName(m["schema_name"], (m["swap_record"] or {}).get("outgoing") or m["archive_name"])
+        a = state.old_table(m)
         info = (self._plan or self.plan_for_state(m)).info
         mirror = QualifiedName("table_migration", f"mirror_{m['table_oid']}")
         guard = QualifiedName("table_migration", f"prune_{m['table_oid']}")
@@ -576,8 +576,7 @@ class Migration:
         """After prune: finish the prune, refuse on key collisions, mirror again and copy
         T's rows back into A; A is then complete and the swap can be undone."""
         t = QualifiedName(m["schema_name"], m["original_name"])
-        a = QualifiedName(m["schema_name"], (m["swap_record"] or {}).get("outgoing")
-                          or m["archive_name"])
+        a = state.old_table(m)
         if m["archive_mode"] == "copy":
             raise TablemigError(
                 f"{t} was pruned in archive mode copy: the original stopped following the live table",

@@ -98,7 +98,7 @@ def _keep_logs(sb: Sandbox, dest: Path) -> None:
 
 
 def reports_dir(config: pytest.Config) -> Path:
-    chosen = config.getoption("--reports-dir")
+    chosen = config.getoption("--reports-dir", default=None)
     return Path(chosen) if chosen else Path(str(config.rootpath)) / "reports"
 
 

@@ -11,6 +11,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from .errors import ConcurrentRun
+from .names import QualifiedName
 
 # Advisory-lock class for "a tablemig run owns this table" (objid = the table's OID).
 LOCK_CLASS = 0x7AB1E
@@ -19,6 +20,17 @@ LOCK_CLASS = 0x7AB1E
 STATES = ("planned", "capturing", "backfilling", "indexed", "verified", "swapped", "pruned",
           "cleaned", "rolled_back")
 ORDER = {s: i for i, s in enumerate(STATES)}
+
+
+def live_table(m: dict[str, Any]) -> QualifiedName:
+    """The table the application uses (the original name, whichever table holds it now)."""
+    return QualifiedName(m["schema_name"], m["original_name"])
+
+
+def old_table(m: dict[str, Any]) -> QualifiedName:
+    """After the swap, the original table: the archive (mode rename) or the kept backup
+    (mode copy), which the mirror trigger keeps complete until prune."""
+    return QualifiedName(m["schema_name"], (m["swap_record"] or {}).get("outgoing") or m["archive_name"])
 
 
 def load(conn: psycopg.Connection[Any], table: str) -> dict[str, Any] | None:

@@ -183,7 +183,7 @@ def _plan_of(module: Any) -> PlanConfig | None:
 
 
 def _selected_tables(config: pytest.Config, plan: PlanConfig) -> list[TableConfig]:
-    wanted = config.getoption("--table")
+    wanted = config.getoption("--table", default=[])
     if not wanted:
         return list(plan.tables)
     from .names import QualifiedName
@@ -229,14 +229,14 @@ def tablemig_table() -> str | None:
 
 def _record(config: pytest.Config) -> RunRecord:
     if RECORD not in config.stash:
-        config.stash[RECORD] = RunRecord(execute=bool(config.getoption("--execute")))
+        config.stash[RECORD] = RunRecord(execute=bool(config.getoption("--execute", default=False)))
     return config.stash[RECORD]
 
 
 def _cli_attestations(config: pytest.Config) -> dict[str, Attestation]:
     out = {}
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    for raw in config.getoption("--attest"):
+    for raw in config.getoption("--attest", default=[]) or []:
         item, sep, who = raw.partition("=")
         if not sep or not who.strip() or item not in ITEMS:
             raise pytest.UsageError(f"--attest {raw!r}: expected ID=NAME with a checklist id "

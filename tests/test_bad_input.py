@@ -44,7 +44,8 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("t", {"cutoff": "2000-01-01"}, "keeps all 2000 rows", "later cutoff"),
     ("t", {"cutoff": "not a date"}, "is not a valid timestamp with time zone", "2024-01-01"),
     ("t", {"retention": 0.1, "new_table": "t_new"}, "new table name public.t_new is already taken", "drop or rename"),
-    ("t", {"retention": 0.1, "new_table": "t_fresh", "archive_table": "v"}, "archive table name public.v is already taken", "drop or rename"),
+    ("t", {"retention": 0.1, "new_table": "t_fresh", "archive_table": "v"},
+     "archive table name public.v is already taken", "drop or rename"),
 ]
 
 
@@ -116,7 +117,8 @@ def test_hostile_and_unusual_names_migrate(fresh_db: Any, name: str) -> None:
         q = '"' + name.replace('"', '""') + '"'
         col = '"When; it happened"'
         conn.execute(f'CREATE TABLE "Odd Schema".{q} (id int PRIMARY KEY, {col} date NOT NULL, v text)')
-        conn.execute(f'INSERT INTO "Odd Schema".{q} SELECT g, date \'2024-01-01\' + g, \'v\' FROM generate_series(1, 500) g')
+        conn.execute(f'INSERT INTO "Odd Schema".{q} SELECT g, date \'2024-01-01\' + g, \'v\''
+                     " FROM generate_series(1, 500) g")
         spec = TableSpec(f'"Odd Schema".{q}', "When; it happened", retention=0.1, batch_size=100)
         with Migration(fresh_db.dsn, spec, progress=lambda p: None) as mig:
             mig.run("swapped")

@@ -8,6 +8,7 @@ from .. import probes
 from ..names import QualifiedName
 from ..reconcile import Reconciler, Side
 from ..schema import SCHEMA_VERSION, install_schema, installed_version, render_schema
+from ..state import old_table
 from ..steps import StepContext
 from ..structure import create_table_sql
 
@@ -156,7 +157,7 @@ def ex_2_3_change_capture(ctx: StepContext) -> None:
     assert m is not None
     if m["state"] == "swapped":  # after the swap the mirror trigger is the live capture
         plan = mig.plan_for_state(m)
-        archive = QualifiedName(m["schema_name"], (m["swap_record"] or {}).get("outgoing") or m["archive_name"])
+        archive = old_table(m)
         after = probes.trigger_probe(conn, plan.original, archive, plan.key, m["date_column"], m["date_type"],
                                      m["cutoff"], plan.columns, plan.overriding)
         ctx.evidence(after_swap_probe=after)
@@ -174,7 +175,7 @@ def ex_4_1_data_integrity(ctx: StepContext) -> None:
     assert m is not None and m["state"] in ("swapped", "pruned"), f"state is {m and m['state']}"
     conn = ctx.connect()
     live = QualifiedName(m["schema_name"], m["original_name"])
-    archive = QualifiedName(m["schema_name"], (m["swap_record"] or {}).get("outgoing") or m["archive_name"])
+    archive = old_table(m)
     summary = probes.validation_summary(conn, {"New Table (live)": live, "Archive Table": archive},
                                         m["date_column"])
     key = sql.SQL(", ").join(map(sql.Identifier, m["key_columns"]))
@@ -210,7 +211,7 @@ def rb_1_immediate_rollback(ctx: StepContext) -> None:
     conn = ctx.connect()
     m = mig._state()
     assert m is not None
-    archive = QualifiedName(m["schema_name"], (m["swap_record"] or {}).get("outgoing") or m["archive_name"])
+    archive = old_table(m)
     before = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(archive.ident())).fetchone()
     done = mig.rollback()
     live = QualifiedName(m["schema_name"], m["original_name"])

@@ -15,6 +15,7 @@ from psycopg import sql
 
 from ..names import QualifiedName
 from ..reconcile import Reconciler, Side
+from ..state import old_table
 from ..steps import StepContext
 from .backups import latest_backup
 
@@ -29,7 +30,7 @@ def rb_2_partial_rollback(ctx: StepContext) -> None:
         ctx.not_applicable(f"state is {m and m['state']}: a partial rollback applies after the swap, before prune")
     conn = ctx.connect()
     live = QualifiedName(m["schema_name"], m["original_name"])
-    archive = QualifiedName(m["schema_name"], (m["swap_record"] or {}).get("outgoing") or m["archive_name"])
+    archive = old_table(m)
     plan = mig.plan_for_state(m)
     types = {c.name: c.type for c in plan.info.columns}
     rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns], plan.columns)

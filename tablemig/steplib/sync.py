@@ -15,6 +15,7 @@ from .. import replication
 from ..names import QualifiedName
 from ..reconcile import Reconciler, Side
 from ..replication import LagLimit
+from ..state import live_table, old_table
 from ..steps import StepContext
 
 
@@ -38,9 +39,7 @@ def ex_3_1_prepare_passive_site(ctx: StepContext) -> None:
     m = _names(ctx)
     expected = ["table_migration.migration_state"]
     if m is not None:
-        outgoing = (m["swap_record"] or {}).get("outgoing") or m["archive_name"]
-        expected += [str(QualifiedName(m["schema_name"], m["original_name"])),
-                     str(QualifiedName(m["schema_name"], outgoing))]
+        expected += [str(live_table(m)), str(old_table(m))]
     found = {name: passive.execute("SELECT to_regclass(%s)::text", (name,)).fetchone()[0]  # type: ignore[index]
              for name in expected}
     ctx.evidence(topology="physical: DDL replicates with the WAL", replayed=replay, objects_on_passive=found)
@@ -95,7 +94,7 @@ def ex_3_2_replication_health(ctx: StepContext) -> None:
     schema = m["schema_name"] if m else "public"
     tables = {"live": QualifiedName(schema, m["original_name"])} if m else {}
     if m:
-        tables["archive"] = QualifiedName(schema, (m["swap_record"] or {}).get("outgoing") or m["archive_name"])
+        tables["archive"] = old_table(m)
     result = _compare_sites(ctx, active, passive, tables)
     conflicts = passive.execute("SELECT confl_tablespace, confl_lock, confl_snapshot, confl_bufferpin,"
                                 " confl_deadlock FROM pg_stat_database_conflicts"

@@ -9,6 +9,7 @@ import psycopg
 from psycopg import sql
 
 from ..names import QualifiedName
+from ..state import live_table, old_table
 from ..steps import StepContext
 
 
@@ -26,16 +27,23 @@ def _timed(conn: psycopg.Connection[Any], query: sql.Composable, params: tuple[A
     return round(best * 1000, 3)
 
 
-def ex_4_2_performance(ctx: StepContext) -> None:
+def _after_swap(ctx: StepContext, would: str) -> tuple[dict[str, Any], QualifiedName, QualifiedName] | None:
+    """(state, live table, original) after the swap; None (recorded as dry-run) before it."""
     m = _swapped(ctx)
     if m is None:
         if not ctx.execute:
-            ctx.dry_run("after the swap: query timings on the new table against the archive, trigger overhead")
-            return
+            ctx.dry_run(f"after the swap: {would}")
+            return None
         raise AssertionError("the table is not swapped")
+    return m, live_table(m), old_table(m)
+
+
+def ex_4_2_performance(ctx: StepContext) -> None:
+    found = _after_swap(ctx, "query timings on the new table against the archive, trigger overhead")
+    if found is None:
+        return
+    m, live, archive = found
     conn = ctx.connect()
-    live = QualifiedName(m["schema_name"], m["original_name"])
-    archive = QualifiedName(m["schema_name"], (m["swap_record"] or {}).get("outgoing") or m["archive_name"])
     d = sql.Identifier(m["date_column"])
     recent = sql.SQL("SELECT count(*) FROM {} WHERE {} >= %s::{}")
     t_live = _timed(conn, recent.format(live.ident(), d, sql.SQL(m["date_type"])), (m["cutoff"],))
@@ -72,15 +80,11 @@ def ex_4_2_performance(ctx: StepContext) -> None:
 
 
 def ex_4_3_application_testing(ctx: StepContext) -> None:
-    m = _swapped(ctx)
-    if m is None:
-        if not ctx.execute:
-            ctx.dry_run("after the swap: reads, writes through the triggers, error handling, failover rehearsal")
-            return
-        raise AssertionError("the table is not swapped")
+    found = _after_swap(ctx, "reads, writes through the triggers, error handling, failover rehearsal")
+    if found is None:
+        return
+    m, live, archive = found
     conn = ctx.connect()
-    live = QualifiedName(m["schema_name"], m["original_name"])
-    archive = QualifiedName(m["schema_name"], (m["swap_record"] or {}).get("outgoing") or m["archive_name"])
     key = sql.SQL(", ").join(map(sql.Identifier, m["key_columns"]))
     results: dict[str, Any] = {}
     row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(live.ident())).fetchone()
