@@ -15,7 +15,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 
-extras="${TABLEMIG_EXTRAS:-dev,embedded}"
+extras="${TABLEMIG_EXTRAS:-dev,embedded,docker}"
 stamp=".venv/.tablemig-installed"
 want="$(sha256sum pyproject.toml | cut -c1-16)-$extras"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then

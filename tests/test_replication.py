@@ -67,6 +67,8 @@ def test_backfill_pauses_on_lag_and_resumes_when_replay_resumes(private_sandbox:
     errors: list[BaseException] = []
     with connect(sb.passive_dsn) as standby, Migration(sb.active_dsn, spec, throttle=throttle,
                                                        progress=lambda p: None, batch_target_seconds=10) as mig:
+        with connect(sb.active_dsn) as a:
+            wait_for_replay(a, standby)  # the test data itself must not count as lag
         standby.execute("SELECT pg_wal_replay_pause()")
 
         def run() -> None:
