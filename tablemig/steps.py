@@ -287,6 +287,13 @@ def plan_ready(request: pytest.FixtureRequest, sandbox: Any, active_dsn: str) ->
     record.module = request.module.__name__
     record.attestations = {**plan.attestations, **_cli_attestations(request.config)}
     record.facts["executed_by"] = getpass.getuser()
+    try:
+        with connect(active_dsn) as conn:
+            row = conn.execute("SELECT current_user").fetchone()
+            if row:
+                record.facts["database_role"] = row[0]
+    except Exception:  # noqa: BLE001 - an unreachable site is reported by PRE-1.1a, not here
+        pass
     for t in _selected_tables(request.config, plan):
         record.tables.setdefault(str(t.spec().qualified), TableRun(t))
     if sandbox is not None and plan.demo_rows and not record.facts.get("demo_loaded"):
