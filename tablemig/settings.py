@@ -1,0 +1,36 @@
+"""Operational settings of a migration, read from `table_migration.migration_config`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+
+@dataclass
+class Settings:
+    """Operational settings: from `table_migration.migration_config`, overridable."""
+
+    lock_timeout: str = "200ms"
+    swap_max_attempts: int = 10
+    swap_statement_timeout: str = "30s"
+    long_transaction_seconds: float = 60
+    batch_target_seconds: float = 0.5
+    verify_segments: int = 16
+
+    @classmethod
+    def load(cls, conn: psycopg.Connection[Any], **overrides: Any) -> Settings:
+        rows = dict(conn.execute("SELECT config_key, config_value FROM"
+                                 " table_migration.migration_config").fetchall())
+        s = cls(lock_timeout=rows.get("lock_timeout", cls.lock_timeout),
+                swap_max_attempts=int(rows.get("swap_max_attempts", cls.swap_max_attempts)),
+                swap_statement_timeout=rows.get("swap_statement_timeout",
+                                                cls.swap_statement_timeout),
+                long_transaction_seconds=float(rows.get("long_transaction_seconds", 60)),
+                batch_target_seconds=float(rows.get("batch_target_seconds", 0.5)),
+                verify_segments=int(rows.get("verify_segments", 16)))
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(s, k, v)
+        return s
