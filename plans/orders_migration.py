@@ -37,6 +37,7 @@ PLAN = PlanConfig(
     ],
     attestations={},  # e.g. {"PRE-3.2": Attestation("alice", "2026-11-20T10:00Z", "CAB-1234")}
     require_attestations=False,
+    allow_passive_down=False,  # True: go ahead when the configured passive site is unreachable
     backup_dir='backups',
 )
 

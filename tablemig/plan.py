@@ -94,7 +94,12 @@ class PlanConfig:
     contacts: list[Contact] = field(default_factory=list)
     attestations: dict[str, Attestation] = field(default_factory=dict)
     require_attestations: bool = False
+    # No --passive-dsn at all: run single-site (replication items "not applicable"). False
+    # makes a missing passive site an error.
     allow_single_site: bool = True
+    # A passive site that is configured but unreachable fails the pre-checks, unless this says
+    # the migration may go ahead without it (the items that need it are "not applicable").
+    allow_passive_down: bool = False
     backup_dir: str = "backups"
     declared_free_bytes: int | None = None  # free space of a remote server's data directory
 

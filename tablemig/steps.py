@@ -24,6 +24,7 @@ import pytest
 from .checklist import ITEMS, Item
 from .db import connect, redact
 from .engine import Migration
+from .errors import InputError
 from .executor import Executor, Recorder
 from .plan import Attestation, PlanConfig, TableConfig
 from .xdist_order import mark_done, wait_for_prerequisites
@@ -93,8 +94,16 @@ class StepContext:
     def connect(self, site: str = "active") -> psycopg.Connection[Any]:
         dsn = self.active_dsn if site == "active" else self.passive_dsn
         if dsn is None:
+            if not self.plan.allow_single_site:
+                raise AssertionError("this plan requires a passive site (allow_single_site=False): give --passive-dsn")
             raise NotApplicable("no passive site is configured (single-site run)")
-        conn = connect(dsn)
+        try:
+            conn = connect(dsn)
+        except InputError as exc:
+            if site == "passive" and self.plan.allow_passive_down:
+                raise NotApplicable(f"the passive site is unreachable and the plan allows running without it "
+                                    f"(allow_passive_down): {exc.problem}") from None
+            raise
         self._conns.append(conn)
         return conn
 

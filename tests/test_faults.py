@@ -263,6 +263,32 @@ def test_plan_refuses_when_the_standby_is_down(private_sb: Sandbox, tmp_path: Pa
         assert conn.execute(sums).fetchone() == data_before
 
 
+def test_a_plan_may_explicitly_run_without_its_passive_site(private_sb: Sandbox, tmp_path: Path) -> None:
+    from tablemig.newplan import render_plan
+    from tablemig.plan import TableConfig
+
+    dsn = _private_db(private_sb, "faults_no_passive")
+    with connect(dsn) as conn:
+        create_demo_data(conn, 3000)
+    plan = tmp_path / "tolerant.py"
+    source = render_plan(name="tolerant", path=str(plan), tables=[TableConfig("public.orders", "created_date",
+                                                                               retention=0.1)])
+    plan.write_text(source.replace("allow_passive_down=False,", "allow_passive_down=True,"))
+    private_sb.pg_ctl("passive", "stop", "-m", "fast")
+    try:
+        proc = subprocess_pytest(plan, tmp_path, "--execute", "--active-dsn", dsn, "--passive-dsn",
+                                 with_dbname(private_sb.passive_dsn, "faults_no_passive"))
+    finally:
+        private_sb.pg_ctl("passive", "start", "-w")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    run = json.loads((tmp_path / "reports" / "tolerant" / "latest" / "run.json").read_text())
+    steps = {s["id"]: s for s in run["steps"]}
+    assert steps["PRE-1.1a"]["status"] == "not-applicable" and "allow_passive_down" in steps["PRE-1.1a"]["reason"]
+    assert steps["EX-2.2"]["status"] == "passed" and steps["EX-4.1"]["status"] == "passed"
+    with connect(dsn) as conn:
+        assert scalar(conn, "SELECT count(*) FROM orders") == 300
+
+
 def subprocess_pytest(plan: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pytest", str(plan), "-q", "-p", "no:cacheprovider",
                            "--reports-dir", str(cwd / "reports"), *args],

@@ -16,7 +16,7 @@ from ..db import server_identity
 from ..dependencies import scan_functions
 from ..reconcile import Reconciler, Side
 from ..replication import LagLimit
-from ..steps import StepContext
+from ..steps import NotApplicable, StepContext
 
 
 def _require_pair(ctx: StepContext) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
@@ -82,7 +82,7 @@ def pre_1_1d_replication_configuration(ctx: StepContext) -> None:
     active = ctx.connect("active")
     try:
         passive = ctx.connect("passive")
-    except Exception:  # noqa: BLE001 - single-site: document the active alone
+    except NotApplicable:  # single site, or a passive the plan may run without: the active alone
         passive = None
     snap = replication.snapshot(active, passive)
     ctx.record.facts["replication"] = snap
