@@ -111,9 +111,18 @@ def ex_2_2_execute_migration(ctx: StepContext) -> None:
     mig = ctx.migration()
     if not ctx.execute:
         plan = mig.plan()
-        ctx.dry_run(f"would copy {plan.keep_rows} rows to {plan.new}, build "
+        from ..backfill import CopyJob
+        from .scheduling import PLANNING_ROWS_PER_SECOND
+
+        types = {c.name: c.type for c in plan.info.columns}
+        job = CopyJob(plan.original, plan.new, plan.columns, plan.order_columns,
+                      [types[c] for c in plan.order_columns], plan.date_column, plan.date_type, plan.cutoff,
+                      plan.overriding, plan.key)
+        estimate = round(plan.keep_rows / PLANNING_ROWS_PER_SECOND * 2.5, 1)
+        ctx.dry_run(f"would copy {plan.keep_rows} rows to {plan.new} (about {estimate} s), build "
                     f"{len(plan.info.indexes) - 1} indexes concurrently, verify, and swap",
-                    summary=plan.summary())
+                    summary=plan.summary(), estimated_seconds=estimate, estimated_rows=plan.keep_rows,
+                    batch_sql=[job.upper_bound_sql(True, False).as_string(), job.copy_sql(True, True).as_string()])
         return
     m = mig._state()
     ctx.evidence(dry_run_review=(mig._plan.summary() if mig._plan else None),
