@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from .db import connect, redact
-from .sandbox import Sandbox, shared_sandbox
+from .sandbox import Sandbox, reap_stale, shared_sandbox
 
 EXECUTE_HELP = "apply the plan (without it, a plan module is a dry run that changes nothing)"
 
@@ -68,8 +68,12 @@ def _sandbox_root(config: pytest.Config) -> tuple[Path, str]:
     root.chmod(0o755)
     worker = getattr(config, "workerinput", None)
     if worker is not None:  # xdist: every worker shares the controller's run id
-        return root, f"sandbox-{worker['testrunuid'][:12]}"
-    return root, f"sandbox-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        key = f"sandbox-{worker['testrunuid'][:12]}"
+    else:
+        key = f"sandbox-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if worker is None or worker.get("workerid") == "gw0":
+        reap_stale(root, exclude=key)  # sandboxes left running by runs that were killed
+    return root, key
 
 
 @pytest.fixture(scope="session")

@@ -453,3 +453,35 @@ def shared_sandbox(root: Path, key: str, *, keep_logs: bool = False,
             else:
                 users_file.unlink(missing_ok=True)
                 stop_sandbox(target, keep_logs=keep_logs)
+
+
+def reap_stale(root: Path, exclude: str = "") -> list[str]:
+    """Stop and remove shared sandboxes under `root` whose users have all died (a run that was
+    killed before its session could stop them). Skips `exclude` (the caller's own key) and
+    any whose lock is held right now."""
+    reaped = []
+    for lock in sorted(Path(root).glob("*.lock")):
+        key = lock.name[: -len(".lock")]
+        if key == exclude:
+            continue
+        users_file = lock.with_name(f"{key}.users")
+        with open(lock, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # being started or stopped by a live run
+            try:
+                try:
+                    pids = [int(p) for p in json.loads(users_file.read_text())]
+                except (OSError, ValueError, TypeError):
+                    pids = []
+                if any(Path(f"/proc/{p}").exists() for p in pids):
+                    continue
+                stop_sandbox(Path(root) / key)
+                users_file.unlink(missing_ok=True)
+                reaped.append(key)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        lock.unlink(missing_ok=True)
+    return reaped
+

@@ -22,7 +22,7 @@ import pytest
 from tablemig.db import connect
 from tablemig.errors import InputError
 from tablemig.pgbin import PgBin, embedded_bindir, find_pg_bin
-from tablemig.sandbox import Sandbox, shared_sandbox, start_sandbox, stop_sandbox
+from tablemig.sandbox import Sandbox, reap_stale, shared_sandbox, start_sandbox, stop_sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 V15 = Path("/usr/lib/postgresql/15/bin")
@@ -362,3 +362,20 @@ def test_embedded_wheel_runs_primary_and_standby(base: Path) -> None:
     finally:
         sb.stop()
     assert not (base / "wheel").exists()
+
+
+def test_sandboxes_of_killed_runs_are_reaped(base: Path) -> None:
+    root = base / "reap"
+    root.mkdir()
+    sb = start_sandbox(root / "sandbox-dead")
+    pids = [sb.postmaster_pid(n) for n in sb.clusters]
+    # a run that was killed: its users file names a pid that no longer exists
+    (root / "sandbox-dead.users").write_text(json.dumps([2**22 + 12345]))
+    (root / "sandbox-dead.lock").touch()
+    # a live run: its users file names this process; it must be left alone
+    (root / "sandbox-live.users").write_text(json.dumps([os.getpid()]))
+    (root / "sandbox-live.lock").touch()
+    assert reap_stale(root) == ["sandbox-dead"]
+    assert all(_gone(pid) for pid in pids if pid)
+    assert not (root / "sandbox-dead" / "active").exists() and not (root / "sandbox-dead.lock").exists()
+    assert (root / "sandbox-live.lock").exists()
