@@ -13,7 +13,6 @@ from .checklist import ITEMS, ORDER
 from .errors import InputError
 from .plan import Contact, TableConfig
 from .replication import LagLimit
-from .spec import TableSpec
 
 PLACEHOLDER_CONTACTS = [
     Contact("DBA Lead", "[Name]", "[Phone]", "[Email]", "Primary"),
@@ -52,19 +51,17 @@ def render_plan(*, name: str, tables: list[TableConfig], path: str, title: str =
 
 
 def _cmd(a: argparse.Namespace) -> int:
-    spec = TableSpec(a.table, a.date_column, retention=a.retention, cutoff=a.cutoff, new_table=a.new_table,
-                     archive_table=a.archive_table, archive_mode=a.archive_mode, batch_size=a.batch_size)
+    table = TableConfig(a.table, a.date_column, retention=a.retention, cutoff=a.cutoff, new_table=a.new_table,
+                        archive_table=a.archive_table, archive_mode=a.archive_mode, batch_size=a.batch_size)
     out = Path(a.output)
     if out.exists() and not a.force:
         raise InputError(f"{out} exists", "choose another --output or pass --force")
     name = a.name or re.sub(r"\W+", "_", out.stem).strip("_") or "migration"
-    table = TableConfig(a.table, a.date_column, a.retention, a.cutoff, a.new_table, a.archive_table,
-                        a.archive_mode, a.batch_size)
     source = render_plan(name=name, tables=[table], path=str(out), max_replication_lag=a.max_replication_lag)
     compile(source, str(out), "exec")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(source)
-    print(f"wrote {out}: plan {name!r} for {spec.qualified} ({len(ORDER)} checklist steps)")
+    print(f"wrote {out}: plan {name!r} for {table.qualified} ({len(ORDER)} checklist steps)")
     return 0
 
 

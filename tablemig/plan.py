@@ -29,22 +29,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
-class TableConfig:
-    table: str
-    date_column: str
-    retention: float | None = None
-    cutoff: str | None = None
-    new_table: str | None = None
-    archive_table: str | None = None
-    archive_mode: str = "rename"
-    batch_size: int = 10_000
-    workers: int = 1
+class TableConfig(TableSpec):
+    """One table of a plan: a `TableSpec` (validated when the plan module is imported)."""
 
     def spec(self) -> TableSpec:
-        return TableSpec(self.table, self.date_column, retention=self.retention, cutoff=self.cutoff,
-                         new_table=self.new_table, archive_table=self.archive_table,
-                         archive_mode=self.archive_mode, batch_size=self.batch_size,
-                         workers=self.workers)
+        return self
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ import psycopg
 import pytest
 
 from .db import connect, redact
-from .sandbox import Sandbox, reap_stale, shared_sandbox
+from .sandbox import Sandbox
+from .sandbox_shared import reap_stale, shared_sandbox
 
 EXECUTE_HELP = "apply the plan (without it, a plan module is a dry run that changes nothing)"
 

@@ -22,7 +22,8 @@ import pytest
 from tablemig.db import connect
 from tablemig.errors import InputError
 from tablemig.pgbin import PgBin, embedded_bindir, find_pg_bin
-from tablemig.sandbox import Sandbox, reap_stale, shared_sandbox, start_sandbox, stop_sandbox
+from tablemig.sandbox import Sandbox, start_sandbox, stop_sandbox
+from tablemig.sandbox_shared import reap_stale, shared_sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 V15 = Path("/usr/lib/postgresql/15/bin")
@@ -282,7 +283,7 @@ def test_docker_provider_without_engine(tmp_path: Path) -> None:
 def test_shared_sandbox_lives_until_last_user_leaves(base: Path) -> None:
     child = textwrap.dedent(f"""
         from pathlib import Path
-        from tablemig.sandbox import shared_sandbox
+        from tablemig.sandbox_shared import shared_sandbox
         with shared_sandbox(Path({str(base / 'shared')!r}), "k") as sb:
             print(sb.active_dsn)
     """)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from .. import replication
 from ..db import server_identity
@@ -214,6 +213,3 @@ def pre_1_3d_views_procedures_triggers(ctx: StepContext) -> None:
         ctx.warn(f"could not parse {len(unverified)} function bodies; checked by text search only: "
                  + ", ".join(unverified))
 
-
-def _fmt(conn: psycopg.Connection[Any], q: sql.Composable) -> str:
-    return q.as_string(conn)
