@@ -159,16 +159,21 @@ class AfterSwap:
             raise InputError(f"{self.table} was cleaned up after approval; the original is gone",
                              "restore from the backup (RB-3 full rollback)")
         self._lock(int(m["table_oid"]))
+        self.resolve_subscribers()
+        m = self._state() or m
         s = self._settings()
         t = QualifiedName(m["schema_name"], m["original_name"])
         if m["state"] == "pruned" or (m["checkpoint"] or {}).get("prune_started"):
             self._unprune(m, s)
             m = self._state() or m
         if m["state"] == "swapped":
+            for sub in self.subscribers:
+                sub.barrier()
             self.swap_result = swap_back(self.ex, m, lock_timeout=s.lock_timeout,
                                          attempts=s.swap_max_attempts,
                                          statement_timeout=s.swap_statement_timeout,
-                                         long_xact_seconds=s.long_transaction_seconds)
+                                         long_xact_seconds=s.long_transaction_seconds,
+                                         peers=self.subscribers)
             validate_foreign_keys(self.ex, self.swap_result.record.get("foreign_keys", []))
             return "swapped back"
         new = QualifiedName(m["schema_name"], m["new_name"])
@@ -188,6 +193,9 @@ class AfterSwap:
 
         with_lock_retries(self.conn, f"rollback of {t}", [t], drop, lock_timeout=s.lock_timeout,
                           attempts=s.swap_max_attempts)
+        dropped = [new] + ([state.old_table(m)] if m["archive_mode"] == "copy" else [])
+        for sub in self.subscribers:  # after the active site: no change for them is in flight
+            sub.drop(dropped)
         return "capture removed, new table dropped"
 
     def _unprune(self, m: dict[str, Any], s: Settings) -> None:
@@ -267,6 +275,10 @@ class AfterSwap:
                 b = QualifiedName(m["schema_name"], m["backup_name"])
                 self.ex.run(sql.SQL("DROP TABLE IF EXISTS {}").format(b.ident()))
                 dropped.append(str(b))
+        if dropped:
+            for sub in self.subscribers:
+                sub.drop([QualifiedName.parse(d) for d in dropped])
+        with self.conn.transaction():
             backups = [r[0] for r in self.conn.execute(
                 "SELECT DISTINCT details->>'file' FROM table_migration.migration_log"
                 " WHERE table_name = %s AND operation = 'backup'", (self.table,)).fetchall() if r[0]]

@@ -66,8 +66,16 @@ def cmd_plan(a: argparse.Namespace) -> int:
     return 0
 
 
+_SUBSCRIBER_HELP = ("a logical-replication subscriber of the active site that receives the table "
+                    "(repeatable); tablemig applies the migration's DDL there and coordinates the swap")
+
+
+def _subscriber_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--subscriber-dsn", action="append", default=[], help=_SUBSCRIBER_HELP)
+
+
 def cmd_migrate(a: argparse.Namespace) -> int:
-    with Migration(a.dsn, _spec(a)) as mig:
+    with Migration(a.dsn, _spec(a), subscribers=a.subscriber_dsn) as mig:
         final = mig.run(a.until)
         print(file=sys.stderr)
         _print({"state": final.get("state"), "timings": mig.timings, "rows_copied": final.get("rows_copied"),
@@ -111,20 +119,20 @@ def _set_paused(a: argparse.Namespace, paused: bool) -> int:
 
 
 def cmd_prune(a: argparse.Namespace) -> int:
-    with from_state(a.dsn, a.table) as mig:
+    with from_state(a.dsn, a.table, subscribers=a.subscriber_dsn) as mig:
         n = mig.prune(a.batch_size)
     print(f"pruned: {n} rows deleted from the archive")
     return 0
 
 
 def cmd_rollback(a: argparse.Namespace) -> int:
-    with from_state(a.dsn, a.table) as mig:
+    with from_state(a.dsn, a.table, subscribers=a.subscriber_dsn) as mig:
         print(f"rollback: {mig.rollback()}")
     return 0
 
 
 def cmd_cleanup(a: argparse.Namespace) -> int:
-    with from_state(a.dsn, a.table) as mig:
+    with from_state(a.dsn, a.table, subscribers=a.subscriber_dsn) as mig:
         dropped = mig.cleanup(a.approved_by)
     print(f"cleaned up (approved by {a.approved_by}); dropped: {', '.join(dropped) or 'nothing'}")
     return 0
@@ -138,6 +146,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _spec_args(p)
     p.add_argument("--until", default="swapped",
                    choices=["capturing", "backfilling", "indexed", "verified", "swapped"])
+    _subscriber_arg(p)
     p.set_defaults(func=cmd_migrate)
     p = sub.add_parser("status", help="state of the migrations in a database")
     p.add_argument("--dsn", required=True)
@@ -155,13 +164,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dsn", required=True)
     p.add_argument("--table", required=True)
     p.add_argument("--batch-size", type=int)
+    _subscriber_arg(p)
     p.set_defaults(func=cmd_prune)
     p = sub.add_parser("rollback", help="undo the migration of a table from any state")
     p.add_argument("--dsn", required=True)
     p.add_argument("--table", required=True)
+    _subscriber_arg(p)
     p.set_defaults(func=cmd_rollback)
     p = sub.add_parser("cleanup", help="after recorded business approval: drop what only served the migration")
     p.add_argument("--dsn", required=True)
     p.add_argument("--table", required=True)
     p.add_argument("--approved-by", required=True, help="who approved (recorded in the audit log)")
+    _subscriber_arg(p)
     p.set_defaults(func=cmd_cleanup)

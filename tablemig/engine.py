@@ -11,6 +11,7 @@ CREATE INDEX CONCURRENTLY, makes the work idempotent). Rerunning resumes.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from .backfill import BatchCopier, CopyJob, Progress, Throttle
 from .db import connect
 from .errors import InputError, TablemigError
 from .executor import Executor, Recorder
+from .logical import Subscriber
 from .names import QualifiedName
 from .planner import TablePlan, build_plan, missing_privileges
 from .reconcile import Reconciler, Segment, Side
@@ -65,7 +67,8 @@ class Migration(AfterSwap):
 
     def __init__(self, dsn: str, spec: TableSpec, *, recorder: Recorder | None = None,
                  throttle: Throttle | None = None, progress: Progress | None = None,
-                 plan_name: str | None = None, **setting_overrides: Any) -> None:
+                 plan_name: str | None = None, subscribers: Sequence[str] = (),
+                 **setting_overrides: Any) -> None:
         self.dsn = dsn
         self.spec = spec
         self.recorder = recorder or Recorder()
@@ -81,9 +84,13 @@ class Migration(AfterSwap):
         self.backfill_samples: list[dict[str, Any]] = []
         self._locked_oid: int | None = None
         self._plan: TablePlan | None = None
+        # logical subscribers of the active site (tablemig.logical); physical standbys need nothing
+        self.subscribers = [Subscriber(d, dsn, recorder=self.recorder) for d in subscribers]
 
     # -- plumbing -------------------------------------------------------------------------
     def close(self) -> None:
+        for sub in self.subscribers:
+            sub.close()
         if self._locked_oid is not None and not self.conn.closed:
             try:
                 state.release_table_lock(self.conn, self._locked_oid)
@@ -129,6 +136,7 @@ class Migration(AfterSwap):
         if until not in order:
             raise InputError(f"unknown target state {until!r}", f"use one of {', '.join(order)}")
         self.capture()
+        self.resolve_subscribers()
         steps = {"backfilling": self.backfill, "indexed": self.build_indexes,
                  "verified": self.verify, "swapped": self.swap}
         for target in order[1:order.index(until) + 1]:
@@ -159,6 +167,8 @@ class Migration(AfterSwap):
                              + "; nothing was changed",
                              "run as the table's owner (or a member of the owner role, also of referencing "
                              "tables and views) with CREATE on its schema; see README, Least privilege")
+        for sub in self.subscribers:  # refusals before anything changes
+            sub.link(self.conn, plan.original)
         t_install = time.perf_counter()
         try:
             install_schema(self.conn)
@@ -178,6 +188,8 @@ class Migration(AfterSwap):
             if m["table_oid"] != plan.info.oid:
                 raise InputError(f"state of {self.table} belongs to another table (oid "
                                  f"{m['table_oid']})", "inspect table_migration.migration_state")
+            if m["state"] == "capturing":
+                self._attach_subscribers()  # an interrupted attach is finished
             return  # resuming: capture is already in place
         info = plan.info
         capture_fn = plan.function_name("capture")
@@ -229,7 +241,30 @@ class Migration(AfterSwap):
                 f"the role {user} lacks a privilege: {exc.diag.message_primary}; nothing was changed",
                 "run as the table's owner (or a member of the owner role) with CREATE on its schema; "
                 "see README, Least privilege") from None
+        self._attach_subscribers()
         self._timed("capture", t0)
+
+    def _attach_subscribers(self) -> None:
+        m = self._state()
+        for sub in self.subscribers:
+            if m is None:
+                return
+            done = sub.attach(self.ex, m)
+            with self.conn.transaction():
+                state.log(self.conn, self.table, "capture", "subscriber attached", details=done)
+
+    def resolve_subscribers(self) -> list[str]:
+        """Settle a swap left prepared on a subscriber by a crash (see tablemig.logical)."""
+        m = self._state()
+        done: list[str] = []
+        for sub in self.subscribers:
+            if m is not None:
+                sub.link(self.conn, QualifiedName(m["schema_name"], m["original_name"]))
+                done += sub.resolve(m)
+        if done:
+            with self.conn.transaction():
+                state.log(self.conn, self.table, "swap", "subscriber resolved", details={"done": done})
+        return done
 
     def _jobs(self, m: dict[str, Any]) -> list[tuple[str, CopyJob, int | None]]:
         plan = self._plan or self.plan()
@@ -368,10 +403,16 @@ class Migration(AfterSwap):
             return self.swap_result or SwapResult(m["swap_attempts"], float(m["lock_hold_ms"] or 0),
                                                   str(m["swap_lsn"]), m["swap_record"] or {})
         s = self._settings()
+        for sub in self.subscribers:  # caught up before the locks: the barrier under them is short
+            t = QualifiedName(m["schema_name"], m["original_name"])
+            sub.link(self.conn, t)
+            sub.wait_ready([QualifiedName(m["schema_name"], m["new_name"])])
+            sub.barrier()
         self.swap_result = swap(self.ex, m, lock_timeout=s.lock_timeout,
                                 attempts=s.swap_max_attempts,
                                 statement_timeout=s.swap_statement_timeout,
-                                long_xact_seconds=s.long_transaction_seconds)
+                                long_xact_seconds=s.long_transaction_seconds,
+                                peers=self.subscribers)
         self._timed("swap", t0)
         return self.swap_result
 
@@ -385,6 +426,9 @@ class Migration(AfterSwap):
         todo = [fk for fk in rec.get("foreign_keys", [])
                 if f"{fk['table']}.{fk['name']}" not in rec.get("fk_validated", [])]
         done = validate_foreign_keys(self.ex, todo)
+        for sub in self.subscribers:
+            sub.link(self.conn, QualifiedName(m["schema_name"], m["original_name"]))
+            done += [f"subscriber: {fk}" for fk in sub.validate_foreign_keys(m)]
         if done:
             rec["fk_validated"] = rec.get("fk_validated", []) + done
             with self.conn.transaction():

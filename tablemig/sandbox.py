@@ -45,8 +45,11 @@ MANAGED_KEYS = frozenset({"port", "unix_socket_directories", "cluster_name"})
 BASE_CONF: dict[str, str] = {
     "listen_addresses": "127.0.0.1",
     "wal_level": "logical",
-    "max_wal_senders": "10",
-    "max_replication_slots": "10",
+    "max_wal_senders": "20",
+    "max_replication_slots": "20",
+    # every subscription of the logical tests needs an apply worker, table syncs one more
+    "max_logical_replication_workers": "12",
+    "max_worker_processes": "20",
     "hot_standby": "on",
     "wal_keep_size": "256MB",
     "max_connections": "100",

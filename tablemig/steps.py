@@ -152,9 +152,23 @@ class StepContext:
         key = str(config.spec().qualified)
         run = self.record.tables[key]
         if run.migration is None:
+            subscribers = [self.passive_dsn] if self.passive_is_logical() else []
             run.migration = Migration(self.active_dsn, config.spec(), recorder=self.record.recorder,
-                                      plan_name=self.plan.name, throttle=self._throttle(run))
+                                      plan_name=self.plan.name, throttle=self._throttle(run),
+                                      subscribers=[d for d in subscribers if d])
         return run.migration
+
+    def passive_is_logical(self) -> bool:
+        """The passive site is a logical subscriber (writable, with a subscription); cached."""
+        if "passive_logical" not in self.record.facts:
+            from .logical import is_logical_subscriber
+
+            try:
+                self.record.facts["passive_logical"] = bool(
+                    self.passive_dsn and is_logical_subscriber(self.passive_dsn))
+            except InputError:  # unreachable: the pre-checks report it
+                return False
+        return bool(self.record.facts["passive_logical"])
 
     def _throttle(self, run: TableRun) -> Any:
         if self.passive_dsn is None:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -280,10 +280,84 @@ def _rename_index(ex: Executor, table: QualifiedName, schema: str, constraint: s
             sql.Identifier(schema, old), sql.Identifier(new)))
 
 
+class SwapPeer(Protocol):
+    """Another site that must make the same exchange atomically with this one (a logical
+    subscriber). `prepare_swap` runs last inside the locked transaction and leaves a
+    prepared transaction; `finish_swap` commits or rolls it back once this site's
+    transaction has committed or failed."""
+
+    name: str
+
+    def prepare_swap(self, m: dict[str, Any], *, back: bool) -> dict[str, Any]: ...
+
+    def finish_swap(self, m: dict[str, Any], *, back: bool, committed: bool) -> None: ...
+
+
+def _coordinated(peers: Sequence[SwapPeer], m: dict[str, Any], back: bool,
+                 run: Callable[[], tuple[dict[str, Any], int, list[dict[str, Any]]]],
+                 ) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
+    try:
+        out = run()
+    except BaseException:
+        for p in peers:
+            p.finish_swap(m, back=back, committed=False)
+        raise
+    for p in peers:
+        p.finish_swap(m, back=back, committed=True)
+    return out
+
+
+def exchange(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
+             outgoing: QualifiedName) -> dict[str, Any]:
+    """Rename `t -> outgoing` and `n -> t` and make the new `t` look like the old one
+    (index and constraint names, sequences, incoming FKs, views, grants, policies, user
+    triggers, comment). Shared by the active site and logical subscribers."""
+    schema = t.schema
+    ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(t.ident(), sql.Identifier(outgoing.name)))
+    ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(n.ident(), sql.Identifier(t.name)))
+    names = []
+    for idx in [i for i in info.indexes if i.is_key] + secondary_indexes(info):
+        archived, temp = archive_index_name(idx), temp_index_name(idx)
+        _rename_index(ex, outgoing, schema, idx.constraint, idx.name, archived)
+        _rename_index(ex, t, schema, idx.constraint, temp, idx.name)
+        names.append([idx.name, archived, temp, idx.constraint])
+    _sequences(ex, info, t)
+    _repoint_fks(ex, info.incoming_fks)
+    _recreate_views(ex, info.views)
+    _grant(ex, t, info.acl)
+    _column_grants(ex, outgoing, t)
+    _policies(ex, t, info)
+    disabled = _copy_triggers(ex, info, outgoing, t, _quoted(ex, t))
+    if info.comment is not None:
+        ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(t.ident(), sql.Literal(info.comment)))
+    return {"indexes": names, "disabled_triggers": disabled}
+
+
+def exchange_back(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
+                  outgoing: QualifiedName, key: list[str], rec: dict[str, Any]) -> None:
+    """Undo `exchange` (the new table is renamed back to `n`; the caller drops it)."""
+    schema = t.schema
+    ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(t.ident(), sql.Identifier(n.name)))
+    ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(outgoing.ident(), sql.Identifier(t.name)))
+    for original, archived, temp, constraint in rec.get("indexes", []):
+        _rename_index(ex, n, schema, constraint, original, temp)
+        _rename_index(ex, t, schema, constraint, archived, original)
+    _sequences(ex, inspect_table(ex.conn, n, list(key)), t)
+    _repoint_fks(ex, info.incoming_fks)
+    _recreate_views(ex, info.views)
+    _grant(ex, t, info.acl)
+    _column_grants(ex, n, t)
+    for name in rec.get("disabled_triggers", []):
+        ex.run(sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(t.ident(), sql.Identifier(name)))
+    ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(t.ident(), sql.Literal(info.comment)))
+
+
 def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
          statement_timeout: str, long_xact_seconds: float,
-         on_attempt: Callable[[dict[str, Any]], None] | None = None) -> SwapResult:
-    """Forward swap of the table described by state row `m`."""
+         on_attempt: Callable[[dict[str, Any]], None] | None = None,
+         peers: Sequence[SwapPeer] = ()) -> SwapResult:
+    """Forward swap of the table described by state row `m`; `peers` (logical subscribers)
+    make the same exchange, committed right after this one (see tablemig.logical)."""
     conn = ex.conn
     schema = m["schema_name"]
     t = QualifiedName(schema, m["original_name"])
@@ -301,24 +375,9 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
         ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
         ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
             QualifiedName("table_migration", f"capture_{m['table_oid']}").ident()))
-        ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(t.ident(), sql.Identifier(outgoing.name)))
-        ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(n.ident(), sql.Identifier(t.name)))
-        names = []
-        for idx in [i for i in info.indexes if i.is_key] + secondary_indexes(info):
-            archived, temp = archive_index_name(idx), temp_index_name(idx)
-            _rename_index(ex, outgoing, schema, idx.constraint, idx.name, archived)
-            _rename_index(ex, t, schema, idx.constraint, temp, idx.name)
-            names.append([idx.name, archived, temp, idx.constraint])
-        _sequences(ex, info, t)
-        _repoint_fks(ex, info.incoming_fks)
-        _recreate_views(ex, info.views)
-        _grant(ex, t, info.acl)
-        _column_grants(ex, outgoing, t)
-        _policies(ex, t, info)
-        disabled = _copy_triggers(ex, info, outgoing, t, _quoted(ex, t))
-        _publications(ex, info.publications, outgoing, t)
-        if info.comment is not None:
-            ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(t.ident(), sql.Literal(info.comment)))
+        record = exchange(ex, info, t, n, outgoing)
+        if not peers:  # a managed subscriber keeps both tables published (see tablemig.logical)
+            _publications(ex, info.publications, outgoing, t)
         ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(outgoing.ident(), sql.Literal(
             f"tablemig: original {t} (all rows) before the swap; cutoff {m['cutoff']} on "
             f"{m['date_column']}")))
@@ -327,11 +386,11 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
         for stmt in trigger_sql(t, MIRROR_TRIGGER, fn):
             ex.run(stmt)
         ex.run(truncate_guard_sql(t))
-        record = {"indexes": names, "foreign_keys": [fk.__dict__ | {"table": str(fk.table)}
-                                                      for fk in info.incoming_fks],
-                  "views": [str(v.name) for v in info.views], "disabled_triggers": disabled,
-                  "publications": info.publications, "outgoing": outgoing.name,
-                  "fk_validated": []}
+        record |= {"foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks],
+                   "views": [str(v.name) for v in info.views], "publications": info.publications,
+                   "outgoing": outgoing.name, "fk_validated": []}
+        # Last, with every lock held: the peers catch up and prepare their own exchange.
+        record["peers"] = {p.name: p.prepare_swap(m, back=False) for p in peers}
         state.update(conn, str(t), state="swapped", swap_record=record,
                      swap_attempts=m.get("swap_attempts", 0) + 1,
                      lock_hold_ms=round((time.perf_counter() - locked_at) * 1000, 1),
@@ -339,10 +398,10 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
         state.log(conn, str(t), "swap", "done", details={"renamed": [str(t), outgoing.name]})
         return record
 
-    record, used, log = with_lock_retries(
+    record, used, log = _coordinated(peers, m, False, lambda: with_lock_retries(
         conn, f"swap of {t}", _lock_list(t, n, info0), body, lock_timeout=lock_timeout,
         attempts=attempts, statement_timeout=statement_timeout,
-        long_xact_seconds=long_xact_seconds, on_attempt=on_attempt, watch=_matviews(info0))
+        long_xact_seconds=long_xact_seconds, on_attempt=on_attempt, watch=_matviews(info0)))
     hold = record.pop("lock_hold_ms")
     lsn = str(ex.scalar("SELECT pg_current_wal_insert_lsn()::text"))
     state.update(conn, str(t), lock_hold_ms=hold, swap_attempts=used, swap_lsn=lsn)
@@ -350,7 +409,8 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
 
 
 def swap_back(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
-              statement_timeout: str, long_xact_seconds: float) -> SwapResult:
+              statement_timeout: str, long_xact_seconds: float,
+              peers: Sequence[SwapPeer] = ()) -> SwapResult:
     """Undo a swap: the archive (kept current by the mirror trigger) becomes `T` again and
     the new table is dropped. Lossless while the mirror trigger was in place."""
     conn = ex.conn
@@ -367,30 +427,20 @@ def swap_back(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: i
         ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
         ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
             QualifiedName("table_migration", f"mirror_{m['table_oid']}").ident()))
-        ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(t.ident(), sql.Identifier(n.name)))
-        ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(outgoing.ident(), sql.Identifier(t.name)))
-        for original, archived, temp, constraint in rec.get("indexes", []):
-            _rename_index(ex, n, schema, constraint, original, temp)
-            _rename_index(ex, t, schema, constraint, archived, original)
-        old_live = inspect_table(conn, n, list(m["key_columns"]))
-        _sequences(ex, old_live, t)
-        _repoint_fks(ex, info.incoming_fks)
-        _recreate_views(ex, info.views)
-        _grant(ex, t, info.acl)
-        _column_grants(ex, n, t)
-        for name in rec.get("disabled_triggers", []):
-            ex.run(sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(t.ident(), sql.Identifier(name)))
-        _publications(ex, info.publications, n, t)
-        ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(t.ident(), sql.Literal(info.comment)))
+        exchange_back(ex, info, t, n, outgoing, m["key_columns"], rec)
+        if not peers:
+            _publications(ex, info.publications, n, t)
         ex.run(sql.SQL("DROP TABLE {}").format(n.ident()))
+        for p in peers:
+            p.prepare_swap(m, back=True)
         state.update(conn, str(t), state="rolled_back")
         state.log(conn, str(t), "rollback", "swapped back")
         return {"foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks]}
 
-    record, used, log = with_lock_retries(
+    record, used, log = _coordinated(peers, m, True, lambda: with_lock_retries(
         conn, f"swap back of {t}", _lock_list(t, outgoing, info0), body,
         lock_timeout=lock_timeout, attempts=attempts, statement_timeout=statement_timeout,
-        long_xact_seconds=long_xact_seconds, watch=_matviews(info0))
+        long_xact_seconds=long_xact_seconds, watch=_matviews(info0)))
     hold = record.pop("lock_hold_ms")
     return SwapResult(used, hold, str(ex.scalar("SELECT pg_current_wal_insert_lsn()::text")),
                       record, log)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -89,8 +91,13 @@ def _wait_for(dsn: str, query: str, timeout: float = 30) -> object:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _traversable(tmp_path_factory.mktemp("sb"))
+def base() -> Iterator[Path]:
+    # Not under pytest's temp root: another pytest session on the machine resets that to 0700.
+    path = Path(tempfile.mkdtemp(prefix="tablemig-test-sb-", dir="/tmp"))
+    try:
+        yield _traversable(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

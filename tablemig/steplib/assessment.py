@@ -13,6 +13,7 @@ import psycopg
 from .. import replication
 from ..db import server_identity
 from ..dependencies import scan_functions
+from ..logical import wait_for_apply
 from ..reconcile import Reconciler, Side
 from ..replication import LagLimit
 from ..steps import NotApplicable, StepContext
@@ -62,8 +63,14 @@ def pre_1_1b_replication_lag(ctx: StepContext) -> None:
 
 def pre_1_1c_passive_in_sync(ctx: StepContext) -> None:
     active, passive = _require_pair(ctx)
-    plan = ctx.migration().plan()
-    replay = replication.wait_for_replay(active, passive)
+    mig = ctx.migration()
+    plan = mig.plan()
+    if ctx.passive_is_logical():
+        link = mig.subscribers[0].check(active, plan.original)  # refusals before anything changes
+        ctx.evidence(subscription=link)
+        replay = wait_for_apply(active, passive)
+    else:
+        replay = replication.wait_for_replay(active, passive)
     types = {c.name: c.type for c in plan.info.columns}
     rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns])
     side = Side(plan.original)

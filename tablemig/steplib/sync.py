@@ -2,7 +2,8 @@
 
 Physical standby: DDL and data replicate; the harness proves it by waiting for the
 standby to replay past the active's current LSN and then finding the objects and the same
-segment checksums there. Logical subscribers are handled by `tablemig.logical`.
+segment checksums there. Logical subscribers: the engine applies the DDL there and swaps
+with two-phase commit (`tablemig.logical`); these steps prove the outcome the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import psycopg
 
 from .. import replication
+from ..logical import wait_for_apply
 from ..names import QualifiedName
 from ..reconcile import Reconciler, Side
 from ..replication import LagLimit
@@ -29,12 +31,9 @@ def _names(ctx: StepContext) -> dict[str, Any] | None:
 
 def ex_3_1_prepare_passive_site(ctx: StepContext) -> None:
     active, passive = _pair(ctx)
-    in_recovery = passive.execute("SELECT pg_is_in_recovery()").fetchone()
-    if in_recovery and not in_recovery[0]:
-        raise AssertionError(
-            "the passive site is not a physical standby (a logical subscriber?): tablemig does not yet "
-            "apply the migration's DDL to subscribers; refusing rather than letting the subscription apply "
-            "changes to the wrong table")
+    if ctx.passive_is_logical():
+        _prepare_subscriber(ctx, active)
+        return
     replay = replication.wait_for_replay(active, passive)
     m = _names(ctx)
     expected = ["table_migration.migration_state"]
@@ -51,6 +50,34 @@ def ex_3_1_prepare_passive_site(ctx: StepContext) -> None:
         return
     missing = [n for n, v in found.items() if v is None]
     assert not missing, f"not on the passive site after replay: {missing}"
+
+
+def _prepare_subscriber(ctx: StepContext, active: psycopg.Connection[Any]) -> None:
+    """Logical: DDL does not replicate; the engine applies it on the subscriber (see
+    tablemig.logical). This step proves the result: both tables there, subscribed, ready."""
+    mig = ctx.migration()
+    (sub,) = mig.subscribers
+    m = _names(ctx)
+    table = QualifiedName(m["schema_name"], m["original_name"]) if m else mig.plan().original
+    link = sub.check(active, table)  # refuses unsupported publications, also in the dry run
+    ctx.evidence(topology="logical: tablemig applies the DDL on the subscriber and swaps it with two-phase "
+                          "commit", **link)
+    if not ctx.execute or m is None:
+        new = mig.plan().new
+        ctx.dry_run(f"would create {new} on the subscriber (structure and indexes of its {table}), add it "
+                    f"to publication(s) {', '.join(link['publications'])}, REFRESH PUBLICATION WITH "
+                    "(copy_data = true), and swap the names there in a prepared transaction committed "
+                    "right after the active site's swap")
+        return
+    resolved = mig.resolve_subscribers()
+    wanted = [str(live_table(m)), str(old_table(m))] if m["state"] in ("swapped", "pruned", "cleaned") \
+        else [str(QualifiedName(m["schema_name"], m["new_name"]))]
+    states = link["table_states"]
+    prepared = sub.conn.execute("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'tablemig-%'").fetchall()
+    ctx.evidence(subscribed=states, resolved_prepared=resolved, prepared_left=[r[0] for r in prepared])
+    not_ready = [t for t in wanted if states.get(t) != "r"]
+    assert not not_ready, f"not subscribed and ready on the subscriber: {not_ready} (states {states})"
+    assert not prepared, f"prepared transactions left on the subscriber: {prepared}"
 
 
 def _compare_sites(ctx: StepContext, active: psycopg.Connection[Any], passive: psycopg.Connection[Any],
@@ -83,10 +110,10 @@ def ex_3_2_replication_health(ctx: StepContext) -> None:
     lag = replication.standbys(active)
     ctx.evidence(standbys=lag, max_replication_lag=limit.text)
     m = ctx.migration()._state()
-    in_recovery = passive.execute("SELECT pg_is_in_recovery()").fetchone()
-    if in_recovery and in_recovery[0]:
-        replay = replication.wait_for_replay(active, passive)
-        ctx.evidence(replayed=replay)
+    if ctx.passive_is_logical():
+        ctx.evidence(applied=wait_for_apply(active, passive))
+    else:
+        ctx.evidence(replayed=replication.wait_for_replay(active, passive))
     if m is None or m["state"] not in ("swapped", "pruned"):
         if not ctx.execute:
             ctx.dry_run("after the swap: lag under the limit and equal checksums on both sites")

@@ -1,0 +1,254 @@
+"""Logical replication: a subscriber follows the migration under concurrent writes.
+
+A private sandbox with a third cluster (the subscriber, wal_level logical,
+max_prepared_transactions > 0). The active site publishes `events` FOR TABLE; the
+subscriber subscribes. Writers change the table (every kind of write, also across the
+cutoff and of keys) during the whole migration and after the swap; the subscriber must end
+with exactly the publisher's rows in the live table and in the archive."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from twin import CUTOFF, Writers, create_events
+
+from tablemig.db import connect
+from tablemig.engine import Migration
+from tablemig.errors import InputError
+from tablemig.sandbox import Sandbox, start_sandbox, stop_sandbox
+from tablemig.spec import TableSpec
+
+ROWS = 20_000
+TABLE_DDL = ("CREATE TABLE {t} (id bigint PRIMARY KEY, d timestamptz NOT NULL, v integer NOT NULL,"
+             " payload text)")
+
+
+@pytest.fixture(scope="module")
+def logical_sandbox() -> Iterator[Sandbox]:
+    root = Path("/tmp") / f"tablemig-logical-{uuid.uuid4().hex[:8]}"
+    sb = start_sandbox(root, subscriber=True)
+    try:
+        yield sb
+    finally:
+        stop_sandbox(root)
+
+
+def _subscribe(sb: Sandbox, table: str, *, copy: bool = True) -> None:
+    assert sb.subscriber_dsn is not None
+    with connect(sb.active_dsn) as pub, connect(sb.subscriber_dsn) as sub:
+        pub.execute(f"CREATE PUBLICATION pub_{table} FOR TABLE {table}")
+        sub.execute(TABLE_DDL.format(t=table))
+        sub.execute(f"CREATE INDEX {table}_d_idx ON {table} (d)")
+        info = pub.info
+        conninfo = f"host={info.host} port={info.port} dbname={info.dbname} user={info.user}"
+        sub.execute(f"CREATE SUBSCRIPTION sub_{table} CONNECTION '{conninfo}' PUBLICATION pub_{table}"
+                    f" WITH (copy_data = {str(copy).lower()})")
+        _wait(lambda: sub.execute("SELECT bool_and(srsubstate = 'r') FROM pg_subscription_rel").fetchone()[0],
+              "initial table sync")
+
+
+def _wait(fn: Any, what: str, timeout: float = 60) -> None:
+    t0 = time.monotonic()
+    while not fn():
+        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _fingerprint(conn: psycopg.Connection[Any], table: str) -> tuple[int, int]:
+    row = conn.execute(f"SELECT count(*), coalesce(sum(hashtext(t::text)::bigint), 0) FROM {table} t").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _caught_up(sb: Sandbox, tables: list[str]) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
+    """Wait until the subscriber has applied everything the publisher committed so far."""
+    assert sb.subscriber_dsn is not None
+    with connect(sb.active_dsn) as pub, connect(sb.subscriber_dsn) as sub:
+        target = pub.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+        _wait(lambda: sub.execute("SELECT bool_and(received_lsn >= %s::pg_lsn) FROM pg_stat_subscription"
+                                  " WHERE relid IS NULL", (target,)).fetchone()[0], "subscriber catch-up")
+        time.sleep(0.3)  # the keepalive that moved received_lsn was processed after every change
+        return {t: (_fingerprint(pub, t), _fingerprint(sub, t)) for t in tables}
+
+
+def test_subscriber_follows_the_migration_under_concurrent_writes(logical_sandbox: Sandbox) -> None:
+    sb = logical_sandbox
+    assert sb.subscriber_dsn is not None
+    with connect(sb.active_dsn) as conn:
+        create_events(conn, ROWS)
+    _subscribe(sb, "events")
+    spec = TableSpec("public.events", "d", cutoff=CUTOFF.isoformat(), batch_size=500)
+    with Writers(sb.active_dsn, ROWS, threads=3) as writers, \
+            Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn],
+                      throttle=lambda: time.sleep(0.02), lock_timeout="200ms", batch_target_seconds=0.001,
+                      swap_max_attempts=30) as mig:
+        time.sleep(0.3)
+        mig.run("verified")
+        with connect(sb.subscriber_dsn) as sub:  # the subscriber received the new table's rows
+            assert sub.execute("SELECT count(*) FROM events_new").fetchone()[0] > 0
+        writers.swapping.set()
+        time.sleep(0.2)
+        result = mig.swap()
+        time.sleep(1.0)  # writes continue against the new table
+        peers = result.record["peers"]
+        m = mig._state()
+    assert writers.stats.ops and not writers.stats.errors.get("lock_not_available"), writers.stats
+    assert m is not None and m["state"] == "swapped"
+    (peer,) = peers.values()
+    assert peer["gid"] == f"tablemig-swap-{m['table_oid']}" and peer["barrier"]["waited_s"] < 5
+    archive = m["archive_name"]
+    sites = _caught_up(sb, ["events", archive])
+    for table, (pub_fp, sub_fp) in sites.items():
+        assert pub_fp == sub_fp, f"{table}: publisher {pub_fp} != subscriber {sub_fp}"
+    with connect(sb.subscriber_dsn) as sub, connect(sb.active_dsn) as pub:
+        # nothing left prepared; the subscriber's tables have the publisher's names and indexes
+        assert sub.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone()[0] == 0
+        assert sub.execute("SELECT to_regclass('events_new')").fetchone()[0] is None
+        assert sub.execute("SELECT count(*) FROM events WHERE d < %s", (CUTOFF,)).fetchone()[0] == 0
+        assert sub.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = 'events'::regclass"
+                           " AND indisprimary").fetchone()[0] == "events_pkey"
+        # both tables stay subscribed and ready
+        states = dict(sub.execute("SELECT srrelid::regclass::text, srsubstate FROM pg_subscription_rel").fetchall())
+        assert states == {"events": "r", archive: "r"}
+        # a write after the swap reaches the subscriber's new live table, the mirror's copy its archive
+        pub.execute("INSERT INTO events VALUES (999999999, now(), 1, 'after swap')")
+    _wait(lambda: _row_on_subscriber(sb, "events", 999999999) and _row_on_subscriber(sb, archive, 999999999),
+          "post-swap write on the subscriber")
+
+
+def _row_on_subscriber(sb: Sandbox, table: str, ident: int) -> bool:
+    assert sb.subscriber_dsn is not None
+    with connect(sb.subscriber_dsn) as sub:
+        return bool(sub.execute(f"SELECT count(*) FROM {table} WHERE id = %s", (ident,)).fetchone()[0])
+
+
+def test_rollback_after_swap_and_before_swap_on_the_subscriber(logical_sandbox: Sandbox) -> None:
+    sb = logical_sandbox
+    assert sb.subscriber_dsn is not None
+    with connect(sb.active_dsn) as conn:
+        create_events(conn, 5_000, table="rb")
+    _subscribe(sb, "rb")
+    spec = TableSpec("public.rb", "d", cutoff=CUTOFF.isoformat(), batch_size=1000)
+    with Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn]) as mig:
+        mig.run("swapped")
+        with connect(sb.active_dsn) as pub:
+            pub.execute("UPDATE rb SET v = v + 1 WHERE id = 5000")
+        assert mig.rollback() == "swapped back"
+    sites = _caught_up(sb, ["rb"])
+    assert sites["rb"][0] == sites["rb"][1] and sites["rb"][0][0] == 5_000
+    with connect(sb.subscriber_dsn) as sub:
+        assert sub.execute("SELECT to_regclass('rb_new'), to_regclass('rb_archive')").fetchone() == (None, None)
+        assert sub.execute("SELECT srsubstate FROM pg_subscription_rel WHERE srrelid = 'rb'::regclass"
+                           ).fetchone()[0] == "r"
+    # and once more, rolled back before the swap: the subscriber's new table goes too
+    with Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn]) as mig:
+        mig.run("backfilling")
+        with connect(sb.subscriber_dsn) as sub:
+            assert sub.execute("SELECT to_regclass('rb_new') IS NOT NULL").fetchone()[0]
+        mig.rollback()
+    with connect(sb.subscriber_dsn) as sub:
+        assert sub.execute("SELECT to_regclass('rb_new')").fetchone()[0] is None
+
+
+def test_prepared_swap_left_by_a_crash_is_resolved_by_the_rerun(logical_sandbox: Sandbox) -> None:
+    """A crash between the active site's commit and COMMIT PREPARED: the subscriber holds the
+    renames prepared (applying nothing to the wrong table) until the rerun commits them."""
+    sb = logical_sandbox
+    assert sb.subscriber_dsn is not None
+    with connect(sb.active_dsn) as conn:
+        create_events(conn, 3_000, table="cr")
+    _subscribe(sb, "cr")
+    spec = TableSpec("public.cr", "d", cutoff=CUTOFF.isoformat(), batch_size=1000)
+    with Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn]) as mig:
+        mig.run("verified")
+        (sub,) = mig.subscribers
+        sub.finish_swap = lambda *a, **k: None  # type: ignore[method-assign] - the "crash"
+        mig.swap()
+        m = mig._state()
+        assert m is not None
+        gid, archive = f"tablemig-swap-{m['table_oid']}", m["archive_name"]
+    with connect(sb.active_dsn) as pub:
+        pub.execute("INSERT INTO cr VALUES (777777, now(), 1, 'while prepared')")
+    with connect(sb.subscriber_dsn) as s:
+        assert s.execute("SELECT count(*) FROM pg_prepared_xacts WHERE gid = %s", (gid,)).fetchone()[0] == 1
+        time.sleep(0.5)
+        s.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):  # the renamed tables are held
+            s.execute("SELECT count(*) FROM cr_new")
+    with Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn]) as mig:
+        assert mig.resolve_subscribers() == [f"committed {gid}"]
+    _wait(lambda: _row_on_subscriber(sb, "cr", 777777), "the write made while prepared")
+    sites = _caught_up(sb, ["cr", archive])
+    assert all(p == s for p, s in sites.values()), sites
+
+
+def test_unsupported_publications_are_refused_before_anything_changes(logical_sandbox: Sandbox) -> None:
+    sb = logical_sandbox
+    assert sb.subscriber_dsn is not None
+    with connect(sb.active_dsn) as conn:
+        create_events(conn, 1_000, table="filtered")
+    with connect(sb.active_dsn) as pub, connect(sb.subscriber_dsn) as sub:
+        pub.execute("CREATE PUBLICATION pub_filtered FOR TABLE filtered WHERE (v > 10)")
+        sub.execute(TABLE_DDL.format(t="filtered"))
+        info = pub.info
+        sub.execute(f"CREATE SUBSCRIPTION sub_filtered CONNECTION 'host={info.host} port={info.port}"
+                    f" dbname={info.dbname} user={info.user}' PUBLICATION pub_filtered")
+    spec = TableSpec("public.filtered", "d", cutoff=CUTOFF.isoformat())
+    with Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn]) as mig, \
+            pytest.raises(InputError, match="row filter or column list"):
+        mig.run("capturing")
+    with connect(sb.active_dsn) as pub:
+        assert pub.execute("SELECT to_regclass('filtered_new')").fetchone()[0] is None
+
+
+def test_plan_executes_against_a_logical_subscriber(logical_sandbox: Sandbox, tmp_path: Path) -> None:
+    """The plan module with the subscriber as passive site: pre-checks, EX-3.1 (DDL applied on
+    the subscriber, swapped there), EX-3.2 (checksums equal on both sites) pass."""
+    import json
+    import subprocess
+    import sys
+
+    from tablemig.demo_data import create_demo_data
+    from tablemig.newplan import render_plan
+    from tablemig.plan import TableConfig
+
+    sb = logical_sandbox
+    assert sb.subscriber_dsn is not None
+    with connect(sb.active_dsn) as pub, connect(sb.subscriber_dsn) as sub:
+        create_demo_data(pub, 20_000, schema="shop")
+        create_demo_data(sub, 1, schema="shop")  # the same structure (FK, view) on the subscriber
+        sub.execute("TRUNCATE shop.orders, shop.order_items")
+        pub.execute("CREATE PUBLICATION pub_shop FOR TABLE shop.orders")
+        info = pub.info
+        sub.execute(f"CREATE SUBSCRIPTION sub_shop CONNECTION 'host={info.host} port={info.port}"
+                    f" dbname={info.dbname} user={info.user}' PUBLICATION pub_shop")
+        _wait(lambda: sub.execute("SELECT bool_and(srsubstate = 'r') FROM pg_subscription_rel").fetchone()[0],
+              "initial table sync")
+    plan = tmp_path / "logical_plan.py"
+    plan.write_text(render_plan(name="logical_plan", path=str(plan), tables=[
+        TableConfig("shop.orders", "created_date", retention=0.1, batch_size=2000)]))
+    cmd = [sys.executable, "-m", "pytest", str(plan), "-q", "-p", "no:cacheprovider", "--active-dsn",
+           sb.active_dsn, "--passive-dsn", sb.subscriber_dsn, "--reports-dir", str(tmp_path / "reports")]
+    dry = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert dry.returncode == 0, dry.stdout[-3000:]
+    proc = subprocess.run([*cmd, "--execute"], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    run = json.loads(sorted((tmp_path / "reports").glob("*/latest/run.json"))[-1].read_text())
+    steps = {s["id"]: s for s in run["steps"] if s["table"] in (None, "shop.orders")}
+    for item in ("PRE-1.1a", "PRE-1.1c", "EX-2.2", "EX-3.1", "EX-3.2", "EX-3.3", "EX-4.1"):
+        assert steps[item]["status"] == "passed", (item, steps[item])
+    assert steps["PRE-1.1a"]["evidence"]["topology"] == "logical"
+    assert steps["EX-3.1"]["evidence"]["topology"].startswith("logical")
+    assert steps["EX-3.2"]["evidence"]["sites"]["live"]["rows_passive"] == 2_000
+    with connect(sb.subscriber_dsn) as sub:
+        # the subscriber's own dependants follow its live table too
+        fk = sub.execute("SELECT confrelid::regclass::text, convalidated FROM pg_constraint WHERE conrelid ="
+                         " 'shop.order_items'::regclass AND contype = 'f'").fetchone()
+        assert fk == ("shop.orders", True)
+        assert sub.execute("SELECT count(*) FROM shop.orders").fetchone()[0] == 2_000
