@@ -63,6 +63,10 @@ from .structure import create_table_sql, index_sql, secondary_indexes, temp_inde
 from .swap import exchange, exchange_back, validate_foreign_keys
 
 
+class BarrierTimeout(TablemigError):
+    """The subscriber did not catch up in time."""
+
+
 @dataclass(frozen=True)
 class Link:
     """How the subscriber receives the table: its subscription and the publications."""
@@ -259,9 +263,12 @@ class Subscriber:
             if got and got[0]:
                 return {"lsn": target, "received": got[1], "waited_s": round(time.monotonic() - t0, 3)}
             if time.monotonic() - t0 > timeout:
-                raise TimeoutError(
+                raise BarrierTimeout(
                     f"the subscriber has not received {target} after {timeout:.0f} s "
-                    f"(apply worker at {got[1] if got else 'not running'})")
+                    f"(apply worker of subscription {self._link.subscription} at "
+                    f"{got[1] if got else 'not running'}); nothing was swapped or dropped there",
+                    "check pg_stat_subscription and the log on the subscriber (apply errors? subscription "
+                    "disabled?), then rerun: the migration resumes")
             time.sleep(0.01)
 
     # -- swap (tablemig.swap.SwapPeer) ----------------------------------------------------
@@ -279,8 +286,8 @@ class Subscriber:
             m["backup_name"] if m["archive_mode"] == "copy" else m["archive_name"]))
         try:
             waited = self.barrier()
-        except TimeoutError as exc:  # the active site rolls back and retries later
-            raise psycopg.errors.LockNotAvailable(str(exc)) from None
+        except BarrierTimeout as exc:  # the active site rolls back and retries later
+            raise psycopg.errors.LockNotAvailable(exc.problem) from None
         gid = self.gid(m, back)
         self._finish(gid, commit=False)  # a leftover of an earlier failed attempt
         self.conn.execute("BEGIN")

@@ -8,6 +8,8 @@ with exactly the publisher's rows in the live table and in the archive."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -149,9 +151,12 @@ def test_rollback_after_swap_and_before_swap_on_the_subscriber(logical_sandbox: 
     # and once more, rolled back before the swap: the subscriber's new table goes too
     with Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn]) as mig:
         mig.run("backfilling")
-        with connect(sb.subscriber_dsn) as sub:
-            assert sub.execute("SELECT to_regclass('rb_new') IS NOT NULL").fetchone()[0]
-        mig.rollback()
+    with connect(sb.subscriber_dsn) as sub:
+        assert sub.execute("SELECT to_regclass('rb_new') IS NOT NULL").fetchone()[0]
+    out = subprocess.run([sys.executable, "-m", "tablemig.cli", "rollback", "--dsn", sb.active_dsn, "--table",
+                          "public.rb", "--subscriber-dsn", sb.subscriber_dsn], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "new table dropped" in out.stdout, out.stderr
     with connect(sb.subscriber_dsn) as sub:
         assert sub.execute("SELECT to_regclass('rb_new')").fetchone()[0] is None
 
@@ -211,8 +216,6 @@ def test_plan_executes_against_a_logical_subscriber(logical_sandbox: Sandbox, tm
     """The plan module with the subscriber as passive site: pre-checks, EX-3.1 (DDL applied on
     the subscriber, swapped there), EX-3.2 (checksums equal on both sites) pass."""
     import json
-    import subprocess
-    import sys
 
     from tablemig.demo_data import create_demo_data
     from tablemig.newplan import render_plan
@@ -252,3 +255,34 @@ def test_plan_executes_against_a_logical_subscriber(logical_sandbox: Sandbox, tm
                          " 'shop.order_items'::regclass AND contype = 'f'").fetchone()
         assert fk == ("shop.orders", True)
         assert sub.execute("SELECT count(*) FROM shop.orders").fetchone()[0] == 2_000
+
+
+def test_copy_mode_prune_and_cleanup_follow_on_the_subscriber(logical_sandbox: Sandbox) -> None:
+    """Archive mode copy: the history copy is created and published too; prune and cleanup
+    (which drops the kept original on both sites) keep the sites equal."""
+    sb = logical_sandbox
+    assert sb.subscriber_dsn is not None
+    with connect(sb.active_dsn) as conn:
+        create_events(conn, 6_000, table="cp")
+    _subscribe(sb, "cp")
+    spec = TableSpec("public.cp", "d", cutoff=CUTOFF.isoformat(), batch_size=1000, archive_mode="copy")
+    with Writers(sb.active_dsn, 6_000, table="cp", threads=2) as writers, \
+            Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn],
+                      lock_timeout="200ms", swap_max_attempts=30) as mig:
+        mig.run("verified")
+        writers.swapping.set()
+        time.sleep(0.2)
+        mig.swap()
+        time.sleep(0.5)
+        m = mig._state()
+    assert m is not None
+    history, backup = m["archive_name"], m["backup_name"]
+    sites = _caught_up(sb, ["cp", history, backup])
+    assert all(p == s for p, s in sites.values()), sites
+    with Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn]) as mig:
+        mig.prune()
+        assert mig.cleanup("CAB-7")[0] == f"public.{backup}"
+    sites = _caught_up(sb, ["cp", history])
+    assert all(p == s for p, s in sites.values()), sites
+    with connect(sb.subscriber_dsn) as sub:
+        assert sub.execute("SELECT to_regclass(%s)", (backup,)).fetchone()[0] is None
