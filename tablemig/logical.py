@@ -356,28 +356,6 @@ class Subscriber:
         return [str(t) for t in present]
 
 
-def wait_for_apply(active: psycopg.Connection[Any], subscriber: psycopg.Connection[Any],
-                   timeout_s: float = 60) -> dict[str, Any]:
-    """Until every enabled subscription on `subscriber` has received the active site's
-    current WAL position (its apply worker works in order: all before it is applied)."""
-    row = active.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-    target = row[0] if row else "0/0"
-    t0 = time.monotonic()
-    while True:
-        got = subscriber.execute(
-            "SELECT coalesce(bool_and(w.received_lsn >= %s::pg_lsn), false), min(w.received_lsn)::text"
-            "  FROM pg_subscription s LEFT JOIN pg_stat_subscription w ON w.subid = s.oid AND w.relid IS NULL"
-            " WHERE s.subenabled AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            (target,)).fetchone()
-        if got and got[0]:
-            return {"lsn": target, "received": got[1], "waited_s": round(time.monotonic() - t0, 3)}
-        if time.monotonic() - t0 > timeout_s:
-            raise InputError(f"the subscriber has not received {target} after {timeout_s:.0f} s "
-                             f"(at {got[1] if got else None})",
-                             "check pg_stat_subscription on the subscriber and its log")
-        time.sleep(0.05)
-
-
 def is_logical_subscriber(dsn: str) -> bool:
     """A writable server with a subscription: the passive site of a logical pair."""
     with connect(dsn) as c:
@@ -387,4 +365,4 @@ def is_logical_subscriber(dsn: str) -> bool:
     return bool(row and row[0])
 
 
-__all__ = ["Link", "Subscriber", "is_logical_subscriber", "wait_for_apply"]
+__all__ = ["BarrierTimeout", "Link", "Subscriber", "is_logical_subscriber"]

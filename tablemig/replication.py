@@ -97,23 +97,43 @@ def snapshot(active: psycopg.Connection[Any], passive: psycopg.Connection[Any] |
     return out
 
 
-def wait_for_replay(active: psycopg.Connection[Any], passive: psycopg.Connection[Any],
-                    timeout_s: float = 60) -> dict[str, Any]:
-    """Wait until the standby has replayed the active's current WAL position."""
+def _wait_past(active: psycopg.Connection[Any], passive: psycopg.Connection[Any], check: str, label: str,
+               fix: str, timeout_s: float) -> dict[str, Any]:
+    """Poll `check` (target LSN -> (reached, position)) on the passive site until it reaches
+    the active site's current WAL position."""
     row = active.execute("SELECT pg_current_wal_lsn()::text").fetchone()
     assert row is not None
     target = row[0]
     t0 = time.monotonic()
     while True:
-        done = passive.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn, pg_last_wal_replay_lsn()::text",
-                               (target,)).fetchone()
+        done = passive.execute(check, (target,)).fetchone()  # type: ignore[arg-type] - built here
         if done and done[0]:
-            return {"lsn": target, "replayed": done[1], "waited_s": round(time.monotonic() - t0, 3)}
+            return {"lsn": target, label: done[1], "waited_s": round(time.monotonic() - t0, 3)}
         if time.monotonic() - t0 > timeout_s:
-            raise InputError(f"the passive site has not replayed {target} after {timeout_s:.0f} s "
-                             f"(at {done and done[1]})",
-                             "check pg_stat_replication on the active and the standby's log; is replay paused?")
+            raise InputError(f"the passive site has not {label} {target} after {timeout_s:.0f} s "
+                             f"(at {done and done[1]})", fix)
         time.sleep(0.05)
+
+
+def wait_for_replay(active: psycopg.Connection[Any], passive: psycopg.Connection[Any],
+                    timeout_s: float = 60) -> dict[str, Any]:
+    """Wait until the standby has replayed the active's current WAL position."""
+    return _wait_past(active, passive,
+                      "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn, pg_last_wal_replay_lsn()::text",
+                      "replayed", "check pg_stat_replication on the active and the standby's log; "
+                      "is replay paused?", timeout_s)
+
+
+def wait_for_apply(active: psycopg.Connection[Any], subscriber: psycopg.Connection[Any],
+                   timeout_s: float = 60) -> dict[str, Any]:
+    """Wait until every enabled subscription on a logical subscriber has received the
+    active's current WAL position (its apply worker works in order: all before is applied)."""
+    return _wait_past(
+        active, subscriber,
+        "SELECT coalesce(bool_and(w.received_lsn >= %s::pg_lsn), false), min(w.received_lsn)::text"
+        "  FROM pg_subscription s LEFT JOIN pg_stat_subscription w ON w.subid = s.oid AND w.relid IS NULL"
+        " WHERE s.subenabled AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        "received", "check pg_stat_subscription on the subscriber and its log (apply errors?)", timeout_s)
 
 
 @dataclass

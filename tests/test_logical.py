@@ -62,6 +62,14 @@ def _wait(fn: Any, what: str, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
+def _table(sb: Sandbox, table: str, rows: int, **spec: Any) -> TableSpec:
+    """`table` (events-like) on the active site, published, subscribed; its TableSpec."""
+    with connect(sb.active_dsn) as conn:
+        create_events(conn, rows, table=table)
+    _subscribe(sb, table)
+    return TableSpec(f"public.{table}", "d", cutoff=CUTOFF.isoformat(), **spec)
+
+
 def _fingerprint(conn: psycopg.Connection[Any], table: str) -> tuple[int, int]:
     row = conn.execute(f"SELECT count(*), coalesce(sum(hashtext(t::text)::bigint), 0) FROM {table} t").fetchone()
     assert row is not None
@@ -82,10 +90,7 @@ def _caught_up(sb: Sandbox, tables: list[str]) -> dict[str, tuple[tuple[int, int
 def test_subscriber_follows_the_migration_under_concurrent_writes(logical_sandbox: Sandbox) -> None:
     sb = logical_sandbox
     assert sb.subscriber_dsn is not None
-    with connect(sb.active_dsn) as conn:
-        create_events(conn, ROWS)
-    _subscribe(sb, "events")
-    spec = TableSpec("public.events", "d", cutoff=CUTOFF.isoformat(), batch_size=500)
+    spec = _table(sb, "events", ROWS, batch_size=500)
     with Writers(sb.active_dsn, ROWS, threads=3) as writers, \
             Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn],
                       throttle=lambda: time.sleep(0.02), lock_timeout="200ms", batch_target_seconds=0.001,
@@ -133,10 +138,7 @@ def _row_on_subscriber(sb: Sandbox, table: str, ident: int) -> bool:
 def test_rollback_after_swap_and_before_swap_on_the_subscriber(logical_sandbox: Sandbox) -> None:
     sb = logical_sandbox
     assert sb.subscriber_dsn is not None
-    with connect(sb.active_dsn) as conn:
-        create_events(conn, 5_000, table="rb")
-    _subscribe(sb, "rb")
-    spec = TableSpec("public.rb", "d", cutoff=CUTOFF.isoformat(), batch_size=1000)
+    spec = _table(sb, "rb", 5_000, batch_size=1000)
     with Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn]) as mig:
         mig.run("swapped")
         with connect(sb.active_dsn) as pub:
@@ -166,10 +168,7 @@ def test_prepared_swap_left_by_a_crash_is_resolved_by_the_rerun(logical_sandbox:
     renames prepared (applying nothing to the wrong table) until the rerun commits them."""
     sb = logical_sandbox
     assert sb.subscriber_dsn is not None
-    with connect(sb.active_dsn) as conn:
-        create_events(conn, 3_000, table="cr")
-    _subscribe(sb, "cr")
-    spec = TableSpec("public.cr", "d", cutoff=CUTOFF.isoformat(), batch_size=1000)
+    spec = _table(sb, "cr", 3_000, batch_size=1000)
     with Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn]) as mig:
         mig.run("verified")
         (sub,) = mig.subscribers
@@ -262,10 +261,7 @@ def test_copy_mode_prune_and_cleanup_follow_on_the_subscriber(logical_sandbox: S
     (which drops the kept original on both sites) keep the sites equal."""
     sb = logical_sandbox
     assert sb.subscriber_dsn is not None
-    with connect(sb.active_dsn) as conn:
-        create_events(conn, 6_000, table="cp")
-    _subscribe(sb, "cp")
-    spec = TableSpec("public.cp", "d", cutoff=CUTOFF.isoformat(), batch_size=1000, archive_mode="copy")
+    spec = _table(sb, "cp", 6_000, batch_size=1000, archive_mode="copy")
     with Writers(sb.active_dsn, 6_000, table="cp", threads=2) as writers, \
             Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn],
                       lock_timeout="200ms", swap_max_attempts=30) as mig:

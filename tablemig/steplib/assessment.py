@@ -13,7 +13,6 @@ import psycopg
 from .. import replication
 from ..db import server_identity
 from ..dependencies import scan_functions
-from ..logical import wait_for_apply
 from ..reconcile import Reconciler, Side
 from ..replication import LagLimit
 from ..steps import NotApplicable, StepContext
@@ -68,7 +67,7 @@ def pre_1_1c_passive_in_sync(ctx: StepContext) -> None:
     if ctx.passive_is_logical():
         link = mig.subscribers[0].check(active, plan.original)  # refusals before anything changes
         ctx.evidence(subscription=link)
-        replay = wait_for_apply(active, passive)
+        replay = replication.wait_for_apply(active, passive)
     else:
         replay = replication.wait_for_replay(active, passive)
     types = {c.name: c.type for c in plan.info.columns}

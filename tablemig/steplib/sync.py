@@ -13,7 +13,6 @@ from typing import Any
 import psycopg
 
 from .. import replication
-from ..logical import wait_for_apply
 from ..names import QualifiedName
 from ..reconcile import Reconciler, Side
 from ..replication import LagLimit
@@ -111,7 +110,7 @@ def ex_3_2_replication_health(ctx: StepContext) -> None:
     ctx.evidence(standbys=lag, max_replication_lag=limit.text)
     m = ctx.migration()._state()
     if ctx.passive_is_logical():
-        ctx.evidence(applied=wait_for_apply(active, passive))
+        ctx.evidence(applied=replication.wait_for_apply(active, passive))
     else:
         ctx.evidence(replayed=replication.wait_for_replay(active, passive))
     if m is None or m["state"] not in ("swapped", "pruned"):
