@@ -15,6 +15,7 @@ idempotent). Rerunning resumes.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -314,6 +315,7 @@ class Migration(AfterSwap):
         takes SHARE: builds on one table run side by side). Returns the names of the
         indexes whose build found duplicate keys (stale rows of the load)."""
         dup: list[str] = []
+        parallel = workers > 1 and len(work) > 1
         lock = threading.Lock()
         todo = list(work)
         errors: list[BaseException] = []
@@ -326,7 +328,12 @@ class Migration(AfterSwap):
                     _, name, stmt = todo.pop(0)
                 try:
                     with conn.transaction():
-                        conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+                        # at least 256MB for the sort (a larger server setting is kept)
+                        conn.execute("SELECT set_config('maintenance_work_mem', greatest(setting::bigint,"
+                                     " 262144)::text || 'kB', true) FROM pg_settings"
+                                     " WHERE name = 'maintenance_work_mem'")
+                        if parallel:  # the builds already use the cores: no extra sort workers
+                            conn.execute("SET LOCAL max_parallel_maintenance_workers = 0")
                         ex.run(stmt)
                 except psycopg.errors.UniqueViolation:
                     with lock:
@@ -340,7 +347,7 @@ class Migration(AfterSwap):
                 with lock:
                     errors.append(exc)
 
-        if workers <= 1 or len(work) <= 1:
+        if not parallel:
             run(self.conn, self.ex)
         else:
             threads = [threading.Thread(target=worker, daemon=True)
@@ -387,40 +394,42 @@ class Migration(AfterSwap):
             raise TablemigError(f"{self.table}: the change log {log} is missing while indexing",
                                 "the migration was started by another tablemig version; roll it back"
                                 " (tablemig rollback) and start again")
-        big = (plan.keep_rows or 0) >= 200_000
-        work = self._index_work(m, plan)
-        dup = self._build(work, s.index_workers if big else 1)
-        if dup:
-            dropped = self._drop_logged_keys(m)
-            with self.conn.transaction():
-                state.log(self.conn, self.table, "index", "stale rows dropped", rows=dropped,
-                          details={"indexes": dup})
-            dup = self._build(self._index_work(m, plan), s.index_workers if big else 1)
+        big = (plan.keep_rows or 0) + (plan.archive_rows if m["archive_mode"] == "copy" else 0) >= 200_000
+        workers = s.index_workers if big else 1
+        # one connection: everything in one transaction (one commit; a crash leaves nothing)
+        with self.conn.transaction() if workers <= 1 else contextlib.nullcontext():
+            dup = self._build(self._index_work(m, plan), workers)
             if dup:
-                raise TablemigError(f"{self.table}: duplicate keys in the new table's indexes {dup}",
-                                    "report it; roll back (tablemig rollback) and rerun")
-        targets = [(QualifiedName(m["schema_name"], m["new_name"]), "n")]
-        if m["archive_mode"] == "copy":
-            targets.append((QualifiedName(m["schema_name"], m["archive_name"]), "h"))
-        for target, tag in targets:
+                dropped = self._drop_logged_keys(m)
+                with self.conn.transaction():
+                    state.log(self.conn, self.table, "index", "stale rows dropped", rows=dropped,
+                              details={"indexes": dup})
+                dup = self._build(self._index_work(m, plan), workers)
+                if dup:
+                    raise TablemigError(f"{self.table}: duplicate keys in the new table's indexes {dup}",
+                                        "report it; roll back (tablemig rollback) and rerun")
+            targets = [(QualifiedName(m["schema_name"], m["new_name"]), "n")]
+            if m["archive_mode"] == "copy":
+                targets.append((QualifiedName(m["schema_name"], m["archive_name"]), "h"))
+            for target, tag in targets:
+                with self.conn.transaction():
+                    for idx in [key_index(plan.info), *secondary_indexes(plan.info)]:
+                        name = temp_index_name(idx, tag)
+                        if idx.constraint_type not in ("p", "u") or self.conn.execute(
+                                "SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
+                                (str(target), name)).fetchone():
+                            continue
+                        for stmt in key_constraint_sql(idx, target, tag):
+                            self.ex.run(stmt)
+                for fk_name, _, _ in plan.info.outgoing_fks:
+                    self.ex.run(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                        target.ident(), sql.Identifier(fk_name)))
+                self.ex.run(sql.SQL("ANALYZE {}").format(target.ident()))
             with self.conn.transaction():
-                for idx in [key_index(plan.info), *secondary_indexes(plan.info)]:
-                    name = temp_index_name(idx, tag)
-                    if idx.constraint_type not in ("p", "u") or self.conn.execute(
-                            "SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
-                            (str(target), name)).fetchone():
-                        continue
-                    for stmt in key_constraint_sql(idx, target, tag):
-                        self.ex.run(stmt)
-            for fk_name, _, _ in plan.info.outgoing_fks:
-                self.ex.run(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
-                    target.ident(), sql.Identifier(fk_name)))
-            self.ex.run(sql.SQL("ANALYZE {}").format(target.ident()))
-        with self.conn.transaction():
-            state.update(self.conn, self.table, state="indexed")
-            state.log(self.conn, self.table, "index", "done",
-                      details={"indexes": [i.name for i in secondary_indexes(plan.info)],
-                               "parallel": s.index_workers if big else 1})
+                state.update(self.conn, self.table, state="indexed")
+                state.log(self.conn, self.table, "index", "done",
+                          details={"indexes": [i.name for i in secondary_indexes(plan.info)],
+                                   "parallel": workers})
         self._timed("index", t0)
 
     def _replayer(self, m: dict[str, Any], plan: TablePlan, s: Settings) -> Replayer:
@@ -505,7 +514,12 @@ class Migration(AfterSwap):
         peer = connect(self.dsn, application_name="tablemig-verify") if big else None
         try:
             for source, target in pairs:
-                bounds = rec.boundaries(self.conn, target, s.verify_segments)
+                # a small table is one segment (a repair joins it whole, cheaply); a large
+                # one is cut at its key's histogram when it has one (no scan of the key)
+                rows = plan.keep_rows if target is dst else plan.archive_rows
+                bounds = ([] if (rows or 0) < 50_000 else
+                          rec.stats_boundaries(self.conn, target, s.verify_segments)
+                          or rec.boundaries(self.conn, target, s.verify_segments))
                 segs: list[Segment] = []
                 for round_ in range(1, max_rounds + 1):
                     segs = rec.checksums(self.conn, {"original": source, "new": target}, bounds,

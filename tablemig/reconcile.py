@@ -128,6 +128,26 @@ class Reconciler:
             [*params, step]).fetchall()
         return [[str(v) for v in r] for r in rows]
 
+    def stats_boundaries(self, conn: psycopg.Connection[Any], side: Side, segments: int) -> list[list[str]] | None:
+        """Like `boundaries`, from the key's `pg_stats` histogram instead of a scan of the
+        key (one-column keys of an analyzed table, no filter); None when there is none.
+        Segments only localise repairs: uneven ones change no result."""
+        if len(self.key) != 1 or side.date_column or segments <= 1:
+            return None
+        self.choose_hash(conn, side.table)
+        row = conn.execute("SELECT histogram_bounds::text FROM pg_stats WHERE schemaname = %s"
+                           " AND tablename = %s AND attname = %s",
+                           (side.table.schema, side.table.name, self.key[0])).fetchone()
+        if not row or row[0] is None:
+            return None
+        vals = [str(r[0]) for r in conn.execute(sql.SQL(
+            "SELECT v::text FROM (SELECT DISTINCT u.b AS v FROM unnest(%s::text::{}[]) AS u(b)) s"
+            " ORDER BY s.v").format(sql.SQL(self.key_types[0])), (row[0],)).fetchall()]
+        if len(vals) < 3:
+            return None
+        picked = [vals[int(i * (len(vals) - 1) / segments)] for i in range(1, segments)]
+        return [[v] for v in dict.fromkeys(picked)]
+
     def _segment_expr(self, bounds: list[list[str]]) -> tuple[sql.Composable, list[Any]]:
         if not bounds:
             return sql.SQL("0"), []
