@@ -161,6 +161,9 @@ class Migration(AfterSwap):
         # Plan (which validates every input) before anything is installed: bad input changes nothing.
         # Planning is read-only and is done (and timed) apart from the migration core.
         plan = self._plan if self._plan and self._plan.resumed_state is None else self.plan()
+        # the trigger function is rendered once while planning: a template error shows before
+        # anything is installed, and its one-time compile is not part of the capture
+        sync_function_sql(plan.info, plan.function_name("capture"), "log", change_log_name(plan.info.oid))
         self._timed("plan", t0)
         if plan.blockers:
             raise TablemigError(f"{self.table} has blockers: " + "; ".join(plan.blockers),
@@ -194,6 +197,17 @@ class Migration(AfterSwap):
             return  # resuming: capture is already in place
         info = plan.info
         capture_fn = plan.function_name("capture")
+        # every statement is composed before the lock is taken: the lock is held only while
+        # they run. N (and H) bare: the key and the indexes are built after the load; the
+        # trigger logs changed keys until the replay switches it to direct capture.
+        change_log = change_log_name(info.oid)
+        ddl: list[sql.Composable] = list(create_table_sql(info, plan.new, user, with_key=False))
+        if self.spec.archive_mode == "copy":
+            ddl.extend(create_table_sql(info, plan.archive, user, tag="h", with_key=False))
+        ddl.append(change_log_sql(info, change_log))
+        ddl.append(sync_function_sql(info, capture_fn, "log", change_log))
+        ddl.extend(trigger_sql(plan.original, CAPTURE_TRIGGER, capture_fn))
+        ddl.append(truncate_guard_sql(plan.original))
 
         def body(_locked_at: float) -> dict[str, Any]:
             self.conn.execute("DELETE FROM table_migration.migration_state WHERE table_name = %s",
@@ -207,19 +221,8 @@ class Migration(AfterSwap):
                  plan.archive.name, plan.backup.name if plan.backup else None, plan.date_column,
                  plan.date_type, plan.key, plan.cutoff, self.spec.archive_mode, self.plan_name,
                  self.spec.batch_size, plan.keep_rows))
-            # N (and H) bare: the key and the indexes are built after the load
-            for stmt in create_table_sql(info, plan.new, user, with_key=False):
+            for stmt in ddl:
                 self.ex.run(stmt)
-            if self.spec.archive_mode == "copy":
-                for stmt in create_table_sql(info, plan.archive, user, tag="h", with_key=False):
-                    self.ex.run(stmt)
-            # the trigger logs changed keys until the replay switches it to direct capture
-            change_log = change_log_name(info.oid)
-            self.ex.run(change_log_sql(info, change_log))
-            self.ex.run(sync_function_sql(info, capture_fn, "log", change_log))
-            for stmt in trigger_sql(plan.original, CAPTURE_TRIGGER, capture_fn):
-                self.ex.run(stmt)
-            self.ex.run(truncate_guard_sql(plan.original))
             self.conn.execute(
                 "INSERT INTO table_migration.replication_control (table_name, replication_enabled,"
                 " notes) VALUES (%s, false, 'migration in progress: capture installed')"
@@ -328,12 +331,6 @@ class Migration(AfterSwap):
                     _, name, stmt = todo.pop(0)
                 try:
                     with conn.transaction():
-                        # at least 256MB for the sort (a larger server setting is kept)
-                        conn.execute("SELECT set_config('maintenance_work_mem', greatest(setting::bigint,"
-                                     " 262144)::text || 'kB', true) FROM pg_settings"
-                                     " WHERE name = 'maintenance_work_mem'")
-                        if parallel:  # the builds already use the cores: no extra sort workers
-                            conn.execute("SET LOCAL max_parallel_maintenance_workers = 0")
                         ex.run(stmt)
                 except psycopg.errors.UniqueViolation:
                     with lock:
@@ -342,6 +339,12 @@ class Migration(AfterSwap):
         def worker() -> None:
             try:
                 with connect(self.dsn, application_name="tablemig-index") as c:
+                    # at least 256MB for the sort (a larger server setting is kept); the builds
+                    # already use the cores: no extra sort workers
+                    c.execute("SELECT set_config('maintenance_work_mem', greatest(setting::bigint,"
+                              " 262144)::text || 'kB', false) FROM pg_settings"
+                              " WHERE name = 'maintenance_work_mem'")
+                    c.execute("SET max_parallel_maintenance_workers = 0")
                     run(c, Executor(c, recorder=self.recorder))
             except BaseException as exc:  # noqa: BLE001 - re-raised below
                 with lock:
