@@ -18,7 +18,7 @@ class Settings:
     long_transaction_seconds: float = 60
     batch_target_seconds: float = 0.5
     verify_segments: int = 16
-    index_workers: int = 2  # connections building N's indexes at once (large tables only)
+    index_workers: int = 3  # connections building N's indexes at once (large tables only)
     replay_batch: int = 10_000  # change-log rows per replay transaction
     switch_below: int = 1_000  # switch to direct capture once a replay batch finds fewer
 
