@@ -48,7 +48,7 @@ What it does
    `--rows 100000`.
 
 Diagnostics: `--explain` prints EXPLAIN (ANALYZE, BUFFERS) of a first and a middle
-backfill batch (on a copy with only the capture installed); `--profile` runs one migration
+bulk-load chunk (on a copy with only the capture installed); `--profile` runs one migration
 in-process with a statement recorder and prints the backfill batches and the slowest
 statements per step. Like `--workload`, alone they skip the measurement (add `--measure`).
 
@@ -959,7 +959,7 @@ def print_trigger(t: dict[str, Any], a: argparse.Namespace) -> None:
 
 def phase_explain(srv: Server, src: str, cut: dict[str, Any], a: argparse.Namespace,
                   workdir: Path) -> dict[str, Any]:
-    """EXPLAIN (ANALYZE, BUFFERS) of a first and a middle backfill batch, rolled back."""
+    """EXPLAIN (ANALYZE, BUFFERS) of a first and a middle bulk-load chunk, rolled back."""
     from tablemig.engine import Migration
     from tablemig.spec import TableSpec
 
@@ -977,27 +977,23 @@ def phase_explain(srv: Server, src: str, cut: dict[str, Any], a: argparse.Namesp
             assert m is not None
             _, job, _ = mig._jobs(m)[0]  # noqa: SLF001
             c = mig.conn
-            size = a.batch_size
-            mid = c.execute(job.upper_bound_sql(False, False),
-                            [*job.params(None, None), cut["kept_rows"] // 2]).fetchone()
-            lo = [str(v) for v in mid] if mid else None
-            for name, low in (("first_batch", None), ("middle_batch", lo)):
-                up = c.execute(job.upper_bound_sql(low is not None, False),
-                               [*job.params(low, None), size - 1]).fetchone()
-                hi = [str(v) for v in up] if up else None
+            plan = mig.plan()
+            from tablemig.backfill import chunk_sql, plan_chunks
+            split = DATE_COLUMN if plan.order_by_date else plan.key[0]
+            split_type = (plan.date_type if plan.order_by_date
+                          else {col.name: col.type for col in plan.info.columns}[split])
+            chunks = plan_chunks(c, job, split, split_type, cut["kept_rows"], a.batch_size)
+            for name, ch in (("first_chunk", chunks[0]), ("middle_chunk", chunks[len(chunks) // 2])):
                 plans = {}
+                params = [job.cutoff, *([ch.lo] if ch.lo is not None else []),
+                          *([ch.hi] if ch.hi is not None else [])]
+                q = chunk_sql(job, split, split_type, ch.lo is not None, ch.hi is not None)
                 c.execute("BEGIN")
                 try:
-                    for qname, q, params in (
-                            ("upper_bound", job.upper_bound_sql(low is not None, False),
-                             [*job.params(low, None), size - 1]),
-                            ("copy", job.copy_sql(low is not None, hi is not None),
-                             job.params(low, hi))):
-                        text = sql.SQL("EXPLAIN (ANALYZE, BUFFERS) ").as_string(c) + \
-                            q.as_string(c)
-                        rows = c.execute(text, params).fetchall()
-                        plans[qname] = {"sql": q.as_string(c), "params": params,
-                                        "plan": [r[0] for r in rows]}
+                    text = sql.SQL("EXPLAIN (ANALYZE, BUFFERS) ").as_string(c) + q.as_string(c)
+                    rows = c.execute(text, params).fetchall()
+                    plans["copy"] = {"sql": q.as_string(c), "params": params,
+                                     "plan": [r[0] for r in rows]}
                 finally:
                     c.execute("ROLLBACK")
                 out[name] = plans
