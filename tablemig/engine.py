@@ -75,6 +75,12 @@ class VerifyResult:
 class Migration(AfterSwap):
     """One table's migration on the active site."""
 
+    # Below these row counts a second connection costs more than it saves: the indexes are
+    # built one after the other in one transaction and verify reads the sides in turn; and
+    # verify compares a small table as one segment.
+    parallel_min_rows = 200_000
+    segment_min_rows = 50_000
+
     def __init__(self, dsn: str, spec: TableSpec, *, recorder: Recorder | None = None,
                  throttle: Throttle | None = None, progress: Progress | None = None,
                  plan_name: str | None = None, **setting_overrides: Any) -> None:
@@ -397,7 +403,8 @@ class Migration(AfterSwap):
             raise TablemigError(f"{self.table}: the change log {log} is missing while indexing",
                                 "the migration was started by another tablemig version; roll it back"
                                 " (tablemig rollback) and start again")
-        big = (plan.keep_rows or 0) + (plan.archive_rows if m["archive_mode"] == "copy" else 0) >= 200_000
+        big = ((plan.keep_rows or 0) + (plan.archive_rows if m["archive_mode"] == "copy" else 0)
+               >= self.parallel_min_rows)
         workers = s.index_workers if big else 1
         # one connection: everything in one transaction (one commit; a crash leaves nothing)
         with self.conn.transaction() if workers <= 1 else contextlib.nullcontext():
@@ -513,14 +520,14 @@ class Migration(AfterSwap):
                                negate=True), Side(QualifiedName(m["schema_name"],
                                                                 m["archive_name"]))))
         repaired, results = 0, []
-        big = (plan.keep_rows or 0) >= 200_000
+        big = (plan.keep_rows or 0) >= self.parallel_min_rows
         peer = connect(self.dsn, application_name="tablemig-verify") if big else None
         try:
             for source, target in pairs:
                 # a small table is one segment (a repair joins it whole, cheaply); a large
                 # one is cut at its key's histogram when it has one (no scan of the key)
                 rows = plan.keep_rows if target is dst else plan.archive_rows
-                bounds = ([] if (rows or 0) < 50_000 else
+                bounds = ([] if (rows or 0) < self.segment_min_rows else
                           rec.stats_boundaries(self.conn, target, s.verify_segments)
                           or rec.boundaries(self.conn, target, s.verify_segments))
                 segs: list[Segment] = []
