@@ -8,8 +8,8 @@ from the column's `pg_stats` histogram, so no row is read to find them; the firs
 chunks are open-ended, so the chunks cover every row whatever the statistics say (they
 only size the chunks). Each chunk is one transaction that also marks itself done in the
 checkpoint, so a crash loses at most the chunks in flight and a rerun copies exactly the
-chunks not done: no duplicate, no `ON CONFLICT` (`synchronous_commit` is off for a chunk
-unless a replication-lag throttle needs its WAL written). Rows changed while the load runs are
+chunks not done: no duplicate, no `ON CONFLICT` (`synchronous_commit` is off for a chunk,
+`local` when a replication-lag throttle needs its WAL written). Rows changed while the load runs are
 stale or missing or (moved between chunks) copied twice in the target; each such row's key
 is in the change log, and the replay corrects it.
 
@@ -436,11 +436,12 @@ class ChunkLoader:
             c = chunks[index]
             t0 = time.perf_counter()
             with conn.transaction():
-                if self.throttle is None:
-                    # with a throttle the chunk commits synchronously: the lag it measures
-                    # (written WAL against the standby's replay) must include this chunk,
-                    # and one flush per large chunk costs nothing measurable
-                    conn.execute("SET LOCAL synchronous_commit = off")
+                # with a throttle the chunk's commit flushes its WAL locally (`local`: no
+                # wait for a synchronous standby): the lag the throttle measures (written
+                # WAL against the standby's replay) must include this chunk; one flush per
+                # large chunk costs nothing measurable
+                conn.execute("SET LOCAL synchronous_commit = local" if self.throttle
+                             else "SET LOCAL synchronous_commit = off")
                 wal0 = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
                 params = [*([job.cutoff] if job.date_column else []),
                           *([c.lo] if c.lo is not None else []), *([c.hi] if c.hi is not None else [])]

@@ -468,7 +468,7 @@ class Migration(AfterSwap):
             if self.throttle:
                 self.throttle()
 
-        replayed, rounds = rep.drain(self.conn, pause=pause)
+        replayed, rounds = rep.drain(self.conn, pause=pause, flush=self.throttle is not None)
         info = plan.info
         capture_fn = plan.function_name("capture")
         history = (QualifiedName(m["schema_name"], m["archive_name"])

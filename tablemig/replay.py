@@ -122,16 +122,18 @@ class Replayer:
         return count
 
     def drain(self, conn: psycopg.Connection[Any], *, pause: Callable[[], None] | None = None,
-              max_rounds: int = 10_000) -> tuple[int, int]:
+              max_rounds: int = 10_000, flush: bool = False) -> tuple[int, int]:
         """Replay batches (each its own REPEATABLE READ transaction) until one finds fewer
-        than `switch_below` log rows. Returns (log rows replayed, batches)."""
+        than `switch_below` log rows. Returns (log rows replayed, batches). Commits are
+        asynchronous (a batch lost in a crash is lost with its log deletions), or flushed
+        locally with `flush` (a replication-lag throttle must see their WAL)."""
         total = rounds = 0
         while rounds < max_rounds:
             if pause:
                 pause()
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             try:
-                conn.execute("SET LOCAL synchronous_commit = off")
+                conn.execute(f"SET LOCAL synchronous_commit = {'local' if flush else 'off'}")
                 n = self.batch(conn, self.limit)
                 conn.execute("COMMIT")
             except BaseException:
