@@ -276,6 +276,7 @@ class Migration(AfterSwap):
         large chunks (see tablemig/backfill.py, ChunkLoader)."""
         t0 = time.perf_counter()
         m = self._require("capturing", "backfilling")
+        self._require_change_log(m, "loading")
         if m["state"] == "capturing":
             with self.conn.transaction():
                 state.update(self.conn, self.table, state="backfilling")
@@ -387,6 +388,15 @@ class Migration(AfterSwap):
                 n += max(cur.rowcount, 0)
         return n
 
+    def _require_change_log(self, m: dict[str, Any], doing: str) -> None:
+        """Before the replay the change log must exist: a migration captured by an older
+        tablemig (trigger writing N directly, N with its key) cannot be resumed here."""
+        log = change_log_name(int(m["table_oid"]))
+        if not log_exists(self.conn, log):
+            raise TablemigError(f"{self.table}: the change log {log} is missing while {doing}",
+                                "the migration was started by another tablemig version; roll it back"
+                                " (tablemig rollback) and start again")
+
     def build_indexes(self) -> None:
         """N's key and secondary indexes, built with plain CREATE INDEX after the load:
         while the trigger logs keys, only the harness writes N. Several build at once on
@@ -398,11 +408,7 @@ class Migration(AfterSwap):
             return
         plan = self._plan or self.plan()
         s = self._settings()
-        log = change_log_name(int(m["table_oid"]))
-        if not log_exists(self.conn, log):
-            raise TablemigError(f"{self.table}: the change log {log} is missing while indexing",
-                                "the migration was started by another tablemig version; roll it back"
-                                " (tablemig rollback) and start again")
+        self._require_change_log(m, "indexing")
         big = ((plan.keep_rows or 0) + (plan.archive_rows if m["archive_mode"] == "copy" else 0)
                >= self.parallel_min_rows)
         workers = s.index_workers if big else 1
