@@ -42,7 +42,6 @@ never a scan of T.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -150,8 +149,3 @@ def log_exists(conn: psycopg.Connection[Any], log: QualifiedName) -> bool:
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (str(log),)).fetchone()
     return bool(row and row[0])
 
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
