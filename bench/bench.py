@@ -22,9 +22,10 @@ What it does
    * naive: DELETE FROM orders WHERE created_date < cutoff; VACUUM FULL orders. Elapsed,
      WAL bytes, exclusive lock hold (= the VACUUM FULL duration).
    * tablemig: the real CLI `python -m tablemig.cli migrate ... --retention R` in a
-     subprocess. Wall time, WAL bytes, core time (capture+backfill+index+verify+swap from
-     its JSON timings), every timing, lock_hold_ms, and the peak RSS of that process
-     (ru_maxrss from wait4 on its pid).
+     subprocess. Wall time, WAL bytes, core time (capture+backfill+index+replay+verify+swap
+     from its JSON timings; replay = draining the change log and the switch to direct
+     capture), every timing, lock_hold_ms, and the peak RSS of that process (ru_maxrss
+     from wait4 on its pid).
    Then a table, the ratios against the targets, and all figures as JSON in
    bench/results/<timestamp>.json.
 4. `--scale-test`: also migrates a table with the same number of kept rows but twice the
@@ -47,7 +48,7 @@ What it does
    `--rows 100000`.
 
 Diagnostics: `--explain` prints EXPLAIN (ANALYZE, BUFFERS) of a first and a middle
-backfill batch (on a copy with only the capture installed); `--profile` runs one migration
+bulk-load chunk (on a copy with only the capture installed); `--profile` runs one migration
 in-process with a statement recorder and prints the backfill batches and the slowest
 statements per step. Like `--workload`, alone they skip the measurement (add `--measure`).
 
@@ -96,7 +97,7 @@ RESULTS = HERE / "results"
 PGBENCH_SCRIPT = HERE / "pgbench_orders.sql"
 TABLE = "public.orders"
 DATE_COLUMN = "created_date"
-CORE_STEPS = ("capture", "backfill", "index", "verify", "swap")
+CORE_STEPS = ("capture", "backfill", "index", "replay", "verify", "swap")
 ALL_STEPS = (*CORE_STEPS, "validate_fks")
 SRC_MARK = "tablemig-bench source complete"
 SETTINGS_SHOWN = ("server_version", "fsync", "full_page_writes", "synchronous_commit",
@@ -532,7 +533,7 @@ def print_runs(title: str, runs: list[dict[str, Any]]) -> None:
               f"{fmt(r.get('lock_hold_ms'), '.1f'):>9}{fmt(r.get('peak_rss_mb'), '.0f'):>8}"
               f"{fmt(r.get('loadavg_before'), '.1f'):>6}"
               f"  {steps_s}" + ("" if r.get("ok") else "  ROWS MISMATCH"))
-    print("(elapsed = tablemig core capture+backfill+index+verify+swap; physical/naive total;"
+    print("(elapsed = tablemig core capture+backfill+index+replay+verify+swap; physical/naive total;"
           " wall = whole CLI process; naive lock = VACUUM FULL; load = 1-min load average"
           " before the run: above ~0.5 something else used the CPUs)")
     engines = {r["engine"] for r in runs if r.get("engine")}
@@ -811,6 +812,9 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
     t_backfill = ev.get("backfill:done")
     t_index = ev.get("index:done")
     t_verify = ev.get("verify:match")
+    t_switch = ev.get("replay:switched")
+    switch_ev = next((e for e in events if e["operation"] == "replay" and e["status"] == "switched"), None)
+    switch_hold_ms = ((switch_ev or {}).get("details") or {}).get("lock_hold_ms")
     t_swap_end = ev.get("swap:done")
     hold = (m.get("lock_hold_ms") or 0) / 1000
     t_swap_start = t_swap_end - hold if t_swap_end else None
@@ -820,7 +824,8 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
         phases["before_migration"] = window(txns, mig["started_at"] + 1, t_cap_start)
         phases["after_swap"] = window(txns, t_swap_end + 1, mig["ended_at"])
     for name, (x, y) in {"capture": (t_cap_start, t_cap_done), "backfill": (t_cap_done, t_backfill),
-                         "index": (t_backfill, t_index), "verify": (t_index, t_verify),
+                         "index": (t_backfill, t_index), "replay": (t_index, t_switch),
+                         "verify": (t_switch or t_index, t_verify),
                          "swap": (t_verify, t_swap_end)}.items():
         if x and y:
             phases[name] = window(txns, x, y)
@@ -834,6 +839,8 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
                   if t_swap_start else None)
     capture_worst = (overlapping_worst(txns, t_cap_done - 1, t_cap_done + 1)
                      if t_cap_done else None)
+    # the switch to direct capture holds SHARE ROW EXCLUSIVE on the table: a second stall
+    switch_worst = (overlapping_worst(txns, t_switch - 1, t_switch + 1) if t_switch else None)
     failed = (mig["pgbench"].get("failed") or 0) + mig["aborted_clients"] + mig["failed_in_log"]
     covered = bool(t_swap_end and t_swap_end + 1 < mig["ended_at"])
     summary = {
@@ -847,6 +854,7 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
         else cap_tps / same["tps"] * 100,
         "worst_ms_overall": mig["all"]["worst_ms"], "p99_ms_overall": mig["all"]["p99_ms"],
         "workload_swap_worst_ms": swap_worst, "capture_install_worst_ms": capture_worst,
+        "switch_worst_ms": switch_worst, "switch_lock_hold_ms": switch_hold_ms,
         "baseline_failed": (base["pgbench"].get("failed") or 0) + base["aborted_clients"],
         "workload_failed": failed, "migration_failed_pgbench": mig["pgbench"].get("failed"),
         "aborted_clients": mig["aborted_clients"], "swap_covered": covered,
@@ -858,6 +866,7 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
             "migration": m, "events": events, "copy_seconds": [round(copy_s, 2), round(copy2_s, 2)],
             "timestamps": {"capture_start": t_cap_start, "capture_installed": t_cap_done,
                            "backfill_done": t_backfill, "index_done": t_index,
+                           "replay_switched": t_switch,
                            "verify_done": t_verify, "swap_start": t_swap_start,
                            "swap_done": t_swap_end}}
 
@@ -880,7 +889,7 @@ def print_workload(w: dict[str, Any], a: argparse.Namespace) -> None:
           f" timings {s['migration_timings']}, swap lock {s['lock_hold_ms']} ms, attempts "
           f"{s['swap_attempts']}")
     print(f"{'window':<18}{'seconds':>9}{'txns':>9}{'tps':>9}{'p50 ms':>9}{'p99 ms':>9}{'worst ms':>10}")
-    for name in ("before_migration", "capture", "backfill", "index", "verify", "swap",
+    for name in ("before_migration", "capture", "backfill", "index", "replay", "verify", "swap",
                  "capture_to_swap", "after_swap"):
         ph = w["phases"].get(name)
         if ph:
@@ -894,7 +903,9 @@ def print_workload(w: dict[str, Any], a: argparse.Namespace) -> None:
     print(f"worst latency within +-1 s of swap = {fmt(s['workload_swap_worst_ms'], '.1f')} ms  "
           f"target <= 250 ms  {verdict('workload_swap_worst_ms', s['workload_swap_worst_ms'])}")
     print(f"worst latency overall = {fmt(s['worst_ms_overall'], '.1f')} ms; around capture "
-          f"install (+-1 s) = {fmt(s['capture_install_worst_ms'], '.1f')} ms")
+          f"install (+-1 s) = {fmt(s['capture_install_worst_ms'], '.1f')} ms; around the switch to "
+          f"direct capture (+-1 s) = {fmt(s['switch_worst_ms'], '.1f')} ms (its lock held "
+          f"{fmt(s['switch_lock_hold_ms'], '.1f')} ms)")
     print(f"failed transactions = {s['workload_failed']} (pgbench failed "
           f"{s['migration_failed_pgbench']}, aborted clients {s['aborted_clients']})  target 0  "
           f"{verdict('workload_failed', s['workload_failed'])}")
@@ -948,7 +959,7 @@ def print_trigger(t: dict[str, Any], a: argparse.Namespace) -> None:
 
 def phase_explain(srv: Server, src: str, cut: dict[str, Any], a: argparse.Namespace,
                   workdir: Path) -> dict[str, Any]:
-    """EXPLAIN (ANALYZE, BUFFERS) of a first and a middle backfill batch, rolled back."""
+    """EXPLAIN (ANALYZE, BUFFERS) of a first and a middle bulk-load chunk, rolled back."""
     from tablemig.engine import Migration
     from tablemig.spec import TableSpec
 
@@ -966,27 +977,23 @@ def phase_explain(srv: Server, src: str, cut: dict[str, Any], a: argparse.Namesp
             assert m is not None
             _, job, _ = mig._jobs(m)[0]  # noqa: SLF001
             c = mig.conn
-            size = a.batch_size
-            mid = c.execute(job.upper_bound_sql(False, False),
-                            [*job.params(None, None), cut["kept_rows"] // 2]).fetchone()
-            lo = [str(v) for v in mid] if mid else None
-            for name, low in (("first_batch", None), ("middle_batch", lo)):
-                up = c.execute(job.upper_bound_sql(low is not None, False),
-                               [*job.params(low, None), size - 1]).fetchone()
-                hi = [str(v) for v in up] if up else None
+            plan = mig.plan()
+            from tablemig.backfill import chunk_sql, plan_chunks
+            split = DATE_COLUMN if plan.order_by_date else plan.key[0]
+            split_type = (plan.date_type if plan.order_by_date
+                          else {col.name: col.type for col in plan.info.columns}[split])
+            chunks = plan_chunks(c, job, split, split_type, cut["kept_rows"], a.batch_size)
+            for name, ch in (("first_chunk", chunks[0]), ("middle_chunk", chunks[len(chunks) // 2])):
                 plans = {}
+                params = [job.cutoff, *([ch.lo] if ch.lo is not None else []),
+                          *([ch.hi] if ch.hi is not None else [])]
+                q = chunk_sql(job, split, split_type, ch.lo is not None, ch.hi is not None)
                 c.execute("BEGIN")
                 try:
-                    for qname, q, params in (
-                            ("upper_bound", job.upper_bound_sql(low is not None, False),
-                             [*job.params(low, None), size - 1]),
-                            ("copy", job.copy_sql(low is not None, hi is not None),
-                             job.params(low, hi))):
-                        text = sql.SQL("EXPLAIN (ANALYZE, BUFFERS) ").as_string(c) + \
-                            q.as_string(c)
-                        rows = c.execute(text, params).fetchall()
-                        plans[qname] = {"sql": q.as_string(c), "params": params,
-                                        "plan": [r[0] for r in rows]}
+                    text = sql.SQL("EXPLAIN (ANALYZE, BUFFERS) ").as_string(c) + q.as_string(c)
+                    rows = c.execute(text, params).fetchall()
+                    plans["copy"] = {"sql": q.as_string(c), "params": params,
+                                     "plan": [r[0] for r in rows]}
                 finally:
                     c.execute("ROLLBACK")
                 out[name] = plans
@@ -1020,7 +1027,8 @@ def phase_profile(srv: Server, src: str, cut: dict[str, Any], a: argparse.Namesp
         with Migration(srv.dsn(db), spec, recorder=rec, progress=lambda _p: None) as mig:
             # the steps of Migration.run("swapped"), labelled for the recorder
             for step, fn in (("capture", mig.capture), ("backfill", mig.backfill),
-                             ("index", mig.build_indexes), ("verify", mig.verify),
+                             ("index", mig.build_indexes), ("replay", mig.replay),
+                             ("verify", mig.verify),
                              ("swap", mig.swap), ("validate_fks", mig.validate_foreign_keys)):
                 rec.step = step
                 fn()

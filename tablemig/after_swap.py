@@ -18,7 +18,13 @@ from .names import QualifiedName
 from .planner import TablePlan
 from .settings import Settings
 from .spec import TableSpec
-from .structure import drop_trigger_sql, sync_function_sql, trigger_sql, truncate_guard_sql
+from .structure import (
+    change_log_name,
+    drop_trigger_sql,
+    sync_function_sql,
+    trigger_sql,
+    truncate_guard_sql,
+)
 from .swap import (
     CAPTURE_TRIGGER,
     GUARD_TRIGGER,
@@ -183,6 +189,8 @@ class AfterSwap:
             self.ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
             self.ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
                 QualifiedName("table_migration", f"capture_{m['table_oid']}").ident()))
+            self.ex.run(sql.SQL("DROP TABLE IF EXISTS {}").format(
+                change_log_name(int(m["table_oid"])).ident()))
             self.ex.run(sql.SQL("DROP TABLE IF EXISTS {}").format(new.ident()))
             if m["archive_mode"] == "copy":
                 self.ex.run(sql.SQL("DROP TABLE IF EXISTS {}").format(

@@ -1,4 +1,21 @@
-"""Keyset batch copy of the rows `D >= C` from a source to a target table.
+"""Copying the rows `D >= C` from a source to a target table.
+
+`ChunkLoader` is the engine's bulk load into the bare new table (no key, no index; only the
+harness writes it while the capture trigger logs changed keys, see `tablemig.replay`): a
+few large `INSERT ... SELECT` chunks over disjoint ranges of one split column (the date
+column when an index leads with it, else the key's first column). The chunk bounds come
+from the column's `pg_stats` histogram, so no row is read to find them; the first and last
+chunks are open-ended, so the chunks cover every row whatever the statistics say (they
+only size the chunks). Each chunk is one transaction that also marks itself done in the
+checkpoint, so a crash loses at most the chunks in flight and a rerun copies exactly the
+chunks not done: no duplicate, no `ON CONFLICT` (`synchronous_commit` is off for a chunk,
+`local` when a replication-lag throttle needs its WAL written). Rows changed while the load runs are
+stale or missing or (moved between chunks) copied twice in the target; each such row's key
+is in the change log, and the replay corrects it.
+
+`BatchCopier` (used by the restore after prune) is the keyset batch copy described next.
+
+Keyset batch copy of the rows `D >= C` from a source to a target table.
 
 Each batch is one transaction: find the batch's upper bound (the `batch_size`-th next row
 in `(D, key)` order, through an index on `D`), copy the rows in `(last, upper]` with
@@ -285,6 +302,173 @@ class BatchCopier:
                     2.0, max(0.5, self.target_seconds / elapsed)))))
 
 
+@dataclass
+class Chunk:
+    lo: str | None  # exclusive lower bound of the split column, None = from the start
+    hi: str | None  # inclusive upper bound, None = to the end
+    done: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lo": self.lo, "hi": self.hi, "done": self.done}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Chunk:
+        return cls(d.get("lo"), d.get("hi"), bool(d.get("done")))
+
+
+def chunk_sql(job: CopyJob, split: str, split_type: str, lo: bool, hi: bool) -> sql.Composable:
+    """One chunk: `INSERT INTO target SELECT ... FROM source WHERE filter AND lo < s <= hi`
+    (no ON CONFLICT: the target has no key during the load)."""
+    parts: list[sql.Composable] = [job._date_filter()] if job.date_column else []
+    col, typ = sql.Identifier(split), sql.SQL(split_type)
+    if lo:
+        parts.append(sql.SQL("{} > %s::{}").format(col, typ))
+    if hi:
+        parts.append(sql.SQL("{} <= %s::{}").format(col, typ))
+    where = sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
+    return sql.SQL("INSERT INTO {tgt} ({cols}){ovr} SELECT {cols} FROM {src} WHERE {where}").format(
+        tgt=job.target.ident(), cols=job._cols(), src=job.source.ident(), where=where,
+        ovr=sql.SQL(" OVERRIDING SYSTEM VALUE" if job.overriding else ""))
+
+
+def plan_chunks(conn: psycopg.Connection[Any], job: CopyJob, split: str, split_type: str,
+                expected_rows: int, min_chunk_rows: int, max_chunks: int = 64,
+                min_chunks: int = 1) -> list[Chunk]:
+    """Chunk bounds from the split column's histogram (no table read). The recent job on
+    the date column uses only the bounds above the cutoff; about `expected_rows /
+    min_chunk_rows` chunks, at least `min_chunks` (the workers) when the histogram has
+    enough bounds; none of it changes which rows are copied, only how they are cut."""
+    want = max(min_chunks, min(max_chunks, -(-max(expected_rows, 1) // max(min_chunk_rows, 1))))
+    if want <= 1:
+        return [Chunk(None, None)]
+    row = conn.execute("SELECT histogram_bounds::text FROM pg_stats WHERE schemaname = %s"
+                       " AND tablename = %s AND attname = %s",
+                       (job.source.schema, job.source.name, split)).fetchone()
+    if not row or row[0] is None:
+        return [Chunk(None, None)]
+    above = split == job.date_column and not job.history
+    typ = sql.SQL(split_type)
+    query = sql.SQL("SELECT v::text FROM (SELECT DISTINCT u.b AS v FROM unnest(%s::text::{}[]) AS u(b)"
+                    " WHERE {}) s ORDER BY s.v").format(
+        typ, sql.SQL("u.b > %s::{}").format(typ) if above else sql.SQL("u.b IS NOT NULL"))
+    bounds = [str(r[0]) for r in conn.execute(query, [row[0], *([job.cutoff] if above else [])]).fetchall()]
+    if len(bounds) + 1 > want:  # every k-th bound, evenly
+        bounds = [bounds[int(i * len(bounds) / want)] for i in range(1, want)]
+        bounds = list(dict.fromkeys(bounds))
+    edges: list[str | None] = [None, *bounds, None]
+    return [Chunk(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
+
+
+class ChunkLoader:
+    """Runs the chunks of a bulk load (see the module docstring), `workers` at a time."""
+
+    def __init__(self, dsn: str, job: CopyJob, table_label: str, checkpoint_key: str, *,
+                 split: str, split_type: str, min_chunk_rows: int, workers: int = 1,
+                 throttle: Throttle | None = None, progress: Progress | None = None,
+                 expected_rows: int | None = None) -> None:
+        self.dsn, self.job, self.table, self.key = dsn, job, table_label, checkpoint_key
+        self.split, self.split_type = split, split_type
+        self.min_chunk_rows = min_chunk_rows
+        self.workers = workers
+        self.throttle = throttle
+        self.progress = progress or _print_progress
+        self.expected = expected_rows
+        self.stats = CopyStats()
+        self._started = time.time()
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._todo: list[int] = []
+
+    def run(self, conn: psycopg.Connection[Any], checkpoint: dict[str, Any]) -> CopyStats:
+        """Copy every chunk not done yet; `conn` plans the chunks (and copies them when
+        there is one worker: no extra connection)."""
+        saved = checkpoint.get(self.key)
+        if saved and saved.get("chunks") is not None:
+            chunks = [Chunk.from_json(c) for c in saved["chunks"]]
+        else:
+            chunks = plan_chunks(conn, self.job, self.split, self.split_type, self.expected or 0,
+                                 self.min_chunk_rows, min_chunks=self.workers)
+            with conn.transaction():
+                conn.execute(
+                    "UPDATE table_migration.migration_state SET checkpoint = jsonb_set(checkpoint,"
+                    " %s, %s::jsonb), updated_at = now() WHERE table_name = %s",
+                    ([self.key], _json({"split": self.split, "chunks": [c.to_json() for c in chunks]}),
+                     self.table))
+        self._todo = [i for i, c in enumerate(chunks) if not c.done]
+        started = time.monotonic()
+        self._started = time.time()
+        n = min(self.workers, len(self._todo))
+        if n <= 1:
+            if self._todo:
+                self._work(conn, chunks)
+        else:
+            threads = [threading.Thread(target=self._worker, args=(chunks,), daemon=True)
+                       for _ in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        self.stats.seconds = time.monotonic() - started
+        if self._error:
+            raise self._error
+        return self.stats
+
+    def _worker(self, chunks: list[Chunk]) -> None:
+        try:
+            with connect(self.dsn, application_name="tablemig-backfill") as conn:
+                self._work(conn, chunks)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by run()
+            with self._lock:
+                self._error = self._error or exc
+
+    def _next(self) -> int | None:
+        with self._lock:
+            if self._error is not None or not self._todo:
+                return None
+            return self._todo.pop(0)
+
+    def _work(self, conn: psycopg.Connection[Any], chunks: list[Chunk]) -> None:
+        job = self.job
+        while (index := self._next()) is not None:
+            wait_while_paused(conn, self.table)
+            if self.throttle:
+                self.throttle()
+            c = chunks[index]
+            t0 = time.perf_counter()
+            with conn.transaction():
+                # with a throttle the chunk's commit flushes its WAL locally (`local`: no
+                # wait for a synchronous standby): the lag the throttle measures (written
+                # WAL against the standby's replay) must include this chunk; one flush per
+                # large chunk costs nothing measurable
+                conn.execute("SET LOCAL synchronous_commit = local" if self.throttle
+                             else "SET LOCAL synchronous_commit = off")
+                wal0 = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+                params = [*([job.cutoff] if job.date_column else []),
+                          *([c.lo] if c.lo is not None else []), *([c.hi] if c.hi is not None else [])]
+                cur = conn.execute(chunk_sql(job, self.split, self.split_type, c.lo is not None,
+                                             c.hi is not None), params)
+                copied = max(cur.rowcount, 0)
+                # last in the transaction: concurrent workers queue on the state row only briefly
+                conn.execute(
+                    "UPDATE table_migration.migration_state SET checkpoint = jsonb_set(checkpoint,"
+                    " %s, 'true'::jsonb), rows_copied = rows_copied + %s, updated_at = now()"
+                    " WHERE table_name = %s", ([self.key, "chunks", str(index), "done"], copied, self.table))
+                wal = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)::bigint",
+                                   (wal0[0] if wal0 else None,)).fetchone()
+            elapsed = time.perf_counter() - t0
+            with self._lock:
+                c.done = True
+                self.stats.rows += copied
+                self.stats.batches += 1
+                self.stats.batch_sizes.append(copied)
+                self.stats.samples.append({"t": time.time(), "rows": self.stats.rows,
+                                           "batch_rows": copied, "batch_seconds": elapsed,
+                                           "batch_size": copied, "wal_bytes": wal[0] if wal else None})
+                rows = self.stats.rows
+            self.progress({"table": self.table, "rows": rows, "expected": self.expected,
+                           "batch_seconds": elapsed, "batch_size": copied, "started": self._started})
+
+
 def wait_while_paused(conn: psycopg.Connection[Any], table: str, poll_s: float = 1.0) -> None:
     """`tablemig pause` sets checkpoint.paused; batches wait here until `tablemig resume`."""
     announced = False
@@ -315,4 +499,5 @@ def _print_progress(p: dict[str, Any]) -> None:
           f"batch {p['batch_size']:,}, ETA {eta:,.0f} s   ", end=end, file=sys.stderr, flush=True)
 
 
-__all__ = ["BatchCopier", "CopyJob", "CopyRange", "CopyStats", "split_ranges", "state"]
+__all__ = ["BatchCopier", "Chunk", "ChunkLoader", "CopyJob", "CopyRange", "CopyStats", "chunk_sql",
+           "plan_chunks", "split_ranges", "state"]

@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from .db import connect
@@ -16,6 +17,7 @@ from .errors import InputError
 from .names import QualifiedName
 from .schema import installed_version
 from .spec import TableSpec
+from .structure import change_log_name
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
@@ -91,9 +93,16 @@ def cmd_status(a: argparse.Namespace) -> int:
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(
                 "SELECT table_name, state, new_name, archive_name, cutoff, rows_copied, rows_to_copy,"
-                " swap_attempts, lock_hold_ms, checkpoint->>'paused' AS paused, updated_at, last_error"
-                " FROM table_migration.migration_state WHERE %s::text IS NULL OR table_name = %s"
+                " swap_attempts, lock_hold_ms, checkpoint->>'paused' AS paused, updated_at, last_error,"
+                " table_oid FROM table_migration.migration_state WHERE %s::text IS NULL OR table_name = %s"
                 " ORDER BY table_name", (a.table and str(QualifiedName.parse(a.table)),) * 2).fetchall()
+        for r in rows:
+            # keys logged by the capture trigger and not replayed yet (until the switch to
+            # direct capture, which drops the change log)
+            log = change_log_name(int(r.pop("table_oid")))
+            found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (str(log),)).fetchone()
+            r["change_log_backlog"] = (conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                log.ident())).fetchone() or [None])[0] if found and found[0] else None
     _print(rows)
     return 0
 

@@ -3,13 +3,20 @@
     planned -> capturing -> backfilling -> indexed -> verified -> swapped -> pruned -> cleaned
     any state before cleaned --rollback--> rolled_back
 
-Every step reads the state row, does its work, and records the new state in the same
-transaction as the work (or, for statements that cannot run in a transaction such as
-CREATE INDEX CONCURRENTLY, makes the work idempotent). Rerunning resumes.
+capture creates the bare new table N (no key, no index) and a trigger on T that logs the
+keys of written rows to a change log; backfill bulk-loads T[D >= C] into N in a few large
+chunks; index builds N's key and secondary indexes with plain CREATE INDEX (only the
+harness writes N); verify first replays the change log into N and, in one short locked
+transaction, switches the trigger to direct capture (it then keeps N equal itself; see
+tablemig/replay.py), then compares checksums. Every step reads the state row, does its
+work, and records the new state in the same transaction as the work (or makes the work
+idempotent). Rerunning resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +27,7 @@ from psycopg import sql
 
 from . import state
 from .after_swap import AfterSwap
-from .backfill import BatchCopier, CopyJob, Progress, Throttle
+from .backfill import ChunkLoader, CopyJob, Progress, Throttle, wait_while_paused
 from .db import connect
 from .errors import InputError, TablemigError
 from .executor import Executor, Recorder
@@ -28,13 +35,18 @@ from .logical import Subscriber
 from .names import QualifiedName
 from .planner import TablePlan, build_plan, missing_privileges
 from .reconcile import Reconciler, Segment, Side
+from .replay import Replayer, Target, log_exists
 from .schema import install_schema, installed_version
 from .settings import Settings
 from .spec import TableSpec
 from .structure import (
     TRIGGER_PREFIX,
+    change_log_name,
+    change_log_sql,
     create_table_sql,
     index_sql,
+    key_constraint_sql,
+    key_index,
     secondary_indexes,
     sync_function_sql,
     temp_index_name,
@@ -65,6 +77,12 @@ class VerifyResult:
 class Migration(AfterSwap):
     """One table's migration on the active site."""
 
+    # Below these row counts a second connection costs more than it saves: the indexes are
+    # built one after the other in one transaction and verify reads the sides in turn; and
+    # verify compares a small table as one segment.
+    parallel_min_rows = 200_000
+    segment_min_rows = 50_000
+
     def __init__(self, dsn: str, spec: TableSpec, *, recorder: Recorder | None = None,
                  throttle: Throttle | None = None, progress: Progress | None = None,
                  plan_name: str | None = None, subscribers: Sequence[str] = (),
@@ -86,6 +104,7 @@ class Migration(AfterSwap):
         self._plan: TablePlan | None = None
         # logical subscribers of the active site (tablemig.logical); physical standbys need nothing
         self.subscribers = [Subscriber(d, dsn, recorder=self.recorder) for d in subscribers]
+        self.switch_lock_hold_ms: float | None = None
 
     # -- plumbing -------------------------------------------------------------------------
     def close(self) -> None:
@@ -156,6 +175,9 @@ class Migration(AfterSwap):
         # Plan (which validates every input) before anything is installed: bad input changes nothing.
         # Planning is read-only and is done (and timed) apart from the migration core.
         plan = self._plan if self._plan and self._plan.resumed_state is None else self.plan()
+        # the trigger function is rendered once while planning: a template error shows before
+        # anything is installed, and its one-time compile is not part of the capture
+        sync_function_sql(plan.info, plan.function_name("capture"), "log", change_log_name(plan.info.oid))
         self._timed("plan", t0)
         if plan.blockers:
             raise TablemigError(f"{self.table} has blockers: " + "; ".join(plan.blockers),
@@ -188,11 +210,20 @@ class Migration(AfterSwap):
             if m["table_oid"] != plan.info.oid:
                 raise InputError(f"state of {self.table} belongs to another table (oid "
                                  f"{m['table_oid']})", "inspect table_migration.migration_state")
-            if m["state"] == "capturing":
-                self._attach_subscribers()  # an interrupted attach is finished
             return  # resuming: capture is already in place
         info = plan.info
         capture_fn = plan.function_name("capture")
+        # every statement is composed before the lock is taken: the lock is held only while
+        # they run. N (and H) bare: the key and the indexes are built after the load; the
+        # trigger logs changed keys until the replay switches it to direct capture.
+        change_log = change_log_name(info.oid)
+        ddl: list[sql.Composable] = list(create_table_sql(info, plan.new, user, with_key=False))
+        if self.spec.archive_mode == "copy":
+            ddl.extend(create_table_sql(info, plan.archive, user, tag="h", with_key=False))
+        ddl.append(change_log_sql(info, change_log))
+        ddl.append(sync_function_sql(info, capture_fn, "log", change_log))
+        ddl.extend(trigger_sql(plan.original, CAPTURE_TRIGGER, capture_fn))
+        ddl.append(truncate_guard_sql(plan.original))
 
         def body(_locked_at: float) -> dict[str, Any]:
             self.conn.execute("DELETE FROM table_migration.migration_state WHERE table_name = %s",
@@ -206,26 +237,16 @@ class Migration(AfterSwap):
                  plan.archive.name, plan.backup.name if plan.backup else None, plan.date_column,
                  plan.date_type, plan.key, plan.cutoff, self.spec.archive_mode, self.plan_name,
                  self.spec.batch_size, plan.keep_rows))
-            for stmt in create_table_sql(info, plan.new, user):
+            for stmt in ddl:
                 self.ex.run(stmt)
-            history = None
-            if self.spec.archive_mode == "copy":
-                history = plan.archive
-                for stmt in create_table_sql(info, plan.archive, user, tag="h"):
-                    self.ex.run(stmt)
-            self.ex.run(sync_function_sql(info, capture_fn, "capture", plan.new, history,
-                                          date_column=plan.date_column, date_type=plan.date_type,
-                                          cutoff=plan.cutoff))
-            for stmt in trigger_sql(plan.original, CAPTURE_TRIGGER, capture_fn):
-                self.ex.run(stmt)
-            self.ex.run(truncate_guard_sql(plan.original))
             self.conn.execute(
                 "INSERT INTO table_migration.replication_control (table_name, replication_enabled,"
                 " notes) VALUES (%s, false, 'migration in progress: capture installed')"
                 " ON CONFLICT (table_name) DO UPDATE SET replication_enabled = false,"
                 " notes = EXCLUDED.notes", (self.table,))
             state.log(self.conn, self.table, "capture", "installed",
-                      details={"new_table": str(plan.new), "cutoff": plan.cutoff})
+                      details={"new_table": str(plan.new), "cutoff": plan.cutoff,
+                               "change_log": str(change_log)})
             return {}
 
         s = self._settings()
@@ -241,17 +262,18 @@ class Migration(AfterSwap):
                 f"the role {user} lacks a privilege: {exc.diag.message_primary}; nothing was changed",
                 "run as the table's owner (or a member of the owner role) with CREATE on its schema; "
                 "see README, Least privilege") from None
-        self._attach_subscribers()
         self._timed("capture", t0)
 
     def _attach_subscribers(self) -> None:
+        """Logical subscribers get N once it has its key (before the replay: its updates and
+        deletes need a replica identity); idempotent. See tablemig.logical."""
         m = self._state()
         for sub in self.subscribers:
             if m is None:
                 return
             done = sub.attach(self.ex, m)
             with self.conn.transaction():
-                state.log(self.conn, self.table, "capture", "subscriber attached", details=done)
+                state.log(self.conn, self.table, "replay", "subscriber attached", details=done)
 
     def resolve_subscribers(self) -> list[str]:
         """Settle a swap left prepared on a subscriber by a crash (see tablemig.logical)."""
@@ -284,66 +306,236 @@ class Migration(AfterSwap):
         return jobs
 
     def backfill(self) -> None:
+        """Bulk load T[D >= C] into the bare N (and, copy mode, the rest into H) in a few
+        large chunks (see tablemig/backfill.py, ChunkLoader)."""
         t0 = time.perf_counter()
         m = self._require("capturing", "backfilling")
+        self._require_change_log(m, "loading")
         if m["state"] == "capturing":
             with self.conn.transaction():
                 state.update(self.conn, self.table, state="backfilling")
-        s = self._settings()
+        plan = self._plan or self.plan()
+        types = {c.name: c.type for c in plan.info.columns}
         for key, job, expected in self._jobs(m):
             m = self._state() or m
-            copier = BatchCopier(self.dsn, job, self.table, key, batch_size=m["batch_size"],
-                                 target_seconds=s.batch_target_seconds, workers=self.spec.workers,
+            split = plan.date_column if plan.order_by_date and not job.history else plan.key[0]
+            loader = ChunkLoader(self.dsn, job, self.table, key, split=split,
+                                 split_type=plan.date_type if split == plan.date_column else types[split],
+                                 min_chunk_rows=max(m["batch_size"], 1), workers=self.spec.workers,
                                  throttle=self.throttle, progress=self.progress,
                                  expected_rows=expected)
-            stats = copier.run(self.conn, dict(m["checkpoint"] or {}))
+            stats = loader.run(self.conn, dict(m["checkpoint"] or {}))
             self.backfill_samples.extend(stats.samples)
             with self.conn.transaction():
                 state.log(self.conn, self.table, key, "done", rows=stats.rows,
                           duration_ms=stats.seconds * 1000,
-                          details={"batches": stats.batches, "workers": self.spec.workers})
+                          details={"batches": stats.batches, "workers": self.spec.workers,
+                                   "split": split})
         self._timed("backfill", t0)
 
-    def build_indexes(self) -> None:
-        """Secondary indexes on N built CONCURRENTLY after the load (a plain CREATE INDEX
-        would block the capture trigger and so the application); idempotent."""
-        t0 = time.perf_counter()
-        m = self._require("backfilling", "indexed")
-        if m["state"] == "indexed":
-            return
-        plan = self._plan or self.plan()
-        targets = [QualifiedName(m["schema_name"], m["new_name"])]
+    def _index_work(self, m: dict[str, Any], plan: TablePlan) -> list[tuple[QualifiedName, str, sql.Composable]]:
+        """(table, index name, CREATE INDEX) of every index N (and H) still lacks; an
+        index left INVALID (by a concurrent build of an older version) is dropped first."""
+        out = []
+        targets = [(QualifiedName(m["schema_name"], m["new_name"]), "n")]
         if m["archive_mode"] == "copy":
-            targets.append(QualifiedName(m["schema_name"], m["archive_name"]))
-        s = self._settings()
-        for target in targets:
-            for idx in secondary_indexes(plan.info):
-                name = temp_index_name(idx, "n" if target.name == m["new_name"] else "h")
+            targets.append((QualifiedName(m["schema_name"], m["archive_name"]), "h"))
+        for target, tag in targets:
+            for idx in [key_index(plan.info), *secondary_indexes(plan.info)]:
+                name = temp_index_name(idx, tag)
                 found = self.conn.execute(
                     "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
                     " JOIN pg_namespace n ON n.oid = c.relnamespace"
                     " WHERE n.nspname = %s AND c.relname = %s", (target.schema, name)).fetchone()
                 if found and found[0]:
                     continue
-                if found:  # left INVALID by an interrupted build
-                    self.ex.run(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
-                        sql.Identifier(target.schema, name)))
-                self.ex.run(index_sql(plan.info, idx, target, name, concurrently=True))
-                if idx.constraint_type == "u":
-                    stmt = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} UNIQUE USING INDEX {}").format(
-                        target.ident(), sql.Identifier(name), sql.Identifier(name))
-                    with_lock_retries(self.conn, f"unique constraint on {target}", [target],
-                                      lambda _t, st=stmt: (self.ex.run(st), {})[1],
-                                      lock_timeout=s.lock_timeout, attempts=s.swap_max_attempts)
-            for fk_name, _, _ in plan.info.outgoing_fks:
-                self.ex.run(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
-                    target.ident(), sql.Identifier(fk_name)))
-            self.ex.run(sql.SQL("ANALYZE {}").format(target.ident()))
+                if found:
+                    self.ex.run(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(target.schema, name)))
+                out.append((target, name, index_sql(plan.info, idx, target, name, concurrently=False)))
+        return out
+
+    def _build(self, work: list[tuple[QualifiedName, str, sql.Composable]], workers: int) -> list[str]:
+        """Run the CREATE INDEX statements, on `workers` connections at once (CREATE INDEX
+        takes SHARE: builds on one table run side by side). Returns the names of the
+        indexes whose build found duplicate keys (stale rows of the load)."""
+        dup: list[str] = []
+        parallel = workers > 1 and len(work) > 1
+        lock = threading.Lock()
+        todo = list(work)
+        errors: list[BaseException] = []
+
+        def run(conn: psycopg.Connection[Any], ex: Executor) -> None:
+            while True:
+                with lock:
+                    if not todo or errors:
+                        return
+                    _, name, stmt = todo.pop(0)
+                try:
+                    with conn.transaction():
+                        ex.run(stmt)
+                except psycopg.errors.UniqueViolation:
+                    with lock:
+                        dup.append(name)
+
+        def worker() -> None:
+            try:
+                with connect(self.dsn, application_name="tablemig-index") as c:
+                    # at least 256MB for the sort (a larger server setting is kept); the builds
+                    # already use the cores: no extra sort workers
+                    c.execute("SELECT set_config('maintenance_work_mem', greatest(setting::bigint,"
+                              " 262144)::text || 'kB', false) FROM pg_settings"
+                              " WHERE name = 'maintenance_work_mem'")
+                    c.execute("SET max_parallel_maintenance_workers = 0")
+                    run(c, Executor(c, recorder=self.recorder))
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                with lock:
+                    errors.append(exc)
+
+        if not parallel:
+            run(self.conn, self.ex)
+        else:
+            threads = [threading.Thread(target=worker, daemon=True)
+                       for _ in range(min(workers, len(work)))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        if errors:
+            raise errors[0]
+        return dup
+
+    def _drop_logged_keys(self, m: dict[str, Any]) -> int:
+        """Delete from N (and H) every row whose key is in the change log. Only such rows
+        can be stale copies (a row moved between load chunks is copied twice); the replay
+        copies them again from T."""
+        log = change_log_name(int(m["table_oid"]))
+        keys = sql.SQL(", ").join(map(sql.Identifier, m["key_columns"]))
+        match = sql.SQL(" AND ").join(sql.SQL("x.{0} = c.{0}").format(sql.Identifier(k))
+                                      for k in m["key_columns"])
+        tables = [m["new_name"]] + ([m["archive_name"]] if m["archive_mode"] == "copy" else [])
+        n = 0
         with self.conn.transaction():
-            state.update(self.conn, self.table, state="indexed")
-            state.log(self.conn, self.table, "index", "done",
-                      details={"indexes": [i.name for i in secondary_indexes(plan.info)]})
+            for name in tables:
+                cur = self.conn.execute(sql.SQL(
+                    "DELETE FROM {t} x USING (SELECT DISTINCT {k} FROM {log}) c WHERE {m}").format(
+                    t=QualifiedName(m["schema_name"], name).ident(), k=keys, log=log.ident(), m=match))
+                n += max(cur.rowcount, 0)
+        return n
+
+    def _require_change_log(self, m: dict[str, Any], doing: str) -> None:
+        """Before the replay the change log must exist: a migration captured by an older
+        tablemig (trigger writing N directly, N with its key) cannot be resumed here."""
+        log = change_log_name(int(m["table_oid"]))
+        if not log_exists(self.conn, log):
+            raise TablemigError(f"{self.table}: the change log {log} is missing while {doing}",
+                                "the migration was started by another tablemig version; roll it back"
+                                " (tablemig rollback) and start again")
+
+    def build_indexes(self) -> None:
+        """N's key and secondary indexes, built with plain CREATE INDEX after the load:
+        while the trigger logs keys, only the harness writes N. Several build at once on
+        large tables. A build interrupted by a crash leaves nothing (CREATE INDEX is
+        transactional); built ones are kept on a rerun."""
+        t0 = time.perf_counter()
+        m = self._require("backfilling", "indexed")
+        if m["state"] == "indexed":
+            return
+        plan = self._plan or self.plan()
+        s = self._settings()
+        self._require_change_log(m, "indexing")
+        big = ((plan.keep_rows or 0) + (plan.archive_rows if m["archive_mode"] == "copy" else 0)
+               >= self.parallel_min_rows)
+        workers = s.index_workers if big else 1
+        # one connection: everything in one transaction (one commit; a crash leaves nothing)
+        with self.conn.transaction() if workers <= 1 else contextlib.nullcontext():
+            dup = self._build(self._index_work(m, plan), workers)
+            if dup:
+                dropped = self._drop_logged_keys(m)
+                with self.conn.transaction():
+                    state.log(self.conn, self.table, "index", "stale rows dropped", rows=dropped,
+                              details={"indexes": dup})
+                dup = self._build(self._index_work(m, plan), workers)
+                if dup:
+                    raise TablemigError(f"{self.table}: duplicate keys in the new table's indexes {dup}",
+                                        "report it; roll back (tablemig rollback) and rerun")
+            targets = [(QualifiedName(m["schema_name"], m["new_name"]), "n")]
+            if m["archive_mode"] == "copy":
+                targets.append((QualifiedName(m["schema_name"], m["archive_name"]), "h"))
+            for target, tag in targets:
+                with self.conn.transaction():
+                    for idx in [key_index(plan.info), *secondary_indexes(plan.info)]:
+                        name = temp_index_name(idx, tag)
+                        if idx.constraint_type not in ("p", "u") or self.conn.execute(
+                                "SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
+                                (str(target), name)).fetchone():
+                            continue
+                        for stmt in key_constraint_sql(idx, target, tag):
+                            self.ex.run(stmt)
+                for fk_name, _, _ in plan.info.outgoing_fks:
+                    self.ex.run(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                        target.ident(), sql.Identifier(fk_name)))
+                self.ex.run(sql.SQL("ANALYZE {}").format(target.ident()))
+            with self.conn.transaction():
+                state.update(self.conn, self.table, state="indexed")
+                state.log(self.conn, self.table, "index", "done",
+                          details={"indexes": [i.name for i in secondary_indexes(plan.info)],
+                                   "parallel": workers})
         self._timed("index", t0)
+
+    def _replayer(self, m: dict[str, Any], plan: TablePlan, s: Settings) -> Replayer:
+        targets = [Target(QualifiedName(m["schema_name"], m["new_name"]))]
+        if m["archive_mode"] == "copy":
+            targets.append(Target(QualifiedName(m["schema_name"], m["archive_name"]), history=True))
+        return Replayer(plan.original, change_log_name(int(m["table_oid"])), targets,
+                        list(m["key_columns"]), plan.columns, m["date_column"], m["date_type"],
+                        m["cutoff"], plan.overriding, limit=s.replay_batch, switch_below=s.switch_below)
+
+    def replay(self) -> None:
+        """Drain the change log into N while writes continue, then switch the trigger to
+        direct capture in one short transaction that locks out T's writers (see
+        tablemig/replay.py). Idempotent: nothing to do once the log is gone."""
+        t0 = time.perf_counter()
+        m = self._require("indexed", "verified")
+        self._attach_subscribers()
+        log = change_log_name(int(m["table_oid"]))
+        if not log_exists(self.conn, log):
+            return
+        plan = self._plan or self.plan()
+        s = self._settings()
+        rep = self._replayer(m, plan, s)
+
+        def pause() -> None:
+            wait_while_paused(self.conn, self.table)
+            if self.throttle:
+                self.throttle()
+
+        replayed, rounds = rep.drain(self.conn, pause=pause, flush=self.throttle is not None)
+        info = plan.info
+        capture_fn = plan.function_name("capture")
+        history = (QualifiedName(m["schema_name"], m["archive_name"])
+                   if m["archive_mode"] == "copy" else None)
+        final: dict[str, int] = {}
+
+        def switch(_locked_at: float) -> dict[str, Any]:
+            final["rows"] = rep.batch(self.conn, None)
+            self.ex.run(sync_function_sql(info, capture_fn, "capture",
+                                          QualifiedName(m["schema_name"], m["new_name"]), history,
+                                          date_column=m["date_column"], date_type=m["date_type"],
+                                          cutoff=m["cutoff"]))
+            self.ex.run(sql.SQL("DROP TABLE {}").format(log.ident()))
+            return {}
+
+        result, attempts, _ = with_lock_retries(
+            self.conn, f"switch to direct capture on {self.table}", [plan.original], switch,
+            lock_timeout=s.lock_timeout, attempts=s.swap_max_attempts,
+            long_xact_seconds=s.long_transaction_seconds, mode="SHARE ROW EXCLUSIVE")
+        with self.conn.transaction():
+            state.log(self.conn, self.table, "replay", "switched",
+                      rows=replayed + final.get("rows", 0), duration_ms=(time.perf_counter() - t0) * 1000,
+                      details={"batches": rounds, "replayed_under_lock": final.get("rows", 0),
+                               "lock_hold_ms": result.get("lock_hold_ms"), "attempts": attempts})
+        self.switch_lock_hold_ms = result.get("lock_hold_ms")
+        self._timed("replay", t0)
 
     def _reconciler(self, plan: TablePlan) -> Reconciler:
         types = {c.name: c.type for c in plan.info.columns}
@@ -351,7 +543,11 @@ class Migration(AfterSwap):
                           [c.name for c in plan.info.columns], plan.columns)
 
     def verify(self, max_rounds: int = 3) -> VerifyResult:
-        """Segment checksums of T[D >= C] against N; differing rows are repaired from T."""
+        """Segment checksums of T[D >= C] against N; differing rows are repaired from T.
+        First replays the change log and switches to direct capture (`replay`), so that
+        from here on the trigger keeps N equal and both sides can be read in one snapshot.
+        The two sides are summed at once on two connections sharing one snapshot."""
+        self.replay()
         t0 = time.perf_counter()
         m = self._require("indexed", "verified")
         plan = self._plan or self.plan()
@@ -365,20 +561,33 @@ class Migration(AfterSwap):
                                negate=True), Side(QualifiedName(m["schema_name"],
                                                                 m["archive_name"]))))
         repaired, results = 0, []
-        for source, target in pairs:
-            bounds = rec.boundaries(self.conn, target, s.verify_segments)
-            segs: list[Segment] = []
-            for round_ in range(1, max_rounds + 1):
-                segs = rec.checksums(self.conn, {"original": source, "new": target}, bounds)
-                bad = [x for x in segs if not x.match]
-                if not bad:
-                    break
-                for seg in bad:
-                    keys = rec.differing_keys(self.conn, source, target, seg)
-                    repaired += rec.repair(self.conn, source, target, keys, plan.overriding)
-                if round_ == max_rounds:
-                    segs = rec.checksums(self.conn, {"original": source, "new": target}, bounds)
-            results.append(segs)
+        big = (plan.keep_rows or 0) >= self.parallel_min_rows
+        peer = connect(self.dsn, application_name="tablemig-verify") if big else None
+        try:
+            for source, target in pairs:
+                # a small table is one segment (a repair joins it whole, cheaply); a large
+                # one is cut at its key's histogram when it has one (no scan of the key)
+                rows = plan.keep_rows if target is dst else plan.archive_rows
+                bounds = ([] if (rows or 0) < self.segment_min_rows else
+                          rec.stats_boundaries(self.conn, target, s.verify_segments)
+                          or rec.boundaries(self.conn, target, s.verify_segments))
+                segs: list[Segment] = []
+                for round_ in range(1, max_rounds + 1):
+                    segs = rec.checksums(self.conn, {"original": source, "new": target}, bounds,
+                                         peer=peer)
+                    bad = [x for x in segs if not x.match]
+                    if not bad:
+                        break
+                    for seg in bad:
+                        keys = rec.differing_keys(self.conn, source, target, seg)
+                        repaired += rec.repair(self.conn, source, target, keys, plan.overriding)
+                    if round_ == max_rounds:
+                        segs = rec.checksums(self.conn, {"original": source, "new": target}, bounds,
+                                             peer=peer)
+                results.append(segs)
+        finally:
+            if peer is not None:
+                peer.close()
         result = VerifyResult(results[0], repaired, len(results),
                               results[1] if len(results) > 1 else [])
         self.verify_result = result

@@ -5,21 +5,25 @@ its target table by the *name* the publisher sends. So tablemig does on the subs
 what it does on the active site, in an order that never lets a change reach a table that
 does not exist there or land on the wrong one.
 
-Capture (`attach`, idempotent, rerun after any crash):
+Attach (`attach`, after N's key and indexes are built and before the change-log replay;
+idempotent, rerun after any crash). Before that N has no key, and a table without replica
+identity cannot publish the replay's updates and deletes; nothing else writes N then (the
+capture trigger only logs keys), so nothing is published too early.
   1. the subscriber gets the `table_migration` schema and the new table N' (same structure
-     as its own T', with the key and every secondary index built while N' is empty, under
-     the temporary names the active site uses, so the swap renames them the same way);
+     as its own T', with the key and every secondary index, under the temporary names the
+     active site uses, so the swap renames them the same way);
   2. on the active site N is added to every publication that lists T (explicit table
      lists only; publications FOR ALL TABLES / TABLES IN SCHEMA, row filters and column
      lists are refused: their effect on N cannot be mirrored exactly);
-  3. `ALTER SUBSCRIPTION ... REFRESH PUBLICATION WITH (copy_data = true)`: deliberate. The
-     apply worker ignores changes to a table the subscription does not know yet, so rows
-     the capture trigger wrote to N between step 2 and the refresh would be lost with
-     `copy_data = false`. With `true` the table sync copies N as it is and then streams from
-     its own consistent point: nothing is missed, and nothing doubles because N' is empty
-     when the sync starts. tablemig waits until N' is in state `r` (ready).
+  3. `ALTER SUBSCRIPTION ... REFRESH PUBLICATION WITH (copy_data = true)`: deliberate. N
+     already holds the bulk-loaded rows, which no change stream carries, and the apply
+     worker ignores changes to a table the subscription does not know yet; the table sync
+     copies N as it is and then streams from its own consistent point, so nothing is missed
+     and nothing doubles (N' is empty when the sync starts). tablemig waits until N' is in
+     state `r` (ready); the replay's writes then reach N' as ordinary changes.
   Replica identity: N gets T's (the key by default, FULL copied); a table without one is
   refused, because its updates and deletes cannot be published.
+  Refusals are checked (`link`) before the capture changes anything.
 
 Swap (`prepare_swap`/`finish_swap`, called by `tablemig.swap`):
   1. the active site takes its locks (no more writes to T or N can commit) and does its

@@ -43,10 +43,11 @@ def validation_summary(conn: psycopg.Connection[Any], tables: dict[str, Qualifie
 
 def trigger_probe(conn: psycopg.Connection[Any], source: QualifiedName, target: QualifiedName,
                   key: list[str], date_column: str, date_type: str, cutoff: str,
-                  columns: list[str], overriding: bool) -> dict[str, Any]:
+                  columns: list[str], overriding: bool, *, key_only: bool = False) -> dict[str, Any]:
     """Write a test row to `source` inside a transaction that is rolled back and report
     whether the row trigger put it into `target`. Inserts a copy of a recent row under a
-    new key when the key is one integer column; otherwise touches an existing recent row."""
+    new key when the key is one integer column; otherwise touches an existing recent row.
+    `key_only`: `target` is a change log (key columns only): the key must appear there."""
     d = sql.Identifier(date_column)
     k = sql.SQL(", ").join(map(sql.Identifier, key))
     result: dict[str, Any] = {"source": str(source), "target": str(target)}
@@ -77,15 +78,19 @@ def trigger_probe(conn: psycopg.Connection[Any], source: QualifiedName, target: 
                         (cutoff,)).fetchone()
                     result.update(probe="update", key=[str(v) for v in row or []])
                     found = conn.execute(sql.SQL(
+                        "SELECT count(*) FROM {tt} WHERE ({k}) = ({vals})").format(
+                        tt=target.ident(), k=k, vals=sql.SQL(", ").join(sql.Literal(v) for v in row or [])),
+                    ).fetchone() if row and key_only else conn.execute(sql.SQL(
                         "SELECT count(*) FROM {tt} n JOIN {st} s USING ({k}) WHERE ({k}) = ({vals})"
                         " AND ROW(n.*) IS NOT DISTINCT FROM ROW(s.*)").format(
                         tt=target.ident(), st=source.ident(), k=k,
                         vals=sql.SQL(", ").join(sql.Literal(v) for v in row or [])),
                     ).fetchone() if row else (0,)
                 result["appeared"] = bool(found and found[0] == 1)
-                src = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} >= %s::{}").format(
-                    target.ident(), d, sql.SQL(date_type)), (cutoff,)).fetchone()
-                result["target_rows_in_probe_tx"] = src[0] if src else None
+                if not key_only:
+                    src = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} >= %s::{}").format(
+                        target.ident(), d, sql.SQL(date_type)), (cutoff,)).fetchone()
+                    result["target_rows_in_probe_tx"] = src[0] if src else None
     except psycopg.Error as exc:
         result.update(appeared=False, error=str(exc.diag.message_primary))
     result["rolled_back"] = True

@@ -12,6 +12,7 @@ identical on every site.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +128,26 @@ class Reconciler:
             [*params, step]).fetchall()
         return [[str(v) for v in r] for r in rows]
 
+    def stats_boundaries(self, conn: psycopg.Connection[Any], side: Side, segments: int) -> list[list[str]] | None:
+        """Like `boundaries`, from the key's `pg_stats` histogram instead of a scan of the
+        key (one-column keys of an analyzed table, no filter); None when there is none.
+        Segments only localise repairs: uneven ones change no result."""
+        if len(self.key) != 1 or side.date_column or segments <= 1:
+            return None
+        self.choose_hash(conn, side.table)
+        row = conn.execute("SELECT histogram_bounds::text FROM pg_stats WHERE schemaname = %s"
+                           " AND tablename = %s AND attname = %s",
+                           (side.table.schema, side.table.name, self.key[0])).fetchone()
+        if not row or row[0] is None:
+            return None
+        vals = [str(r[0]) for r in conn.execute(sql.SQL(
+            "SELECT v::text FROM (SELECT DISTINCT u.b AS v FROM unnest(%s::text::{}[]) AS u(b)) s"
+            " ORDER BY s.v").format(sql.SQL(self.key_types[0])), (row[0],)).fetchall()]
+        if len(vals) < 3:
+            return None
+        picked = [vals[int(i * (len(vals) - 1) / segments)] for i in range(1, segments)]
+        return [[v] for v in dict.fromkeys(picked)]
+
     def _segment_expr(self, bounds: list[list[str]]) -> tuple[sql.Composable, list[Any]]:
         if not bounds:
             return sql.SQL("0"), []
@@ -140,32 +161,73 @@ class Reconciler:
             params.extend(b)
         return sql.SQL(" + ").join(parts), params
 
+    def _sum_expr(self) -> sql.Composable:
+        """Sum of the first 64 bits of each row hash. With the binary hash that is the sum
+        of hash_record_extended itself (the hex text the row hash shows is that bigint), so
+        no text is built per row; the value is the same."""
+        if self.binary_hash:
+            cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
+            return sql.SQL("coalesce(sum(hash_record_extended(ROW({}), 0)::numeric), 0)").format(cols)
+        return sql.SQL("coalesce(sum(('x' || substr({}, 1, 16))::bit(64)::bigint::numeric), 0)").format(
+            self._row_hash())
+
+    def _side_sums(self, conn: psycopg.Connection[Any], side: Side, seg_expr: sql.Composable,
+                   seg_params: list[Any]) -> dict[int, tuple[int, str]]:
+        where, wparams = side.where()
+        rows = conn.execute(sql.SQL(
+            "SELECT {seg} AS seg, count(*), {sum} FROM {t} WHERE {w} GROUP BY 1").format(
+            seg=seg_expr, sum=self._sum_expr(), t=side.table.ident(), w=where),
+            [*seg_params, *wparams]).fetchall()
+        return {int(r[0]): (int(r[1]), str(r[2])) for r in rows}
+
     def checksums(self, conn: psycopg.Connection[Any], sides: dict[str, Side],
-                  bounds: list[list[str]]) -> list[Segment]:
-        """Per-segment count and checksum of each side, all in one snapshot."""
+                  bounds: list[list[str]], peer: psycopg.Connection[Any] | None = None) -> list[Segment]:
+        """Per-segment count and checksum of each side, all in one snapshot. With `peer`
+        (an idle second connection) the second side is summed at the same time on it, in
+        the snapshot exported by `conn` (`SET TRANSACTION SNAPSHOT`): still one snapshot."""
         segs = [Segment(i, bounds[i - 1] if i else None, bounds[i] if i < len(bounds) else None)
                 for i in range(len(bounds) + 1)]
         for side in sides.values():
             self.choose_hash(conn, side.table)
         seg_expr, seg_params = self._segment_expr(bounds)
         own_tx = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        items = list(sides.items())
+        found: dict[str, dict[int, tuple[int, str]]] = {}
         if own_tx:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
-            for name, side in sides.items():
-                where, wparams = side.where()
-                rows = conn.execute(sql.SQL(
-                    "SELECT seg, count(*), coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0)"
-                    " FROM (SELECT {seg} AS seg, {h} AS h FROM {t} WHERE {w}) s GROUP BY seg").format(
-                    seg=seg_expr, h=self._row_hash(), t=side.table.ident(), w=where),
-                    [*seg_params, *wparams]).fetchall()
-                found = {int(r[0]): (int(r[1]), str(r[2])) for r in rows}
-                for s in segs:
-                    c, h = found.get(s.index, (0, "0"))
-                    s.counts[name], s.sums[name] = c, h
+            if own_tx and peer is not None and len(items) == 2:
+                snap = conn.execute("SELECT pg_export_snapshot()").fetchone()
+                assert snap is not None
+                peer.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                errors: list[BaseException] = []
+                try:
+                    peer.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(str(snap[0]))))
+
+                    def other() -> None:
+                        try:
+                            found[items[1][0]] = self._side_sums(peer, items[1][1], seg_expr, seg_params)
+                        except BaseException as exc:  # noqa: BLE001 - re-raised below
+                            errors.append(exc)
+                    t = threading.Thread(target=other, daemon=True)
+                    t.start()
+                    found[items[0][0]] = self._side_sums(conn, items[0][1], seg_expr, seg_params)
+                    t.join()
+                finally:
+                    peer.execute("COMMIT" if peer.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+                                 else "ROLLBACK")
+                if errors:
+                    raise errors[0]
+            else:
+                for name, side in items:
+                    found[name] = self._side_sums(conn, side, seg_expr, seg_params)
         finally:
             if own_tx:
                 conn.execute("COMMIT")
+        for name, _ in items:
+            for s in segs:
+                c, h = found[name].get(s.index, (0, "0"))
+                s.counts[name], s.sums[name] = c, h
         return segs
 
     def _range(self, seg: Segment) -> tuple[sql.Composable, list[Any]]:
@@ -216,3 +278,4 @@ class Reconciler:
                                              st=source.table.ident(), m=match, sw=sw),
                     [*k, *sparams])
         return len(keys)
+

@@ -101,7 +101,8 @@ def _wait_past(active: psycopg.Connection[Any], passive: psycopg.Connection[Any]
                fix: str, timeout_s: float) -> dict[str, Any]:
     """Poll `check` (target LSN -> (reached, position)) on the passive site until it reaches
     the active site's current WAL position."""
-    row = active.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    # the insert position: it covers commits not yet written out (synchronous_commit = off)
+    row = active.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
     assert row is not None
     target = row[0]
     t0 = time.monotonic()

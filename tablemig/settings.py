@@ -18,6 +18,9 @@ class Settings:
     long_transaction_seconds: float = 60
     batch_target_seconds: float = 0.5
     verify_segments: int = 16
+    index_workers: int = 3  # connections building N's indexes at once (large tables only)
+    replay_batch: int = 10_000  # change-log rows per replay transaction
+    switch_below: int = 1_000  # switch to direct capture once a replay batch finds fewer
 
     @classmethod
     def load(cls, conn: psycopg.Connection[Any], **overrides: Any) -> Settings:
@@ -29,7 +32,10 @@ class Settings:
                                                 cls.swap_statement_timeout),
                 long_transaction_seconds=float(rows.get("long_transaction_seconds", 60)),
                 batch_target_seconds=float(rows.get("batch_target_seconds", 0.5)),
-                verify_segments=int(rows.get("verify_segments", 16)))
+                verify_segments=int(rows.get("verify_segments", 16)),
+                index_workers=int(rows.get("index_workers", cls.index_workers)),
+                replay_batch=int(rows.get("replay_batch", cls.replay_batch)),
+                switch_below=int(rows.get("switch_below", cls.switch_below)))
         for k, v in overrides.items():
             if v is not None:
                 setattr(s, k, v)

@@ -53,9 +53,11 @@ def _reloptions(info: TableInfo) -> sql.Composable:
 
 
 def create_table_sql(info: TableInfo, target: QualifiedName, current_user: str,
-                     tag: str = "n") -> list[sql.Composable]:
+                     tag: str = "n", *, with_key: bool = True) -> list[sql.Composable]:
     """CREATE the new (or archive-copy) table: same columns, defaults, identity, generated
-    columns, CHECK constraints, comments, storage, statistics; the key; outgoing FKs."""
+    columns, CHECK constraints, comments, storage, statistics; the key; outgoing FKs.
+    `with_key=False` leaves the table bare (no key): the engine loads it first and builds
+    the key afterwards (`key_sql`)."""
     stmts: list[sql.Composable] = [sql.SQL(
         "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED"
         " INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING COMMENTS INCLUDING CONSTRAINTS"
@@ -65,20 +67,43 @@ def create_table_sql(info: TableInfo, target: QualifiedName, current_user: str,
             target.ident(), sql.Identifier(info.owner)))
     if info.replica_identity == "f":
         stmts.append(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(target.ident()))
-    key = next(i for i in info.indexes if i.is_key)
-    tmp = temp_index_name(key, tag)
-    stmts.append(index_sql(info, key, target, tmp, concurrently=False))
-    if key.constraint_type == "p":
-        stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY USING INDEX {}")
-                     .format(target.ident(), sql.Identifier(tmp), sql.Identifier(tmp)))
-    elif key.constraint_type == "u":
-        stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} UNIQUE USING INDEX {}")
-                     .format(target.ident(), sql.Identifier(tmp), sql.Identifier(tmp)))
+    if with_key:
+        key = key_index(info)
+        stmts.append(index_sql(info, key, target, temp_index_name(key, tag), concurrently=False))
+        stmts.extend(key_constraint_sql(key, target, tag))
     for name, definition, _ in info.outgoing_fks:
         body = definition if definition.endswith(" NOT VALID") else definition + " NOT VALID"
         stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
             target.ident(), sql.Identifier(name), sql.SQL(body)))
     return stmts
+
+
+def key_index(info: TableInfo) -> Index:
+    """The index of the table's key (primary key, or the unique index serving as key)."""
+    return next(i for i in info.indexes if i.is_key)
+
+
+def key_constraint_sql(index: Index, target: QualifiedName, tag: str = "n") -> list[sql.Composable]:
+    """Attach the built key index of `target` as its PRIMARY KEY / UNIQUE constraint."""
+    tmp = temp_index_name(index, tag)
+    kind = {"p": "PRIMARY KEY", "u": "UNIQUE"}.get(index.constraint_type or "")
+    if not kind:
+        return []
+    return [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} USING INDEX {}").format(
+        target.ident(), sql.Identifier(tmp), sql.SQL(kind), sql.Identifier(tmp))]
+
+
+def change_log_name(table_oid: int) -> QualifiedName:
+    """The change log of a table while its capture runs in log mode."""
+    return QualifiedName("table_migration", f"changes_{table_oid}")
+
+
+def change_log_sql(info: TableInfo, log: QualifiedName) -> sql.Composable:
+    """The change log: a serial id and the key columns (WAL-logged: a crash keeps it)."""
+    types = {c.name: c.type for c in info.columns}
+    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL(types[k]))
+                             for k in info.key_columns)
+    return sql.SQL("CREATE TABLE {} (change_id bigserial PRIMARY KEY, {})").format(log.ident(), cols)
 
 
 def secondary_indexes(info: TableInfo) -> list[Index]:
@@ -89,7 +114,8 @@ def secondary_indexes(info: TableInfo) -> list[Index]:
 def sync_function_sql(info: TableInfo, function: QualifiedName, mode: str,
                       recent: QualifiedName, history: QualifiedName | None = None, *,
                       date_column: str = "", date_type: str = "", cutoff: str = "") -> sql.SQL:
-    """The row-sync trigger function (see sql_templates/row_sync_function.sql.j2)."""
+    """The row-sync trigger function (see sql_templates/row_sync_function.sql.j2). In mode
+    "log", `recent` is the change log table."""
     writable = info.writable_columns
     key = info.key_columns
     always = {c.name for c in writable if c.identity == "a"}

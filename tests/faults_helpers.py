@@ -167,26 +167,40 @@ class Session:
         self.close()
 
 
+BLOCK_INDEX = "faults_block_backfill"
+
+
 def block_backfill_at(dsn: str, offset: int, count: int = 40) -> Session:
-    """Make the backfill stop at a known point: an open transaction inserts into events_new
-    the keys of `count` kept rows starting `offset` rows into the copy order (d, id). The
-    batch that reaches them waits on their uncommitted inserts (ON CONFLICT must know the
-    outcome), so the batches before it commit and the backfill is then stuck mid-way until
-    this session ends."""
+    """Make the bulk load stop at a known point. The new table has no key during the load,
+    so the test gives it one of its own (a unique index on events_new (id), dropped by
+    `unblock_backfill`), and an open transaction inserts into events_new the keys of
+    `count` kept rows starting `offset` rows into the copy order (d, id). The chunk that
+    reaches them waits on their uncommitted inserts (the unique check must know the
+    outcome), so the chunks before it commit and the load is then stuck mid-way until this
+    session ends."""
+    with connect(dsn) as c:
+        c.execute(f"CREATE UNIQUE INDEX {BLOCK_INDEX} ON events_new (id)")
     s = Session(dsn)
-    cur = s.execute("INSERT INTO events_new SELECT * FROM events WHERE d >= %s ORDER BY d, id OFFSET %s LIMIT %s"
-                    " ON CONFLICT DO NOTHING", (CUTOFF, offset, count))
+    cur = s.execute("INSERT INTO events_new SELECT * FROM events WHERE d >= %s ORDER BY d, id OFFSET %s LIMIT %s",
+                    (CUTOFF, offset, count))
     assert cur.rowcount > 0
     return s
 
 
+def unblock_backfill(dsn: str) -> None:
+    """Drop the unique index `block_backfill_at` gave the new table (its session is gone)."""
+    with connect(dsn) as c:
+        c.execute(f"DROP INDEX IF EXISTS {BLOCK_INDEX}")
+
+
 def backfill_stuck(conn: psycopg.Connection[Any]) -> bool:
-    """Some rows are copied and a batch waits on a lock."""
+    """Some rows are copied and a load chunk waits on a lock."""
     m = state_row(conn)
     if not m or m["state"] != "backfilling" or not m["rows_copied"]:
         return False
     return bool(scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                             " AND application_name = 'tablemig-backfill' AND wait_event_type = 'Lock'"))
+                             " AND application_name LIKE 'tablemig%%' AND wait_event_type = 'Lock'"
+                             " AND query ILIKE 'INSERT INTO%%'"))
 
 
 def check_twin_invariants(conn: psycopg.Connection[Any]) -> dict[str, int]:

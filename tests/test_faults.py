@@ -34,6 +34,7 @@ from faults_helpers import (
     scalar,
     state_row,
     tablemig,
+    unblock_backfill,
     wait_for,
     wait_harness_gone,
     with_dbname,
@@ -77,8 +78,8 @@ def test_sigkill_during_backfill_resumes_without_loss(fresh_db: Any, tmp_path: P
     args = migrate_args(fresh_db.dsn, batch=500)
     with Writers(fresh_db.dsn, rows) as writers, fresh_db.connect() as conn:
         ok(*migrate_args(fresh_db.dsn, "--until", "capturing"))
-        # the batch that reaches the 600th kept row waits: earlier batches are committed
-        blocker = block_backfill_at(fresh_db.dsn, offset=600)
+        # the load chunk that reaches the 3000th kept row waits: earlier chunks are committed
+        blocker = block_backfill_at(fresh_db.dsn, offset=3000)
         try:
             with Harness(tmp_path, *args) as run:
                 wait_for(lambda: backfill_stuck(conn), "rows copied and a batch in flight", alive=run)
@@ -90,10 +91,13 @@ def test_sigkill_during_backfill_resumes_without_loss(fresh_db: Any, tmp_path: P
         finally:
             blocker.close()
         wait_harness_gone(conn)
+        unblock_backfill(fresh_db.dsn)
         m = state_row(conn)
         assert m is not None and m["state"] == "backfilling" and m["rows_copied"] > 0, m
-        ranges = m["checkpoint"]["backfill"]["ranges"]
-        assert not any(r["done"] for r in ranges) and ranges[0]["last"], ranges
+        chunks = m["checkpoint"]["backfill"]["chunks"]
+        assert chunks[0]["done"] and not all(c["done"] for c in chunks), chunks
+        # only whole chunks were copied (the one in flight rolled back with the kill)
+        assert scalar(conn, "SELECT count(*) FROM events_new") == m["rows_copied"]
         # the rerun resumes; the application keeps writing through its swap
         writers.swapping.set()
         rerun = ok(*args)
@@ -107,41 +111,37 @@ def test_sigkill_during_backfill_resumes_without_loss(fresh_db: Any, tmp_path: P
         assert log == [("backfill", "done")]  # only the rerun finished it
 
 
-# -- 2. killed in CREATE INDEX CONCURRENTLY -------------------------------------------------------
-def test_sigkill_during_index_build_drops_the_invalid_index_on_rerun(fresh_db: Any, tmp_path: Path) -> None:
+# -- 2. killed in CREATE INDEX ------------------------------------------------------------------
+def test_sigkill_during_index_build_leaves_no_index_and_rerun_builds_them(fresh_db: Any, tmp_path: Path) -> None:
     with fresh_db.connect() as conn:
         create_events(conn, 20_000)
     args = migrate_args(fresh_db.dsn, batch=2000)
     ok(*args, "--until", "backfilling")
     with fresh_db.connect() as conn:
         assert state_row(conn)["state"] == "backfilling"
-        # CIC waits for every transaction whose snapshot is older than its own
-        snapshot = Session(fresh_db.dsn)
+        # CREATE INDEX (SHARE) waits for a session holding ROW EXCLUSIVE on the new table
+        blocker = Session(fresh_db.dsn)
         try:
-            snapshot.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            snapshot.execute("SELECT 1 FROM events_twin LIMIT 1")
-            assert scalar(conn, "SELECT backend_xmin FROM pg_stat_activity WHERE pid = %s",
-                          (snapshot.conn.info.backend_pid,)) is not None  # it holds its snapshot
+            blocker.execute("LOCK TABLE events_new IN ROW EXCLUSIVE MODE")
             with Harness(tmp_path, *args) as run:
-                cic = wait_for(lambda: conn.execute(
+                build = wait_for(lambda: conn.execute(
                     "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND application_name = 'tablemig' AND query ILIKE 'CREATE INDEX CONCURRENTLY%%'"
-                    " AND wait_event_type = 'Lock'").fetchone(), "CREATE INDEX CONCURRENTLY waiting", alive=run)
+                    " AND application_name LIKE 'tablemig%%' AND query ILIKE 'CREATE %%INDEX%%'"
+                    " AND wait_event_type = 'Lock'").fetchone(), "CREATE INDEX waiting", alive=run)
                 run.kill()
                 # the server notices the dead client (client_connection_check_interval) and
-                # cancels the build while it still waits: the index stays INVALID
-                wait_for(lambda: not scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", cic),
+                # cancels the build while it still waits: being transactional, it leaves nothing
+                wait_for(lambda: not scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", build),
                          "the orphaned index build to end", timeout=15)
         finally:
-            snapshot.close()
+            blocker.close()
         wait_harness_gone(conn)
         assert state_row(conn)["state"] == "backfilling"
-        left = invalid_indexes(conn, "public.events_new")
-        assert len(left) == 1, left
+        assert invalid_indexes(conn, "public.events_new") == []
+        assert scalar(conn, "SELECT count(*) FROM pg_index WHERE indrelid = 'public.events_new'::regclass") == 0
         done = ok(*args)
         assert final_state(done)["state"] == "swapped"
         assert invalid_indexes(conn, "public.events") == []
-        assert scalar(conn, "SELECT to_regclass(%s)", (left[0],)) is None
         idx = conn.execute("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
                            " WHERE i.indrelid = 'public.events'::regclass ORDER BY 1").fetchall()
         assert idx == [("events_d_idx", True), ("events_pkey", True)], idx
@@ -201,7 +201,7 @@ def test_primary_restart_during_backfill_exits_3_and_rerun_finishes(private_sb: 
         create_events(conn, 60_000)
     args = migrate_args(dsn, batch=500)
     ok(*args, "--until", "capturing")
-    blocker = block_backfill_at(dsn, offset=600)
+    blocker = block_backfill_at(dsn, offset=3000)
     try:
         with Harness(tmp_path, *args) as run, connect(dsn) as conn:
             wait_for(lambda: backfill_stuck(conn), "rows copied and a batch in flight", alive=run)
@@ -210,6 +210,7 @@ def test_primary_restart_during_backfill_exits_3_and_rerun_finishes(private_sb: 
             err = run.stderr
     finally:
         blocker.close()
+    unblock_backfill(dsn)
     # the batch in flight cannot finish (its blocker died with the restart too): exit 3
     print(f"\nharness after the restart: exit {rc}\n{err.strip()}")
     assert rc == 3, err
@@ -380,7 +381,8 @@ def test_capture_write_failure_fails_the_application_statement(
         fresh_db: Any, record_property: Callable[[str, object], None]) -> None:
     with fresh_db.connect() as conn:
         create_events(conn, 2000)
-    ok(*migrate_args(fresh_db.dsn, "--until", "capturing"))
+    # from verify on, the trigger writes the new table itself (direct capture)
+    ok(*migrate_args(fresh_db.dsn, "--until", "verified"))
     recent, old = CUTOFF.isoformat(), "2024-02-01T00:00:00+00:00"
     with fresh_db.connect() as conn:
         conn.execute("ALTER TABLE events_new ADD CONSTRAINT v_small CHECK (v < 1000000) NOT VALID")

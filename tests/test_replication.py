@@ -106,6 +106,11 @@ def test_wait_for_replay_times_out_with_a_clear_error(private_sandbox: Sandbox) 
     with connect(sb.active_dsn) as a, connect(sb.passive_dsn) as p:
         p.execute("SELECT pg_wal_replay_pause()")
         try:
+            # the pause is only requested: the startup process may replay on until it takes it
+            t0 = time.monotonic()
+            while p.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()[0] != "paused":
+                assert time.monotonic() - t0 < 30, "replay did not pause"
+                time.sleep(0.05)
             a.execute("CREATE TABLE IF NOT EXISTS replay_probe (x int)")
             a.execute("INSERT INTO replay_probe VALUES (1)")
             with pytest.raises(InputError, match="has not replayed") as err:
