@@ -474,7 +474,6 @@ class Migration(AfterSwap):
                 for fk_name, _, _ in plan.info.outgoing_fks:
                     self.ex.run(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
                         target.ident(), sql.Identifier(fk_name)))
-                self.ex.run(sql.SQL("ANALYZE {}").format(target.ident()))
             with self.conn.transaction():
                 state.update(self.conn, self.table, state="indexed")
                 state.log(self.conn, self.table, "index", "done",
@@ -537,6 +536,25 @@ class Migration(AfterSwap):
         self.switch_lock_hold_ms = result.get("lock_hold_ms")
         self._timed("replay", t0)
 
+    def _analyze_in_background(self, tables: list[QualifiedName]) -> threading.Thread:
+        """ANALYZE the new tables (the planner needs their statistics from the swap on) on
+        another connection while verify reads them: ANALYZE's SHARE UPDATE EXCLUSIVE lets
+        reads and the trigger's writes go on, and it takes no time of its own in the core."""
+        self._analyze_error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                with connect(self.dsn, application_name="tablemig-analyze") as c:
+                    ex = Executor(c, recorder=self.recorder)
+                    for t in tables:
+                        ex.run(sql.SQL("ANALYZE {}").format(t.ident()))
+            except BaseException as exc:  # noqa: BLE001 - re-raised by verify
+                self._analyze_error = exc
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
     def _reconciler(self, plan: TablePlan) -> Reconciler:
         types = {c.name: c.type for c in plan.info.columns}
         return Reconciler(plan.key, [types[k] for k in plan.key],
@@ -562,6 +580,7 @@ class Migration(AfterSwap):
                                                                 m["archive_name"]))))
         repaired, results = 0, []
         big = (plan.keep_rows or 0) >= self.parallel_min_rows
+        analyze = self._analyze_in_background([t.table for _, t in pairs])
         peer = connect(self.dsn, application_name="tablemig-verify") if big else None
         try:
             for source, target in pairs:
@@ -588,6 +607,9 @@ class Migration(AfterSwap):
         finally:
             if peer is not None:
                 peer.close()
+            analyze.join()
+        if self._analyze_error is not None:
+            raise self._analyze_error
         result = VerifyResult(results[0], repaired, len(results),
                               results[1] if len(results) > 1 else [])
         self.verify_result = result

@@ -90,7 +90,7 @@ def with_lock_retries(conn: psycopg.Connection[Any], what: str, tables: list[Qua
                       long_xact_seconds: float = 60, base_delay: float = 0.2,
                       mode: str = "ACCESS EXCLUSIVE",
                       on_attempt: Callable[[dict[str, Any]], None] | None = None,
-                      watch: list[QualifiedName] | None = None,
+                      watch: list[QualifiedName] | None = None, report_seen: bool = False,
                       ) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
     """Run `body(locked_at)` in a transaction that first locks `tables` in `mode`.
 
@@ -100,7 +100,10 @@ def with_lock_retries(conn: psycopg.Connection[Any], what: str, tables: list[Qua
     itself). `body` runs with the locks held and returns what to record."""
     log: list[dict[str, Any]] = []
     for attempt in range(1, attempts + 1):
-        seen = blockers(conn, tables + (watch or []), long_xact_seconds)
+        # With report_seen (the swap) every attempt records the sessions seen before it, also
+        # old transactions that do not block; otherwise (the query costs milliseconds) only
+        # a failed attempt asks, after the fact: the holder of a lock it waited for is still there.
+        seen = blockers(conn, tables + (watch or []), long_xact_seconds) if report_seen else None
         t0 = time.perf_counter()
         try:
             with conn.transaction():
@@ -113,15 +116,17 @@ def with_lock_retries(conn: psycopg.Connection[Any], what: str, tables: list[Qua
                 result = body(locked_at)
             hold_ms = (time.perf_counter() - locked_at) * 1000
             entry = {"attempt": attempt, "outcome": "ok", "wait_ms": round((locked_at - t0) * 1000, 1),
-                     "hold_ms": round(hold_ms, 1), "blockers": seen}
+                     "hold_ms": round(hold_ms, 1), "blockers": seen or []}
             log.append(entry)
             if on_attempt:
                 on_attempt(entry)
             result["lock_hold_ms"] = round(hold_ms, 1)
             return result, attempt, log
         except psycopg.errors.LockNotAvailable:
-            entry = {"attempt": attempt, "outcome": "lock_timeout",
-                     "wait_ms": round((time.perf_counter() - t0) * 1000, 1), "blockers": seen}
+            wait_ms = round((time.perf_counter() - t0) * 1000, 1)
+            if seen is None:
+                seen = blockers(conn, tables + (watch or []), long_xact_seconds)
+            entry = {"attempt": attempt, "outcome": "lock_timeout", "wait_ms": wait_ms, "blockers": seen}
             log.append(entry)
             if on_attempt:
                 on_attempt(entry)
@@ -138,16 +143,40 @@ def with_lock_retries(conn: psycopg.Connection[Any], what: str, tables: list[Qua
         "then rerun; the migration resumes at this step")
 
 
-def _matviews(info: TableInfo) -> list[QualifiedName]:
-    return sorted(v.name for v in info.views if v.kind == "m")
+@dataclass(frozen=True)
+class Dependents:
+    """What the swap locks besides the two tables: tables whose foreign keys reference the
+    table, and views / materialized views on it. Read with one cheap query before the
+    lock; the full inspection under the lock must find no more than these."""
 
+    children: frozenset[QualifiedName]
+    views: frozenset[QualifiedName]
+    matviews: frozenset[QualifiedName]
 
-def _lock_list(t: QualifiedName, other: QualifiedName, info: TableInfo) -> list[QualifiedName]:
-    children = sorted({fk.table for fk in info.incoming_fks})
-    # LOCK TABLE refuses materialized views; the swap's DROP MATERIALIZED VIEW takes their
-    # lock under the same lock_timeout
-    views = sorted(v.name for v in info.views if v.kind == "v")
-    return [t, other, *children, *views]
+    @classmethod
+    def read(cls, conn: psycopg.Connection[Any], table: QualifiedName) -> Dependents:
+        rows = conn.execute("""
+            SELECT 'f', n.nspname, c.relname FROM pg_constraint con
+              JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE con.confrelid = %s::regclass AND con.contype = 'f' AND con.conrelid <> con.confrelid
+            UNION
+            SELECT v.relkind::text, n.nspname, v.relname FROM pg_depend d
+              JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class
+              JOIN pg_namespace n ON n.oid = v.relnamespace
+             WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = %s::regclass
+               AND v.oid <> %s::regclass""", (str(table),) * 3).fetchall()
+        pick = {k: frozenset(QualifiedName(sch, rel) for kind, sch, rel in rows if kind == k)
+                for k in ("f", "v", "m")}
+        return cls(pick["f"], pick["v"], pick["m"])
+
+    def covers(self, info: TableInfo) -> bool:
+        return ({fk.table for fk in info.incoming_fks} <= self.children
+                and {v.name for v in info.views} <= self.views | self.matviews)
+
+    def lock_list(self, t: QualifiedName, other: QualifiedName) -> list[QualifiedName]:
+        # LOCK TABLE refuses materialized views; the swap's DROP MATERIALIZED VIEW takes their
+        # lock under the same lock_timeout (they are watched for blockers)
+        return [t, other, *sorted(self.children), *sorted(self.views)]
 
 
 def _repoint_fks(ex: Executor, fks: list[ForeignKey]) -> None:
@@ -364,12 +393,11 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
     n = QualifiedName(schema, m["new_name"])
     a = QualifiedName(schema, m["archive_name"])
     outgoing = QualifiedName(schema, m["backup_name"]) if m["archive_mode"] == "copy" else a
-    info0 = inspect_table(conn, t, list(m["key_columns"]))
+    deps = Dependents.read(conn, t)
 
     def body(locked_at: float) -> dict[str, Any]:
         info = inspect_table(conn, t, list(m["key_columns"]))  # under the lock: current
-        if {fk.table for fk in info.incoming_fks} - {fk.table for fk in info0.incoming_fks} or \
-                {v.name for v in info.views} - {v.name for v in info0.views}:
+        if not deps.covers(info):
             raise psycopg.errors.LockNotAvailable("dependencies changed while locking")
         ex.run(drop_trigger_sql(t, CAPTURE_TRIGGER))
         ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
@@ -399,9 +427,10 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
         return record
 
     record, used, log = _coordinated(peers, m, False, lambda: with_lock_retries(
-        conn, f"swap of {t}", _lock_list(t, n, info0), body, lock_timeout=lock_timeout,
+        conn, f"swap of {t}", deps.lock_list(t, n), body, lock_timeout=lock_timeout,
         attempts=attempts, statement_timeout=statement_timeout,
-        long_xact_seconds=long_xact_seconds, on_attempt=on_attempt, watch=_matviews(info0)))
+        long_xact_seconds=long_xact_seconds, on_attempt=on_attempt, watch=sorted(deps.matviews),
+        report_seen=True))
     hold = record.pop("lock_hold_ms")
     lsn = str(ex.scalar("SELECT pg_current_wal_insert_lsn()::text"))
     state.update(conn, str(t), lock_hold_ms=hold, swap_attempts=used, swap_lsn=lsn)
@@ -419,10 +448,12 @@ def swap_back(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: i
     rec = m["swap_record"] or {}
     outgoing = QualifiedName(schema, rec.get("outgoing") or m["archive_name"])
     n = QualifiedName(schema, m["new_name"])
-    info0 = inspect_table(conn, t, list(m["key_columns"]))
+    deps = Dependents.read(conn, t)
 
     def body(locked_at: float) -> dict[str, Any]:
         info = inspect_table(conn, t, list(m["key_columns"]))
+        if not deps.covers(info):
+            raise psycopg.errors.LockNotAvailable("dependencies changed while locking")
         ex.run(drop_trigger_sql(t, MIRROR_TRIGGER))
         ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
         ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
@@ -438,9 +469,9 @@ def swap_back(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: i
         return {"foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks]}
 
     record, used, log = _coordinated(peers, m, True, lambda: with_lock_retries(
-        conn, f"swap back of {t}", _lock_list(t, outgoing, info0), body,
+        conn, f"swap back of {t}", deps.lock_list(t, outgoing), body,
         lock_timeout=lock_timeout, attempts=attempts, statement_timeout=statement_timeout,
-        long_xact_seconds=long_xact_seconds, watch=_matviews(info0)))
+        long_xact_seconds=long_xact_seconds, watch=sorted(deps.matviews), report_seen=True))
     hold = record.pop("lock_hold_ms")
     return SwapResult(used, hold, str(ex.scalar("SELECT pg_current_wal_insert_lsn()::text")),
                       record, log)
