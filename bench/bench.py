@@ -45,7 +45,8 @@ What it does
    runs pgbench without and with only the capture trigger installed (no backfill), to
    tell the trigger's cost from the backfill's.
 6. `--smoke`: exits 1 when core/physical > `--smoke-limit` (3.0); meant for CI with
-   `--rows 100000`.
+   `--rows 100000 --repeat 5` (medians). One unmeasured warm-up round of tablemig and the
+   physical limit runs first (`--warmup N`; default 1 with --smoke, else 0).
 
 Diagnostics: `--explain` prints EXPLAIN (ANALYZE, BUFFERS) of a first and a middle
 bulk-load chunk (on a copy with only the capture installed); `--profile` runs one migration
@@ -571,6 +572,10 @@ def phase_measure(srv: Server, src: str, cut: dict[str, Any], a: argparse.Namesp
                   workdir: Path) -> list[dict[str, Any]]:
     runs = []
     order = [m for m in ("tablemig", "physical", "naive") if m not in a.skip]
+    for i in range(1, a.warmup + 1):  # not counted: first runs pay for cold caches and processes
+        for method in order:
+            if method != "naive":
+                measured(srv, src, method, cut, a, workdir, f"warmup_{method}_{i}")
     for i in range(1, a.repeat + 1):
         for method in order:
             runs.append(measured(srv, src, method, cut, a, workdir, f"{method}_{i}"))
@@ -1085,6 +1090,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--smoke", action="store_true",
                    help="CI mode: exit 1 if tablemig core / physical > --smoke-limit")
     g.add_argument("--smoke-limit", type=float, default=3.0, help="(default 3.0)")
+    g.add_argument("--warmup", type=int, default=None,
+                   help="unmeasured rounds of tablemig and physical before the measured ones "
+                        "(default 1 with --smoke, else 0)")
     g.add_argument("--strict", action="store_true", help="exit 1 when any target is missed")
     g = p.add_argument_group("scale test")
     g.add_argument("--scale-test", action="store_true",
@@ -1137,6 +1145,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.repeat < 1 or a.rows < 1000 or not 0 < a.retention < 1:
         p.error("need --repeat >= 1, --rows >= 1000 and 0 < --retention < 1")
+    if a.warmup is None:
+        a.warmup = 1 if a.smoke else 0
     a.do_measure = (not (a.workload or a.explain or a.profile or a.trigger_overhead)
                     or a.measure or a.scale_test or a.smoke)
     return a
