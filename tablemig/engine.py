@@ -56,6 +56,7 @@ from .structure import (
 from .swap import (
     CAPTURE_TRIGGER,
     SwapResult,
+    blockers,
     swap,
     validate_foreign_keys,
     with_lock_retries,
@@ -105,6 +106,7 @@ class Migration(AfterSwap):
         # logical subscribers of the active site (tablemig.logical); physical standbys need nothing
         self.subscribers = [Subscriber(d, dsn, recorder=self.recorder) for d in subscribers]
         self.switch_lock_hold_ms: float | None = None
+        self._schema_seen = False
 
     # -- plumbing -------------------------------------------------------------------------
     def close(self) -> None:
@@ -136,8 +138,10 @@ class Migration(AfterSwap):
         return Settings.load(self.conn, **self.overrides)
 
     def _state(self) -> dict[str, Any] | None:
-        if installed_version(self.conn) is None:
-            return None
+        if not self._schema_seen:  # once there, the schema stays for this run: one query less per step
+            if installed_version(self.conn) is None:
+                return None
+            self._schema_seen = True
         return state.load(self.conn, self.table)
 
     def _lock(self, oid: int) -> None:
@@ -267,6 +271,8 @@ class Migration(AfterSwap):
     def _attach_subscribers(self) -> None:
         """Logical subscribers get N once it has its key (before the replay: its updates and
         deletes need a replica identity); idempotent. See tablemig.logical."""
+        if not self.subscribers:
+            return
         m = self._state()
         for sub in self.subscribers:
             if m is None:
@@ -277,6 +283,8 @@ class Migration(AfterSwap):
 
     def resolve_subscribers(self) -> list[str]:
         """Settle a swap left prepared on a subscriber by a crash (see tablemig.logical)."""
+        if not self.subscribers:
+            return []
         m = self._state()
         done: list[str] = []
         for sub in self.subscribers:
@@ -538,8 +546,8 @@ class Migration(AfterSwap):
 
     def _analyze_in_background(self, tables: list[QualifiedName]) -> threading.Thread:
         """ANALYZE the new tables (the planner needs their statistics from the swap on) on
-        another connection while verify reads them: ANALYZE's SHARE UPDATE EXCLUSIVE lets
-        reads and the trigger's writes go on, and it takes no time of its own in the core."""
+        another connection while the replay writes and verify reads them: ANALYZE's SHARE
+        UPDATE EXCLUSIVE lets both go on, and it takes no time of its own in the core."""
         self._analyze_error: BaseException | None = None
 
         def run() -> None:
@@ -565,7 +573,16 @@ class Migration(AfterSwap):
         First replays the change log and switches to direct capture (`replay`), so that
         from here on the trigger keeps N equal and both sides can be read in one snapshot.
         The two sides are summed at once on two connections sharing one snapshot."""
-        self.replay()
+        m0 = self._require("indexed", "verified")
+        # started before the replay: it overlaps the replay and the checksums
+        analyze = self._analyze_in_background(
+            [QualifiedName(m0["schema_name"], m0["new_name"])]
+            + ([QualifiedName(m0["schema_name"], m0["archive_name"])] if m0["archive_mode"] == "copy" else []))
+        try:
+            self.replay()
+        except BaseException:
+            analyze.join()
+            raise
         t0 = time.perf_counter()
         m = self._require("indexed", "verified")
         plan = self._plan or self.plan()
@@ -580,7 +597,6 @@ class Migration(AfterSwap):
                                                                 m["archive_name"]))))
         repaired, results = 0, []
         big = (plan.keep_rows or 0) >= self.parallel_min_rows
-        analyze = self._analyze_in_background([t.table for _, t in pairs])
         peer = connect(self.dsn, application_name="tablemig-verify") if big else None
         try:
             for source, target in pairs:
@@ -645,6 +661,12 @@ class Migration(AfterSwap):
                                 long_xact_seconds=s.long_transaction_seconds,
                                 peers=self.subscribers)
         self._timed("swap", t0)
+        last = self.swap_result.attempt_log[-1] if self.swap_result.attempt_log else None
+        if last is not None and not last["blockers"]:
+            # for the audit: old transactions seen right after (asked after the swap, so the
+            # query's milliseconds stay out of the swap)
+            last["blockers"] = blockers(self.conn, [QualifiedName(m["schema_name"], m["original_name"])],
+                                        s.long_transaction_seconds)
         return self.swap_result
 
     def validate_foreign_keys(self) -> list[str]:

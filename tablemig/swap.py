@@ -429,8 +429,7 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
     record, used, log = _coordinated(peers, m, False, lambda: with_lock_retries(
         conn, f"swap of {t}", deps.lock_list(t, n), body, lock_timeout=lock_timeout,
         attempts=attempts, statement_timeout=statement_timeout,
-        long_xact_seconds=long_xact_seconds, on_attempt=on_attempt, watch=sorted(deps.matviews),
-        report_seen=True))
+        long_xact_seconds=long_xact_seconds, on_attempt=on_attempt, watch=sorted(deps.matviews)))
     hold = record.pop("lock_hold_ms")
     lsn = str(ex.scalar("SELECT pg_current_wal_insert_lsn()::text"))
     state.update(conn, str(t), lock_hold_ms=hold, swap_attempts=used, swap_lsn=lsn)
