@@ -184,17 +184,13 @@ def split_ranges(conn: psycopg.Connection[Any], job: CopyJob, expected_rows: int
     return [CopyRange(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
 
 
-class BatchCopier:
-    """Runs a CopyJob over checkpointed ranges, with throttling and progress."""
+class _CopyRun:
+    """What a copy run shares: the job, its checkpoint key, workers, throttle, progress."""
 
     def __init__(self, dsn: str, job: CopyJob, table_label: str, checkpoint_key: str, *,
-                 batch_size: int, target_seconds: float = 0.5, workers: int = 1,
-                 throttle: Throttle | None = None, progress: Progress | None = None,
-                 expected_rows: int | None = None) -> None:
-        self.dsn, self.job, self.table = dsn, job, table_label
-        self.key = checkpoint_key
-        self.batch_size = batch_size
-        self.target_seconds = target_seconds
+                 workers: int, throttle: Throttle | None, progress: Progress | None,
+                 expected_rows: int | None) -> None:
+        self.dsn, self.job, self.table, self.key = dsn, job, table_label, checkpoint_key
         self.workers = workers
         self.throttle = throttle
         self.progress = progress or _print_progress
@@ -203,6 +199,37 @@ class BatchCopier:
         self._started = time.time()
         self._lock = threading.Lock()
         self._error: BaseException | None = None
+
+    def _run_all(self, workers: list[Callable[[], None]]) -> CopyStats:
+        """Run `workers` (one in this thread, several in threads); the first error is raised."""
+        started = time.monotonic()
+        self._started = time.time()
+        if len(workers) <= 1:
+            for w in workers:
+                w()
+        else:
+            threads = [threading.Thread(target=w, daemon=True) for w in workers]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        self.stats.seconds = time.monotonic() - started
+        if self._error:
+            raise self._error
+        return self.stats
+
+
+class BatchCopier(_CopyRun):
+    """Runs a CopyJob over checkpointed ranges, with throttling and progress."""
+
+    def __init__(self, dsn: str, job: CopyJob, table_label: str, checkpoint_key: str, *,
+                 batch_size: int, target_seconds: float = 0.5, workers: int = 1,
+                 throttle: Throttle | None = None, progress: Progress | None = None,
+                 expected_rows: int | None = None) -> None:
+        super().__init__(dsn, job, table_label, checkpoint_key, workers=workers, throttle=throttle,
+                         progress=progress, expected_rows=expected_rows)
+        self.batch_size = batch_size
+        self.target_seconds = target_seconds
 
     def run(self, conn: psycopg.Connection[Any], checkpoint: dict[str, Any]) -> CopyStats:
         """Copy everything not yet copied; `conn` is used for planning the ranges."""
@@ -213,23 +240,8 @@ class BatchCopier:
             ranges = split_ranges(conn, self.job, self.expected or 0, self.workers)
             with conn.transaction():
                 self._save(conn, ranges, {})
-        started = time.monotonic()
         todo = [i for i, r in enumerate(ranges) if not r.done]
-        self._started = time.time()
-        if len(todo) <= 1:
-            for i in todo:
-                self._worker(ranges, i)
-        else:
-            threads = [threading.Thread(target=self._worker, args=(ranges, i), daemon=True)
-                       for i in todo]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-        self.stats.seconds = time.monotonic() - started
-        if self._error:
-            raise self._error
-        return self.stats
+        return self._run_all([lambda i=i: self._worker(ranges, i) for i in todo])
 
     def _save(self, conn: psycopg.Connection[Any], ranges: list[CopyRange],
               extra: dict[str, Any]) -> None:
@@ -359,24 +371,17 @@ def plan_chunks(conn: psycopg.Connection[Any], job: CopyJob, split: str, split_t
     return [Chunk(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
 
 
-class ChunkLoader:
+class ChunkLoader(_CopyRun):
     """Runs the chunks of a bulk load (see the module docstring), `workers` at a time."""
 
     def __init__(self, dsn: str, job: CopyJob, table_label: str, checkpoint_key: str, *,
                  split: str, split_type: str, min_chunk_rows: int, workers: int = 1,
                  throttle: Throttle | None = None, progress: Progress | None = None,
                  expected_rows: int | None = None) -> None:
-        self.dsn, self.job, self.table, self.key = dsn, job, table_label, checkpoint_key
+        super().__init__(dsn, job, table_label, checkpoint_key, workers=workers, throttle=throttle,
+                         progress=progress, expected_rows=expected_rows)
         self.split, self.split_type = split, split_type
         self.min_chunk_rows = min_chunk_rows
-        self.workers = workers
-        self.throttle = throttle
-        self.progress = progress or _print_progress
-        self.expected = expected_rows
-        self.stats = CopyStats()
-        self._started = time.time()
-        self._lock = threading.Lock()
-        self._error: BaseException | None = None
         self._todo: list[int] = []
 
     def run(self, conn: psycopg.Connection[Any], checkpoint: dict[str, Any]) -> CopyStats:
@@ -395,23 +400,10 @@ class ChunkLoader:
                     ([self.key], _json({"split": self.split, "chunks": [c.to_json() for c in chunks]}),
                      self.table))
         self._todo = [i for i, c in enumerate(chunks) if not c.done]
-        started = time.monotonic()
-        self._started = time.time()
         n = min(self.workers, len(self._todo))
-        if n <= 1:
-            if self._todo:
-                self._work(conn, chunks)
-        else:
-            threads = [threading.Thread(target=self._worker, args=(chunks,), daemon=True)
-                       for _ in range(n)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-        self.stats.seconds = time.monotonic() - started
-        if self._error:
-            raise self._error
-        return self.stats
+        if n <= 1:  # on the caller's connection
+            return self._run_all([lambda: self._work(conn, chunks)] if self._todo else [])
+        return self._run_all([lambda: self._worker(chunks) for _ in range(n)])
 
     def _worker(self, chunks: list[Chunk]) -> None:
         try:
