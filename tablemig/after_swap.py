@@ -175,11 +175,7 @@ class AfterSwap:
         if m["state"] == "swapped":
             for sub in self.subscribers:
                 sub.barrier()
-            self.swap_result = swap_back(self.ex, m, lock_timeout=s.lock_timeout,
-                                         attempts=s.swap_max_attempts,
-                                         statement_timeout=s.swap_statement_timeout,
-                                         long_xact_seconds=s.long_transaction_seconds,
-                                         peers=self.subscribers)
+            self.swap_result = swap_back(self.ex, m, peers=self.subscribers, **s.swap_options())
             validate_foreign_keys(self.ex, self.swap_result.record.get("foreign_keys", []))
             return "swapped back"
         new = QualifiedName(m["schema_name"], m["new_name"])

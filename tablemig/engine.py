@@ -274,9 +274,9 @@ class Migration(AfterSwap):
         if not self.subscribers:
             return
         m = self._state()
+        if m is None:
+            return
         for sub in self.subscribers:
-            if m is None:
-                return
             done = sub.attach(self.ex, m)
             with self.conn.transaction():
                 state.log(self.conn, self.table, "replay", "subscriber attached", details=done)
@@ -655,11 +655,7 @@ class Migration(AfterSwap):
             sub.link(self.conn, t)
             sub.wait_ready([QualifiedName(m["schema_name"], m["new_name"])])
             sub.barrier()
-        self.swap_result = swap(self.ex, m, lock_timeout=s.lock_timeout,
-                                attempts=s.swap_max_attempts,
-                                statement_timeout=s.swap_statement_timeout,
-                                long_xact_seconds=s.long_transaction_seconds,
-                                peers=self.subscribers)
+        self.swap_result = swap(self.ex, m, peers=self.subscribers, **s.swap_options())
         self._timed("swap", t0)
         last = self.swap_result.attempt_log[-1] if self.swap_result.attempt_log else None
         if last is not None and not last["blockers"]:

@@ -22,6 +22,12 @@ class Settings:
     replay_batch: int = 10_000  # change-log rows per replay transaction
     switch_below: int = 1_000  # switch to direct capture once a replay batch finds fewer
 
+    def swap_options(self) -> dict[str, Any]:
+        """The keyword arguments of `swap.swap` and `swap.swap_back`."""
+        return {"lock_timeout": self.lock_timeout, "attempts": self.swap_max_attempts,
+                "statement_timeout": self.swap_statement_timeout,
+                "long_xact_seconds": self.long_transaction_seconds}
+
     @classmethod
     def load(cls, conn: psycopg.Connection[Any], **overrides: Any) -> Settings:
         rows = dict(conn.execute("SELECT config_key, config_value FROM"
