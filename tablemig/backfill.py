@@ -384,9 +384,11 @@ class ChunkLoader(_CopyRun):
         self.min_chunk_rows = min_chunk_rows
         self._todo: list[int] = []
 
-    def run(self, conn: psycopg.Connection[Any], checkpoint: dict[str, Any]) -> CopyStats:
+    def run(self, conn: psycopg.Connection[Any], checkpoint: dict[str, Any],
+            on_plan: Callable[[psycopg.Connection[Any]], None] | None = None) -> CopyStats:
         """Copy every chunk not done yet; `conn` plans the chunks (and copies them when
-        there is one worker: no extra connection)."""
+        there is one worker: no extra connection). `on_plan` runs in the transaction that
+        saves a new chunk plan."""
         saved = checkpoint.get(self.key)
         if saved and saved.get("chunks") is not None:
             chunks = [Chunk.from_json(c) for c in saved["chunks"]]
@@ -399,6 +401,8 @@ class ChunkLoader(_CopyRun):
                     " %s, %s::jsonb), updated_at = now() WHERE table_name = %s",
                     ([self.key], _json({"split": self.split, "chunks": [c.to_json() for c in chunks]}),
                      self.table))
+                if on_plan is not None:
+                    on_plan(conn)
         self._todo = [i for i, c in enumerate(chunks) if not c.done]
         n = min(self.workers, len(self._todo))
         if n <= 1:  # on the caller's connection
@@ -432,21 +436,20 @@ class ChunkLoader(_CopyRun):
                 # wait for a synchronous standby): the lag the throttle measures (written
                 # WAL against the standby's replay) must include this chunk; one flush per
                 # large chunk costs nothing measurable
-                conn.execute("SET LOCAL synchronous_commit = local" if self.throttle
-                             else "SET LOCAL synchronous_commit = off")
-                wal0 = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+                wal0 = conn.execute("SELECT pg_current_wal_insert_lsn(), set_config('synchronous_commit', %s, true)",
+                                    ("local" if self.throttle else "off",)).fetchone()
                 params = [*([job.cutoff] if job.date_column else []),
                           *([c.lo] if c.lo is not None else []), *([c.hi] if c.hi is not None else [])]
                 cur = conn.execute(chunk_sql(job, self.split, self.split_type, c.lo is not None,
                                              c.hi is not None), params)
                 copied = max(cur.rowcount, 0)
                 # last in the transaction: concurrent workers queue on the state row only briefly
-                conn.execute(
+                wal = conn.execute(
                     "UPDATE table_migration.migration_state SET checkpoint = jsonb_set(checkpoint,"
                     " %s, 'true'::jsonb), rows_copied = rows_copied + %s, updated_at = now()"
-                    " WHERE table_name = %s", ([self.key, "chunks", str(index), "done"], copied, self.table))
-                wal = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)::bigint",
-                                   (wal0[0] if wal0 else None,)).fetchone()
+                    " WHERE table_name = %s RETURNING pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)::bigint",
+                    ([self.key, "chunks", str(index), "done"], copied, self.table,
+                     wal0[0] if wal0 else None)).fetchone()
             elapsed = time.perf_counter() - t0
             with self._lock:
                 c.done = True

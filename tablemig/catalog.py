@@ -7,6 +7,7 @@ can be rewritten to point at another table reliably.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -124,20 +125,27 @@ class TableInfo:
 
 @contextmanager
 def catalog_session(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Cursor[Any]]:
-    """A cursor with an empty search_path, so catalog output is fully qualified."""
-    previous = conn.execute("SELECT current_setting('search_path')").fetchone()
-    conn.execute("SELECT set_config('search_path', '', false)")
+    """A cursor with an empty search_path, so catalog output is fully qualified. Prepared
+    statements get a generic plan: a catalog query planned once per connection (the
+    inspection planned for the dry run is reused under the swap's lock)."""
+    # the select list is evaluated in order: the old values are read before they are set
+    previous = conn.execute(
+        "SELECT current_setting('search_path'), current_setting('plan_cache_mode'),"
+        " set_config('search_path', '', false), set_config('plan_cache_mode', 'force_generic_plan', false)"
+    ).fetchone()
     try:
         yield conn.cursor(row_factory=dict_row)
     finally:
-        conn.execute("SELECT set_config('search_path', %s, false)",
-                     (previous[0] if previous else "public",))
+        conn.execute("SELECT set_config('search_path', %s, false), set_config('plan_cache_mode', %s, false)",
+                     (previous[0], previous[1]) if previous else ("public", "auto"))
 
 
 def resolve(conn: psycopg.Connection[Any], name: QualifiedName) -> int:
     """The table's OID, or an InputError saying what the name is instead."""
     row = conn.execute(
-        "SELECT c.oid, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        "SELECT c.oid, c.relkind,"
+        " EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid OR inhparent = c.oid)"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = %s AND c.relname = %s", (name.schema, name.name)).fetchone()
     if row is None:
         schema = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
@@ -159,120 +167,141 @@ def resolve(conn: psycopg.Connection[Any], name: QualifiedName) -> int:
     if row[1] != "r":
         raise InputError(f"{name} is {kinds.get(row[1], 'not a table')}, not a table",
                          "give the ordinary table that holds the rows")
-    inh = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = %s OR inhparent = %s)",
-                       (row[0], row[0])).fetchone()
-    if inh and inh[0]:
+    if row[2]:
         raise InputError(f"{name} takes part in table inheritance: refused",
                          "the rename strategy would separate parent and children; migrate each "
                          "child table on its own after detaching it (ALTER TABLE ... NO INHERIT)")
     return int(row[0])
 
 
-def _rows(cur: psycopg.Cursor[Any], query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-    cur.execute(query, params)
-    return list(cur.fetchall())
+_ACL = """
+    SELECT coalesce(json_agg(json_build_array(g.grantee, g.privilege_type, g.is_grantable)
+                             ORDER BY g.grantee, g.privilege_type), '[]')
+      FROM (SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END AS grantee,
+                   a.privilege_type, a.is_grantable
+              FROM pg_class c, aclexplode(c.relacl) a
+             WHERE c.oid = {oid} AND a.grantee <> c.relowner) g"""
+
+# Everything about one table in one statement (one round trip and one snapshot): each
+# column is one section, a JSON value. Run with an empty search_path (catalog_session).
+_INSPECT = f"""
+SELECT
+ (SELECT row_to_json(b) FROM (
+    SELECT c.relkind, pg_get_userbyid(c.relowner) AS owner, c.relpersistence,
+           c.relrowsecurity, c.relforcerowsecurity, c.relreplident,
+           coalesce(c.reloptions, '{{}}') AS reloptions, obj_description(c.oid, 'pg_class') AS comment,
+           c.relhassubclass, EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid) AS inherits,
+           pg_total_relation_size(c.oid) AS total_bytes, pg_table_size(c.oid) AS table_bytes,
+           greatest(c.reltuples, 0)::bigint AS estimated_rows,
+           quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS quoted
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %(oid)s) b) AS base,
+ (SELECT coalesce(json_agg(x ORDER BY x.attnum), '[]') FROM (
+    SELECT a.attnum, a.attname, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull,
+           a.attgenerated <> '' AS generated, a.attidentity,
+           pg_get_expr(d.adbin, d.adrelid) AS default
+      FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+     WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped) x) AS cols,
+ (SELECT coalesce(json_agg(x ORDER BY x.indisprimary DESC, x.name), '[]') FROM (
+    SELECT i.indexrelid AS oid, ic.relname AS name, pg_get_indexdef(i.indexrelid) AS def,
+           quote_ident(ic.relname) AS qname,
+           i.indisprimary, i.indisunique, i.indisvalid, i.indpred IS NULL AS full_index,
+           i.indexprs IS NULL AS plain, con.conname, con.contype,
+           (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
+              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) AS cols,
+           (SELECT bool_and(a.attnotnull) FROM unnest(i.indkey) k(attnum)
+              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) AS all_not_null
+      FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+      LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid
+     WHERE i.indrelid = %(oid)s) x) AS idx,
+ (SELECT coalesce(json_agg(x ORDER BY x.conname), '[]') FROM (
+    SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint
+     WHERE conrelid = %(oid)s AND contype = 'c') x) AS checks,
+ (SELECT coalesce(json_agg(x ORDER BY x.conname), '[]') FROM (
+    SELECT conname, pg_get_constraintdef(oid) AS def, convalidated FROM pg_constraint
+     WHERE conrelid = %(oid)s AND contype = 'f') x) AS fk_out,
+ (SELECT coalesce(json_agg(x ORDER BY x.nspname, x.relname, x.conname), '[]') FROM (
+    SELECT con.conname, n.nspname, c.relname, pg_get_constraintdef(con.oid) AS def, con.convalidated
+      FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE con.confrelid = %(oid)s AND con.contype = 'f' AND con.conrelid <> con.confrelid) x) AS fk_in,
+ (SELECT coalesce(json_agg(x ORDER BY x.oid), '[]') FROM (
+    SELECT DISTINCT v.oid, n.nspname, v.relname, v.relkind,
+           pg_get_viewdef(v.oid) AS def, coalesce(v.reloptions, '{{}}') AS options,
+           pg_get_userbyid(v.relowner) AS owner,
+           (SELECT coalesce(json_agg(pg_get_indexdef(indexrelid) ORDER BY indexrelid), '[]')
+              FROM pg_index WHERE indrelid = v.oid)::text AS indexes,
+           ({_ACL.format(oid="v.oid")})::text AS acl
+      FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+      JOIN pg_class v ON v.oid = r.ev_class JOIN pg_namespace n ON n.oid = v.relnamespace
+     WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+       AND d.refobjid = %(oid)s AND v.oid <> %(oid)s) x) AS views,
+ (SELECT coalesce(json_agg(x ORDER BY x.tgname), '[]') FROM (
+    SELECT tgname, pg_get_triggerdef(oid) AS def, tgenabled FROM pg_trigger
+     WHERE tgrelid = %(oid)s AND NOT tgisinternal AND tgname NOT LIKE 'tablemig\\_%%') x) AS trig,
+ (SELECT coalesce(json_agg(x ORDER BY x.name), '[]') FROM (
+    SELECT p.polname AS name, p.polpermissive AS permissive, p.polcmd AS cmd,
+           pg_get_expr(p.polqual, p.polrelid) AS qual, pg_get_expr(p.polwithcheck, p.polrelid) AS check,
+           ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(r) END
+                   FROM unnest(p.polroles) r) AS roles
+      FROM pg_policy p WHERE p.polrelid = %(oid)s) x) AS pols,
+ (SELECT coalesce(json_agg(p.pubname ORDER BY p.pubname), '[]')
+    FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+   WHERE pr.prrelid = %(oid)s) AS pubs,
+ (SELECT coalesce(json_agg(x ORDER BY x.attnum), '[]') FROM (
+    SELECT a.attnum, a.attname, s.oid::regclass::text AS seq, d.deptype
+      FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+      JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+     WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+       AND d.refobjid = %(oid)s AND d.deptype IN ('a', 'i')) x) AS seqs,
+ (SELECT coalesce(json_agg(pg_get_statisticsobjdef(oid) ORDER BY oid), '[]')
+    FROM pg_statistic_ext WHERE stxrelid = %(oid)s) AS stats,
+ (SELECT coalesce(json_agg(DISTINCT p.oid::regprocedure::text), '[]')
+    FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
+   WHERE d.classid = 'pg_proc'::regclass AND d.refobjid = %(oid)s
+     AND d.refclassid = 'pg_class'::regclass) AS bound,
+ ({_ACL.format(oid="%(oid)s")}) AS acl
+"""  # noqa: S608 - only the constant _ACL fragment is formatted in
 
 
-def _acl(cur: psycopg.Cursor[Any], acl_expr: str, oid: int) -> list[tuple[str, str, bool]]:
-    rows = _rows(cur, f"""
-        SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END AS grantee,
-               a.privilege_type, a.is_grantable
-          FROM pg_class c, aclexplode({acl_expr}) a
-         WHERE c.oid = %s AND a.grantee <> c.relowner
-         ORDER BY 1, 2""", (oid,))  # noqa: S608 - acl_expr is a constant column name
-    return [(r["grantee"], r["privilege_type"], r["is_grantable"]) for r in rows]
+def _acl(rows: list[list[Any]]) -> list[tuple[str, str, bool]]:
+    return [(g, p, bool(grantable)) for g, p, grantable in rows]
 
 
 def inspect_table(conn: psycopg.Connection[Any], name: QualifiedName,
                   key_override: list[str] | None = None) -> TableInfo:
-    """Everything the planner needs to know about `name`, read in one snapshot."""
+    """Everything the planner needs to know about `name`, read in one snapshot by one
+    statement (it also runs under the swap's lock: one round trip instead of fifteen)."""
     oid = resolve(conn, name)
     with catalog_session(conn) as cur:
-        base = _rows(cur, """
-            SELECT c.relkind, pg_get_userbyid(c.relowner) AS owner, c.relpersistence,
-                   c.relrowsecurity, c.relforcerowsecurity, c.relreplident,
-                   coalesce(c.reloptions, '{}') AS reloptions, obj_description(c.oid, 'pg_class') AS comment,
-                   c.relhassubclass, EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid) AS inherits,
-                   pg_total_relation_size(c.oid) AS total_bytes, pg_table_size(c.oid) AS table_bytes,
-                   greatest(c.reltuples, 0)::bigint AS estimated_rows,
-                   quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS quoted
-              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s""", (oid,))[0]
-        cols = _rows(cur, """
-            SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull,
-                   a.attgenerated <> '' AS generated, a.attidentity,
-                   pg_get_expr(d.adbin, d.adrelid) AS default
-              FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-             WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""", (oid,))
-        columns = [Column(r["attname"], r["type"], r["attnotnull"], r["generated"],
-                          r["attidentity"], r["default"]) for r in cols]
-        idx = _rows(cur, """
-            SELECT i.indexrelid AS oid, ic.relname AS name, pg_get_indexdef(i.indexrelid) AS def,
-                   quote_ident(ic.relname) AS qname,
-                   i.indisprimary, i.indisunique, i.indisvalid, i.indpred IS NULL AS full_index,
-                   i.indexprs IS NULL AS plain, con.conname, con.contype,
-                   (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
-                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) AS cols,
-                   (SELECT bool_and(a.attnotnull) FROM unnest(i.indkey) k(attnum)
-                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) AS all_not_null
-              FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-              LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid
-             WHERE i.indrelid = %s ORDER BY i.indisprimary DESC, ic.relname""", (oid,))
-        key_cols, key_index = _choose_key(name, idx, key_override)
-        indexes = [Index(r["oid"], r["name"], r["def"], r["name"] == key_index, r["conname"],
-                         r["contype"], r["indisvalid"], r["qname"]) for r in idx]
-        checks = _rows(cur, """SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint
-                                WHERE conrelid = %s AND contype = 'c' ORDER BY conname""", (oid,))
-        fk_out = _rows(cur, """SELECT conname, pg_get_constraintdef(oid) AS def, convalidated
-                                 FROM pg_constraint WHERE conrelid = %s AND contype = 'f'
-                                ORDER BY conname""", (oid,))
-        fk_in = _rows(cur, """
-            SELECT con.conname, n.nspname, c.relname, pg_get_constraintdef(con.oid) AS def, con.convalidated
-              FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
-              JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE con.confrelid = %s AND con.contype = 'f' AND con.conrelid <> con.confrelid
-             ORDER BY n.nspname, c.relname, con.conname""", (oid,))
-        views = _dependent_views(cur, oid)
-        trig = _rows(cur, """SELECT tgname, pg_get_triggerdef(oid) AS def, tgenabled FROM pg_trigger
-                              WHERE tgrelid = %s AND NOT tgisinternal
-                                AND tgname NOT LIKE 'tablemig\\_%%' ORDER BY tgname""", (oid,))
-        pols = _rows(cur, """
-            SELECT p.polname AS name, p.polpermissive AS permissive, p.polcmd AS cmd,
-                   pg_get_expr(p.polqual, p.polrelid) AS qual, pg_get_expr(p.polwithcheck, p.polrelid) AS check,
-                   ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(r) END
-                           FROM unnest(p.polroles) r) AS roles
-              FROM pg_policy p WHERE p.polrelid = %s ORDER BY p.polname""", (oid,))
-        pubs = _rows(cur, """SELECT p.pubname FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-                              WHERE pr.prrelid = %s ORDER BY 1""", (oid,))
-        seqs = _rows(cur, """
-            SELECT a.attname, s.oid::regclass::text AS seq, d.deptype
-              FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-              JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-             WHERE d.classid = 'pg_class'::regclass AND d.refobjid = %s AND d.deptype IN ('a', 'i')
-             ORDER BY a.attnum""", (oid,))
-        stats = _rows(cur, "SELECT pg_get_statisticsobjdef(oid) AS def FROM pg_statistic_ext"
-                           " WHERE stxrelid = %s", (oid,))
-        bound = _rows(cur, """
-            SELECT DISTINCT p.oid::regprocedure::text AS fn FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
-             WHERE d.classid = 'pg_proc'::regclass AND d.refobjid = %s
-               AND d.refclassid = 'pg_class'::regclass""", (oid,))
-        acl = _acl(cur, "c.relacl", oid)
+        cur.execute(_INSPECT, {"oid": oid}, prepare=True)
+        r = cur.fetchone()
+        assert r is not None
+    base, idx = r["base"], r["idx"]
+    columns = [Column(c["attname"], c["type"], c["attnotnull"], c["generated"],
+                      c["attidentity"], c["default"]) for c in r["cols"]]
+    key_cols, key_index = _choose_key(name, idx, key_override)
+    indexes = [Index(i["oid"], i["name"], i["def"], i["name"] == key_index, i["conname"],
+                     i["contype"], i["indisvalid"], i["qname"]) for i in idx]
+    views = [DependentView(v["oid"], QualifiedName(v["nspname"], v["relname"]), v["relkind"],
+                           v["def"], list(v["options"]), json.loads(v["indexes"]),
+                           _acl(json.loads(v["acl"])), v["owner"]) for v in r["views"]]
     return TableInfo(
         name=name, oid=oid, relkind=base["relkind"], quoted=base["quoted"], owner=base["owner"],
         persistence=base["relpersistence"], columns=columns, key_columns=key_cols,
         key_index=key_index, indexes=indexes,
-        check_constraints=[(r["conname"], r["def"]) for r in checks],
-        outgoing_fks=[(r["conname"], r["def"], r["convalidated"]) for r in fk_out],
-        incoming_fks=[ForeignKey(r["conname"], QualifiedName(r["nspname"], r["relname"]), r["def"],
-                                 r["convalidated"]) for r in fk_in],
+        check_constraints=[(c["conname"], c["def"]) for c in r["checks"]],
+        outgoing_fks=[(c["conname"], c["def"], c["convalidated"]) for c in r["fk_out"]],
+        incoming_fks=[ForeignKey(c["conname"], QualifiedName(c["nspname"], c["relname"]), c["def"],
+                                 c["convalidated"]) for c in r["fk_in"]],
         views=views,
-        triggers=[TriggerDef(r["tgname"], r["def"], r["tgenabled"]) for r in trig],
-        acl=acl, policies=pols, rls=(base["relrowsecurity"], base["relforcerowsecurity"]),
-        publications=[r["pubname"] for r in pubs],
-        sequences=[(r["attname"], r["seq"], "identity" if r["deptype"] == "i" else "serial")
-                   for r in seqs],
+        triggers=[TriggerDef(t["tgname"], t["def"], t["tgenabled"]) for t in r["trig"]],
+        acl=_acl(r["acl"]), policies=r["pols"], rls=(base["relrowsecurity"], base["relforcerowsecurity"]),
+        publications=list(r["pubs"]),
+        sequences=[(q["attname"], q["seq"], "identity" if q["deptype"] == "i" else "serial")
+                   for q in r["seqs"]],
         comment=base["comment"], reloptions=list(base["reloptions"]),
-        replica_identity=base["relreplident"], statistics=[r["def"] for r in stats],
-        bound_functions=[r["fn"] for r in bound], inherits=base["inherits"],
+        replica_identity=base["relreplident"], statistics=list(r["stats"]),
+        bound_functions=list(r["bound"]), inherits=base["inherits"],
         has_children=base["relhassubclass"], total_bytes=base["total_bytes"],
         table_bytes=base["table_bytes"], estimated_rows=base["estimated_rows"],
     )
@@ -296,22 +325,3 @@ def _choose_key(name: QualifiedName, idx: list[dict[str, Any]],
         "matched between the original and the new table",
         f"add a primary key (ALTER TABLE {name} ADD PRIMARY KEY USING INDEX ... after "
         "CREATE UNIQUE INDEX CONCURRENTLY) or declare a key column set")
-
-
-def _dependent_views(cur: psycopg.Cursor[Any], oid: int) -> list[DependentView]:
-    rows = _rows(cur, """
-        SELECT DISTINCT v.oid, n.nspname, v.relname, v.relkind,
-               pg_get_viewdef(v.oid) AS def, coalesce(v.reloptions, '{}') AS options,
-               pg_get_userbyid(v.relowner) AS owner
-          FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
-          JOIN pg_class v ON v.oid = r.ev_class JOIN pg_namespace n ON n.oid = v.relnamespace
-         WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = %s AND v.oid <> %s
-         ORDER BY v.oid""", (oid, oid))
-    out = []
-    for r in rows:
-        idx = _rows(cur, "SELECT pg_get_indexdef(indexrelid) AS def FROM pg_index WHERE indrelid = %s",
-                    (r["oid"],))
-        out.append(DependentView(r["oid"], QualifiedName(r["nspname"], r["relname"]), r["relkind"],
-                                 r["def"], list(r["options"]), [i["def"] for i in idx],
-                                 _acl(cur, "c.relacl", r["oid"]), r["owner"]))
-    return out

@@ -22,11 +22,13 @@ def redact(text: str) -> str:
 
 
 def connect(dsn: str, *, autocommit: bool = True, application_name: str = "tablemig",
-            **kwargs: Any) -> psycopg.Connection[Any]:
-    """Open a connection with fixed text forms (UTC, ISO dates, exact floats)."""
+            settings: dict[str, str] | None = None, **kwargs: Any) -> psycopg.Connection[Any]:
+    """Open a connection with fixed text forms (UTC, ISO dates, exact floats) and the
+    given session `settings` (sent with the startup packet: no extra round trip)."""
     params = conninfo_to_dict(dsn)
     extra = params.get("options", "")
-    params["options"] = f"{extra} {SESSION_OPTIONS}".strip()
+    more = " ".join(f"-c {k}={v}" for k, v in (settings or {}).items())
+    params["options"] = f"{extra} {SESSION_OPTIONS} {more}".strip()
     params.setdefault("application_name", application_name)
     params.setdefault("connect_timeout", "10")
     try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ from .reconcile import Reconciler, Segment, Side
 from .replay import Replayer, Target, log_exists
 from .schema import install_schema, installed_version
 from .settings import Settings
+from .spare import SpareConnections
 from .spec import TableSpec
 from .structure import (
     TRIGGER_PREFIX,
@@ -95,7 +96,11 @@ class Migration(AfterSwap):
         self.progress = progress
         self.plan_name = plan_name
         self.overrides = setting_overrides
-        self.conn = connect(dsn)
+        # The harness's own transactions need not wait for a WAL flush: a server crash can
+        # lose only the last of them, all later ones with them (commits are in WAL order),
+        # and the rerun resumes from the state that survived. The swap and swap back commit
+        # durably (with_lock_retries(durable=True)).
+        self.conn = connect(dsn, settings={"synchronous_commit": "off"})
         self.ex = Executor(self.conn, recorder=self.recorder)
         self.timings: dict[str, float] = {}
         self.swap_result: SwapResult | None = None
@@ -107,9 +112,18 @@ class Migration(AfterSwap):
         self.subscribers = [Subscriber(d, dsn, recorder=self.recorder) for d in subscribers]
         self.switch_lock_hold_ms: float | None = None
         self._schema_seen = False
+        # a helper connection opened while the indexes build, for the ANALYZE that follows
+        self._spares: SpareConnections | None = None
+        # ANALYZE of the new tables, started once their indexes are built; verify waits for it
+        self._analyze: threading.Thread | None = None
+        self._analyze_error: BaseException | None = None
 
     # -- plumbing -------------------------------------------------------------------------
     def close(self) -> None:
+        if self._analyze is not None:
+            self._analyze.join()
+        if self._spares is not None:
+            self._spares.close()
         for sub in self.subscribers:
             sub.close()
         if self._locked_oid is not None and not self.conn.closed:
@@ -148,6 +162,22 @@ class Migration(AfterSwap):
         if self._locked_oid is None:
             state.acquire_table_lock(self.conn, oid, self.table)
             self._locked_oid = oid
+
+    @contextlib.contextmanager
+    def _helper(self, application_name: str) -> Iterator[psycopg.Connection[Any]]:
+        """A helper connection for the block: one opened ahead (and handed back after) when
+        there is one."""
+        if self._spares is None:
+            with connect(self.dsn, application_name=application_name) as conn:
+                yield conn
+            return
+        conn = self._spares.take(application_name)
+        try:
+            yield conn
+        except BaseException:
+            conn.close()
+            raise
+        self._spares.give(conn)
 
     def _timed(self, name: str, t0: float) -> None:
         self.timings[name] = round(self.timings.get(name, 0) + time.perf_counter() - t0, 3)
@@ -319,20 +349,28 @@ class Migration(AfterSwap):
         t0 = time.perf_counter()
         m = self._require("capturing", "backfilling")
         self._require_change_log(m, "loading")
-        if m["state"] == "capturing":
-            with self.conn.transaction():
-                state.update(self.conn, self.table, state="backfilling")
+        moved: list[bool] = [] if m["state"] == "capturing" else [True]
+
+        def advance(conn: psycopg.Connection[Any]) -> None:
+            state.update(conn, self.table, state="backfilling")
+            moved.append(True)
+
         plan = self._plan or self.plan()
         types = {c.name: c.type for c in plan.info.columns}
-        for key, job, expected in self._jobs(m):
-            m = self._state() or m
+        for i, (key, job, expected) in enumerate(self._jobs(m)):
+            if i:  # the checkpoint as the job before left it
+                m = self._state() or m
             split = plan.date_column if plan.order_by_date and not job.history else plan.key[0]
             loader = ChunkLoader(self.dsn, job, self.table, key, split=split,
                                  split_type=plan.date_type if split == plan.date_column else types[split],
                                  min_chunk_rows=max(m["batch_size"], 1), workers=self.spec.workers,
                                  throttle=self.throttle, progress=self.progress,
                                  expected_rows=expected)
-            stats = loader.run(self.conn, dict(m["checkpoint"] or {}))
+            # the state moves on in the transaction that saves the first chunk plan
+            stats = loader.run(self.conn, dict(m["checkpoint"] or {}), on_plan=None if moved else advance)
+            if not moved:  # the plan was saved by an earlier run
+                with self.conn.transaction():
+                    advance(self.conn)
             self.backfill_samples.extend(stats.samples)
             with self.conn.transaction():
                 state.log(self.conn, self.table, key, "done", rows=stats.rows,
@@ -349,15 +387,18 @@ class Migration(AfterSwap):
         if m["archive_mode"] == "copy":
             targets.append((QualifiedName(m["schema_name"], m["archive_name"]), "h"))
         for target, tag in targets:
-            for idx in [key_index(plan.info), *secondary_indexes(plan.info)]:
-                name = temp_index_name(idx, tag)
-                found = self.conn.execute(
-                    "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-                    " JOIN pg_namespace n ON n.oid = c.relnamespace"
-                    " WHERE n.nspname = %s AND c.relname = %s", (target.schema, name)).fetchone()
-                if found and found[0]:
-                    continue
+            wanted = [(idx, temp_index_name(idx, tag))
+                      for idx in [key_index(plan.info), *secondary_indexes(plan.info)]]
+            valid = dict(self.conn.execute(
+                "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND c.relname = ANY(%s)",
+                (target.schema, [name for _, name in wanted])).fetchall())
+            for idx, name in wanted:
+                found = valid.get(name)
                 if found:
+                    continue
+                if found is not None:
                     self.ex.run(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(target.schema, name)))
                 out.append((target, name, index_sql(plan.info, idx, target, name, concurrently=False)))
         return out
@@ -387,7 +428,7 @@ class Migration(AfterSwap):
 
         def worker() -> None:
             try:
-                with connect(self.dsn, application_name="tablemig-index") as c:
+                with self._helper("tablemig-index") as c:
                     # at least 256MB for the sort (a larger server setting is kept); the builds
                     # already use the cores: no extra sort workers
                     c.execute("SELECT set_config('maintenance_work_mem', greatest(setting::bigint,"
@@ -453,7 +494,11 @@ class Migration(AfterSwap):
         self._require_change_log(m, "indexing")
         big = ((plan.keep_rows or 0) + (plan.archive_rows if m["archive_mode"] == "copy" else 0)
                >= self.parallel_min_rows)
+        # on a small table one connection builds them all: a fresh backend's first build is
+        # slower (cold caches) than what a second one would save
         workers = s.index_workers if big else 1
+        if self._spares is None:  # for the ANALYZE that follows, opened while the indexes build
+            self._spares = SpareConnections(self.dsn, 1)
         # one connection: everything in one transaction (one commit; a crash leaves nothing)
         with self.conn.transaction() if workers <= 1 else contextlib.nullcontext():
             dup = self._build(self._index_work(m, plan), workers)
@@ -487,6 +532,7 @@ class Migration(AfterSwap):
                 state.log(self.conn, self.table, "index", "done",
                           details={"indexes": [i.name for i in secondary_indexes(plan.info)],
                                    "parallel": workers})
+        self._analyze_in_background(m)
         self._timed("index", t0)
 
     def _replayer(self, m: dict[str, Any], plan: TablePlan, s: Settings) -> Replayer:
@@ -544,24 +590,39 @@ class Migration(AfterSwap):
         self.switch_lock_hold_ms = result.get("lock_hold_ms")
         self._timed("replay", t0)
 
-    def _analyze_in_background(self, tables: list[QualifiedName]) -> threading.Thread:
+    def _analyze_in_background(self, m: dict[str, Any]) -> None:
         """ANALYZE the new tables (the planner needs their statistics from the swap on) on
-        another connection while the replay writes and verify reads them: ANALYZE's SHARE
-        UPDATE EXCLUSIVE lets both go on, and it takes no time of its own in the core."""
-        self._analyze_error: BaseException | None = None
+        another connection, started as soon as their indexes exist (an expression index
+        gets its statistics too): it overlaps the replay and verify's checksums (ANALYZE's
+        SHARE UPDATE EXCLUSIVE lets both go on) and takes no time of its own in the core.
+        verify waits for it."""
+        if self._analyze is not None:
+            return
+        tables = [QualifiedName(m["schema_name"], m["new_name"])]
+        if m["archive_mode"] == "copy":
+            tables.append(QualifiedName(m["schema_name"], m["archive_name"]))
+        self._analyze_error = None
 
         def run() -> None:
             try:
-                with connect(self.dsn, application_name="tablemig-analyze") as c:
+                with self._helper("tablemig-analyze") as c:
                     ex = Executor(c, recorder=self.recorder)
                     for t in tables:
                         ex.run(sql.SQL("ANALYZE {}").format(t.ident()))
             except BaseException as exc:  # noqa: BLE001 - re-raised by verify
                 self._analyze_error = exc
 
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        return thread
+        self._analyze = threading.Thread(target=run, daemon=True)
+        self._analyze.start()
+
+    def _analyzed(self) -> None:
+        """Wait for the background ANALYZE; its error, if any, is verify's."""
+        if self._analyze is not None:
+            self._analyze.join()
+            self._analyze = None
+        if self._analyze_error is not None:
+            error, self._analyze_error = self._analyze_error, None
+            raise error
 
     def _reconciler(self, plan: TablePlan) -> Reconciler:
         types = {c.name: c.type for c in plan.info.columns}
@@ -574,14 +635,14 @@ class Migration(AfterSwap):
         from here on the trigger keeps N equal and both sides can be read in one snapshot.
         The two sides are summed at once on two connections sharing one snapshot."""
         m0 = self._require("indexed", "verified")
-        # started before the replay: it overlaps the replay and the checksums
-        analyze = self._analyze_in_background(
-            [QualifiedName(m0["schema_name"], m0["new_name"])]
-            + ([QualifiedName(m0["schema_name"], m0["archive_name"])] if m0["archive_mode"] == "copy" else []))
+        # normally started by build_indexes; started here when the indexes were built by an
+        # earlier run
+        self._analyze_in_background(m0)
         try:
             self.replay()
         except BaseException:
-            analyze.join()
+            with contextlib.suppress(BaseException):
+                self._analyzed()
             raise
         t0 = time.perf_counter()
         m = self._require("indexed", "verified")
@@ -597,35 +658,34 @@ class Migration(AfterSwap):
                                                                 m["archive_name"]))))
         repaired, results = 0, []
         big = (plan.keep_rows or 0) >= self.parallel_min_rows
-        peer = connect(self.dsn, application_name="tablemig-verify") if big else None
         try:
-            for source, target in pairs:
-                # a small table is one segment (a repair joins it whole, cheaply); a large
-                # one is cut at its key's histogram when it has one (no scan of the key)
-                rows = plan.keep_rows if target is dst else plan.archive_rows
-                bounds = ([] if (rows or 0) < self.segment_min_rows else
-                          rec.stats_boundaries(self.conn, target, s.verify_segments)
-                          or rec.boundaries(self.conn, target, s.verify_segments))
-                segs: list[Segment] = []
-                for round_ in range(1, max_rounds + 1):
-                    segs = rec.checksums(self.conn, {"original": source, "new": target}, bounds,
-                                         peer=peer)
-                    bad = [x for x in segs if not x.match]
-                    if not bad:
-                        break
-                    for seg in bad:
-                        keys = rec.differing_keys(self.conn, source, target, seg)
-                        repaired += rec.repair(self.conn, source, target, keys, plan.overriding)
-                    if round_ == max_rounds:
+            with self._helper("tablemig-verify") if big else contextlib.nullcontext() as peer:
+                for source, target in pairs:
+                    # a small table is one segment (a repair joins it whole, cheaply); a large
+                    # one is cut at its key's histogram when it has one (no scan of the key)
+                    rows = plan.keep_rows if target is dst else plan.archive_rows
+                    bounds = ([] if (rows or 0) < self.segment_min_rows else
+                              rec.stats_boundaries(self.conn, target, s.verify_segments)
+                              or rec.boundaries(self.conn, target, s.verify_segments))
+                    segs: list[Segment] = []
+                    for round_ in range(1, max_rounds + 1):
                         segs = rec.checksums(self.conn, {"original": source, "new": target}, bounds,
                                              peer=peer)
-                results.append(segs)
-        finally:
-            if peer is not None:
-                peer.close()
-            analyze.join()
-        if self._analyze_error is not None:
-            raise self._analyze_error
+                        bad = [x for x in segs if not x.match]
+                        if not bad:
+                            break
+                        for seg in bad:
+                            keys = rec.differing_keys(self.conn, source, target, seg)
+                            repaired += rec.repair(self.conn, source, target, keys, plan.overriding)
+                        if round_ == max_rounds:
+                            segs = rec.checksums(self.conn, {"original": source, "new": target}, bounds,
+                                                 peer=peer)
+                    results.append(segs)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                self._analyzed()
+            raise
+        self._analyzed()
         result = VerifyResult(results[0], repaired, len(results),
                               results[1] if len(results) > 1 else [])
         self.verify_result = result

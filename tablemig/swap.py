@@ -91,13 +91,16 @@ def with_lock_retries(conn: psycopg.Connection[Any], what: str, tables: list[Qua
                       mode: str = "ACCESS EXCLUSIVE",
                       on_attempt: Callable[[dict[str, Any]], None] | None = None,
                       watch: list[QualifiedName] | None = None, report_seen: bool = False,
+                      durable: bool = False,
                       ) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
     """Run `body(locked_at)` in a transaction that first locks `tables` in `mode`.
 
     Each attempt waits at most `lock_timeout` for the locks; failures back off
     exponentially with jitter. After `attempts` failures, LockNotAcquired names the
     blockers seen (holders of locks on `tables` and on `watch`: relations `body` locks
-    itself). `body` runs with the locks held and returns what to record."""
+    itself). `body` runs with the locks held and returns what to record. `durable` commits
+    with synchronous_commit = on whatever the session's setting (the swap: it must survive
+    a server crash once reported, and precede a subscriber's COMMIT PREPARED)."""
     log: list[dict[str, Any]] = []
     for attempt in range(1, attempts + 1):
         # With report_seen (the swap) every attempt records the sessions seen before it, also
@@ -107,9 +110,9 @@ def with_lock_retries(conn: psycopg.Connection[Any], what: str, tables: list[Qua
         t0 = time.perf_counter()
         try:
             with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
-                conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(
-                    sql.Literal(statement_timeout)))
+                conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)"
+                             + (", set_config('synchronous_commit', 'on', true)" if durable else ""),
+                             (lock_timeout, statement_timeout))
                 conn.execute(sql.SQL("LOCK TABLE {} IN {} MODE").format(
                     sql.SQL(", ").join(t.ident() for t in tables), sql.SQL(mode)))
                 locked_at = time.perf_counter()
@@ -163,8 +166,8 @@ class Dependents:
             SELECT v.relkind::text, n.nspname, v.relname FROM pg_depend d
               JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class
               JOIN pg_namespace n ON n.oid = v.relnamespace
-             WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = %s::regclass
-               AND v.oid <> %s::regclass""", (str(table),) * 3).fetchall()
+             WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+               AND d.refobjid = %s::regclass AND v.oid <> %s::regclass""", (str(table),) * 3).fetchall()
         pick = {k: frozenset(QualifiedName(sch, rel) for kind, sch, rel in rows if kind == k)
                 for k in ("f", "v", "m")}
         return cls(pick["f"], pick["v"], pick["m"])
@@ -429,7 +432,8 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
     record, used, log = _coordinated(peers, m, False, lambda: with_lock_retries(
         conn, f"swap of {t}", deps.lock_list(t, n), body, lock_timeout=lock_timeout,
         attempts=attempts, statement_timeout=statement_timeout,
-        long_xact_seconds=long_xact_seconds, on_attempt=on_attempt, watch=sorted(deps.matviews)))
+        long_xact_seconds=long_xact_seconds, on_attempt=on_attempt, watch=sorted(deps.matviews),
+        durable=True))
     hold = record.pop("lock_hold_ms")
     lsn = str(ex.scalar("SELECT pg_current_wal_insert_lsn()::text"))
     state.update(conn, str(t), lock_hold_ms=hold, swap_attempts=used, swap_lsn=lsn)
@@ -470,7 +474,8 @@ def swap_back(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: i
     record, used, log = _coordinated(peers, m, True, lambda: with_lock_retries(
         conn, f"swap back of {t}", deps.lock_list(t, outgoing), body,
         lock_timeout=lock_timeout, attempts=attempts, statement_timeout=statement_timeout,
-        long_xact_seconds=long_xact_seconds, watch=sorted(deps.matviews), report_seen=True))
+        long_xact_seconds=long_xact_seconds, watch=sorted(deps.matviews), report_seen=True,
+        durable=True))
     hold = record.pop("lock_hold_ms")
     return SwapResult(used, hold, str(ex.scalar("SELECT pg_current_wal_insert_lsn()::text")),
                       record, log)
