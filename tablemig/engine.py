@@ -18,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,6 @@ from .reconcile import Reconciler, Segment, Side
 from .replay import Replayer, Target, log_exists
 from .schema import install_schema, installed_version
 from .settings import Settings
-from .spare import SpareConnections
 from .spec import TableSpec
 from .structure import (
     TRIGGER_PREFIX,
@@ -112,9 +112,9 @@ class Migration(AfterSwap):
         self.subscribers = [Subscriber(d, dsn, recorder=self.recorder) for d in subscribers]
         self.switch_lock_hold_ms: float | None = None
         self._schema_seen = False
-        # a helper connection opened while the indexes build, for the ANALYZE that follows
-        self._spares: SpareConnections | None = None
-        # ANALYZE of the new tables, started once their indexes are built; verify waits for it
+        # ANALYZE of the new tables, started in the background once their indexes are built
+        # (verify waits for it)
+        self._stats_ready = False
         self._analyze: threading.Thread | None = None
         self._analyze_error: BaseException | None = None
 
@@ -122,8 +122,6 @@ class Migration(AfterSwap):
     def close(self) -> None:
         if self._analyze is not None:
             self._analyze.join()
-        if self._spares is not None:
-            self._spares.close()
         for sub in self.subscribers:
             sub.close()
         if self._locked_oid is not None and not self.conn.closed:
@@ -162,22 +160,6 @@ class Migration(AfterSwap):
         if self._locked_oid is None:
             state.acquire_table_lock(self.conn, oid, self.table)
             self._locked_oid = oid
-
-    @contextlib.contextmanager
-    def _helper(self, application_name: str) -> Iterator[psycopg.Connection[Any]]:
-        """A helper connection for the block: one opened ahead (and handed back after) when
-        there is one."""
-        if self._spares is None:
-            with connect(self.dsn, application_name=application_name) as conn:
-                yield conn
-            return
-        conn = self._spares.take(application_name)
-        try:
-            yield conn
-        except BaseException:
-            conn.close()
-            raise
-        self._spares.give(conn)
 
     def _timed(self, name: str, t0: float) -> None:
         self.timings[name] = round(self.timings.get(name, 0) + time.perf_counter() - t0, 3)
@@ -428,7 +410,7 @@ class Migration(AfterSwap):
 
         def worker() -> None:
             try:
-                with self._helper("tablemig-index") as c:
+                with connect(self.dsn, application_name="tablemig-index") as c:
                     # at least 256MB for the sort (a larger server setting is kept); the builds
                     # already use the cores: no extra sort workers
                     c.execute("SELECT set_config('maintenance_work_mem', greatest(setting::bigint,"
@@ -494,11 +476,9 @@ class Migration(AfterSwap):
         self._require_change_log(m, "indexing")
         big = ((plan.keep_rows or 0) + (plan.archive_rows if m["archive_mode"] == "copy" else 0)
                >= self.parallel_min_rows)
-        # on a small table one connection builds them all: a fresh backend's first build is
-        # slower (cold caches) than what a second one would save
+        # on a small table one connection builds them all: a fresh backend (connection
+        # start, cold caches) costs more than a second core would save
         workers = s.index_workers if big else 1
-        if self._spares is None:  # for the ANALYZE that follows, opened while the indexes build
-            self._spares = SpareConnections(self.dsn, 1)
         # one connection: everything in one transaction (one commit; a crash leaves nothing)
         with self.conn.transaction() if workers <= 1 else contextlib.nullcontext():
             dup = self._build(self._index_work(m, plan), workers)
@@ -596,7 +576,7 @@ class Migration(AfterSwap):
         gets its statistics too): it overlaps the replay and verify's checksums (ANALYZE's
         SHARE UPDATE EXCLUSIVE lets both go on) and takes no time of its own in the core.
         verify waits for it."""
-        if self._analyze is not None:
+        if self._analyze is not None or self._stats_ready:
             return
         tables = [QualifiedName(m["schema_name"], m["new_name"])]
         if m["archive_mode"] == "copy":
@@ -605,7 +585,7 @@ class Migration(AfterSwap):
 
         def run() -> None:
             try:
-                with self._helper("tablemig-analyze") as c:
+                with connect(self.dsn, application_name="tablemig-analyze") as c:
                     ex = Executor(c, recorder=self.recorder)
                     for t in tables:
                         ex.run(sql.SQL("ANALYZE {}").format(t.ident()))
@@ -620,6 +600,7 @@ class Migration(AfterSwap):
         if self._analyze is not None:
             self._analyze.join()
             self._analyze = None
+            self._stats_ready = self._analyze_error is None
         if self._analyze_error is not None:
             error, self._analyze_error = self._analyze_error, None
             raise error
@@ -638,11 +619,17 @@ class Migration(AfterSwap):
         # normally started by build_indexes; started here when the indexes were built by an
         # earlier run
         self._analyze_in_background(m0)
+        # the second reader's connection opens while the replay runs
+        opening = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tablemig-verify")
+        pending = opening.submit(connect, self.dsn, application_name="tablemig-verify")
+        opening.shutdown(wait=False)
         try:
             self.replay()
         except BaseException:
             with contextlib.suppress(BaseException):
                 self._analyzed()
+            with contextlib.suppress(BaseException):
+                pending.result().close()
             raise
         t0 = time.perf_counter()
         m = self._require("indexed", "verified")
@@ -657,9 +644,8 @@ class Migration(AfterSwap):
                                negate=True), Side(QualifiedName(m["schema_name"],
                                                                 m["archive_name"]))))
         repaired, results = 0, []
-        big = (plan.keep_rows or 0) >= self.parallel_min_rows
         try:
-            with self._helper("tablemig-verify") if big else contextlib.nullcontext() as peer:
+            with pending.result() as peer:
                 for source, target in pairs:
                     # a small table is one segment (a repair joins it whole, cheaply); a large
                     # one is cut at its key's histogram when it has one (no scan of the key)
