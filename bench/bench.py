@@ -419,7 +419,8 @@ def migrate_cmd(a: argparse.Namespace, dsn: str, retention: float,
     which = ["--cutoff", cutoff] if cutoff else ["--retention", str(retention)]
     return tablemig_cli("migrate", "--dsn", dsn, "--table", TABLE, "--date-column",
                         DATE_COLUMN, *which, "--batch-size", str(a.batch_size),
-                        "--workers", str(a.workers), "--until", until)
+                        "--workers", str(a.workers), "--until", until,
+                        *(["--nice-ratio", str(a.nice_ratio)] if a.nice_ratio is not None else []))
 
 
 def run_tablemig(srv: Server, db: str, cut: dict[str, Any], a: argparse.Namespace,
@@ -826,6 +827,7 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
         res = json.loads(out.read_text())
         return {"started_at": started, "ended_at": ended, "wall_s": round(wall, 3),
                 "peak_rss_mb": round(rss, 1), "timings": res.get("timings"),
+                "nice_ratio": res.get("nice_ratio"), "nice_slept_s": res.get("nice_slept_s"),
                 "lock_hold_ms": num(res.get("lock_hold_ms")), "swap_attempts": res.get("swap_attempts"),
                 "pgbench_running_at_end": p.poll() is None, "engine": fp}
 
@@ -891,6 +893,7 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
         "aborted_clients": mig["aborted_clients"], "swap_covered": covered,
         "lock_hold_ms": m.get("lock_hold_ms"), "swap_attempts": m.get("swap_attempts"),
         "migration_wall_s": m["wall_s"], "migration_timings": m["timings"],
+        "nice_ratio": m.get("nice_ratio"), "nice_slept_s": m.get("nice_slept_s"),
         "migration_core_s": round(sum((m["timings"] or {}).get(k, 0) for k in CORE_STEPS), 3),
     }
     return {"summary": summary, "phases": phases, "baseline": base, "migration_run": mig,
@@ -918,7 +921,7 @@ def print_workload(w: dict[str, Any], a: argparse.Namespace) -> None:
           f"{mr['all']['worst_ms']} ms (pgbench's own tps {mr['pgbench'].get('tps')})")
     print(f"migration under load: wall {s['migration_wall_s']:.1f} s, core {s['migration_core_s']:.1f} s,"
           f" timings {s['migration_timings']}, swap lock {s['lock_hold_ms']} ms, attempts "
-          f"{s['swap_attempts']}")
+          f"{s['swap_attempts']}; nice ratio {s.get('nice_ratio')} (slept {s.get('nice_slept_s')} s)")
     print(f"{'window':<18}{'seconds':>9}{'txns':>9}{'tps':>9}{'p50 ms':>9}{'p99 ms':>9}{'worst ms':>10}")
     for name in ("before_migration", "capture", "backfill", "index", "replay", "verify", "swap",
                  "capture_to_swap", "after_swap"):
@@ -1108,6 +1111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--batch-size", type=int, default=50_000,
                    help="tablemig --batch-size (initial; the engine adapts it; default 50000)")
     g.add_argument("--workers", type=int, default=1, help="tablemig --workers (default 1)")
+    g.add_argument("--nice-ratio", type=float,
+                   help="tablemig --nice-ratio: pace the bulk work (default: none)")
     g.add_argument("--skip", action="append", default=[], choices=["tablemig", "physical", "naive"],
                    help="leave a method out of the measurement (repeatable)")
     g.add_argument("--measure", action="store_true",

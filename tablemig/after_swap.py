@@ -15,6 +15,7 @@ from .backfill import BatchCopier, CopyJob, Progress, Throttle, wait_while_pause
 from .errors import InputError, TablemigError
 from .executor import Executor
 from .names import QualifiedName
+from .pacing import NicePacer
 from .planner import TablePlan
 from .settings import Settings
 from .spec import TableSpec
@@ -49,6 +50,7 @@ class AfterSwap:
     conn: psycopg.Connection[Any]
     ex: Executor
     throttle: Throttle | None
+    pacer: NicePacer
     progress: Progress | None
     swap_result: SwapResult | None
     _plan: TablePlan | None
@@ -70,6 +72,7 @@ class AfterSwap:
         if m["state"] == "pruned":
             return 0
         s = self._settings()
+        self.pacer.start(s.nice_ratio)
         t = QualifiedName(m["schema_name"], m["original_name"])
         a = state.old_table(m)
         info = (self._plan or self.plan_for_state(m)).info
@@ -126,6 +129,7 @@ class AfterSwap:
             wait_while_paused(self.conn, self.table)
             if self.throttle:
                 self.throttle()
+            self.pacer()
             with self.conn.transaction():
                 bound = self.conn.execute(sql.SQL(  # ORDER BY the typed columns, not the ::text outputs
                     "SELECT {} FROM {} AS src WHERE {} ORDER BY {} OFFSET %s LIMIT 1").format(
@@ -249,7 +253,7 @@ class AfterSwap:
                     "UPDATE table_migration.migration_state SET checkpoint = checkpoint - 'unprune'"
                     " WHERE table_name = %s", (self.table,))
             BatchCopier(self.dsn, job, self.table, "unprune", batch_size=m["batch_size"],
-                        throttle=self.throttle, progress=self.progress).run(self.conn, {})
+                        throttle=self.throttle, progress=self.progress, pace=self.pacer).run(self.conn, {})
         with self.conn.transaction():
             state.update(self.conn, self.table, state="swapped")
             self.conn.execute("UPDATE table_migration.migration_state SET checkpoint = checkpoint"

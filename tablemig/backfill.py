@@ -189,10 +189,11 @@ class _CopyRun:
 
     def __init__(self, dsn: str, job: CopyJob, table_label: str, checkpoint_key: str, *,
                  workers: int, throttle: Throttle | None, progress: Progress | None,
-                 expected_rows: int | None) -> None:
+                 expected_rows: int | None, pace: Throttle | None = None) -> None:
         self.dsn, self.job, self.table, self.key = dsn, job, table_label, checkpoint_key
         self.workers = workers
-        self.throttle = throttle
+        self.throttle = throttle  # the replication-lag throttle (it needs each unit's WAL flushed)
+        self.pace = pace  # the nice-ratio pacer (tablemig.pacing)
         self.progress = progress or _print_progress
         self.expected = expected_rows
         self.stats = CopyStats()
@@ -225,9 +226,9 @@ class BatchCopier(_CopyRun):
     def __init__(self, dsn: str, job: CopyJob, table_label: str, checkpoint_key: str, *,
                  batch_size: int, target_seconds: float = 0.5, workers: int = 1,
                  throttle: Throttle | None = None, progress: Progress | None = None,
-                 expected_rows: int | None = None) -> None:
+                 expected_rows: int | None = None, pace: Throttle | None = None) -> None:
         super().__init__(dsn, job, table_label, checkpoint_key, workers=workers, throttle=throttle,
-                         progress=progress, expected_rows=expected_rows)
+                         progress=progress, expected_rows=expected_rows, pace=pace)
         self.batch_size = batch_size
         self.target_seconds = target_seconds
 
@@ -279,6 +280,8 @@ class BatchCopier(_CopyRun):
             wait_while_paused(conn, self.table)
             if self.throttle:
                 self.throttle()
+            if self.pace:
+                self.pace()
             lo = rng.last if rng.last is not None else rng.lo
             t0 = time.perf_counter()
             with conn.transaction():
@@ -377,9 +380,9 @@ class ChunkLoader(_CopyRun):
     def __init__(self, dsn: str, job: CopyJob, table_label: str, checkpoint_key: str, *,
                  split: str, split_type: str, min_chunk_rows: int, workers: int = 1,
                  throttle: Throttle | None = None, progress: Progress | None = None,
-                 expected_rows: int | None = None) -> None:
+                 expected_rows: int | None = None, pace: Throttle | None = None) -> None:
         super().__init__(dsn, job, table_label, checkpoint_key, workers=workers, throttle=throttle,
-                         progress=progress, expected_rows=expected_rows)
+                         progress=progress, expected_rows=expected_rows, pace=pace)
         self.split, self.split_type = split, split_type
         self.min_chunk_rows = min_chunk_rows
         self._todo: list[int] = []
@@ -429,6 +432,8 @@ class ChunkLoader(_CopyRun):
             wait_while_paused(conn, self.table)
             if self.throttle:
                 self.throttle()
+            if self.pace:
+                self.pace()
             c = chunks[index]
             t0 = time.perf_counter()
             with conn.transaction():

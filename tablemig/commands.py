@@ -32,6 +32,23 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--archive-mode", choices=["rename", "copy"], default="rename")
     p.add_argument("--batch-size", type=int, default=10_000)
     p.add_argument("--workers", type=int, default=1, help="concurrent backfill workers")
+    _nice_arg(p)
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0 (e.g. 1: work half the time)")
+    return value
+
+
+def _nice_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nice-ratio", type=_ratio, metavar="R",
+                   help="after each unit of bulk work sleep R times as long as it took (0: no pacing;"
+                        " default: migration_config nice_ratio, re-read every 5 s)")
 
 
 def _spec(a: argparse.Namespace) -> TableSpec:
@@ -77,11 +94,12 @@ def _subscriber_arg(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_migrate(a: argparse.Namespace) -> int:
-    with Migration(a.dsn, _spec(a), subscribers=a.subscriber_dsn) as mig:
+    with Migration(a.dsn, _spec(a), subscribers=a.subscriber_dsn, nice_ratio=a.nice_ratio) as mig:
         final = mig.run(a.until)
         print(file=sys.stderr)
         _print({"state": final.get("state"), "timings": mig.timings, "rows_copied": final.get("rows_copied"),
-                "swap_attempts": final.get("swap_attempts"), "lock_hold_ms": final.get("lock_hold_ms")})
+                "swap_attempts": final.get("swap_attempts"), "lock_hold_ms": final.get("lock_hold_ms"),
+                "nice_ratio": mig.pacer.ratio, "nice_slept_s": round(mig.pacer.slept_s, 3)})
     return 0
 
 
@@ -128,7 +146,7 @@ def _set_paused(a: argparse.Namespace, paused: bool) -> int:
 
 
 def cmd_prune(a: argparse.Namespace) -> int:
-    with from_state(a.dsn, a.table, subscribers=a.subscriber_dsn) as mig:
+    with from_state(a.dsn, a.table, subscribers=a.subscriber_dsn, nice_ratio=a.nice_ratio) as mig:
         n = mig.prune(a.batch_size)
     print(f"pruned: {n} rows deleted from the archive")
     return 0
@@ -173,6 +191,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dsn", required=True)
     p.add_argument("--table", required=True)
     p.add_argument("--batch-size", type=int)
+    _nice_arg(p)
     _subscriber_arg(p)
     p.set_defaults(func=cmd_prune)
     p = sub.add_parser("rollback", help="undo the migration of a table from any state")

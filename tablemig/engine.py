@@ -34,6 +34,7 @@ from .errors import InputError, TablemigError
 from .executor import Executor, Recorder
 from .logical import Subscriber
 from .names import QualifiedName
+from .pacing import NicePacer
 from .planner import TablePlan, build_plan, missing_privileges
 from .reconcile import Reconciler, Segment, Side
 from .replay import Replayer, Target, log_exists
@@ -93,6 +94,9 @@ class Migration(AfterSwap):
         self.spec = spec
         self.recorder = recorder or Recorder()
         self.throttle = throttle
+        # the nice ratio (tablemig.pacing): from migration_config, or fixed by an override
+        self.pacer = NicePacer(dsn, setting_overrides.get("nice_ratio") or 0.0,
+                               fixed=setting_overrides.get("nice_ratio") is not None)
         self.progress = progress
         self.plan_name = plan_name
         self.overrides = setting_overrides
@@ -124,6 +128,7 @@ class Migration(AfterSwap):
             self._analyze.join()
         for sub in self.subscribers:
             sub.close()
+        self.pacer.close()
         if self._locked_oid is not None and not self.conn.closed:
             try:
                 state.release_table_lock(self.conn, self._locked_oid)
@@ -338,6 +343,7 @@ class Migration(AfterSwap):
             moved.append(True)
 
         plan = self._plan or self.plan()
+        self.pacer.start(self._settings().nice_ratio)
         types = {c.name: c.type for c in plan.info.columns}
         for i, (key, job, expected) in enumerate(self._jobs(m)):
             if i:  # the checkpoint as the job before left it
@@ -347,7 +353,7 @@ class Migration(AfterSwap):
                                  split_type=plan.date_type if split == plan.date_column else types[split],
                                  min_chunk_rows=max(m["batch_size"], 1), workers=self.spec.workers,
                                  throttle=self.throttle, progress=self.progress,
-                                 expected_rows=expected)
+                                 expected_rows=expected, pace=self.pacer)
             # the state moves on in the transaction that saves the first chunk plan
             stats = loader.run(self.conn, dict(m["checkpoint"] or {}), on_plan=None if moved else advance)
             if not moved:  # the plan was saved by an earlier run
@@ -397,6 +403,7 @@ class Migration(AfterSwap):
 
         def run(conn: psycopg.Connection[Any], ex: Executor) -> None:
             while True:
+                self.pacer()  # after the build before (one worker when paced)
                 with lock:
                     if not todo or errors:
                         return
@@ -477,8 +484,10 @@ class Migration(AfterSwap):
         big = ((plan.keep_rows or 0) + (plan.archive_rows if m["archive_mode"] == "copy" else 0)
                >= self.parallel_min_rows)
         # on a small table one connection builds them all: a fresh backend (connection
-        # start, cold caches) costs more than a second core would save
-        workers = s.index_workers if big else 1
+        # start, cold caches) costs more than a second core would save; a paced migration
+        # (nice_ratio) builds one index at a time
+        workers = s.index_workers if big and not s.nice_ratio else 1
+        self.pacer.start(s.nice_ratio)
         # one connection: everything in one transaction (one commit; a crash leaves nothing)
         with self.conn.transaction() if workers <= 1 else contextlib.nullcontext():
             dup = self._build(self._index_work(m, plan), workers)
@@ -535,12 +544,14 @@ class Migration(AfterSwap):
             return
         plan = self._plan or self.plan()
         s = self._settings()
+        self.pacer.start(s.nice_ratio)
         rep = self._replayer(m, plan, s)
 
         def pause() -> None:
             wait_while_paused(self.conn, self.table)
             if self.throttle:
                 self.throttle()
+            self.pacer()
 
         replayed, rounds = rep.drain(self.conn, pause=pause, flush=self.throttle is not None)
         info = plan.info

@@ -31,6 +31,11 @@ CONFIG_SEED: list[tuple[str, str, str]] = [
     ("swap_statement_timeout", "30s", "statement_timeout inside the swap transaction"),
     ("long_transaction_seconds", "60", "transactions older than this are reported as swap blockers"),
     ("verify_segments", "16", "key-range segments compared by verify"),
+    ("index_workers", "3", "connections building the new table's indexes at once (large tables)"),
+    ("replay_batch", "10000", "change-log rows replayed per transaction"),
+    ("switch_below", "1000", "switch to direct capture once a replay batch finds fewer rows"),
+    ("nice_ratio", "0", "after each unit of bulk work sleep this many times its duration;"
+     " re-read every 5 s while running"),
     ("alert_replication_lag", "5 minutes", "health_check(): replication lag alert threshold"),
     ("alert_volume_change_pct", "50", "health_check(): unusual live-row change since the swap (%)"),
     ("alert_stuck_after", "1 hour", "health_check(): unfinished migration idle longer than this"),

@@ -7,6 +7,8 @@ from typing import Any
 
 import psycopg
 
+from .errors import InputError
+
 
 @dataclass
 class Settings:
@@ -21,6 +23,7 @@ class Settings:
     index_workers: int = 3  # connections building N's indexes at once (large tables only)
     replay_batch: int = 10_000  # change-log rows per replay transaction
     switch_below: int = 1_000  # switch to direct capture once a replay batch finds fewer
+    nice_ratio: float = 0.0  # sleep this many times each bulk unit's duration (tablemig.pacing)
 
     def swap_options(self) -> dict[str, Any]:
         """The keyword arguments of `swap.swap` and `swap.swap_back`."""
@@ -32,16 +35,33 @@ class Settings:
     def load(cls, conn: psycopg.Connection[Any], **overrides: Any) -> Settings:
         rows = dict(conn.execute("SELECT config_key, config_value FROM"
                                  " table_migration.migration_config").fetchall())
+
+        def num(key: str, kind: type[int] | type[float], default: float) -> Any:
+            raw = rows.get(key)
+            if raw is None:
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                value = -1
+            if value < 0:
+                raise InputError(f"table_migration.migration_config {key} = {raw!r} is not a "
+                                 f"non-negative {kind.__name__}",
+                                 f"set it to a number such as {default} in table_migration.migration_config"
+                                 f" (config_key '{key}')")
+            return value
+
         s = cls(lock_timeout=rows.get("lock_timeout", cls.lock_timeout),
-                swap_max_attempts=int(rows.get("swap_max_attempts", cls.swap_max_attempts)),
+                swap_max_attempts=num("swap_max_attempts", int, cls.swap_max_attempts),
                 swap_statement_timeout=rows.get("swap_statement_timeout",
                                                 cls.swap_statement_timeout),
-                long_transaction_seconds=float(rows.get("long_transaction_seconds", 60)),
-                batch_target_seconds=float(rows.get("batch_target_seconds", 0.5)),
-                verify_segments=int(rows.get("verify_segments", 16)),
-                index_workers=int(rows.get("index_workers", cls.index_workers)),
-                replay_batch=int(rows.get("replay_batch", cls.replay_batch)),
-                switch_below=int(rows.get("switch_below", cls.switch_below)))
+                long_transaction_seconds=num("long_transaction_seconds", float, 60),
+                batch_target_seconds=num("batch_target_seconds", float, 0.5),
+                verify_segments=num("verify_segments", int, 16),
+                index_workers=max(1, num("index_workers", int, cls.index_workers)),
+                replay_batch=max(1, num("replay_batch", int, cls.replay_batch)),
+                switch_below=num("switch_below", int, cls.switch_below),
+                nice_ratio=num("nice_ratio", float, cls.nice_ratio))
         for k, v in overrides.items():
             if v is not None:
                 setattr(s, k, v)
