@@ -2,10 +2,12 @@
 
 On a busy server the migration's bulk work (load chunks, index builds, replay batches)
 takes CPU and I/O from the application. `nice_ratio` bounds that share: after each unit
-of bulk work the worker sleeps `nice_ratio` times as long as the unit took. With 0 (the
-default) nothing sleeps; with 1 the migration works at most half the time; with 4, a
-fifth of the time. The migration takes `1 + nice_ratio` times as long in its bulk
-steps, and the swap is not paced (it is short and holds locks).
+of bulk work (a load chunk, an index build, a prune batch) the worker sleeps `nice_ratio`
+times as long as the unit took. With 0 (the default) nothing sleeps; with 1 the migration
+works at most half the time; with 4, a fifth of the time. Those steps take
+`1 + nice_ratio` times as long. Not paced: the replay of the change log (its work follows
+the application's write rate; slowing it down would only lengthen the capture and the
+switch's final batch under its lock), verify and the swap.
 
 The ratio comes from `table_migration.migration_config` (key `nice_ratio`) or the
 command line, and is re-read from the configuration table every few seconds: a DBA can
