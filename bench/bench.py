@@ -853,10 +853,12 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
     t_swap_start = t_swap_end - hold if t_swap_end else None
     phases: dict[str, Any] = {}
     if t_swap_start:
-        phases["capture_to_swap"] = window(txns, t_cap_start, t_swap_start)
+        # from the capture trigger's install (the plan before it only reads) to the swap
+        phases["capture_to_swap"] = window(txns, t_cap_done or t_cap_start, t_swap_start)
+        phases["start_to_swap"] = window(txns, t_cap_start, t_swap_start)
         phases["before_migration"] = window(txns, mig["started_at"] + 1, t_cap_start)
         phases["after_swap"] = window(txns, t_swap_end + 1, mig["ended_at"])
-    for name, (x, y) in {"capture": (t_cap_start, t_cap_done), "backfill": (t_cap_done, t_backfill),
+    for name, (x, y) in {"plan+capture": (t_cap_start, t_cap_done), "backfill": (t_cap_done, t_backfill),
                          "index": (t_backfill, t_index), "replay": (t_index, t_switch),
                          "verify": (t_switch or t_index, t_verify),
                          "swap": (t_verify, t_swap_end)}.items():
@@ -865,7 +867,7 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
     base_tps = base["all"]["tps"]
     cap_tps = phases.get("capture_to_swap", {}).get("tps")
     # the baseline over the same seconds after pgbench start (tps drifts as the table grows)
-    same = (window(base_txns, base["started_at"] + (t_cap_start - mig["started_at"]),
+    same = (window(base_txns, base["started_at"] + ((t_cap_done or t_cap_start) - mig["started_at"]),
                    base["started_at"] + (t_swap_start - mig["started_at"]))
             if t_swap_start else {})
     swap_worst = (overlapping_worst(txns, t_swap_start - 1, t_swap_end + 1)
@@ -923,8 +925,8 @@ def print_workload(w: dict[str, Any], a: argparse.Namespace) -> None:
           f" timings {s['migration_timings']}, swap lock {s['lock_hold_ms']} ms, attempts "
           f"{s['swap_attempts']}; nice ratio {s.get('nice_ratio')} (slept {s.get('nice_slept_s')} s)")
     print(f"{'window':<18}{'seconds':>9}{'txns':>9}{'tps':>9}{'p50 ms':>9}{'p99 ms':>9}{'worst ms':>10}")
-    for name in ("before_migration", "capture", "backfill", "index", "replay", "verify", "swap",
-                 "capture_to_swap", "after_swap"):
+    for name in ("before_migration", "plan+capture", "backfill", "index", "replay", "verify", "swap",
+                 "start_to_swap", "capture_to_swap", "after_swap"):
         ph = w["phases"].get(name)
         if ph:
             print(f"{name:<18}{ph['seconds']:>9.1f}{ph['committed']:>9,}{fmt(ph['tps'], '.1f'):>9}"

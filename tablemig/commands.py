@@ -32,7 +32,6 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--archive-mode", choices=["rename", "copy"], default="rename")
     p.add_argument("--batch-size", type=int, default=10_000)
     p.add_argument("--workers", type=int, default=1, help="concurrent backfill workers")
-    _nice_arg(p)
 
 
 def _ratio(text: str) -> float:
@@ -171,6 +170,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("migrate", help="migrate one table (resumes where it stopped)")
     _spec_args(p)
+    _nice_arg(p)
     p.add_argument("--until", default="swapped",
                    choices=["capturing", "backfilling", "indexed", "verified", "swapped"])
     _subscriber_arg(p)

@@ -630,17 +630,21 @@ class Migration(AfterSwap):
         # normally started by build_indexes; started here when the indexes were built by an
         # earlier run
         self._analyze_in_background(m0)
-        # the second reader's connection opens while the replay runs
-        opening = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tablemig-verify")
-        pending = opening.submit(connect, self.dsn, application_name="tablemig-verify")
-        opening.shutdown(wait=False)
+        # the second reader's connection opens while the replay runs; a paced migration
+        # (nice_ratio) reads one side after the other, on one core
+        pending = None
+        if not self._settings().nice_ratio:
+            opening = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tablemig-verify")
+            pending = opening.submit(connect, self.dsn, application_name="tablemig-verify")
+            opening.shutdown(wait=False)
         try:
             self.replay()
         except BaseException:
             with contextlib.suppress(BaseException):
                 self._analyzed()
             with contextlib.suppress(BaseException):
-                pending.result().close()
+                if pending is not None:
+                    pending.result().close()
             raise
         t0 = time.perf_counter()
         m = self._require("indexed", "verified")
@@ -656,7 +660,7 @@ class Migration(AfterSwap):
                                                                 m["archive_name"]))))
         repaired, results = 0, []
         try:
-            with pending.result() as peer:
+            with pending.result() if pending is not None else contextlib.nullcontext() as peer:
                 for source, target in pairs:
                     # a small table is one segment (a repair joins it whole, cheaply); a large
                     # one is cut at its key's histogram when it has one (no scan of the key)

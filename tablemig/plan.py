@@ -78,6 +78,8 @@ class PlanConfig:
     demo_rows: int = 0  # on the embedded sandbox only: demo orders to create before the plan runs
     window: Window | None = None
     max_replication_lag: str = "16MB"
+    # pace the bulk work (tablemig.pacing); None: migration_config's nice_ratio, re-read live
+    nice_ratio: float | None = None
     thresholds: dict[str, str] = field(default_factory=dict)
     notifiers: list[dict[str, str]] = field(default_factory=list)
     contacts: list[Contact] = field(default_factory=list)
@@ -98,6 +100,9 @@ class PlanConfig:
         names = [t.spec().qualified for t in self.tables]
         if len(set(names)) != len(names):
             raise InputError(f"plan {self.name} lists a table twice", "list each table once")
+        if self.nice_ratio is not None and not self.nice_ratio >= 0:
+            raise InputError(f"plan {self.name}: nice_ratio {self.nice_ratio!r} is below 0",
+                             "give 0 (no pacing) or more, e.g. 1 to work at most half the time")
         for item in self.attestations:
             if item not in ITEMS:
                 raise InputError(f"attestation for unknown checklist item {item!r}",

@@ -155,7 +155,8 @@ class StepContext:
             subscribers = [self.passive_dsn] if self.passive_is_logical() else []
             run.migration = Migration(self.active_dsn, config.spec(), recorder=self.record.recorder,
                                       plan_name=self.plan.name, throttle=self._throttle(run),
-                                      subscribers=[d for d in subscribers if d])
+                                      subscribers=[d for d in subscribers if d],
+                                      nice_ratio=self.plan.nice_ratio)
         return run.migration
 
     def passive_is_logical(self) -> bool:

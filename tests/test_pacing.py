@@ -108,3 +108,12 @@ def test_bad_nice_ratios_are_refused_before_anything_changes(fresh_db: Any) -> N
         assert conn.execute("SELECT to_regclass('events_new')").fetchone()[0] is None
         assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'events'::regclass"
                             " AND NOT tgisinternal").fetchone()[0] == 0
+
+
+def test_a_plan_with_a_negative_nice_ratio_is_refused() -> None:
+    from tablemig.plan import PlanConfig, TableConfig
+
+    with pytest.raises(InputError) as err:
+        PlanConfig(name="p", tables=[TableConfig("public.orders", "created_date", retention=0.1)],
+                   nice_ratio=-2)
+    assert "nice_ratio" in err.value.problem and "0" in (err.value.fix or "")
