@@ -857,6 +857,10 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
         phases["capture_to_swap"] = window(txns, t_cap_done or t_cap_start, t_swap_start)
         phases["start_to_swap"] = window(txns, t_cap_start, t_swap_start)
         phases["before_migration"] = window(txns, mig["started_at"] + 1, t_cap_start)
+        # the same run's own baseline: the seconds before the migration starts (after a
+        # warm-up); with --migration-delay 20 or more it is a control adjacent in time
+        phases["before_migration_warm"] = window(txns, mig["started_at"] + min(5.0, a.migration_delay / 2),
+                                                 t_cap_start)
         phases["after_swap"] = window(txns, t_swap_end + 1, mig["ended_at"])
     for name, (x, y) in {"plan+capture": (t_cap_start, t_cap_done), "backfill": (t_cap_done, t_backfill),
                          "index": (t_backfill, t_index), "replay": (t_index, t_switch),
@@ -885,6 +889,9 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
         "workload_capture_tps_pct": None if not base_tps or cap_tps is None
         else cap_tps / base_tps * 100,
         "baseline_same_window_tps": same.get("tps"),
+        "same_run_before_tps": phases.get("before_migration_warm", {}).get("tps"),
+        "capture_tps_pct_same_run": None if not phases.get("before_migration_warm", {}).get("tps")
+        or cap_tps is None else cap_tps / phases["before_migration_warm"]["tps"] * 100,
         "capture_tps_pct_same_window": None if not same.get("tps") or cap_tps is None
         else cap_tps / same["tps"] * 100,
         "worst_ms_overall": mig["all"]["worst_ms"], "p99_ms_overall": mig["all"]["p99_ms"],
@@ -912,6 +919,9 @@ def print_workload(w: dict[str, Any], a: argparse.Namespace) -> None:
     print(f"\n== workload: pgbench -c {a.clients} -j {a.threads} -T {s['seconds']} "
           f"--max-tries={a.max_tries} -M {a.query_mode}"
           + (f" -R {a.rate}" if a.rate else "") + " (70 % INSERT / 30 % UPDATE of recent orders) ==")
+    if a.rate:
+        print("(with -R every latency includes pgbench's schedule lag: once the server falls behind the "
+              "rate, transactions wait behind earlier ones; a lock stall shows as the swap's lock hold)")
     b = w["baseline"]
     print(f"baseline (no migration): {b['all']['committed']:,} txns, {fmt(s['baseline_tps'], '.1f')} "
           f"tps, p50 {b['all']['p50_ms']} ms, p99 {b['all']['p99_ms']} ms, worst "
@@ -935,7 +945,9 @@ def print_workload(w: dict[str, Any], a: argparse.Namespace) -> None:
           f"target >= 85 %     {verdict('workload_capture_tps_pct', s['workload_capture_tps_pct'])}")
     print(f"  (baseline run over the same seconds after pgbench start: "
           f"{fmt(s['baseline_same_window_tps'], '.1f')} tps -> "
-          f"{fmt(s['capture_tps_pct_same_window'], '.1f')} %)")
+          f"{fmt(s['capture_tps_pct_same_window'], '.1f')} %; this run's own "
+          f"{a.migration_delay:g} s before the migration: {fmt(s['same_run_before_tps'], '.1f')} tps -> "
+          f"{fmt(s['capture_tps_pct_same_run'], '.1f')} %)")
     print(f"worst latency within +-1 s of swap = {fmt(s['workload_swap_worst_ms'], '.1f')} ms  "
           f"target <= 250 ms  {verdict('workload_swap_worst_ms', s['workload_swap_worst_ms'])}")
     print(f"worst latency overall = {fmt(s['worst_ms_overall'], '.1f')} ms; around capture "

@@ -64,7 +64,8 @@ class Executor:
             return None
         t0 = time.perf_counter()
         try:
-            cur = self.conn.execute(query, params)  # type: ignore[arg-type]
+            # the text rendered for the record is the statement run (rendered once)
+            cur = self.conn.execute(text, params)  # type: ignore[arg-type]
             rec.rows = cur.rowcount if cur.rowcount >= 0 else None
             return cur
         except psycopg.Error as exc:
