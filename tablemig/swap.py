@@ -35,6 +35,7 @@ from .names import QualifiedName
 from .structure import (
     TRIGGER_PREFIX,
     archive_index_name,
+    change_log_name,
     drop_trigger_sql,
     secondary_indexes,
     sync_function_sql,
@@ -406,6 +407,8 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
         ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
         ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
             QualifiedName("table_migration", f"capture_{m['table_oid']}").ident()))
+        # the change log, emptied by the switch to direct capture (this commit is durable anyway)
+        ex.run(sql.SQL("DROP TABLE IF EXISTS {}").format(change_log_name(int(m["table_oid"])).ident()))
         record = exchange(ex, info, t, n, outgoing)
         if not peers:  # a managed subscriber keeps both tables published (see tablemig.logical)
             _publications(ex, info.publications, outgoing, t)

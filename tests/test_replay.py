@@ -58,7 +58,10 @@ def test_log_mode_then_replay_and_switch_keep_the_new_table_exact(fresh_db: Any)
         assert diff(conn, "events_new", "events", f"d >= '{CUTOFF.isoformat()}'")["only_left"] > 0
         result = mig.verify()
         assert result.match and result.repaired == 0  # the replay alone made it exact
-        assert not _exists(conn, log)
+        # switched: the log is empty and no longer written; the swap drops it
+        assert conn.execute(f"SELECT count(*) FROM {log}").fetchone()[0] == 0
+        conn.execute("UPDATE events SET v = v + 1 WHERE id = %s", (ROWS - 20,))
+        assert conn.execute(f"SELECT count(*) FROM {log}").fetchone()[0] == 0
         d = diff(conn, "events_new", "events", f"d >= '{CUTOFF.isoformat()}'")
         assert d["only_left"] == 0 and d["only_right"] == 0 and d["left"] > 0, d
         event = conn.execute("SELECT rows_affected, details FROM table_migration.migration_log"
@@ -68,6 +71,8 @@ def test_log_mode_then_replay_and_switch_keep_the_new_table_exact(fresh_db: Any)
         # direct capture from now on: a write reaches the new table at once
         conn.execute("UPDATE events SET v = 4242 WHERE id = %s", (recent - 4,))
         assert conn.execute("SELECT v FROM events_new WHERE id = %s", (recent - 4,)).fetchone()[0] == 4242
+        mig.swap()  # drops the emptied log in its transaction
+        assert not _exists(conn, log)
 
 
 def test_stale_duplicate_of_the_load_is_dropped_before_the_key_is_built(fresh_db: Any) -> None:
