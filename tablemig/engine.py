@@ -196,9 +196,10 @@ class Migration(AfterSwap):
         # Plan (which validates every input) before anything is installed: bad input changes nothing.
         # Planning is read-only and is done (and timed) apart from the migration core.
         plan = self._plan if self._plan and self._plan.resumed_state is None else self.plan()
-        # the trigger function is rendered once while planning: a template error shows before
-        # anything is installed, and its one-time compile is not part of the capture
-        sync_function_sql(plan.info, plan.function_name("capture"), "log", change_log_name(plan.info.oid))
+        # the trigger function is rendered while planning: a template error shows before
+        # anything is installed, and its rendering is not part of the capture
+        log_function = sync_function_sql(plan.info, plan.function_name("capture"), "log",
+                                         change_log_name(plan.info.oid))
         self._timed("plan", t0)
         if plan.blockers:
             raise TablemigError(f"{self.table} has blockers: " + "; ".join(plan.blockers),
@@ -242,7 +243,7 @@ class Migration(AfterSwap):
         if self.spec.archive_mode == "copy":
             ddl.extend(create_table_sql(info, plan.archive, user, tag="h", with_key=False))
         ddl.append(change_log_sql(info, change_log))
-        ddl.append(sync_function_sql(info, capture_fn, "log", change_log))
+        ddl.append(log_function)
         ddl.extend(trigger_sql(plan.original, CAPTURE_TRIGGER, capture_fn))
         ddl.append(truncate_guard_sql(plan.original))
 
@@ -560,12 +561,14 @@ class Migration(AfterSwap):
                    if m["archive_mode"] == "copy" else None)
         final: dict[str, int] = {}
 
+        # rendered before the lock: the lock is held only while statements run
+        direct = sync_function_sql(info, capture_fn, "capture", QualifiedName(m["schema_name"], m["new_name"]),
+                                   history, date_column=m["date_column"], date_type=m["date_type"],
+                                   cutoff=m["cutoff"])
+
         def switch(_locked_at: float) -> dict[str, Any]:
             final["rows"] = rep.batch(self.conn, None)
-            self.ex.run(sync_function_sql(info, capture_fn, "capture",
-                                          QualifiedName(m["schema_name"], m["new_name"]), history,
-                                          date_column=m["date_column"], date_type=m["date_type"],
-                                          cutoff=m["cutoff"]))
+            self.ex.run(direct)
             # the emptied log stays until the swap drops it: a DROP here would make this
             # commit wait for a WAL flush (a transaction that drops files always does)
             self.conn.execute("UPDATE table_migration.migration_state SET checkpoint = checkpoint"
