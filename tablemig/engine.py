@@ -11,16 +11,17 @@ transaction, switches the trigger to direct capture (it then keeps N equal itsel
 tablemig/replay.py), then compares checksums. Every step reads the state row, does its
 work, and records the new state in the same transaction as the work (or makes the work
 idempotent). Rerunning resumes.
+
+This module holds the plumbing, capture, backfill and swap; the index step is in
+`tablemig.indexing`, the replay and verify in `tablemig.verification`, prune, rollback
+and cleanup in `tablemig.after_swap` (mixins of `Migration`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -28,16 +29,15 @@ from psycopg import sql
 
 from . import state
 from .after_swap import AfterSwap
-from .backfill import ChunkLoader, CopyJob, Progress, Throttle, wait_while_paused
+from .backfill import ChunkLoader, CopyJob, Progress, Throttle
 from .db import connect
 from .errors import InputError, TablemigError
 from .executor import Executor, Recorder
+from .indexing import IndexBuild
 from .logical import Subscriber
 from .names import QualifiedName
 from .pacing import NicePacer
 from .planner import TablePlan, build_plan, missing_privileges
-from .reconcile import Reconciler, Segment, Side
-from .replay import Replayer, Target, log_exists
 from .schema import install_schema, installed_version
 from .settings import Settings
 from .spec import TableSpec
@@ -46,12 +46,7 @@ from .structure import (
     change_log_name,
     change_log_sql,
     create_table_sql,
-    index_sql,
-    key_constraint_sql,
-    key_index,
-    secondary_indexes,
     sync_function_sql,
-    temp_index_name,
     trigger_sql,
     truncate_guard_sql,
 )
@@ -63,21 +58,10 @@ from .swap import (
     validate_foreign_keys,
     with_lock_retries,
 )
+from .verification import Verification, VerifyResult
 
 
-@dataclass
-class VerifyResult:
-    segments: list[Segment]
-    repaired: int
-    rounds: int
-    history_segments: list[Segment] = field(default_factory=list)
-
-    @property
-    def match(self) -> bool:
-        return all(s.match for s in self.segments + self.history_segments)
-
-
-class Migration(AfterSwap):
+class Migration(IndexBuild, Verification, AfterSwap):
     """One table's migration on the active site."""
 
     # Below these row counts a second connection costs more than it saves: the indexes are
@@ -367,348 +351,6 @@ class Migration(AfterSwap):
                           details={"batches": stats.batches, "workers": self.spec.workers,
                                    "split": split})
         self._timed("backfill", t0)
-
-    def _index_work(self, m: dict[str, Any], plan: TablePlan) -> list[tuple[QualifiedName, str, sql.Composable]]:
-        """(table, index name, CREATE INDEX) of every index N (and H) still lacks; an
-        index left INVALID (by a concurrent build of an older version) is dropped first."""
-        out = []
-        targets = [(QualifiedName(m["schema_name"], m["new_name"]), "n")]
-        if m["archive_mode"] == "copy":
-            targets.append((QualifiedName(m["schema_name"], m["archive_name"]), "h"))
-        for target, tag in targets:
-            wanted = [(idx, temp_index_name(idx, tag))
-                      for idx in [key_index(plan.info), *secondary_indexes(plan.info)]]
-            valid = dict(self.conn.execute(
-                "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-                " JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = %s AND c.relname = ANY(%s)",
-                (target.schema, [name for _, name in wanted])).fetchall())
-            for idx, name in wanted:
-                found = valid.get(name)
-                if found:
-                    continue
-                if found is not None:
-                    self.ex.run(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(target.schema, name)))
-                out.append((target, name, index_sql(plan.info, idx, target, name, concurrently=False)))
-        return out
-
-    def _build(self, work: list[tuple[QualifiedName, str, sql.Composable]], workers: int) -> list[str]:
-        """Run the CREATE INDEX statements, on `workers` connections at once (CREATE INDEX
-        takes SHARE: builds on one table run side by side). Returns the names of the
-        indexes whose build found duplicate keys (stale rows of the load)."""
-        dup: list[str] = []
-        parallel = workers > 1 and len(work) > 1
-        lock = threading.Lock()
-        todo = list(work)
-        errors: list[BaseException] = []
-
-        def run(conn: psycopg.Connection[Any], ex: Executor) -> None:
-            while True:
-                self.pacer()  # after the build before (one worker when paced)
-                with lock:
-                    if not todo or errors:
-                        return
-                    _, name, stmt = todo.pop(0)
-                try:
-                    with conn.transaction():
-                        ex.run(stmt)
-                except psycopg.errors.UniqueViolation:
-                    with lock:
-                        dup.append(name)
-
-        def worker() -> None:
-            try:
-                with connect(self.dsn, application_name="tablemig-index") as c:
-                    # at least 256MB for the sort (a larger server setting is kept); the builds
-                    # already use the cores: no extra sort workers
-                    c.execute("SELECT set_config('maintenance_work_mem', greatest(setting::bigint,"
-                              " 262144)::text || 'kB', false) FROM pg_settings"
-                              " WHERE name = 'maintenance_work_mem'")
-                    c.execute("SET max_parallel_maintenance_workers = 0")
-                    run(c, Executor(c, recorder=self.recorder))
-            except BaseException as exc:  # noqa: BLE001 - re-raised below
-                with lock:
-                    errors.append(exc)
-
-        if not parallel:
-            run(self.conn, self.ex)
-        else:
-            threads = [threading.Thread(target=worker, daemon=True)
-                       for _ in range(min(workers, len(work)))]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-        if errors:
-            raise errors[0]
-        return dup
-
-    def _drop_logged_keys(self, m: dict[str, Any]) -> int:
-        """Delete from N (and H) every row whose key is in the change log. Only such rows
-        can be stale copies (a row moved between load chunks is copied twice); the replay
-        copies them again from T."""
-        log = change_log_name(int(m["table_oid"]))
-        keys = sql.SQL(", ").join(map(sql.Identifier, m["key_columns"]))
-        match = sql.SQL(" AND ").join(sql.SQL("x.{0} = c.{0}").format(sql.Identifier(k))
-                                      for k in m["key_columns"])
-        tables = [m["new_name"]] + ([m["archive_name"]] if m["archive_mode"] == "copy" else [])
-        n = 0
-        with self.conn.transaction():
-            for name in tables:
-                cur = self.conn.execute(sql.SQL(
-                    "DELETE FROM {t} x USING (SELECT DISTINCT {k} FROM {log}) c WHERE {m}").format(
-                    t=QualifiedName(m["schema_name"], name).ident(), k=keys, log=log.ident(), m=match))
-                n += max(cur.rowcount, 0)
-        return n
-
-    def _require_change_log(self, m: dict[str, Any], doing: str) -> None:
-        """Before the replay the change log must exist: a migration captured by an older
-        tablemig (trigger writing N directly, N with its key) cannot be resumed here."""
-        log = change_log_name(int(m["table_oid"]))
-        if not log_exists(self.conn, log):
-            raise TablemigError(f"{self.table}: the change log {log} is missing while {doing}",
-                                "the migration was started by another tablemig version; roll it back"
-                                " (tablemig rollback) and start again")
-
-    def build_indexes(self) -> None:
-        """N's key and secondary indexes, built with plain CREATE INDEX after the load:
-        while the trigger logs keys, only the harness writes N. Several build at once on
-        large tables. A build interrupted by a crash leaves nothing (CREATE INDEX is
-        transactional); built ones are kept on a rerun."""
-        t0 = time.perf_counter()
-        m = self._require("backfilling", "indexed")
-        if m["state"] == "indexed":
-            return
-        plan = self._plan or self.plan()
-        s = self._settings()
-        self._require_change_log(m, "indexing")
-        big = ((plan.keep_rows or 0) + (plan.archive_rows if m["archive_mode"] == "copy" else 0)
-               >= self.parallel_min_rows)
-        # on a small table one connection builds them all: a fresh backend (connection
-        # start, cold caches) costs more than a second core would save; a paced migration
-        # (nice_ratio) builds one index at a time
-        workers = s.index_workers if big and not s.nice_ratio else 1
-        self.pacer.start(s.nice_ratio)
-        # one connection: everything in one transaction (one commit; a crash leaves nothing)
-        with self.conn.transaction() if workers <= 1 else contextlib.nullcontext():
-            dup = self._build(self._index_work(m, plan), workers)
-            if dup:
-                dropped = self._drop_logged_keys(m)
-                with self.conn.transaction():
-                    state.log(self.conn, self.table, "index", "stale rows dropped", rows=dropped,
-                              details={"indexes": dup})
-                dup = self._build(self._index_work(m, plan), workers)
-                if dup:
-                    raise TablemigError(f"{self.table}: duplicate keys in the new table's indexes {dup}",
-                                        "report it; roll back (tablemig rollback) and rerun")
-            targets = [(QualifiedName(m["schema_name"], m["new_name"]), "n")]
-            if m["archive_mode"] == "copy":
-                targets.append((QualifiedName(m["schema_name"], m["archive_name"]), "h"))
-            for target, tag in targets:
-                with self.conn.transaction():
-                    for idx in [key_index(plan.info), *secondary_indexes(plan.info)]:
-                        name = temp_index_name(idx, tag)
-                        if idx.constraint_type not in ("p", "u") or self.conn.execute(
-                                "SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
-                                (str(target), name)).fetchone():
-                            continue
-                        for stmt in key_constraint_sql(idx, target, tag):
-                            self.ex.run(stmt)
-                for fk_name, _, _ in plan.info.outgoing_fks:
-                    self.ex.run(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
-                        target.ident(), sql.Identifier(fk_name)))
-            with self.conn.transaction():
-                state.update(self.conn, self.table, state="indexed")
-                state.log(self.conn, self.table, "index", "done",
-                          details={"indexes": [i.name for i in secondary_indexes(plan.info)],
-                                   "parallel": workers})
-        self._analyze_in_background(m)
-        self._timed("index", t0)
-
-    def _replayer(self, m: dict[str, Any], plan: TablePlan, s: Settings) -> Replayer:
-        targets = [Target(QualifiedName(m["schema_name"], m["new_name"]))]
-        if m["archive_mode"] == "copy":
-            targets.append(Target(QualifiedName(m["schema_name"], m["archive_name"]), history=True))
-        return Replayer(plan.original, change_log_name(int(m["table_oid"])), targets,
-                        list(m["key_columns"]), plan.columns, m["date_column"], m["date_type"],
-                        m["cutoff"], plan.overriding, limit=s.replay_batch, switch_below=s.switch_below)
-
-    def replay(self) -> None:
-        """Drain the change log into N while writes continue, then switch the trigger to
-        direct capture in one short transaction that locks out T's writers (see
-        tablemig/replay.py). Idempotent: nothing to do once the log is gone."""
-        t0 = time.perf_counter()
-        m = self._require("indexed", "verified")
-        self._attach_subscribers()
-        log = change_log_name(int(m["table_oid"]))
-        if (m["checkpoint"] or {}).get("switched") or not log_exists(self.conn, log):
-            return  # switched by an earlier run (the log is dropped by the swap)
-        plan = self._plan or self.plan()
-        s = self._settings()
-        rep = self._replayer(m, plan, s)
-
-        # not paced (nice_ratio): the replay's work follows the application's write rate,
-        # and slowing it down only lengthens the capture and the switch's final batch
-        def pause() -> None:
-            wait_while_paused(self.conn, self.table)
-            if self.throttle:
-                self.throttle()
-
-        replayed, rounds = rep.drain(self.conn, pause=pause, flush=self.throttle is not None)
-        info = plan.info
-        capture_fn = plan.function_name("capture")
-        history = (QualifiedName(m["schema_name"], m["archive_name"])
-                   if m["archive_mode"] == "copy" else None)
-        final: dict[str, int] = {}
-
-        # rendered before the lock: the lock is held only while statements run
-        direct = sync_function_sql(info, capture_fn, "capture", QualifiedName(m["schema_name"], m["new_name"]),
-                                   history, date_column=m["date_column"], date_type=m["date_type"],
-                                   cutoff=m["cutoff"])
-
-        def switch(_locked_at: float) -> dict[str, Any]:
-            final["rows"] = rep.batch(self.conn, None)
-            self.ex.run(direct)
-            # the emptied log stays until the swap drops it: a DROP here would make this
-            # commit wait for a WAL flush (a transaction that drops files always does)
-            self.conn.execute("UPDATE table_migration.migration_state SET checkpoint = checkpoint"
-                              " || '{\"switched\": true}'::jsonb WHERE table_name = %s", (self.table,))
-            return {}
-
-        result, attempts, _ = with_lock_retries(
-            self.conn, f"switch to direct capture on {self.table}", [plan.original], switch,
-            lock_timeout=s.lock_timeout, attempts=s.swap_max_attempts,
-            long_xact_seconds=s.long_transaction_seconds, mode="SHARE ROW EXCLUSIVE")
-        with self.conn.transaction():
-            state.log(self.conn, self.table, "replay", "switched",
-                      rows=replayed + final.get("rows", 0), duration_ms=(time.perf_counter() - t0) * 1000,
-                      details={"batches": rounds, "replayed_under_lock": final.get("rows", 0),
-                               "lock_hold_ms": result.get("lock_hold_ms"), "attempts": attempts})
-        self.switch_lock_hold_ms = result.get("lock_hold_ms")
-        self._timed("replay", t0)
-
-    def _analyze_in_background(self, m: dict[str, Any]) -> None:
-        """ANALYZE the new tables (the planner needs their statistics from the swap on) on
-        another connection, started as soon as their indexes exist (an expression index
-        gets its statistics too): it overlaps the replay and verify's checksums (ANALYZE's
-        SHARE UPDATE EXCLUSIVE lets both go on) and takes no time of its own in the core.
-        verify waits for it."""
-        if self._analyze is not None or self._stats_ready:
-            return
-        tables = [QualifiedName(m["schema_name"], m["new_name"])]
-        if m["archive_mode"] == "copy":
-            tables.append(QualifiedName(m["schema_name"], m["archive_name"]))
-        self._analyze_error = None
-
-        def run() -> None:
-            try:
-                with connect(self.dsn, application_name="tablemig-analyze") as c:
-                    ex = Executor(c, recorder=self.recorder)
-                    for t in tables:
-                        ex.run(sql.SQL("ANALYZE {}").format(t.ident()))
-            except BaseException as exc:  # noqa: BLE001 - re-raised by verify
-                self._analyze_error = exc
-
-        self._analyze = threading.Thread(target=run, daemon=True)
-        self._analyze.start()
-
-    def _analyzed(self) -> None:
-        """Wait for the background ANALYZE; its error, if any, is verify's."""
-        if self._analyze is not None:
-            self._analyze.join()
-            self._analyze = None
-            self._stats_ready = self._analyze_error is None
-        if self._analyze_error is not None:
-            error, self._analyze_error = self._analyze_error, None
-            raise error
-
-    def _reconciler(self, plan: TablePlan) -> Reconciler:
-        types = {c.name: c.type for c in plan.info.columns}
-        return Reconciler(plan.key, [types[k] for k in plan.key],
-                          [c.name for c in plan.info.columns], plan.columns)
-
-    def verify(self, max_rounds: int = 3) -> VerifyResult:
-        """Segment checksums of T[D >= C] against N; differing rows are repaired from T.
-        First replays the change log and switches to direct capture (`replay`), so that
-        from here on the trigger keeps N equal and both sides can be read in one snapshot.
-        The two sides are summed at once on two connections sharing one snapshot."""
-        m0 = self._require("indexed", "verified")
-        # normally started by build_indexes; started here when the indexes were built by an
-        # earlier run
-        self._analyze_in_background(m0)
-        # the second reader's connection opens while the replay runs; a paced migration
-        # (nice_ratio) reads one side after the other, on one core
-        pending = None
-        if not self._settings().nice_ratio:
-            opening = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tablemig-verify")
-            pending = opening.submit(connect, self.dsn, application_name="tablemig-verify")
-            opening.shutdown(wait=False)
-        try:
-            self.replay()
-        except BaseException:
-            with contextlib.suppress(BaseException):
-                self._analyzed()
-            with contextlib.suppress(BaseException):
-                if pending is not None:
-                    pending.result().close()
-            raise
-        t0 = time.perf_counter()
-        m = self._require("indexed", "verified")
-        plan = self._plan or self.plan()
-        rec = self._reconciler(plan)
-        s = self._settings()
-        src = Side(plan.original, plan.date_column, plan.date_type, m["cutoff"])
-        dst = Side(QualifiedName(m["schema_name"], m["new_name"]))
-        pairs = [(src, dst)]
-        if m["archive_mode"] == "copy":
-            pairs.append((Side(plan.original, plan.date_column, plan.date_type, m["cutoff"],
-                               negate=True), Side(QualifiedName(m["schema_name"],
-                                                                m["archive_name"]))))
-        repaired, results = 0, []
-        try:
-            with pending.result() if pending is not None else contextlib.nullcontext() as peer:
-                for source, target in pairs:
-                    # a small table is one segment (a repair joins it whole, cheaply); a large
-                    # one is cut at its key's histogram when it has one (no scan of the key)
-                    rows = plan.keep_rows if target is dst else plan.archive_rows
-                    bounds = ([] if (rows or 0) < self.segment_min_rows else
-                              rec.stats_boundaries(self.conn, target, s.verify_segments)
-                              or rec.boundaries(self.conn, target, s.verify_segments))
-                    segs: list[Segment] = []
-                    for round_ in range(1, max_rounds + 1):
-                        segs = rec.checksums(self.conn, {"original": source, "new": target}, bounds,
-                                             peer=peer)
-                        bad = [x for x in segs if not x.match]
-                        if not bad:
-                            break
-                        for seg in bad:
-                            keys = rec.differing_keys(self.conn, source, target, seg)
-                            repaired += rec.repair(self.conn, source, target, keys, plan.overriding)
-                        if round_ == max_rounds:
-                            segs = rec.checksums(self.conn, {"original": source, "new": target}, bounds,
-                                                 peer=peer)
-                    results.append(segs)
-        except BaseException:
-            with contextlib.suppress(BaseException):
-                self._analyzed()
-            raise
-        self._analyzed()
-        result = VerifyResult(results[0], repaired, len(results),
-                              results[1] if len(results) > 1 else [])
-        self.verify_result = result
-        if not result.match:
-            with self.conn.transaction():
-                state.log(self.conn, self.table, "verify", "mismatch", rows=repaired)
-            raise TablemigError(f"verify of {self.table}: segments still differ after "
-                                f"{max_rounds} repair rounds",
-                                "check for writes bypassing the trigger (session_replication_role"
-                                " = replica?) and rerun")
-        with self.conn.transaction():
-            state.update(self.conn, self.table, state="verified")
-            state.log(self.conn, self.table, "verify", "match", rows=repaired,
-                      details={"segments": len(result.segments), "repaired_rows": repaired})
-        self._timed("verify", t0)
-        return result
 
     def swap(self) -> SwapResult:
         t0 = time.perf_counter()
