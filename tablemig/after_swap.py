@@ -11,7 +11,8 @@ import psycopg
 from psycopg import sql
 
 from . import state
-from .backfill import BatchCopier, CopyJob, Progress, Throttle, wait_while_paused
+from .backfill import CopyJob, Progress, Throttle, wait_while_paused
+from .batch_copy import BatchCopier
 from .errors import InputError, TablemigError
 from .executor import Executor
 from .names import QualifiedName
