@@ -7,19 +7,16 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 from psycopg import sql
 
 from . import state
-from .backfill import CopyJob, Progress, Throttle, wait_while_paused
+from .backfill import CopyJob, wait_while_paused
 from .batch_copy import BatchCopier
 from .errors import InputError, TablemigError
-from .executor import Executor
 from .names import QualifiedName
-from .pacing import NicePacer
 from .planner import TablePlan
 from .settings import Settings
-from .spec import TableSpec
+from .step_host import StepHost
 from .structure import (
     change_log_name,
     drop_trigger_sql,
@@ -39,27 +36,13 @@ from .swap import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    pass
 
 
-class AfterSwap:
+class AfterSwap(StepHost):
     """Prune, rollback and cleanup steps of a migration."""
 
-    dsn: str
-    spec: TableSpec
-    table: str
-    conn: psycopg.Connection[Any]
-    ex: Executor
-    throttle: Throttle | None
-    pacer: NicePacer
-    progress: Progress | None
     swap_result: SwapResult | None
-    _plan: TablePlan | None
-    _require: Callable[..., dict[str, Any]]
-    _settings: Callable[[], Settings]
-    _state: Callable[[], dict[str, Any] | None]
-    _lock: Callable[[int], None]
-    _timed: Callable[[str, float], None]
 
     def prune(self, batch_size: int | None = None) -> int:
         """Delete from the archive the rows that live in T; from here T and A are disjoint.

@@ -14,16 +14,13 @@ import psycopg
 from psycopg import sql
 
 from . import state
-from .backfill import Progress, Throttle
 from .db import connect
 from .errors import TablemigError
-from .executor import Executor, Recorder
+from .executor import Executor
 from .names import QualifiedName
-from .pacing import NicePacer
 from .planner import TablePlan
 from .replay import log_exists
-from .settings import Settings
-from .spec import TableSpec
+from .step_host import StepHost
 from .structure import (
     change_log_name,
     index_sql,
@@ -37,26 +34,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-class IndexBuild:
+class IndexBuild(StepHost):
     """The index step of a migration."""
 
-    dsn: str
-    spec: TableSpec
-    table: str
-    conn: psycopg.Connection[Any]
-    ex: Executor
-    recorder: Recorder
-    throttle: Throttle | None
-    pacer: NicePacer
-    progress: Progress | None
-    parallel_min_rows: int
-    segment_min_rows: int
-    _plan: TablePlan | None
-    plan: Callable[[], TablePlan]
-    _require: Callable[..., dict[str, Any]]
-    _settings: Callable[[], Settings]
-    _state: Callable[[], dict[str, Any] | None]
-    _timed: Callable[[str, float], None]
     _analyze_in_background: Callable[[dict[str, Any]], None]
 
     def _index_work(self, m: dict[str, Any], plan: TablePlan) -> list[tuple[QualifiedName, str, sql.Composable]]:

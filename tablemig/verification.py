@@ -12,21 +12,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 from psycopg import sql
 
 from . import state
-from .backfill import Progress, Throttle, wait_while_paused
+from .backfill import wait_while_paused
 from .db import connect
 from .errors import TablemigError
-from .executor import Executor, Recorder
+from .executor import Executor
 from .names import QualifiedName
-from .pacing import NicePacer
 from .planner import TablePlan
 from .reconcile import Reconciler, Segment, Side
 from .replay import Replayer, Target, log_exists
 from .settings import Settings
-from .spec import TableSpec
+from .step_host import StepHost
 from .structure import (
     change_log_name,
     sync_function_sql,
@@ -49,26 +47,9 @@ class VerifyResult:
         return all(s.match for s in self.segments + self.history_segments)
 
 
-class Verification:
+class Verification(StepHost):
     """The replay and verify steps of a migration."""
 
-    dsn: str
-    spec: TableSpec
-    table: str
-    conn: psycopg.Connection[Any]
-    ex: Executor
-    recorder: Recorder
-    throttle: Throttle | None
-    pacer: NicePacer
-    progress: Progress | None
-    parallel_min_rows: int
-    segment_min_rows: int
-    _plan: TablePlan | None
-    plan: Callable[[], TablePlan]
-    _require: Callable[..., dict[str, Any]]
-    _settings: Callable[[], Settings]
-    _state: Callable[[], dict[str, Any] | None]
-    _timed: Callable[[str, float], None]
     verify_result: VerifyResult | None
     switch_lock_hold_ms: float | None
     _stats_ready: bool

@@ -1,0 +1,40 @@
+"""What the step mixins of `tablemig.engine.Migration` (index build, verification, after
+the swap) rely on: declared here once for readers and type checkers, provided by
+`Migration` itself."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from .backfill import Progress, Throttle
+from .executor import Executor, Recorder
+from .pacing import NicePacer
+from .planner import TablePlan
+from .settings import Settings
+from .spec import TableSpec
+
+
+class StepHost:
+    """The connection, the settings and the step plumbing of one table's migration."""
+
+    dsn: str
+    spec: TableSpec
+    table: str
+    conn: psycopg.Connection[Any]
+    ex: Executor
+    recorder: Recorder
+    throttle: Throttle | None
+    pacer: NicePacer
+    progress: Progress | None
+    parallel_min_rows: int
+    segment_min_rows: int
+    _plan: TablePlan | None
+    plan: Callable[[], TablePlan]
+    _require: Callable[..., dict[str, Any]]
+    _settings: Callable[[], Settings]
+    _state: Callable[[], dict[str, Any] | None]
+    _lock: Callable[[int], None]
+    _timed: Callable[[str, float], None]
