@@ -113,6 +113,8 @@ class TableInfo:
     total_bytes: int
     table_bytes: int
     estimated_rows: int
+    # column privileges (pg_attribute.attacl): (grantee, privilege, grantable, columns)
+    column_acl: list[tuple[str, str, bool, list[str]]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def column(self, name: str) -> Column | None:
@@ -259,7 +261,14 @@ SELECT
     FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
    WHERE d.classid = 'pg_proc'::regclass AND d.refobjid = %(oid)s
      AND d.refclassid = 'pg_class'::regclass) AS bound,
- ({_ACL.format(oid="%(oid)s")}) AS acl
+ ({_ACL.format(oid="%(oid)s")}) AS acl,
+ (SELECT coalesce(json_agg(json_build_array(g.grantee, g.privilege_type, g.is_grantable, g.cols)
+                           ORDER BY g.grantee, g.privilege_type, g.is_grantable), '[]') FROM (
+    SELECT CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee) END AS grantee,
+           x.privilege_type, x.is_grantable, array_agg(a.attname::text ORDER BY a.attnum) AS cols
+      FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid, aclexplode(a.attacl) x
+     WHERE c.oid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped AND x.grantee <> c.relowner
+     GROUP BY 1, 2, 3) g) AS col_acl
 """  # noqa: S608 - only the constant _ACL fragment is formatted in
 
 
@@ -304,6 +313,7 @@ def inspect_table(conn: psycopg.Connection[Any], name: QualifiedName,
         bound_functions=list(r["bound"]), inherits=base["inherits"],
         has_children=base["relhassubclass"], total_bytes=base["total_bytes"],
         table_bytes=base["table_bytes"], estimated_rows=base["estimated_rows"],
+        column_acl=[(g, p, bool(grantable), list(cols)) for g, p, grantable, cols in r["col_acl"]],
     )
 
 

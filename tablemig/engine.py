@@ -243,8 +243,9 @@ class Migration(IndexBuild, Verification, AfterSwap):
                  plan.archive.name, plan.backup.name if plan.backup else None, plan.date_column,
                  plan.date_type, plan.key, plan.cutoff, self.spec.archive_mode, self.plan_name,
                  self.spec.batch_size, plan.keep_rows))
-            for stmt in ddl:
-                self.ex.run(stmt)
+            with self.ex.batched():  # one round trip under the lock
+                for stmt in ddl:
+                    self.ex.run(stmt)
             self.conn.execute(
                 "INSERT INTO table_migration.replication_control (table_name, replication_enabled,"
                 " notes) VALUES (%s, false, 'migration in progress: capture installed')"

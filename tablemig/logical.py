@@ -300,7 +300,7 @@ class Subscriber:
             info = inspect_table(self.conn, t, list(m["key_columns"]))
             if back:
                 peer = (rec.get("peers") or {}).get(self.name, {})
-                exchange_back(self.ex, info, t, n, outgoing, m["key_columns"], peer)
+                exchange_back(self.ex, info, t, n, outgoing, peer)
                 self.ex.run(sql.SQL("DROP TABLE {}").format(n.ident()))
                 record: dict[str, Any] = {}
             else:

@@ -365,7 +365,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         record.blocked.setdefault(result.table or "*", result.id)
     result.statements = [
         {"site": s.site, "sql": s.sql, "executed": s.executed, "duration_ms": s.duration_ms,
-         "rows": s.rows, "error": s.error}
+         "rows": s.rows, "error": s.error, **({"sent_with": s.batch} if s.batch else {})}
         for s in record.recorder.for_step(f"{result.id}|{result.table or ''}")]
     return report
 

@@ -222,17 +222,11 @@ def _grant(ex: Executor, target: QualifiedName, acl: list[tuple[str, str, bool]]
             sql.SQL(" WITH GRANT OPTION" if grantable else "")))
 
 
-def _column_grants(ex: Executor, source: QualifiedName, target: QualifiedName) -> None:
-    """Column privileges (`pg_attribute.attacl`): CREATE TABLE ... LIKE does not copy them
-    and the table ACL does not hold them, so they are re-granted column by column."""
-    rows = ex.run(sql.SQL("""
-        SELECT CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee) END,
-               x.privilege_type, x.is_grantable, array_agg(a.attname::text ORDER BY a.attnum)
-          FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid, aclexplode(a.attacl) x
-         WHERE c.oid = {}::regclass AND a.attnum > 0 AND NOT a.attisdropped
-           AND x.grantee <> c.relowner
-         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""").format(sql.Literal(str(source))), mutating=False)
-    for grantee, priv, grantable, columns in (rows.fetchall() if rows is not None else []):
+def _column_grants(ex: Executor, info: TableInfo, target: QualifiedName) -> None:
+    """Column privileges (`pg_attribute.attacl`, read by the inspection): CREATE TABLE ...
+    LIKE does not copy them and the table ACL does not hold them, so they are re-granted
+    column by column."""
+    for grantee, priv, grantable, columns in info.column_acl:
         who = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
         ex.run(sql.SQL("GRANT {} ({}) ON TABLE {} TO {}{}").format(
             sql.SQL(priv), sql.SQL(", ").join(map(sql.Identifier, columns)), target.ident(), who,
@@ -298,11 +292,6 @@ def _publications(ex: Executor, pubs: list[str], old: QualifiedName, live: Quali
         ex.run(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(pub), live.ident()))
 
 
-def _quoted(ex: Executor, name: QualifiedName) -> str:
-    return str(ex.scalar("SELECT quote_ident(%s) || '.' || quote_ident(%s)",
-                         (name.schema, name.name)))
-
-
 def _rename_index(ex: Executor, table: QualifiedName, schema: str, constraint: str | None,
                   old: str, new: str) -> None:
     if constraint:
@@ -358,16 +347,16 @@ def exchange(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
     _repoint_fks(ex, info.incoming_fks)
     _recreate_views(ex, info.views)
     _grant(ex, t, info.acl)
-    _column_grants(ex, outgoing, t)
+    _column_grants(ex, info, t)
     _policies(ex, t, info)
-    disabled = _copy_triggers(ex, info, outgoing, t, _quoted(ex, t))
+    disabled = _copy_triggers(ex, info, outgoing, t, ex.text(t.ident()))
     if info.comment is not None:
         ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(t.ident(), sql.Literal(info.comment)))
     return {"indexes": names, "disabled_triggers": disabled}
 
 
 def exchange_back(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
-                  outgoing: QualifiedName, key: list[str], rec: dict[str, Any]) -> None:
+                  outgoing: QualifiedName, rec: dict[str, Any]) -> None:
     """Undo `exchange` (the new table is renamed back to `n`; the caller drops it)."""
     schema = t.schema
     ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(t.ident(), sql.Identifier(n.name)))
@@ -375,11 +364,11 @@ def exchange_back(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedN
     for original, archived, temp, constraint in rec.get("indexes", []):
         _rename_index(ex, n, schema, constraint, original, temp)
         _rename_index(ex, t, schema, constraint, archived, original)
-    _sequences(ex, inspect_table(ex.conn, n, list(key)), t)
+    _sequences(ex, info, t)  # `info` is the table now renamed to `n`: its sequences
     _repoint_fks(ex, info.incoming_fks)
     _recreate_views(ex, info.views)
     _grant(ex, t, info.acl)
-    _column_grants(ex, n, t)
+    _column_grants(ex, info, t)
     for name in rec.get("disabled_triggers", []):
         ex.run(sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(t.ident(), sql.Identifier(name)))
     ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(t.ident(), sql.Literal(info.comment)))
@@ -403,23 +392,25 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
         info = inspect_table(conn, t, list(m["key_columns"]))  # under the lock: current
         if not deps.covers(info):
             raise psycopg.errors.LockNotAvailable("dependencies changed while locking")
-        ex.run(drop_trigger_sql(t, CAPTURE_TRIGGER))
-        ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
-        ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
-            QualifiedName("table_migration", f"capture_{m['table_oid']}").ident()))
-        # the change log, emptied by the switch to direct capture (this commit is durable anyway)
-        ex.run(sql.SQL("DROP TABLE IF EXISTS {}").format(change_log_name(int(m["table_oid"])).ident()))
-        record = exchange(ex, info, t, n, outgoing)
-        if not peers:  # a managed subscriber keeps both tables published (see tablemig.logical)
-            _publications(ex, info.publications, outgoing, t)
-        ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(outgoing.ident(), sql.Literal(
-            f"tablemig: original {t} (all rows) before the swap; cutoff {m['cutoff']} on "
-            f"{m['date_column']}")))
         fn = QualifiedName("table_migration", f"mirror_{m['table_oid']}")
-        ex.run(sync_function_sql(info, fn, "mirror", outgoing))
-        for stmt in trigger_sql(t, MIRROR_TRIGGER, fn):
-            ex.run(stmt)
-        ex.run(truncate_guard_sql(t))
+        mirror = sync_function_sql(info, fn, "mirror", outgoing)
+        with ex.batched():  # the DDL in as few round trips as its reads allow
+            ex.run(drop_trigger_sql(t, CAPTURE_TRIGGER))
+            ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
+            ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
+                QualifiedName("table_migration", f"capture_{m['table_oid']}").ident()))
+            # the change log, emptied by the switch to direct capture (this commit is durable anyway)
+            ex.run(sql.SQL("DROP TABLE IF EXISTS {}").format(change_log_name(int(m["table_oid"])).ident()))
+            record = exchange(ex, info, t, n, outgoing)
+            if not peers:  # a managed subscriber keeps both tables published (see tablemig.logical)
+                _publications(ex, info.publications, outgoing, t)
+            ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(outgoing.ident(), sql.Literal(
+                f"tablemig: original {t} (all rows) before the swap; cutoff {m['cutoff']} on "
+                f"{m['date_column']}")))
+            ex.run(mirror)
+            for stmt in trigger_sql(t, MIRROR_TRIGGER, fn):
+                ex.run(stmt)
+            ex.run(truncate_guard_sql(t))
         record |= {"foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks],
                    "views": [str(v.name) for v in info.views], "publications": info.publications,
                    "outgoing": outgoing.name, "fk_validated": []}
@@ -460,14 +451,15 @@ def swap_back(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: i
         info = inspect_table(conn, t, list(m["key_columns"]))
         if not deps.covers(info):
             raise psycopg.errors.LockNotAvailable("dependencies changed while locking")
-        ex.run(drop_trigger_sql(t, MIRROR_TRIGGER))
-        ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
-        ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
-            QualifiedName("table_migration", f"mirror_{m['table_oid']}").ident()))
-        exchange_back(ex, info, t, n, outgoing, m["key_columns"], rec)
-        if not peers:
-            _publications(ex, info.publications, n, t)
-        ex.run(sql.SQL("DROP TABLE {}").format(n.ident()))
+        with ex.batched():
+            ex.run(drop_trigger_sql(t, MIRROR_TRIGGER))
+            ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
+            ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
+                QualifiedName("table_migration", f"mirror_{m['table_oid']}").ident()))
+            exchange_back(ex, info, t, n, outgoing, rec)
+            if not peers:
+                _publications(ex, info.publications, n, t)
+            ex.run(sql.SQL("DROP TABLE {}").format(n.ident()))
         for p in peers:
             p.prepare_swap(m, back=True)
         state.update(conn, str(t), state="rolled_back")
