@@ -64,9 +64,10 @@ from .verification import Verification, VerifyResult
 class Migration(IndexBuild, Verification, AfterSwap):
     """One table's migration on the active site."""
 
-    # Below these row counts a second connection costs more than it saves: the indexes are
-    # built one after the other in one transaction and verify reads the sides in turn; and
-    # verify compares a small table as one segment.
+    # Below `parallel_min_rows` rows kept, more connections cost more than they save: the
+    # indexes are built one after the other in one transaction (verify reads its two sides
+    # at once whatever the size: its second connection opens during the replay). Below
+    # `segment_min_rows` verify compares the table as one segment.
     parallel_min_rows = 200_000
     segment_min_rows = 50_000
 
