@@ -114,8 +114,8 @@ def cmd_status(a: argparse.Namespace) -> int:
                 " table_oid FROM table_migration.migration_state WHERE %s::text IS NULL OR table_name = %s"
                 " ORDER BY table_name", (a.table and str(QualifiedName.parse(a.table)),) * 2).fetchall()
         for r in rows:
-            # keys logged by the capture trigger and not replayed yet (until the switch to
-            # direct capture, which drops the change log)
+            # keys logged by the capture trigger and not replayed yet (the change log lives
+            # until the swap; it is empty from the switch to direct capture on)
             log = change_log_name(int(r.pop("table_oid")))
             found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (str(log),)).fetchone()
             r["change_log_backlog"] = (conn.execute(sql.SQL("SELECT count(*) FROM {}").format(

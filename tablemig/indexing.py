@@ -43,10 +43,7 @@ class IndexBuild(StepHost):
         """(table, index name, CREATE INDEX) of every index N (and H) still lacks; an
         index left INVALID (by a concurrent build of an older version) is dropped first."""
         out = []
-        targets = [(QualifiedName(m["schema_name"], m["new_name"]), "n")]
-        if m["archive_mode"] == "copy":
-            targets.append((QualifiedName(m["schema_name"], m["archive_name"]), "h"))
-        for target, tag in targets:
+        for target, tag in state.new_tables(m):
             wanted = [(idx, temp_index_name(idx, tag))
                       for idx in [key_index(plan.info), *secondary_indexes(plan.info)]]
             valid = dict(self.conn.execute(
@@ -122,13 +119,12 @@ class IndexBuild(StepHost):
         keys = sql.SQL(", ").join(map(sql.Identifier, m["key_columns"]))
         match = sql.SQL(" AND ").join(sql.SQL("x.{0} = c.{0}").format(sql.Identifier(k))
                                       for k in m["key_columns"])
-        tables = [m["new_name"]] + ([m["archive_name"]] if m["archive_mode"] == "copy" else [])
         n = 0
         with self.conn.transaction():
-            for name in tables:
+            for table, _ in state.new_tables(m):
                 cur = self.conn.execute(sql.SQL(
                     "DELETE FROM {t} x USING (SELECT DISTINCT {k} FROM {log}) c WHERE {m}").format(
-                    t=QualifiedName(m["schema_name"], name).ident(), k=keys, log=log.ident(), m=match))
+                    t=table.ident(), k=keys, log=log.ident(), m=match))
                 n += max(cur.rowcount, 0)
         return n
 
@@ -172,10 +168,7 @@ class IndexBuild(StepHost):
                 if dup:
                     raise TablemigError(f"{self.table}: duplicate keys in the new table's indexes {dup}",
                                         "report it; roll back (tablemig rollback) and rerun")
-            targets = [(QualifiedName(m["schema_name"], m["new_name"]), "n")]
-            if m["archive_mode"] == "copy":
-                targets.append((QualifiedName(m["schema_name"], m["archive_name"]), "h"))
-            for target, tag in targets:
+            for target, tag in state.new_tables(m):
                 with self.conn.transaction():
                     for idx in [key_index(plan.info), *secondary_indexes(plan.info)]:
                         name = temp_index_name(idx, tag)

@@ -57,6 +57,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from . import state
 from .catalog import inspect_table
 from .db import connect, redact
 from .errors import InputError, TablemigError
@@ -185,9 +186,7 @@ class Subscriber:
         t = QualifiedName(m["schema_name"], m["original_name"])
         link = self.link(pub.conn, t)
         install_schema(self.conn)
-        targets = [(QualifiedName(m["schema_name"], m["new_name"]), "n")]
-        if m["archive_mode"] == "copy":
-            targets.append((QualifiedName(m["schema_name"], m["archive_name"]), "h"))
+        targets = state.new_tables(m)
         info = inspect_table(self.conn, t, list(m["key_columns"]))
         for target, tag in targets:
             if self._exists(target):

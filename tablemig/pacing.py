@@ -1,13 +1,12 @@
 """Pacing of the bulk work: the nice ratio.
 
-On a busy server the migration's bulk work (load chunks, index builds, replay batches)
-takes CPU and I/O from the application. `nice_ratio` bounds that share: after each unit
-of bulk work (a load chunk, an index build, a prune batch) the worker sleeps `nice_ratio`
-times as long as the unit took. With 0 (the default) nothing sleeps; with 1 the migration
-works at most half the time; with 4, a fifth of the time. Those steps take
-`1 + nice_ratio` times as long. Not paced: the replay of the change log (its work follows
-the application's write rate; slowing it down would only lengthen the capture and the
-switch's final batch under its lock), verify and the swap.
+On a busy server the migration's bulk work takes CPU and I/O from the application.
+`nice_ratio` bounds that share: after each unit of bulk work (a load chunk, an index
+build, a prune batch) the worker sleeps `nice_ratio` times as long as the unit took. With
+0 (the default) nothing sleeps; with 1 the migration works at most half the time; with 4,
+a fifth of the time. Those steps take `1 + nice_ratio` times as long. Not paced: the
+replay of the change log (its work follows the application's write rate; slowing it down
+would only lengthen the capture and the switch's final batch under its lock), verify and the swap.
 
 The ratio comes from `table_migration.migration_config` (key `nice_ratio`) or the
 command line, and is re-read from the configuration table every few seconds: a DBA can
@@ -27,6 +26,8 @@ from typing import Any
 import psycopg
 
 from .db import connect
+from .errors import InputError
+from .settings import Settings
 
 
 class NicePacer:
@@ -59,11 +60,9 @@ class NicePacer:
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = connect(self.dsn, application_name="tablemig-pacer")
-                row = self._conn.execute("SELECT config_value FROM table_migration.migration_config"
-                                         " WHERE config_key = 'nice_ratio'").fetchone()
-                self.ratio = max(0.0, float(row[0])) if row and row[0] is not None else 0.0
-            except (psycopg.Error, ValueError):
-                pass  # keep the ratio in force; the configuration is read again later
+                self.ratio = Settings.load(self._conn).nice_ratio
+            except (psycopg.Error, InputError):
+                pass  # keep the ratio in force (a bad value is refused when the next step starts)
 
     def __call__(self) -> None:
         now = time.monotonic()

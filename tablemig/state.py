@@ -33,6 +33,15 @@ def old_table(m: dict[str, Any]) -> QualifiedName:
     return QualifiedName(m["schema_name"], (m["swap_record"] or {}).get("outgoing") or m["archive_name"])
 
 
+def new_tables(m: dict[str, Any]) -> list[tuple[QualifiedName, str]]:
+    """The tables the migration builds, with the tag of their temporary index names: the
+    new table N ("n") and, in archive mode copy, the archive H the history is copied to ("h")."""
+    out = [(QualifiedName(m["schema_name"], m["new_name"]), "n")]
+    if m["archive_mode"] == "copy":
+        out.append((QualifiedName(m["schema_name"], m["archive_name"]), "h"))
+    return out
+
+
 def load(conn: psycopg.Connection[Any], table: str) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT * FROM table_migration.migration_state WHERE table_name = %s", (table,))

@@ -8,10 +8,11 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg import sql
 
 from . import state
@@ -58,9 +59,7 @@ class Verification(StepHost):
     _attach_subscribers: Callable[[], None]
 
     def _replayer(self, m: dict[str, Any], plan: TablePlan, s: Settings) -> Replayer:
-        targets = [Target(QualifiedName(m["schema_name"], m["new_name"]))]
-        if m["archive_mode"] == "copy":
-            targets.append(Target(QualifiedName(m["schema_name"], m["archive_name"]), history=True))
+        targets = [Target(table, history=tag == "h") for table, tag in state.new_tables(m)]
         return Replayer(plan.original, change_log_name(int(m["table_oid"])), targets,
                         list(m["key_columns"]), plan.columns, m["date_column"], m["date_type"],
                         m["cutoff"], plan.overriding, limit=s.replay_batch, switch_below=s.switch_below)
@@ -127,9 +126,7 @@ class Verification(StepHost):
         verify waits for it."""
         if self._analyze is not None or self._stats_ready:
             return
-        tables = [QualifiedName(m["schema_name"], m["new_name"])]
-        if m["archive_mode"] == "copy":
-            tables.append(QualifiedName(m["schema_name"], m["archive_name"]))
+        tables = [table for table, _ in state.new_tables(m)]
         self._analyze_error = None
 
         def run() -> None:
@@ -159,32 +156,10 @@ class Verification(StepHost):
         return Reconciler(plan.key, [types[k] for k in plan.key],
                           [c.name for c in plan.info.columns], plan.columns)
 
-    def verify(self, max_rounds: int = 3) -> VerifyResult:
-        """Segment checksums of T[D >= C] against N; differing rows are repaired from T.
-        First replays the change log and switches to direct capture (`replay`), so that
-        from here on the trigger keeps N equal and both sides can be read in one snapshot.
-        The two sides are summed at once on two connections sharing one snapshot."""
-        m0 = self._require("indexed", "verified")
-        # normally started by build_indexes; started here when the indexes were built by an
-        # earlier run
-        self._analyze_in_background(m0)
-        # the second reader's connection opens while the replay runs; a paced migration
-        # (nice_ratio) reads one side after the other, on one core
-        pending = None
-        if not self._settings().nice_ratio:
-            opening = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tablemig-verify")
-            pending = opening.submit(connect, self.dsn, application_name="tablemig-verify")
-            opening.shutdown(wait=False)
-        try:
-            self.replay()
-        except BaseException:
-            with contextlib.suppress(BaseException):
-                self._analyzed()
-            with contextlib.suppress(BaseException):
-                if pending is not None:
-                    pending.result().close()
-            raise
-        t0 = time.perf_counter()
+    def _compare(self, max_rounds: int, peer: psycopg.Connection[Any] | None
+                 ) -> tuple[int, list[list[Segment]]]:
+        """Checksums of each (source, target) pair, repairing differing rows for up to
+        `max_rounds` rounds; returns the rows repaired and each pair's last segments."""
         m = self._require("indexed", "verified")
         plan = self._plan or self.plan()
         rec = self._reconciler(plan)
@@ -197,33 +172,54 @@ class Verification(StepHost):
                                negate=True), Side(QualifiedName(m["schema_name"],
                                                                 m["archive_name"]))))
         repaired, results = 0, []
-        try:
-            with pending.result() if pending is not None else contextlib.nullcontext() as peer:
-                for source, target in pairs:
-                    # a small table is one segment (a repair joins it whole, cheaply); a large
-                    # one is cut at its key's histogram when it has one (no scan of the key)
-                    rows = plan.keep_rows if target is dst else plan.archive_rows
-                    bounds = ([] if (rows or 0) < self.segment_min_rows else
-                              rec.stats_boundaries(self.conn, target, s.verify_segments)
-                              or rec.boundaries(self.conn, target, s.verify_segments))
-                    segs: list[Segment] = []
-                    for round_ in range(1, max_rounds + 1):
-                        segs = rec.checksums(self.conn, {"original": source, "new": target}, bounds,
-                                             peer=peer)
-                        bad = [x for x in segs if not x.match]
-                        if not bad:
-                            break
-                        for seg in bad:
-                            keys = rec.differing_keys(self.conn, source, target, seg)
-                            repaired += rec.repair(self.conn, source, target, keys, plan.overriding)
-                        if round_ == max_rounds:
-                            segs = rec.checksums(self.conn, {"original": source, "new": target}, bounds,
-                                                 peer=peer)
-                    results.append(segs)
-        except BaseException:
-            with contextlib.suppress(BaseException):
-                self._analyzed()
-            raise
+        for source, target in pairs:
+            # a small table is one segment (a repair joins it whole, cheaply); a large one is
+            # cut at its key's histogram when it has one (no scan of the key)
+            rows = plan.keep_rows if target is dst else plan.archive_rows
+            bounds = ([] if (rows or 0) < self.segment_min_rows else
+                      rec.stats_boundaries(self.conn, target, s.verify_segments)
+                      or rec.boundaries(self.conn, target, s.verify_segments))
+            segs: list[Segment] = []
+            for round_ in range(1, max_rounds + 1):
+                segs = rec.checksums(self.conn, {"original": source, "new": target}, bounds, peer=peer)
+                bad = [x for x in segs if not x.match]
+                if not bad:
+                    break
+                for seg in bad:
+                    keys = rec.differing_keys(self.conn, source, target, seg)
+                    repaired += rec.repair(self.conn, source, target, keys, plan.overriding)
+                if round_ == max_rounds:
+                    segs = rec.checksums(self.conn, {"original": source, "new": target}, bounds, peer=peer)
+            results.append(segs)
+        return repaired, results
+
+    def verify(self, max_rounds: int = 3) -> VerifyResult:
+        """Segment checksums of T[D >= C] against N; differing rows are repaired from T.
+        First replays the change log and switches to direct capture (`replay`), so that
+        from here on the trigger keeps N equal and both sides can be read in one snapshot.
+        The two sides are summed at once on two connections sharing one snapshot (one
+        after the other when the migration is paced)."""
+        m0 = self._require("indexed", "verified")
+        # normally started by build_indexes; started here when the indexes were built by an
+        # earlier run
+        self._analyze_in_background(m0)
+        # the second reader's connection opens while the replay runs; a paced migration
+        # (nice_ratio) reads one side after the other, on one core
+        with contextlib.ExitStack() as stack:
+            pending: Future[psycopg.Connection[Any]] | None = None
+            if not self._settings().nice_ratio:
+                opening = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tablemig-verify")
+                pending = opening.submit(connect, self.dsn, application_name="tablemig-verify")
+                opening.shutdown(wait=False)
+                stack.callback(_close_when_open, pending)
+            try:
+                self.replay()
+                t0 = time.perf_counter()
+                repaired, results = self._compare(max_rounds, pending.result() if pending else None)
+            except BaseException:
+                with contextlib.suppress(BaseException):  # the first error is the one reported
+                    self._analyzed()
+                raise
         self._analyzed()
         result = VerifyResult(results[0], repaired, len(results),
                               results[1] if len(results) > 1 else [])
@@ -241,3 +237,10 @@ class Verification(StepHost):
                       details={"segments": len(result.segments), "repaired_rows": repaired})
         self._timed("verify", t0)
         return result
+
+
+def _close_when_open(pending: Future[psycopg.Connection[Any]]) -> None:
+    """Close the connection `pending` opens (it may still be opening; one that failed to
+    open has nothing to close)."""
+    with contextlib.suppress(Exception):
+        pending.result().close()
