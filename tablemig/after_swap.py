@@ -5,7 +5,7 @@ row and the step plumbing used here."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from psycopg import sql
 
@@ -13,6 +13,7 @@ from . import state
 from .backfill import CopyJob, wait_while_paused
 from .batch_copy import BatchCopier
 from .errors import InputError, TablemigError
+from .locking import with_lock_retries
 from .names import QualifiedName
 from .planner import TablePlan
 from .settings import Settings
@@ -32,11 +33,7 @@ from .swap import (
     SwapResult,
     swap_back,
     validate_foreign_keys,
-    with_lock_retries,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 class AfterSwap(StepHost):

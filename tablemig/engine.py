@@ -34,6 +34,7 @@ from .db import connect
 from .errors import InputError, TablemigError
 from .executor import Executor, Recorder
 from .indexing import IndexBuild
+from .locking import blockers, with_lock_retries
 from .logical import Subscriber
 from .names import QualifiedName
 from .pacing import NicePacer
@@ -53,10 +54,8 @@ from .structure import (
 from .swap import (
     CAPTURE_TRIGGER,
     SwapResult,
-    blockers,
     swap,
     validate_foreign_keys,
-    with_lock_retries,
 )
 from .verification import Verification, VerifyResult
 

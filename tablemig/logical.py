@@ -61,11 +61,12 @@ from . import state
 from .catalog import inspect_table
 from .db import connect, redact
 from .errors import InputError, TablemigError
+from .exchange import exchange, exchange_back
 from .executor import Executor, Recorder
 from .names import QualifiedName
 from .schema import install_schema
 from .structure import create_table_sql, index_sql, secondary_indexes, temp_index_name
-from .swap import exchange, exchange_back, validate_foreign_keys
+from .swap import validate_foreign_keys
 
 
 class BarrierTimeout(TablemigError):

@@ -20,6 +20,7 @@ from .backfill import wait_while_paused
 from .db import connect
 from .errors import TablemigError
 from .executor import Executor
+from .locking import with_lock_retries
 from .names import QualifiedName
 from .planner import TablePlan
 from .reconcile import Reconciler, Segment, Side
@@ -30,7 +31,6 @@ from .structure import (
     change_log_name,
     sync_function_sql,
 )
-from .swap import with_lock_retries
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -21,9 +21,9 @@ from tablemig.db import connect
 from tablemig.demo_data import create_demo_data
 from tablemig.engine import Migration
 from tablemig.errors import LockNotAcquired
+from tablemig.locking import blockers
 from tablemig.names import QualifiedName
 from tablemig.spec import TableSpec
-from tablemig.swap import blockers
 
 ROWS = 20_000
 LOCK_TIMEOUT_S = 0.1

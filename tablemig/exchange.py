@@ -1,0 +1,185 @@
+"""The exchange of two tables' names and of everything that belongs to a name: index and
+constraint names, sequences, incoming foreign keys, views, grants, policies, user
+triggers, comment. Run inside the swap's locked transaction on the active site, and by
+logical subscribers on theirs (`tablemig.logical`); `exchange_back` undoes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import sql
+
+from .catalog import DependentView, ForeignKey, TableInfo
+from .errors import TablemigError
+from .executor import Executor
+from .names import QualifiedName
+from .structure import (
+    archive_index_name,
+    secondary_indexes,
+    temp_index_name,
+)
+
+
+def _repoint_fks(ex: Executor, fks: list[ForeignKey]) -> None:
+    for fk in fks:
+        body = fk.definition.removesuffix(" NOT VALID")
+        ex.run(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(fk.table.ident(),
+                                                                   sql.Identifier(fk.name)))
+        ex.run(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
+            fk.table.ident(), sql.Identifier(fk.name), sql.SQL(body)))
+
+
+def _recreate_views(ex: Executor, views: list[DependentView]) -> None:
+    """Views resolve table names when created: re-issuing the saved definition binds them
+    to whatever table now has the name."""
+    for v in views:
+        body = v.definition.rstrip().rstrip(";")
+        opts = (sql.SQL(" WITH ({})").format(sql.SQL(", ").join(sql.SQL(o) for o in v.options))
+                if v.options else sql.SQL(""))
+        if v.kind == "v":
+            ex.run(sql.SQL("CREATE OR REPLACE VIEW {}{} AS {}").format(v.name.ident(), opts,
+                                                                       sql.SQL(body)))
+            continue
+        ex.run(sql.SQL("DROP MATERIALIZED VIEW {}").format(v.name.ident()))
+        ex.run(sql.SQL("CREATE MATERIALIZED VIEW {}{} AS {} WITH DATA").format(
+            v.name.ident(), opts, sql.SQL(body)))
+        ex.run(sql.SQL("ALTER MATERIALIZED VIEW {} OWNER TO {}").format(
+            v.name.ident(), sql.Identifier(v.owner)))
+        for idx in v.indexes:
+            ex.run(sql.SQL(idx))
+        _grant(ex, v.name, v.acl, "TABLE")
+
+
+def _grant(ex: Executor, target: QualifiedName, acl: list[tuple[str, str, bool]],
+           kind: str = "TABLE") -> None:
+    for grantee, priv, grantable in acl:
+        who = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
+        ex.run(sql.SQL("GRANT {} ON {} {} TO {}{}").format(
+            sql.SQL(priv), sql.SQL(kind), target.ident(), who,
+            sql.SQL(" WITH GRANT OPTION" if grantable else "")))
+
+
+def _column_grants(ex: Executor, info: TableInfo, target: QualifiedName) -> None:
+    """Column privileges (`pg_attribute.attacl`, read by the inspection): CREATE TABLE ...
+    LIKE does not copy them and the table ACL does not hold them, so they are re-granted
+    column by column."""
+    for grantee, priv, grantable, columns in info.column_acl:
+        who = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
+        ex.run(sql.SQL("GRANT {} ({}) ON TABLE {} TO {}{}").format(
+            sql.SQL(priv), sql.SQL(", ").join(map(sql.Identifier, columns)), target.ident(), who,
+            sql.SQL(" WITH GRANT OPTION" if grantable else "")))
+
+
+def _policies(ex: Executor, target: QualifiedName, info: TableInfo) -> None:
+    enabled, forced = info.rls
+    if enabled:
+        ex.run(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(target.ident()))
+    if forced:
+        ex.run(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(target.ident()))
+    cmds = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "ALL"}
+    for p in info.policies:
+        roles = sql.SQL(", ").join(sql.SQL("PUBLIC") if r == "PUBLIC" else sql.Identifier(r)
+                                   for r in p["roles"])
+        q = sql.SQL(" USING ({})").format(sql.SQL(p["qual"])) if p["qual"] else sql.SQL("")
+        c = sql.SQL(" WITH CHECK ({})").format(sql.SQL(p["check"])) if p["check"] else sql.SQL("")
+        ex.run(sql.SQL("CREATE POLICY {} ON {} AS {} FOR {} TO {}{}{}").format(
+            sql.Identifier(p["name"]), target.ident(),
+            sql.SQL("PERMISSIVE" if p["permissive"] else "RESTRICTIVE"),
+            sql.SQL(cmds[p["cmd"]]), roles, q, c))
+
+
+def _copy_triggers(ex: Executor, info: TableInfo, source: QualifiedName,
+                   target: QualifiedName, target_quoted: str) -> list[str]:
+    """Recreate the user triggers on `target` and disable them on `source` (the archive
+    must not run application triggers on mirrored writes). Returns the disabled ones."""
+    disabled = []
+    for trg in info.triggers:
+        ident = ex.scalar("SELECT quote_ident(%s)", (trg.name,))
+        head = f"CREATE TRIGGER {ident} "
+        if not trg.definition.startswith(head):
+            head = f"CREATE CONSTRAINT TRIGGER {ident} "
+        anchor = f" ON {info.quoted} "
+        before, sep, after = trg.definition[len(head):].partition(anchor)
+        if not sep or anchor in after:
+            raise TablemigError(f"cannot re-target trigger {trg.name}: {trg.definition}",
+                                "drop and recreate this trigger by hand after the swap")
+        ex.run(sql.SQL(head + before + " ON " + target_quoted + " " + after))
+        if trg.enabled != "D":
+            ex.run(sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(
+                source.ident(), sql.Identifier(trg.name)))
+            disabled.append(trg.name)
+    return disabled
+
+
+def _sequences(ex: Executor, old: TableInfo, live: QualifiedName) -> None:
+    """Serial sequences follow the live table; identity sequences continue from the old."""
+    for column, seq, kind in old.sequences:
+        if kind == "serial":
+            ex.run(sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
+                sql.SQL(seq), live.ident(), sql.Identifier(column)))
+        else:
+            ex.run(sql.SQL(
+                "SELECT setval(pg_get_serial_sequence(%s, %s), s.last_value, s.is_called)"
+                " FROM {} s").format(sql.SQL(seq)), (str(live), column))
+
+
+def move_publications(ex: Executor, pubs: list[str], old: QualifiedName, live: QualifiedName) -> None:
+    for pub in pubs:
+        ex.run(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(sql.Identifier(pub), old.ident()))
+        ex.run(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(pub), live.ident()))
+
+
+def _rename_index(ex: Executor, table: QualifiedName, schema: str, constraint: str | None,
+                  old: str, new: str) -> None:
+    if constraint:
+        ex.run(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+            table.ident(), sql.Identifier(old), sql.Identifier(new)))
+    else:
+        ex.run(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+            sql.Identifier(schema, old), sql.Identifier(new)))
+
+
+def exchange(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
+             outgoing: QualifiedName) -> dict[str, Any]:
+    """Rename `t -> outgoing` and `n -> t` and make the new `t` look like the old one
+    (index and constraint names, sequences, incoming FKs, views, grants, policies, user
+    triggers, comment). Shared by the active site and logical subscribers."""
+    schema = t.schema
+    ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(t.ident(), sql.Identifier(outgoing.name)))
+    ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(n.ident(), sql.Identifier(t.name)))
+    names = []
+    for idx in [i for i in info.indexes if i.is_key] + secondary_indexes(info):
+        archived, temp = archive_index_name(idx), temp_index_name(idx)
+        _rename_index(ex, outgoing, schema, idx.constraint, idx.name, archived)
+        _rename_index(ex, t, schema, idx.constraint, temp, idx.name)
+        names.append([idx.name, archived, temp, idx.constraint])
+    _sequences(ex, info, t)
+    _repoint_fks(ex, info.incoming_fks)
+    _recreate_views(ex, info.views)
+    _grant(ex, t, info.acl)
+    _column_grants(ex, info, t)
+    _policies(ex, t, info)
+    disabled = _copy_triggers(ex, info, outgoing, t, ex.text(t.ident()))
+    if info.comment is not None:
+        ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(t.ident(), sql.Literal(info.comment)))
+    return {"indexes": names, "disabled_triggers": disabled}
+
+
+def exchange_back(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
+                  outgoing: QualifiedName, rec: dict[str, Any]) -> None:
+    """Undo `exchange` (the new table is renamed back to `n`; the caller drops it)."""
+    schema = t.schema
+    ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(t.ident(), sql.Identifier(n.name)))
+    ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(outgoing.ident(), sql.Identifier(t.name)))
+    for original, archived, temp, constraint in rec.get("indexes", []):
+        _rename_index(ex, n, schema, constraint, original, temp)
+        _rename_index(ex, t, schema, constraint, archived, original)
+    _sequences(ex, info, t)  # `info` is the table now renamed to `n`: its sequences
+    _repoint_fks(ex, info.incoming_fks)
+    _recreate_views(ex, info.views)
+    _grant(ex, t, info.acl)
+    _column_grants(ex, info, t)
+    for name in rec.get("disabled_triggers", []):
+        ex.run(sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(t.ident(), sql.Identifier(name)))
+    ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(t.ident(), sql.Literal(info.comment)))
