@@ -13,12 +13,9 @@ any missing fact is fine: absent data is reported as "not run" / "not measured".
 from __future__ import annotations
 
 import datetime as dt
-import decimal
-import math
 import re
 import traceback
 from collections import Counter, defaultdict
-from dataclasses import fields, is_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from typing import Any
 from .checklist import ITEMS, ORDER
 from .db import redact
 from .report_charts import TARGET_BATCH_SECONDS, replication_context, table_context
+from .report_format import columns, fmt, fmt_duration, fmt_ts, num, plain, records, safe_name
 from .report_junit import database_role, write_junit
 
 STATUS_LABELS = {
@@ -67,101 +65,6 @@ def render_reports(out: Path, data: dict[str, Any]) -> None:
             f"{n}: {type(e).__name__}: {redact(str(e))}" for n, e, _ in errors) + f" (see {out}/report_errors.txt)")
 
 
-# -- plain, redacted data ------------------------------------------------------------------
-def plain(obj: Any, depth: int = 0) -> Any:
-    """JSON-like copy of `obj` (dicts, lists, str, numbers, bools, None), every string redacted.
-
-    Objects a step left in the facts are shown by their public dataclass fields or their str();
-    dates, decimals and other values JSON lacks become str() as in run.json; NaN becomes None."""
-    if depth > 24:
-        return redact(str(obj))[:2000]
-    if obj is None or isinstance(obj, bool | int):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, str):
-        return redact(obj)
-    if isinstance(obj, bytes | bytearray):
-        return redact(bytes(obj).decode("utf-8", "replace"))
-    if isinstance(obj, dict):
-        return {redact(str(k)): plain(v, depth + 1) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [plain(v, depth + 1) for v in obj]
-    if isinstance(obj, set | frozenset):
-        return [plain(v, depth + 1) for v in sorted(obj, key=str)]
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: plain(getattr(obj, f.name, None), depth + 1) for f in fields(obj)
-                if not f.name.startswith("_")}
-    if isinstance(obj, dt.datetime | dt.date | dt.time | dt.timedelta | decimal.Decimal):
-        return str(obj)  # as run.json has them (json.dumps default=str): exact, no float rounding
-    kind = type(obj).__name__
-    if kind == "DataFrame" and hasattr(obj, "to_dict"):
-        return plain(obj.to_dict("records"), depth + 1)
-    if kind == "Series" and hasattr(obj, "to_dict"):
-        return plain(obj.to_dict(), depth + 1)
-    if type(obj).__module__.split(".")[0] == "numpy" and hasattr(obj, "item"):
-        return plain(obj.item(), depth + 1)
-    return redact(str(obj))
-
-
-def safe_name(table: str) -> str:
-    return re.sub(r"[^0-9A-Za-z]", "_", table)
-
-
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-# -- formatting (also jinja filters) ---------------------------------------------------------
-def fmt(v: Any) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        if v.is_integer() and abs(v) < 1e15:
-            return f"{v:,.0f}"
-        if abs(v) >= 1000:
-            return f"{v:,.1f}"
-        if abs(v) >= 1:
-            return f"{v:.3f}".rstrip("0").rstrip(".")
-        return f"{v:.4g}"
-    return str(v)
-
-
-def fmt_ts(ts: Any) -> str:
-    f = _num(ts)
-    if f is None:
-        return "—" if ts in (None, "") else str(ts)
-    try:
-        return dt.datetime.fromtimestamp(f, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    except (OverflowError, OSError, ValueError):
-        return str(ts)
-
-
-def fmt_duration(seconds: Any) -> str:
-    s = _num(seconds)
-    if s is None:
-        return "—"
-    if s < 1:
-        return f"{s * 1000:.0f} ms" if s >= 0.001 else ("0 ms" if s <= 0 else "< 1 ms")
-    if s < 60:
-        return f"{s:.2f} s"
-    minutes, sec = divmod(s, 60)
-    if minutes < 60:
-        return f"{int(minutes)} min {sec:.0f} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{int(hours)} h {int(minutes)} min"
-
-
 def status_label(status: str) -> str:
     return STATUS_LABELS.get(status, status.replace("-", " ").capitalize() if status else "Unknown")
 
@@ -183,7 +86,7 @@ def _steps(run: dict[str, Any]) -> list[dict[str, Any]]:
         evidence = s.get("evidence")
         out.append({
             "id": str(s["id"]), "table": s.get("table") or None, "status": str(s.get("status") or "unknown"),
-            "reason": s.get("reason") or "", "duration_s": _num(s.get("duration_s")), "started": s.get("started"),
+            "reason": s.get("reason") or "", "duration_s": num(s.get("duration_s")), "started": s.get("started"),
             "text": s.get("text") or (item.text if item else ""),
             "section": s.get("section") or (item.section if item else "Other steps"),
             "evidence": evidence if isinstance(evidence, dict) else ({"value": evidence} if evidence else {}),
@@ -277,7 +180,7 @@ def server_versions(facts: dict[str, Any]) -> dict[str, str]:
 
 def summary(run: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
     facts = run.get("facts") or {}
-    started, finished = _num(run.get("started")), _num(run.get("finished"))
+    started, finished = num(run.get("started")), num(run.get("finished"))
     duration = finished - started if started is not None and finished is not None else None
     counts = Counter(s["status"] for s in steps)
     return {
@@ -289,15 +192,6 @@ def summary(run: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
         "counts": sorted(counts.items(), key=lambda kv: SEVERITY.index(kv[0]) if kv[0] in SEVERITY else 99),
         "results": len(steps),
     }
-
-
-def _records(v: Any) -> list[dict[str, Any]]:
-    return [x for x in v if isinstance(x, dict)] if isinstance(v, list) else []
-
-
-def _columns(rows: list[dict[str, Any]], preferred: list[str]) -> list[str]:
-    present = list(dict.fromkeys(k for r in rows for k in r))
-    return [c for c in preferred if c in present] + [c for c in present if c not in preferred]
 
 
 # -- notes and observations ------------------------------------------------------------------
@@ -319,7 +213,7 @@ def derived_notes(run: dict[str, Any], steps: list[dict[str, Any]], summ: dict[s
     perf, recs = [], []
     for t in tables:
         if t["timings"]:
-            phases = ", ".join(f"{k} {fmt_duration(v)}" for k, v in t["timings"].items() if _num(v) is not None)
+            phases = ", ".join(f"{k} {fmt_duration(v)}" for k, v in t["timings"].items() if num(v) is not None)
             perf.append(f"{t['name']}: phase timings — {phases}.")
         rate = next((k["value"] for k in t["kpis"] if k["key"] == "rate"), None)
         if rate:
@@ -328,7 +222,7 @@ def derived_notes(run: dict[str, Any], steps: list[dict[str, Any]], summ: dict[s
             perf.append(f"{t['name']}: the swap held its exclusive lock for {fmt(t['lock_hold_ms'])} ms"
                         f" ({fmt(t['swap_attempts'])} attempt(s)).")
         if t["lag"]:
-            peak = max((_num(x.get("lag_bytes")) or 0) for x in t["lag"])
+            peak = max((num(x.get("lag_bytes")) or 0) for x in t["lag"])
             pauses = sum(1 for x in t["lag"] if x.get("paused"))
             perf.append(f"{t['name']}: peak replication lag {fmt(peak)} bytes over {len(t['lag'])} samples"
                         f"{f', {pauses} paused samples' if pauses else ''}.")
@@ -340,7 +234,7 @@ def derived_notes(run: dict[str, Any], steps: list[dict[str, Any]], summ: dict[s
                 recs.append(f"{t['name']}: the median batch took {b['median_seconds']:.3f} s, far from the "
                             f"{TARGET_BATCH_SECONDS} s target; a batch_size of about {b['suggested']:,} rows "
                             f"(configured: {fmt(b['batch_size'])}) would reach it at the measured rate.")
-        if _num(t["swap_attempts"]) and (_num(t["swap_attempts"]) or 0) > 1:
+        if num(t["swap_attempts"]) and (num(t["swap_attempts"]) or 0) > 1:
             recs.append(f"{t['name']}: the swap needed {fmt(t['swap_attempts'])} attempts (lock contention); "
                         "schedule the swap at a quieter time or end long transactions first.")
         if t["reconciliation"]["mismatches"]:
@@ -371,7 +265,7 @@ def step_notes(evidence: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in evidence.items():
         label = re.sub(r"_s$", "", key).replace("_", " ").strip().capitalize() or key
-        out[label] = fmt_duration(value) if key.endswith("_s") and _num(value) is not None else value
+        out[label] = fmt_duration(value) if key.endswith("_s") and num(value) is not None else value
     return out
 
 
@@ -389,14 +283,14 @@ def build_context(run: dict[str, Any]) -> dict[str, Any]:
                             [s for s in steps if s["table"] in (n, None)], batch_cfg, facts) for n in names]
     notes_step = [s for s in steps if s["id"] == "NOTES" and s["evidence"]]
     notes = step_notes(notes_step[0]["evidence"]) if notes_step else derived_notes(run, steps, summ, tables, sections)
-    contacts = _records(run.get("contacts"))
+    contacts = records(run.get("contacts"))
     run_facts = {k: v for k, v in facts.items() if k not in ("replication", "lag_samples")}
     return {
         "s": summ, "sections": sections, "criteria": success_criteria(steps), "tables": tables,
         "replication": replication_context(facts, steps, any(t["lag_chart"] and t["lag_from_run"] for t in tables)),
         "notes": notes,
         "notes_source": "NOTES step" if notes_step else "derived from this run",
-        "contacts": contacts, "contact_columns": _columns(contacts, ["role", "name", "phone", "email", "escalation"]),
+        "contacts": contacts, "contact_columns": columns(contacts, ["role", "name", "phone", "email", "escalation"]),
         "run_facts": run_facts, "generated": fmt_ts(dt.datetime.now(dt.UTC).timestamp()),
         "not_run": sum(1 for sec in sections for it in sec["items"] for r in it["rows"] if r["not_run"]),
         "order_count": len(ORDER),
@@ -412,7 +306,7 @@ def _environment() -> Any:
     env = jinja2.Environment(loader=jinja2.FunctionLoader(load), autoescape=True, undefined=jinja2.ChainableUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters.update(fmt=fmt, ts=fmt_ts, duration=fmt_duration, label=status_label,
-                       columns=lambda rows: _columns(rows, []))
+                       columns=lambda rows: columns(rows, []))
     env.tests.update(
         records=lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v),
         scalars=lambda v: isinstance(v, list) and all(x is None or isinstance(x, str | int | float | bool) for x in v),
@@ -448,10 +342,10 @@ def write_csvs(out: Path, run: dict[str, Any]) -> list[Path]:
         for fact, prefix, preferred in (
                 ("distribution", "cutoff_distribution", ["month", "record_count", "kept", "archived", "percentage"]),
                 ("reconciliation", "reconciliation", ["segment", "key_from", "key_to"])):
-            rows = _records(facts.get(fact))
+            rows = records(facts.get(fact))
             if not rows:
                 continue
-            cols = _columns(rows, preferred)
+            cols = columns(rows, preferred)
             if fact == "reconciliation":  # segment, range, then count/checksum per side, then match
                 rest = [c for c in cols if c not in preferred and c != "match"]
                 cols = [c for c in preferred if c in cols] + rest + (["match"] if "match" in cols else [])

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .db import redact
+from .report_format import columns, fmt, records, safe_name
 
 WIDTH_IN, HEIGHT_IN, DPI = 7.0, 3.0, 100
 
@@ -277,7 +278,6 @@ def batch_recommendation(samples: list[dict[str, Any]], configured: Any = None) 
 def table_context(name: str, facts: dict[str, Any], steps: list[dict[str, Any]],
                   configured_batch: Any, run_facts: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the report shows for one table: key figures, charts, reconciliation, swap."""
-    from .report import _columns, _records, fmt, safe_name
 
     charts = sys.modules[__name__]
     ctx: dict[str, Any] = {"name": name, "safe": safe_name(name), "chart_errors": []}
@@ -304,15 +304,15 @@ def table_context(name: str, facts: dict[str, Any], steps: list[dict[str, Any]],
     ctx["kpis"] = kpis
     ctx["timings"] = timings
 
-    dist = _records(facts.get("distribution"))
+    dist = records(facts.get("distribution"))
     ctx["distribution"] = dist
-    ctx["distribution_columns"] = _columns(dist, ["month", "record_count", "kept", "archived", "percentage"])
+    ctx["distribution_columns"] = columns(dist, ["month", "record_count", "kept", "archived", "percentage"])
     ctx["distribution_chart"] = chart("cutoff distribution", charts.distribution_chart, dist, facts.get("cutoff"),
                                       f"{name}: rows per month") if dist else None
 
-    ctx["reconciliation"] = reconciliation(_records(facts.get("reconciliation")))
+    ctx["reconciliation"] = reconciliation(records(facts.get("reconciliation")))
 
-    throughput = _records(facts.get("throughput"))
+    throughput = records(facts.get("throughput"))
     lag = lag_samples(facts)
     ctx["lag_from_run"] = not lag
     lag = lag or lag_samples({"lag_samples": (run_facts or {}).get("lag_samples")}, name)
@@ -327,8 +327,8 @@ def table_context(name: str, facts: dict[str, Any], steps: list[dict[str, Any]],
     ctx["lag_chart"] = chart("replication lag", charts.lag_chart, lag, t0, _limit_bytes(steps, facts),
                              f"{name}: replication lag during the backfill") if lag else None
     ctx["batch"] = batch_recommendation(throughput, configured_batch)
-    ctx["swap_log"] = _records(facts.get("swap_log"))
-    ctx["swap_columns"] = _columns(ctx["swap_log"], ["attempt", "outcome", "wait_ms", "hold_ms", "blockers"])
+    ctx["swap_log"] = records(facts.get("swap_log"))
+    ctx["swap_columns"] = columns(ctx["swap_log"], ["attempt", "outcome", "wait_ms", "hold_ms", "blockers"])
     ctx["lock_hold_ms"] = facts.get("lock_hold_ms")
     ctx["rows_copied"] = facts.get("rows_copied")
     ctx["swap_attempts"] = facts.get("swap_attempts")
