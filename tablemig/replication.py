@@ -64,6 +64,21 @@ def standbys(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
             " FROM pg_stat_replication ORDER BY application_name").fetchall())
 
 
+def standbys_within(conn: psycopg.Connection[Any], limit: LagLimit, wait_s: float = 30,
+                    poll_s: float = 0.5) -> tuple[list[dict[str, Any]], float]:
+    """`standbys()` once none lags more than `limit`, waiting at most `wait_s`: a burst of
+    WAL written by another session is not a standby that cannot keep up. Returns the last
+    sample (still over the limit after `wait_s`: the caller refuses) and the seconds waited."""
+    t0 = time.monotonic()
+    while True:
+        rows = standbys(conn)
+        over = [r for r in rows if limit.exceeded(r["lag_bytes"], r["lag_seconds"])]
+        waited = time.monotonic() - t0
+        if not over or waited >= wait_s:
+            return rows, round(waited, 1)
+        time.sleep(poll_s)
+
+
 def snapshot(active: psycopg.Connection[Any], passive: psycopg.Connection[Any] | None) -> dict[str, Any]:
     """The replication configuration of both sites, for the report (PRE-1.1d)."""
     settings = ("wal_level", "max_wal_senders", "max_replication_slots", "wal_keep_size",

@@ -27,7 +27,7 @@ from tablemig.errors import InputError
 from tablemig.failover import rehearse
 from tablemig.names import QualifiedName
 from tablemig.reconcile import Reconciler, Side
-from tablemig.replication import LagLimit, LagThrottle, wait_for_replay
+from tablemig.replication import LagLimit, LagThrottle, standbys_within, wait_for_replay
 from tablemig.sandbox import Sandbox, start_sandbox, stop_sandbox
 from tablemig.spec import TableSpec
 
@@ -118,6 +118,34 @@ def test_wait_for_replay_times_out_with_a_clear_error(private_sandbox: Sandbox) 
             assert "replay paused" in err.value.fix
         finally:
             p.execute("SELECT pg_wal_replay_resume()")
+
+
+def test_lag_checks_wait_out_a_burst_and_refuse_a_standby_that_stays_behind(private_sandbox: Sandbox) -> None:
+    sb = private_sandbox
+    limit = LagLimit.parse("1kB")
+    with connect(sb.active_dsn) as a, connect(sb.passive_dsn) as p:
+        wait_for_replay(a, p)
+        rows, waited = standbys_within(a, limit, wait_s=5)
+        assert rows and waited < 5 and not limit.exceeded(rows[0]["lag_bytes"], rows[0]["lag_seconds"])
+        p.execute("SELECT pg_wal_replay_pause()")
+        try:
+            t0 = time.monotonic()
+            while p.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()[0] != "paused":
+                assert time.monotonic() - t0 < 30, "replay did not pause"
+                time.sleep(0.05)
+            a.execute("CREATE TABLE IF NOT EXISTS lag_probe (x int)")
+            a.execute("INSERT INTO lag_probe SELECT g FROM generate_series(1, 20000) g")
+            # behind and staying behind: the last sample is over the limit after the wait
+            rows, waited = standbys_within(a, limit, wait_s=1, poll_s=0.2)
+            assert waited >= 1 and limit.exceeded(rows[0]["lag_bytes"], rows[0]["lag_seconds"])
+            # behind for a moment: replay resumes during the wait and the check passes
+            threading.Timer(0.5, lambda: p.execute("SELECT pg_wal_replay_resume()")).start()
+            rows, waited = standbys_within(a, limit, wait_s=20, poll_s=0.2)
+            assert 0.4 <= waited < 20 and not limit.exceeded(rows[0]["lag_bytes"], rows[0]["lag_seconds"])
+        finally:
+            time.sleep(0.6)  # the timer's resume has run; resuming twice is harmless
+            with connect(sb.passive_dsn) as p2:
+                p2.execute("SELECT pg_wal_replay_resume()")
 
 
 def test_standby_has_the_same_checksums_after_execute_and_failover_rehearsal(fresh_db: Any, sandbox: Sandbox) -> None:

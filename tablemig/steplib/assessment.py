@@ -50,8 +50,8 @@ def pre_1_1a_only_one_site_active(ctx: StepContext) -> None:
 def pre_1_1b_replication_lag(ctx: StepContext) -> None:
     active, _ = _require_pair(ctx)
     limit = LagLimit.parse(ctx.plan.max_replication_lag)
-    rows = replication.standbys(active)
-    ctx.evidence(max_replication_lag=limit.text, standbys=rows)
+    rows, waited = replication.standbys_within(active, limit)
+    ctx.evidence(max_replication_lag=limit.text, standbys=rows, waited_for_lag_s=waited)
     assert rows, "no standby is streaming from the active site"
     for r in rows:
         assert r["state"] == "streaming", f"standby {r['application_name']} is {r['state']}, not streaming"
@@ -167,11 +167,11 @@ def pre_1_2d_network_bandwidth(ctx: StepContext) -> None:
         plan = ctx.migration_for(t).plan()
         share = plan.keep_rows / max(plan.total_rows, 1)
         estimate += int(plan.info.total_bytes * share * 1.2)  # heap + indexes of the kept rows, WAL overhead
-    rows = replication.standbys(active)
-    stats = active.execute("SELECT wal_bytes, extract(epoch FROM now() - stats_reset) FROM pg_stat_wal").fetchone()
-    ctx.evidence(estimated_wal_bytes=estimate, standbys=rows,
-                 wal_bytes_since_reset=stats and int(stats[0]), seconds_since_reset=stats and stats[1])
     limit = LagLimit.parse(ctx.plan.max_replication_lag)
+    rows, waited = replication.standbys_within(active, limit)
+    stats = active.execute("SELECT wal_bytes, extract(epoch FROM now() - stats_reset) FROM pg_stat_wal").fetchone()
+    ctx.evidence(estimated_wal_bytes=estimate, standbys=rows, waited_for_lag_s=waited,
+                 wal_bytes_since_reset=stats and int(stats[0]), seconds_since_reset=stats and stats[1])
     for r in rows:
         assert not limit.exceeded(r["lag_bytes"], r["lag_seconds"]), "the standby does not keep up now"
     ctx.evidence(note="the backfill is throttled on replica lag, so WAL is sent no faster than the standby "
