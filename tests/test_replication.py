@@ -101,16 +101,21 @@ def test_backfill_pauses_on_lag_and_resumes_when_replay_resumes(private_sandbox:
     throttle.close()
 
 
+def _pause_replay(standby: Any) -> None:
+    """Pause replay on `standby` and wait until it has (the pause is only requested: the
+    startup process may replay on until it takes it)."""
+    standby.execute("SELECT pg_wal_replay_pause()")
+    t0 = time.monotonic()
+    while standby.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()[0] != "paused":
+        assert time.monotonic() - t0 < 30, "replay did not pause"
+        time.sleep(0.05)
+
+
 def test_wait_for_replay_times_out_with_a_clear_error(private_sandbox: Sandbox) -> None:
     sb = private_sandbox
     with connect(sb.active_dsn) as a, connect(sb.passive_dsn) as p:
-        p.execute("SELECT pg_wal_replay_pause()")
+        _pause_replay(p)
         try:
-            # the pause is only requested: the startup process may replay on until it takes it
-            t0 = time.monotonic()
-            while p.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()[0] != "paused":
-                assert time.monotonic() - t0 < 30, "replay did not pause"
-                time.sleep(0.05)
             a.execute("CREATE TABLE IF NOT EXISTS replay_probe (x int)")
             a.execute("INSERT INTO replay_probe VALUES (1)")
             with pytest.raises(InputError, match="has not replayed") as err:
@@ -127,12 +132,8 @@ def test_lag_checks_wait_out_a_burst_and_refuse_a_standby_that_stays_behind(priv
         wait_for_replay(a, p)
         rows, waited = standbys_within(a, limit, wait_s=5)
         assert rows and waited < 5 and not limit.exceeded(rows[0]["lag_bytes"], rows[0]["lag_seconds"])
-        p.execute("SELECT pg_wal_replay_pause()")
+        _pause_replay(p)
         try:
-            t0 = time.monotonic()
-            while p.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()[0] != "paused":
-                assert time.monotonic() - t0 < 30, "replay did not pause"
-                time.sleep(0.05)
             a.execute("CREATE TABLE IF NOT EXISTS lag_probe (x int)")
             a.execute("INSERT INTO lag_probe SELECT g FROM generate_series(1, 20000) g")
             # behind and staying behind: the last sample is over the limit after the wait
