@@ -176,8 +176,7 @@ class AfterSwap(StepHost):
             if m["archive_mode"] == "copy":
                 self.ex.run(sql.SQL("DROP TABLE IF EXISTS {}").format(
                     QualifiedName(m["schema_name"], m["archive_name"]).ident()))
-            state.update(self.conn, self.table, state="rolled_back")
-            state.log(self.conn, self.table, "rollback", "capture removed")
+            state.advance(self.conn, self.table, "rollback", "capture removed", state="rolled_back")
             return {}
 
         with_lock_retries(self.conn, f"rollback of {t}", [t], drop, lock_timeout=s.lock_timeout,

@@ -1,6 +1,6 @@
 """Read-only catalog introspection of the table to migrate and everything that depends on it.
 
-Every query runs with `search_path` emptied (see `catalog_session`), so the definitions
+Every query runs with `search_path` emptied (see `_inspect_row`), so the definitions
 PostgreSQL prints (`pg_get_indexdef`, `pg_get_viewdef`, ...) always schema-qualify names and
 can be rewritten to point at another table reliably.
 """
@@ -8,8 +8,7 @@ can be rewritten to point at another table reliably.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,30 +124,19 @@ class TableInfo:
         return [c for c in self.columns if not c.generated]
 
 
-@contextmanager
-def catalog_session(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Cursor[Any]]:
-    """A cursor with an empty search_path, so catalog output is fully qualified. Prepared
-    statements get a generic plan: a catalog query planned once per connection (the
-    inspection planned for the dry run is reused under the swap's lock)."""
-    # the select list is evaluated in order: the old values are read before they are set
-    previous = conn.execute(
-        "SELECT current_setting('search_path'), current_setting('plan_cache_mode'),"
-        " set_config('search_path', '', false), set_config('plan_cache_mode', 'force_generic_plan', false)"
-    ).fetchone()
-    try:
-        yield conn.cursor(row_factory=dict_row)
-    finally:
-        conn.execute("SELECT set_config('search_path', %s, false), set_config('plan_cache_mode', %s, false)",
-                     (previous[0], previous[1]) if previous else ("public", "auto"))
-
-
 def resolve(conn: psycopg.Connection[Any], name: QualifiedName) -> int:
     """The table's OID, or an InputError saying what the name is instead."""
+    return _resolve(conn, name)[0]
+
+
+def _resolve(conn: psycopg.Connection[Any], name: QualifiedName) -> tuple[int, bool]:
+    """resolve(), and whether this session has the inspection prepared already."""
     row = conn.execute(
         "SELECT c.oid, c.relkind,"
-        " EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid OR inhparent = c.oid)"
+        " EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid OR inhparent = c.oid),"
+        " EXISTS (SELECT 1 FROM pg_prepared_statements WHERE name = %s)"
         " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = %s AND c.relname = %s", (name.schema, name.name)).fetchone()
+        " WHERE n.nspname = %s AND c.relname = %s", (_INSPECT_NAME, name.schema, name.name)).fetchone()
     if row is None:
         schema = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
                               (name.schema,)).fetchone()
@@ -173,7 +161,7 @@ def resolve(conn: psycopg.Connection[Any], name: QualifiedName) -> int:
         raise InputError(f"{name} takes part in table inheritance: refused",
                          "the rename strategy would separate parent and children; migrate each "
                          "child table on its own after detaching it (ALTER TABLE ... NO INHERIT)")
-    return int(row[0])
+    return int(row[0]), bool(row[3])
 
 
 _ACL = """
@@ -184,8 +172,8 @@ _ACL = """
               FROM pg_class c, aclexplode(c.relacl) a
              WHERE c.oid = {oid} AND a.grantee <> c.relowner) g"""
 
-# Everything about one table in one statement (one round trip and one snapshot): each
-# column is one section, a JSON value. Run with an empty search_path (catalog_session).
+# Everything about one table in one statement (one snapshot): each column is one section,
+# a JSON value. Run with an empty search_path (see _inspect_row).
 _INSPECT = f"""
 SELECT
  (SELECT row_to_json(b) FROM (
@@ -276,15 +264,42 @@ def _acl(rows: list[list[Any]]) -> list[tuple[str, str, bool]]:
     return [(g, p, bool(grantable)) for g, p, grantable in rows]
 
 
+# The inspection is a server-side prepared statement with a generic plan: planned once
+# per session (its planning costs more than its run), also under the swap's lock. Named
+# after its text, so another version of it gets another name. The harness's connection
+# leaves statement preparation to this module (prepare_threshold=None): psycopg's own
+# prepared statements would be discarded with all others (DEALLOCATE ALL) after any DDL.
+_INSPECT_NAME = f"tablemig_inspect_{zlib.crc32(_INSPECT.encode()):08x}"
+_PREPARE = f"PREPARE {_INSPECT_NAME}(oid) AS {_INSPECT.replace('%(oid)s', '$1').replace('%%', '%')}"
+# search_path emptied, so definitions come out schema-qualified, and restored, in the same
+# round trip; a failed statement rolls the settings back with its transaction
+_EMPTY_PATH = ("SELECT set_config('tablemig.saved_search_path', current_setting('search_path'), false),"
+               " set_config('tablemig.saved_plan_cache_mode', current_setting('plan_cache_mode'), false),"
+               " set_config('search_path', '', false),"
+               " set_config('plan_cache_mode', 'force_generic_plan', false)")
+_RESTORE_PATH = ("SELECT set_config('search_path', current_setting('tablemig.saved_search_path'), false),"
+                 " set_config('plan_cache_mode', current_setting('tablemig.saved_plan_cache_mode'), false)")
+
+
+def _inspect_row(conn: psycopg.Connection[Any], oid: int, prepared: bool) -> dict[str, Any]:
+    """The inspection's one row for `oid`, in one round trip (preparing it if needed)."""
+    statements = [_EMPTY_PATH, *([] if prepared else [_PREPARE]),
+                  f"EXECUTE {_INSPECT_NAME}({int(oid)})", _RESTORE_PATH]
+    cur = conn.cursor(row_factory=dict_row)
+    cur.execute(";\n".join(statements))
+    while not (cur.description and cur.description[0].name == "base"):
+        cur.nextset()
+    row = cur.fetchone()
+    assert row is not None
+    return row
+
+
 def inspect_table(conn: psycopg.Connection[Any], name: QualifiedName,
                   key_override: list[str] | None = None) -> TableInfo:
     """Everything the planner needs to know about `name`, read in one snapshot by one
     statement (it also runs under the swap's lock: one round trip instead of fifteen)."""
-    oid = resolve(conn, name)
-    with catalog_session(conn) as cur:
-        cur.execute(_INSPECT, {"oid": oid}, prepare=True)
-        r = cur.fetchone()
-        assert r is not None
+    oid, prepared = _resolve(conn, name)
+    r = _inspect_row(conn, oid, prepared)
     base, idx = r["base"], r["idx"]
     columns = [Column(c["attname"], c["type"], c["attnotnull"], c["generated"],
                       c["attidentity"], c["default"]) for c in r["cols"]]

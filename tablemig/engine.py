@@ -63,9 +63,12 @@ from .verification import Verification, VerifyResult
 class Migration(IndexBuild, Verification, AfterSwap):
     """One table's migration on the active site."""
 
-    # Below `parallel_min_rows` rows kept, more connections cost more than they save: the
-    # indexes are built one after the other in one transaction (verify reads its two sides
-    # at once whatever the size: its second connection opens during the replay). Below
+    # Below `parallel_min_rows` rows kept, more connections cost more than they save (a
+    # fresh backend's start and cold caches cost more than a second core saves): the
+    # indexes are built one after the other and the new tables analyzed in the index
+    # step's transaction, and verify reads one side after the other, all on the harness's
+    # connection. Larger tables build several indexes at once, ANALYZE in the background
+    # (overlapping the replay and verify) and verify both sides at once. Below
     # `segment_min_rows` verify compares the table as one segment.
     parallel_min_rows = 200_000
     segment_min_rows = 50_000
@@ -88,7 +91,7 @@ class Migration(IndexBuild, Verification, AfterSwap):
         # lose only the last of them, all later ones with them (commits are in WAL order),
         # and the rerun resumes from the state that survived. The swap and swap back commit
         # durably (with_lock_retries(durable=True)).
-        self.conn = connect(dsn, settings={"synchronous_commit": "off"})
+        self.conn = connect(dsn, settings={"synchronous_commit": "off"}, prepare_threshold=None)
         self.ex = Executor(self.conn, recorder=self.recorder)
         self.timings: dict[str, float] = {}
         self.swap_result: SwapResult | None = None
@@ -149,6 +152,11 @@ class Migration(IndexBuild, Verification, AfterSwap):
         if self._locked_oid is None:
             state.acquire_table_lock(self.conn, oid, self.table)
             self._locked_oid = oid
+
+    def _small(self, m: dict[str, Any], plan: TablePlan) -> bool:
+        """Fewer rows to build than `parallel_min_rows`: one connection does all the work."""
+        rows = (plan.keep_rows or 0) + (plan.archive_rows if m["archive_mode"] == "copy" else 0)
+        return rows < self.parallel_min_rows
 
     def _timed(self, name: str, t0: float) -> None:
         self.timings[name] = round(self.timings.get(name, 0) + time.perf_counter() - t0, 3)
@@ -346,11 +354,9 @@ class Migration(IndexBuild, Verification, AfterSwap):
                 with self.conn.transaction():
                     advance(self.conn)
             self.backfill_samples.extend(stats.samples)
-            with self.conn.transaction():
-                state.log(self.conn, self.table, key, "done", rows=stats.rows,
-                          duration_ms=stats.seconds * 1000,
-                          details={"batches": stats.batches, "workers": self.spec.workers,
-                                   "split": split})
+            state.log(self.conn, self.table, key, "done", rows=stats.rows,
+                      duration_ms=stats.seconds * 1000,
+                      details={"batches": stats.batches, "workers": self.spec.workers, "split": split})
         self._timed("backfill", t0)
 
     def swap(self) -> SwapResult:

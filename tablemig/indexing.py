@@ -38,6 +38,7 @@ class IndexBuild(StepHost):
     """The index step of a migration."""
 
     _analyze_in_background: Callable[[dict[str, Any]], None]
+    _analyze_now: Callable[[dict[str, Any]], None]
 
     def _index_work(self, m: dict[str, Any], plan: TablePlan) -> list[tuple[QualifiedName, str, sql.Composable]]:
         """(table, index name, CREATE INDEX) of every index N (and H) still lacks; an
@@ -149,12 +150,10 @@ class IndexBuild(StepHost):
         plan = self._plan or self.plan()
         s = self._settings()
         self._require_change_log(m, "indexing")
-        big = ((plan.keep_rows or 0) + (plan.archive_rows if m["archive_mode"] == "copy" else 0)
-               >= self.parallel_min_rows)
-        # on a small table one connection builds them all: a fresh backend (connection
-        # start, cold caches) costs more than a second core would save; a paced migration
-        # (nice_ratio) builds one index at a time
-        workers = s.index_workers if big and not s.nice_ratio else 1
+        small = self._small(m, plan)
+        # on a small table one connection builds them all (Migration.parallel_min_rows); a
+        # paced migration (nice_ratio) builds one index at a time
+        workers = 1 if small or s.nice_ratio else s.index_workers
         self.pacer.start(s.nice_ratio)
         # one connection: everything in one transaction (one commit; a crash leaves nothing)
         with self.conn.transaction() if workers <= 1 else contextlib.nullcontext():
@@ -182,9 +181,11 @@ class IndexBuild(StepHost):
                     self.ex.run(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
                         target.ident(), sql.Identifier(fk_name)))
             with self.conn.transaction():
-                state.update(self.conn, self.table, state="indexed")
-                state.log(self.conn, self.table, "index", "done",
-                          details={"indexes": [i.name for i in secondary_indexes(plan.info)],
-                                   "parallel": workers})
-        self._analyze_in_background(m)
+                if small:
+                    self._analyze_now(m)
+                state.advance(self.conn, self.table, "index", "done", state="indexed",
+                              details={"indexes": [i.name for i in secondary_indexes(plan.info)],
+                                       "parallel": workers})
+        if not small:
+            self._analyze_in_background(m)
         self._timed("index", t0)

@@ -56,23 +56,42 @@ def load_by_current_name(conn: psycopg.Connection[Any], table: str) -> dict[str,
         return cur.fetchone()
 
 
-def update(conn: psycopg.Connection[Any], table: str, **fields: Any) -> None:
-    """Update fields of the state row (call inside the transaction doing the work)."""
-    cols = list(fields)
+def _update_sql(table: str, fields: dict[str, Any]) -> tuple[str, list[Any]]:
     values = [Jsonb(v) if isinstance(v, dict | list) and c in ("checkpoint", "swap_record") else v
               for c, v in fields.items()]
-    assignments = ", ".join(f"{c} = %s" for c in cols)
-    conn.execute(
-        f"UPDATE table_migration.migration_state SET {assignments}, updated_at = now()"  # noqa: S608
-        " WHERE table_name = %s", (*values, table))
+    assignments = ", ".join(f"{c} = %s" for c in fields)
+    return (f"UPDATE table_migration.migration_state SET {assignments}, updated_at = now()"  # noqa: S608
+            " WHERE table_name = %s", [*values, table])
+
+
+_LOG = "SELECT table_migration.log_event(%s, %s, %s, %s::bigint, %s::numeric, %s)"
+
+
+def _log_params(table: str, operation: str, status: str, rows: int | None, duration_ms: float | None,
+                details: dict[str, Any] | None) -> list[Any]:
+    return [table, operation, status, rows, duration_ms,
+            Jsonb(json.loads(json.dumps(details, default=str))) if details else None]
+
+
+def update(conn: psycopg.Connection[Any], table: str, **fields: Any) -> None:
+    """Update fields of the state row (call inside the transaction doing the work)."""
+    query, params = _update_sql(table, fields)
+    conn.execute(query, params)
 
 
 def log(conn: psycopg.Connection[Any], table: str, operation: str, status: str,
         rows: int | None = None, duration_ms: float | None = None,
         details: dict[str, Any] | None = None) -> None:
-    conn.execute("SELECT table_migration.log_event(%s, %s, %s, %s::bigint, %s::numeric, %s)",
-                 (table, operation, status, rows, duration_ms,
-                  Jsonb(json.loads(json.dumps(details, default=str))) if details else None))
+    conn.execute(_LOG, _log_params(table, operation, status, rows, duration_ms, details))
+
+
+def advance(conn: psycopg.Connection[Any], table: str, operation: str, status: str, *,
+            rows: int | None = None, duration_ms: float | None = None,
+            details: dict[str, Any] | None = None, **fields: Any) -> None:
+    """update() and log() in one statement: atomic on its own, one round trip."""
+    query, params = _update_sql(table, fields)
+    conn.execute(f"WITH u AS ({query}) {_LOG}",
+                 [*params, *_log_params(table, operation, status, rows, duration_ms, details)])
 
 
 def acquire_table_lock(conn: psycopg.Connection[Any], table_oid: int, table: str) -> None:

@@ -38,3 +38,4 @@ class StepHost:
     _state: Callable[[], dict[str, Any] | None]
     _lock: Callable[[int], None]
     _timed: Callable[[str, float], None]
+    _small: Callable[[dict[str, Any], TablePlan], bool]

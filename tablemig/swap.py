@@ -161,11 +161,10 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
                    "outgoing": outgoing.name, "fk_validated": []}
         # Last, with every lock held: the peers catch up and prepare their own exchange.
         record["peers"] = {p.name: p.prepare_swap(m, back=False) for p in peers}
-        state.update(conn, str(t), state="swapped", swap_record=record,
-                     swap_attempts=m.get("swap_attempts", 0) + 1,
-                     lock_hold_ms=round((time.perf_counter() - locked_at) * 1000, 1),
-                     swap_lsn=ex.scalar("SELECT pg_current_wal_insert_lsn()::text"))
-        state.log(conn, str(t), "swap", "done", details={"renamed": [str(t), outgoing.name]})
+        state.advance(conn, str(t), "swap", "done", details={"renamed": [str(t), outgoing.name]},
+                      state="swapped", swap_record=record, swap_attempts=m.get("swap_attempts", 0) + 1,
+                      lock_hold_ms=round((time.perf_counter() - locked_at) * 1000, 1),
+                      swap_lsn=ex.scalar("SELECT pg_current_wal_insert_lsn()::text"))
         return record
 
     record, used, log = _coordinated(peers, m, False, lambda: with_lock_retries(
@@ -207,8 +206,7 @@ def swap_back(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: i
             ex.run(sql.SQL("DROP TABLE {}").format(n.ident()))
         for p in peers:
             p.prepare_swap(m, back=True)
-        state.update(conn, str(t), state="rolled_back")
-        state.log(conn, str(t), "rollback", "swapped back")
+        state.advance(conn, str(t), "rollback", "swapped back", state="rolled_back")
         return {"foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks]}
 
     record, used, log = _coordinated(peers, m, True, lambda: with_lock_retries(

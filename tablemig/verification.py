@@ -64,7 +64,7 @@ class Verification(StepHost):
                         list(m["key_columns"]), plan.columns, m["date_column"], m["date_type"],
                         m["cutoff"], plan.overriding, limit=s.replay_batch, switch_below=s.switch_below)
 
-    def replay(self) -> None:
+    def replay(self, settings: Settings | None = None) -> None:
         """Drain the change log into N while writes continue, then switch the trigger to
         direct capture in one short transaction that locks out T's writers (see
         tablemig/replay.py). Idempotent: nothing to do once the log is gone."""
@@ -75,7 +75,7 @@ class Verification(StepHost):
         if (m["checkpoint"] or {}).get("switched") or not log_exists(self.conn, log):
             return  # switched by an earlier run (the log is dropped by the swap)
         plan = self._plan or self.plan()
-        s = self._settings()
+        s = settings or self._settings()
         rep = self._replayer(m, plan, s)
 
         # not paced (nice_ratio): the replay's work follows the application's write rate,
@@ -110,20 +110,26 @@ class Verification(StepHost):
             self.conn, f"switch to direct capture on {self.table}", [plan.original], switch,
             lock_timeout=s.lock_timeout, attempts=s.swap_max_attempts,
             long_xact_seconds=s.long_transaction_seconds, mode="SHARE ROW EXCLUSIVE")
-        with self.conn.transaction():
-            state.log(self.conn, self.table, "replay", "switched",
-                      rows=replayed + final.get("rows", 0), duration_ms=(time.perf_counter() - t0) * 1000,
-                      details={"batches": rounds, "replayed_under_lock": final.get("rows", 0),
-                               "lock_hold_ms": result.get("lock_hold_ms"), "attempts": attempts})
+        state.log(self.conn, self.table, "replay", "switched",
+                  rows=replayed + final.get("rows", 0), duration_ms=(time.perf_counter() - t0) * 1000,
+                  details={"batches": rounds, "replayed_under_lock": final.get("rows", 0),
+                           "lock_hold_ms": result.get("lock_hold_ms"), "attempts": attempts})
         self.switch_lock_hold_ms = result.get("lock_hold_ms")
         self._timed("replay", t0)
+
+    def _analyze_now(self, m: dict[str, Any]) -> None:
+        """ANALYZE the new tables on the harness's connection (a small table's, in the
+        index step's transaction: its statistics commit with its indexes)."""
+        for table, _ in state.new_tables(m):
+            self.ex.run(sql.SQL("ANALYZE {}").format(table.ident()))
+        self._stats_ready = True
 
     def _analyze_in_background(self, m: dict[str, Any]) -> None:
         """ANALYZE the new tables (the planner needs their statistics from the swap on) on
         another connection, started as soon as their indexes exist (an expression index
         gets its statistics too): it overlaps the replay and verify's checksums (ANALYZE's
         SHARE UPDATE EXCLUSIVE lets both go on) and takes no time of its own in the core.
-        verify waits for it."""
+        verify waits for it. A small table is analyzed by the index step (_analyze_now)."""
         if self._analyze is not None or self._stats_ready:
             return
         tables = [table for table, _ in state.new_tables(m)]
@@ -156,14 +162,12 @@ class Verification(StepHost):
         return Reconciler(plan.key, [types[k] for k in plan.key],
                           [c.name for c in plan.info.columns], plan.columns)
 
-    def _compare(self, max_rounds: int, peer: psycopg.Connection[Any] | None
-                 ) -> tuple[int, list[list[Segment]]]:
+    def _compare(self, m: dict[str, Any], s: Settings, max_rounds: int,
+                 peer: psycopg.Connection[Any] | None) -> tuple[int, list[list[Segment]]]:
         """Checksums of each (source, target) pair, repairing differing rows for up to
         `max_rounds` rounds; returns the rows repaired and each pair's last segments."""
-        m = self._require("indexed", "verified")
         plan = self._plan or self.plan()
         rec = self._reconciler(plan)
-        s = self._settings()
         src = Side(plan.original, plan.date_column, plan.date_type, m["cutoff"])
         dst = Side(QualifiedName(m["schema_name"], m["new_name"]))
         pairs = [(src, dst)]
@@ -200,22 +204,27 @@ class Verification(StepHost):
         The two sides are summed at once on two connections sharing one snapshot (one
         after the other when the migration is paced)."""
         m0 = self._require("indexed", "verified")
-        # normally started by build_indexes; started here when the indexes were built by an
+        s = self._settings()
+        small = self._small(m0, self._plan or self.plan())
+        # normally done by build_indexes; done here when the indexes were built by an
         # earlier run
-        self._analyze_in_background(m0)
-        # the second reader's connection opens while the replay runs; a paced migration
-        # (nice_ratio) reads one side after the other, on one core
+        if not small:
+            self._analyze_in_background(m0)
+        elif not self._stats_ready:
+            self._analyze_now(m0)
+        # the second reader's connection opens while the replay runs; a small table, and a
+        # paced migration (nice_ratio), are read one side after the other, on one core
         with contextlib.ExitStack() as stack:
             pending: Future[psycopg.Connection[Any]] | None = None
-            if not self._settings().nice_ratio:
+            if not small and not s.nice_ratio:
                 opening = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tablemig-verify")
                 pending = opening.submit(connect, self.dsn, application_name="tablemig-verify")
                 opening.shutdown(wait=False)
                 stack.callback(_close_when_open, pending)
             try:
-                self.replay()
+                self.replay(s)
                 t0 = time.perf_counter()
-                repaired, results = self._compare(max_rounds, pending.result() if pending else None)
+                repaired, results = self._compare(m0, s, max_rounds, pending.result() if pending else None)
             except BaseException:
                 with contextlib.suppress(BaseException):  # the first error is the one reported
                     self._analyzed()
@@ -225,15 +234,12 @@ class Verification(StepHost):
                               results[1] if len(results) > 1 else [])
         self.verify_result = result
         if not result.match:
-            with self.conn.transaction():
-                state.log(self.conn, self.table, "verify", "mismatch", rows=repaired)
+            state.log(self.conn, self.table, "verify", "mismatch", rows=repaired)
             raise TablemigError(f"verify of {self.table}: segments still differ after "
                                 f"{max_rounds} repair rounds",
                                 "check for writes bypassing the trigger (session_replication_role"
                                 " = replica?) and rerun")
-        with self.conn.transaction():
-            state.update(self.conn, self.table, state="verified")
-            state.log(self.conn, self.table, "verify", "match", rows=repaired,
+        state.advance(self.conn, self.table, "verify", "match", rows=repaired, state="verified",
                       details={"segments": len(result.segments), "repaired_rows": repaired})
         self._timed("verify", t0)
         return result
