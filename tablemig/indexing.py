@@ -155,9 +155,14 @@ class IndexBuild(StepHost):
         # paced migration (nice_ratio) builds one index at a time
         workers = 1 if small or s.nice_ratio else s.index_workers
         self.pacer.start(s.nice_ratio)
+        work = self._index_work(m, plan)
+        fresh = len(work) == len(state.new_tables(m)) * (1 + len(secondary_indexes(plan.info)))
+        if workers <= 1 and fresh and not s.nice_ratio and self._build_at_once(m, plan, work, small):
+            self._timed("index", t0)
+            return
         # one connection: everything in one transaction (one commit; a crash leaves nothing)
         with self.conn.transaction() if workers <= 1 else contextlib.nullcontext():
-            dup = self._build(self._index_work(m, plan), workers)
+            dup = self._build(work, workers)
             if dup:
                 dropped = self._drop_logged_keys(m)
                 with self.conn.transaction():
@@ -167,25 +172,56 @@ class IndexBuild(StepHost):
                 if dup:
                     raise TablemigError(f"{self.table}: duplicate keys in the new table's indexes {dup}",
                                         "report it; roll back (tablemig rollback) and rerun")
-            for target, tag in state.new_tables(m):
-                with self.conn.transaction():
-                    for idx in [key_index(plan.info), *secondary_indexes(plan.info)]:
-                        name = temp_index_name(idx, tag)
-                        if idx.constraint_type not in ("p", "u") or self.conn.execute(
-                                "SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
-                                (str(target), name)).fetchone():
-                            continue
-                        for stmt in key_constraint_sql(idx, target, tag):
-                            self.ex.run(stmt)
-                for fk_name, _, _ in plan.info.outgoing_fks:
-                    self.ex.run(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
-                        target.ident(), sql.Identifier(fk_name)))
+            with self.conn.transaction():
+                self._key_constraints(m, plan, fresh=False)
             with self.conn.transaction():
                 if small:
                     self._analyze_now(m)
-                state.advance(self.conn, self.table, "index", "done", state="indexed",
-                              details={"indexes": [i.name for i in secondary_indexes(plan.info)],
-                                       "parallel": workers})
+                self._indexed(plan, workers)
         if not small:
             self._analyze_in_background(m)
         self._timed("index", t0)
+
+    def _build_at_once(self, m: dict[str, Any], plan: TablePlan,
+                       work: list[tuple[QualifiedName, str, sql.Composable]], small: bool) -> bool:
+        """A fresh build on one connection, unpaced: every index, the key constraints, a
+        small table's ANALYZE and the state in one transaction, in two round trips. False,
+        with nothing changed, when a unique index finds duplicate keys (stale rows of the
+        load): the step by step path handles those."""
+        try:
+            with self.conn.transaction():
+                with self.ex.batched():
+                    for _, _, stmt in work:
+                        self.ex.run(stmt)
+                    self._key_constraints(m, plan, fresh=True)
+                    if small:
+                        self._analyze_now(m)
+                self._indexed(plan, 1)
+        except psycopg.errors.UniqueViolation:
+            self._stats_ready = False
+            return False
+        if not small:
+            self._analyze_in_background(m)
+        return True
+
+    def _key_constraints(self, m: dict[str, Any], plan: TablePlan, *, fresh: bool) -> None:
+        """N's (and H's) key constraints on their unique indexes, and the outgoing foreign
+        keys validated. `fresh`: the indexes were built in this transaction, so none of
+        their constraints can exist yet."""
+        for target, tag in state.new_tables(m):
+            for idx in [key_index(plan.info), *secondary_indexes(plan.info)]:
+                name = temp_index_name(idx, tag)
+                if idx.constraint_type not in ("p", "u") or (not fresh and self.conn.execute(
+                        "SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
+                        (str(target), name)).fetchone()):
+                    continue
+                for stmt in key_constraint_sql(idx, target, tag):
+                    self.ex.run(stmt)
+            for fk_name, _, _ in plan.info.outgoing_fks:
+                self.ex.run(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                    target.ident(), sql.Identifier(fk_name)))
+
+    def _indexed(self, plan: TablePlan, workers: int) -> None:
+        state.advance(self.conn, self.table, "index", "done", state="indexed",
+                      details={"indexes": [i.name for i in secondary_indexes(plan.info)],
+                               "parallel": workers})

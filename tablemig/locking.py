@@ -73,11 +73,13 @@ def with_lock_retries(conn: psycopg.Connection[Any], what: str, tables: list[Qua
         t0 = time.perf_counter()
         try:
             with conn.transaction():
-                conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)"
-                             + (", set_config('synchronous_commit', 'on', true)" if durable else ""),
-                             (lock_timeout, statement_timeout))
-                conn.execute(sql.SQL("LOCK TABLE {} IN {} MODE").format(
-                    sql.SQL(", ").join(t.ident() for t in tables), sql.SQL(mode)))
+                with conn.pipeline():  # the timeouts and the lock in one round trip
+                    conn.execute("SELECT set_config('lock_timeout', %s, true),"
+                                 " set_config('statement_timeout', %s, true)"
+                                 + (", set_config('synchronous_commit', 'on', true)" if durable else ""),
+                                 (lock_timeout, statement_timeout))
+                    conn.execute(sql.SQL("LOCK TABLE {} IN {} MODE").format(
+                        sql.SQL(", ").join(t.ident() for t in tables), sql.SQL(mode)))
                 locked_at = time.perf_counter()
                 result = body(locked_at)
             hold_ms = (time.perf_counter() - locked_at) * 1000

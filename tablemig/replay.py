@@ -89,8 +89,7 @@ class Replayer:
         must be REPEATABLE READ (or hold a lock that keeps writers out). Returns the log
         rows processed."""
         keys = sql.SQL(", ").join(map(sql.Identifier, self.key))
-        conn.execute("SET LOCAL enable_hashjoin = off")
-        conn.execute("SET LOCAL enable_mergejoin = off")
+        conn.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
         if limit is None:
             row = conn.execute(sql.SQL("SELECT max(change_id), count(*) FROM {}").format(
                 self.log.ident())).fetchone()
@@ -130,9 +129,9 @@ class Replayer:
         while rounds < max_rounds:
             if pause:
                 pause()
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ;"
+                         f" SET LOCAL synchronous_commit = {'local' if flush else 'off'}")
             try:
-                conn.execute(f"SET LOCAL synchronous_commit = {'local' if flush else 'off'}")
                 n = self.batch(conn, self.limit)
                 conn.execute("COMMIT")
             except BaseException:

@@ -173,8 +173,10 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
         long_xact_seconds=long_xact_seconds, on_attempt=on_attempt, watch=sorted(deps.matviews),
         durable=True))
     hold = record.pop("lock_hold_ms")
-    lsn = str(ex.scalar("SELECT pg_current_wal_insert_lsn()::text"))
-    state.update(conn, str(t), lock_hold_ms=hold, swap_attempts=used, swap_lsn=lsn)
+    # the LSN after the swap's commit, for the standbys to reach
+    lsn = str(conn.execute("UPDATE table_migration.migration_state SET lock_hold_ms = %s, swap_attempts = %s,"
+                           " swap_lsn = pg_current_wal_insert_lsn(), updated_at = now()"
+                           " WHERE table_name = %s RETURNING swap_lsn::text", (hold, used, str(t))).fetchone()[0])
     return SwapResult(used, hold, lsn, record, log)
 
 

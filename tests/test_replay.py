@@ -75,6 +75,26 @@ def test_log_mode_then_replay_and_switch_keep_the_new_table_exact(fresh_db: Any)
         assert not _exists(conn, log)
 
 
+def test_a_small_table_is_indexed_keyed_and_analyzed_in_one_round_trip(fresh_db: Any) -> None:
+    """Below parallel_min_rows the index step sends its builds, the key constraint and the
+    ANALYZE together in one transaction: the statistics commit with the indexes."""
+    with fresh_db.connect() as conn:
+        create_events(conn, ROWS)
+    with Migration(fresh_db.dsn, _spec(), progress=lambda p: None) as mig, fresh_db.connect() as conn:
+        mig.run("indexed")
+        step = [r for r in mig.recorder.statements
+                if r.sql.startswith(("CREATE UNIQUE INDEX", "CREATE INDEX", "ALTER TABLE", "ANALYZE"))
+                and "events_new" in r.sql]
+        assert [r.sql.split()[0] for r in step][-1] == "ANALYZE", [r.sql for r in step]
+        assert len(step) >= 3 and {r.batch for r in step} == {len(step)}, [(r.sql, r.batch) for r in step]
+        assert conn.execute("SELECT count(*) FROM pg_stats WHERE schemaname = 'public'"
+                            " AND tablename = 'events_new'").fetchone()[0] > 0
+        assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = 'events_new'::regclass"
+                            " AND contype = 'p'").fetchone()[0] == 1
+        result = mig.verify()
+        assert result.match and result.repaired == 0
+
+
 def test_stale_duplicate_of_the_load_is_dropped_before_the_key_is_built(fresh_db: Any) -> None:
     """A row moved between load chunks while they run is copied twice: the key build finds
     the duplicate, the logged keys are dropped from the new table, the replay copies them."""
