@@ -250,7 +250,7 @@ class ChunkLoader(CopyRun):
         else:
             chunks = plan_chunks(conn, self.job, self.split, self.split_type, self.expected or 0,
                                  self.min_chunk_rows, min_chunks=self.workers)
-            with conn.transaction():
+            with conn.pipeline(), conn.transaction():  # one round trip
                 conn.execute(
                     "UPDATE table_migration.migration_state SET checkpoint = jsonb_set(checkpoint,"
                     " %s, %s::jsonb), updated_at = now() WHERE table_name = %s",

@@ -240,28 +240,31 @@ class Migration(IndexBuild, Verification, AfterSwap):
         ddl.append(truncate_guard_sql(plan.original))
 
         def body(_locked_at: float) -> dict[str, Any]:
-            self.conn.execute("DELETE FROM table_migration.migration_state WHERE table_name = %s",
-                              (self.table,))
-            self.conn.execute(
-                "INSERT INTO table_migration.migration_state (table_name, table_oid, schema_name,"
-                " original_name, new_name, archive_name, backup_name, date_column, date_type,"
-                " key_columns, cutoff, archive_mode, state, plan_name, batch_size, rows_to_copy)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'capturing', %s, %s, %s)",
-                (self.table, info.oid, plan.original.schema, plan.original.name, plan.new.name,
-                 plan.archive.name, plan.backup.name if plan.backup else None, plan.date_column,
-                 plan.date_type, plan.key, plan.cutoff, self.spec.archive_mode, self.plan_name,
-                 self.spec.batch_size, plan.keep_rows))
-            with self.ex.batched():  # one round trip under the lock
+            # three round trips under the lock: the state row, the DDL, the records
+            with self.conn.pipeline():
+                self.conn.execute("DELETE FROM table_migration.migration_state WHERE table_name = %s",
+                                  (self.table,))
+                self.conn.execute(
+                    "INSERT INTO table_migration.migration_state (table_name, table_oid, schema_name,"
+                    " original_name, new_name, archive_name, backup_name, date_column, date_type,"
+                    " key_columns, cutoff, archive_mode, state, plan_name, batch_size, rows_to_copy)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'capturing', %s, %s, %s)",
+                    (self.table, info.oid, plan.original.schema, plan.original.name, plan.new.name,
+                     plan.archive.name, plan.backup.name if plan.backup else None, plan.date_column,
+                     plan.date_type, plan.key, plan.cutoff, self.spec.archive_mode, self.plan_name,
+                     self.spec.batch_size, plan.keep_rows))
+            with self.ex.batched():
                 for stmt in ddl:
                     self.ex.run(stmt)
-            self.conn.execute(
-                "INSERT INTO table_migration.replication_control (table_name, replication_enabled,"
-                " notes) VALUES (%s, false, 'migration in progress: capture installed')"
-                " ON CONFLICT (table_name) DO UPDATE SET replication_enabled = false,"
-                " notes = EXCLUDED.notes", (self.table,))
-            state.log(self.conn, self.table, "capture", "installed",
-                      details={"new_table": str(plan.new), "cutoff": plan.cutoff,
-                               "change_log": str(change_log)})
+            with self.conn.pipeline():
+                self.conn.execute(
+                    "INSERT INTO table_migration.replication_control (table_name, replication_enabled,"
+                    " notes) VALUES (%s, false, 'migration in progress: capture installed')"
+                    " ON CONFLICT (table_name) DO UPDATE SET replication_enabled = false,"
+                    " notes = EXCLUDED.notes", (self.table,))
+                state.log(self.conn, self.table, "capture", "installed",
+                          details={"new_table": str(plan.new), "cutoff": plan.cutoff,
+                                   "change_log": str(change_log)})
             return {}
 
         s = self._settings()

@@ -12,6 +12,7 @@ identical on every site.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,7 +98,9 @@ class Reconciler:
         probe = sql.SQL("SELECT hash_record_extended(ROW({}), 0) FROM {} LIMIT 1").format(
             sql.SQL(", ").join(map(sql.Identifier, self.columns)), table.ident())
         try:
-            with conn.transaction():
+            # outside a transaction the probe needs none of its own (a failure changes nothing)
+            with (conn.transaction() if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+                  or not conn.autocommit else contextlib.nullcontext()):
                 conn.execute(probe)
             self.binary_hash = True
         except psycopg.Error:
@@ -164,21 +167,60 @@ class Reconciler:
     def _sum_expr(self) -> sql.Composable:
         """Sum of the first 64 bits of each row hash. With the binary hash that is the sum
         of hash_record_extended itself (the hex text the row hash shows is that bigint), so
-        no text is built per row; the value is the same."""
+        no text is built per row; the value is the same. sum(bigint) is exact (a numeric
+        result, accumulated in 128 bits): faster than summing numerics."""
         if self.binary_hash:
             cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
-            return sql.SQL("coalesce(sum(hash_record_extended(ROW({}), 0)::numeric), 0)").format(cols)
-        return sql.SQL("coalesce(sum(('x' || substr({}, 1, 16))::bit(64)::bigint::numeric), 0)").format(
+            return sql.SQL("coalesce(sum(hash_record_extended(ROW({}), 0)), 0)").format(cols)
+        return sql.SQL("coalesce(sum(('x' || substr({}, 1, 16))::bit(64)::bigint), 0)").format(
             self._row_hash())
 
     def _side_sums(self, conn: psycopg.Connection[Any], side: Side, seg_expr: sql.Composable,
                    seg_params: list[Any]) -> dict[int, tuple[int, str]]:
-        where, wparams = side.where()
-        rows = conn.execute(sql.SQL(
-            "SELECT {seg} AS seg, count(*), {sum} FROM {t} WHERE {w} GROUP BY 1").format(
-            seg=seg_expr, sum=self._sum_expr(), t=side.table.ident(), w=where),
-            [*seg_params, *wparams]).fetchall()
-        return {int(r[0]): (int(r[1]), str(r[2])) for r in rows}
+        return self._sums(conn, [side], seg_expr, seg_params)[0]
+
+    def _sums(self, conn: psycopg.Connection[Any], sides: list[Side], seg_expr: sql.Composable,
+              seg_params: list[Any]) -> list[dict[int, tuple[int, str]]]:
+        """Per-segment (count, checksum) of each side, in one statement (one snapshot)."""
+        parts: list[sql.Composable] = []
+        params: list[Any] = []
+        for i, side in enumerate(sides):
+            where, wparams = side.where()
+            parts.append(sql.SQL("SELECT {i} AS side, {seg} AS seg, count(*), {sum} FROM {t} WHERE {w}"
+                                 " GROUP BY 2").format(i=sql.Literal(i), seg=seg_expr, sum=self._sum_expr(),
+                                                       t=side.table.ident(), w=where))
+            params.extend([*seg_params, *wparams])
+        out: list[dict[int, tuple[int, str]]] = [{} for _ in sides]
+        for side_no, seg, count, total in conn.execute(sql.SQL(" UNION ALL ").join(parts), params).fetchall():
+            out[side_no][int(seg)] = (int(count), str(total))
+        return out
+
+    def _sums_on_two(self, conn: psycopg.Connection[Any], peer: psycopg.Connection[Any],
+                     items: list[tuple[str, Side]], seg_expr: sql.Composable, seg_params: list[Any],
+                     found: dict[str, dict[int, tuple[int, str]]]) -> None:
+        """The two sides at once: the first on `conn` (in a REPEATABLE READ transaction),
+        the second on `peer` in the snapshot `conn` exports."""
+        snap = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        assert snap is not None
+        peer.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        errors: list[BaseException] = []
+        try:
+            peer.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(str(snap[0]))))
+
+            def other() -> None:
+                try:
+                    found[items[1][0]] = self._side_sums(peer, items[1][1], seg_expr, seg_params)
+                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                    errors.append(exc)
+            t = threading.Thread(target=other, daemon=True)
+            t.start()
+            found[items[0][0]] = self._side_sums(conn, items[0][1], seg_expr, seg_params)
+            t.join()
+        finally:
+            peer.execute("COMMIT" if peer.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+                         else "ROLLBACK")
+        if errors:
+            raise errors[0]
 
     def checksums(self, conn: psycopg.Connection[Any], sides: dict[str, Side],
                   bounds: list[list[str]], peer: psycopg.Connection[Any] | None = None) -> list[Segment]:
@@ -193,36 +235,15 @@ class Reconciler:
         own_tx = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         items = list(sides.items())
         found: dict[str, dict[int, tuple[int, str]]] = {}
-        if own_tx:
+        if not (own_tx and peer is not None and len(items) == 2):
+            # one statement reads every side: one snapshot, no transaction of its own
+            sums = self._sums(conn, [side for _, side in items], seg_expr, seg_params)
+            found = {name: part for (name, _), part in zip(items, sums, strict=True)}
+        else:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        try:
-            if own_tx and peer is not None and len(items) == 2:
-                snap = conn.execute("SELECT pg_export_snapshot()").fetchone()
-                assert snap is not None
-                peer.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                errors: list[BaseException] = []
-                try:
-                    peer.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(str(snap[0]))))
-
-                    def other() -> None:
-                        try:
-                            found[items[1][0]] = self._side_sums(peer, items[1][1], seg_expr, seg_params)
-                        except BaseException as exc:  # noqa: BLE001 - re-raised below
-                            errors.append(exc)
-                    t = threading.Thread(target=other, daemon=True)
-                    t.start()
-                    found[items[0][0]] = self._side_sums(conn, items[0][1], seg_expr, seg_params)
-                    t.join()
-                finally:
-                    peer.execute("COMMIT" if peer.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
-                                 else "ROLLBACK")
-                if errors:
-                    raise errors[0]
-            else:
-                for name, side in items:
-                    found[name] = self._side_sums(conn, side, seg_expr, seg_params)
-        finally:
-            if own_tx:
+            try:
+                self._sums_on_two(conn, peer, items, seg_expr, seg_params, found)
+            finally:
                 conn.execute("COMMIT")
         for name, _ in items:
             for s in segs:
