@@ -66,9 +66,10 @@ class Migration(IndexBuild, Verification, AfterSwap):
     # Below `parallel_min_rows` rows kept, more connections cost more than they save (a
     # fresh backend's start and cold caches cost more than a second core saves): the
     # indexes are built one after the other and the new tables analyzed in the index
-    # step's transaction, and verify reads one side after the other, all on the harness's
-    # connection. Larger tables build several indexes at once, ANALYZE in the background
-    # (overlapping the replay and verify) and verify both sides at once. Below
+    # step's transaction, and verify reads both sides with one statement, all on the
+    # harness's connection. Larger tables build several indexes at once, ANALYZE in the
+    # background (overlapping the replay and verify) and verify both sides at once on two
+    # connections. Below
     # `segment_min_rows` verify compares the table as one segment.
     parallel_min_rows = 200_000
     segment_min_rows = 50_000

@@ -201,8 +201,8 @@ class Verification(StepHost):
         """Segment checksums of T[D >= C] against N; differing rows are repaired from T.
         First replays the change log and switches to direct capture (`replay`), so that
         from here on the trigger keeps N equal and both sides can be read in one snapshot.
-        The two sides are summed at once on two connections sharing one snapshot (one
-        after the other when the migration is paced)."""
+        On a large table the two sides are summed at once on two connections sharing one
+        snapshot; a small or paced one reads both with one statement on one connection."""
         m0 = self._require("indexed", "verified")
         s = self._settings()
         small = self._small(m0, self._plan or self.plan())
@@ -213,7 +213,7 @@ class Verification(StepHost):
         elif not self._stats_ready:
             self._analyze_now(m0)
         # the second reader's connection opens while the replay runs; a small table, and a
-        # paced migration (nice_ratio), are read one side after the other, on one core
+        # paced migration (nice_ratio), are read by one statement on one connection
         with contextlib.ExitStack() as stack:
             pending: Future[psycopg.Connection[Any]] | None = None
             if not small and not s.nice_ratio:
