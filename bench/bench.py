@@ -49,7 +49,7 @@ What it does
    so that slow drifts of the machine cancel out). It first waits (at most 90 s) for the
    1-min load average to fall under 1, and runs one unmeasured warm-up round of tablemig
    and the physical limit (`--warmup N`; default 1 with --smoke, else 0). Meant for CI
-   with `--rows 100000 --repeat 11`.
+   with `--rows 100000 --repeat 21` (`./scripts/test` runs it after the test suite).
 
 Diagnostics: `--explain` prints EXPLAIN (ANALYZE, BUFFERS) of a first and a middle
 bulk-load chunk (on a copy with only the capture installed); `--profile` runs one migration
@@ -58,7 +58,7 @@ statements per step. Like `--workload`, alone they skip the measurement (add `--
 
 Usage examples (from the repository root)
 -----------------------------------------
-    .venv/bin/python bench/bench.py --rows 100000 --smoke --repeat 11 --skip naive   # CI smoke
+    .venv/bin/python bench/bench.py --rows 100000 --smoke --repeat 21 --skip naive   # CI smoke
     .venv/bin/python bench/bench.py                                # 10M rows, repeat 1
     .venv/bin/python bench/bench.py --repeat 3 --workers 2 --batch-size 100000
     .venv/bin/python bench/bench.py --workload                     # pgbench experiment
