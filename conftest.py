@@ -6,6 +6,7 @@ site and replicated to the standby, so tests stay independent under pytest-xdist
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,12 +36,25 @@ class FreshDb:
         return connect(self.dsn, **kw)
 
 
+def _wait_for_database_on_standby(passive_dsn: str, name: str, timeout_s: float = 30.0) -> None:
+    """A test that connects to the passive site right away must not race the standby's
+    replay of CREATE DATABASE (while another xdist worker writes, it can lag a moment)."""
+    deadline = time.monotonic() + timeout_s
+    with connect(passive_dsn) as standby:
+        while not standby.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"database {name} not replicated to the standby within {timeout_s} s")
+            time.sleep(0.02)
+
+
 @pytest.fixture
 def fresh_db(active: psycopg.Connection[Any], active_dsn: str,
              passive_dsn: str | None) -> Iterator[FreshDb]:
     """A new empty database on the active site (visible on the standby by replication)."""
     name = f"t_{uuid.uuid4().hex[:10]}"
     active.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    if passive_dsn:
+        _wait_for_database_on_standby(passive_dsn, name)
     db = FreshDb(name, with_dbname(active_dsn, name),
                  with_dbname(passive_dsn, name) if passive_dsn else None)
     try:

@@ -26,7 +26,7 @@ def _migrate_with_writers(db: Any, *, blocker_seconds: float = 0.0, workers: int
                       swap_max_attempts=30) as mig:
         time.sleep(0.3)
         mig.run("verified")
-        writers.swapping.set()
+        writers.begin_swap()
         time.sleep(0.2)
         blocker = None
         if blocker_seconds:

@@ -99,7 +99,7 @@ def test_sigkill_during_backfill_resumes_without_loss(fresh_db: Any, tmp_path: P
         # only whole chunks were copied (the one in flight rolled back with the kill)
         assert scalar(conn, "SELECT count(*) FROM events_new") == m["rows_copied"]
         # the rerun resumes; the application keeps writing through its swap
-        writers.swapping.set()
+        writers.begin_swap()
         rerun = ok(*args)
         assert final_state(rerun)["state"] == "swapped"
         time.sleep(0.3)  # writes continue against the new live table
@@ -161,7 +161,7 @@ def test_sigkill_during_swap_lock_retries_renames_nothing(fresh_db: Any, tmp_pat
                      " ('swap_max_attempts', '50'), ('lock_timeout', '1s') ON CONFLICT (config_key)"
                      " DO UPDATE SET config_value = EXCLUDED.config_value")
         with Writers(fresh_db.dsn, rows) as writers:
-            writers.swapping.set()
+            writers.begin_swap()
             reader = Session(fresh_db.dsn)
             try:
                 reader.execute("LOCK TABLE events IN ACCESS SHARE MODE")

@@ -99,7 +99,7 @@ def test_subscriber_follows_the_migration_under_concurrent_writes(logical_sandbo
         mig.run("verified")
         with connect(sb.subscriber_dsn) as sub:  # the subscriber received the new table's rows
             assert sub.execute("SELECT count(*) FROM events_new").fetchone()[0] > 0
-        writers.swapping.set()
+        writers.begin_swap()
         time.sleep(0.2)
         result = mig.swap()
         time.sleep(1.0)  # writes continue against the new table
@@ -269,7 +269,7 @@ def test_copy_mode_prune_and_cleanup_follow_on_the_subscriber(logical_sandbox: S
             Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn],
                       lock_timeout="200ms", swap_max_attempts=30) as mig:
         mig.run("verified")
-        writers.swapping.set()
+        writers.begin_swap()
         time.sleep(0.2)
         mig.swap()
         time.sleep(0.5)

@@ -63,7 +63,7 @@ def test_rollback_after_swap_keeps_every_write_made_since(fresh_db: Any) -> None
         create_events(conn, ROWS)
     with Writers(fresh_db.dsn, ROWS) as w, _mig(fresh_db) as mig:
         mig.run("verified")
-        w.swapping.set()
+        w.begin_swap()
         mig.swap()
         ops_at_swap = sum(w.stats.ops.values())
         time.sleep(0.8)  # the application keeps writing to the new table
@@ -79,7 +79,7 @@ def test_prune_leaves_disjoint_live_and_archive_and_rollback_restores(fresh_db: 
         create_events(conn, ROWS)
     with Writers(fresh_db.dsn, ROWS) as w, _mig(fresh_db) as mig:
         mig.run("verified")
-        w.swapping.set()
+        w.begin_swap()
         mig.swap()
         time.sleep(0.3)
         archive = mig._state()["archive_name"]
@@ -96,7 +96,7 @@ def test_prune_leaves_disjoint_live_and_archive_and_rollback_restores(fresh_db: 
         d = diff(conn, f"(SELECT * FROM events UNION ALL SELECT * FROM {archive}) u", "events_twin")
         assert d["only_left"] == 0 and d["only_right"] == 0, d
     with Writers(fresh_db.dsn, ROWS) as w2, _mig(fresh_db) as mig:
-        w2.swapping.set()
+        w2.begin_swap()
         assert mig.rollback() == "swapped back"
         time.sleep(0.2)
     _same_as_twin(fresh_db)
@@ -108,7 +108,7 @@ def test_copy_mode_archives_history_into_a_separate_table(fresh_db: Any) -> None
         create_events(conn, ROWS)
     with Writers(fresh_db.dsn, ROWS) as w, _mig(fresh_db, archive_mode="copy") as mig:
         mig.run("verified")
-        w.swapping.set()
+        w.begin_swap()
         mig.swap()
         time.sleep(0.3)
         m = mig._state()

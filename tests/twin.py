@@ -59,7 +59,8 @@ class Writers:
         self.swapping = threading.Event()
         self.stats = WriterStats()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(seed + i,), daemon=True)
+        self._in_swap_mode: set[int] = set()  # writers whose operation was chosen after `swapping`
+        self._threads = [threading.Thread(target=self._run, args=(seed + i, i), daemon=True)
                          for i in range(threads)]
 
     def __enter__(self) -> Writers:
@@ -76,10 +77,30 @@ class Writers:
         with self._lock:
             bucket[key] = bucket.get(key, 0) + 1
 
-    def _run(self, seed: int) -> None:
+    def begin_swap(self, timeout_s: float = 10.0) -> None:
+        """Switch the writers to what an application does after the swap, and return once
+        each has finished the operation it chose before (setting `swapping` alone would
+        race: an old-row insert chosen just before could land in the live table after
+        the swap)."""
+        self.swapping.set()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                alive = {i for i, t in enumerate(self._threads) if t.is_alive()}
+                if alive <= self._in_swap_mode:
+                    return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"writers {sorted(alive - self._in_swap_mode)} did not finish "
+                                     f"their operation within {timeout_s} s")
+            time.sleep(0.001)
+
+    def _run(self, seed: int, index: int) -> None:
         rnd = random.Random(seed)
         with connect(self.dsn, application_name="twin-writer") as conn:
             while not self.stop.is_set():
+                if self.swapping.is_set():
+                    with self._lock:
+                        self._in_swap_mode.add(index)
                 op = self._choose(rnd)
                 t0 = time.perf_counter()
                 try:
