@@ -78,6 +78,7 @@ class TriggerDef:
     name: str
     definition: str
     enabled: str
+    quoted: str  # the name as pg_get_triggerdef prints it (quote_ident)
 
 
 @dataclass
@@ -226,7 +227,7 @@ SELECT
      WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
        AND d.refobjid = %(oid)s AND v.oid <> %(oid)s) x) AS views,
  (SELECT coalesce(json_agg(x ORDER BY x.tgname), '[]') FROM (
-    SELECT tgname, pg_get_triggerdef(oid) AS def, tgenabled FROM pg_trigger
+    SELECT tgname, quote_ident(tgname) AS qname, pg_get_triggerdef(oid) AS def, tgenabled FROM pg_trigger
      WHERE tgrelid = %(oid)s AND NOT tgisinternal AND tgname NOT LIKE 'tablemig\\_%%') x) AS trig,
  (SELECT coalesce(json_agg(x ORDER BY x.name), '[]') FROM (
     SELECT p.polname AS name, p.polpermissive AS permissive, p.polcmd AS cmd,
@@ -318,7 +319,7 @@ def inspect_table(conn: psycopg.Connection[Any], name: QualifiedName,
         incoming_fks=[ForeignKey(c["conname"], QualifiedName(c["nspname"], c["relname"]), c["def"],
                                  c["convalidated"]) for c in r["fk_in"]],
         views=views,
-        triggers=[TriggerDef(t["tgname"], t["def"], t["tgenabled"]) for t in r["trig"]],
+        triggers=[TriggerDef(t["tgname"], t["def"], t["tgenabled"], t["qname"]) for t in r["trig"]],
         acl=_acl(r["acl"]), policies=r["pols"], rls=(base["relrowsecurity"], base["relforcerowsecurity"]),
         publications=list(r["pubs"]),
         sequences=[(q["attname"], q["seq"], "identity" if q["deptype"] == "i" else "serial")

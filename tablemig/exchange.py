@@ -95,7 +95,7 @@ def _copy_triggers(ex: Executor, info: TableInfo, source: QualifiedName,
     must not run application triggers on mirrored writes). Returns the disabled ones."""
     disabled = []
     for trg in info.triggers:
-        ident = ex.scalar("SELECT quote_ident(%s)", (trg.name,))
+        ident = trg.quoted  # read by the inspection: no round trip under the lock
         head = f"CREATE TRIGGER {ident} "
         if not trg.definition.startswith(head):
             head = f"CREATE CONSTRAINT TRIGGER {ident} "
