@@ -54,14 +54,25 @@ class LagLimit:
 
 
 def standbys(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    """pg_stat_replication with lag in bytes (replay) and seconds."""
+    """pg_stat_replication with lag in bytes (replay) and seconds: the standbys (and
+    logical subscribers) streaming from this server. A base backup being taken
+    (pg_basebackup, state `backup`) is listed there too but is no standby: see base_backups."""
     with conn.cursor(row_factory=dict_row) as cur:
         return list(cur.execute(
             "SELECT application_name, client_addr::text, state, sync_state,"
             " pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS lag_bytes,"
             " pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn)::bigint AS flush_lag_bytes,"
             " extract(epoch FROM replay_lag)::float AS lag_seconds, sent_lsn::text, replay_lsn::text"
-            " FROM pg_stat_replication ORDER BY application_name").fetchall())
+            " FROM pg_stat_replication WHERE state IS DISTINCT FROM 'backup'"
+            " ORDER BY application_name").fetchall())
+
+
+def base_backups(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Base backups being taken from this server (pg_basebackup), for the evidence."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return list(cur.execute(
+            "SELECT application_name, client_addr::text, backend_start::text FROM pg_stat_replication"
+            " WHERE state = 'backup' ORDER BY backend_start").fetchall())
 
 
 def standbys_within(conn: psycopg.Connection[Any], limit: LagLimit, wait_s: float = 30,

@@ -27,7 +27,7 @@ from tablemig.errors import InputError
 from tablemig.failover import rehearse
 from tablemig.names import QualifiedName
 from tablemig.reconcile import Reconciler, Side
-from tablemig.replication import LagLimit, LagThrottle, standbys_within, wait_for_replay
+from tablemig.replication import LagLimit, LagThrottle, base_backups, standbys_within, wait_for_replay
 from tablemig.sandbox import Sandbox, start_sandbox, stop_sandbox
 from tablemig.spec import TableSpec
 
@@ -147,6 +147,30 @@ def test_lag_checks_wait_out_a_burst_and_refuse_a_standby_that_stays_behind(priv
             time.sleep(0.6)  # the timer's resume has run; resuming twice is harmless
             with connect(sb.passive_dsn) as p2:
                 p2.execute("SELECT pg_wal_replay_resume()")
+
+
+def test_a_base_backup_in_progress_is_not_taken_for_a_standby(private_sandbox: Sandbox, tmp_path: Path) -> None:
+    """pg_basebackup shows in pg_stat_replication (state `backup`): the lag checks must
+    not fail on it (a nightly backup during the pre-checks is normal); it is evidence."""
+    sb = private_sandbox
+    target = tmp_path / "base"
+    proc = subprocess.Popen([sb.pg_bin.tool("pg_basebackup"), "-h", "127.0.0.1",
+                             "-p", str(sb.clusters["active"].port), "-U", "postgres", "-D", str(target),
+                             "-X", "none", "--max-rate", "32", "-c", "fast", "--no-sync"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with connect(sb.active_dsn) as a:
+            deadline = time.monotonic() + 30
+            while not a.execute("SELECT 1 FROM pg_stat_replication WHERE state = 'backup'").fetchone():
+                assert proc.poll() is None and time.monotonic() < deadline, "pg_basebackup did not start"
+                time.sleep(0.1)
+            rows, _ = standbys_within(a, LagLimit.parse("16MB"), wait_s=5)
+            assert rows and all(r["state"] == "streaming" for r in rows), rows
+            backups = base_backups(a)
+            assert [b["application_name"] for b in backups] == ["pg_basebackup"], backups
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_standby_has_the_same_checksums_after_execute_and_failover_rehearsal(fresh_db: Any, sandbox: Sandbox) -> None:

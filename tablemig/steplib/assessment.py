@@ -51,7 +51,8 @@ def pre_1_1b_replication_lag(ctx: StepContext) -> None:
     active, _ = _require_pair(ctx)
     limit = LagLimit.parse(ctx.plan.max_replication_lag)
     rows, waited = replication.standbys_within(active, limit)
-    ctx.evidence(max_replication_lag=limit.text, standbys=rows, waited_for_lag_s=waited)
+    ctx.evidence(max_replication_lag=limit.text, standbys=rows, waited_for_lag_s=waited,
+                 base_backups_in_progress=replication.base_backups(active))
     assert rows, "no standby is streaming from the active site"
     for r in rows:
         assert r["state"] == "streaming", f"standby {r['application_name']} is {r['state']}, not streaming"
