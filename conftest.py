@@ -6,7 +6,6 @@ site and replicated to the standby, so tests stay independent under pytest-xdist
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tablemig.db import connect
+from tablemig.replication import wait_for_replay
 
 
 def with_dbname(dsn: str, dbname: str) -> str:
@@ -36,17 +36,6 @@ class FreshDb:
         return connect(self.dsn, **kw)
 
 
-def _wait_for_database_on_standby(passive_dsn: str, name: str, timeout_s: float = 30.0) -> None:
-    """A test that connects to the passive site right away must not race the standby's
-    replay of CREATE DATABASE (while another xdist worker writes, it can lag a moment)."""
-    deadline = time.monotonic() + timeout_s
-    with connect(passive_dsn) as standby:
-        while not standby.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"database {name} not replicated to the standby within {timeout_s} s")
-            time.sleep(0.02)
-
-
 @pytest.fixture
 def fresh_db(active: psycopg.Connection[Any], active_dsn: str,
              passive_dsn: str | None) -> Iterator[FreshDb]:
@@ -54,7 +43,11 @@ def fresh_db(active: psycopg.Connection[Any], active_dsn: str,
     name = f"t_{uuid.uuid4().hex[:10]}"
     active.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     if passive_dsn:
-        _wait_for_database_on_standby(passive_dsn, name)
+        # a test connecting to the passive site at once must not race the standby's replay
+        # of CREATE DATABASE (it lags a moment while another xdist worker writes)
+        with connect(passive_dsn) as passive:
+            if passive.execute("SELECT pg_is_in_recovery()").fetchone()[0]:  # type: ignore[index]
+                wait_for_replay(active, passive, timeout_s=30)
     db = FreshDb(name, with_dbname(active_dsn, name),
                  with_dbname(passive_dsn, name) if passive_dsn else None)
     try:
