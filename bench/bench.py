@@ -102,6 +102,8 @@ PGBENCH_SCRIPT = HERE / "pgbench_orders.sql"
 TABLE = "public.orders"
 DATE_COLUMN = "created_date"
 CORE_STEPS = ("capture", "backfill", "index", "replay", "verify", "swap")
+PACING_KEYS = ("nice_ratio", "nice_slept_s", "app_write_share", "app_write_rate", "app_writes",
+               "app_writes_expected", "app_share_kept", "rested_s", "engaged")
 ALL_STEPS = (*CORE_STEPS, "validate_fks")
 SRC_MARK = "tablemig-bench source complete"
 SETTINGS_SHOWN = ("server_version", "fsync", "full_page_writes", "synchronous_commit",
@@ -420,7 +422,9 @@ def migrate_cmd(a: argparse.Namespace, dsn: str, retention: float,
     return tablemig_cli("migrate", "--dsn", dsn, "--table", TABLE, "--date-column",
                         DATE_COLUMN, *which, "--batch-size", str(a.batch_size),
                         "--workers", str(a.workers), "--until", until,
-                        *(["--nice-ratio", str(a.nice_ratio)] if a.nice_ratio is not None else []))
+                        *(["--nice-ratio", str(a.nice_ratio)] if a.nice_ratio is not None else []),
+                        *(["--app-write-share", str(a.app_write_share)]
+                          if a.app_write_share is not None else []))
 
 
 def run_tablemig(srv: Server, db: str, cut: dict[str, Any], a: argparse.Namespace,
@@ -449,6 +453,7 @@ def run_tablemig(srv: Server, db: str, cut: dict[str, Any], a: argparse.Namespac
             "core_s": round(core, 3), "timings": timings, "wal_bytes": wal,
             "lock_hold_ms": num(result.get("lock_hold_ms")),
             "swap_attempts": result.get("swap_attempts"), "peak_rss_mb": round(rss, 1),
+            "pacing": {k: result.get(k) for k in PACING_KEYS},
             "rows_copied": st[1], "rows_to_copy": st[2],
             "batches": (backfill_done or {}).get("details", {}).get("batches"),
             "cutoff": st[0], "cutoff_matches": st[0] == cut["cutoff"], "rows_after": int(rows),
@@ -786,9 +791,11 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
     if a.workload_seconds:
         seconds = a.workload_seconds
     else:
-        # ~26 s unloaded at 10M rows on 2 cores; under load it may take twice as long
+        # ~26 s unloaded at 10M rows on 2 cores; under load it may take twice as long, and
+        # the write guard (on unless --app-write-share 0) rests several times its work
         est = est_migration_s if est_migration_s else 10 + cut["total"] * 2.5e-6
-        seconds = int(math.ceil(a.migration_delay + est * 3 + 15))
+        factor = 3 if a.app_write_share == 0 else 10
+        seconds = int(math.ceil(a.migration_delay + est * factor + 15))
     log(f"workload: pgbench -c {a.clients} -j {a.threads} -T {seconds} (baseline, then with a "
         f"migration starting after {a.migration_delay} s)")
     # baseline on an untouched copy
@@ -828,6 +835,7 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
         return {"started_at": started, "ended_at": ended, "wall_s": round(wall, 3),
                 "peak_rss_mb": round(rss, 1), "timings": res.get("timings"),
                 "nice_ratio": res.get("nice_ratio"), "nice_slept_s": res.get("nice_slept_s"),
+                "pacing": {k: res.get(k) for k in PACING_KEYS},
                 "lock_hold_ms": num(res.get("lock_hold_ms")), "swap_attempts": res.get("swap_attempts"),
                 "pgbench_running_at_end": p.poll() is None, "engine": fp}
 
@@ -903,6 +911,7 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
         "lock_hold_ms": m.get("lock_hold_ms"), "swap_attempts": m.get("swap_attempts"),
         "migration_wall_s": m["wall_s"], "migration_timings": m["timings"],
         "nice_ratio": m.get("nice_ratio"), "nice_slept_s": m.get("nice_slept_s"),
+        "pacing": m.get("pacing"),
         "migration_core_s": round(sum((m["timings"] or {}).get(k, 0) for k in CORE_STEPS), 3),
     }
     return {"summary": summary, "phases": phases, "baseline": base, "migration_run": mig,
@@ -934,6 +943,14 @@ def print_workload(w: dict[str, Any], a: argparse.Namespace) -> None:
     print(f"migration under load: wall {s['migration_wall_s']:.1f} s, core {s['migration_core_s']:.1f} s,"
           f" timings {s['migration_timings']}, swap lock {s['lock_hold_ms']} ms, attempts "
           f"{s['swap_attempts']}; nice ratio {s.get('nice_ratio')} (slept {s.get('nice_slept_s')} s)")
+    g = s.get("pacing") or {}
+    if g.get("app_write_share"):
+        print(f"write guard: keep {g['app_write_share']:g} of the application's writes; its free rate "
+              f"{fmt(g.get('app_write_rate'), ',.0f')}/s, kept {fmt(g.get('app_share_kept'), '.3f')} by the "
+              f"guard's own count ({g.get('app_writes')} of {g.get('app_writes_expected')} expected), "
+              f"rested {fmt(g.get('rested_s'), '.1f')} s")
+    else:
+        print("write guard: off")
     print(f"{'window':<18}{'seconds':>9}{'txns':>9}{'tps':>9}{'p50 ms':>9}{'p99 ms':>9}{'worst ms':>10}")
     for name in ("before_migration", "plan+capture", "backfill", "index", "replay", "verify", "swap",
                  "start_to_swap", "capture_to_swap", "after_swap"):
@@ -1127,6 +1144,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--workers", type=int, default=1, help="tablemig --workers (default 1)")
     g.add_argument("--nice-ratio", type=float,
                    help="tablemig --nice-ratio: pace the bulk work (default: none)")
+    g.add_argument("--app-write-share", type=float,
+                   help="tablemig --app-write-share: the write guard's share (default: tablemig's, "
+                        "0.9; 0: off)")
     g.add_argument("--skip", action="append", default=[], choices=["tablemig", "physical", "naive"],
                    help="leave a method out of the measurement (repeatable)")
     g.add_argument("--measure", action="store_true",

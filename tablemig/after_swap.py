@@ -53,7 +53,7 @@ class AfterSwap(StepHost):
         if m["state"] == "pruned":
             return 0
         s = self._settings()
-        self.pacer.start(s.nice_ratio)
+        self.pacer.start(self.conn, s)
         t = QualifiedName(m["schema_name"], m["original_name"])
         a = state.old_table(m)
         info = (self._plan or self.plan_for_state(m)).info
@@ -110,7 +110,7 @@ class AfterSwap(StepHost):
             wait_while_paused(self.conn, self.table)
             if self.throttle:
                 self.throttle()
-            self.pacer()
+            self.pacer(self.conn)
             with self.conn.transaction():
                 bound = self.conn.execute(sql.SQL(  # ORDER BY the typed columns, not the ::text outputs
                     "SELECT {} FROM {} AS src WHERE {} ORDER BY {} OFFSET %s LIMIT 1").format(

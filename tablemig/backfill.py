@@ -31,6 +31,7 @@ from psycopg import sql
 from . import state
 from .db import connect
 from .names import QualifiedName
+from .pacing import Pace
 
 Throttle = Callable[[], None]
 Progress = Callable[[dict[str, Any]], None]
@@ -138,11 +139,11 @@ class CopyRun:
 
     def __init__(self, dsn: str, job: CopyJob, table_label: str, checkpoint_key: str, *,
                  workers: int, throttle: Throttle | None, progress: Progress | None,
-                 expected_rows: int | None, pace: Throttle | None = None) -> None:
+                 expected_rows: int | None, pace: Pace | None = None) -> None:
         self.dsn, self.job, self.table, self.key = dsn, job, table_label, checkpoint_key
         self.workers = workers
         self.throttle = throttle  # the replication-lag throttle (it needs each unit's WAL flushed)
-        self.pace = pace  # the nice-ratio pacer (tablemig.pacing)
+        self.pace = pace  # the write guard and nice ratio (tablemig.pacing)
         self.progress = progress or _print_progress
         self.expected = expected_rows
         self.stats = CopyStats()
@@ -232,7 +233,7 @@ class ChunkLoader(CopyRun):
     def __init__(self, dsn: str, job: CopyJob, table_label: str, checkpoint_key: str, *,
                  split: str, split_type: str, min_chunk_rows: int, workers: int = 1,
                  throttle: Throttle | None = None, progress: Progress | None = None,
-                 expected_rows: int | None = None, pace: Throttle | None = None) -> None:
+                 expected_rows: int | None = None, pace: Pace | None = None) -> None:
         super().__init__(dsn, job, table_label, checkpoint_key, workers=workers, throttle=throttle,
                          progress=progress, expected_rows=expected_rows, pace=pace)
         self.split, self.split_type = split, split_type
@@ -285,7 +286,7 @@ class ChunkLoader(CopyRun):
             if self.throttle:
                 self.throttle()
             if self.pace:
-                self.pace()
+                self.pace(conn)
             c = chunks[index]
             t0 = time.perf_counter()
             with conn.transaction():

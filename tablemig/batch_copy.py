@@ -31,6 +31,7 @@ import psycopg
 
 from .backfill import CopyJob, CopyRun, CopyStats, Progress, Throttle, wait_while_paused
 from .db import connect
+from .pacing import Pace
 
 MIN_BATCH, MAX_BATCH = 1_000, 500_000
 
@@ -71,7 +72,7 @@ class BatchCopier(CopyRun):
     def __init__(self, dsn: str, job: CopyJob, table_label: str, checkpoint_key: str, *,
                  batch_size: int, target_seconds: float = 0.5, workers: int = 1,
                  throttle: Throttle | None = None, progress: Progress | None = None,
-                 expected_rows: int | None = None, pace: Throttle | None = None) -> None:
+                 expected_rows: int | None = None, pace: Pace | None = None) -> None:
         super().__init__(dsn, job, table_label, checkpoint_key, workers=workers, throttle=throttle,
                          progress=progress, expected_rows=expected_rows, pace=pace)
         self.batch_size = batch_size
@@ -126,7 +127,7 @@ class BatchCopier(CopyRun):
             if self.throttle:
                 self.throttle()
             if self.pace:
-                self.pace()
+                self.pace(conn)
             lo = rng.last if rng.last is not None else rng.lo
             t0 = time.perf_counter()
             with conn.transaction():

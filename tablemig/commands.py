@@ -44,10 +44,25 @@ def _ratio(text: str) -> float:
     return value
 
 
-def _nice_arg(p: argparse.ArgumentParser) -> None:
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to below 1 (e.g. 0.9: keep 90 %"
+                                         " of the application's writes; 0: no guard)")
+    return value
+
+
+def _pacing_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nice-ratio", type=_ratio, metavar="R",
                    help="after each unit of bulk work sleep R times as long as it took (0: no pacing;"
                         " default: migration_config nice_ratio, re-read every 5 s)")
+    p.add_argument("--app-write-share", type=_share, metavar="S",
+                   help="write guard: rest between units of bulk work so that the application keeps the"
+                        " share S of its write rate (0: off; default: migration_config app_write_share,"
+                        " 0.9, re-read every 5 s)")
 
 
 def _spec(a: argparse.Namespace) -> TableSpec:
@@ -93,12 +108,13 @@ def _subscriber_arg(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_migrate(a: argparse.Namespace) -> int:
-    with Migration(a.dsn, _spec(a), subscribers=a.subscriber_dsn, nice_ratio=a.nice_ratio) as mig:
+    with Migration(a.dsn, _spec(a), subscribers=a.subscriber_dsn, nice_ratio=a.nice_ratio,
+                   app_write_share=a.app_write_share) as mig:
         final = mig.run(a.until)
         print(file=sys.stderr)
         _print({"state": final.get("state"), "timings": mig.timings, "rows_copied": final.get("rows_copied"),
                 "swap_attempts": final.get("swap_attempts"), "lock_hold_ms": final.get("lock_hold_ms"),
-                "nice_ratio": mig.pacer.ratio, "nice_slept_s": round(mig.pacer.slept_s, 3)})
+                **mig.pacer.summary()})
     return 0
 
 
@@ -145,7 +161,8 @@ def _set_paused(a: argparse.Namespace, paused: bool) -> int:
 
 
 def cmd_prune(a: argparse.Namespace) -> int:
-    with from_state(a.dsn, a.table, subscribers=a.subscriber_dsn, nice_ratio=a.nice_ratio) as mig:
+    with from_state(a.dsn, a.table, subscribers=a.subscriber_dsn, nice_ratio=a.nice_ratio,
+                    app_write_share=a.app_write_share) as mig:
         n = mig.prune(a.batch_size)
     print(f"pruned: {n} rows deleted from the archive")
     return 0
@@ -170,7 +187,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("migrate", help="migrate one table (resumes where it stopped)")
     _spec_args(p)
-    _nice_arg(p)
+    _pacing_args(p)
     p.add_argument("--until", default="swapped",
                    choices=["capturing", "backfilling", "indexed", "verified", "swapped"])
     _subscriber_arg(p)
@@ -191,7 +208,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dsn", required=True)
     p.add_argument("--table", required=True)
     p.add_argument("--batch-size", type=int)
-    _nice_arg(p)
+    _pacing_args(p)
     _subscriber_arg(p)
     p.set_defaults(func=cmd_prune)
     p = sub.add_parser("rollback", help="undo the migration of a table from any state")

@@ -37,7 +37,7 @@ from .indexing import IndexBuild
 from .locking import blockers, with_lock_retries
 from .logical import Subscriber
 from .names import QualifiedName
-from .pacing import NicePacer
+from .pacing import Pacer
 from .planner import TablePlan, build_plan, missing_privileges
 from .schema import install_schema, installed_version
 from .settings import Settings
@@ -82,9 +82,13 @@ class Migration(IndexBuild, Verification, AfterSwap):
         self.spec = spec
         self.recorder = recorder or Recorder()
         self.throttle = throttle
-        # the nice ratio (tablemig.pacing): from migration_config, or fixed by an override
-        self.pacer = NicePacer(dsn, setting_overrides.get("nice_ratio") or 0.0,
-                               fixed=setting_overrides.get("nice_ratio") is not None)
+        # the write guard and the nice ratio (tablemig.pacing): from migration_config, or
+        # fixed by an override
+        share = setting_overrides.get("app_write_share")
+        self.pacer = Pacer(dsn, setting_overrides.get("nice_ratio") or 0.0,
+                           fixed=setting_overrides.get("nice_ratio") is not None,
+                           share=Settings.app_write_share if share is None else share,
+                           share_fixed=share is not None, label=str(spec.qualified))
         self.progress = progress
         self.plan_name = plan_name
         self.overrides = setting_overrides
@@ -161,6 +165,14 @@ class Migration(IndexBuild, Verification, AfterSwap):
 
     def _timed(self, name: str, t0: float) -> None:
         self.timings[name] = round(self.timings.get(name, 0) + time.perf_counter() - t0, 3)
+
+    def _settle(self) -> None:
+        """Between steps: the write guard's rest, if the application is owed one (timed
+        as `rest`; rests between units are part of their step's time)."""
+        t0 = time.perf_counter()
+        self.pacer.settle(self.conn)
+        if time.perf_counter() - t0 > 0.001:
+            self._timed("rest", t0)
 
     # -- steps ----------------------------------------------------------------------------
     def run(self, until: str = "swapped") -> dict[str, Any]:
@@ -341,7 +353,7 @@ class Migration(IndexBuild, Verification, AfterSwap):
             moved.append(True)
 
         plan = self._plan or self.plan()
-        self.pacer.start(self._settings().nice_ratio)
+        self.pacer.start(self.conn, self._settings())
         types = {c.name: c.type for c in plan.info.columns}
         for i, (key, job, expected) in enumerate(self._jobs(m)):
             if i:  # the checkpoint as the job before left it
@@ -364,11 +376,12 @@ class Migration(IndexBuild, Verification, AfterSwap):
         self._timed("backfill", t0)
 
     def swap(self) -> SwapResult:
-        t0 = time.perf_counter()
         m = self._require("verified", "swapped")
         if m["state"] == "swapped":
             return self.swap_result or SwapResult(m["swap_attempts"], float(m["lock_hold_ms"] or 0),
                                                   str(m["swap_lsn"]), m["swap_record"] or {})
+        self._settle()  # the write guard: the application's share first
+        t0 = time.perf_counter()
         s = self._settings()
         for sub in self.subscribers:  # caught up before the locks: the barrier under them is short
             t = QualifiedName(m["schema_name"], m["original_name"])

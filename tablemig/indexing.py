@@ -73,7 +73,7 @@ class IndexBuild(StepHost):
 
         def run(conn: psycopg.Connection[Any], ex: Executor) -> None:
             while True:
-                self.pacer()  # after the build before (one worker when paced)
+                self.pacer(conn)  # after the build before (one worker when paced)
                 with lock:
                     if not todo or errors:
                         return
@@ -151,17 +151,20 @@ class IndexBuild(StepHost):
         s = self._settings()
         self._require_change_log(m, "indexing")
         small = self._small(m, plan)
+        self.pacer.start(self.conn, s)
         # on a small table one connection builds them all (Migration.parallel_min_rows); a
-        # paced migration (nice_ratio) builds one index at a time
-        workers = 1 if small or s.nice_ratio else s.index_workers
-        self.pacer.start(s.nice_ratio)
+        # paced migration (nice_ratio, or the write guard while the application writes)
+        # builds one index at a time, each in its own transaction, and rests between them
+        paced = bool(s.nice_ratio) or self.pacer.engaged
+        workers = 1 if small or paced else s.index_workers
         work = self._index_work(m, plan)
         fresh = len(work) == len(state.new_tables(m)) * (1 + len(secondary_indexes(plan.info)))
-        if workers <= 1 and fresh and not s.nice_ratio and self._build_at_once(m, plan, work, small):
+        if workers <= 1 and fresh and not paced and self._build_at_once(m, plan, work, small):
             self._timed("index", t0)
             return
-        # one connection: everything in one transaction (one commit; a crash leaves nothing)
-        with self.conn.transaction() if workers <= 1 else contextlib.nullcontext():
+        # one unpaced connection: everything in one transaction (one commit; a crash leaves
+        # nothing); paced, no transaction stays open while the migration rests
+        with self.conn.transaction() if workers <= 1 and not paced else contextlib.nullcontext():
             dup = self._build(work, workers)
             if dup:
                 dropped = self._drop_logged_keys(m)

@@ -1,26 +1,37 @@
-"""Pacing of the bulk work: the nice ratio.
+"""Pacing of the bulk work: the write guard and the nice ratio.
 
-On a busy server the migration's bulk work takes CPU and I/O from the application.
-`nice_ratio` bounds that share: after each unit of bulk work (a load chunk, an index
-build, a prune batch) the worker sleeps `nice_ratio` times as long as the unit took. With
-0 (the default) nothing sleeps; with 1 the migration works at most half the time; with 4,
-a fifth of the time. Those steps take `1 + nice_ratio` times as long. Not paced: the
-replay of the change log (its work follows the application's write rate; slowing it down
-would only lengthen the capture and the switch's final batch under its lock), verify and the swap.
+On a busy server the migration's bulk work takes CPU and I/O from the application. Two
+policies bound that, applied between units of bulk work (a load chunk, an index build, a
+prune batch) by one `Pacer`:
 
-The ratio comes from `table_migration.migration_config` (key `nice_ratio`) or the
-command line, and is re-read from the configuration table every few seconds: a DBA can
-slow a running migration down (or speed it up) with
+- the **write guard** (`app_write_share`, default 0.9; `tablemig.write_guard`): the
+  migration rests as long as it takes for the application's write rate over the migration
+  to stay at that share of its rate while the migration rests. On an idle server nothing
+  rests. While the application writes, the migration builds one index at a time and reads
+  verify's two sides one after the other, and it also settles its debt before the steps
+  that have no units of their own: the replay, the comparison and the swap.
+- the **nice ratio** (`nice_ratio`, default 0): after each unit the worker sleeps
+  `nice_ratio` times as long as the unit took, whatever the load. With 1 the migration
+  works at most half the time, with 4 a fifth of it.
 
+Both come from `table_migration.migration_config` (or the command line / the plan, which
+fix them for the run) and are re-read from the configuration table every few seconds, so a
+DBA can change a running migration from psql:
+
+    UPDATE table_migration.migration_config SET config_value = '0' WHERE config_key = 'app_write_share';
     UPDATE table_migration.migration_config SET config_value = '3' WHERE config_key = 'nice_ratio';
 
-A command-line value stays fixed for the run.
+Not paced by the nice ratio: the replay of the change log (its work follows the
+application's write rate; slowing it down would only lengthen the capture and the switch's
+final batch under its lock), verify and the swap.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -28,52 +39,159 @@ import psycopg
 from .db import connect
 from .errors import InputError
 from .settings import Settings
+from .write_guard import WriteGuard
+
+Pace = Callable[[psycopg.Connection[Any] | None], None]
+
+# the application's writes, read live (see tablemig.write_guard)
+WRITE_COUNTER = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+SLICE_S = 0.25  # a rest is cut into slices: each one reads the counter and may end the rest
+ANNOUNCE_S = 2.0  # rests at least this long are announced on stderr
 
 
-class NicePacer:
-    """Callable between units of bulk work (thread-safe: each thread times its own units)."""
+class Pacer:
+    """Called between units of bulk work with the caller's connection (idle or in a
+    transaction; the counter is read on it). Thread-safe: each thread times its own units,
+    and the guard's debt is shared by all of them."""
 
     def __init__(self, dsn: str, ratio: float = 0.0, *, fixed: bool = False,
-                 reload_s: float = 5.0) -> None:
+                 share: float = 0.9, share_fixed: bool = False, reload_s: float = 5.0,
+                 label: str = "") -> None:
         self.dsn = dsn
         self.ratio = max(0.0, ratio)
-        self.fixed = fixed  # given on the command line: not re-read
+        self.fixed = fixed  # given on the command line or by the plan: not re-read
+        self.guard = WriteGuard(share)
+        self.share_fixed = share_fixed
         self.reload_s = reload_s
-        self.slept_s = 0.0
+        self.label = label
+        self.slept_s = 0.0  # by the nice ratio
         self._loaded = time.monotonic()
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._busy = 0  # bulk units running now
+        self._generation = 0  # bumped whenever _busy changes: tells a quiet interval
+        self._read_generation = -1  # the generation at the previous reading
+        self._announced = float("-inf")
         self._conn: psycopg.Connection[Any] | None = None
 
-    def start(self, ratio: float | None = None) -> None:
-        """A step begins: its first unit is timed from now (with the configured ratio)."""
-        if ratio is not None and not self.fixed:
-            self.ratio = max(0.0, ratio)
+    # -- configuration --------------------------------------------------------------------
+    def start(self, conn: psycopg.Connection[Any] | None = None, settings: Settings | None = None) -> None:
+        """A paced step begins on `conn` (its first unit is timed from now) with the
+        configured settings; the guard's window begins with the first step."""
+        if settings is not None:
+            if not self.fixed:
+                self.ratio = max(0.0, settings.nice_ratio)
+            if not self.share_fixed:
+                self.guard.share = settings.app_write_share
             self._loaded = time.monotonic()
+        with self._lock:
+            self._busy = 0
+            self._generation += 1
+        self._read(conn)
         self._local.since = time.monotonic()
+        self._local.busy = False
 
     def _reload(self) -> None:
         with self._lock:
-            if self.fixed or time.monotonic() - self._loaded < self.reload_s:
+            if (self.fixed and self.share_fixed) or time.monotonic() - self._loaded < self.reload_s:
                 return
             self._loaded = time.monotonic()
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = connect(self.dsn, application_name="tablemig-pacer")
-                self.ratio = Settings.load(self._conn).nice_ratio
+                s = Settings.load(self._conn)
             except (psycopg.Error, InputError):
-                pass  # keep the ratio in force (a bad value is refused when the next step starts)
+                return  # keep what is in force (a bad value is refused when the next step starts)
+            if not self.fixed:
+                self.ratio = s.nice_ratio
+            if not self.share_fixed:
+                self.guard.share = s.app_write_share
 
-    def __call__(self) -> None:
+    # -- the counter ----------------------------------------------------------------------
+    def _read(self, conn: psycopg.Connection[Any] | None) -> None:
+        """Read the write counter (on `conn`, else on the pacer's own connection) and feed
+        the guard. The interval since the previous reading (by any thread) is quiet when no
+        unit ran in it. `conn` must not be in a REPEATABLE READ transaction (its snapshot
+        would be the transaction's)."""
+        if self.guard.share <= 0:
+            return  # off (raised later, the window begins at the next reading)
+        with self._lock:
+            gen, busy = self._generation, self._busy
+        try:
+            if conn is None:
+                with self._lock:
+                    if self._conn is None or self._conn.closed:
+                        self._conn = connect(self.dsn, application_name="tablemig-pacer")
+                    row = self._conn.execute(WRITE_COUNTER).fetchone()
+            else:
+                row = conn.execute(WRITE_COUNTER).fetchone()
+        except (psycopg.Error, InputError):
+            return  # the guard goes on with what it knows; the caller's next statement reports
+        if not row:
+            return
+        with self._lock:
+            quiet = busy == 0 and self._busy == 0 and self._read_generation == gen == self._generation
+            self._read_generation = self._generation
+            self.guard.observe(time.monotonic(), int(row[0]), quiet=quiet)
+
+    @property
+    def engaged(self) -> bool:
+        """The application writes: work one unit at a time and rest between units."""
+        return self.guard.engaged
+
+    # -- between units --------------------------------------------------------------------
+    def __call__(self, conn: psycopg.Connection[Any] | None = None) -> None:
         now = time.monotonic()
         since = getattr(self._local, "since", None)
         self._reload()
-        if since is not None and self.ratio > 0:
-            pause = self.ratio * (now - since)
-            time.sleep(pause)
-            with self._lock:
-                self.slept_s += pause
+        with self._lock:
+            if getattr(self._local, "busy", False):
+                self._busy -= 1
+                self._generation += 1
+            self._local.busy = False
+        nice = self.ratio * (now - since) if since is not None and self.ratio > 0 else 0.0
+        self._rest(conn, nice)
+        with self._lock:
+            self._busy += 1
+            self._generation += 1
+            self._local.busy = True
         self._local.since = time.monotonic()
+
+    def settle(self, conn: psycopg.Connection[Any] | None = None) -> None:
+        """Between steps (no unit runs): rest until the guard's debt is repaid."""
+        self._reload()
+        with self._lock:
+            self._busy = 0
+            self._generation += 1
+        self._local.busy = False
+        self._rest(conn, 0.0)
+
+    def _rest(self, conn: psycopg.Connection[Any] | None, nice: float) -> None:
+        t0 = time.monotonic()
+        self._read(conn)
+        while True:
+            now = time.monotonic()
+            owed = self.guard.rest_needed(now)
+            wait = max(t0 + nice - now, owed)
+            if wait <= 0.001:
+                break
+            if owed >= ANNOUNCE_S and self.label and now - self._announced >= 30:
+                self._announced = now
+                print(f"\n[tablemig] {self.label}: yielding to the application's writes "
+                      f"({self.guard.rate or 0:,.0f}/s; keeping {self.guard.share * 100:g} % of them):"
+                      f" resting {owed:,.1f} s", file=sys.stderr, flush=True)
+            before = time.monotonic()
+            time.sleep(min(wait, SLICE_S))
+            slept = time.monotonic() - before
+            with self._lock:  # counted as it goes: a rest in progress shows
+                in_nice = min(slept, max(0.0, t0 + nice - before))
+                self.slept_s += in_nice
+                self.guard.rested_s += slept - in_nice
+            self._read(conn)
+            self._reload()
+
+    def summary(self) -> dict[str, Any]:
+        return {"nice_ratio": self.ratio, "nice_slept_s": round(self.slept_s, 3), **self.guard.summary()}
 
     def close(self) -> None:
         if self._conn is not None:

@@ -80,6 +80,9 @@ class PlanConfig:
     max_replication_lag: str = "16MB"
     # pace the bulk work (tablemig.pacing); None: migration_config's nice_ratio, re-read live
     nice_ratio: float | None = None
+    # the write guard (tablemig.pacing): the share of the application's write rate to keep;
+    # None: migration_config's app_write_share (0.9), re-read live; 0: off
+    app_write_share: float | None = None
     thresholds: dict[str, str] = field(default_factory=dict)
     notifiers: list[dict[str, str]] = field(default_factory=list)
     contacts: list[Contact] = field(default_factory=list)
@@ -103,6 +106,10 @@ class PlanConfig:
         if self.nice_ratio is not None and not self.nice_ratio >= 0:
             raise InputError(f"plan {self.name}: nice_ratio {self.nice_ratio!r} is below 0",
                              "give 0 (no pacing) or more, e.g. 1 to work at most half the time")
+        if self.app_write_share is not None and not 0 <= self.app_write_share < 1:
+            raise InputError(f"plan {self.name}: app_write_share {self.app_write_share!r} is not from 0 to"
+                             " below 1", "give e.g. 0.9 to keep 90 % of the application's writes, or 0"
+                             " for no write guard")
         for item in self.attestations:
             if item not in ITEMS:
                 raise InputError(f"attestation for unknown checklist item {item!r}",

@@ -35,6 +35,7 @@ def record_to_dict(record: Any) -> dict[str, Any]:
         m = run.migration
         if m is not None:
             facts.setdefault("timings", dict(m.timings))
+            facts.setdefault("pacing", m.pacer.summary())
         tables[name] = facts
     return {
         "plan": plan.name if plan else record.module,

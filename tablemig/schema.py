@@ -17,7 +17,7 @@ from .errors import InputError
 from .templating import render, template_names
 
 SCHEMA = "table_migration"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the app_write_share seed (the write guard)
 
 # (key, default value, description). Values a DBA changed are never overwritten.
 CONFIG_SEED: list[tuple[str, str, str]] = [
@@ -36,6 +36,8 @@ CONFIG_SEED: list[tuple[str, str, str]] = [
     ("switch_below", "1000", "switch to direct capture once a replay batch finds fewer rows"),
     ("nice_ratio", "0", "after each unit of bulk work sleep this many times its duration;"
      " re-read every 5 s while running"),
+    ("app_write_share", "0.9", "write guard: rest between units of bulk work so that the"
+     " application keeps this share of its write rate (0: off, below 1); re-read every 5 s"),
     ("alert_replication_lag", "5 minutes", "health_check(): replication lag alert threshold"),
     ("alert_volume_change_pct", "50", "health_check(): unusual live-row change since the swap (%)"),
     ("alert_stuck_after", "1 hour", "health_check(): unfinished migration idle longer than this"),

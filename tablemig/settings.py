@@ -24,6 +24,7 @@ class Settings:
     replay_batch: int = 10_000  # change-log rows per replay transaction
     switch_below: int = 1_000  # switch to direct capture once a replay batch finds fewer
     nice_ratio: float = 0.0  # sleep this many times each bulk unit's duration (tablemig.pacing)
+    app_write_share: float = 0.9  # the write guard: keep this share of the application's writes
 
     def swap_options(self) -> dict[str, Any]:
         """The keyword arguments of `swap.swap` and `swap.swap_back`."""
@@ -36,7 +37,8 @@ class Settings:
         rows = dict(conn.execute("SELECT config_key, config_value FROM"
                                  " table_migration.migration_config").fetchall())
 
-        def num(key: str, kind: type[int] | type[float], default: float) -> Any:
+        def num(key: str, kind: type[int] | type[float], default: float,
+                below: float | None = None) -> Any:
             raw = rows.get(key)
             if raw is None:
                 return default
@@ -44,9 +46,10 @@ class Settings:
                 value = kind(raw)
             except ValueError:
                 value = -1
-            if value < 0:
-                raise InputError(f"table_migration.migration_config {key} = {raw!r} is not a "
-                                 f"non-negative {kind.__name__}",
+            if not value >= 0 or (below is not None and not value < below):
+                what = f"a number from 0 to below {below:g}" if below is not None else \
+                    f"a non-negative {kind.__name__}"
+                raise InputError(f"table_migration.migration_config {key} = {raw!r} is not {what}",
                                  f"set it to a number such as {default} in table_migration.migration_config"
                                  f" (config_key '{key}')")
             return value
@@ -61,7 +64,8 @@ class Settings:
                 index_workers=max(1, num("index_workers", int, cls.index_workers)),
                 replay_batch=max(1, num("replay_batch", int, cls.replay_batch)),
                 switch_below=num("switch_below", int, cls.switch_below),
-                nice_ratio=num("nice_ratio", float, cls.nice_ratio))
+                nice_ratio=num("nice_ratio", float, cls.nice_ratio),
+                app_write_share=num("app_write_share", float, cls.app_write_share, below=1.0))
         for k, v in overrides.items():
             if v is not None:
                 setattr(s, k, v)

@@ -11,7 +11,7 @@ import psycopg
 
 from .backfill import Progress, Throttle
 from .executor import Executor, Recorder
-from .pacing import NicePacer
+from .pacing import Pacer
 from .planner import TablePlan
 from .settings import Settings
 from .spec import TableSpec
@@ -27,7 +27,7 @@ class StepHost:
     ex: Executor
     recorder: Recorder
     throttle: Throttle | None
-    pacer: NicePacer
+    pacer: Pacer
     progress: Progress | None
     parallel_min_rows: int
     segment_min_rows: int
@@ -38,4 +38,5 @@ class StepHost:
     _state: Callable[[], dict[str, Any] | None]
     _lock: Callable[[int], None]
     _timed: Callable[[str, float], None]
+    _settle: Callable[[], None]
     _small: Callable[[dict[str, Any], TablePlan], bool]

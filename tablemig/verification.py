@@ -212,17 +212,22 @@ class Verification(StepHost):
             self._analyze_in_background(m0)
         elif not self._stats_ready:
             self._analyze_now(m0)
+        # the write guard: the application gets its share back before the replay, and again
+        # before the checksums (tablemig.pacing)
+        self._settle()
         # the second reader's connection opens while the replay runs; a small table, and a
-        # paced migration (nice_ratio), are read by one statement on one connection
+        # paced migration (nice_ratio, or the write guard while the application writes), are
+        # read by one statement on one connection
         with contextlib.ExitStack() as stack:
             pending: Future[psycopg.Connection[Any]] | None = None
-            if not small and not s.nice_ratio:
+            if not small and not s.nice_ratio and not self.pacer.engaged:
                 opening = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tablemig-verify")
                 pending = opening.submit(connect, self.dsn, application_name="tablemig-verify")
                 opening.shutdown(wait=False)
                 stack.callback(_close_when_open, pending)
             try:
                 self.replay(s)
+                self._settle()
                 t0 = time.perf_counter()
                 repaired, results = self._compare(m0, s, max_rounds, pending.result() if pending else None)
             except BaseException:

@@ -1,22 +1,30 @@
-"""The nice ratio (tablemig.pacing): bulk work sleeps in proportion to its duration, the
-ratio can be changed in migration_config while a migration runs, and bad values are
-refused before anything changes."""
+"""Pacing (tablemig.pacing) against a real server: the nice ratio (bulk work sleeps in
+proportion to its duration) and the write guard (under a real pgbench write load the
+migration rests so that the load keeps its share, and stays exact); both can be changed in
+migration_config while a migration runs, and bad values are refused before anything
+changes."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from twin import CUTOFF, create_events, diff
 
+from tablemig.db import connect
 from tablemig.engine import Migration
 from tablemig.errors import InputError
-from tablemig.pacing import NicePacer
+from tablemig.pacing import Pacer
+from tablemig.pgbin import find_pg_bin
 from tablemig.schema import install_schema
+from tablemig.settings import Settings
 from tablemig.spec import TableSpec
 
 ROWS = 20_000
@@ -28,7 +36,7 @@ def _spec() -> TableSpec:
 
 
 def test_pacer_sleeps_ratio_times_the_work_of_each_unit_per_thread() -> None:
-    pacer = NicePacer("host=unused", 2.0, fixed=True)
+    pacer = Pacer("host=unused", 2.0, fixed=True, share=0.0, share_fixed=True)
     pacer.start()
     time.sleep(0.05)  # a unit of work
     t0 = time.monotonic()
@@ -53,7 +61,9 @@ def test_pacer_sleeps_ratio_times_the_work_of_each_unit_per_thread() -> None:
 def test_paced_migration_sleeps_and_stays_exact(fresh_db: Any) -> None:
     with fresh_db.connect() as conn:
         create_events(conn, ROWS)
-    with Migration(fresh_db.dsn, _spec(), progress=lambda p: None, nice_ratio=1.0) as mig:
+    # the write guard off: another test's writes must not add rests to the steps' times
+    with Migration(fresh_db.dsn, _spec(), progress=lambda p: None, nice_ratio=1.0,
+                   app_write_share=0) as mig:
         mig.run("swapped")
         busy = sum(mig.timings[k] for k in ("backfill", "index", "replay"))
         assert mig.pacer.ratio == 1.0
@@ -70,22 +80,26 @@ def test_the_ratio_is_reread_from_migration_config_while_running(fresh_db: Any) 
         install_schema(conn)
         conn.execute("UPDATE table_migration.migration_config SET config_value = '3'"
                      " WHERE config_key = 'nice_ratio'")
-    pacer = NicePacer(fresh_db.dsn, 0.0, reload_s=0.0)
+        conn.execute("UPDATE table_migration.migration_config SET config_value = '0.5'"
+                     " WHERE config_key = 'app_write_share'")
+    pacer = Pacer(fresh_db.dsn, 0.0, reload_s=0.0)
     try:
         pacer.start()
         pacer()
-        assert pacer.ratio == 3.0
+        assert (pacer.ratio, pacer.guard.share) == (3.0, 0.5)
         with fresh_db.connect() as conn:
             conn.execute("UPDATE table_migration.migration_config SET config_value = '0'"
-                         " WHERE config_key = 'nice_ratio'")
+                         " WHERE config_key IN ('nice_ratio', 'app_write_share')")
         pacer()
-        assert pacer.ratio == 0.0
+        assert (pacer.ratio, pacer.guard.share) == (0.0, 0.0)
     finally:
         pacer.close()
-    fixed = NicePacer(fresh_db.dsn, 0.5, fixed=True, reload_s=0.0)
-    fixed.start(7.0)  # a command-line ratio is not replaced by the configuration
+    fixed = Pacer(fresh_db.dsn, 0.5, fixed=True, share=0.8, share_fixed=True, reload_s=0.0)
+    # values from the command line or the plan are not replaced by the configuration
+    fixed.start(None, Settings(nice_ratio=7.0, app_write_share=0.1))
     fixed()
-    assert fixed.ratio == 0.5
+    assert (fixed.ratio, fixed.guard.share) == (0.5, 0.8)
+    fixed.close()
 
 
 def test_bad_nice_ratios_are_refused_before_anything_changes(fresh_db: Any) -> None:
@@ -117,3 +131,118 @@ def test_a_plan_with_a_negative_nice_ratio_is_refused() -> None:
         PlanConfig(name="p", tables=[TableConfig("public.orders", "created_date", retention=0.1)],
                    nice_ratio=-2)
     assert "nice_ratio" in err.value.problem and "0" in (err.value.fix or "")
+
+
+# -- the write guard under a real write load -----------------------------------------------
+
+APP_SCRIPT = "INSERT INTO app_writes (v) VALUES (:client_id);\n"
+
+
+@contextlib.contextmanager
+def write_load(dsn: str, tmp_path: Path, clients: int = 4) -> Iterator[subprocess.Popen[bytes]]:
+    """pgbench writing as fast as it can into a table of its own (not the migrated one),
+    as another application on the same server would; stopped on exit."""
+    with connect(dsn) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS app_writes (id bigserial PRIMARY KEY, v integer)")
+    script = tmp_path / "app.sql"
+    script.write_text(APP_SCRIPT)
+    cmd = [str(find_pg_bin().tool("pgbench")), "-n", "-f", str(script), "-c", str(clients),
+           "-T", "600", dsn]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with connect(dsn) as conn:  # writing before the migration starts
+            deadline = time.monotonic() + 30
+            while conn.execute("SELECT count(*) FROM app_writes").fetchone()[0] < 100:  # type: ignore[index]
+                assert p.poll() is None, p.stderr.read() if p.stderr else p.returncode
+                assert time.monotonic() < deadline, "pgbench wrote nothing in 30 s"
+                time.sleep(0.05)
+        yield p
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+
+
+def _exact(dsn: str) -> None:
+    with connect(dsn) as conn:
+        d = diff(conn, "events", "events_twin", f"d >= '{CUTOFF.isoformat()}'")
+        assert d["only_left"] == 0 and d["only_right"] == 0 and d["left"] > 0
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == d["left"]  # type: ignore[index]
+
+
+def test_under_a_write_load_the_guard_rests_works_one_unit_at_a_time_and_stays_exact(
+        fresh_db: Any, tmp_path: Path) -> None:
+    with fresh_db.connect() as conn:
+        create_events(conn, 40_000)
+    with write_load(fresh_db.dsn, tmp_path), \
+            Migration(fresh_db.dsn, _spec(), progress=lambda p: None, app_write_share=0.9) as mig:
+        mig.run("swapped")
+        g = mig.pacer.summary()
+    # the load was seen and protected: the guard rested, and by its own count (the
+    # server's transaction counter) the load kept its share up to the swap
+    assert g["engaged"] and g["app_write_rate"] > 50 and g["rested_s"] > 0, g
+    assert g["app_share_kept"] >= 0.88, g
+    with fresh_db.connect() as conn:
+        parallel = conn.execute("SELECT details->>'parallel' FROM table_migration.migration_log"
+                                " WHERE operation = 'index' AND status = 'done'").fetchone()
+    assert parallel == ("1",), "while the application writes, one index is built at a time"
+    _exact(fresh_db.dsn)
+
+
+def test_a_resting_migration_is_released_from_migration_config(fresh_db: Any, tmp_path: Path) -> None:
+    """A share close to 1 makes the guard rest long; a DBA sets app_write_share to 0 from
+    psql and the migration goes on at once (the configuration is re-read every 5 s)."""
+    with fresh_db.connect() as conn:
+        create_events(conn, 200_000)  # enough work (36,000 rows kept) to owe the load a rest
+        install_schema(conn)
+        conn.execute("UPDATE table_migration.migration_config SET config_value = '0.995'"
+                     " WHERE config_key = 'app_write_share'")
+    released: list[float] = []
+
+    def release(mig: Migration) -> None:
+        deadline = time.monotonic() + 60
+        while mig.pacer.guard.rested_s < 1.0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with fresh_db.connect() as conn:
+            conn.execute("UPDATE table_migration.migration_config SET config_value = '0'"
+                         " WHERE config_key = 'app_write_share'")
+        released.append(time.monotonic())
+
+    with write_load(fresh_db.dsn, tmp_path), \
+            Migration(fresh_db.dsn, _spec(), progress=lambda p: None) as mig:
+        th = threading.Thread(target=release, args=(mig,), daemon=True)
+        th.start()
+        mig.run("swapped")
+        finished = time.monotonic()
+        th.join()
+        assert mig.pacer.guard.share == 0.0
+        rested = mig.pacer.guard.rested_s
+    assert released and rested >= 1.0, rested
+    assert finished - released[0] < 15, "the release took effect within the re-read interval"
+    _exact(fresh_db.dsn)
+
+
+def test_bad_write_shares_are_refused_before_anything_changes(fresh_db: Any) -> None:
+    from tablemig.plan import PlanConfig, TableConfig
+
+    with fresh_db.connect() as conn:
+        create_events(conn, 2_000)
+    for bad in ("1", "-0.1", "most"):
+        r = subprocess.run([sys.executable, "-m", "tablemig.cli", "migrate", "--dsn", fresh_db.dsn,
+                            "--table", "events", "--date-column", "d", "--cutoff", CUTOFF.isoformat(),
+                            f"--app-write-share={bad}"], capture_output=True, text=True)
+        assert r.returncode == 2 and "--app-write-share" in r.stderr and "below 1" in r.stderr, r.stderr
+    with fresh_db.connect() as conn:
+        assert conn.execute("SELECT to_regclass('events_new')").fetchone()[0] is None  # type: ignore[index]
+        install_schema(conn)
+        conn.execute("UPDATE table_migration.migration_config SET config_value = '1.5'"
+                     " WHERE config_key = 'app_write_share'")
+    with Migration(fresh_db.dsn, _spec(), progress=lambda p: None) as mig, \
+            pytest.raises(InputError) as err:
+        mig.run("swapped")
+    assert "app_write_share" in err.value.problem and "below 1" in err.value.problem
+    with fresh_db.connect() as conn:
+        assert conn.execute("SELECT to_regclass('events_new')").fetchone()[0] is None  # type: ignore[index]
+    with pytest.raises(InputError) as err:
+        PlanConfig(name="p", tables=[TableConfig("public.orders", "created_date", retention=0.1)],
+                   app_write_share=1.0)
+    assert "app_write_share" in err.value.problem and "0.9" in (err.value.fix or "")
