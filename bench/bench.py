@@ -35,10 +35,12 @@ What it does
    tablemig core time (target <= 15 %) and of the peak RSS.
 5. `--workload`: runs pgbench (the sandbox's binary) with bench/pgbench_orders.sql (70 %
    INSERT of a new order, 30 % UPDATE of one of the newest orders), `-c 4 -j 2 -T S
-   --max-tries`, with per-transaction logs: first a baseline on an untouched copy, then the
-   same while tablemig migrates another copy (migration started ~2 s after pgbench).
-   Reports baseline tps, tps between capture start and swap, worst latency overall and
-   around the swap (+-1 s), failed transactions and aborted clients. The migration uses
+   --max-tries`, with per-transaction logs: a baseline on an untouched copy, the same while
+   tablemig migrates another copy (migration started `--migration-delay` s after pgbench),
+   and another baseline (the machine's speed drifts between minutes). Reports tps between
+   the capture's install and the swap against the two baselines over the same seconds after
+   pgbench's start (the target), worst latency overall and around the swap (+-1 s), failed
+   transactions and aborted clients, and what the write guard measured and rested. The migration uses
    `--cutoff` = the cutoff computed before pgbench starts (`--workload-cutoff retention`
    for `--retention`: the orders pgbench inserts first would move it). Alone, `--workload`
    runs only this experiment; add `--measure` to also run step 3. `--trigger-overhead`
@@ -796,24 +798,32 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
         est = est_migration_s if est_migration_s else 10 + cut["total"] * 2.5e-6
         factor = 3 if a.app_write_share == 0 else 10
         seconds = int(math.ceil(a.migration_delay + est * factor + 15))
-    log(f"workload: pgbench -c {a.clients} -j {a.threads} -T {seconds} (baseline, then with a "
-        f"migration starting after {a.migration_delay} s)")
-    # baseline on an untouched copy
-    db = "bench_wl_base"
-    copy_s = srv.copy(src, db)
-    srv.checkpoint()
-    try:
-        base = run_pgbench(srv, db, a, seconds, workdir, "wl_base", cut)
-    finally:
-        if not a.keep_copies:
-            srv.drop(db)
-    base_txns = base.pop("txns")
-    base.pop("extra")
-    log(f"baseline: {base['all']['tps']} tps, worst {base['all']['worst_ms']} ms")
+    log(f"workload: pgbench -c {a.clients} -j {a.threads} -T {seconds} (a baseline, a run with a "
+        f"migration starting after {a.migration_delay} s, another baseline)")
+
+    def baseline(label: str) -> tuple[dict[str, Any], list[tuple[float, float | None]], float]:
+        """pgbench alone on an untouched copy."""
+        db = f"bench_{label}"
+        copy_s = srv.copy(src, db)
+        srv.checkpoint()
+        srv.standby_caught_up()
+        try:
+            run = run_pgbench(srv, db, a, seconds, workdir, label, cut)
+        finally:
+            if not a.keep_copies:
+                srv.drop(db)
+        run.pop("extra")
+        log(f"{label}: {run['all']['tps']} tps, worst {run['all']['worst_ms']} ms")
+        return run, run.pop("txns"), copy_s
+
+    # the machine's speed drifts by tens of per cent between minutes: a baseline on each side
+    # of the migration run, each judged over the same seconds after pgbench's start
+    base, base_txns, copy_s = baseline("wl_base")
 
     db = "bench_wl_mig"
     copy2_s = srv.copy(src, db)
     srv.checkpoint()
+    srv.standby_caught_up()
 
     def migrate(p: subprocess.Popen[bytes]) -> dict[str, Any]:
         time.sleep(a.migration_delay)
@@ -847,6 +857,7 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
             srv.drop(db)
     txns = mig.pop("txns")
     m = mig.pop("extra")
+    base2, base2_txns, _ = baseline("wl_base_after")
     ev = {f"{e['operation']}:{e['status']}": e["at"] for e in events}
     t_cap_start = m["started_at"]
     t_cap_done = ev.get("capture:installed")
@@ -876,12 +887,22 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
                          "swap": (t_verify, t_swap_end)}.items():
         if x and y:
             phases[name] = window(txns, x, y)
-    base_tps = base["all"]["tps"]
+    both = [x for x in (base["all"]["tps"], base2["all"]["tps"]) if x]
+    base_tps = round(sum(both) / len(both), 1) if both else None
     cap_tps = phases.get("capture_to_swap", {}).get("tps")
-    # the baseline over the same seconds after pgbench start (tps drifts as the table grows)
-    same = (window(base_txns, base["started_at"] + ((t_cap_done or t_cap_start) - mig["started_at"]),
-                   base["started_at"] + (t_swap_start - mig["started_at"]))
-            if t_swap_start else {})
+
+    def same_seconds(run: dict[str, Any], run_txns: list[tuple[float, float | None]]) -> dict[str, Any]:
+        """A baseline over the seconds after its start that the capture-to-swap window
+        spans in the migration run (tps drifts as the table grows and after the checkpoint)."""
+        if not t_swap_start:
+            return {}
+        return window(run_txns, run["started_at"] + ((t_cap_done or t_cap_start) - mig["started_at"]),
+                      run["started_at"] + (t_swap_start - mig["started_at"]))
+
+    same_before, same_after = same_seconds(base, base_txns), same_seconds(base2, base2_txns)
+    pair = [x.get("tps") for x in (same_before, same_after) if x.get("tps")]
+    same = {"tps": round(sum(pair) / len(pair), 1) if pair else None,
+            "before_tps": same_before.get("tps"), "after_tps": same_after.get("tps")}
     swap_worst = (overlapping_worst(txns, t_swap_start - 1, t_swap_end + 1)
                   if t_swap_start else None)
     capture_worst = (overlapping_worst(txns, t_cap_done - 1, t_cap_done + 1)
@@ -894,18 +915,22 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
         "seconds": seconds, "baseline_tps": base_tps,
         "baseline_worst_ms": base["all"]["worst_ms"], "baseline_p99_ms": base["all"]["p99_ms"],
         "migration_run_tps": mig["all"]["tps"], "capture_to_swap_tps": cap_tps,
-        "workload_capture_tps_pct": None if not base_tps or cap_tps is None
+        # the target: capture-to-swap tps against the two baselines over the same seconds
+        "workload_capture_tps_pct": None if not same.get("tps") or cap_tps is None
+        else cap_tps / same["tps"] * 100,
+        "capture_tps_pct_whole_baselines": None if not base_tps or cap_tps is None
         else cap_tps / base_tps * 100,
+        "baseline_before_tps": base["all"]["tps"], "baseline_after_tps": base2["all"]["tps"],
         "baseline_same_window_tps": same.get("tps"),
+        "baseline_same_window_before_tps": same.get("before_tps"),
+        "baseline_same_window_after_tps": same.get("after_tps"),
         "same_run_before_tps": phases.get("before_migration_warm", {}).get("tps"),
         "capture_tps_pct_same_run": None if not phases.get("before_migration_warm", {}).get("tps")
         or cap_tps is None else cap_tps / phases["before_migration_warm"]["tps"] * 100,
-        "capture_tps_pct_same_window": None if not same.get("tps") or cap_tps is None
-        else cap_tps / same["tps"] * 100,
         "worst_ms_overall": mig["all"]["worst_ms"], "p99_ms_overall": mig["all"]["p99_ms"],
         "workload_swap_worst_ms": swap_worst, "capture_install_worst_ms": capture_worst,
         "switch_worst_ms": switch_worst, "switch_lock_hold_ms": switch_hold_ms,
-        "baseline_failed": (base["pgbench"].get("failed") or 0) + base["aborted_clients"],
+        "baseline_failed": sum((b["pgbench"].get("failed") or 0) + b["aborted_clients"] for b in (base, base2)),
         "workload_failed": failed, "migration_failed_pgbench": mig["pgbench"].get("failed"),
         "aborted_clients": mig["aborted_clients"], "swap_covered": covered,
         "lock_hold_ms": m.get("lock_hold_ms"), "swap_attempts": m.get("swap_attempts"),
@@ -914,7 +939,8 @@ def phase_workload(srv: Server, src: str, cut: dict[str, Any], a: argparse.Names
         "pacing": m.get("pacing"),
         "migration_core_s": round(sum((m["timings"] or {}).get(k, 0) for k in CORE_STEPS), 3),
     }
-    return {"summary": summary, "phases": phases, "baseline": base, "migration_run": mig,
+    return {"summary": summary, "phases": phases, "baseline": base, "baseline_after": base2,
+            "migration_run": mig,
             "migration": m, "events": events, "copy_seconds": [round(copy_s, 2), round(copy2_s, 2)],
             "timestamps": {"capture_start": t_cap_start, "capture_installed": t_cap_done,
                            "backfill_done": t_backfill, "index_done": t_index,
@@ -931,13 +957,13 @@ def print_workload(w: dict[str, Any], a: argparse.Namespace) -> None:
     if a.rate:
         print("(with -R every latency includes pgbench's schedule lag: once the server falls behind the "
               "rate, transactions wait behind earlier ones; a lock stall shows as the swap's lock hold)")
-    b = w["baseline"]
-    print(f"baseline (no migration): {b['all']['committed']:,} txns, {fmt(s['baseline_tps'], '.1f')} "
-          f"tps, p50 {b['all']['p50_ms']} ms, p99 {b['all']['p99_ms']} ms, worst "
-          f"{b['all']['worst_ms']} ms, failed {s['baseline_failed']} (pgbench's own tps "
-          f"{b['pgbench'].get('tps')})")
+    for title, key in (("baseline before", "baseline"), ("baseline after ", "baseline_after")):
+        b = w[key]
+        print(f"{title} (no migration): {b['all']['committed']:,} txns, {fmt(b['all']['tps'], '.1f')} "
+              f"tps, p50 {b['all']['p50_ms']} ms, p99 {b['all']['p99_ms']} ms, worst "
+              f"{b['all']['worst_ms']} ms (pgbench's own tps {b['pgbench'].get('tps')})")
     mr = w["migration_run"]
-    print(f"with migration:          {mr['all']['committed']:,} txns, {fmt(s['migration_run_tps'], '.1f')}"
+    print(f"with migration:                {mr['all']['committed']:,} txns, {fmt(s['migration_run_tps'], '.1f')}"
           f" tps, p50 {mr['all']['p50_ms']} ms, p99 {mr['all']['p99_ms']} ms, worst "
           f"{mr['all']['worst_ms']} ms (pgbench's own tps {mr['pgbench'].get('tps')})")
     print(f"migration under load: wall {s['migration_wall_s']:.1f} s, core {s['migration_core_s']:.1f} s,"
@@ -958,12 +984,14 @@ def print_workload(w: dict[str, Any], a: argparse.Namespace) -> None:
         if ph:
             print(f"{name:<18}{ph['seconds']:>9.1f}{ph['committed']:>9,}{fmt(ph['tps'], '.1f'):>9}"
                   f"{fmt(ph['p50_ms'], '.1f'):>9}{fmt(ph['p99_ms'], '.1f'):>9}{fmt(ph['worst_ms'], '.1f'):>10}")
-    print(f"tps capture->swap / baseline   = {fmt(s['workload_capture_tps_pct'], '.1f'):>7} %  "
-          f"target >= 85 %     {verdict('workload_capture_tps_pct', s['workload_capture_tps_pct'])}")
-    print(f"  (baseline run over the same seconds after pgbench start: "
-          f"{fmt(s['baseline_same_window_tps'], '.1f')} tps -> "
-          f"{fmt(s['capture_tps_pct_same_window'], '.1f')} %; this run's own "
-          f"{a.migration_delay:g} s before the migration: {fmt(s['same_run_before_tps'], '.1f')} tps -> "
+    print(f"tps capture->swap / baselines over the same seconds = "
+          f"{fmt(s['workload_capture_tps_pct'], '.1f'):>5} %  target >= 85 %  "
+          f"{verdict('workload_capture_tps_pct', s['workload_capture_tps_pct'])}")
+    print(f"  (capture->swap {fmt(s['capture_to_swap_tps'], '.1f')} tps; the baselines over the same seconds "
+          f"after pgbench's start: {fmt(s['baseline_same_window_before_tps'], '.1f')} before, "
+          f"{fmt(s['baseline_same_window_after_tps'], '.1f')} after; against the baselines' whole runs "
+          f"{fmt(s['capture_tps_pct_whole_baselines'], '.1f')} %; against this run's own "
+          f"{a.migration_delay:g} s before the migration ({fmt(s['same_run_before_tps'], '.1f')} tps) "
           f"{fmt(s['capture_tps_pct_same_run'], '.1f')} %)")
     print(f"worst latency within +-1 s of swap = {fmt(s['workload_swap_worst_ms'], '.1f')} ms  "
           f"target <= 250 ms  {verdict('workload_swap_worst_ms', s['workload_swap_worst_ms'])}")

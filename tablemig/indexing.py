@@ -177,11 +177,15 @@ class IndexBuild(StepHost):
                                         "report it; roll back (tablemig rollback) and rerun")
             with self.conn.transaction():
                 self._key_constraints(m, plan, fresh=False)
+            if paced and not small:
+                # a unit of its own: nothing of the migration runs while it rests
+                self.pacer(self.conn)
+                self._analyze_now(m)
             with self.conn.transaction():
                 if small:
                     self._analyze_now(m)
                 self._indexed(plan, workers)
-        if not small:
+        if not small and not paced:
             self._analyze_in_background(m)
         self._timed("index", t0)
 

@@ -46,6 +46,10 @@ Pace = Callable[[psycopg.Connection[Any] | None], None]
 # the application's writes, read live (see tablemig.write_guard)
 WRITE_COUNTER = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
 SLICE_S = 0.25  # a rest is cut into slices: each one reads the counter and may end the rest
+# A unit's cost outlasts it for a moment (its WAL is flushed by the WAL writer after its
+# asynchronous commit, its dirty pages written): the first part of a rest counts as work,
+# not as a measure of the application's free rate.
+AFTERMATH_S = 0.25
 ANNOUNCE_S = 2.0  # rests at least this long are announced on stderr
 
 
@@ -71,6 +75,8 @@ class Pacer:
         self._busy = 0  # bulk units running now
         self._generation = 0  # bumped whenever _busy changes: tells a quiet interval
         self._read_generation = -1  # the generation at the previous reading
+        self._read_at = float("-inf")  # time of the previous reading
+        self._work_ended = float("-inf")  # when the last unit (or step) ended
         self._announced = float("-inf")
         self._conn: psycopg.Connection[Any] | None = None
 
@@ -130,9 +136,12 @@ class Pacer:
         if not row:
             return
         with self._lock:
-            quiet = busy == 0 and self._busy == 0 and self._read_generation == gen == self._generation
-            self._read_generation = self._generation
-            self.guard.observe(time.monotonic(), int(row[0]), quiet=quiet)
+            now = time.monotonic()
+            quiet = (busy == 0 and self._busy == 0 and self._read_generation == gen == self._generation
+                     # the aftermath of a unit is work, except for the first measurement
+                     and (self._read_at >= self._work_ended + AFTERMATH_S or self.guard.rate is None))
+            self._read_generation, self._read_at = self._generation, now
+            self.guard.observe(now, int(row[0]), quiet=quiet)
 
     @property
     def engaged(self) -> bool:
@@ -148,6 +157,7 @@ class Pacer:
             if getattr(self._local, "busy", False):
                 self._busy -= 1
                 self._generation += 1
+                self._work_ended = now
             self._local.busy = False
         nice = self.ratio * (now - since) if since is not None and self.ratio > 0 else 0.0
         self._rest(conn, nice)
@@ -163,6 +173,7 @@ class Pacer:
         with self._lock:
             self._busy = 0
             self._generation += 1
+            self._work_ended = time.monotonic()
         self._local.busy = False
         self._rest(conn, 0.0)
 

@@ -146,10 +146,12 @@ def ex_2_2_execute_migration(ctx: StepContext) -> None:
     ctx.table.facts.update(state=final["state"], timings=dict(mig.timings),
                            swap_attempts=final["swap_attempts"], lock_hold_ms=float(final["lock_hold_ms"] or 0),
                            rows_copied=final["rows_copied"], throughput=mig.backfill_samples[-200:],
-                           swap_log=swap.attempt_log if swap else [])
+                           swap_log=swap.attempt_log if swap else [], pacing=mig.pacer.summary())
+    # pacing: what the write guard measured of the application's writes and how long the
+    # migration rested for them (tablemig.pacing)
     ctx.evidence(state=final["state"], timings=mig.timings, rows_copied=final["rows_copied"],
                  swap_attempts=final["swap_attempts"], lock_hold_ms=final["lock_hold_ms"],
-                 progress=[list(map(str, r)) for r in progress])
+                 pacing=mig.pacer.summary(), progress=[list(map(str, r)) for r in progress])
     assert final["state"] == "swapped"
 
 
