@@ -166,13 +166,15 @@ class Migration(IndexBuild, Verification, AfterSwap):
     def _timed(self, name: str, t0: float) -> None:
         self.timings[name] = round(self.timings.get(name, 0) + time.perf_counter() - t0, 3)
 
-    def _settle(self) -> None:
-        """Between steps: the write guard's rest, if the application is owed one (timed
-        as `rest`; rests between units are part of their step's time)."""
+    def _settle(self, *, between_steps: bool = True) -> float:
+        """The write guard's rest, if the application is owed one; between steps it is
+        timed as `rest` (rests within a step are part of its time). Returns the seconds."""
         t0 = time.perf_counter()
         self.pacer.settle(self.conn)
-        if time.perf_counter() - t0 > 0.001:
+        took = time.perf_counter() - t0
+        if took > 0.001 and between_steps:
             self._timed("rest", t0)
+        return took
 
     # -- steps ----------------------------------------------------------------------------
     def run(self, until: str = "swapped") -> dict[str, Any]:
@@ -380,7 +382,6 @@ class Migration(IndexBuild, Verification, AfterSwap):
         if m["state"] == "swapped":
             return self.swap_result or SwapResult(m["swap_attempts"], float(m["lock_hold_ms"] or 0),
                                                   str(m["swap_lsn"]), m["swap_record"] or {})
-        self._settle()  # the write guard: the application's share first
         t0 = time.perf_counter()
         s = self._settings()
         for sub in self.subscribers:  # caught up before the locks: the barrier under them is short

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .db import redact
-from .report_format import columns, fmt, records, safe_name
+from .report_format import columns, fmt, pacing_text, records, safe_name
 
 WIDTH_IN, HEIGHT_IN, DPI = 7.0, 3.0, 100
 
@@ -36,7 +36,7 @@ PAUSED = "#cf222e"
 TARGET_BATCH_SECONDS = 0.5  # the backfill tunes its batches towards this batch time
 KNOWN_TABLE_FACTS = {"cutoff", "rows_total", "rows_keep", "rows_archive", "distribution", "reconciliation",
                      "throughput", "timings", "swap_log", "lock_hold_ms", "swap_attempts", "state", "rows_copied",
-                     "lag_samples"}
+                     "lag_samples", "pacing"}
 
 
 def _num(v: Any) -> float | None:
@@ -332,6 +332,7 @@ def table_context(name: str, facts: dict[str, Any], steps: list[dict[str, Any]],
     ctx["lock_hold_ms"] = facts.get("lock_hold_ms")
     ctx["rows_copied"] = facts.get("rows_copied")
     ctx["swap_attempts"] = facts.get("swap_attempts")
+    ctx["pacing"] = pacing_text(facts.get("pacing"))
     ctx["other"] = {k: v for k, v in facts.items() if k not in KNOWN_TABLE_FACTS}
     return ctx
 

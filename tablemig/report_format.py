@@ -115,3 +115,28 @@ def records(v: Any) -> list[dict[str, Any]]:
 def columns(rows: list[dict[str, Any]], preferred: list[str]) -> list[str]:
     present = list(dict.fromkeys(k for r in rows for k in r))
     return [c for c in preferred if c in present] + [c for c in present if c not in preferred]
+
+
+def pacing_text(p: Any) -> str | None:
+    """One sentence on what the write guard and the nice ratio did (`Pacer.summary()`)."""
+    if not isinstance(p, dict):
+        return None
+    parts = []
+    share, rate, kept = num(p.get("app_write_share")), num(p.get("app_write_rate")), num(p.get("app_share_kept"))
+    if not share:
+        parts.append("write guard off")
+    elif not p.get("engaged"):
+        parts.append(f"write guard at {share:.0%}: the application wrote too little to need it"
+                     + (f" ({fmt(round(rate))} writes/s)" if rate is not None else ""))
+    else:
+        parts.append(f"write guard at {share:.0%}: the application wrote {fmt(round(rate or 0))}/s while the"
+                     f" migration rested and kept {kept:.1%} of that rate over the migration"
+                     f" ({fmt(p.get('app_writes'))} of {fmt(p.get('app_writes_expected'))} writes)"
+                     if kept is not None else f"write guard at {share:.0%}")
+    rested, nice, slept = num(p.get("rested_s")), num(p.get("nice_ratio")), num(p.get("nice_slept_s"))
+    if rested:
+        parts.append(f"the migration rested {fmt_duration(rested)} for it" if p.get("engaged")
+                     else f"its probe took {fmt_duration(rested)}")
+    if nice:
+        parts.append(f"nice ratio {nice:g}: slept {fmt_duration(slept or 0)}")
+    return "; ".join(parts) + "."

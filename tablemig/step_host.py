@@ -38,5 +38,5 @@ class StepHost:
     _state: Callable[[], dict[str, Any] | None]
     _lock: Callable[[int], None]
     _timed: Callable[[str, float], None]
-    _settle: Callable[[], None]
+    _settle: Callable[..., float]
     _small: Callable[[dict[str, Any], TablePlan], bool]

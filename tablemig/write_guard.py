@@ -135,7 +135,7 @@ class WriteGuard:
         owed = self.share * self.expected - self.done
         if owed <= 0:
             return 0.0
-        return owed / ((1.0 - self.share) * max(self.rate, self.idle_rate))
+        return owed / ((1.0 - self.share) * max(self.rate, self.idle_rate, 1.0))
 
     def summary(self) -> dict[str, Any]:
         """For the report: the share asked, the application's rate, the share it kept."""

@@ -284,6 +284,9 @@ def test_report_html_tables_and_sections(executed: Run) -> None:
         assert "Swap" in block.text() and "Cutoff distribution" in block.text()
         if facts.get("lock_hold_ms") is not None:
             assert "Exclusive lock held for" in block.text()
+            # what the write guard measured and did, in words (tablemig.pacing)
+            assert facts["pacing"]["app_write_share"] == 0.9
+            assert "Pacing" in block.text() and "write guard at 90%" in block.text()
 
 
 # -- tests: junit.xml ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import statistics
 import pytest
 
 from ..criteria import evaluate
+from ..report_format import pacing_text
 from ..report_writer import _result_dict
 from ..steps import StepContext
 
@@ -54,6 +55,9 @@ def notes_and_observations(ctx: StepContext) -> None:
             perf.append(f"{name}: median batch {size:.0f} rows in {secs:.3f} s ({rate:,.0f} rows/s)")
             if secs < 0.1 or secs > 2:
                 recs.append(f"{name}: a batch size of about {int(rate * 0.5):,} rows would take ~0.5 s per batch")
+        pacing = pacing_text(run.facts.get("pacing") or (run.migration.pacer.summary() if run.migration else None))
+        if pacing:
+            perf.append(f"{name}: {pacing}")
         if run.facts.get("lock_hold_ms") is not None:
             perf.append(f"{name}: swap lock held {run.facts['lock_hold_ms']} ms in {run.facts.get('swap_attempts')} "
                         "attempt(s)")
