@@ -27,6 +27,9 @@ PLAN = PlanConfig(
     ],
     demo_rows=100000,  # on the embedded sandbox only: demo data to migrate
     max_replication_lag='16MB',
+    # write guard: rest so that the application keeps this share of its write rate (None:
+    # migration_config's app_write_share, 0.9, re-read while running; 0: off)
+    app_write_share=None,
     window=None,
     notifiers=[{'kind': 'file', 'path': 'reports/orders_migration_notifications.jsonl'}],
     contacts=[

@@ -7,9 +7,11 @@ prune batch) by one `Pacer`:
 - the **write guard** (`app_write_share`, default 0.9; `tablemig.write_guard`): the
   migration rests as long as it takes for the application's write rate over the migration
   to stay at that share of its rate while the migration rests. On an idle server nothing
-  rests. While the application writes, the migration builds one index at a time and reads
-  verify's two sides one after the other, and it also settles its debt before the steps
-  that have no units of their own: the replay, the comparison and the swap.
+  rests. While the application writes, the migration builds one index at a time, analyzes
+  in the foreground and reads verify's two sides one after the other; it settles its debt
+  before and during the replay, while the trigger only logs keys (`settle`), and not after
+  the switch to direct capture, where the trigger's second write of every row makes a rest
+  cost the application more than it gives back.
 - the **nice ratio** (`nice_ratio`, default 0): after each unit the worker sleeps
   `nice_ratio` times as long as the unit took, whatever the load. With 1 the migration
   works at most half the time, with 4 a fifth of it.
@@ -46,11 +48,25 @@ Pace = Callable[[psycopg.Connection[Any] | None], None]
 # the application's writes, read live (see tablemig.write_guard)
 WRITE_COUNTER = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
 SLICE_S = 0.25  # a rest is cut into slices: each one reads the counter and may end the rest
-# A unit's cost outlasts it for a moment (its WAL is flushed by the WAL writer after its
-# asynchronous commit, its dirty pages written): the first part of a rest counts as work,
-# not as a measure of the application's free rate.
-AFTERMATH_S = 0.25
+# A unit's cost outlasts it (the WAL writer flushes its WAL after its asynchronous commit,
+# a standby replays that WAL, autovacuum comes for the rows it changed): the first part of
+# a rest, half as long as the work before it within these bounds, counts as work, not as a
+# measure of the application's free rate.
+AFTERMATH_SHARE, AFTERMATH_MIN_S, AFTERMATH_MAX_S = 0.5, 0.25, 2.0
 ANNOUNCE_S = 2.0  # rests at least this long are announced on stderr
+
+
+def write_rate(conn: psycopg.Connection[Any], seconds: float = 0.2) -> float:
+    """The server's writing transactions per second now, over `seconds` (read-only; `conn`
+    idle or at READ COMMITTED)."""
+    t0, c0 = time.monotonic(), _counter(conn)
+    time.sleep(seconds)
+    return (_counter(conn) - c0) / (time.monotonic() - t0)
+
+
+def _counter(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(WRITE_COUNTER).fetchone()
+    return int(row[0]) if row else 0
 
 
 class Pacer:
@@ -77,6 +93,7 @@ class Pacer:
         self._read_generation = -1  # the generation at the previous reading
         self._read_at = float("-inf")  # time of the previous reading
         self._work_ended = float("-inf")  # when the last unit (or step) ended
+        self._aftermath = AFTERMATH_MIN_S  # how long its cost outlasts it
         self._announced = float("-inf")
         self._conn: psycopg.Connection[Any] | None = None
 
@@ -137,11 +154,10 @@ class Pacer:
             return
         with self._lock:
             now = time.monotonic()
-            quiet = (busy == 0 and self._busy == 0 and self._read_generation == gen == self._generation
-                     # the aftermath of a unit is work, except for the first measurement
-                     and (self._read_at >= self._work_ended + AFTERMATH_S or self.guard.rate is None))
+            quiet = busy == 0 and self._busy == 0 and self._read_generation == gen == self._generation
+            settled = self._read_at >= self._work_ended + self._aftermath
             self._read_generation, self._read_at = self._generation, now
-            self.guard.observe(now, int(row[0]), quiet=quiet)
+            self.guard.observe(now, int(row[0]), quiet=quiet, settled=settled)
 
     @property
     def engaged(self) -> bool:
@@ -157,7 +173,7 @@ class Pacer:
             if getattr(self._local, "busy", False):
                 self._busy -= 1
                 self._generation += 1
-                self._work_ended = now
+                self._ended(now, now - since if since is not None else 0.0)
             self._local.busy = False
         nice = self.ratio * (now - since) if since is not None and self.ratio > 0 else 0.0
         self._rest(conn, nice)
@@ -173,9 +189,15 @@ class Pacer:
         with self._lock:
             self._busy = 0
             self._generation += 1
-            self._work_ended = time.monotonic()
+            now = time.monotonic()
+            self._ended(now, now - self._read_at)  # the step's work since the last reading
         self._local.busy = False
         self._rest(conn, 0.0)
+
+    def _ended(self, now: float, worked: float) -> None:
+        """Work that took `worked` seconds ended at `now` (under the lock)."""
+        self._work_ended = now
+        self._aftermath = min(AFTERMATH_MAX_S, max(AFTERMATH_MIN_S, AFTERMATH_SHARE * worked))
 
     def _rest(self, conn: psycopg.Connection[Any] | None, nice: float) -> None:
         t0 = time.monotonic()
@@ -184,6 +206,8 @@ class Pacer:
             now = time.monotonic()
             owed = self.guard.rest_needed(now)
             wait = max(t0 + nice - now, owed)
+            if self.guard.calibration_due(now):  # rest past the aftermath for a settled reading
+                wait = max(wait, self._work_ended + self._aftermath + SLICE_S - now)
             if wait <= 0.001:
                 break
             if owed >= ANNOUNCE_S and self.label and now - self._announced >= 30:

@@ -28,7 +28,12 @@ The accounting, over a window that starts when the migration's first paced step 
               `(1 - share)` of what the application writes
 
 Until a quiet interval has measured the rate, the time is kept aside and added to
-`expected` at the first measurement. An application that writes less than `idle_rate`
+`expected` at the first measurement. A quiet interval right after a unit is not yet
+"settled": the unit's cost outlasts it (the pacer decides for how long), so such an interval
+counts as work. Only the very first measurement may come from one, and it is provisional:
+the first settled one replaces it. While the application writes, `calibration_due` asks for
+a settled measurement at least every `calibrate_s` seconds (a rate measured low would
+otherwise ask for rests too short to ever measure it again). An application that writes less than `idle_rate`
 transactions per second has nothing to protect (and its rate would be noise): no rest.
 Until a quiet interval has been seen, the guard asks for a short `probe` rest to measure
 the free rate as soon as the application writes during the migration's work, and once in
@@ -59,7 +64,9 @@ class WriteGuard:
     idle_rate: float = 50.0  # writes/s below which the application counts as idle
     probe: float = 0.05  # seconds: a first rest to measure the application's free rate
     probe_after: float = 1.0  # seconds of work after which the probe is taken anyway
+    calibrate_s: float = 30.0  # seconds: at most this long without a settled measurement
     rate: float | None = None  # writes/s while the migration rests
+    provisional: bool = False  # the rate comes from an interval right after a unit
     expected: float = 0.0
     rested_s: float = 0.0
     _pending_s: float = 0.0
@@ -68,6 +75,7 @@ class WriteGuard:
     _recent_rate: float = 0.0  # writes/s over the last quiet interval or `recent_s` of work
     _work_s: float = 0.0  # time in intervals that were not quiet
     _acc: tuple[float, int] = (0.0, 0)  # work time and writes not yet in _recent_rate
+    _settled_at: float = float("-inf")  # time of the last settled measurement
     recent_s: float = 0.1  # shorter spans of work are the harness's own few transactions
 
     @property
@@ -78,8 +86,9 @@ class WriteGuard:
         """The window starts (the first paced step): `count` is the counter now."""
         self._start = self._last = (t, count)
 
-    def observe(self, t: float, count: int, *, quiet: bool) -> None:
-        """A reading of the counter; `quiet`: no bulk unit ran since the previous reading."""
+    def observe(self, t: float, count: int, *, quiet: bool, settled: bool = True) -> None:
+        """A reading of the counter; `quiet`: no bulk unit ran since the previous reading;
+        `settled`: nor did one end shortly before it (see the module docstring)."""
         if self._last is None:
             self.begin(t, count)
             return
@@ -88,18 +97,21 @@ class WriteGuard:
         if dt <= 0:
             return
         self._last = (t, count)
-        if quiet:
+        if quiet and dt >= 0.02 and (settled or self.rate is None):  # shorter: mostly rounding
+            r = self._recent_rate = dc / dt
+            if self.rate is None:
+                self.expected += r * self._pending_s
+                self._pending_s = 0.0
+            if self.rate is None or (self.provisional and settled):
+                self.rate, self.provisional = r, not settled
+            elif settled:
+                self.rate += (1.0 - math.exp(-dt / self.tau)) * (r - self.rate)
+            if settled:
+                self._settled_at = t
+        if quiet and settled:
             # what the application wrote while nothing of the migration ran is, exactly, what
-            # it would have written: only the work intervals need the estimated rate
+            # it would have written: only the other intervals need the estimated rate
             self.expected += dc
-            if dt >= 0.02:  # shorter intervals measure mostly rounding
-                r = self._recent_rate = dc / dt
-                if self.rate is None:
-                    self.rate = r
-                    self.expected += r * self._pending_s
-                    self._pending_s = 0.0
-                else:
-                    self.rate += (1.0 - math.exp(-dt / self.tau)) * (r - self.rate)
             return
         self._work_s += dt
         acc_dt, acc_dc = self._acc[0] + dt, self._acc[1] + dc
@@ -116,6 +128,10 @@ class WriteGuard:
         if self._start is None or self._last is None:
             return 0
         return self._last[1] - self._start[1]
+
+    def calibration_due(self, t: float) -> bool:
+        """The application writes and the rate has not been measured settled lately."""
+        return self.engaged and (self.provisional or t - self._settled_at >= self.calibrate_s)
 
     @property
     def engaged(self) -> bool:

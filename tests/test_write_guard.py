@@ -94,3 +94,20 @@ def test_before_a_quiet_interval_the_time_counts_at_the_first_measured_rate() ->
     assert g.rate == pytest.approx(1000.0)
     assert g.expected == pytest.approx(2500.0)  # 2.5 s at the measured free rate
     assert g.rest_needed(2.5) == pytest.approx((0.9 * 2500 - 900) / (0.1 * 1000))
+
+
+def test_a_provisional_rate_is_replaced_by_the_first_settled_measurement() -> None:
+    g = WriteGuard(0.9)
+    g.begin(0.0, 0)
+    g.observe(1.0, 2000, quiet=False)  # work: 2000 writes/s
+    g.observe(1.1, 2100, quiet=True, settled=False)  # right after the unit: 1000/s, depressed
+    assert g.rate == pytest.approx(1000.0) and g.provisional
+    assert g.calibration_due(1.1), "a provisional rate asks for a settled measurement"
+    g.observe(1.5, 2500, quiet=True, settled=False)  # still in the unit's aftermath: work
+    assert g.rate == pytest.approx(1000.0)
+    g.observe(1.8, 3400, quiet=True, settled=True)  # settled: 3000/s
+    assert g.rate == pytest.approx(3000.0) and not g.provisional
+    assert not g.calibration_due(1.8)
+    assert g.calibration_due(1.8 + g.calibrate_s), "and again after calibrate_s without one"
+    # the aftermath counted as work: expected grew by the rate of the time, not by what was written
+    assert g.expected == pytest.approx(1000 * 1.0 + 100 + 1000 * 0.4 + 900)

@@ -13,6 +13,7 @@ import psycopg
 from .. import replication
 from ..db import server_identity
 from ..dependencies import scan_functions
+from ..pacing import write_rate
 from ..reconcile import Reconciler, Side
 from ..replication import LagLimit
 from ..steps import NotApplicable, StepContext
@@ -152,7 +153,12 @@ def pre_1_2c_cpu_and_memory(ctx: StepContext) -> None:
     need_conns = workers + 4
     maxc = int(str(settings["max_connections"]))
     evidence: dict[str, Any] = {"settings": settings, "connections_in_use": used and used[0],
-                                "connections_needed": need_conns}
+                                "connections_needed": need_conns,
+                                # the load the write guard protects (tablemig.pacing)
+                                "write_transactions_per_second": round(write_rate(conn), 1),
+                                "app_write_share": ("migration_config (default 0.9)"
+                                                    if ctx.plan.app_write_share is None
+                                                    else ctx.plan.app_write_share)}
     if _local_data_dir(conn) is not None:
         evidence.update(cpu_count=os.cpu_count(), load_average=os.getloadavg())
     ctx.evidence(**evidence)
