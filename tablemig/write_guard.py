@@ -155,10 +155,11 @@ class WriteGuard:
 
     def summary(self) -> dict[str, Any]:
         """For the report: the share asked, the application's rate, the share it kept."""
-        kept = self.done / self.expected if self.expected > 0 and self.rate is not None else None
+        engaged = self.rate is not None and self.rate >= self.idle_rate
+        # a share of an idle application's few writes (or of the harness's own) means nothing
+        kept = self.done / self.expected if engaged and self.expected > 0 else None
         return {"app_write_share": self.share,
                 "app_write_rate": None if self.rate is None else round(self.rate, 1),
                 "app_writes": self.done, "app_writes_expected": round(self.expected),
                 "app_share_kept": None if kept is None else round(kept, 3),
-                "rested_s": round(self.rested_s, 3), "engaged": self.rate is not None
-                and self.rate >= self.idle_rate}
+                "rested_s": round(self.rested_s, 3), "engaged": engaged}

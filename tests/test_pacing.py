@@ -102,37 +102,6 @@ def test_the_ratio_is_reread_from_migration_config_while_running(fresh_db: Any) 
     fixed.close()
 
 
-def test_bad_nice_ratios_are_refused_before_anything_changes(fresh_db: Any) -> None:
-    with fresh_db.connect() as conn:
-        create_events(conn, 2_000)
-    r = subprocess.run([sys.executable, "-m", "tablemig.cli", "migrate", "--dsn", fresh_db.dsn,
-                        "--table", "events", "--date-column", "d", "--cutoff", CUTOFF.isoformat(),
-                        "--nice-ratio", "-1"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--nice-ratio" in r.stderr and "number >= 0" in r.stderr
-    with fresh_db.connect() as conn:
-        assert conn.execute("SELECT to_regclass('events_new')").fetchone()[0] is None
-        install_schema(conn)
-        conn.execute("UPDATE table_migration.migration_config SET config_value = 'fast'"
-                     " WHERE config_key = 'nice_ratio'")
-    with Migration(fresh_db.dsn, _spec(), progress=lambda p: None) as mig, \
-            pytest.raises(InputError) as err:
-        mig.run("swapped")
-    assert "nice_ratio" in err.value.problem and "number" in (err.value.fix or "")
-    with fresh_db.connect() as conn:  # read before the capture: nothing was created
-        assert conn.execute("SELECT to_regclass('events_new')").fetchone()[0] is None
-        assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'events'::regclass"
-                            " AND NOT tgisinternal").fetchone()[0] == 0
-
-
-def test_a_plan_with_a_negative_nice_ratio_is_refused() -> None:
-    from tablemig.plan import PlanConfig, TableConfig
-
-    with pytest.raises(InputError) as err:
-        PlanConfig(name="p", tables=[TableConfig("public.orders", "created_date", retention=0.1)],
-                   nice_ratio=-2)
-    assert "nice_ratio" in err.value.problem and "0" in (err.value.fix or "")
-
-
 # -- the write guard under a real write load -----------------------------------------------
 
 APP_SCRIPT = "INSERT INTO app_writes (v) VALUES (:client_id);\n"
@@ -226,28 +195,39 @@ def test_a_resting_migration_is_released_from_migration_config(fresh_db: Any, tm
             pacer.close()
 
 
-def test_bad_write_shares_are_refused_before_anything_changes(fresh_db: Any) -> None:
-    from tablemig.plan import PlanConfig, TableConfig
-
+@pytest.mark.parametrize(("key", "flag", "bad_flags", "flag_says", "bad_config", "config_says"), [
+    ("nice_ratio", "--nice-ratio", ["-1"], "number >= 0", "fast", "non-negative"),
+    ("app_write_share", "--app-write-share", ["1", "-0.1", "most"], "below 1", "1.5", "below 1"),
+])
+def test_bad_pacing_values_are_refused_before_anything_changes(
+        fresh_db: Any, key: str, flag: str, bad_flags: list[str], flag_says: str, bad_config: str,
+        config_says: str) -> None:
     with fresh_db.connect() as conn:
         create_events(conn, 2_000)
-    for bad in ("1", "-0.1", "most"):
+    for bad in bad_flags:
         r = subprocess.run([sys.executable, "-m", "tablemig.cli", "migrate", "--dsn", fresh_db.dsn,
                             "--table", "events", "--date-column", "d", "--cutoff", CUTOFF.isoformat(),
-                            f"--app-write-share={bad}"], capture_output=True, text=True)
-        assert r.returncode == 2 and "--app-write-share" in r.stderr and "below 1" in r.stderr, r.stderr
+                            f"{flag}={bad}"], capture_output=True, text=True)
+        assert r.returncode == 2 and flag in r.stderr and flag_says in r.stderr, r.stderr
     with fresh_db.connect() as conn:
         assert conn.execute("SELECT to_regclass('events_new')").fetchone()[0] is None  # type: ignore[index]
         install_schema(conn)
-        conn.execute("UPDATE table_migration.migration_config SET config_value = '1.5'"
-                     " WHERE config_key = 'app_write_share'")
+        conn.execute("UPDATE table_migration.migration_config SET config_value = %s WHERE config_key = %s",
+                     (bad_config, key))
     with Migration(fresh_db.dsn, _spec(), progress=lambda p: None) as mig, \
             pytest.raises(InputError) as err:
         mig.run("swapped")
-    assert "app_write_share" in err.value.problem and "below 1" in err.value.problem
-    with fresh_db.connect() as conn:
+    assert key in err.value.problem and config_says in err.value.problem and "number" in (err.value.fix or "")
+    with fresh_db.connect() as conn:  # read before the capture: nothing was created
         assert conn.execute("SELECT to_regclass('events_new')").fetchone()[0] is None  # type: ignore[index]
+        assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'events'::regclass"
+                            " AND NOT tgisinternal").fetchone()[0] == 0  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("setting", "fix_says"), [({"nice_ratio": -2}, "0"), ({"app_write_share": 1.0}, "0.9")])
+def test_a_plan_with_a_bad_pacing_value_is_refused(setting: dict[str, float], fix_says: str) -> None:
+    from tablemig.plan import PlanConfig, TableConfig
+
     with pytest.raises(InputError) as err:
-        PlanConfig(name="p", tables=[TableConfig("public.orders", "created_date", retention=0.1)],
-                   app_write_share=1.0)
-    assert "app_write_share" in err.value.problem and "0.9" in (err.value.fix or "")
+        PlanConfig(name="p", tables=[TableConfig("public.orders", "created_date", retention=0.1)], **setting)
+    assert next(iter(setting)) in err.value.problem and fix_says in (err.value.fix or "")
