@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -184,8 +184,8 @@ class Migration(IndexBuild, Verification, AfterSwap):
             raise InputError(f"unknown target state {until!r}", f"use one of {', '.join(order)}")
         self.capture()
         self.resolve_subscribers()
-        steps = {"backfilling": self.backfill, "indexed": self.build_indexes,
-                 "verified": self.verify, "swapped": self.swap}
+        steps: dict[str, Callable[[], object]] = {"backfilling": self.backfill, "indexed": self.build_indexes,
+                                                   "verified": self.verify, "swapped": self.swap}
         for target in order[1:order.index(until) + 1]:
             m = self._state()
             if m and state.ORDER[m["state"]] > state.ORDER[target]:
@@ -330,10 +330,10 @@ class Migration(IndexBuild, Verification, AfterSwap):
         info = plan.info
         types = {c.name: c.type for c in info.columns}
         new = QualifiedName(m["schema_name"], m["new_name"])
-        jobs = [("backfill", CopyJob(plan.original, new, plan.columns, plan.order_columns,
-                                     [types[c] for c in plan.order_columns], plan.date_column,
-                                     plan.date_type, m["cutoff"], plan.overriding, plan.key),
-                 plan.keep_rows)]
+        recent = CopyJob(plan.original, new, plan.columns, plan.order_columns,
+                         [types[c] for c in plan.order_columns], plan.date_column,
+                         plan.date_type, m["cutoff"], plan.overriding, plan.key)
+        jobs: list[tuple[str, CopyJob, int | None]] = [("backfill", recent, plan.keep_rows)]
         if m["archive_mode"] == "copy":
             arch = QualifiedName(m["schema_name"], m["archive_name"])
             jobs.append(("backfill_history", CopyJob(

@@ -43,7 +43,7 @@ class IndexBuild(StepHost):
     def _index_work(self, m: dict[str, Any], plan: TablePlan) -> list[tuple[QualifiedName, str, sql.Composable]]:
         """(table, index name, CREATE INDEX) of every index N (and H) still lacks; an
         index left INVALID (by a concurrent build of an older version) is dropped first."""
-        out = []
+        out: list[tuple[QualifiedName, str, sql.Composable]] = []
         for target, tag in state.new_tables(m):
             wanted = [(idx, temp_index_name(idx, tag))
                       for idx in [key_index(plan.info), *secondary_indexes(plan.info)]]
