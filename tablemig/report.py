@@ -219,7 +219,7 @@ def derived_notes(run: dict[str, Any], steps: list[dict[str, Any]], summ: dict[s
         if rate:
             perf.append(f"{t['name']}: backfill copied {fmt(t['rows_copied'])} rows at {rate}.")
         if t["pacing"]:
-            perf.append(f"{t['name']}: {t['pacing']}")
+            perf.append(f"{t['name']}: {t['pacing']}.")
         if t["lock_hold_ms"] is not None:
             perf.append(f"{t['name']}: the swap held its exclusive lock for {fmt(t['lock_hold_ms'])} ms"
                         f" ({fmt(t['swap_attempts'])} attempt(s)).")

@@ -118,7 +118,8 @@ def columns(rows: list[dict[str, Any]], preferred: list[str]) -> list[str]:
 
 
 def pacing_text(p: Any) -> str | None:
-    """One sentence on what the write guard and the nice ratio did (`Pacer.summary()`)."""
+    """One sentence, without its final period, on what the write guard and the nice ratio
+    did (`Pacer.summary()`)."""
     if not isinstance(p, dict):
         return None
     parts = []
@@ -139,4 +140,4 @@ def pacing_text(p: Any) -> str | None:
                      else f"its probe took {fmt_duration(rested)}")
     if nice:
         parts.append(f"nice ratio {nice:g}: slept {fmt_duration(slept or 0)}")
-    return "; ".join(parts) + "."
+    return "; ".join(parts)
