@@ -84,11 +84,8 @@ class Migration(IndexBuild, Verification, AfterSwap):
         self.throttle = throttle
         # the write guard and the nice ratio (tablemig.pacing): from migration_config, or
         # fixed by an override
-        share = setting_overrides.get("app_write_share")
-        self.pacer = Pacer(dsn, setting_overrides.get("nice_ratio") or 0.0,
-                           fixed=setting_overrides.get("nice_ratio") is not None,
-                           share=Settings.app_write_share if share is None else share,
-                           share_fixed=share is not None, label=str(spec.qualified))
+        self.pacer = Pacer(dsn, setting_overrides.get("nice_ratio"), setting_overrides.get("app_write_share"),
+                           label=str(spec.qualified))
         self.progress = progress
         self.plan_name = plan_name
         self.overrides = setting_overrides

@@ -155,7 +155,7 @@ class IndexBuild(StepHost):
         # on a small table one connection builds them all (Migration.parallel_min_rows); a
         # paced migration (nice_ratio, or the write guard while the application writes)
         # builds one index at a time, each in its own transaction, and rests between them
-        paced = bool(s.nice_ratio) or self.pacer.engaged
+        paced = self.pacer.paced
         workers = 1 if small or paced else s.index_workers
         work = self._index_work(m, plan)
         fresh = len(work) == len(state.new_tables(m)) * (1 + len(secondary_indexes(plan.info)))

@@ -72,16 +72,18 @@ def _counter(conn: psycopg.Connection[Any]) -> int:
 class Pacer:
     """Called between units of bulk work with the caller's connection (idle or in a
     transaction; the counter is read on it). Thread-safe: each thread times its own units,
-    and the guard's debt is shared by all of them."""
+    and the guard's debt is shared by all of them.
 
-    def __init__(self, dsn: str, ratio: float = 0.0, *, fixed: bool = False,
-                 share: float = 0.9, share_fixed: bool = False, reload_s: float = 5.0,
-                 label: str = "") -> None:
+    `ratio` and `share` given (the command line, the plan) are fixed for the run; None
+    takes them from the configuration, re-read every `reload_s` seconds."""
+
+    def __init__(self, dsn: str, ratio: float | None = None, share: float | None = None, *,
+                 reload_s: float = 5.0, label: str = "") -> None:
         self.dsn = dsn
-        self.ratio = max(0.0, ratio)
-        self.fixed = fixed  # given on the command line or by the plan: not re-read
-        self.guard = WriteGuard(share)
-        self.share_fixed = share_fixed
+        self.ratio = max(0.0, ratio or 0.0)
+        self.fixed = ratio is not None
+        self.guard = WriteGuard(Settings.app_write_share if share is None else share)
+        self.share_fixed = share is not None
         self.reload_s = reload_s
         self.label = label
         self.slept_s = 0.0  # by the nice ratio
@@ -145,24 +147,28 @@ class Pacer:
                 with self._lock:
                     if self._conn is None or self._conn.closed:
                         self._conn = connect(self.dsn, application_name="tablemig-pacer")
-                    row = self._conn.execute(WRITE_COUNTER).fetchone()
+                    count = _counter(self._conn)
             else:
-                row = conn.execute(WRITE_COUNTER).fetchone()
+                count = _counter(conn)
         except (psycopg.Error, InputError):
             return  # the guard goes on with what it knows; the caller's next statement reports
-        if not row:
-            return
         with self._lock:
             now = time.monotonic()
             quiet = busy == 0 and self._busy == 0 and self._read_generation == gen == self._generation
             settled = self._read_at >= self._work_ended + self._aftermath
             self._read_generation, self._read_at = self._generation, now
-            self.guard.observe(now, int(row[0]), quiet=quiet, settled=settled)
+            self.guard.observe(now, count, quiet=quiet, settled=settled)
 
     @property
     def engaged(self) -> bool:
         """The application writes: work one unit at a time and rest between units."""
         return self.guard.engaged
+
+    @property
+    def paced(self) -> bool:
+        """The nice ratio or the engaged guard paces the bulk work: one unit at a time, no
+        transaction left open while resting, nothing of the migration in the background."""
+        return self.ratio > 0 or self.guard.engaged
 
     # -- between units --------------------------------------------------------------------
     def __call__(self, conn: psycopg.Connection[Any] | None = None) -> None:

@@ -232,7 +232,7 @@ class Verification(StepHost):
         # read by one statement on one connection
         with contextlib.ExitStack() as stack:
             pending: Future[psycopg.Connection[Any]] | None = None
-            if not small and not s.nice_ratio and not self.pacer.engaged:
+            if not small and not self.pacer.paced:
                 opening = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tablemig-verify")
                 pending = opening.submit(connect, self.dsn, application_name="tablemig-verify")
                 opening.shutdown(wait=False)

@@ -36,7 +36,7 @@ def _spec() -> TableSpec:
 
 
 def test_pacer_sleeps_ratio_times_the_work_of_each_unit_per_thread() -> None:
-    pacer = Pacer("host=unused", 2.0, fixed=True, share=0.0, share_fixed=True)
+    pacer = Pacer("host=unused", 2.0, 0.0)
     pacer.start()
     time.sleep(0.05)  # a unit of work
     t0 = time.monotonic()
@@ -82,7 +82,7 @@ def test_the_ratio_is_reread_from_migration_config_while_running(fresh_db: Any) 
                      " WHERE config_key = 'nice_ratio'")
         conn.execute("UPDATE table_migration.migration_config SET config_value = '0.5'"
                      " WHERE config_key = 'app_write_share'")
-    pacer = Pacer(fresh_db.dsn, 0.0, reload_s=0.0)
+    pacer = Pacer(fresh_db.dsn, reload_s=0.0)
     try:
         pacer.start()
         pacer()
@@ -94,7 +94,7 @@ def test_the_ratio_is_reread_from_migration_config_while_running(fresh_db: Any) 
         assert (pacer.ratio, pacer.guard.share) == (0.0, 0.0)
     finally:
         pacer.close()
-    fixed = Pacer(fresh_db.dsn, 0.5, fixed=True, share=0.8, share_fixed=True, reload_s=0.0)
+    fixed = Pacer(fresh_db.dsn, 0.5, 0.8, reload_s=0.0)
     # values from the command line or the plan are not replaced by the configuration
     fixed.start(None, Settings(nice_ratio=7.0, app_write_share=0.1))
     fixed()

@@ -16,6 +16,7 @@ from ..dependencies import scan_functions
 from ..pacing import write_rate
 from ..reconcile import Reconciler, Side
 from ..replication import LagLimit
+from ..settings import Settings
 from ..steps import NotApplicable, StepContext
 
 
@@ -156,7 +157,7 @@ def pre_1_2c_cpu_and_memory(ctx: StepContext) -> None:
                                 "connections_needed": need_conns,
                                 # the load the write guard protects (tablemig.pacing)
                                 "write_transactions_per_second": round(write_rate(conn), 1),
-                                "app_write_share": ("migration_config (default 0.9)"
+                                "app_write_share": (f"migration_config (default {Settings.app_write_share:g})"
                                                     if ctx.plan.app_write_share is None
                                                     else ctx.plan.app_write_share)}
     if _local_data_dir(conn) is not None:
