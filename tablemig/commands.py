@@ -114,6 +114,8 @@ def cmd_migrate(a: argparse.Namespace) -> int:
         print(file=sys.stderr)
         _print({"state": final.get("state"), "timings": mig.timings, "rows_copied": final.get("rows_copied"),
                 "swap_attempts": final.get("swap_attempts"), "lock_hold_ms": final.get("lock_hold_ms"),
+                **({"inventory": (final.get("swap_record") or {}).get("inventory")}
+                   if final.get("state") == "swapped" else {}),
                 **mig.pacer.summary()})
     return 0
 

@@ -1,7 +1,12 @@
 """The exchange of two tables' names and of everything that belongs to a name: index and
-constraint names, sequences, incoming foreign keys, views, grants, policies, user
-triggers, comment. Run inside the swap's locked transaction on the active site, and by
-logical subscribers on theirs (`tablemig.logical`); `exchange_back` undoes it.
+constraint names, sequences, incoming foreign keys, views (with their comments), grants,
+policies, user triggers (with their enable states), rules, comment. Run inside the swap's
+locked transaction on the active site, and by logical subscribers on theirs
+(`tablemig.logical`); `exchange_back` undoes it.
+
+The original becomes the archive, which the mirror trigger writes: its user triggers are
+disabled and its rules dropped there (they are recreated on the live table), so mirrored
+writes fire neither; the swap record keeps each trigger's state for the swap back.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from typing import Any
 
 from psycopg import sql
 
-from .catalog import DependentView, ForeignKey, TableInfo
+from .catalog import DependentView, ForeignKey, PublicationRel, Rule, TableInfo
 from .errors import TablemigError
 from .executor import Executor
 from .names import QualifiedName
@@ -49,6 +54,13 @@ def _recreate_views(ex: Executor, views: list[DependentView]) -> None:
         for idx in v.indexes:
             ex.run(sql.SQL(idx))
         _grant(ex, v.name, v.acl, "TABLE")
+        # a view replaced in place keeps its comments; a materialized view is a new object
+        if v.comment is not None:
+            ex.run(sql.SQL("COMMENT ON MATERIALIZED VIEW {} IS {}").format(
+                v.name.ident(), sql.Literal(v.comment)))
+        for column, comment in sorted(v.column_comments.items()):
+            ex.run(sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(
+                v.name.ident(), sql.Identifier(column), sql.Literal(comment)))
 
 
 def _grant(ex: Executor, target: QualifiedName, acl: list[tuple[str, str, bool]],
@@ -87,13 +99,25 @@ def _policies(ex: Executor, target: QualifiedName, info: TableInfo) -> None:
             sql.Identifier(p["name"]), target.ident(),
             sql.SQL("PERMISSIVE" if p["permissive"] else "RESTRICTIVE"),
             sql.SQL(cmds[p["cmd"]]), roles, q, c))
+        _comment(ex, "POLICY", p["name"], target, p.get("comment"))
+
+
+# pg_trigger.tgenabled / pg_rewrite.ev_enabled -> the ALTER TABLE clause that sets it
+_ENABLE = {"O": "ENABLE", "D": "DISABLE", "R": "ENABLE REPLICA", "A": "ENABLE ALWAYS"}
+
+
+def _set_enabled(ex: Executor, table: QualifiedName, kind: str, name: str, state: str) -> None:
+    """ALTER TABLE ... {ENABLE | DISABLE | ENABLE REPLICA | ENABLE ALWAYS} {TRIGGER | RULE}."""
+    ex.run(sql.SQL("ALTER TABLE {} {} {} {}").format(
+        table.ident(), sql.SQL(_ENABLE[state]), sql.SQL(kind), sql.Identifier(name)))
 
 
 def _copy_triggers(ex: Executor, info: TableInfo, source: QualifiedName,
-                   target: QualifiedName, target_quoted: str) -> list[str]:
-    """Recreate the user triggers on `target` and disable them on `source` (the archive
-    must not run application triggers on mirrored writes). Returns the disabled ones."""
-    disabled = []
+                   target: QualifiedName, target_quoted: str) -> dict[str, str]:
+    """Recreate the user triggers on `target` in their enable states (disabled, replica,
+    always) and disable them on `source` (the archive must not run application triggers on
+    mirrored writes). Returns the states the disabled ones had on `source`."""
+    disabled: dict[str, str] = {}
     for trg in info.triggers:
         ident = trg.quoted  # read by the inspection: no round trip under the lock
         head = f"CREATE TRIGGER {ident} "
@@ -105,11 +129,38 @@ def _copy_triggers(ex: Executor, info: TableInfo, source: QualifiedName,
             raise TablemigError(f"cannot re-target trigger {trg.name}: {trg.definition}",
                                 "drop and recreate this trigger by hand after the swap")
         ex.run(sql.SQL(head + before + " ON " + target_quoted + " " + after))
+        if trg.enabled != "O":  # CREATE TRIGGER makes it fire in origin mode
+            _set_enabled(ex, target, "TRIGGER", trg.name, trg.enabled)
+        _comment(ex, "TRIGGER", trg.name, target, trg.comment)
         if trg.enabled != "D":
-            ex.run(sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(
-                source.ident(), sql.Identifier(trg.name)))
-            disabled.append(trg.name)
+            _set_enabled(ex, source, "TRIGGER", trg.name, "D")
+            disabled[trg.name] = trg.enabled
     return disabled
+
+
+def _move_rules(ex: Executor, info: TableInfo, source: QualifiedName, target: QualifiedName) -> list[str]:
+    """Move the rules of `info`'s table from `source` to `target`, which now has the name
+    the definitions print (a rule on the archive would rewrite mirrored writes: a DO
+    INSTEAD NOTHING would drop them, a DO ALSO would act twice)."""
+    for rule in info.rules:
+        ex.run(sql.SQL("DROP RULE {} ON {}").format(sql.Identifier(rule.name), source.ident()))
+        _create_rule(ex, rule, target)
+    return [r.name for r in info.rules]
+
+
+def _create_rule(ex: Executor, rule: Rule, table: QualifiedName) -> None:
+    """Re-issue `rule` (its definition names the table, which must now be `table`)."""
+    ex.run(sql.SQL(rule.definition.rstrip().rstrip(";")))  # noqa: S608 - pg_get_ruledef's text
+    if rule.enabled != "O":
+        _set_enabled(ex, table, "RULE", rule.name, rule.enabled)
+    _comment(ex, "RULE", rule.name, table, rule.comment)
+
+
+def _comment(ex: Executor, kind: str, name: str, table: QualifiedName, comment: str | None) -> None:
+    """COMMENT ON {TRIGGER | RULE | POLICY} name ON table: recreated objects lose theirs."""
+    if comment is not None:
+        ex.run(sql.SQL("COMMENT ON {} {} ON {} IS {}").format(
+            sql.SQL(kind), sql.Identifier(name), table.ident(), sql.Literal(comment)))
 
 
 def _sequences(ex: Executor, old: TableInfo, live: QualifiedName) -> None:
@@ -124,10 +175,18 @@ def _sequences(ex: Executor, old: TableInfo, live: QualifiedName) -> None:
                 " FROM {} s").format(sql.SQL(seq)), (str(live), column))
 
 
-def move_publications(ex: Executor, pubs: list[str], old: QualifiedName, live: QualifiedName) -> None:
+def move_publications(ex: Executor, pubs: list[PublicationRel], old: QualifiedName,
+                      live: QualifiedName) -> None:
+    """Move publication membership from `old` to `live`, each with its column list and row
+    filter (PostgreSQL 15+)."""
     for pub in pubs:
-        ex.run(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(sql.Identifier(pub), old.ident()))
-        ex.run(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(pub), live.ident()))
+        ex.run(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(sql.Identifier(pub.name), old.ident()))
+        columns = (sql.SQL(" ({})").format(sql.SQL(", ").join(map(sql.Identifier, pub.columns)))
+                   if pub.columns is not None else sql.SQL(""))
+        where = (sql.SQL(" WHERE ({})").format(sql.SQL(pub.row_filter))  # pg_get_expr's text
+                 if pub.row_filter is not None else sql.SQL(""))
+        ex.run(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}{}{}").format(
+            sql.Identifier(pub.name), live.ident(), columns, where))
 
 
 def _rename_index(ex: Executor, table: QualifiedName, schema: str, constraint: str | None,
@@ -144,7 +203,7 @@ def exchange(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
              outgoing: QualifiedName) -> dict[str, Any]:
     """Rename `t -> outgoing` and `n -> t` and make the new `t` look like the old one
     (index and constraint names, sequences, incoming FKs, views, grants, policies, user
-    triggers, comment). Shared by the active site and logical subscribers."""
+    triggers, rules, comment). Shared by the active site and logical subscribers."""
     schema = t.schema
     ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(t.ident(), sql.Identifier(outgoing.name)))
     ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(n.ident(), sql.Identifier(t.name)))
@@ -161,9 +220,13 @@ def exchange(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
     _column_grants(ex, info, t)
     _policies(ex, t, info)
     disabled = _copy_triggers(ex, info, outgoing, t, ex.text(t.ident()))
+    rules = _move_rules(ex, info, outgoing, t)
     if info.comment is not None:
         ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(t.ident(), sql.Literal(info.comment)))
-    return {"indexes": names, "disabled_triggers": disabled}
+    # disabled_triggers: the names (read by the swap back of older records); trigger_states:
+    # the state each one had, restored by the swap back
+    return {"indexes": names, "disabled_triggers": sorted(disabled), "trigger_states": disabled,
+            "rules_moved": rules}
 
 
 def exchange_back(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
@@ -180,6 +243,10 @@ def exchange_back(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedN
     _recreate_views(ex, info.views)
     _grant(ex, t, info.acl)
     _column_grants(ex, info, t)
-    for name in rec.get("disabled_triggers", []):
-        ex.run(sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(t.ident(), sql.Identifier(name)))
+    states = rec.get("trigger_states") or dict.fromkeys(rec.get("disabled_triggers", []), "O")
+    for name, state in states.items():
+        _set_enabled(ex, t, "TRIGGER", name, state)
+    if "rules_moved" in rec:  # older records left the rules on the original
+        for rule in info.rules:  # the live table's rules, as they are now: back to the original
+            _create_rule(ex, rule, t)
     ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(t.ident(), sql.Literal(info.comment)))

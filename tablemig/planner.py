@@ -11,7 +11,7 @@ import psycopg
 from psycopg import sql
 
 from . import state
-from .catalog import DATE_TYPES, TableInfo, inspect_table, resolve
+from .catalog import DATE_TYPES, TOOL_TRIGGERS, TableInfo, inspect_table, resolve
 from .errors import InputError
 from .names import QualifiedName, derived_name
 from .schema import SCHEMA, install_schema, installed_version
@@ -83,7 +83,9 @@ def dependencies(info: TableInfo) -> dict[str, Any]:
         "outgoing_foreign_keys": [f"{n}: {d}" for n, d, _ in info.outgoing_fks],
         "views": [str(v.name) for v in info.views if v.kind == "v"],
         "materialized_views": [str(v.name) for v in info.views if v.kind == "m"],
-        "triggers": [t.name for t in info.triggers],
+        "triggers": [t.name + {"D": " (disabled)", "R": " (replica)", "A": " (always)"}.get(t.enabled, "")
+                     for t in info.triggers],
+        "rules": [r.name for r in info.rules],
         "indexes": [i.name for i in info.indexes],
         "grants": [f"{p} to {g}" for g, p, _ in info.acl],
         "policies": [p["name"] for p in info.policies],
@@ -230,6 +232,10 @@ def _check(conn: psycopg.Connection[Any], plan: TablePlan, resuming: bool) -> No
             if deps:
                 b.append(f"materialized view {v.name} has dependent views; the swap cannot "
                          "recreate it; drop them first")
+    for trg in info.triggers:  # not tablemig's own: those are left out of the inspection
+        if trg.name in TOOL_TRIGGERS:
+            b.append(f"trigger {trg.name} on {plan.original} has a name tablemig uses for its own "
+                     f"triggers; rename it (ALTER TRIGGER {trg.name} ON {plan.original} RENAME TO ...)")
     if info.bound_functions:
         b.append("functions bound to the table by OID (SQL-standard bodies) would keep reading "
                  f"the archive: {', '.join(info.bound_functions)}; recreate them after the swap "

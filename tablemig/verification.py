@@ -29,6 +29,7 @@ from .settings import Settings
 from .step_host import StepHost
 from .structure import (
     change_log_name,
+    deferred_names,
     sync_function_sql,
 )
 
@@ -107,7 +108,9 @@ class Verification(StepHost):
         # rendered before the lock: the lock is held only while statements run
         direct = sync_function_sql(info, capture_fn, "capture", QualifiedName(m["schema_name"], m["new_name"]),
                                    history, date_column=m["date_column"], date_type=m["date_type"],
-                                   cutoff=m["cutoff"])
+                                   cutoff=m["cutoff"], defer=[
+                                       *deferred_names(info, m["schema_name"], "n"),
+                                       *(deferred_names(info, history.schema, "h") if history else [])])
 
         def switch(_locked_at: float) -> dict[str, Any]:
             final["rows"] = rep.batch(self.conn, None)
