@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from psycopg import sql
 
-from .. import probes
+from .. import inventory, probes
 from ..names import QualifiedName
 from ..reconcile import Reconciler, Side
 from ..schema import SCHEMA_VERSION, install_schema, installed_version, render_schema
@@ -213,11 +215,24 @@ def ex_4_1_data_integrity(ctx: StepContext) -> None:
     segs = rec.checksums(conn, {"new": new_side, "original": old_side},
                          rec.boundaries(conn, new_side, 16))
     ctx.table.facts["reconciliation"] = [s.to_row() for s in segs]
+    fidelity = _fidelity(conn, m, live)
     ctx.evidence(validation_summary=summary, total_after_migration=live_n + history_n,
                  original_count=original_n, segments=len(segs),
-                 mismatching_segments=[s.index for s in segs if not s.match])
+                 mismatching_segments=[s.index for s in segs if not s.match],
+                 inventory=inventory.summary(fidelity) if fidelity is not None else "not recorded by the swap",
+                 inventory_at_swap=(m["swap_record"] or {}).get("inventory"))
     assert live_n + history_n == original_n, "new + archive != original"
     assert all(s.match for s in segs), "segment checksums differ between live table and archive"
+    assert not fidelity, f"the live table differs from the original: {inventory.summary(fidelity or [])}"
+
+
+def _fidelity(conn: Any, m: dict[str, Any], table: QualifiedName) -> list[str] | None:
+    """The differences between the original's inventory, recorded by the swap, and `table`'s
+    now (None: the swap recorded none)."""
+    before = (m["swap_record"] or {}).get("inventory_before")
+    if before is None:
+        return None
+    return inventory.differences(before, inventory.read(conn, table, list(m["key_columns"])))
 
 
 def rb_1_immediate_rollback(ctx: StepContext) -> None:
@@ -239,6 +254,9 @@ def rb_1_immediate_rollback(ctx: StepContext) -> None:
     after = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(live.ident())).fetchone()
     gone = conn.execute("SELECT to_regclass(%s), to_regclass(%s)",
                         (str(archive), str(QualifiedName(m["schema_name"], m["new_name"])))).fetchone()
-    ctx.evidence(action=done, rows_before=before and before[0], rows_after=after and after[0])
+    fidelity = _fidelity(conn, m, live) if done == "swapped back" else None
+    ctx.evidence(action=done, rows_before=before and before[0], rows_after=after and after[0],
+                 **({"inventory": inventory.summary(fidelity)} if fidelity is not None else {}))
     assert before == after, "rollback changed the row count"
     assert gone == (None, None), f"leftovers after rollback: {gone}"
+    assert not fidelity, f"the restored original differs from before the swap: {inventory.summary(fidelity or [])}"

@@ -39,6 +39,8 @@ def rb_2_partial_rollback(ctx: StepContext) -> None:
     with conn.transaction(force_rollback=True):
         conn.execute("SET LOCAL lock_timeout = '200ms'")
         conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(live.ident()))
+        for rule in plan.info.rules:  # a DO INSTEAD NOTHING rule would swallow the restore's DELETE
+            conn.execute(sql.SQL("ALTER TABLE {} DISABLE RULE {}").format(live.ident(), sql.Identifier(rule.name)))
         sample = conn.execute(sql.SQL("SELECT {k} FROM {t} ORDER BY {k} DESC LIMIT 100").format(
             k=key, t=live.ident())).fetchall()
         keys = [[str(v) for v in r] for r in sample]
@@ -48,9 +50,11 @@ def rb_2_partial_rollback(ctx: StepContext) -> None:
         segs = rec.checksums(conn, {"live": Side(live), "original": Side(archive, m["date_column"], m["date_type"],
                                                                           m["cutoff"])}, bounds)
         done = {"rows_restored": restored, "segments_equal": all(s.match for s in segs)}
-    ctx.evidence(**done, procedure=["ALTER TABLE T DISABLE TRIGGER USER",
+    ctx.evidence(**done, procedure=["ALTER TABLE T DISABLE TRIGGER USER (and DISABLE RULE for each rule of T)",
                                     "restore the affected recent rows from the original (tablemig verify repairs)",
-                                    "ALTER TABLE T ENABLE TRIGGER USER", "compare segment checksums"],
+                                    "ALTER TABLE T ENABLE TRIGGER USER, then give each trigger and rule its own "
+                                    "state again (DISABLE / ENABLE REPLICA / ENABLE ALWAYS, as before)",
+                                    "compare segment checksums"],
                  note="rehearsed inside a transaction that was rolled back")
     assert done["rows_restored"] == len(keys)
 
