@@ -30,11 +30,14 @@ BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 CUTOFF = BASE + dt.timedelta(days=300)  # rows are spread over 365 days, newest ~18 % kept
 
 
-def create_events(conn: psycopg.Connection[Any], rows: int, table: str = "events") -> None:
-    """`events` and its twin: ids ascend with d, ~18 % of rows on or after CUTOFF."""
+def create_events(conn: psycopg.Connection[Any], rows: int, table: str = "events", *,
+                  deferrable: bool = False) -> None:
+    """`events` and its twin: ids ascend with d, ~18 % of rows on or after CUTOFF.
+    `deferrable`: the primary keys are DEFERRABLE (see Writers' key swaps)."""
+    key = "PRIMARY KEY DEFERRABLE" if deferrable else "PRIMARY KEY"
     for name in (table, f"{table}_twin"):
         conn.execute(f"DROP TABLE IF EXISTS {name}")
-        conn.execute(f"CREATE TABLE {name} (id bigint PRIMARY KEY, d timestamptz NOT NULL,"
+        conn.execute(f"CREATE TABLE {name} (id bigint {key}, d timestamptz NOT NULL,"
                      " v integer NOT NULL, payload text)")
         conn.execute(f"INSERT INTO {name} SELECT g, %s::timestamptz + (g * 365.0 / %s) * interval '1 day',"
                      " g %% 1000, 'row ' || g FROM generate_series(1, %s) g", (BASE, rows, rows))
@@ -52,9 +55,14 @@ class WriterStats:
 
 
 class Writers:
+    """`deferrable` (the table's key is DEFERRABLE): the writers also exchange the keys of
+    two rows in one statement, and insert a row under a taken key that they re-key before
+    commit (SET CONSTRAINTS ALL DEFERRED): transient duplicates the migration must mirror."""
+
     def __init__(self, dsn: str, rows: int, *, table: str = "events", threads: int = 3,
-                 seed: int = 7) -> None:
+                 seed: int = 7, deferrable: bool = False) -> None:
         self.dsn, self.rows, self.table, self.n = dsn, rows, table, threads
+        self.deferrable = deferrable
         self.stop = threading.Event()
         self.swapping = threading.Event()
         self.stats = WriterStats()
@@ -119,12 +127,13 @@ class Writers:
                 time.sleep(rnd.random() * 0.002)
 
     def _choose(self, rnd: random.Random) -> str:
+        extra = ["swap_keys", "duplicate_rekeyed"] if self.deferrable else []
         if self.swapping.is_set():
             return rnd.choice(["insert_recent", "update_recent", "delete_recent",
-                               "move_up", "pk_recent"])
+                               "move_up", "pk_recent", *extra])
         return rnd.choice(["insert_recent", "insert_old", "update_recent", "update_old",
                            "move_up", "move_down", "pk_recent", "pk_old", "delete_recent",
-                           "delete_old", "delete_any"])
+                           "delete_old", "delete_any", *extra])
 
     # -- helpers --------------------------------------------------------------------------
     def _recent_id(self, rnd: random.Random) -> int:
@@ -199,6 +208,33 @@ class Writers:
     def _op_delete_any(self, conn: psycopg.Connection[Any], rnd: random.Random) -> None:
         # the newest rows are copied last: deleting them races the backfill
         self._delete(conn, self.rows - rnd.randint(0, self.rows // 20))
+
+
+    # -- with a DEFERRABLE key -------------------------------------------------------------
+    def _op_swap_keys(self, conn: psycopg.Connection[Any], rnd: random.Random) -> None:
+        """Two rows exchange their keys in one statement (a duplicate until its end)."""
+        pick = self._recent_id if self.swapping.is_set() else (
+            lambda r: r.randint(1, self.rows))
+        a, b = pick(rnd), pick(rnd)
+        swap = "UPDATE {} SET id = CASE id WHEN %s THEN %s ELSE %s END WHERE id IN ({})"
+        rows = conn.execute(swap.format(self.table, "%s, %s") + " RETURNING id", (a, b, a, a, b)).fetchall()
+        # the twin changes exactly the rows the table changed (after the swap a row may be
+        # history, which the live table does not hold)
+        moved = [b if new == a else a for (new,) in rows]
+        if moved:
+            conn.execute(swap.format(f"{self.table}_twin", ", ".join(["%s"] * len(moved))), (a, b, a, *moved))
+
+    def _op_duplicate_rekeyed(self, conn: psycopg.Connection[Any], rnd: random.Random) -> None:
+        """A row inserted under a key another row has, and given its own key before commit."""
+        taken = self._recent_id(rnd)
+        conn.execute("SET CONSTRAINTS ALL DEFERRED")
+        marker = f"dup {rnd.random()}"
+        row = conn.execute(f"INSERT INTO {self.table} VALUES (%s, %s, %s, %s) RETURNING id, d, v, payload",
+                           (taken, CUTOFF + dt.timedelta(days=rnd.uniform(1, 60)), 0, marker)).fetchone()
+        conn.execute(f"INSERT INTO {self.table}_twin VALUES (%s, %s, %s, %s)", row)
+        new = conn.execute(f"SELECT nextval('{self.table}_ids')").fetchone()
+        for name in (self.table, f"{self.table}_twin"):
+            conn.execute(f"UPDATE {name} SET id = %s WHERE payload = %s", (new[0] if new else None, marker))
 
 
 def diff(conn: psycopg.Connection[Any], left: str, right: str, where: str = "true") -> dict[str, int]:
