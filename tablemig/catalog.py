@@ -67,6 +67,7 @@ class Index:
     replica_identity: bool = False  # REPLICA IDENTITY USING INDEX
     comment: str | None = None
     constraint_comment: str | None = None
+    tablespace: str | None = None  # None: the database's default
 
     def body(self, table_quoted: str) -> tuple[str, str]:
         """Split the definition into ("CREATE [UNIQUE] ", "USING ... (...) ...") around
@@ -279,6 +280,7 @@ SELECT
            coalesce(con.condeferrable, false) AS condeferrable, coalesce(con.condeferred, false) AS condeferred,
            obj_description(i.indexrelid, 'pg_class') AS comment,
            obj_description(con.oid, 'pg_constraint') AS con_comment,
+           (SELECT spcname FROM pg_tablespace WHERE oid = ic.reltablespace) AS tablespace,
            (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) AS cols,
            (SELECT bool_and(a.attnotnull) FROM unnest(i.indkey) k(attnum)
@@ -425,7 +427,7 @@ def inspect_table(conn: psycopg.Connection[Any], name: QualifiedName,
                      arbiter_shape=i["plain"] and i["full_index"], deferrable=i["condeferrable"],
                      deferred=i["condeferred"], clustered=i["indisclustered"],
                      replica_identity=i["indisreplident"], comment=i["comment"],
-                     constraint_comment=i["con_comment"]) for i in idx]
+                     constraint_comment=i["con_comment"], tablespace=i["tablespace"]) for i in idx]
     views = [DependentView(v["oid"], QualifiedName(v["nspname"], v["relname"]), v["relkind"],
                            v["def"], list(v["options"]), json.loads(v["indexes"]),
                            _acl(json.loads(v["acl"])), v["owner"], v["comment"],

@@ -217,6 +217,9 @@ def _check(conn: psycopg.Connection[Any], plan: TablePlan, resuming: bool) -> No
                      "without a full lock; drop it first or migrate another way")
         if not i.valid:
             w.append(f"index {i.name} is INVALID and is not copied")
+        elif i.tablespace:
+            w.append(f"index {i.name} is in tablespace {i.tablespace}: its copy is built in the "
+                     "database's default tablespace (ALTER INDEX ... SET TABLESPACE after the swap)")
     for fk in info.incoming_fks:
         orphans = _orphans_after_swap(conn, plan, fk)
         if orphans:
