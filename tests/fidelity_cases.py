@@ -256,8 +256,9 @@ CASES = [
          deferrable_pk),
     Case("deferrable_unique", PK + "ALTER TABLE t ADD CONSTRAINT t_code_key UNIQUE (code)"
                                    " DEFERRABLE INITIALLY DEFERRED;", deferrable_unique),
-    Case("deferrable_unique_key", "ALTER TABLE t ADD CONSTRAINT t_id_key UNIQUE (id) DEFERRABLE INITIALLY DEFERRED;",
-         deferrable_unique_key),
+    # a column named x: the triggers' row matching must not take it for their alias x
+    Case("deferrable_unique_key", "ALTER TABLE t ADD CONSTRAINT t_id_key UNIQUE (id) DEFERRABLE INITIALLY DEFERRED;"
+                                  " ALTER TABLE t ADD COLUMN x text NOT NULL DEFAULT 'x';", deferrable_unique_key),
     Case("disabled_trigger", PK + "CREATE TRIGGER boom BEFORE INSERT OR UPDATE ON t FOR EACH ROW"
                                   " EXECUTE FUNCTION boom(); ALTER TABLE t DISABLE TRIGGER boom;", disabled_trigger),
     Case("replica_trigger", PK + "CREATE TRIGGER boom BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION boom();"

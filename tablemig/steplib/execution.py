@@ -153,7 +153,8 @@ def ex_2_2_execute_migration(ctx: StepContext) -> None:
     # migration rested for them (tablemig.pacing)
     ctx.evidence(state=final["state"], timings=mig.timings, rows_copied=final["rows_copied"],
                  swap_attempts=final["swap_attempts"], lock_hold_ms=final["lock_hold_ms"],
-                 pacing=mig.pacer.summary(), progress=[list(map(str, r)) for r in progress])
+                 pacing=mig.pacer.summary(), progress=[list(map(str, r)) for r in progress],
+                 inventory=(final.get("swap_record") or {}).get("inventory"))
     assert final["state"] == "swapped"
 
 
