@@ -159,8 +159,9 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
             for stmt in trigger_sql(t, MIRROR_TRIGGER, fn):
                 ex.run(stmt)
             ex.run(truncate_guard_sql(t))
-        record["inventory"] = _same_inventory(conn, info, t, m)
-        record["inventory_before"] = inventory.of(info)  # for the checks after it (EX-4.1, RB-1)
+        before = inventory.of(info)
+        record["inventory"] = _same_inventory(conn, before, t, n, m)
+        record["inventory_before"] = before  # for the checks after it (EX-4.1, RB-1)
         record |= {"foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks],
                    "views": [str(v.name) for v in info.views], "publications": info.publications,
                    "outgoing": outgoing.name, "fk_validated": []}
@@ -185,19 +186,20 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
     return SwapResult(used, hold, lsn, record, log)
 
 
-def _same_inventory(conn: psycopg.Connection[Any], info: TableInfo, t: QualifiedName,
-                    m: dict[str, Any]) -> str:
-    """Under the swap's lock: the live table's inventory must be the original's (`info`,
+def _same_inventory(conn: psycopg.Connection[Any], before: inventory.Inventory, t: QualifiedName,
+                    n: QualifiedName, m: dict[str, Any]) -> str:
+    """Under the swap's lock: the live table's inventory must be the original's (`before`,
     read under the same lock) but for the name. A difference raises, which rolls the swap
     back: nothing changes, and the error names each property."""
-    diffs = inventory.differences(inventory.of(info), inventory.read(conn, t, list(m["key_columns"])),
+    diffs = inventory.differences(before, inventory.read(conn, t, list(m["key_columns"])),
                                   pending_validation=True)
     if diffs:
         raise TablemigError(
             f"swap of {t}: the live table would differ from the original ({'; '.join(diffs)}); "
             "the swap was rolled back, nothing was changed",
-            "the property changed on the original during the migration, or tablemig cannot carry it: "
-            "roll back (tablemig rollback) and migrate again, or report it")
+            f"a property changed on {t} during the migration (or tablemig cannot carry it): make the same "
+            f"change on {n} and rerun (the migration resumes at the swap), or roll back (tablemig "
+            "rollback) and migrate again")
     return inventory.summary(diffs)
 
 

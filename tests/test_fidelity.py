@@ -74,6 +74,31 @@ def test_I8_cli_migrate_and_rollback_carry_every_property(module_db: FreshDb, na
         case.check(conn)
 
 
+def test_I8_swap_refuses_what_changed_on_the_original_during_the_migration(module_db: FreshDb) -> None:
+    """A property the new table cannot have (here a column comment made after it was built)
+    is found under the swap's lock: the swap rolls back and names it; the migration resumes
+    once the new table has it too."""
+    case = Case("changed_during", "ALTER TABLE t ADD PRIMARY KEY (id);", lambda conn: None)
+    spec = ["--dsn", module_db.dsn, "--table", case.table, "--date-column", "d", "--cutoff", CUTOFF]
+    with module_db.connect() as conn:
+        create(conn, case)
+        before = _inventory(conn, case)
+        assert _tablemig("migrate", *spec, "--until", "verified").returncode == 0
+        use(conn, case)
+        conn.execute("COMMENT ON COLUMN t.v IS 'said during the migration'")
+        proc = _tablemig("migrate", *spec)
+        assert proc.returncode != 0, proc.stdout
+        assert "columns v: comment 'said during the migration' before, None after" in proc.stderr, proc.stderr
+        assert "nothing was changed" in proc.stderr and "Traceback" not in proc.stderr
+        assert conn.execute("SELECT state FROM table_migration.migration_state WHERE table_name = %s",
+                            (case.table,)).fetchone() == ("verified",)
+        assert inventory.differences(before, _inventory(conn, case)) == [
+            "columns v: comment None before, 'said during the migration' after"]
+        conn.execute("COMMENT ON COLUMN t_new.v IS 'said during the migration'")
+        proc = _tablemig("migrate", *spec)
+        assert proc.returncode == 0 and json.loads(proc.stdout)["inventory"] == IDENTICAL, proc.stderr
+
+
 # -- the same tables through one generated plan ---------------------------------------------
 def _run_plan(plan: Path, db: FreshDb, tmp: Path, *extra: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pytest", str(plan), "-q", "-p", "no:cacheprovider", "--active-dsn", db.dsn,
