@@ -217,8 +217,8 @@ def sync_function_sql(info: TableInfo, function: QualifiedName, mode: str,
 def deferred_names(info: TableInfo, schema: str, tag: str) -> list[QualifiedName]:
     """The names the deferrable constraints of `info` have on one of its copies: tag "n" the
     new table, "h" the history copy (until the swap), "a" the original after the swap."""
-    name = archive_index_name if tag == "a" else (lambda i: temp_index_name(i, tag))
-    return [QualifiedName(schema, name(i)) for i in deferrable_constraints(info)]
+    return [QualifiedName(schema, archive_index_name(i) if tag == "a" else temp_index_name(i, tag))
+            for i in deferrable_constraints(info)]
 
 
 def trigger_sql(table: QualifiedName, trigger: str, function: QualifiedName) -> list[sql.Composable]:
