@@ -15,7 +15,7 @@ from .batch_copy import BatchCopier
 from .errors import InputError, TablemigError
 from .locking import with_lock_retries
 from .names import QualifiedName
-from .planner import TablePlan
+from .planner import TablePlan, plan_after_swap
 from .settings import Settings
 from .step_host import StepHost
 from .structure import (
@@ -242,14 +242,8 @@ class AfterSwap(StepHost):
             state.log(self.conn, self.table, "rollback", "archive made complete again")
 
     def plan_for_state(self, m: dict[str, Any]) -> TablePlan:
-        """A plan for the live table as it is after the swap (used by the restore path)."""
-        from .catalog import inspect_table
-
-        live = QualifiedName(m["schema_name"], m["original_name"])
-        info = inspect_table(self.conn, live, list(m["key_columns"]))
-        return TablePlan(self.spec, info, live, QualifiedName(m["schema_name"], m["new_name"]),
-                         QualifiedName(m["schema_name"], m["archive_name"]), None,
-                         m["date_column"], m["date_type"], m["cutoff"], 0, 0, 0, 0, False)
+        """A plan for the live table as it is after the swap, without counting rows."""
+        return plan_after_swap(self.conn, self.spec, m, count=False)
 
     def cleanup(self, approved_by: str) -> list[str]:
         """After recorded business approval: drop what only served the migration (the

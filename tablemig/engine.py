@@ -226,14 +226,20 @@ class Migration(IndexBuild, Verification, AfterSwap):
                              "GRANT CREATE ON DATABASE to the role, or have the database owner run "
                              "`tablemig install-schema` once (the table owner is needed for the rest)") from None
         self._timed("install", t_install)
-        self._lock(plan.info.oid)
+        # the table lock is keyed by the original's OID, which after the swap is the archive's
+        m = self._state()
+        under_way = m is not None and m["state"] not in ("rolled_back", "cleaned")
+        self._lock(int(m["table_oid"]) if m is not None and under_way else plan.info.oid)
         t0 = time.perf_counter()
         m = self._state()
         if m and m["state"] not in ("rolled_back", "cleaned"):
             if m["plan_name"] and self.plan_name and m["plan_name"] != self.plan_name:
                 raise InputError(f"{self.table} is mid-migration (state {m['state']}) by plan {m['plan_name']!r}",
                                  f"finish or roll back that plan first (tablemig rollback --table {self.table})")
-            if m["table_oid"] != plan.info.oid:
+            found = self.conn.execute("SELECT to_regclass(%s)::oid", (str(state.old_table(m)),)).fetchone() \
+                if plan.swapped else (plan.info.oid,)
+            original_oid = found[0] if found else None
+            if m["table_oid"] != original_oid:
                 raise InputError(f"state of {self.table} belongs to another table (oid "
                                  f"{m['table_oid']})", "inspect table_migration.migration_state")
             return  # resuming: capture is already in place

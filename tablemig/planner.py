@@ -14,6 +14,7 @@ from . import state
 from .catalog import DATE_TYPES, TableInfo, inspect_table, resolve
 from .errors import InputError
 from .names import QualifiedName, derived_name
+from .resume import AFTER_SWAP, remaining
 from .schema import SCHEMA, install_schema, installed_version
 from .spec import TableSpec
 
@@ -37,6 +38,21 @@ class TablePlan:
     blockers: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     resumed_state: str | None = None
+    # the tables that hold every row of the original now (empty: the original itself)
+    data_tables: list[QualifiedName] = field(default_factory=list)
+
+    @property
+    def swapped(self) -> bool:
+        """The swap is done: `original` is the live table (the new one), the original rows are
+        in `data_tables`."""
+        return self.resumed_state in AFTER_SWAP
+
+    @property
+    def sources(self) -> list[QualifiedName]:
+        """Where every row of the original is now: the original table until the swap; then the
+        original under its archive name (kept complete until prune); after prune the live
+        table and the archive, disjoint."""
+        return self.data_tables or [self.original]
 
     @property
     def key(self) -> list[str]:
@@ -73,6 +89,8 @@ class TablePlan:
             "table_bytes": self.info.table_bytes, "total_bytes": self.info.total_bytes,
             "blockers": self.blockers, "warnings": self.warnings,
             "dependencies": dependencies(self.info),
+            **({"resumed_state": self.resumed_state, "remaining": remaining(self.resumed_state)}
+               if self.resumed_state else {}),
         }
 
 
@@ -133,9 +151,8 @@ def build_plan(conn: psycopg.Connection[Any], spec: TableSpec,
     existing = (state.load(conn, str(original)) if installed_version(conn) is not None else None)
     if existing and existing["state"] in ("rolled_back", "cleaned"):
         existing = None
-    if existing and existing["state"] in ("swapped", "pruned"):
-        raise InputError(f"{original} was already swapped (state {existing['state']})",
-                         "nothing to migrate; use `tablemig prune` / `tablemig rollback`")
+    if existing and existing["state"] in AFTER_SWAP:
+        return plan_after_swap(conn, spec, existing)
     info = inspect_table(conn, original, list(spec.key) if spec.key else None)
     col = info.column(spec.date_column)
     if col is None:
@@ -172,13 +189,41 @@ def build_plan(conn: psycopg.Connection[Any], spec: TableSpec,
     total, keep, nulls = (int(x) for x in counts)
     backup = (original.sibling(derived_name(original.name, "_backup"))
               if spec.archive_mode == "copy" else None)
-    order_by_date = any(
-        i.valid and _leading_column(i.definition) == spec.date_column for i in info.indexes)
+    order_by_date = _leads_with(info, spec.date_column)
     plan = TablePlan(spec, info, original, new, archive, backup, spec.date_column, col.type,
                      cutoff, total, keep, total - keep, nulls, order_by_date,
                      resumed_state=existing["state"] if existing else None)
     _check(conn, plan, existing is not None)
     return plan
+
+
+def plan_after_swap(conn: psycopg.Connection[Any], spec: TableSpec, m: dict[str, Any], *,
+                    count: bool = True) -> TablePlan:
+    """The plan of a table whose swap is done (state swapped or pruned): the live table is
+    the new one, the original is the archive. Counts (unless `count` is false) are over
+    every row of the original as it is now (`TablePlan.sources`)."""
+    live = state.live_table(m)
+    info = inspect_table(conn, live, list(m["key_columns"]))
+    old = state.old_table(m)
+    data = [old] if m["state"] == "swapped" else [live, old]
+    total = keep = nulls = 0
+    if count:
+        d, t = sql.Identifier(m["date_column"]), sql.SQL(m["date_type"])
+        for table in data:
+            row = conn.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE {d} >= %s::{t}),"
+                                       " count(*) FILTER (WHERE {d} IS NULL) FROM {tbl}")
+                               .format(d=d, t=t, tbl=table.ident()), (m["cutoff"],)).fetchone()
+            assert row is not None
+            total, keep, nulls = total + int(row[0]), keep + int(row[1]), nulls + int(row[2])
+    schema = m["schema_name"]
+    return TablePlan(spec, info, live, QualifiedName(schema, m["new_name"]), QualifiedName(schema, m["archive_name"]),
+                     QualifiedName(schema, m["backup_name"]) if m.get("backup_name") else None,
+                     m["date_column"], m["date_type"], m["cutoff"], total, keep, total - keep, nulls,
+                     _leads_with(info, m["date_column"]), resumed_state=m["state"], data_tables=data)
+
+
+def _leads_with(info: TableInfo, column: str) -> bool:
+    return any(i.valid and _leading_column(i.definition) == column for i in info.indexes)
 
 
 def _leading_column(indexdef: str) -> str | None:

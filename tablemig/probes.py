@@ -12,16 +12,19 @@ from psycopg import sql
 from .names import QualifiedName
 
 
-def monthly_distribution(conn: psycopg.Connection[Any], table: QualifiedName, date_column: str,
-                         date_type: str, cutoff: str) -> pd.DataFrame:
-    """The checklist's data-volume analysis: rows per month, share, kept vs archived."""
+def monthly_distribution(conn: psycopg.Connection[Any], table: QualifiedName | list[QualifiedName],
+                         date_column: str, date_type: str, cutoff: str) -> pd.DataFrame:
+    """The checklist's data-volume analysis: rows per month, share, kept vs archived. Several
+    tables are counted as one (after prune, the live table and the archive hold the rows)."""
     d = sql.Identifier(date_column)
+    tables = table if isinstance(table, list) else [table]
+    rows = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT {d} FROM {tbl}").format(d=d, tbl=t.ident()) for t in tables)
     cur = conn.execute(sql.SQL(
         "SELECT date_trunc('month', {d})::date AS month, count(*) AS record_count,"
         " count(*) FILTER (WHERE {d} >= %s::{t}) AS kept,"
         " count(*) FILTER (WHERE NOT ({d} >= %s::{t})) AS archived"
-        " FROM {tbl} WHERE {d} IS NOT NULL GROUP BY 1 ORDER BY 1").format(
-        d=d, t=sql.SQL(date_type), tbl=table.ident()), (cutoff, cutoff))
+        " FROM ({rows}) r WHERE {d} IS NOT NULL GROUP BY 1 ORDER BY 1").format(
+        d=d, t=sql.SQL(date_type), rows=rows), (cutoff, cutoff))
     frame = pd.DataFrame(cur.fetchall(), columns=["month", "record_count", "kept", "archived"])
     total = frame["record_count"].sum()
     frame["percentage"] = (frame["record_count"] * 100.0 / total).round(2) if total else 0.0

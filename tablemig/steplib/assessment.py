@@ -16,6 +16,7 @@ from ..dependencies import scan_functions
 from ..pacing import write_rate
 from ..reconcile import Reconciler, Side
 from ..replication import LagLimit
+from ..resume import note
 from ..settings import Settings
 from ..steps import NotApplicable, StepContext
 
@@ -75,15 +76,22 @@ def pre_1_1c_passive_in_sync(ctx: StepContext) -> None:
         replay = replication.wait_for_replay(active, passive)
     types = {c.name: c.type for c in plan.info.columns}
     rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns])
-    side = Side(plan.original)
-    bounds = rec.boundaries(active, side, 16)
-    a = rec.checksums(active, {"active": side}, bounds)
-    p = rec.checksums(passive, {"passive": side}, bounds)
-    bad = [s.index for s, q in zip(a, p, strict=True)
-           if (s.counts["active"], s.sums["active"]) != (q.counts["passive"], q.sums["passive"])]
-    ctx.evidence(replayed=replay, segments=len(a), mismatching_segments=bad,
-                 rows_active=sum(s.counts["active"] for s in a), rows_passive=sum(q.counts["passive"] for q in p))
-    assert not bad, f"segments {bad} differ between the sites (writes in flight? rerun when quiet)"
+    if plan.resumed_state:  # after the swap: the live table and the original, now the archive
+        ctx.evidence(resumed=note(plan.resumed_state))
+    compared: dict[str, Any] = {}
+    for table in dict.fromkeys([plan.original, *plan.sources]):
+        side = Side(table)
+        bounds = rec.boundaries(active, side, 16)
+        a = rec.checksums(active, {"active": side}, bounds)
+        p = rec.checksums(passive, {"passive": side}, bounds)
+        bad = [s.index for s, q in zip(a, p, strict=True)
+               if (s.counts["active"], s.sums["active"]) != (q.counts["passive"], q.sums["passive"])]
+        compared[str(table)] = {"segments": len(a), "mismatching_segments": bad,
+                                "rows_active": sum(s.counts["active"] for s in a),
+                                "rows_passive": sum(q.counts["passive"] for q in p)}
+    ctx.evidence(replayed=replay, tables=compared)
+    bad_tables = {t: c["mismatching_segments"] for t, c in compared.items() if c["mismatching_segments"]}
+    assert not bad_tables, f"segments {bad_tables} differ between the sites (writes in flight? rerun when quiet)"
 
 
 def pre_1_1d_replication_configuration(ctx: StepContext) -> None:
@@ -173,6 +181,8 @@ def pre_1_2d_network_bandwidth(ctx: StepContext) -> None:
     estimate = 0
     for t in ctx.plan.tables:
         plan = ctx.migration_for(t).plan()
+        if plan.swapped:  # nothing is copied any more
+            continue
         share = plan.keep_rows / max(plan.total_rows, 1)
         estimate += int(plan.info.total_bytes * share * 1.2)  # heap + indexes of the kept rows, WAL overhead
     limit = LagLimit.parse(ctx.plan.max_replication_lag)
@@ -189,7 +199,7 @@ def pre_1_2d_network_bandwidth(ctx: StepContext) -> None:
 # -- dependencies -----------------------------------------------------------------------------
 def pre_1_3a_affected_tables(ctx: StepContext) -> None:
     plan = ctx.migration().plan()
-    affected = {str(plan.original), str(plan.new), str(plan.archive)}
+    affected = {str(plan.original), str(plan.new), str(plan.archive), *map(str, plan.sources)}
     affected |= {str(fk.table) for fk in plan.info.incoming_fks}
     affected |= {str(v.name) for v in plan.info.views}
     ctx.evidence(affected=sorted(affected), new_table=str(plan.new), archive_table=str(plan.archive))

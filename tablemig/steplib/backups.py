@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import time
 import uuid
@@ -22,10 +23,14 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..db import connect, redact
 from ..names import QualifiedName
+from ..planner import TablePlan
 from ..reconcile import Reconciler, Side
+from ..resume import note
 from ..steps import StepContext
 from ..structure import create_table_sql, drop_trigger_sql, sync_function_sql, trigger_sql
-from ..swap import CAPTURE_TRIGGER
+from ..swap import CAPTURE_TRIGGER, GUARD_TRIGGER, MIRROR_TRIGGER, PRUNE_TRIGGER
+
+OWN_TRIGGERS = (CAPTURE_TRIGGER, GUARD_TRIGGER, MIRROR_TRIGGER, PRUNE_TRIGGER)
 
 
 def _tool(ctx: StepContext, name: str) -> str:
@@ -40,15 +45,32 @@ def _tool(ctx: StepContext, name: str) -> str:
         return name
 
 
-def _checksums(conn: psycopg.Connection[Any], ctx: StepContext) -> dict[str, Any]:
-    out = {}
+def _dumped_tables(ctx: StepContext) -> dict[str, tuple[str, TablePlan]]:
+    """The tables to dump -> (the plan's table, its plan). Before the swap each plan table;
+    after it (a resumed run) the live table and the original, now the archive: together
+    they hold every row."""
+    out: dict[str, tuple[str, TablePlan]] = {}
     for t in ctx.plan.tables:
         plan = ctx.migration_for(t).plan()
-        types = {c.name: c.type for c in plan.info.columns}
-        rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns])
-        segs = rec.checksums(conn, {"t": Side(plan.original)}, [])
-        out[str(plan.original)] = {"rows": segs[0].counts["t"], "checksum": segs[0].sums["t"]}
+        for table in dict.fromkeys([plan.original, *plan.sources]):
+            out[str(table)] = (str(t.spec().qualified), plan)
     return out
+
+
+def _checksum(conn: psycopg.Connection[Any], plan: TablePlan, table: QualifiedName) -> dict[str, Any]:
+    types = {c.name: c.type for c in plan.info.columns}
+    rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns])
+    seg = rec.checksums(conn, {"t": Side(table)}, [])[0]
+    return {"rows": seg.counts["t"], "checksum": seg.sums["t"]}
+
+
+def _restore_list(tool: str, dump: str) -> str:
+    """The dump's table of contents without tablemig's own triggers: their functions live in
+    the table_migration schema, which a single-table dump does not contain."""
+    proc = subprocess.run([tool, "--list", dump], capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, f"pg_restore --list {dump} failed: {redact(proc.stderr.strip())}"
+    ours = re.compile(r" TRIGGER .* (" + "|".join(map(re.escape, OWN_TRIGGERS)) + r") ")
+    return "".join(line + "\n" for line in proc.stdout.splitlines() if not ours.search(line))
 
 
 MANIFEST = "manifest.json"
@@ -62,7 +84,10 @@ def latest_backup(ctx: StepContext) -> dict[str, Any] | None:
         return dict(json.loads((Path(mine["folder"]) / MANIFEST).read_text()))
     root = Path(ctx.plan.backup_dir).resolve() / ctx.plan.name
     manifests = sorted(root.glob(f"*/{MANIFEST}"), key=lambda p: p.stat().st_mtime)
-    return json.loads(manifests[-1].read_text()) if manifests else None
+    # never the backup of an earlier run: a run that was killed may have left one
+    ours = [m for m in map(lambda p: json.loads(p.read_text()), manifests)
+            if m.get("run") and m.get("run") == ctx.record.facts.get("run_uid")]
+    return dict(ours[-1]) if ours else None
 
 
 def _backup_dir(ctx: StepContext) -> Path:
@@ -77,11 +102,15 @@ def _dump_name(table: str) -> str:
 def pre_2_1_full_backup(ctx: StepContext) -> None:
     """One pg_dump per table (so cleanup of one table removes only its own backup), all from
     one exported snapshot, with the checksums of exactly the dumped rows."""
-    tables = [str(t.spec().qualified) for t in ctx.plan.tables]
+    dumped = _dumped_tables(ctx)
+    tables = list(dumped)
     folder = _backup_dir(ctx)
     cmds = {t: [_tool(ctx, "pg_dump"), "--format=custom", "--no-owner", f"--file={folder / _dump_name(t)}",
                 f"--table={t}", "--dbname", ctx.active_dsn] for t in tables}
     shown = {t: redact(" ".join(c)) for t, c in cmds.items()}
+    resumed = {t: note(p.resumed_state) for t, (_, p) in dumped.items() if p.resumed_state}
+    if resumed:
+        ctx.evidence(resumed=resumed)
     if not ctx.execute:
         ctx.dry_run("would run pg_dump of each target table", commands=shown, target=str(folder))
         return
@@ -92,7 +121,7 @@ def pre_2_1_full_backup(ctx: StepContext) -> None:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         snap = conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert snap is not None
-        sums = _checksums(conn, ctx)
+        sums = {t: _checksum(conn, plan, QualifiedName.parse(t)) for t, (_, plan) in dumped.items()}
         for t, cmd in cmds.items():
             t0 = time.perf_counter()
             proc = subprocess.run([*cmd[:-2], f"--snapshot={snap[0]}", *cmd[-2:]], capture_output=True, text=True,
@@ -101,21 +130,23 @@ def pre_2_1_full_backup(ctx: StepContext) -> None:
             out = folder / _dump_name(t)
             files[t] = {"file": str(out), "bytes": out.stat().st_size,
                         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
-                        "seconds": round(time.perf_counter() - t0, 2), "checksum": sums[t]}
+                        "seconds": round(time.perf_counter() - t0, 2), "checksum": sums[t],
+                        "table": dumped[t][0]}
         conn.execute("COMMIT")
     finally:
         conn.close()
     (folder / "SHA256SUMS").write_text("".join(f"{f['sha256']}  {Path(f['file']).name}\n" for f in files.values()))
     (folder / "checksums.json").write_text(json.dumps(sums, indent=2))
-    ctx.record.facts["backup"] = {"folder": str(folder), "files": files, "checksums": sums}
+    ctx.record.facts["backup"] = {"folder": str(folder), "files": files, "checksums": sums,
+                                  "run": ctx.record.facts.get("run_uid")}
     (folder / MANIFEST).write_text(json.dumps(ctx.record.facts["backup"], indent=2))
     from ..schema import installed_version
     from ..state import log
 
     log_conn = ctx.connect()
     if installed_version(log_conn) is not None:  # else EX-1.1 records it once the schema exists
-        for t, f in files.items():
-            log(log_conn, t, "backup", "done", details={"file": f["file"], "sha256": f["sha256"]})
+        for f in files.values():
+            log(log_conn, f["table"], "backup", "done", details={"file": f["file"], "sha256": f["sha256"]})
     ctx.evidence(commands=shown, files=files)
 
 
@@ -161,18 +192,17 @@ def pre_2_3_test_restore(ctx: StepContext) -> None:
             for t in ctx.plan.tables:
                 conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                     sql.Identifier(t.spec().qualified.schema)))
+        tool = _tool(ctx, "pg_restore")
         for f in backup["files"].values():
-            proc = subprocess.run([_tool(ctx, "pg_restore"), "--no-owner", "--dbname", scratch_dsn, f["file"]],
+            listing = Path(f["file"] + ".list")
+            listing.write_text(_restore_list(tool, f["file"]))
+            proc = subprocess.run([tool, "--no-owner", "--use-list", str(listing), "--dbname", scratch_dsn, f["file"]],
                                   capture_output=True, text=True, timeout=24 * 3600)
+            listing.unlink()
             assert proc.returncode == 0, f"pg_restore of {f['file']} failed: {redact(proc.stderr.strip())}"
+        plans = _dumped_tables(ctx)
         with connect(scratch_dsn) as conn:
-            restored = {}
-            for t in ctx.plan.tables:
-                plan = ctx.migration_for(t).plan()
-                types = {c.name: c.type for c in plan.info.columns}
-                rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns])
-                seg = rec.checksums(conn, {"t": Side(QualifiedName.parse(str(plan.original)))}, [])[0]
-                restored[str(plan.original)] = {"rows": seg.counts["t"], "checksum": seg.sums["t"]}
+            restored = {t: _checksum(conn, plans[t][1], QualifiedName.parse(t)) for t in backup["checksums"]}
     finally:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
     ctx.evidence(scratch_database=scratch, restored=restored, dumped=backup["checksums"])
@@ -190,7 +220,8 @@ def pre_2_4_rollback_plan_executable(ctx: StepContext) -> None:
         mig = ctx.migration_for(t)
         plan = mig.plan()
         if plan.resumed_state:
-            ctx.evidence(**{str(plan.original): f"already {plan.resumed_state}: rollback is RB-1's"})
+            ctx.evidence(**{str(plan.original): f"{note(plan.resumed_state)}: the migration is under way, its "
+                                                "rollback is RB-1's (tablemig rollback)"})
             continue
         user = conn.execute("SELECT current_user").fetchone()
         fn = plan.function_name("capture")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from psycopg import sql
 
 from .. import probes
 from ..names import QualifiedName
 from ..reconcile import Reconciler, Side
+from ..resume import AFTER_SWAP, note, remaining
 from ..schema import SCHEMA_VERSION, install_schema, installed_version, render_schema
-from ..state import old_table
+from ..state import live_table, old_table
 from ..steps import StepContext
 from ..structure import change_log_name, create_table_sql
 
@@ -38,7 +41,7 @@ def ex_1_1_deploy_framework(ctx: StepContext) -> None:
 
     backup = latest_backup(ctx)
     for table, f in (backup or {}).get("files", {}).items():
-        log(conn, table, "backup", "done", details={"file": f["file"], "sha256": f["sha256"]})
+        log(conn, f.get("table", table), "backup", "done", details={"file": f["file"], "sha256": f["sha256"]})
 
 
 def ex_1_2_configure_parameters(ctx: StepContext) -> None:
@@ -67,7 +70,9 @@ def ex_1_3_analyze_tables(ctx: StepContext) -> None:
     """EX-1.3 Analyze target tables: data volume per month and the cutoff date."""
     mig = ctx.migration()
     plan = mig.plan()
-    frame = probes.monthly_distribution(ctx.connect(), plan.original, plan.date_column, plan.date_type,
+    if plan.resumed_state:  # the cutoff recorded when the migration started; counted where the rows are now
+        ctx.evidence(resumed=note(plan.resumed_state), counted_in=[str(t) for t in plan.sources])
+    frame = probes.monthly_distribution(ctx.connect(), plan.sources, plan.date_column, plan.date_type,
                                         plan.cutoff)
     ctx.table.facts.update(cutoff=plan.cutoff, rows_total=plan.total_rows, rows_keep=plan.keep_rows,
                            rows_archive=plan.archive_rows, distribution=frame.to_dict("records"))
@@ -86,6 +91,11 @@ def ex_2_1_create_new_table(ctx: StepContext) -> None:
     plan = mig.plan() if not ctx.execute else mig._plan or mig.plan()
     assert not plan.blockers, "blockers: " + "; ".join(plan.blockers)
     if not ctx.execute:
+        if plan.resumed_state:
+            done = "the swap is done" if plan.swapped else f"{plan.new} and the capture trigger exist"
+            ctx.dry_run(f"{note(plan.resumed_state)}: {done}; --execute continues with: "
+                        + "; ".join(remaining(plan.resumed_state)), summary=plan.summary())
+            return
         ctx.dry_run(f"would create {plan.new} and the capture trigger on {plan.original}",
                     sql=[s.as_string() for s in create_table_sql(plan.info, plan.new, "current_user")],
                     summary=plan.summary())
@@ -93,22 +103,30 @@ def ex_2_1_create_new_table(ctx: StepContext) -> None:
     mig.capture()
     m = mig._state()
     assert m is not None and m["state"] != "planned"
-    new = QualifiedName(m["schema_name"], m["new_name"])
+    if plan.resumed_state:
+        ctx.evidence(resumed=note(plan.resumed_state))
     conn = ctx.connect()
+    # after the swap the new table is the live one and the original is the archive
+    original, new = ((old_table(m), live_table(m)) if m["state"] in AFTER_SWAP
+                     else (plan.original, QualifiedName(m["schema_name"], m["new_name"])))
     checks = conn.execute("SELECT check_name, status, detail FROM table_migration.validate_table_structure("
-                          "%s::regclass, %s::regclass)", (str(plan.original), str(new))).fetchall()
-    ctx.evidence(new_table=str(new), structure=[{"check": c, "status": s, "detail": d} for c, s, d in checks])
+                          "%s::regclass, %s::regclass)", (str(original), str(new))).fetchall()
+    ctx.evidence(original_table=str(original), new_table=str(new),
+                 structure=[{"check": c, "status": s, "detail": d} for c, s, d in checks])
     # the new table is created bare: its key is built after the load (index step), so a
     # missing key is expected here; any other key is still an error
     errors = [c for c in checks if c[1] == "error"
               and not (c[0] == "primary key" and c[2].endswith("new key (none)"))]
     assert not errors, f"structure errors: {errors}"
+    if m["state"] in AFTER_SWAP:
+        return  # the capture trigger is gone: EX-2.3 probes the mirror trigger that replaced it
     # until the replay switches it to direct capture, the trigger logs changed keys
     log = change_log_name(plan.info.oid)
-    in_log = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (str(log),)).fetchone()
-    probe = probes.trigger_probe(conn, plan.original, log if in_log and in_log[0] else new, plan.key,
+    logging = not (m["checkpoint"] or {}).get("switched") and bool(
+        conn.execute("SELECT to_regclass(%s) IS NOT NULL", (str(log),)).fetchone() == (True,))
+    probe = probes.trigger_probe(conn, plan.original, log if logging else new, plan.key,
                                  plan.date_column, plan.date_type, plan.cutoff, plan.columns,
-                                 plan.overriding, key_only=bool(in_log and in_log[0]))
+                                 plan.overriding, key_only=logging)
     ctx.table.facts["capture_probe"] = probe
 
 
@@ -118,6 +136,12 @@ def ex_2_2_execute_migration(ctx: StepContext) -> None:
     mig = ctx.migration()
     if not ctx.execute:
         plan = mig.plan()
+        if plan.resumed_state:
+            ctx.dry_run(f"{note(plan.resumed_state)}: --execute continues with: "
+                        + "; ".join(remaining(plan.resumed_state)),
+                        summary=plan.summary(), resumed_state=plan.resumed_state,
+                        remaining=remaining(plan.resumed_state))
+            return
         from ..backfill import CopyJob, chunk_sql
         from .scheduling import PLANNING_ROWS_PER_SECOND
 
@@ -137,6 +161,8 @@ def ex_2_2_execute_migration(ctx: StepContext) -> None:
     m = mig._state()
     ctx.evidence(dry_run_review=(mig._plan.summary() if mig._plan else None),
                  resumed_from=m["state"] if m else None)
+    if m and m["state"] not in ("rolled_back", "cleaned"):
+        ctx.evidence(resumed=note(m["state"]), remaining=remaining(m["state"]))
     final = mig.run("swapped")
     progress = ctx.connect().execute(
         "SELECT table_name, operation, status, operation_time::text, rows_affected"
@@ -152,7 +178,7 @@ def ex_2_2_execute_migration(ctx: StepContext) -> None:
     ctx.evidence(state=final["state"], timings=mig.timings, rows_copied=final["rows_copied"],
                  swap_attempts=final["swap_attempts"], lock_hold_ms=final["lock_hold_ms"],
                  pacing=mig.pacer.summary(), progress=[list(map(str, r)) for r in progress])
-    assert final["state"] == "swapped"
+    assert final["state"] in AFTER_SWAP, f"state is {final['state']}"
 
 
 def ex_2_3_change_capture(ctx: StepContext) -> None:
@@ -176,6 +202,9 @@ def ex_2_3_change_capture(ctx: StepContext) -> None:
         assert before.get("appeared"), f"capture trigger probe failed: {before}"
     m = mig._state()
     assert m is not None
+    if m["state"] == "pruned":
+        ctx.evidence(resumed=note("pruned"), mirror_trigger="dropped by prune: live table and archive are "
+                                                          "disjoint, nothing is mirrored any more")
     if m["state"] == "swapped":  # after the swap the mirror trigger is the live capture
         plan = mig.plan_for_state(m)
         archive = old_table(m)
@@ -199,6 +228,9 @@ def ex_4_1_data_integrity(ctx: StepContext) -> None:
     archive = old_table(m)
     summary = probes.validation_summary(conn, {"New Table (live)": live, "Archive Table": archive},
                                         m["date_column"])
+    if m["state"] == "pruned":
+        _pruned_integrity(ctx, m, live, archive, summary)
+        return
     key = sql.SQL(", ").join(map(sql.Identifier, m["key_columns"]))
     row = conn.execute(sql.SQL(
         "SELECT (SELECT count(*) FROM {t}), (SELECT count(*) FROM {a} WHERE ({k}) NOT IN (SELECT {k} FROM {t})),"
@@ -218,6 +250,27 @@ def ex_4_1_data_integrity(ctx: StepContext) -> None:
                  mismatching_segments=[s.index for s in segs if not s.match])
     assert live_n + history_n == original_n, "new + archive != original"
     assert all(s.match for s in segs), "segment checksums differ between live table and archive"
+
+
+def _pruned_integrity(ctx: StepContext, m: dict[str, Any], live: QualifiedName, archive: QualifiedName,
+                      summary: list[dict[str, Any]]) -> None:
+    """After prune the archive no longer holds copies of the live rows: the original is the
+    live table and the archive together, and no key may be in both."""
+    conn = ctx.connect()
+    match = sql.SQL(" AND ").join(sql.SQL("a.{k} = t.{k}").format(k=sql.Identifier(k)) for k in m["key_columns"])
+    with conn.transaction():  # one snapshot for the three numbers
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        row = conn.execute(sql.SQL(
+            "SELECT (SELECT count(*) FROM {t}), (SELECT count(*) FROM {a}),"
+            " (SELECT count(*) FROM {a} a WHERE EXISTS (SELECT 1 FROM {t} t WHERE {m}))").format(
+            t=live.ident(), a=archive.ident(), m=match)).fetchone()
+    assert row is not None
+    live_n, archive_n, both = row
+    ctx.evidence(resumed=note("pruned"), validation_summary=summary, total_after_migration=live_n + archive_n,
+                 keys_in_live_and_archive=both,
+                 note="after prune the live table and the archive are disjoint halves of the original: "
+                      "checked for keys in both instead of comparing the archive's copies")
+    assert both == 0, f"{both} keys are in the live table and in the archive after prune"
 
 
 def rb_1_immediate_rollback(ctx: StepContext) -> None:

@@ -21,12 +21,12 @@ from .backups import latest_backup
 
 
 def rb_2_partial_rollback(ctx: StepContext) -> None:
+    if not ctx.execute:  # the rehearsal disables triggers, even if rolled back: not in a dry run
+        ctx.dry_run("after the swap: rehearse restoring recent rows from the original into the new table")
+        return
     mig = ctx.migration()
     m = mig._state()
     if m is None or m["state"] != "swapped":
-        if not ctx.execute:
-            ctx.dry_run("after the swap: rehearse restoring recent rows from the original into the new table")
-            return
         ctx.not_applicable(f"state is {m and m['state']}: a partial rollback applies after the swap, before prune")
     conn = ctx.connect()
     live = QualifiedName(m["schema_name"], m["original_name"])
