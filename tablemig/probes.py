@@ -28,6 +28,17 @@ def monthly_distribution(conn: psycopg.Connection[Any], table: QualifiedName, da
     return frame
 
 
+def row_counts(conn: psycopg.Connection[Any], table: QualifiedName, date_column: str, date_type: str,
+               cutoff: str) -> dict[str, int]:
+    """Rows in total, kept (date >= cutoff) and without a date, in one statement."""
+    d = sql.Identifier(date_column)
+    row = conn.execute(sql.SQL(
+        "SELECT count(*), count(*) FILTER (WHERE {d} >= %s::{t}), count(*) FILTER (WHERE {d} IS NULL)"
+        " FROM {tbl}").format(d=d, t=sql.SQL(date_type), tbl=table.ident()), (cutoff,)).fetchone()
+    assert row is not None
+    return {"total": int(row[0]), "keep": int(row[1]), "null_dated": int(row[2])}
+
+
 def validation_summary(conn: psycopg.Connection[Any], tables: dict[str, QualifiedName],
                        date_column: str) -> list[dict[str, Any]]:
     """The checklist's validation summary: count and min/max date of each table."""
