@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -57,3 +59,12 @@ def server_identity(conn: psycopg.Connection[Any]) -> tuple[str, str, int]:
     ).fetchone()
     assert row is not None
     return row[0], row[1], row[2]
+
+
+@contextmanager
+def read_snapshot(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Every statement inside reads one snapshot (a REPEATABLE READ, READ ONLY transaction):
+    numbers compared with each other are read at one moment."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield

@@ -174,9 +174,11 @@ class Subscriber:
     def check(self, pub: psycopg.Connection[Any], table: QualifiedName) -> dict[str, Any]:
         """Read-only: the link and the subscriber's state, for the dry run and evidence."""
         link = self.link(pub, table)
+        # schema-qualified always (regclass::text leaves out a schema on the search path)
         states = dict(self.conn.execute(
-            "SELECT r.srrelid::regclass::text, r.srsubstate FROM pg_subscription_rel r"
-            " JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = %s",
+            "SELECT format('%%I.%%I', n.nspname, c.relname), r.srsubstate FROM pg_subscription_rel r"
+            " JOIN pg_subscription s ON s.oid = r.srsubid JOIN pg_class c ON c.oid = r.srrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE s.subname = %s",
             (link.subscription,)).fetchall())
         return {"subscription": link.subscription, "publications": link.publications,
                 "slot": link.slot, "table_states": states}

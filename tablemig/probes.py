@@ -31,6 +31,20 @@ def monthly_distribution(conn: psycopg.Connection[Any], table: QualifiedName | l
     return frame
 
 
+def row_counts(conn: psycopg.Connection[Any], table: QualifiedName | list[QualifiedName], date_column: str,
+               date_type: str, cutoff: str) -> dict[str, int]:
+    """Rows in total, kept (date >= cutoff) and without a date, in one statement; several
+    tables are counted as one (after prune the live table and the archive hold the rows)."""
+    d = sql.Identifier(date_column)
+    tables = table if isinstance(table, list) else [table]
+    rows = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT {d} FROM {tbl}").format(d=d, tbl=t.ident()) for t in tables)
+    row = conn.execute(sql.SQL(
+        "SELECT count(*), count(*) FILTER (WHERE {d} >= %s::{t}), count(*) FILTER (WHERE {d} IS NULL)"
+        " FROM ({rows}) r").format(d=d, t=sql.SQL(date_type), rows=rows), (cutoff,)).fetchone()
+    assert row is not None
+    return {"total": int(row[0]), "keep": int(row[1]), "null_dated": int(row[2])}
+
+
 def validation_summary(conn: psycopg.Connection[Any], tables: dict[str, QualifiedName],
                        date_column: str) -> list[dict[str, Any]]:
     """The checklist's validation summary: count and min/max date of each table."""

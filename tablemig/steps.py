@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import re
 import signal
 import threading
 import time
@@ -29,6 +30,7 @@ from .engine import Migration
 from .errors import InputError
 from .executor import Executor, Recorder
 from .plan import Attestation, PlanConfig, TableConfig
+from .query_timeout import cursor_class
 from .run_outcome import RUNNING, close_unfinished
 from .xdist_order import mark_done, wait_for_prerequisites
 
@@ -105,7 +107,10 @@ class StepContext:
                 raise AssertionError("this plan requires a passive site (allow_single_site=False): give --passive-dsn")
             raise NotApplicable("no passive site is configured (single-site run)")
         try:
-            conn = connect(dsn)
+            # the step's checks run under the plan's validation_timeout (tablemig.query_timeout)
+            timeout = self.plan.validation_timeout
+            conn = connect(dsn, settings={"statement_timeout": timeout},
+                           cursor_factory=cursor_class(self._label, timeout))
         except InputError as exc:
             if site == "passive" and self.plan.allow_passive_down:
                 raise NotApplicable(f"the passive site is unreachable and the plan allows running without it "
@@ -113,6 +118,12 @@ class StepContext:
             raise
         self._conns.append(conn)
         return conn
+
+    @property
+    def _label(self) -> str:
+        """`EX-4.1 (Step 4.1: Data integrity validation) for public.orders`: for messages."""
+        what = re.split(r" \(|;", self.item.text)[0]
+        return f"{self.item.id} ({what})" + (f" for {self.result.table}" if self.result.table else "")
 
     def executor(self, site: str = "active") -> Executor:
         self.record.recorder.step = self._step_key

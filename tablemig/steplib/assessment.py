@@ -14,11 +14,11 @@ from .. import replication
 from ..db import server_identity
 from ..dependencies import scan_functions
 from ..pacing import write_rate
-from ..reconcile import Reconciler, Side
 from ..replication import LagLimit
 from ..resume import note
 from ..settings import Settings
 from ..steps import NotApplicable, StepContext
+from . import sites
 
 
 def _require_pair(ctx: StepContext) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
@@ -65,33 +65,21 @@ def pre_1_1b_replication_lag(ctx: StepContext) -> None:
 
 
 def pre_1_1c_passive_in_sync(ctx: StepContext) -> None:
+    """The table holds the same rows on both sites, compared while the application writes
+    (tablemig.site_compare): rows still changing are in flight, a row that stays different
+    while its active version stays the same is divergence."""
     active, passive = _require_pair(ctx)
     mig = ctx.migration()
     plan = mig.plan()
     if ctx.passive_is_logical():
         link = mig.subscribers[0].check(active, plan.original)  # refusals before anything changes
         ctx.evidence(subscription=link)
-        replay = replication.wait_for_apply(active, passive)
-    else:
-        replay = replication.wait_for_replay(active, passive)
-    types = {c.name: c.type for c in plan.info.columns}
-    rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns])
     if plan.resumed_state:  # after the swap: the live table and the original, now the archive
         ctx.evidence(resumed=note(plan.resumed_state))
-    compared: dict[str, Any] = {}
-    for table in dict.fromkeys([plan.original, *plan.sources]):
-        side = Side(table)
-        bounds = rec.boundaries(active, side, 16)
-        a = rec.checksums(active, {"active": side}, bounds)
-        p = rec.checksums(passive, {"passive": side}, bounds)
-        bad = [s.index for s, q in zip(a, p, strict=True)
-               if (s.counts["active"], s.sums["active"]) != (q.counts["passive"], q.sums["passive"])]
-        compared[str(table)] = {"segments": len(a), "mismatching_segments": bad,
-                                "rows_active": sum(s.counts["active"] for s in a),
-                                "rows_passive": sum(q.counts["passive"] for q in p)}
-    ctx.evidence(replayed=replay, tables=compared)
-    bad_tables = {t: c["mismatching_segments"] for t, c in compared.items() if c["mismatching_segments"]}
-    assert not bad_tables, f"segments {bad_tables} differ between the sites (writes in flight? rerun when quiet)"
+    tables = {str(t): t for t in dict.fromkeys([plan.original, *plan.sources])}
+    found = sites.compare_tables(ctx, sites.pair(ctx, active, passive), sites.reconciler(plan), tables)
+    ctx.evidence(tables={label: {"segments": d.segments, "rows_active": d.rows_active,
+                                 "rows_passive": d.rows_passive} for label, d in found.items()})
 
 
 def pre_1_1d_replication_configuration(ctx: StepContext) -> None:

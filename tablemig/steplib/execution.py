@@ -7,6 +7,7 @@ from typing import Any
 from psycopg import sql
 
 from .. import probes
+from ..db import read_snapshot
 from ..names import QualifiedName
 from ..reconcile import Reconciler, Side
 from ..resume import AFTER_SWAP, note, remaining
@@ -67,20 +68,27 @@ def ex_1_2_configure_parameters(ctx: StepContext) -> None:
 
 
 def ex_1_3_analyze_tables(ctx: StepContext) -> None:
-    """EX-1.3 Analyze target tables: data volume per month and the cutoff date."""
+    """EX-1.3 Analyze target tables: data volume per month and the cutoff date. The monthly
+    figures and the totals they must add up to are read in one snapshot: the application
+    keeps writing, and the plan's own counts are from an earlier moment."""
     mig = ctx.migration()
     plan = mig.plan()
     if plan.resumed_state:  # the cutoff recorded when the migration started; counted where the rows are now
         ctx.evidence(resumed=note(plan.resumed_state), counted_in=[str(t) for t in plan.sources])
-    frame = probes.monthly_distribution(ctx.connect(), plan.sources, plan.date_column, plan.date_type,
-                                        plan.cutoff)
-    ctx.table.facts.update(cutoff=plan.cutoff, rows_total=plan.total_rows, rows_keep=plan.keep_rows,
-                           rows_archive=plan.archive_rows, distribution=frame.to_dict("records"))
-    ctx.evidence(cutoff=plan.cutoff, rows_total=plan.total_rows, rows_keep=plan.keep_rows,
-                 rows_archive=plan.archive_rows, rows_null_date=plan.null_dated_rows,
-                 months=len(frame), warnings=plan.warnings, blockers=plan.blockers)
-    assert int(frame["record_count"].sum()) + plan.null_dated_rows == plan.total_rows
-    assert int(frame["kept"].sum()) == plan.keep_rows
+    conn = ctx.connect()
+    with read_snapshot(conn):
+        frame = probes.monthly_distribution(conn, plan.sources, plan.date_column, plan.date_type, plan.cutoff)
+        counts = probes.row_counts(conn, plan.sources, plan.date_column, plan.date_type, plan.cutoff)
+    archive = counts["total"] - counts["keep"]
+    ctx.table.facts.update(cutoff=plan.cutoff, rows_total=counts["total"], rows_keep=counts["keep"],
+                           rows_archive=archive, distribution=frame.to_dict("records"))
+    ctx.evidence(cutoff=plan.cutoff, rows_total=counts["total"], rows_keep=counts["keep"], rows_archive=archive,
+                 rows_null_date=counts["null_dated"], months=len(frame), warnings=plan.warnings,
+                 blockers=plan.blockers, planned={"rows_total": plan.total_rows, "rows_keep": plan.keep_rows,
+                                                  "note": "counted when the plan was made"})
+    assert int(frame["record_count"].sum()) + counts["null_dated"] == counts["total"], \
+        "the monthly counts do not add up to the table's rows"
+    assert int(frame["kept"].sum()) == counts["keep"], "the monthly kept counts do not add up to the rows kept"
 
 
 def ex_2_1_create_new_table(ctx: StepContext) -> None:
@@ -216,7 +224,9 @@ def ex_2_3_change_capture(ctx: StepContext) -> None:
 
 def ex_4_1_data_integrity(ctx: StepContext) -> None:
     """EX-4.1 Data integrity validation: counts and date ranges of each table, new + archive
-    = original, segment checksums of the live table against the archive."""
+    = original, segment checksums of the live table against the archive. Everything is read
+    in one snapshot (the application keeps writing; the mirror trigger writes the archive's
+    copy in the same transaction), with anti-joins: linear in the rows."""
     if not ctx.execute:
         ctx.dry_run("would compare counts, date ranges and segment checksums after the swap")
         return
@@ -226,30 +236,61 @@ def ex_4_1_data_integrity(ctx: StepContext) -> None:
     conn = ctx.connect()
     live = QualifiedName(m["schema_name"], m["original_name"])
     archive = old_table(m)
-    summary = probes.validation_summary(conn, {"New Table (live)": live, "Archive Table": archive},
-                                        m["date_column"])
     if m["state"] == "pruned":
+        summary = probes.validation_summary(conn, {"New Table (live)": live, "Archive Table": archive},
+                                            m["date_column"])
         _pruned_integrity(ctx, m, live, archive, summary)
         return
-    key = sql.SQL(", ").join(map(sql.Identifier, m["key_columns"]))
-    row = conn.execute(sql.SQL(
-        "SELECT (SELECT count(*) FROM {t}), (SELECT count(*) FROM {a} WHERE ({k}) NOT IN (SELECT {k} FROM {t})),"
-        " (SELECT count(*) FROM {a})").format(t=live.ident(), a=archive.ident(), k=key)).fetchone()
-    assert row is not None
-    live_n, history_n, original_n = row
     plan = mig.plan_for_state(m)
     types = {c.name: c.type for c in plan.info.columns}
     rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns])
-    new_side = Side(live)
+    # the live rows dated from the cutoff on against the archive's, and the live rows the
+    # application dated below it after the swap against their copies in the archive
+    new_side = Side(live, m["date_column"], m["date_type"], m["cutoff"])
     old_side = Side(archive, m["date_column"], m["date_type"], m["cutoff"])
-    segs = rec.checksums(conn, {"new": new_side, "original": old_side},
-                         rec.boundaries(conn, new_side, 16))
+    bounds = rec.boundaries(conn, new_side, 16)
+    with read_snapshot(conn):
+        summary = probes.validation_summary(conn, {"New Table (live)": live, "Archive Table": archive},
+                                            m["date_column"])
+        row = conn.execute(integrity_counts_sql(live, archive, plan.key)).fetchone()
+        segs = rec.checksums(conn, {"new": new_side, "original": old_side}, bounds)
+        undated = conn.execute(_undated_copies_sql(rec, live, archive, m["date_column"], m["date_type"]),
+                               (m["cutoff"],)).fetchone()
+    assert row is not None
+    live_n, history_n, original_n = row
     ctx.table.facts["reconciliation"] = [s.to_row() for s in segs]
     ctx.evidence(validation_summary=summary, total_after_migration=live_n + history_n,
                  original_count=original_n, segments=len(segs),
-                 mismatching_segments=[s.index for s in segs if not s.match])
+                 mismatching_segments=[s.index for s in segs if not s.match],
+                 live_rows_dated_before_cutoff=undated and undated[0],
+                 without_equal_copy_in_archive=undated and undated[1])
     assert live_n + history_n == original_n, "new + archive != original"
     assert all(s.match for s in segs), "segment checksums differ between live table and archive"
+    assert undated is not None and undated[1] == 0, (
+        f"{undated and undated[1]} live rows dated before the cutoff have no equal copy in the archive")
+
+
+def _undated_copies_sql(rec: Reconciler, live: QualifiedName, archive: QualifiedName, date_column: str,
+                        date_type: str) -> sql.Composed:
+    """Live rows not dated from the cutoff on, and how many of them lack an equal copy in
+    the archive (the mirror trigger keeps one): a few rows, each found by key."""
+    match = sql.SQL(" AND ").join(sql.SQL("a.{k} = l.{k}").format(k=sql.Identifier(k)) for k in rec.key)
+    return sql.SQL(
+        "SELECT count(*), count(*) FILTER (WHERE NOT EXISTS ("
+        "  SELECT 1 FROM (SELECT {key}, {h} AS h FROM {a}) a WHERE {match} AND a.h = l.h))"
+        " FROM (SELECT {key}, {h} AS h FROM {t} WHERE ({d} >= %s::{dt}) IS NOT TRUE) l").format(
+        key=rec.key_list(), h=rec.hash64(), a=archive.ident(), match=match, t=live.ident(),
+        d=sql.Identifier(date_column), dt=sql.SQL(date_type))
+
+
+def integrity_counts_sql(live: QualifiedName, archive: QualifiedName, key: list[str]) -> sql.Composed:
+    """Rows of the live table, rows of the archive that are not in it (an anti-join), rows of
+    the archive: one statement."""
+    match = sql.SQL(" AND ").join(sql.SQL("t.{k} = a.{k}").format(k=sql.Identifier(k)) for k in key)
+    return sql.SQL(
+        "SELECT (SELECT count(*) FROM {t}),"
+        " (SELECT count(*) FROM {a} a WHERE NOT EXISTS (SELECT 1 FROM {t} t WHERE {match})),"
+        " (SELECT count(*) FROM {a})").format(t=live.ident(), a=archive.ident(), match=match)
 
 
 def _pruned_integrity(ctx: StepContext, m: dict[str, Any], live: QualifiedName, archive: QualifiedName,
@@ -286,12 +327,20 @@ def rb_1_immediate_rollback(ctx: StepContext) -> None:
     m = mig._state()
     assert m is not None
     archive = old_table(m)
-    before = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(archive.ident())).fetchone()
+    # the rollback renames the original (kept complete by the mirror trigger) back: the same
+    # table, so the same rows; row counts read before and after would differ by the
+    # application's writes in between
+    before = conn.execute("SELECT %s::regclass::oid", (str(archive),)).fetchone()
+    rows_before = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(archive.ident())).fetchone()
     done = mig.rollback()
     live = QualifiedName(m["schema_name"], m["original_name"])
-    after = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(live.ident())).fetchone()
+    after = conn.execute("SELECT %s::regclass::oid", (str(live),)).fetchone()
+    rows_after = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(live.ident())).fetchone()
     gone = conn.execute("SELECT to_regclass(%s), to_regclass(%s)",
                         (str(archive), str(QualifiedName(m["schema_name"], m["new_name"])))).fetchone()
-    ctx.evidence(action=done, rows_before=before and before[0], rows_after=after and after[0])
-    assert before == after, "rollback changed the row count"
+    ctx.evidence(action=done, rows_before=rows_before and rows_before[0], rows_after=rows_after and rows_after[0],
+                 table_oid_before=before and before[0], table_oid_after=after and after[0])
+    assert before is not None and after is not None and before[0] == after[0], (
+        f"{live} after the rollback is not the original table (oid {after and after[0]}, the original's was "
+        f"{before and before[0]})")
     assert gone == (None, None), f"leftovers after rollback: {gone}"
