@@ -35,8 +35,9 @@ visible in ProcArray order): a transaction whose commit record lies before L may
 invisible on the active site when A_i+1 is read, while the passive site already shows it
 (a synchronous-replication wait sits exactly between the two). Only the bracket's second
 read can be fooled by it, and only by a transaction that had its xid before L was read and
-is committed but still in progress in A_i+1's snapshot. Every mark takes an xid after
-reading L; the round's active key read looks in its own snapshot for such a transaction
+is committed but still in progress in A_i+1's snapshot. Every mark reads, after L, the
+next xid to be assigned (the xmax of a fresh snapshot: no xid is consumed, nothing is
+written, so a dry run stays read-only); the round's active key read looks in its own snapshot for such a transaction
 (xid below the mark's, in progress, committed in pg_xact) and a round that finds one
 judges no key divergent. The second consecutive round is a further safeguard.
 
@@ -72,7 +73,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Mark:
-    """A position on the active site: its WAL insert position, and an xid assigned after it."""
+    """A position on the active site: its WAL insert position, and the next xid to be assigned
+    when it was read."""
 
     lsn: str
     xid: str
@@ -144,10 +146,10 @@ class Pair:
         self.active, self.passive, self.logical, self.timeout_s = active, passive, logical, timeout_s
 
     def mark(self) -> Mark:
-        """The insert position, then a fresh xid: every transaction that had committed (in
-        the WAL) when the position was read has a smaller xid."""
+        """The insert position, then the next xid to be assigned: every transaction that had
+        committed (in the WAL) when the position was read has a smaller xid."""
         lsn = replication.insert_position(self.active)
-        row = self.active.execute("SELECT pg_current_xact_id()::text").fetchone()
+        row = self.active.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()
         assert row is not None
         return Mark(lsn, str(row[0]))
 
