@@ -69,9 +69,11 @@ def ex_1_3_analyze_tables(ctx: StepContext) -> None:
     plan = mig.plan()
     frame = probes.monthly_distribution(ctx.connect(), plan.original, plan.date_column, plan.date_type,
                                         plan.cutoff)
-    ctx.table.facts.update(cutoff=plan.cutoff, rows_total=plan.total_rows, rows_keep=plan.keep_rows,
+    ctx.table.facts.update(cutoff=plan.cutoff, cutoff_local=plan.cutoff_local, timezone=plan.timezone,
+                           rows_total=plan.total_rows, rows_keep=plan.keep_rows,
                            rows_archive=plan.archive_rows, distribution=frame.to_dict("records"))
-    ctx.evidence(cutoff=plan.cutoff, rows_total=plan.total_rows, rows_keep=plan.keep_rows,
+    ctx.evidence(cutoff=plan.cutoff, cutoff_local=plan.cutoff_local, timezone=plan.timezone,
+                 rows_total=plan.total_rows, rows_keep=plan.keep_rows,
                  rows_archive=plan.archive_rows, rows_null_date=plan.null_dated_rows,
                  months=len(frame), warnings=plan.warnings, blockers=plan.blockers)
     assert int(frame["record_count"].sum()) + plan.null_dated_rows == plan.total_rows

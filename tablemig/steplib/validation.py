@@ -8,7 +8,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .. import probes
 from ..names import QualifiedName
+from ..sqltext import Fragment
 from ..state import live_table, old_table
 from ..steps import StepContext
 
@@ -46,14 +48,14 @@ def ex_4_2_performance(ctx: StepContext) -> None:
     conn = ctx.connect()
     d = sql.Identifier(m["date_column"])
     recent = sql.SQL("SELECT count(*) FROM {} WHERE {} >= %s::{}")
-    t_live = _timed(conn, recent.format(live.ident(), d, sql.SQL(m["date_type"])), (m["cutoff"],))
-    t_arch = _timed(conn, recent.format(archive.ident(), d, sql.SQL(m["date_type"])), (m["cutoff"],))
+    t_live = _timed(conn, recent.format(live.ident(), d, Fragment(m["date_type"])), (m["cutoff"],))
+    t_arch = _timed(conn, recent.format(archive.ident(), d, Fragment(m["date_type"])), (m["cutoff"],))
     plan_row = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT * FROM {} WHERE {} >= %s::{} LIMIT 100").format(
-        live.ident(), d, sql.SQL(m["date_type"])), (m["cutoff"],)).fetchone()
+        live.ident(), d, Fragment(m["date_type"])), (m["cutoff"],)).fetchone()
     # trigger overhead: the same updates with and without the mirror trigger, rolled back
     key = sql.SQL(", ").join(map(sql.Identifier, m["key_columns"]))
-    upd = sql.SQL("UPDATE {t} SET {d} = {d} WHERE ({k}) IN (SELECT {k} FROM {t} ORDER BY {k} LIMIT 500)").format(
-        t=live.ident(), d=d, k=key)
+    upd = sql.SQL("UPDATE {t} SET {d} = {d} WHERE ({k}) IN (SELECT {k} FROM {t} WHERE {ok} ORDER BY {k}"
+                  " LIMIT 500)").format(t=live.ident(), d=d, k=key, ok=probes.rewritable(conn, live))
     timings = {}
     for label, disable in (("with_mirror_trigger", False), ("without_trigger", True)):
         with conn.transaction(force_rollback=True):
@@ -93,8 +95,8 @@ def ex_4_3_application_testing(ctx: StepContext) -> None:
         n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(QualifiedName.parse(v).ident())).fetchone()
         results.setdefault("views", {})[v] = n and n[0]
     with conn.transaction(force_rollback=True):
-        first = conn.execute(sql.SQL("SELECT {k} FROM {t} ORDER BY {k} DESC LIMIT 1").format(
-            k=key, t=live.ident())).fetchone()
+        first = conn.execute(sql.SQL("SELECT {k} FROM {t} WHERE {ok} ORDER BY {k} DESC LIMIT 1").format(
+            k=key, t=live.ident(), ok=probes.rewritable(conn, live))).fetchone()
         assert first is not None
         match = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in m["key_columns"])
         conn.execute(sql.SQL("UPDATE {} SET {d} = {d} WHERE {m}").format(
