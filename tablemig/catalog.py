@@ -18,8 +18,6 @@ from psycopg.rows import dict_row
 from .errors import InputError
 from .names import QualifiedName
 
-DATE_TYPES = ("date", "timestamp without time zone", "timestamp with time zone")
-
 
 @dataclass(frozen=True)
 class Column:
