@@ -254,6 +254,9 @@ def test_migrated_by_the_cli(fresh_db: Any, case: Case) -> None:
     with fresh_db.connect() as conn:
         _setup(conn, [case])
         total = conn.execute(f"SELECT count(*) FROM {case.name}").fetchone()
+    if case.name == "t_timezone":  # the plan shows the resolved cutoff with its offset
+        plan = json.loads(tablemig("plan", *case.cli_spec(fresh_db.dsn)).stdout)
+        assert (plan["cutoff"], plan["cutoff_local"]) == ("2024-10-01 04:00:00+00", "2024-10-01 00:00:00-04")
     proc = tablemig("migrate", *case.cli_spec(fresh_db.dsn))
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -340,6 +343,8 @@ def test_migrated_by_a_plan(fresh_db: Any, tmp_path: Path) -> None:
     assert not failed_steps, failed_steps
     steps = {(s["id"], s["table"]): s for s in run["steps"] + rest_run["steps"]}
     assert steps[("EX-1.3", "public.t_timezone")]["evidence"]["cutoff_local"] == "2024-10-01 00:00:00-04"
+    report = next((tmp_path / "reports" / "cases_plan").glob("*/report.html")).read_text()
+    assert "Cutoff (America/New_York)" in report and "2024-10-01 00:00:00-04" in report
     failed = []
     for case in MIGRATED:
         assert steps[("EX-2.2", f"public.{case.name}")]["status"] == "passed", case.name
