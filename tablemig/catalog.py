@@ -18,8 +18,6 @@ from psycopg.rows import dict_row
 from .errors import InputError
 from .names import QualifiedName
 
-DATE_TYPES = ("date", "timestamp without time zone", "timestamp with time zone")
-
 
 @dataclass(frozen=True)
 class Column:
@@ -74,6 +72,17 @@ class DependentView:
 
 
 @dataclass(frozen=True)
+class RuleElsewhere:
+    """A rule on another relation (table or view) whose action or condition names the
+    table: bound by OID, so the swap re-creates it (tablemig.exchange)."""
+
+    name: str
+    relation: QualifiedName
+    kind: str  # the relation's relkind
+    definition: str  # pg_get_ruledef, schema-qualified
+
+
+@dataclass(frozen=True)
 class TriggerDef:
     name: str
     definition: str
@@ -115,6 +124,9 @@ class TableInfo:
     estimated_rows: int
     # column privileges (pg_attribute.attacl): (grantee, privilege, grantable, columns)
     column_acl: list[tuple[str, str, bool, list[str]]] = field(default_factory=list)
+    # foreign keys of the table referencing the table itself (not in outgoing_fks)
+    self_fks: list[ForeignKey] = field(default_factory=list)
+    rules_elsewhere: list[RuleElsewhere] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def column(self, name: str) -> Column | None:
@@ -203,18 +215,23 @@ SELECT
               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) AS all_not_null
       FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
       LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid
+                                  AND con.contype IN ('p', 'u', 'x')
      WHERE i.indrelid = %(oid)s) x) AS idx,
  (SELECT coalesce(json_agg(x ORDER BY x.conname), '[]') FROM (
     SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint
      WHERE conrelid = %(oid)s AND contype = 'c') x) AS checks,
  (SELECT coalesce(json_agg(x ORDER BY x.conname), '[]') FROM (
     SELECT conname, pg_get_constraintdef(oid) AS def, convalidated FROM pg_constraint
-     WHERE conrelid = %(oid)s AND contype = 'f') x) AS fk_out,
+     WHERE conrelid = %(oid)s AND contype = 'f' AND confrelid <> conrelid) x) AS fk_out,
+ (SELECT coalesce(json_agg(x ORDER BY x.conname), '[]') FROM (
+    SELECT conname, pg_get_constraintdef(oid) AS def, convalidated FROM pg_constraint
+     WHERE conrelid = %(oid)s AND contype = 'f' AND confrelid = conrelid) x) AS fk_self,
  (SELECT coalesce(json_agg(x ORDER BY x.nspname, x.relname, x.conname), '[]') FROM (
     SELECT con.conname, n.nspname, c.relname, pg_get_constraintdef(con.oid) AS def, con.convalidated
       FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
       JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE con.confrelid = %(oid)s AND con.contype = 'f' AND con.conrelid <> con.confrelid) x) AS fk_in,
+     WHERE con.confrelid = %(oid)s AND con.contype = 'f' AND con.conrelid <> con.confrelid
+       AND con.conparentid = 0) x) AS fk_in,
  (SELECT coalesce(json_agg(x ORDER BY x.oid), '[]') FROM (
     SELECT DISTINCT v.oid, n.nspname, v.relname, v.relkind,
            pg_get_viewdef(v.oid) AS def, coalesce(v.reloptions, '{{}}') AS options,
@@ -225,7 +242,13 @@ SELECT
       FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
       JOIN pg_class v ON v.oid = r.ev_class JOIN pg_namespace n ON n.oid = v.relnamespace
      WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-       AND d.refobjid = %(oid)s AND v.oid <> %(oid)s) x) AS views,
+       AND d.refobjid = %(oid)s AND v.oid <> %(oid)s AND r.rulename = '_RETURN') x) AS views,
+ (SELECT coalesce(json_agg(x ORDER BY x.nspname, x.relname, x.rulename), '[]') FROM (
+    SELECT DISTINCT r.rulename, n.nspname, c.relname, c.relkind, pg_get_ruledef(r.oid) AS def
+      FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+      JOIN pg_class c ON c.oid = r.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+       AND d.refobjid = %(oid)s AND c.oid <> %(oid)s AND r.rulename <> '_RETURN') x) AS rules_elsewhere,
  (SELECT coalesce(json_agg(x ORDER BY x.tgname), '[]') FROM (
     SELECT tgname, quote_ident(tgname) AS qname, pg_get_triggerdef(oid) AS def, tgenabled FROM pg_trigger
      WHERE tgrelid = %(oid)s AND NOT tgisinternal AND tgname NOT LIKE 'tablemig\\_%%') x) AS trig,
@@ -330,6 +353,9 @@ def inspect_table(conn: psycopg.Connection[Any], name: QualifiedName,
         has_children=base["relhassubclass"], total_bytes=base["total_bytes"],
         table_bytes=base["table_bytes"], estimated_rows=base["estimated_rows"],
         column_acl=[(g, p, bool(grantable), list(cols)) for g, p, grantable, cols in r["col_acl"]],
+        self_fks=[ForeignKey(c["conname"], name, c["def"], c["convalidated"]) for c in r["fk_self"]],
+        rules_elsewhere=[RuleElsewhere(x["rulename"], QualifiedName(x["nspname"], x["relname"]), x["relkind"],
+                                       x["def"]) for x in r["rules_elsewhere"]],
     )
 
 

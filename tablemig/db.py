@@ -10,6 +10,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from .sqltext import EscapingCursor
+
 # Text forms of rows must be identical on every connection that checksums them.
 SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c extra_float_digits=3 -c IntervalStyle=postgres"
 
@@ -33,8 +35,9 @@ def connect(dsn: str, *, autocommit: bool = True, application_name: str = "table
     params["options"] = f"{extra} {SESSION_OPTIONS} {more}".strip()
     params.setdefault("application_name", application_name)
     params.setdefault("connect_timeout", "10")
+    kwargs.setdefault("cursor_factory", EscapingCursor)  # names with "%" (tablemig.sqltext)
     try:
-        conn = psycopg.connect(make_conninfo(**params), autocommit=autocommit, **kwargs)
+        conn = psycopg.connect(make_conninfo("", **params), autocommit=autocommit, **kwargs)
     except psycopg.OperationalError as exc:
         from .errors import InputError
 
@@ -49,6 +52,25 @@ def connect(dsn: str, *, autocommit: bool = True, application_name: str = "table
         if not autocommit:
             conn.commit()
     return conn
+
+
+def database_timezone(dsn: str) -> str:
+    """The TimeZone a session of this role gets in this database by default (its database
+    and role settings, else the server's configuration), not the UTC tablemig's own
+    connections fix: a session opened with the DSN as given."""
+    params = conninfo_to_dict(dsn)
+    params.setdefault("application_name", "tablemig")
+    params.setdefault("connect_timeout", "10")
+    try:
+        with psycopg.connect(make_conninfo("", **params), autocommit=True) as conn:
+            row = conn.execute("SELECT current_setting('TimeZone')").fetchone()
+    except psycopg.OperationalError as exc:
+        from .errors import InputError
+
+        raise InputError(f"cannot connect to {redact(dsn)}: {redact(str(exc)).strip()}",
+                         "check host, port, database and credentials; is the server running?") from None
+    assert row is not None
+    return str(row[0])
 
 
 def server_identity(conn: psycopg.Connection[Any]) -> tuple[str, str, int]:

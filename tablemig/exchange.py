@@ -10,12 +10,14 @@ from typing import Any
 
 from psycopg import sql
 
-from .catalog import DependentView, ForeignKey, TableInfo
+from .catalog import DependentView, ForeignKey, RuleElsewhere, TableInfo
 from .errors import TablemigError
 from .executor import Executor
 from .names import QualifiedName
+from .sqltext import Fragment
 from .structure import (
     archive_index_name,
+    not_valid_checks_sql,
     secondary_indexes,
     temp_index_name,
 )
@@ -49,6 +51,31 @@ def _recreate_views(ex: Executor, views: list[DependentView]) -> None:
         for idx in v.indexes:
             ex.run(sql.SQL(idx))
         _grant(ex, v.name, v.acl, "TABLE")
+
+
+def _recreate_rules(ex: Executor, rules: list[RuleElsewhere]) -> None:
+    """Rules on other relations that write into (or read) the table are bound to it by
+    OID: re-issued after the renames (their definitions name the table schema-qualified),
+    they act on whichever table has the name now."""
+    for r in rules:
+        head, sep, rest = r.definition.partition("CREATE RULE ")
+        if sep != "CREATE RULE " or head:
+            raise TablemigError(f"cannot re-create rule {r.name} on {r.relation}: {r.definition}",
+                                "drop the rule before the migration and create it again afterwards")
+        ex.run(Fragment("CREATE OR REPLACE RULE " + rest))
+
+
+def _self_references(ex: Executor, info: TableInfo, t: QualifiedName) -> list[dict[str, Any]]:
+    """The table's foreign keys to itself, on the new table referencing itself (its
+    definitions name the table, which now is the new one), NOT VALID: validated right after
+    the swap like the re-pointed keys (the orphan check ran under the swap's lock)."""
+    out = []
+    for fk in info.self_fks:
+        body = fk.definition.removesuffix(" NOT VALID")
+        ex.run(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
+            t.ident(), sql.Identifier(fk.name), Fragment(body)))
+        out.append({"table": str(t), "name": fk.name, "definition": fk.definition, "validated": fk.validated})
+    return out
 
 
 def _grant(ex: Executor, target: QualifiedName, acl: list[tuple[str, str, bool]],
@@ -117,11 +144,11 @@ def _sequences(ex: Executor, old: TableInfo, live: QualifiedName) -> None:
     for column, seq, kind in old.sequences:
         if kind == "serial":
             ex.run(sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
-                sql.SQL(seq), live.ident(), sql.Identifier(column)))
+                Fragment(seq), live.ident(), sql.Identifier(column)))
         else:
             ex.run(sql.SQL(
                 "SELECT setval(pg_get_serial_sequence(%s, %s), s.last_value, s.is_called)"
-                " FROM {} s").format(sql.SQL(seq)), (str(live), column))
+                " FROM {} s").format(Fragment(seq)), (str(live), column))
 
 
 def move_publications(ex: Executor, pubs: list[str], old: QualifiedName, live: QualifiedName) -> None:
@@ -156,14 +183,18 @@ def exchange(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
         names.append([idx.name, archived, temp, idx.constraint])
     _sequences(ex, info, t)
     _repoint_fks(ex, info.incoming_fks)
+    self_fks = _self_references(ex, info, t)
+    for stmt in not_valid_checks_sql(info, t):
+        ex.run(stmt)
     _recreate_views(ex, info.views)
+    _recreate_rules(ex, info.rules_elsewhere)
     _grant(ex, t, info.acl)
     _column_grants(ex, info, t)
     _policies(ex, t, info)
     disabled = _copy_triggers(ex, info, outgoing, t, ex.text(t.ident()))
     if info.comment is not None:
         ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(t.ident(), sql.Literal(info.comment)))
-    return {"indexes": names, "disabled_triggers": disabled}
+    return {"indexes": names, "disabled_triggers": disabled, "self_foreign_keys": self_fks}
 
 
 def exchange_back(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
@@ -178,6 +209,7 @@ def exchange_back(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedN
     _sequences(ex, info, t)  # `info` is the table now renamed to `n`: its sequences
     _repoint_fks(ex, info.incoming_fks)
     _recreate_views(ex, info.views)
+    _recreate_rules(ex, info.rules_elsewhere)
     _grant(ex, t, info.acl)
     _column_grants(ex, info, t)
     for name in rec.get("disabled_triggers", []):

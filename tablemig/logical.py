@@ -307,7 +307,8 @@ class Subscriber:
                 record: dict[str, Any] = {}
             else:
                 record = exchange(self.ex, info, t, n, outgoing)
-                record["foreign_keys"] = [{"table": str(fk.table), "name": fk.name} for fk in info.incoming_fks]
+                record["foreign_keys"] = [{"table": str(fk.table), "name": fk.name} for fk in info.incoming_fks] + [
+                    {"table": fk["table"], "name": fk["name"]} for fk in record.pop("self_foreign_keys", [])]
             self.conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
         except BaseException:
             if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:

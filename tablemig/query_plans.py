@@ -29,6 +29,7 @@ import psycopg
 from psycopg import sql
 
 from .names import QualifiedName
+from .sqltext import Fragment
 
 WARMUP = 2
 ROUNDS = 7
@@ -54,7 +55,7 @@ class Probe:
         parts: dict[str, sql.Composable] = {"t": table.ident()}
         if self.column is not None:
             parts["c"] = sql.Identifier(self.column)
-            parts["ct"] = sql.SQL(self.column_type or "text")
+            parts["ct"] = Fragment(self.column_type or "text")
         return self.template.format(**parts)
 
 

@@ -17,6 +17,7 @@ from psycopg import sql
 from psycopg.abc import Params, Query
 
 from .errors import InputError, TablemigError
+from .sqltext import EscapingCursor
 
 _DURATION = re.compile(r"^(\d+)\s*(us|ms|s|min|h|d)?$")
 
@@ -34,8 +35,9 @@ class ValidationTimeout(TablemigError):
     """A step's query ran longer than the plan's validation_timeout and was cancelled."""
 
 
-class TimedCursor(psycopg.Cursor[Any]):
-    """A cursor that turns a statement-timeout cancellation into `ValidationTimeout`."""
+class TimedCursor(EscapingCursor[Any]):
+    """A cursor that turns a statement-timeout cancellation into `ValidationTimeout` (and,
+    like every tablemig cursor, keeps the `%` of names: `tablemig.sqltext`)."""
 
     step = "a plan step"
     timeout = ""

@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from .names import QualifiedName
+from .sqltext import Fragment
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,9 @@ class Side:
             return sql.SQL("true"), []
         d = sql.Identifier(self.date_column)
         if self.negate:
-            return (sql.SQL("({d} < %s::{t} OR {d} IS NULL)").format(d=d, t=sql.SQL(self.date_type)),
+            return (sql.SQL("({d} < %s::{t} OR {d} IS NULL)").format(d=d, t=Fragment(self.date_type)),
                     [self.cutoff])
-        return sql.SQL("{} >= %s::{}").format(d, sql.SQL(self.date_type)), [self.cutoff]
+        return sql.SQL("{} >= %s::{}").format(d, Fragment(self.date_type)), [self.cutoff]
 
 
 @dataclass
@@ -113,7 +114,7 @@ class Reconciler:
 
     def typed(self) -> sql.Composable:
         """One placeholder per key column, cast to the column's type: `%s::bigint, %s::date`."""
-        return sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(t)) for t in self.key_types)
+        return sql.SQL(", ").join(sql.SQL("%s::{}").format(Fragment(t)) for t in self.key_types)
 
     def hash64(self) -> sql.Composable:
         """The first 64 bits of the row hash as a bigint: what `_sum_expr` sums per row."""
@@ -172,7 +173,7 @@ class Reconciler:
             return None
         vals = [str(r[0]) for r in conn.execute(sql.SQL(
             "SELECT v::text FROM (SELECT DISTINCT u.b AS v FROM unnest(%s::text::{}[]) AS u(b)) s"
-            " ORDER BY s.v").format(sql.SQL(self.key_types[0])), (row[0],)).fetchall()]
+            " ORDER BY s.v").format(Fragment(self.key_types[0])), (row[0],)).fetchall()]
         if len(vals) < 3:
             return None
         picked = [vals[int(i * (len(vals) - 1) / segments)] for i in range(1, segments)]
@@ -185,7 +186,7 @@ class Reconciler:
             return sql.SQL("0"), []
         if len(self.key) == 1:  # one binary search instead of a comparison per boundary
             return (sql.SQL("width_bucket({}, %s::{}[])").format(sql.Identifier(self.key[0]),
-                                                                 sql.SQL(self.key_types[0])),
+                                                                 Fragment(self.key_types[0])),
                     [[b[0] for b in bounds]])
         parts, params = [], []
         for b in bounds:

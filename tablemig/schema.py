@@ -17,7 +17,7 @@ from .errors import InputError
 from .templating import render, template_names
 
 SCHEMA = "table_migration"
-SCHEMA_VERSION = 2  # 2: the app_write_share seed (the write guard)
+SCHEMA_VERSION = 3  # 2: the app_write_share seed (the write guard); 3: date domains
 
 # (key, default value, description). Values a DBA changed are never overwritten.
 CONFIG_SEED: list[tuple[str, str, str]] = [

@@ -59,6 +59,7 @@ from . import replication
 from .db import read_snapshot
 from .names import QualifiedName
 from .reconcile import Reconciler, Side
+from .sqltext import Fragment
 
 FANOUT = 16
 ROW_LEVEL = 256        # a differing range with at most this many active rows is read row by row
@@ -328,7 +329,7 @@ class _Comparison:
 
     # -- keys -------------------------------------------------------------------------------
     def _arrays(self) -> sql.Composable:
-        return sql.SQL(", ").join(sql.SQL("%s::text[]::{}[]").format(sql.SQL(t)) for t in self.rec.key_types)
+        return sql.SQL(", ").join(sql.SQL("%s::text[]::{}[]").format(Fragment(t)) for t in self.rec.key_types)
 
     def _columns(self, keys: list[Key]) -> list[list[str]]:
         return [[k[i] for k in keys] for i in range(len(self.rec.key))]

@@ -8,12 +8,14 @@ names. Every statement is returned as `psycopg.sql` so the dry run can print it.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from psycopg import sql
 
 from .catalog import Index, TableInfo
 from .errors import InputError
 from .names import QualifiedName, derived_name
+from .sqltext import Fragment
 from .templating import render
 
 _RELOPTION = re.compile(r"^([a-z_][a-z0-9_.]*)=(.*)$")
@@ -62,6 +64,11 @@ def create_table_sql(info: TableInfo, target: QualifiedName, current_user: str,
         "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED"
         " INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING COMMENTS INCLUDING CONSTRAINTS"
         " INCLUDING STATISTICS){}").format(target.ident(), info.name.ident(), _reloptions(info))]
+    # LIKE ... INCLUDING CONSTRAINTS makes a NOT VALID check valid on the copy, where the
+    # rows it never checked would fail the load: such checks come back NOT VALID in the
+    # swap (not_valid_checks_sql)
+    for name, _ in not_valid_checks(info):
+        stmts.append(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(target.ident(), sql.Identifier(name)))
     if info.owner != current_user:
         stmts.append(sql.SQL("ALTER TABLE {} OWNER TO {}").format(
             target.ident(), sql.Identifier(info.owner)))
@@ -76,6 +83,18 @@ def create_table_sql(info: TableInfo, target: QualifiedName, current_user: str,
         stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
             target.ident(), sql.Identifier(name), sql.SQL(body)))
     return stmts
+
+
+def not_valid_checks(info: TableInfo) -> list[tuple[str, str]]:
+    """The table's CHECK constraints added NOT VALID: (name, definition)."""
+    return [(name, d) for name, d in info.check_constraints if d.endswith(" NOT VALID")]
+
+
+def not_valid_checks_sql(info: TableInfo, target: QualifiedName) -> list[sql.Composable]:
+    """Add the table's NOT VALID checks to `target` as they are (NOT VALID: no scan)."""
+    return [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(target.ident(), sql.Identifier(name),
+                                                                  Fragment(d))
+            for name, d in not_valid_checks(info)]
 
 
 def key_index(info: TableInfo) -> Index:
@@ -98,12 +117,23 @@ def change_log_name(table_oid: int) -> QualifiedName:
     return QualifiedName("table_migration", f"changes_{table_oid}")
 
 
+def change_id_column(key: Sequence[str]) -> str:
+    """The change log's own id column: `change_id`, or `change_id_<n>` when a key column
+    has that name (the log's other columns are the key columns)."""
+    name, n = "change_id", 0
+    while name in key:
+        n += 1
+        name = f"change_id_{n}"
+    return name
+
+
 def change_log_sql(info: TableInfo, log: QualifiedName) -> sql.Composable:
     """The change log: a serial id and the key columns (WAL-logged: a crash keeps it)."""
     types = {c.name: c.type for c in info.columns}
-    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL(types[k]))
+    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k), Fragment(types[k]))
                              for k in info.key_columns)
-    return sql.SQL("CREATE TABLE {} (change_id bigserial PRIMARY KEY, {})").format(log.ident(), cols)
+    return sql.SQL("CREATE TABLE {} ({} bigserial PRIMARY KEY, {})").format(
+        log.ident(), sql.Identifier(change_id_column(info.key_columns)), cols)
 
 
 def secondary_indexes(info: TableInfo) -> list[Index]:
@@ -113,9 +143,15 @@ def secondary_indexes(info: TableInfo) -> list[Index]:
 
 def sync_function_sql(info: TableInfo, function: QualifiedName, mode: str,
                       recent: QualifiedName, history: QualifiedName | None = None, *,
-                      date_column: str = "", date_type: str = "", cutoff: str = "") -> sql.SQL:
+                      date_column: str = "", date_type: str = "", cutoff: str = "",
+                      search_path: Sequence[str] = (), family: QualifiedName | None = None,
+                      source: QualifiedName | None = None,
+                      self_refs: Sequence[tuple[Sequence[str], Sequence[str]]] = ()) -> sql.SQL:
     """The row-sync trigger function (see sql_templates/row_sync_function.sql.j2). In mode
-    "log", `recent` is the change log table."""
+    "log", `recent` is the change log table. `search_path`: the schemas the table's own
+    expressions need, between pg_catalog and pg_temp (tablemig.search_path). Mode
+    "capture" with `family`: also the family log of the orphan check (tablemig.families),
+    with `self_refs` (referencing, referenced columns) looked up in `source`."""
     writable = info.writable_columns
     key = info.key_columns
     always = {c.name for c in writable if c.identity == "a"}
@@ -127,7 +163,10 @@ def sync_function_sql(info: TableInfo, function: QualifiedName, mode: str,
                   columns=[c.name for c in writable], key=key, update_columns=update_columns,
                   upsert_columns=upsert_columns,
                   overriding=bool(always), date_column=date_column, date_type=date_type,
-                  cutoff=cutoff)
+                  cutoff=cutoff, search_path=list(search_path),
+                  family=(family.schema, family.name) if family else None,
+                  source=(source.schema, source.name) if source else None,
+                  self_refs=[{"child": list(c), "parent": list(p)} for c, p in self_refs])
     return sql.SQL(text)  # type: ignore[arg-type] - rendered with the quoting filters
 
 

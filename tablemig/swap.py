@@ -30,6 +30,7 @@ from . import state
 from .catalog import TableInfo, inspect_table
 from .exchange import exchange, exchange_back, move_publications
 from .executor import Executor
+from .families import OrphanGuard
 from .locking import with_lock_retries
 from .names import QualifiedName
 from .structure import (
@@ -59,12 +60,14 @@ class SwapResult:
 @dataclass(frozen=True)
 class Dependents:
     """What the swap locks besides the two tables: tables whose foreign keys reference the
-    table, and views / materialized views on it. Read with one cheap query before the
-    lock; the full inspection under the lock must find no more than these."""
+    table, views / materialized views on it, and relations with rules that name it (the
+    swap re-creates those rules). Read with one cheap query before the lock; the full
+    inspection under the lock must find no more than these."""
 
     children: frozenset[QualifiedName]
     views: frozenset[QualifiedName]
     matviews: frozenset[QualifiedName]
+    rules: frozenset[QualifiedName] = frozenset()
 
     @classmethod
     def read(cls, conn: psycopg.Connection[Any], table: QualifiedName) -> Dependents:
@@ -72,24 +75,28 @@ class Dependents:
             SELECT 'f', n.nspname, c.relname FROM pg_constraint con
               JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE con.confrelid = %s::regclass AND con.contype = 'f' AND con.conrelid <> con.confrelid
+               AND con.conparentid = 0
             UNION
-            SELECT v.relkind::text, n.nspname, v.relname FROM pg_depend d
+            SELECT CASE WHEN r.rulename = '_RETURN' THEN v.relkind::text ELSE 'r' END, n.nspname, v.relname
+              FROM pg_depend d
               JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class
               JOIN pg_namespace n ON n.oid = v.relnamespace
              WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
                AND d.refobjid = %s::regclass AND v.oid <> %s::regclass""", (str(table),) * 3).fetchall()
         pick = {k: frozenset(QualifiedName(sch, rel) for kind, sch, rel in rows if kind == k)
-                for k in ("f", "v", "m")}
-        return cls(pick["f"], pick["v"], pick["m"])
+                for k in ("f", "v", "m", "r")}
+        return cls(pick["f"], pick["v"], pick["m"], pick["r"])
 
     def covers(self, info: TableInfo) -> bool:
         return ({fk.table for fk in info.incoming_fks} <= self.children
-                and {v.name for v in info.views} <= self.views | self.matviews)
+                and {v.name for v in info.views} <= self.views | self.matviews
+                and {r.relation for r in info.rules_elsewhere} <= self.rules)
 
     def lock_list(self, t: QualifiedName, other: QualifiedName) -> list[QualifiedName]:
         # LOCK TABLE refuses materialized views; the swap's DROP MATERIALIZED VIEW takes their
         # lock under the same lock_timeout (they are watched for blockers)
-        return [t, other, *sorted(self.children), *sorted(self.views)]
+        return [t, other, *sorted(self.children), *sorted(self.views - self.children),
+                *sorted(self.rules - self.children - self.views)]
 
 
 class SwapPeer(Protocol):
@@ -122,9 +129,13 @@ def _coordinated(peers: Sequence[SwapPeer], m: dict[str, Any], back: bool,
 def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
          statement_timeout: str, long_xact_seconds: float,
          on_attempt: Callable[[dict[str, Any]], None] | None = None,
-         peers: Sequence[SwapPeer] = ()) -> SwapResult:
+         peers: Sequence[SwapPeer] = (), search_path: Sequence[str] = (),
+         guard: OrphanGuard | None = None) -> SwapResult:
     """Forward swap of the table described by state row `m`; `peers` (logical subscribers)
-    make the same exchange, committed right after this one (see tablemig.logical)."""
+    make the same exchange, committed right after this one (see tablemig.logical).
+    `search_path`: the schemas of the mirror function's path (tablemig.search_path).
+    `guard`: the orphan check armed by the swap step, repeated first under the lock (a
+    finding rolls the swap back; tablemig.families)."""
     conn = ex.conn
     schema = m["schema_name"]
     t = QualifiedName(schema, m["original_name"])
@@ -137,9 +148,14 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
         info = inspect_table(conn, t, list(m["key_columns"]))  # under the lock: current
         if not deps.covers(info):
             raise psycopg.errors.LockNotAvailable("dependencies changed while locking")
+        if guard is not None:  # before anything changes: an orphan rolls this transaction back
+            guard.check_locked(conn, t, n)
         fn = QualifiedName("table_migration", f"mirror_{m['table_oid']}")
-        mirror = sync_function_sql(info, fn, "mirror", outgoing)
+        mirror = sync_function_sql(info, fn, "mirror", outgoing, search_path=search_path)
         with ex.batched():  # the DDL in as few round trips as its reads allow
+            if guard is not None:
+                for stmt in guard.disarm_sql():
+                    ex.run(stmt)
             ex.run(drop_trigger_sql(t, CAPTURE_TRIGGER))
             ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
             ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
@@ -156,7 +172,8 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
             for stmt in trigger_sql(t, MIRROR_TRIGGER, fn):
                 ex.run(stmt)
             ex.run(truncate_guard_sql(t))
-        record |= {"foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks],
+        record |= {"foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks]
+                   + record.pop("self_foreign_keys", []),
                    "views": [str(v.name) for v in info.views], "publications": info.publications,
                    "outgoing": outgoing.name, "fk_validated": []}
         # Last, with every lock held: the peers catch up and prepare their own exchange.

@@ -144,8 +144,12 @@ def test_a_lock_holder_makes_the_swap_give_up_after_bounded_attempts(
         trig = {r[0] for r in conn.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'public.orders'::regclass"
                                            " AND NOT tgisinternal").fetchall()}
         assert trig == {"tablemig_capture", "tablemig_no_truncate"}
-        log = conn.execute("SELECT count(*) FROM table_migration.migration_log WHERE operation = 'swap'").fetchone()
+        log = conn.execute("SELECT count(*) FROM table_migration.migration_log WHERE operation = 'swap'"
+                           " AND status <> 'failed'").fetchone()
         assert log is not None and log[0] == 0
+        # the failure is stated: in the state row and the audit log
+        error = conn.execute("SELECT last_error FROM table_migration.migration_state").fetchone()
+        assert error is not None and error[0].startswith("swap: ") and "could not lock" in error[0]
     blocker.release()
     with _mig(demo) as mig:
         result = mig.swap()

@@ -195,10 +195,12 @@ def pre_1_3a_affected_tables(ctx: StepContext) -> None:
 
 def pre_1_3b_foreign_keys(ctx: StepContext) -> None:
     plan = ctx.migration().plan()
+    blockers = [b for b in plan.blockers if "foreign key" in b]
     ctx.evidence(incoming=[f"{fk.table}.{fk.name}: {fk.definition}" for fk in plan.info.incoming_fks],
                  outgoing=[f"{n}: {d}" for n, d, _ in plan.info.outgoing_fks],
-                 blockers=[b for b in plan.blockers if "foreign key" in b])
-    assert not [b for b in plan.blockers if "foreign key" in b], "foreign keys block the migration"
+                 self_references=[f"{fk.name}: {fk.definition}" for fk in plan.info.self_fks],
+                 blockers=blockers)
+    assert not blockers, "foreign keys block the migration: " + "; ".join(blockers)
 
 
 def pre_1_3c_application_dependencies(ctx: StepContext) -> None:
@@ -219,7 +221,13 @@ def pre_1_3d_views_procedures_triggers(ctx: StepContext) -> None:
                  materialized_views=[str(v.name) for v in plan.info.views if v.kind == "m"],
                  triggers=[t.name for t in plan.info.triggers], policies=[p["name"] for p in plan.info.policies],
                  publications=plan.info.publications, functions=found,
-                 bound_by_oid=plan.info.bound_functions)
+                 bound_by_oid=plan.info.bound_functions,
+                 rules_writing_the_table=[f"{r.name} on {r.relation}" for r in plan.info.rules_elsewhere],
+                 trigger_search_path=["pg_catalog", *plan.search_path, "pg_temp"])
+    # the schemas the tool's trigger functions need for the table's expressions
+    # (tablemig.search_path): refused when others may create objects there
+    unsafe = [b for b in plan.blockers if "search_path" in b]
+    assert not unsafe, "; ".join(unsafe)
     unverified = [f["function"] for f in found if f["status"] == "unverified"]
     if unverified:
         ctx.warn(f"could not parse {len(unverified)} function bodies; checked by text search only: "

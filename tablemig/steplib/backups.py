@@ -231,7 +231,8 @@ def pre_2_4_rollback_plan_executable(ctx: StepContext) -> None:
                 conn.execute("CREATE SCHEMA table_migration")
             stmts = [*create_table_sql(plan.info, plan.new, user[0] if user else ""),
                      sync_function_sql(plan.info, fn, "capture", plan.new, date_column=plan.date_column,
-                                       date_type=plan.date_type, cutoff=plan.cutoff),
+                                       date_type=plan.date_type, cutoff=plan.cutoff,
+                                       search_path=plan.search_path),
                      *trigger_sql(plan.original, CAPTURE_TRIGGER, fn)]
             for s in stmts:
                 conn.execute(s)

@@ -12,6 +12,7 @@ from ..names import QualifiedName
 from ..reconcile import Reconciler, Side
 from ..resume import AFTER_SWAP, note, remaining
 from ..schema import SCHEMA_VERSION, install_schema, installed_version, render_schema
+from ..sqltext import Fragment
 from ..state import live_table, old_table
 from ..steps import StepContext
 from ..structure import change_log_name, create_table_sql
@@ -80,9 +81,11 @@ def ex_1_3_analyze_tables(ctx: StepContext) -> None:
         frame = probes.monthly_distribution(conn, plan.sources, plan.date_column, plan.date_type, plan.cutoff)
         counts = probes.row_counts(conn, plan.sources, plan.date_column, plan.date_type, plan.cutoff)
     archive = counts["total"] - counts["keep"]
-    ctx.table.facts.update(cutoff=plan.cutoff, rows_total=counts["total"], rows_keep=counts["keep"],
+    ctx.table.facts.update(cutoff=plan.cutoff, cutoff_local=plan.cutoff_local, timezone=plan.timezone,
+                           rows_total=counts["total"], rows_keep=counts["keep"],
                            rows_archive=archive, distribution=frame.to_dict("records"))
-    ctx.evidence(cutoff=plan.cutoff, rows_total=counts["total"], rows_keep=counts["keep"], rows_archive=archive,
+    ctx.evidence(cutoff=plan.cutoff, cutoff_local=plan.cutoff_local, timezone=plan.timezone,
+                 rows_total=counts["total"], rows_keep=counts["keep"], rows_archive=archive,
                  rows_null_date=counts["null_dated"], months=len(frame), warnings=plan.warnings,
                  blockers=plan.blockers, planned={"rows_total": plan.total_rows, "rows_keep": plan.keep_rows,
                                                   "note": "counted when the plan was made"})
@@ -280,7 +283,7 @@ def _undated_copies_sql(rec: Reconciler, live: QualifiedName, archive: Qualified
         "  SELECT 1 FROM (SELECT {key}, {h} AS h FROM {a}) a WHERE {match} AND a.h = l.h))"
         " FROM (SELECT {key}, {h} AS h FROM {t} WHERE ({d} >= %s::{dt}) IS NOT TRUE) l").format(
         key=rec.key_list(), h=rec.hash64(), a=archive.ident(), match=match, t=live.ident(),
-        d=sql.Identifier(date_column), dt=sql.SQL(date_type))
+        d=sql.Identifier(date_column), dt=Fragment(date_type))
 
 
 def integrity_counts_sql(live: QualifiedName, archive: QualifiedName, key: list[str]) -> sql.Composed:

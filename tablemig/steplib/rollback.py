@@ -13,6 +13,7 @@ from typing import Any
 
 from psycopg import sql
 
+from .. import probes
 from ..names import QualifiedName
 from ..reconcile import Reconciler, Side
 from ..state import old_table
@@ -39,8 +40,8 @@ def rb_2_partial_rollback(ctx: StepContext) -> None:
     with conn.transaction(force_rollback=True):
         conn.execute("SET LOCAL lock_timeout = '200ms'")
         conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(live.ident()))
-        sample = conn.execute(sql.SQL("SELECT {k} FROM {t} ORDER BY {k} DESC LIMIT 100").format(
-            k=key, t=live.ident())).fetchall()
+        sample = conn.execute(sql.SQL("SELECT {k} FROM {t} WHERE {ok} ORDER BY {k} DESC LIMIT 100").format(
+            k=key, t=live.ident(), ok=probes.rewritable(conn, live))).fetchall()
         keys = [[str(v) for v in r] for r in sample]
         restored = rec.repair(conn, Side(archive), Side(live), keys, plan.overriding)
         conn.execute(sql.SQL("ALTER TABLE {} ENABLE TRIGGER USER").format(live.ident()))

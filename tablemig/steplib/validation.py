@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .. import probes
 from ..names import QualifiedName
 from ..query_plans import STATEMENT_TIMEOUT, compare
 from ..resume import AFTER_SWAP
@@ -44,8 +45,9 @@ def _trigger_overhead(conn: psycopg.Connection[Any], m: dict[str, Any], live: Qu
     it disables the user triggers inside the transaction instead (a short lock, lock_timeout)."""
     d = sql.Identifier(m["date_column"])
     key = sql.SQL(", ").join(map(sql.Identifier, m["key_columns"]))
-    upd = sql.SQL("UPDATE {t} SET {d} = {d} WHERE ({k}) IN (SELECT {k} FROM {t} ORDER BY {k} LIMIT %s"
-                  " FOR UPDATE SKIP LOCKED)").format(t=live.ident(), d=d, k=key)
+    # rows a rewrite may touch: those satisfying the table's NOT VALID CHECKs (probes.rewritable)
+    upd = sql.SQL("UPDATE {t} SET {d} = {d} WHERE ({k}) IN (SELECT {k} FROM {t} WHERE {ok} ORDER BY {k} LIMIT %s"
+                  " FOR UPDATE SKIP LOCKED)").format(t=live.ident(), d=d, k=key, ok=probes.rewritable(conn, live))
     samples: dict[str, list[float]] = {"with_triggers": [], "without_triggers": []}
     how = "session_replication_role = replica"
 
@@ -129,8 +131,8 @@ def ex_4_3_application_testing(ctx: StepContext) -> None:
         n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(QualifiedName.parse(v).ident())).fetchone()
         results.setdefault("views", {})[v] = n and n[0]
     with conn.transaction(force_rollback=True):
-        first = conn.execute(sql.SQL("SELECT {k} FROM {t} ORDER BY {k} DESC LIMIT 1").format(
-            k=key, t=live.ident())).fetchone()
+        first = conn.execute(sql.SQL("SELECT {k} FROM {t} WHERE {ok} ORDER BY {k} DESC LIMIT 1").format(
+            k=key, t=live.ident(), ok=probes.rewritable(conn, live))).fetchone()
         assert first is not None
         match = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in m["key_columns"])
         conn.execute(sql.SQL("UPDATE {} SET {d} = {d} WHERE {m}").format(
