@@ -62,13 +62,18 @@ def rb_3_full_rollback(ctx: StepContext) -> None:
     arch = conn.execute("SELECT current_setting('archive_mode'), current_setting('archive_command')").fetchone()
     pitr = bool(arch and arch[0] != "off" and arch[1] not in ("", "(disabled)"))
     tables = " ".join(f"--table={t.table}" for t in ctx.plan.tables)
+    # a pg_restore at least as new as the pg_dump that wrote the archive
+    made_by = (backup or {}).get("pg_dump") or {}
+    restore_tool = f"{made_by['bindir']}/pg_restore" if made_by.get("bindir") else "pg_restore"
     ctx.evidence(
         backup=backup and {t: {"file": f["file"], "sha256": f["sha256"]} for t, f in backup["files"].items()},
         restore_point=rp, pitr_possible=pitr,
         procedure=[
-            "1. restore: pg_restore --clean --if-exists " + tables + " --dbname DSN " +
+            "1. restore: " + restore_tool + " --clean --if-exists " + tables + " --dbname DSN " +
             (" ".join(f["file"] for f in backup["files"].values()) if backup else "<PRE-2.1 dumps>")
-            + (" (or PITR: recovery_target_name = 'before_table_rename_strategy')" if pitr else ""),
+            + (" (or PITR: recovery_target_name = 'before_table_rename_strategy')" if pitr else "")
+            + "; into a database without the table's types, sequences and functions, first "
+            "pg_restore --section=pre-data of the schema dump next to it (*.schema.dump), as PRE-2.3 did",
             "2. re-sync replication: a physical standby follows; after PITR rebuild it with pg_basebackup",
             "3. validate: compare counts/checksums with checksums.json next to the dump (PRE-2.3 proved it)",
             "4. root cause analysis: the report of this run (failed steps, SQL, timings)"])
