@@ -71,8 +71,8 @@ class AfterSwap(StepHost):
                                   " '{\"prune_started\": true}' WHERE table_name = %s", (self.table,))
                 state.log(self.conn, self.table, "prune", "started")
                 return {}
-            with_lock_retries(self.conn, f"prune of {t}", [t], start, lock_timeout=s.lock_timeout,
-                              attempts=s.swap_max_attempts, mode="SHARE ROW EXCLUSIVE")
+            with_lock_retries(self.conn, f"prune of {t}", [t], start, mode="SHARE ROW EXCLUSIVE",
+                              **s.lock_options())
             m = self._state() or m
         deleted = 0 if copy_mode else self._delete_archived_copies(m, t, a, batch_size or m["batch_size"])
 
@@ -88,8 +88,8 @@ class AfterSwap(StepHost):
                 (self.table,))
             state.log(self.conn, self.table, "prune", "done", rows=deleted)
             return {}
-        with_lock_retries(self.conn, f"prune of {t}", [t], finish, lock_timeout=s.lock_timeout,
-                          attempts=s.swap_max_attempts, mode="SHARE ROW EXCLUSIVE")
+        with_lock_retries(self.conn, f"prune of {t}", [t], finish, mode="SHARE ROW EXCLUSIVE",
+                          **s.lock_options())
         self._timed("prune", t0)
         return deleted
 
@@ -179,8 +179,7 @@ class AfterSwap(StepHost):
             state.advance(self.conn, self.table, "rollback", "capture removed", state="rolled_back")
             return {}
 
-        with_lock_retries(self.conn, f"rollback of {t}", [t], drop, lock_timeout=s.lock_timeout,
-                          attempts=s.swap_max_attempts)
+        with_lock_retries(self.conn, f"rollback of {t}", [t], drop, **s.lock_options())
         dropped = [new] + ([state.old_table(m)] if m["archive_mode"] == "copy" else [])
         for sub in self.subscribers:  # after the active site: no change for them is in flight
             sub.drop(dropped)
@@ -218,9 +217,8 @@ class AfterSwap(StepHost):
             self.ex.run(truncate_guard_sql(t))
             return {}
 
-        with_lock_retries(self.conn, f"restore mirror on {t}", [t], mirror,
-                          lock_timeout=s.lock_timeout, attempts=s.swap_max_attempts,
-                          mode="SHARE ROW EXCLUSIVE")
+        with_lock_retries(self.conn, f"restore mirror on {t}", [t], mirror, mode="SHARE ROW EXCLUSIVE",
+                          **s.lock_options())
         if m["archive_mode"] == "rename":
             types = {c.name: c.type for c in info.columns}
             # no verify pass follows this copy, so it locks the rows it reads: a writer

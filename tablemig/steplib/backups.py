@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,11 @@ from psycopg import sql
 from .. import dumps
 from ..db import connect, redact
 from ..errors import InputError
+from ..locking import with_lock_retries
 from ..names import QualifiedName
 from ..pgclient import DUMP_TOOLS, ClientTools, find_client_tools, server_major
 from ..reconcile import Reconciler, Side
+from ..settings import Settings
 from ..steps import StepContext
 from ..structure import create_table_sql, drop_trigger_sql, sync_function_sql, trigger_sql
 from ..swap import CAPTURE_TRIGGER
@@ -240,11 +242,31 @@ def pre_2_3_test_restore(ctx: StepContext) -> None:
     (Path(backup["folder"]) / MANIFEST).write_text(json.dumps(backup, indent=2))
 
 
+def _rehearsal(conn: psycopg.Connection[Any], stmts: list[Any], rollback: list[Any]
+               ) -> Callable[[float], dict[str, Any]]:
+    """The body of PRE-2.4's locked transaction: the capture's DDL, then its rollback."""
+    def body(_locked_at: float) -> dict[str, Any]:
+        done = []
+        if conn.execute("SELECT to_regnamespace('table_migration')").fetchone() == (None,):
+            conn.execute("CREATE SCHEMA table_migration")
+        for s in stmts:
+            conn.execute(s)
+        for s in rollback:
+            conn.execute(s)
+            done.append(s.as_string(conn))
+        return {"ran": done}
+    return body
+
+
 def pre_2_4_rollback_plan_executable(ctx: StepContext) -> None:
     """Create the new table and the capture trigger, run the rollback SQL, and roll the
-    whole transaction back: proves the rollback statements run, changes nothing."""
+    whole transaction back: proves the rollback statements run, changes nothing. The trigger
+    needs SHARE ROW EXCLUSIVE on the table: taken through the lock helper (bounded attempts,
+    an autovacuum holding the table handled as tablemig.autovacuum says)."""
     conn = ctx.connect()
-    ran = []
+    settings = Settings.current(conn)
+    ran: list[str] = []
+    attempts_log: dict[str, Any] = {}
     for t in ctx.plan.tables:
         mig = ctx.migration_for(t)
         plan = mig.plan()
@@ -253,22 +275,20 @@ def pre_2_4_rollback_plan_executable(ctx: StepContext) -> None:
             continue
         user = conn.execute("SELECT current_user").fetchone()
         fn = plan.function_name("capture")
-        with conn.transaction(force_rollback=True):
-            conn.execute("SET LOCAL lock_timeout = '200ms'")
-            if conn.execute("SELECT to_regnamespace('table_migration')").fetchone() == (None,):
-                conn.execute("CREATE SCHEMA table_migration")
-            stmts = [*create_table_sql(plan.info, plan.new, user[0] if user else ""),
-                     sync_function_sql(plan.info, fn, "capture", plan.new, date_column=plan.date_column,
-                                       date_type=plan.date_type, cutoff=plan.cutoff),
-                     *trigger_sql(plan.original, CAPTURE_TRIGGER, fn)]
-            for s in stmts:
-                conn.execute(s)
-            rollback = [drop_trigger_sql(plan.original, CAPTURE_TRIGGER),
-                        sql.SQL("DROP FUNCTION {}()").format(fn.ident()),
-                        sql.SQL("DROP TABLE {}").format(plan.new.ident())]
-            for s in rollback:
-                conn.execute(s)
-                ran.append(s.as_string(conn))
+        stmts = [*create_table_sql(plan.info, plan.new, user[0] if user else ""),
+                 sync_function_sql(plan.info, fn, "capture", plan.new, date_column=plan.date_column,
+                                   date_type=plan.date_type, cutoff=plan.cutoff),
+                 *trigger_sql(plan.original, CAPTURE_TRIGGER, fn)]
+        rollback = [drop_trigger_sql(plan.original, CAPTURE_TRIGGER),
+                    sql.SQL("DROP FUNCTION {}()").format(fn.ident()),
+                    sql.SQL("DROP TABLE {}").format(plan.new.ident())]
+
+        result, _, log = with_lock_retries(conn, f"rollback rehearsal on {plan.original}", [plan.original],
+                                           _rehearsal(conn, stmts, rollback), mode="SHARE ROW EXCLUSIVE", rehearse=True,
+                                           **settings.lock_options())
+        ran += result["ran"]
+        attempts_log[str(plan.original)] = log
         still = conn.execute("SELECT to_regclass(%s)", (str(plan.new),)).fetchone()
         assert still == (None,), "the rehearsal left the new table behind"
-    ctx.evidence(rollback_sql=ran, note="executed inside a transaction that was rolled back")
+    ctx.evidence(rollback_sql=ran, lock_attempts=attempts_log,
+                 note="executed inside a transaction that was rolled back")

@@ -13,8 +13,10 @@ from typing import Any
 
 from psycopg import sql
 
+from ..locking import with_lock_retries
 from ..names import QualifiedName
 from ..reconcile import Reconciler, Side
+from ..settings import Settings
 from ..state import old_table
 from ..steps import StepContext
 from .backups import latest_backup
@@ -35,19 +37,25 @@ def rb_2_partial_rollback(ctx: StepContext) -> None:
     types = {c.name: c.type for c in plan.info.columns}
     rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns], plan.columns)
     key = sql.SQL(", ").join(map(sql.Identifier, plan.key))
-    done: dict[str, Any] = {}
-    with conn.transaction(force_rollback=True):
-        conn.execute("SET LOCAL lock_timeout = '200ms'")
+    keys: list[list[str]] = []
+
+    def rehearse(_locked_at: float) -> dict[str, Any]:
         conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(live.ident()))
         sample = conn.execute(sql.SQL("SELECT {k} FROM {t} ORDER BY {k} DESC LIMIT 100").format(
             k=key, t=live.ident())).fetchall()
-        keys = [[str(v) for v in r] for r in sample]
+        keys[:] = [[str(v) for v in r] for r in sample]
         restored = rec.repair(conn, Side(archive), Side(live), keys, plan.overriding)
         conn.execute(sql.SQL("ALTER TABLE {} ENABLE TRIGGER USER").format(live.ident()))
         bounds = rec.boundaries(conn, Side(live), 4)
         segs = rec.checksums(conn, {"live": Side(live), "original": Side(archive, m["date_column"], m["date_type"],
                                                                           m["cutoff"])}, bounds)
-        done = {"rows_restored": restored, "segments_equal": all(s.match for s in segs)}
+        return {"rows_restored": restored, "segments_equal": all(s.match for s in segs)}
+
+    # rolled back; disabling the triggers takes SHARE ROW EXCLUSIVE: through the lock helper.
+    # The checksums under that lock read the whole table, as before: no statement_timeout.
+    done, _, _ = with_lock_retries(conn, f"RB-2 rehearsal on {live}", [live], rehearse, mode="SHARE ROW EXCLUSIVE",
+                                   rehearse=True, statement_timeout="0", **Settings.current(conn).lock_options())
+    done.pop("lock_hold_ms", None)
     ctx.evidence(**done, procedure=["ALTER TABLE T DISABLE TRIGGER USER",
                                     "restore the affected recent rows from the original (tablemig verify repairs)",
                                     "ALTER TABLE T ENABLE TRIGGER USER", "compare segment checksums"],
