@@ -94,11 +94,17 @@ def _errors(stderr: str, limit: int = 8) -> list[str]:
     return lines[:limit] + ([f"... {len(lines) - limit} more"] if len(lines) > limit else [])
 
 
+def exact_pattern(schema: str, name: str) -> str:
+    """A pg_dump name pattern matching exactly this table (no wildcard is special in quotes)."""
+    return '"{}"."{}"'.format(schema.replace('"', '""'), name.replace('"', '""'))
+
+
 def dump(tools: ClientTools, dsn: str, snapshot: str, out: Path, *, table: str | None,
-         timeout: float, lock_wait: str = "60s") -> None:
+         timeout: float, lock_wait: str = "60s", exclude: Sequence[str] = ()) -> None:
     """pg_dump (custom format) in `snapshot`: one table's everything, or with `table`
-    None the database's schema only. Raises AssertionError with pg_dump's errors."""
-    what = [f"--table={table}"] if table else ["--schema-only"]
+    None the database's schema only, without the tables `exclude` (pg_dump patterns).
+    Raises AssertionError with pg_dump's errors."""
+    what = [f"--table={table}"] if table else ["--schema-only", *(f"--exclude-table={p}" for p in exclude)]
     target, env = client_dsn(dsn)
     cmd = [str(tools.tool("pg_dump")), "--format=custom", f"--file={out}", f"--snapshot={snapshot}",
            f"--lock-wait-timeout={lock_wait}", *what, "--dbname", target]

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import psycopg
 import pytest
 from backup_helpers import run_plan, wait_for, write_plan
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from tablemig.db import connect
 from tablemig.dumps import SCRATCH_PREFIX, drop_leftovers, with_dbname
@@ -207,3 +209,32 @@ def test_pg_dump_dies_with_a_killed_harness(fresh_db: Any, tmp_path: Path) -> No
                 harness.kill()
                 harness.wait(30)
             holder.rollback()
+
+
+def test_a_role_that_cannot_read_every_table_backs_up_and_restores_its_own(fresh_db: Any, active: Any,
+                                                                          tmp_path: Path) -> None:
+    """pg_dump locks every table it dumps, the schema only too: a table the migration's role
+    may not read is left out of the schema dump (named in the evidence), not a failure."""
+    role = f"migrator_{uuid.uuid4().hex[:6]}"
+    r = sql.Identifier(role)
+    active.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB").format(r))
+    active.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(sql.Identifier(fresh_db.name), r))
+    try:
+        with fresh_db.connect() as conn:
+            conn.execute("CREATE TYPE mood AS ENUM ('calm', 'busy')")
+            conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, d date NOT NULL, m mood)")
+            conn.execute("INSERT INTO t SELECT g, date '2025-01-01' + g % 300, 'calm' FROM generate_series(1, 500) g")
+            conn.execute(sql.SQL("ALTER TABLE t OWNER TO {}").format(r))
+            conn.execute('CREATE TABLE "Payroll secrets" (who text)')  # not readable by the role
+        proc, steps = run_plan(write_plan(tmp_path, "public.t", "d", ("PRE-2.1", "PRE-2.3")),
+                               make_conninfo(fresh_db.dsn, user=role), "--execute")
+        assert steps["PRE-2.1"]["status"] == "passed", steps["PRE-2.1"]["reason"]
+        assert steps["PRE-2.1"]["evidence"]["schema_dump_leaves_out"] == ['public."Payroll secrets"']
+        assert steps["PRE-2.3"]["status"] == "passed", steps["PRE-2.3"]["reason"]
+        ev = steps["PRE-2.3"]["evidence"]
+        assert ev["restored"] == ev["dumped"] and ev["restored"]["public.t"]["rows"] == 500
+    finally:
+        with fresh_db.connect() as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(r))
+        active.execute(sql.SQL("DROP OWNED BY {}").format(r))
+        active.execute(sql.SQL("DROP ROLE {}").format(r))
