@@ -199,7 +199,7 @@ def wraparound_fix(limit_s: float) -> str:
 
 
 def cannot_cancel_fix(reason: str) -> str:
-    return ("an autovacuum worker holds the table's lock and this role may not cancel it"
+    return ("an autovacuum worker holds the table's lock and was not cancelled"
             + (f" ({reason})" if reason else "") + ": grant the role pg_signal_autovacuum_worker "
             "(PostgreSQL 18 or newer) or run as a superuser, or set migration_config autovacuum_lock_wait "
             "above the server's deadlock_timeout (the server then cancels the worker; the application "

@@ -117,7 +117,8 @@ class _Autovacuum:
         if wait_ms > deadlock_ms:
             # the server cancels an ordinary autovacuum for a waiter after deadlock_timeout
             entry["next_attempt_lock_timeout"] = self.policy.lock_wait
-            print(f"[tablemig] {self.what}: an autovacuum holds the lock and this role may not cancel it: "
+            why = "this role may not cancel it" if self.refused else "autovacuum_cancel is off"
+            print(f"[tablemig] {self.what}: an autovacuum holds the lock and {why}: "
                   f"the next attempt waits up to {self.policy.lock_wait} (deadlock_timeout is "
                   f"{deadlock_ms:.0f} ms), so that the server cancels it", file=sys.stderr, flush=True)
             return self.policy.lock_wait
@@ -126,8 +127,11 @@ class _Autovacuum:
         return None
 
     def fix(self, last: dict[str, Any]) -> str | None:
+        if any(v["wraparound"] for v in last.get("autovacuum", [])):
+            return autovacuum.wraparound_fix(self.policy.wraparound_wait_s)
         if "autovacuum" in last and not last.get("autovacuum_cancelled"):
-            return autovacuum.cannot_cancel_fix(self.refused)
+            return autovacuum.cannot_cancel_fix(self.refused or ("" if self.policy.cancel
+                                                                 else "autovacuum_cancel is off"))
         return None
 
 

@@ -30,6 +30,7 @@ from psycopg import sql
 from tablemig.db import connect
 from tablemig.dumps import with_dbname
 from tablemig.engine import Migration
+from tablemig.errors import LockNotAcquired
 from tablemig.pgbin import embedded_bindir
 from tablemig.schema import install_schema
 from tablemig.spec import TableSpec
@@ -123,6 +124,28 @@ def test_capture_gets_its_lock_from_an_ordinary_autovacuum(cluster: str, db: str
         assert "may not cancel it: the next attempt waits up to 2s" in err, err
     with connect(db) as conn:
         assert conn.execute("SELECT state FROM table_migration.migration_state").fetchone() == ("capturing",)
+
+
+def test_an_autovacuum_left_running_is_named_in_the_failure(cluster: str, db: str) -> None:
+    """No cancel allowed, no longer attempt (autovacuum_lock_wait 0): the bounded attempts
+    end in a failure that names the autovacuum worker and what to do, nothing changed."""
+    _slow_autovacuum_table(db, ORDINARY, 60_000, dead=True)
+    owner = _owner_role(cluster, db)
+    with connect(owner) as conn:
+        install_schema(conn)
+        conn.execute("UPDATE table_migration.migration_config SET config_value = CASE config_key"
+                     " WHEN 'autovacuum_lock_wait' THEN '0' ELSE '3' END"
+                     " WHERE config_key IN ('autovacuum_lock_wait', 'swap_max_attempts')")
+    _wait_worker(db)
+    with Migration(owner, TableSpec("public.t", "d", cutoff="2025-10-01")) as mig:
+        with pytest.raises(LockNotAcquired) as err:
+            mig.capture()
+    assert "in 3 attempts; nothing was changed" in err.value.problem
+    assert "autovacuum worker" in err.value.problem, err.value.problem
+    assert "pg_signal_autovacuum_worker" in err.value.fix and "autovacuum_lock_wait" in err.value.fix
+    assert "superuser" in err.value.fix
+    with connect(db) as conn:
+        assert conn.execute("SELECT to_regclass('t_new')").fetchone() == (None,)
 
 
 def test_autovacuum_the_role_may_not_cancel_is_cancelled_by_the_server(cluster: str, db: str,

@@ -63,7 +63,8 @@ class Writer(threading.Thread):
 
     def __init__(self, dsn: str) -> None:
         super().__init__(daemon=True)
-        self.dsn, self.stop, self.writes, self.error = dsn, threading.Event(), 0, None
+        self.dsn, self.stop, self.writes = dsn, threading.Event(), 0
+        self.error: Exception | None = None
 
     def run(self) -> None:
         try:
