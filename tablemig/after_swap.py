@@ -83,8 +83,8 @@ class AfterSwap(StepHost):
                                   " WHERE table_name = %s", (_json([list(f) for f in self_fks]), self.table))
                 state.log(self.conn, self.table, "prune", "started")
                 return {}
-            with_lock_retries(self.conn, f"prune of {t}", [t], start, lock_timeout=s.lock_timeout,
-                              attempts=s.swap_max_attempts, mode="SHARE ROW EXCLUSIVE")
+            with_lock_retries(self.conn, f"prune of {t}", [t], start, mode="SHARE ROW EXCLUSIVE",
+                              **s.lock_options())
             m = self._state() or m
         deleted = 0 if copy_mode else self._delete_archived_copies(m, t, a, batch_size or m["batch_size"])
 
@@ -100,8 +100,8 @@ class AfterSwap(StepHost):
                 (self.table,))
             state.log(self.conn, self.table, "prune", "done", rows=deleted)
             return {}
-        with_lock_retries(self.conn, f"prune of {t}", [t], finish, lock_timeout=s.lock_timeout,
-                          attempts=s.swap_max_attempts, mode="SHARE ROW EXCLUSIVE")
+        with_lock_retries(self.conn, f"prune of {t}", [t], finish, mode="SHARE ROW EXCLUSIVE",
+                          **s.lock_options())
         self._timed("prune", t0)
         return deleted
 
@@ -199,8 +199,7 @@ class AfterSwap(StepHost):
             return {}
 
         children = sorted({r.child for r in refs if not r.self_ref})
-        with_lock_retries(self.conn, f"rollback of {t}", [t, *children], drop, lock_timeout=s.lock_timeout,
-                          attempts=s.swap_max_attempts)
+        with_lock_retries(self.conn, f"rollback of {t}", [t, *children], drop, **s.lock_options())
         dropped = [new] + ([state.old_table(m)] if m["archive_mode"] == "copy" else [])
         for sub in self.subscribers:  # after the active site: no change for them is in flight
             sub.drop(dropped)
@@ -238,9 +237,8 @@ class AfterSwap(StepHost):
             self.ex.run(truncate_guard_sql(t))
             return {}
 
-        with_lock_retries(self.conn, f"restore mirror on {t}", [t], mirror,
-                          lock_timeout=s.lock_timeout, attempts=s.swap_max_attempts,
-                          mode="SHARE ROW EXCLUSIVE")
+        with_lock_retries(self.conn, f"restore mirror on {t}", [t], mirror, mode="SHARE ROW EXCLUSIVE",
+                          **s.lock_options())
         if m["archive_mode"] == "rename":
             types = {c.name: c.type for c in info.columns}
             # no verify pass follows this copy, so it locks the rows it reads: a writer
@@ -270,8 +268,8 @@ class AfterSwap(StepHost):
             state.log(self.conn, self.table, "rollback", "archive made complete again")
             return {}
 
-        with_lock_retries(self.conn, f"restore of {a}", [a], restore, lock_timeout=s.lock_timeout,
-                          attempts=s.swap_max_attempts, mode="SHARE ROW EXCLUSIVE")
+        with_lock_retries(self.conn, f"restore of {a}", [a], restore, mode="SHARE ROW EXCLUSIVE",
+                          **s.lock_options())
         for name, definition in fks:
             if not definition.endswith(" NOT VALID"):
                 self.ex.run(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(a.ident(), sql.Identifier(name)))

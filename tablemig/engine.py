@@ -306,9 +306,7 @@ class Migration(IndexBuild, Verification, AfterSwap):
         # new ones while waiting, so it gets the same bounded lock_timeout as the swap.
         try:
             with_lock_retries(self.conn, f"capture on {self.table}", [plan.original], body,
-                              lock_timeout=s.lock_timeout, attempts=s.swap_max_attempts,
-                              long_xact_seconds=s.long_transaction_seconds,
-                              mode="SHARE ROW EXCLUSIVE")
+                              mode="SHARE ROW EXCLUSIVE", **s.lock_options())
         except psycopg.errors.InsufficientPrivilege as exc:
             raise InputError(
                 f"the role {user} lacks a privilege: {exc.diag.message_primary}; nothing was changed",

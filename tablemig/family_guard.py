@@ -49,8 +49,7 @@ def arm(ex: Executor, m: dict[str, Any], plan: TablePlan, refs: list[Reference],
     # logged, every earlier one is visible to the check below
     children = sorted({r.child for r in refs if not r.self_ref})
     with_lock_retries(ex.conn, f"arming the orphan check of {plan.original}", [plan.original, *children], body,
-                      lock_timeout=s.lock_timeout, attempts=s.swap_max_attempts,
-                      long_xact_seconds=s.long_transaction_seconds, mode="SHARE ROW EXCLUSIVE")
+                      mode="SHARE ROW EXCLUSIVE", **s.lock_options())
     types = {c.name: c.type for c in plan.info.columns}
     guard = OrphanGuard(refs, oid, plan.key, [types[k] for k in plan.key])
     try:
@@ -82,5 +81,4 @@ def disarm(ex: Executor, m: dict[str, Any], plan: TablePlan, refs: list[Referenc
         if ex.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             ex.conn.rollback()
         with_lock_retries(ex.conn, f"disarming the orphan check of {plan.original}", [plan.original], body,
-                          lock_timeout=s.lock_timeout, attempts=min(3, s.swap_max_attempts),
-                          long_xact_seconds=s.long_transaction_seconds, mode="SHARE ROW EXCLUSIVE")
+                          mode="SHARE ROW EXCLUSIVE", **(s.lock_options() | {"attempts": min(3, s.swap_max_attempts)}))

@@ -57,7 +57,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import state
+from . import autovacuum, state
 from .catalog import inspect_table
 from .db import connect, redact
 from .errors import InputError, TablemigError
@@ -296,6 +296,8 @@ class Subscriber:
             raise psycopg.errors.LockNotAvailable(exc.problem) from None
         gid = self.gid(m, back)
         self._finish(gid, commit=False)  # a leftover of an earlier failed attempt
+        # This runs under the active site's locks: an autovacuum here is not waited for
+        autovacuum.clear(self.conn, [t, n, outgoing], f"swap on the subscriber {self.name}")
         self.conn.execute("BEGIN")
         try:
             self.conn.execute("SET LOCAL lock_timeout = '2s'")

@@ -27,6 +27,7 @@ import psycopg
 from psycopg import sql
 
 from . import state
+from .autovacuum import AutovacuumPolicy
 from .catalog import TableInfo, inspect_table
 from .exchange import exchange, exchange_back, move_publications
 from .executor import Executor
@@ -130,7 +131,7 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
          statement_timeout: str, long_xact_seconds: float,
          on_attempt: Callable[[dict[str, Any]], None] | None = None,
          peers: Sequence[SwapPeer] = (), search_path: Sequence[str] = (),
-         guard: OrphanGuard | None = None) -> SwapResult:
+         guard: OrphanGuard | None = None, autovacuum_policy: AutovacuumPolicy | None = None) -> SwapResult:
     """Forward swap of the table described by state row `m`; `peers` (logical subscribers)
     make the same exchange, committed right after this one (see tablemig.logical).
     `search_path`: the schemas of the mirror function's path (tablemig.search_path).
@@ -188,7 +189,7 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
         conn, f"swap of {t}", deps.lock_list(t, n), body, lock_timeout=lock_timeout,
         attempts=attempts, statement_timeout=statement_timeout,
         long_xact_seconds=long_xact_seconds, on_attempt=on_attempt, watch=sorted(deps.matviews),
-        durable=True))
+        durable=True, autovacuum_policy=autovacuum_policy))
     hold = record.pop("lock_hold_ms")
     # the LSN after the swap's commit, for the standbys to reach
     lsn = str(conn.execute("UPDATE table_migration.migration_state SET lock_hold_ms = %s, swap_attempts = %s,"
@@ -199,7 +200,7 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
 
 def swap_back(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
               statement_timeout: str, long_xact_seconds: float,
-              peers: Sequence[SwapPeer] = ()) -> SwapResult:
+              peers: Sequence[SwapPeer] = (), autovacuum_policy: AutovacuumPolicy | None = None) -> SwapResult:
     """Undo a swap: the archive (kept current by the mirror trigger) becomes `T` again and
     the new table is dropped. Lossless while the mirror trigger was in place."""
     conn = ex.conn
@@ -232,7 +233,7 @@ def swap_back(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: i
         conn, f"swap back of {t}", deps.lock_list(t, outgoing), body,
         lock_timeout=lock_timeout, attempts=attempts, statement_timeout=statement_timeout,
         long_xact_seconds=long_xact_seconds, watch=sorted(deps.matviews), report_seen=True,
-        durable=True))
+        durable=True, autovacuum_policy=autovacuum_policy))
     hold = record.pop("lock_hold_ms")
     return SwapResult(used, hold, str(ex.scalar("SELECT pg_current_wal_insert_lsn()::text")),
                       record, log)

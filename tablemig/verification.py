@@ -116,8 +116,7 @@ class Verification(StepHost):
 
         result, attempts, _ = with_lock_retries(
             self.conn, f"switch to direct capture on {self.table}", [plan.original], switch,
-            lock_timeout=s.lock_timeout, attempts=s.swap_max_attempts,
-            long_xact_seconds=s.long_transaction_seconds, mode="SHARE ROW EXCLUSIVE")
+            mode="SHARE ROW EXCLUSIVE", **s.lock_options())
         state.log(self.conn, self.table, "replay", "switched",
                   rows=replayed + final.get("rows", 0), duration_ms=(time.perf_counter() - t0) * 1000,
                   details={"batches": rounds, "replayed_under_lock": final.get("rows", 0),

@@ -39,11 +39,10 @@ def ex_1_1_deploy_framework(ctx: StepContext) -> None:
     # The PRE-2.1 backup was taken before the schema existed: record it in the audit log now,
     # so cleanup (and only cleanup) can find and remove each table's dump.
     from ..state import log
-    from .backups import latest_backup
+    from .backups import backup_log_entries, latest_backup
 
-    backup = latest_backup(ctx)
-    for table, f in (backup or {}).get("files", {}).items():
-        log(conn, f.get("table", table), "backup", "done", details={"file": f["file"], "sha256": f["sha256"]})
+    for table, details in backup_log_entries(latest_backup(ctx) or {}):
+        log(conn, table, "backup", "done", details=details)
 
 
 def ex_1_2_configure_parameters(ctx: StepContext) -> None:
