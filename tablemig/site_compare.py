@@ -191,6 +191,9 @@ class _Comparison:
         if self.pair.passive.info.server_version < 140000:
             self.rec.binary_hash = False  # the passive site could not compute the same hash
         found = self.pair.passive.execute("SELECT to_regclass(%s) IS NOT NULL", (str(self.table),)).fetchone()
+        if not (found and found[0]):  # just created? judged once the passive site has caught up
+            self.pair.wait(self.pair.mark(), self.table)
+            found = self.pair.passive.execute("SELECT to_regclass(%s) IS NOT NULL", (str(self.table),)).fetchone()
         if not (found and found[0]):
             raise AssertionError(f"{self.table} does not exist on the passive site")
 

@@ -96,17 +96,20 @@ MANIFEST = "manifest.json"
 
 
 def latest_backup(ctx: StepContext) -> dict[str, Any] | None:
-    """This run's backup; under pytest -n another worker may have made it: the newest
-    manifest of this run in the plan's backup directory (never an earlier run's: a run that
-    was killed may have left one)."""
+    """The backup PRE-2.3 restores and EX-1.1 records: this run's (under pytest -n another
+    worker may have made it), else, when PRE-2.1 did not run in this run (a plan run with
+    `-k`), the newest complete one of the plan's backup directory; which one it is, is in the
+    manifest (`run`, `folder`) and so in the evidence."""
     mine = ctx.record.facts.get("backup")
     if mine and (Path(mine["folder"]) / MANIFEST).exists():  # the file has PRE-2.3's result too
         return dict(json.loads((Path(mine["folder"]) / MANIFEST).read_text()))
     root = Path(ctx.plan.backup_dir).resolve() / ctx.plan.name
-    manifests = sorted(root.glob(f"*/{MANIFEST}"), key=lambda p: p.stat().st_mtime)
-    ours = [m for m in map(lambda p: json.loads(p.read_text()), manifests)
-            if m.get("run") and m.get("run") == ctx.record.facts.get("run_uid")]
-    return dict(ours[-1]) if ours else None
+    # a manifest is written only once every dump of its run is complete
+    manifests = [json.loads(p.read_text()) for p in sorted(root.glob(f"*/{MANIFEST}"), key=lambda p: p.stat().st_mtime)]
+    ours = [m for m in manifests if m.get("run") and m.get("run") == ctx.record.facts.get("run_uid")]
+    if ours:
+        return dict(ours[-1])
+    return dict(manifests[-1]) if manifests else None
 
 
 def backup_log_entries(backup: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
@@ -242,7 +245,8 @@ def pre_2_3_test_restore(ctx: StepContext) -> None:
         ctx.dry_run("would restore the PRE-2.1 backup (schema, rows, keys, indexes, triggers) into a "
                     "scratch database and compare counts and checksums")
         return
-    assert backup, "no backup from PRE-2.1 in this run"
+    assert backup, "no backup from PRE-2.1: run PRE-2.1 first"
+    ctx.evidence(backup_folder=backup["folder"], backup_run=backup.get("run"))
     files = backup["files"]
     missing = [t for t, f in files.items() if not f.get("schema_file")]
     assert not missing, f"the backup of {', '.join(missing)} has no schema dump: rerun PRE-2.1"
