@@ -53,10 +53,11 @@ def fresh_db(active: psycopg.Connection[Any], active_dsn: str,
     active.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     if passive_dsn:
         # a test connecting to the passive site at once must not race the standby's replay
-        # of CREATE DATABASE (it lags a moment while another xdist worker writes)
+        # of CREATE DATABASE (it lags while another xdist worker writes; on a busy machine,
+        # for many seconds)
         with connect(passive_dsn) as passive:
             if passive.execute("SELECT pg_is_in_recovery()").fetchone()[0]:  # type: ignore[index]
-                wait_for_replay(active, passive, timeout_s=30)
+                wait_for_replay(active, passive, timeout_s=300)
     db = FreshDb(name, with_dbname(active_dsn, name),
                  with_dbname(passive_dsn, name) if passive_dsn else None)
     try:
