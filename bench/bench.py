@@ -48,9 +48,11 @@ What it does
    tell the trigger's cost from the backfill's.
 6. `--smoke`: exits 1 when core/physical > `--smoke-limit` (3.0), taken as the median of
    the per-pair ratios (each tablemig run against the physical-limit run right after it,
-   so that slow drifts of the machine cancel out). It first waits (at most 90 s) for the
-   1-min load average to fall under 1, and runs one unmeasured warm-up round of tablemig
-   and the physical limit (`--warmup N`; default 1 with --smoke, else 0). Meant for CI
+   so that slow drifts of the machine cancel out). It first raises the scheduling priority
+   of this process and of the primary's server processes (`boost`: SCHED_FIFO, else nice
+   -20; when neither is permitted it waits at most 90 s for the 1-min load average to fall
+   under 1), and runs one unmeasured warm-up round of tablemig and the physical limit
+   (`--warmup N`; default 1 with --smoke, else 0). Meant for CI
    with `--rows 100000 --repeat 21` (`./scripts/test` runs it after the test suite).
 
 Diagnostics: `--explain` prints EXPLAIN (ANALYZE, BUFFERS) of a first and a middle
