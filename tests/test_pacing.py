@@ -158,73 +158,40 @@ def test_the_ratio_is_reread_from_migration_config_while_running(fresh_db: Any) 
     fixed.close()
 
 
-# -- the write guard under a write load the test controls ---------------------------------
+# -- the write guard in a real migration, on a load and a time the test controls -----------
 
-
-class HeldBackApp:
-    """Writers into a table of their own (not the migrated one), as another application on
-    the same server, that write only while no unit of the migration's bulk work runs: the
-    migration's work slows them (to nothing) whatever the machine's speed, so the guard
-    must rest. Their own count of writes is the guard's counter (the server's counter also
-    moves with the harness's and other tests' transactions)."""
-
-    def __init__(self, dsn: str, threads: int = 2) -> None:
-        with connect(dsn) as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS app_writes (id bigserial PRIMARY KEY, v integer)")
-        self.dsn, self.writes, self.errors = dsn, [0] * threads, list[BaseException]()
-        self.held, self.stop = threading.Event(), threading.Event()
-        self.threads = [threading.Thread(target=self._write, args=(i,), daemon=True) for i in range(threads)]
-
-    def _write(self, i: int) -> None:
-        try:
-            with connect(self.dsn, application_name="held-back-app") as conn:
-                while not self.stop.is_set():
-                    if self.held.is_set():
-                        time.sleep(0.001)
-                    else:
-                        conn.execute("INSERT INTO app_writes (v) VALUES (%s)", (i,))
-                        self.writes[i] += 1
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.errors.append(exc)
-
-    def count(self) -> int:
-        return sum(self.writes)
-
-    def __enter__(self) -> HeldBackApp:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
+UNIT_S = 0.2  # what each unit of the migration's bulk work costs on the pacer's clock
 
 
 class HoldingPacer(Pacer):
-    """The migration's pacer, holding the application back while a unit of bulk work runs
-    (a unit runs from a call to the next call, or to the step's end)."""
+    """The migration's pacer on a FakeTime: each unit of bulk work (from a call to the next
+    call, or to the step's end) takes UNIT_S of its clock, during which the simulated
+    application writes nothing; while the pacer rests it writes at its free rate. The real
+    migration runs on the real server; only the guard's view of time and writes is the
+    test's, so what it decides does not depend on the machine's speed."""
 
-    def __init__(self, dsn: str, app: HeldBackApp, share: float) -> None:
-        super().__init__(dsn, 0.0, share, counter=app.count)
-        self.app = app
+    def __init__(self, dsn: str, t: FakeTime, share: float) -> None:
+        super().__init__(dsn, 0.0, share, clock=t.clock, sleep=t.sleep, counter=t.counter)
+        self.t, self.units, self.working = t, 0, False
+
+    def _unit_ended(self) -> None:
+        if self.working:
+            self.t.work(UNIT_S)
+            self.units += 1
+        self.working = False
 
     def start(self, conn: psycopg.Connection[Any] | None = None, settings: Settings | None = None) -> None:
-        self.app.held.clear()
+        self._unit_ended()
         super().start(conn, settings)
 
     def __call__(self, conn: psycopg.Connection[Any] | None = None) -> None:
-        self.app.held.clear()  # the unit before has ended: the rest is the application's
+        self._unit_ended()
         super().__call__(conn)
-        self.app.held.set()
+        self.working = True
 
     def settle(self, conn: psycopg.Connection[Any] | None = None) -> None:
-        self.app.held.clear()
+        self._unit_ended()
         super().settle(conn)
-
-
-def _server_counter(conn: psycopg.Connection[Any]) -> int:
-    return int(conn.execute(WRITE_COUNTER).fetchone()[0])  # type: ignore[index]
 
 
 def _exact(dsn: str) -> None:
@@ -237,27 +204,32 @@ def _exact(dsn: str) -> None:
 def test_under_a_write_load_the_guard_rests_works_one_unit_at_a_time_and_stays_exact(fresh_db: Any) -> None:
     with fresh_db.connect() as conn:
         create_events(conn, 200_000)  # 36,000 rows kept, 1,000 a chunk: several units
-    with HeldBackApp(fresh_db.dsn) as app, \
-            Migration(fresh_db.dsn, _spec(), progress=lambda p: None, app_write_share=0.5) as mig:
-        with fresh_db.connect() as conn:  # the server's write counter moves with the application's writes
-            c0, w0 = _server_counter(conn), app.count()
-            deadline = time.monotonic() + 120
-            while app.count() < w0 + 100:
-                assert time.monotonic() < deadline and not app.errors, app.errors or "no writes in 120 s"
-                time.sleep(0.01)
-            assert _server_counter(conn) - c0 >= 100
+    t = FakeTime(free=1000.0, during=0.0)
+    with Migration(fresh_db.dsn, _spec(), progress=lambda p: None, app_write_share=0.5) as mig:
         mig.pacer.close()
-        mig.pacer = HoldingPacer(fresh_db.dsn, app, 0.5)
+        mig.pacer = pacer = HoldingPacer(fresh_db.dsn, t, 0.5)
         mig.run("swapped")
-        g = mig.pacer.summary()
-        paced = mig.pacer.paced
-    assert not app.errors, app.errors
-    # the load was seen and protected: the work held it back, the guard counted a debt
-    # (fewer writes than expected) and rested to repay it
-    assert g["engaged"] and g["app_write_rate"] > 50, g
-    assert g["app_writes_expected"] > g["app_writes"] > 0 and g["rested_s"] > 0, g
+        g, paced = pacer.summary(), pacer.paced
+    # the load was seen and protected: while the migration worked it wrote nothing, so the
+    # guard made it work one unit at a time and rested until the application had its share
+    # back (a unit of work costs as much rest at a share of 0.5), before the switch to
+    # direct capture; what followed the switch (verify, the swap) rests no more
+    assert pacer.units >= 3 and g["engaged"] and g["app_write_rate"] == pytest.approx(1000.0, rel=0.01), g
     assert paced, "while the application writes, one unit at a time (one index build, one verify reader)"
+    assert g["app_share_kept"] == pytest.approx(0.5, abs=0.01), g
+    assert g["rested_s"] == pytest.approx(pacer.units * UNIT_S, rel=0.05), (g, pacer.units)
     _exact(fresh_db.dsn)
+
+
+def test_the_write_counter_moves_with_every_writing_transaction(fresh_db: Any) -> None:
+    """The guard's measure: each committed writing transaction of any session moves the
+    server's counter (other sessions' writes move it too: only the lower bound is ours)."""
+    with fresh_db.connect() as conn, fresh_db.connect() as app:
+        app.execute("CREATE TABLE app_writes (id bigserial PRIMARY KEY, v integer)")
+        before = int(conn.execute(WRITE_COUNTER).fetchone()[0])  # type: ignore[index]
+        for i in range(100):
+            app.execute("INSERT INTO app_writes (v) VALUES (%s)", (i,))
+        assert int(conn.execute(WRITE_COUNTER).fetchone()[0]) - before >= 100  # type: ignore[index]
 
 
 def test_a_resting_migration_is_released_from_migration_config(fresh_db: Any) -> None:
