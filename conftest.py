@@ -32,7 +32,7 @@ from tablemig.replication import wait_for_replay
 def with_dbname(dsn: str, dbname: str) -> str:
     params = conninfo_to_dict(dsn)
     params["dbname"] = dbname
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 @dataclass

@@ -159,7 +159,7 @@ class Site:
 def with_dbname(dsn: str, dbname: str) -> str:
     params = conninfo_to_dict(dsn)
     params["dbname"] = dbname
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 @pytest.fixture
@@ -174,7 +174,7 @@ def site(active: psycopg.Connection[Any], active_dsn: str, passive_dsn: str | No
         s = Site(with_dbname(active_dsn, name), with_dbname(passive_dsn, name), tmp_path / "ops")
         s.work.mkdir()
         with s.connect() as conn:
-            conn.execute(SCHEMA)  # type: ignore[arg-type] - a fixed script of this test
+            conn.execute(SCHEMA)
             # what a DBA sets for the plan's trigger timings (POST-2)
             conn.execute(sql.SQL("ALTER DATABASE {} SET track_functions = 'pl'").format(sql.Identifier(name)))
         yield s
@@ -376,7 +376,7 @@ def assert_live_equals_twin(s: Site) -> None:
         archive = sql.Identifier("Sales", st[1])
         live, twin = sql.Identifier("Sales", "OrderLog"), sql.Identifier("Sales", "OrderLogTwin")
 
-        def count(query: sql.Composable) -> int:
+        def count(query: sql.Composed) -> int:
             return int(conn.execute(query, {"c": CUTOFF}).fetchone()[0])  # type: ignore[index]
 
         recent = sql.SQL('"OrderDate" >= %(c)s')
