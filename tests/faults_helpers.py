@@ -139,7 +139,7 @@ def harness_backends(conn: psycopg.Connection[Any]) -> list[tuple[int, str]]:
         " AND application_name LIKE 'tablemig%' AND pid <> pg_backend_pid()").fetchall()]
 
 
-def wait_harness_gone(conn: psycopg.Connection[Any], timeout: float = 20) -> None:
+def wait_harness_gone(conn: psycopg.Connection[Any], timeout: float = 120) -> None:
     """After the harness died: its sessions end (the table lock with them)."""
     wait_for(lambda: not harness_backends(conn) and not lock_holders(conn),
              "the killed harness's sessions and table lock to go away", timeout=timeout)
