@@ -48,9 +48,11 @@ What it does
    tell the trigger's cost from the backfill's.
 6. `--smoke`: exits 1 when core/physical > `--smoke-limit` (3.0), taken as the median of
    the per-pair ratios (each tablemig run against the physical-limit run right after it,
-   so that slow drifts of the machine cancel out). It first waits (at most 90 s) for the
-   1-min load average to fall under 1, and runs one unmeasured warm-up round of tablemig
-   and the physical limit (`--warmup N`; default 1 with --smoke, else 0). Meant for CI
+   so that slow drifts of the machine cancel out). It first raises the scheduling priority
+   of this process and of the primary's server processes (`boost`: SCHED_FIFO, else nice
+   -20; when neither is permitted it waits at most 90 s for the 1-min load average to fall
+   under 1), and runs one unmeasured warm-up round of tablemig and the physical limit
+   (`--warmup N`; default 1 with --smoke, else 0). Meant for CI
    with `--rows 100000 --repeat 21` (`./scripts/test` runs it after the test suite).
 
 Diagnostics: `--explain` prints EXPLAIN (ANALYZE, BUFFERS) of a first and a middle
@@ -78,6 +80,7 @@ strict target failure, 2 error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import glob
 import json
@@ -219,16 +222,53 @@ class Server:
         """Identical copy of `src`; returns seconds (reported, never measured)."""
         self.drop(db)
         t0 = time.perf_counter()
-        try:
-            self.conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY file_copy").format(
-                sql.Identifier(db), sql.Identifier(src)))
-        except psycopg.errors.SyntaxError:  # server older than 15: no STRATEGY
-            self.conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(db), sql.Identifier(src)))
+        strategy = sql.SQL(" STRATEGY file_copy")
+        for attempt in range(60):
+            try:
+                self.conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}{}").format(
+                    sql.Identifier(db), sql.Identifier(src), strategy))
+                break
+            except psycopg.errors.SyntaxError:  # server older than 15: no STRATEGY
+                strategy = sql.SQL("")
+            except psycopg.errors.ObjectInUse:
+                # a session still in the source (one just closed, or an autovacuum worker
+                # the server did not stop within its 5 s on a busy machine): it ends soon
+                if attempt == 59:
+                    raise
+                time.sleep(1)
         return time.perf_counter() - t0
 
     def close(self) -> None:
         self.conn.close()
+
+
+def boost(sandbox: Any) -> str:
+    """Run this process and the primary's server processes (backends forked later inherit
+    it from the postmaster) before anything else on the machine: real-time scheduling
+    (SCHED_FIFO, lowest real-time priority; the kernel still leaves 5 % of each second to
+    the rest), else nice -20. A measured run then waits for no CPU: another process (a CPU
+    hog, another test suite) no longer stretches one run more than the next, and the times
+    are those of a quiet machine. The standby keeps its priority: it replays in the
+    background and competes with neither run. Needs root or CAP_SYS_NICE; returns what was
+    done ("" when nothing could be)."""
+    pm = sandbox.postmaster_pid("active")
+    if pm is None:
+        return ""
+    try:
+        children = [int(p) for p in Path(f"/proc/{pm}/task/{pm}/children").read_text().split()]
+    except (OSError, ValueError):
+        children = []
+    pids = [0, pm, *children]  # 0: this process (its threads, started later, inherit it)
+    for how, apply in (("SCHED_FIFO", lambda p: os.sched_setscheduler(p, os.SCHED_FIFO, os.sched_param(1))),
+                       ("nice -20", lambda p: os.setpriority(os.PRIO_PROCESS, p, -20))):
+        try:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):  # a child that exited meanwhile
+                    apply(pid)
+        except OSError:  # not permitted
+            continue
+        return how
+    return ""
 
 
 def durable_conf(a: argparse.Namespace) -> dict[str, str]:
@@ -601,7 +641,10 @@ def phase_measure(srv: Server, src: str, cut: dict[str, Any], a: argparse.Namesp
                   workdir: Path) -> list[dict[str, Any]]:
     runs = []
     order = [m for m in ("tablemig", "physical", "naive") if m not in a.skip]
-    if a.smoke:  # right after a test suite the machine may still be busy: wait for it (bounded)
+    if a.smoke and srv.sandbox is not None:
+        a.boosted = boost(srv.sandbox)
+        log(f"scheduling of this process and the primary: {a.boosted or 'unchanged (not permitted)'}")
+    if a.smoke and not a.boosted:  # right after a test suite the machine may still be busy: wait for it (bounded)
         deadline = time.monotonic() + 90
         while loadavg() > 1.0 and time.monotonic() < deadline:
             time.sleep(2)
@@ -1240,6 +1283,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("need --repeat >= 1, --rows >= 1000 and 0 < --retention < 1")
     if a.warmup is None:
         a.warmup = 1 if a.smoke else 0
+    a.boosted = ""
     a.do_measure = (not (a.workload or a.explain or a.profile or a.trigger_overhead)
                     or a.measure or a.scale_test or a.smoke)
     return a
@@ -1310,6 +1354,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = phase_measure(srv, src["database"], cut, a, workdir)
             results["runs"] = runs
             results["summary"] = summarize(runs)
+            results["scheduling"] = a.boosted
             est = median([r["wall_s"] for r in runs if r["method"] == "tablemig"])
         if a.scale_test:
             results["scale"] = phase_scale(srv, a, workdir, results.get("runs", []))
@@ -1388,7 +1433,8 @@ def main(argv: list[str] | None = None) -> int:
         ok = r is not None and r <= a.smoke_limit
         print(f"SMOKE: tablemig core / physical (median of {a.repeat} paired runs) = {fmt(r)} "
               f"(limit {a.smoke_limit}; ratio of the medians {fmt(summ.get('core_over_physical'))}, "
-              f"of the best runs {fmt(summ.get('core_over_physical_min'))}) {'PASS' if ok else 'FAIL'}")
+              f"of the best runs {fmt(summ.get('core_over_physical_min'))}; scheduling "
+              f"{a.boosted or 'not raised: the figures include the machine load'}) {'PASS' if ok else 'FAIL'}")
         rc = 0 if ok else 1
     if a.strict and any(t["verdict"] == "MISSED" for t in results["targets"].values()):
         rc = 1

@@ -42,6 +42,8 @@ PLAN = PlanConfig(
     require_attestations=False,
     allow_passive_down=False,  # True: go ahead when the configured passive site is unreachable
     backup_dir='backups',
+    # statement_timeout of every query a step checks with; a check cancelled by it fails its step
+    validation_timeout='30min',
 )
 
 

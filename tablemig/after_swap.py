@@ -13,10 +13,13 @@ from . import state
 from .backfill import CopyJob, wait_while_paused
 from .batch_copy import BatchCopier
 from .errors import InputError, TablemigError
+from .failures import records_failure
+from .families import disarm_sql, family_log_name, references
 from .locking import with_lock_retries
 from .names import QualifiedName
-from .planner import TablePlan
+from .planner import TablePlan, plan_after_swap
 from .settings import Settings
+from .sqltext import Fragment
 from .step_host import StepHost
 from .structure import (
     change_log_name,
@@ -43,6 +46,7 @@ class AfterSwap(StepHost):
 
     swap_result: SwapResult | None
 
+    @records_failure("prune")
     def prune(self, batch_size: int | None = None) -> int:
         """Delete from the archive the rows that live in T; from here T and A are disjoint.
 
@@ -58,23 +62,31 @@ class AfterSwap(StepHost):
         self.pacer.start(self.conn, s)
         t = QualifiedName(m["schema_name"], m["original_name"])
         a = state.old_table(m)
-        info = (self._plan or self.plan_for_state(m)).info
+        plan = self._plan or self.plan_for_state(m)
+        info = plan.info
         mirror = QualifiedName("table_migration", f"mirror_{m['table_oid']}")
         guard = QualifiedName("table_migration", f"prune_{m['table_oid']}")
         copy_mode = m["archive_mode"] == "copy"
         if not (m["checkpoint"] or {}).get("prune_started") and not copy_mode:
+            # the archive's foreign keys to itself: archived rows may reference rows that are
+            # live now, whose copies the prune deletes; dropped (rollback adds them back)
+            self_fks = _self_references(self.conn, a)
+
             def start(_locked_at: float) -> dict[str, Any]:
+                for name, _ in self_fks:
+                    self.ex.run(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(a.ident(), sql.Identifier(name)))
                 self.ex.run(drop_trigger_sql(t, MIRROR_TRIGGER))
                 self.ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(mirror.ident()))
-                self.ex.run(sync_function_sql(info, guard, "prune", a))
+                self.ex.run(sync_function_sql(info, guard, "prune", a, search_path=plan.search_path))
                 for stmt in trigger_sql(t, PRUNE_TRIGGER, guard):
                     self.ex.run(stmt)
                 self.conn.execute("UPDATE table_migration.migration_state SET checkpoint = checkpoint ||"
-                                  " '{\"prune_started\": true}' WHERE table_name = %s", (self.table,))
+                                  " jsonb_build_object('prune_started', true, 'archive_self_fks', %s::jsonb)"
+                                  " WHERE table_name = %s", (_json([list(f) for f in self_fks]), self.table))
                 state.log(self.conn, self.table, "prune", "started")
                 return {}
-            with_lock_retries(self.conn, f"prune of {t}", [t], start, lock_timeout=s.lock_timeout,
-                              attempts=s.swap_max_attempts, mode="SHARE ROW EXCLUSIVE")
+            with_lock_retries(self.conn, f"prune of {t}", [t], start, mode="SHARE ROW EXCLUSIVE",
+                              **s.lock_options())
             m = self._state() or m
         deleted = 0 if copy_mode else self._delete_archived_copies(m, t, a, batch_size or m["batch_size"])
 
@@ -90,8 +102,8 @@ class AfterSwap(StepHost):
                 (self.table,))
             state.log(self.conn, self.table, "prune", "done", rows=deleted)
             return {}
-        with_lock_retries(self.conn, f"prune of {t}", [t], finish, lock_timeout=s.lock_timeout,
-                          attempts=s.swap_max_attempts, mode="SHARE ROW EXCLUSIVE")
+        with_lock_retries(self.conn, f"prune of {t}", [t], finish, mode="SHARE ROW EXCLUSIVE",
+                          **s.lock_options())
         self._timed("prune", t0)
         return deleted
 
@@ -104,7 +116,7 @@ class AfterSwap(StepHost):
         match = sql.SQL(" AND ").join(sql.SQL("a.{0} = b.{0}").format(k) for k in key)
         last = (m["checkpoint"] or {}).get("prune_last")
         total = 0
-        typed = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(self._type_of(t, k)))
+        typed = sql.SQL(", ").join(sql.SQL("%s::{}").format(Fragment(self._type_of(t, k)))
                                    for k in m["key_columns"])
         above = sql.SQL("({}) > ({})").format(klist, typed)
         upto = sql.SQL("({}) <= ({})").format(klist, typed)
@@ -143,6 +155,7 @@ class AfterSwap(StepHost):
         assert row is not None
         return str(row[0])
 
+    @records_failure("rollback")
     def rollback(self) -> str:
         """Undo the migration from whatever state it is in; returns what was done."""
         m = self._state()
@@ -166,8 +179,14 @@ class AfterSwap(StepHost):
             validate_foreign_keys(self.ex, self.swap_result.record.get("foreign_keys", []))
             return "swapped back"
         new = QualifiedName(m["schema_name"], m["new_name"])
+        # an orphan check armed by a swap step that did not finish (tablemig.families)
+        armed = self.conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                                  (str(family_log_name(int(m["table_oid"]))),)).fetchone()
+        refs = references(self.conn, int(m["table_oid"])) if armed and armed[0] else []
 
         def drop(_locked_at: float) -> dict[str, Any]:
+            for stmt in disarm_sql(refs, int(m["table_oid"])):
+                self.ex.run(stmt)
             self.ex.run(drop_trigger_sql(t, CAPTURE_TRIGGER))
             self.ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
             self.ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
@@ -181,8 +200,8 @@ class AfterSwap(StepHost):
             state.advance(self.conn, self.table, "rollback", "capture removed", state="rolled_back")
             return {}
 
-        with_lock_retries(self.conn, f"rollback of {t}", [t], drop, lock_timeout=s.lock_timeout,
-                          attempts=s.swap_max_attempts)
+        children = sorted({r.child for r in refs if not r.self_ref})
+        with_lock_retries(self.conn, f"rollback of {t}", [t, *children], drop, **s.lock_options())
         dropped = [new] + ([state.old_table(m)] if m["archive_mode"] == "copy" else [])
         for sub in self.subscribers:  # after the active site: no change for them is in flight
             sub.drop(dropped)
@@ -218,15 +237,14 @@ class AfterSwap(StepHost):
                  if i.name in archived]
 
         def mirror(_locked_at: float) -> dict[str, Any]:
-            self.ex.run(sync_function_sql(info, fn, "mirror", a, defer=defer))
+            self.ex.run(sync_function_sql(info, fn, "mirror", a, search_path=plan.search_path, defer=defer))
             for stmt in trigger_sql(t, MIRROR_TRIGGER, fn):
                 self.ex.run(stmt)
             self.ex.run(truncate_guard_sql(t))
             return {}
 
-        with_lock_retries(self.conn, f"restore mirror on {t}", [t], mirror,
-                          lock_timeout=s.lock_timeout, attempts=s.swap_max_attempts,
-                          mode="SHARE ROW EXCLUSIVE")
+        with_lock_retries(self.conn, f"restore mirror on {t}", [t], mirror, mode="SHARE ROW EXCLUSIVE",
+                          **s.lock_options())
         if m["archive_mode"] == "rename":
             types = {c.name: c.type for c in info.columns}
             # no verify pass follows this copy, so it locks the rows it reads: a writer
@@ -240,23 +258,33 @@ class AfterSwap(StepHost):
                     " WHERE table_name = %s", (self.table,))
             BatchCopier(self.dsn, job, self.table, "unprune", batch_size=m["batch_size"],
                         throttle=self.throttle, progress=self.progress, pace=self.pacer).run(self.conn, {})
-        with self.conn.transaction():
+        # the archive's foreign keys to itself, dropped by the prune: complete again, it
+        # satisfies them (added NOT VALID, then validated without blocking writes)
+        fks = [(n, d) for n, d in ((self._state() or m)["checkpoint"] or {}).get("archive_self_fks", [])
+               if (n, d) not in _self_references(self.conn, a)]
+
+        def restore(_locked_at: float) -> dict[str, Any]:
+            for name, definition in fks:
+                self.ex.run(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
+                    a.ident(), sql.Identifier(name), Fragment(definition.removesuffix(" NOT VALID"))))
             state.update(self.conn, self.table, state="swapped")
             self.conn.execute("UPDATE table_migration.migration_state SET checkpoint = checkpoint"
-                              " - 'prune_started' - 'prune_last' - 'prune_done' WHERE table_name = %s",
-                              (self.table,))
+                              " - 'prune_started' - 'prune_last' - 'prune_done' - 'archive_self_fks'"
+                              " WHERE table_name = %s", (self.table,))
             state.log(self.conn, self.table, "rollback", "archive made complete again")
+            return {}
+
+        with_lock_retries(self.conn, f"restore of {a}", [a], restore, mode="SHARE ROW EXCLUSIVE",
+                          **s.lock_options())
+        for name, definition in fks:
+            if not definition.endswith(" NOT VALID"):
+                self.ex.run(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(a.ident(), sql.Identifier(name)))
 
     def plan_for_state(self, m: dict[str, Any]) -> TablePlan:
-        """A plan for the live table as it is after the swap (used by the restore path)."""
-        from .catalog import inspect_table
+        """A plan for the live table as it is after the swap, without counting rows."""
+        return plan_after_swap(self.conn, self.spec, m, count=False)
 
-        live = QualifiedName(m["schema_name"], m["original_name"])
-        info = inspect_table(self.conn, live, list(m["key_columns"]))
-        return TablePlan(self.spec, info, live, QualifiedName(m["schema_name"], m["new_name"]),
-                         QualifiedName(m["schema_name"], m["archive_name"]), None,
-                         m["date_column"], m["date_type"], m["cutoff"], 0, 0, 0, 0, False)
-
+    @records_failure("cleanup")
     def cleanup(self, approved_by: str) -> list[str]:
         """After recorded business approval: drop what only served the migration (the
         kept original in copy mode). The archive stays: it is the history."""
@@ -281,6 +309,17 @@ class AfterSwap(StepHost):
             state.log(self.conn, self.table, "cleanup", "done",
                       details={"approved_by": approved_by, "dropped": dropped, "backups_removed": removed})
         return dropped + removed
+
+
+def _self_references(conn: Any, table: QualifiedName) -> list[tuple[str, str]]:
+    """(name, definition) of `table`'s foreign keys to itself, the definitions
+    schema-qualified (read with an empty search_path)."""
+    with conn.transaction():
+        conn.execute("SET LOCAL search_path = ''")
+        rows = conn.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+                            " WHERE conrelid = %s::regclass AND contype = 'f' AND confrelid = conrelid"
+                            " ORDER BY conname", (str(table),)).fetchall()
+    return [(r[0], r[1]) for r in rows]
 
 
 def _remove_backups(files: list[str]) -> list[str]:

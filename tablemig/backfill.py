@@ -32,6 +32,7 @@ from . import state
 from .db import connect
 from .names import QualifiedName
 from .pacing import Pace
+from .sqltext import Fragment
 
 Throttle = Callable[[], None]
 Progress = Callable[[dict[str, Any]], None]
@@ -61,7 +62,7 @@ class CopyJob:
     no_arbiter: bool = False
 
     def _date_filter(self) -> sql.Composable:
-        d, t = sql.Identifier(self.date_column or ""), sql.SQL(self.date_type)
+        d, t = sql.Identifier(self.date_column or ""), Fragment(self.date_type)
         if self.history:
             return sql.SQL("({d} < %s::{t} OR {d} IS NULL)").format(d=d, t=t)
         return sql.SQL("{} >= %s::{}").format(d, t)
@@ -73,12 +74,12 @@ class CopyJob:
         return sql.SQL(", ").join(map(sql.Identifier, self.order_columns))
 
     def _bound(self, op: str) -> sql.Composable:
-        vals = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(t)) for t in self.order_types)
+        vals = sql.SQL(", ").join(sql.SQL("%s::{}").format(Fragment(t)) for t in self.order_types)
         cond = sql.SQL("({}) {} ({})").format(self._order(), sql.SQL(op), vals)
         if op == ">" and self.order_columns[0] == self.date_column:
             # lets the index on D start at the checkpoint (the row comparison alone does not)
             cond = sql.SQL("{} >= %s::{} AND {}").format(
-                sql.Identifier(self.date_column), sql.SQL(self.date_type), cond)
+                sql.Identifier(self.date_column), Fragment(self.date_type), cond)
         return cond
 
     def _filter(self, lo: bool, hi: bool) -> tuple[sql.Composable, int]:
@@ -210,7 +211,7 @@ def chunk_sql(job: CopyJob, split: str, split_type: str, lo: bool, hi: bool) -> 
     """One chunk: `INSERT INTO target SELECT ... FROM source WHERE filter AND lo < s <= hi`
     (no ON CONFLICT: the target has no key during the load)."""
     parts: list[sql.Composable] = [job._date_filter()] if job.date_column else []
-    col, typ = sql.Identifier(split), sql.SQL(split_type)
+    col, typ = sql.Identifier(split), Fragment(split_type)
     if lo:
         parts.append(sql.SQL("{} > %s::{}").format(col, typ))
     if hi:
@@ -237,7 +238,7 @@ def plan_chunks(conn: psycopg.Connection[Any], job: CopyJob, split: str, split_t
     if not row or row[0] is None:
         return [Chunk(None, None)]
     above = split == job.date_column and not job.history
-    typ = sql.SQL(split_type)
+    typ = Fragment(split_type)
     query = sql.SQL("SELECT v::text FROM (SELECT DISTINCT u.b AS v FROM unnest(%s::text::{}[]) AS u(b)"
                     " WHERE {}) s ORDER BY s.v").format(
         typ, sql.SQL("u.b > %s::{}").format(typ) if above else sql.SQL("u.b IS NOT NULL"))

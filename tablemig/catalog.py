@@ -18,8 +18,6 @@ from psycopg.rows import dict_row
 from .errors import InputError
 from .names import QualifiedName
 
-DATE_TYPES = ("date", "timestamp without time zone", "timestamp with time zone")
-
 # The triggers tablemig itself puts on a table. They are told from the user's by their exact
 # name *and* their function living in the table_migration schema: a user trigger that merely
 # shares the prefix (or even one of these names) is the user's and is carried over.
@@ -28,6 +26,8 @@ MIRROR_TRIGGER = "tablemig_mirror"
 GUARD_TRIGGER = "tablemig_no_truncate"
 PRUNE_TRIGGER = "tablemig_prune"
 TOOL_TRIGGERS = (CAPTURE_TRIGGER, MIRROR_TRIGGER, GUARD_TRIGGER, PRUNE_TRIGGER)
+# on the tables referencing the table, while the swap step runs (tablemig.families)
+FAMILY_TRIGGER = "tablemig_family"
 TOOL_SCHEMA = "table_migration"
 
 
@@ -133,6 +133,17 @@ class DependentView:
 
 
 @dataclass(frozen=True)
+class RuleElsewhere:
+    """A rule on another relation (table or view) whose action or condition names the
+    table: bound by OID, so the swap re-creates it (tablemig.exchange)."""
+
+    name: str
+    relation: QualifiedName
+    kind: str  # the relation's relkind
+    definition: str  # pg_get_ruledef, schema-qualified
+
+
+@dataclass(frozen=True)
 class TriggerDef:
     name: str
     definition: str
@@ -182,6 +193,9 @@ class TableInfo:
     statistics_bodies: list[str] = field(default_factory=list)
     access_method: str | None = None
     tablespace: str | None = None  # None: the database's default
+    # foreign keys of the table referencing the table itself (not in outgoing_fks)
+    self_fks: list[ForeignKey] = field(default_factory=list)
+    rules_elsewhere: list[RuleElsewhere] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def column(self, name: str) -> Column | None:
@@ -240,7 +254,7 @@ _ACL = """
               FROM pg_class c, aclexplode(c.relacl) a
              WHERE c.oid = {oid} AND a.grantee <> c.relowner) g"""
 
-_TOOL_TRIGGERS_ARRAY = "{" + ",".join(TOOL_TRIGGERS) + "}"
+_TOOL_TRIGGERS_ARRAY = "{" + ",".join((*TOOL_TRIGGERS, FAMILY_TRIGGER)) + "}"
 
 # Publication row filters and column lists exist from PostgreSQL 15 on: they are read through
 # to_jsonb (pg_publication_tables.rowfilter, pg_publication_rel.prattrs), so the statement
@@ -298,12 +312,16 @@ SELECT
      WHERE conrelid = %(oid)s AND contype = 'c') x) AS checks,
  (SELECT coalesce(json_agg(x ORDER BY x.conname), '[]') FROM (
     SELECT conname, pg_get_constraintdef(oid) AS def, convalidated FROM pg_constraint
-     WHERE conrelid = %(oid)s AND contype = 'f') x) AS fk_out,
+     WHERE conrelid = %(oid)s AND contype = 'f' AND confrelid <> conrelid) x) AS fk_out,
+ (SELECT coalesce(json_agg(x ORDER BY x.conname), '[]') FROM (
+    SELECT conname, pg_get_constraintdef(oid) AS def, convalidated FROM pg_constraint
+     WHERE conrelid = %(oid)s AND contype = 'f' AND confrelid = conrelid) x) AS fk_self,
  (SELECT coalesce(json_agg(x ORDER BY x.nspname, x.relname, x.conname), '[]') FROM (
     SELECT con.conname, n.nspname, c.relname, pg_get_constraintdef(con.oid) AS def, con.convalidated
       FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
       JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE con.confrelid = %(oid)s AND con.contype = 'f' AND con.conrelid <> con.confrelid) x) AS fk_in,
+     WHERE con.confrelid = %(oid)s AND con.contype = 'f' AND con.conrelid <> con.confrelid
+       AND con.conparentid = 0) x) AS fk_in,
  (SELECT coalesce(json_agg(x ORDER BY x.oid), '[]') FROM (
     SELECT DISTINCT v.oid, n.nspname, v.relname, v.relkind,
            pg_get_viewdef(v.oid) AS def, coalesce(v.reloptions, '{{}}') AS options,
@@ -318,7 +336,13 @@ SELECT
       FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
       JOIN pg_class v ON v.oid = r.ev_class JOIN pg_namespace n ON n.oid = v.relnamespace
      WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-       AND d.refobjid = %(oid)s AND v.oid <> %(oid)s) x) AS views,
+       AND d.refobjid = %(oid)s AND v.oid <> %(oid)s AND r.rulename = '_RETURN') x) AS views,
+ (SELECT coalesce(json_agg(x ORDER BY x.nspname, x.relname, x.rulename), '[]') FROM (
+    SELECT DISTINCT r.rulename, n.nspname, c.relname, c.relkind, pg_get_ruledef(r.oid) AS def
+      FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+      JOIN pg_class c ON c.oid = r.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+       AND d.refobjid = %(oid)s AND c.oid <> %(oid)s AND r.rulename <> '_RETURN') x) AS rules_elsewhere,
  (SELECT coalesce(json_agg(x ORDER BY x.tgname), '[]') FROM (
     SELECT t.tgname, quote_ident(t.tgname) AS qname, pg_get_triggerdef(t.oid) AS def, t.tgenabled,
            obj_description(t.oid, 'pg_trigger') AS comment
@@ -460,6 +484,9 @@ def inspect_table(conn: psycopg.Connection[Any], name: QualifiedName,
                           for p in r["pubs"]],
         statistics_bodies=[d.removeprefix(f"CREATE STATISTICS {q} ") for d, q in r["stats"]],
         access_method=base["access_method"], tablespace=base["tablespace"],
+        self_fks=[ForeignKey(c["conname"], name, c["def"], c["convalidated"]) for c in r["fk_self"]],
+        rules_elsewhere=[RuleElsewhere(x["rulename"], QualifiedName(x["nspname"], x["relname"]), x["relkind"],
+                                       x["def"]) for x in r["rules_elsewhere"]],
     )
 
 

@@ -112,7 +112,10 @@ def cmd_migrate(a: argparse.Namespace) -> int:
                    app_write_share=a.app_write_share) as mig:
         final = mig.run(a.until)
         print(file=sys.stderr)
-        _print({"state": final.get("state"), "timings": mig.timings, "rows_copied": final.get("rows_copied"),
+        plan = mig.last_plan
+        _print({"state": final.get("state"), "cutoff": final.get("cutoff"),
+                "cutoff_local": plan.cutoff_local if plan else None, "timezone": plan.timezone if plan else None,
+                "timings": mig.timings, "rows_copied": final.get("rows_copied"),
                 "swap_attempts": final.get("swap_attempts"), "lock_hold_ms": final.get("lock_hold_ms"),
                 **({"inventory": (final.get("swap_record") or {}).get("inventory")}
                    if final.get("state") == "swapped" else {}),

@@ -13,7 +13,7 @@ CRITERIA: dict[str, tuple[list[str], str]] = {
     "SC-1": (["EX-2.3", "EX-4.3"], "after the swap, test writes went to the new table and through its triggers"),
     "SC-2": (["EX-4.1"], "the archive holds every history row: new + archive = original"),
     "SC-3": (["PRE-1.1b", "EX-3.2"], "replication lag under max_replication_lag (and under 5 minutes)"),
-    "SC-4": (["EX-4.2"], "queries on the new table no slower than on the original"),
+    "SC-4": (["EX-4.2"], "the new table's query plans no worse than the original's (index use, buffers per row)"),
     "SC-5": (["EX-4.1", "EX-3.2"], "counts and segment checksums match"),
     "SC-6": (["EX-5.1", "EX-5.2", "PRE-3.4"], "health view, health_check() and thresholds in place, no alert"),
     "SC-7": ([], "a person attests it"),

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from .sqltext import EscapingCursor
 
 # Text forms of rows must be identical on every connection that checksums them.
 SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c extra_float_digits=3 -c IntervalStyle=postgres"
@@ -31,8 +35,9 @@ def connect(dsn: str, *, autocommit: bool = True, application_name: str = "table
     params["options"] = f"{extra} {SESSION_OPTIONS} {more}".strip()
     params.setdefault("application_name", application_name)
     params.setdefault("connect_timeout", "10")
+    kwargs.setdefault("cursor_factory", EscapingCursor)  # names with "%" (tablemig.sqltext)
     try:
-        conn = psycopg.connect(make_conninfo(**params), autocommit=autocommit, **kwargs)
+        conn = psycopg.connect(make_conninfo("", **params), autocommit=autocommit, **kwargs)
     except psycopg.OperationalError as exc:
         from .errors import InputError
 
@@ -49,6 +54,25 @@ def connect(dsn: str, *, autocommit: bool = True, application_name: str = "table
     return conn
 
 
+def database_timezone(dsn: str) -> str:
+    """The TimeZone a session of this role gets in this database by default (its database
+    and role settings, else the server's configuration), not the UTC tablemig's own
+    connections fix: a session opened with the DSN as given."""
+    params = conninfo_to_dict(dsn)
+    params.setdefault("application_name", "tablemig")
+    params.setdefault("connect_timeout", "10")
+    try:
+        with psycopg.connect(make_conninfo("", **params), autocommit=True) as conn:
+            row = conn.execute("SELECT current_setting('TimeZone')").fetchone()
+    except psycopg.OperationalError as exc:
+        from .errors import InputError
+
+        raise InputError(f"cannot connect to {redact(dsn)}: {redact(str(exc)).strip()}",
+                         "check host, port, database and credentials; is the server running?") from None
+    assert row is not None
+    return str(row[0])
+
+
 def server_identity(conn: psycopg.Connection[Any]) -> tuple[str, str, int]:
     """(system identifier, data directory or address, port) to tell two servers apart."""
     row = conn.execute(
@@ -57,3 +81,12 @@ def server_identity(conn: psycopg.Connection[Any]) -> tuple[str, str, int]:
     ).fetchone()
     assert row is not None
     return row[0], row[1], row[2]
+
+
+@contextmanager
+def read_snapshot(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Every statement inside reads one snapshot (a REPEATABLE READ, READ ONLY transaction):
+    numbers compared with each other are read at one moment."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield

@@ -30,9 +30,12 @@ from psycopg import sql
 from . import state
 from .after_swap import AfterSwap
 from .backfill import ChunkLoader, CopyJob, Progress, Throttle
-from .db import connect
+from .db import connect, database_timezone
 from .errors import InputError, TablemigError
 from .executor import Executor, Recorder
+from .failures import records_failure
+from .families import references
+from .family_guard import arm, disarm
 from .indexing import IndexBuild
 from .locking import blockers, with_lock_retries
 from .logical import Subscriber
@@ -105,6 +108,7 @@ class Migration(IndexBuild, Verification, AfterSwap):
         self.subscribers = [Subscriber(d, dsn, recorder=self.recorder) for d in subscribers]
         self.switch_lock_hold_ms: float | None = None
         self._schema_seen = False
+        self._timezone: str | None = None
         # ANALYZE of the new tables, started in the background once their indexes are built
         # (verify waits for it)
         self._stats_ready = False
@@ -137,8 +141,19 @@ class Migration(IndexBuild, Verification, AfterSwap):
 
     def plan(self) -> TablePlan:
         """Read-only plan (the dry run)."""
-        self._plan = build_plan(self.conn, self.spec)
+        self._plan = build_plan(self.conn, self.spec, timezone=self.database_timezone)
         return self._plan
+
+    @property
+    def last_plan(self) -> TablePlan | None:
+        """The plan this migration made last (None before any)."""
+        return self._plan
+
+    def database_timezone(self) -> str:
+        """The database's own TimeZone (tablemig.cutoff), asked once."""
+        if self._timezone is None:
+            self._timezone = database_timezone(self.dsn)
+        return self._timezone
 
     def _settings(self) -> Settings:
         return Settings.load(self.conn, **self.overrides)
@@ -193,6 +208,7 @@ class Migration(IndexBuild, Verification, AfterSwap):
         m = self._state()
         return dict(m) if m else {}
 
+    @records_failure("capture")
     def capture(self) -> None:
         """Install the schema, create N (and A in copy mode) and the capture trigger."""
         t0 = time.perf_counter()
@@ -203,7 +219,7 @@ class Migration(IndexBuild, Verification, AfterSwap):
         # the trigger function is rendered while planning: a template error shows before
         # anything is installed, and its rendering is not part of the capture
         log_function = sync_function_sql(plan.info, plan.function_name("capture"), "log",
-                                         change_log_name(plan.info.oid))
+                                         change_log_name(plan.info.oid), search_path=plan.search_path)
         self._timed("plan", t0)
         if plan.blockers:
             raise TablemigError(f"{self.table} has blockers: " + "; ".join(plan.blockers),
@@ -226,14 +242,20 @@ class Migration(IndexBuild, Verification, AfterSwap):
                              "GRANT CREATE ON DATABASE to the role, or have the database owner run "
                              "`tablemig install-schema` once (the table owner is needed for the rest)") from None
         self._timed("install", t_install)
-        self._lock(plan.info.oid)
+        # the table lock is keyed by the original's OID, which after the swap is the archive's
+        m = self._state()
+        under_way = m is not None and m["state"] not in ("rolled_back", "cleaned")
+        self._lock(int(m["table_oid"]) if m is not None and under_way else plan.info.oid)
         t0 = time.perf_counter()
         m = self._state()
         if m and m["state"] not in ("rolled_back", "cleaned"):
             if m["plan_name"] and self.plan_name and m["plan_name"] != self.plan_name:
                 raise InputError(f"{self.table} is mid-migration (state {m['state']}) by plan {m['plan_name']!r}",
                                  f"finish or roll back that plan first (tablemig rollback --table {self.table})")
-            if m["table_oid"] != plan.info.oid:
+            found = self.conn.execute("SELECT to_regclass(%s)::oid", (str(state.old_table(m)),)).fetchone() \
+                if plan.swapped else (plan.info.oid,)
+            original_oid = found[0] if found else None
+            if m["table_oid"] != original_oid:
                 raise InputError(f"state of {self.table} belongs to another table (oid "
                                  f"{m['table_oid']})", "inspect table_migration.migration_state")
             return  # resuming: capture is already in place
@@ -284,9 +306,7 @@ class Migration(IndexBuild, Verification, AfterSwap):
         # new ones while waiting, so it gets the same bounded lock_timeout as the swap.
         try:
             with_lock_retries(self.conn, f"capture on {self.table}", [plan.original], body,
-                              lock_timeout=s.lock_timeout, attempts=s.swap_max_attempts,
-                              long_xact_seconds=s.long_transaction_seconds,
-                              mode="SHARE ROW EXCLUSIVE")
+                              mode="SHARE ROW EXCLUSIVE", **s.lock_options())
         except psycopg.errors.InsufficientPrivilege as exc:
             raise InputError(
                 f"the role {user} lacks a privilege: {exc.diag.message_primary}; nothing was changed",
@@ -339,6 +359,7 @@ class Migration(IndexBuild, Verification, AfterSwap):
                 history=True), plan.archive_rows))
         return jobs
 
+    @records_failure("backfill")
     def backfill(self) -> None:
         """Bulk load T[D >= C] into the bare N (and, copy mode, the rest into H) in a few
         large chunks (see tablemig/backfill.py, ChunkLoader)."""
@@ -374,6 +395,7 @@ class Migration(IndexBuild, Verification, AfterSwap):
                       details={"batches": stats.batches, "workers": self.spec.workers, "split": split})
         self._timed("backfill", t0)
 
+    @records_failure("swap")
     def swap(self) -> SwapResult:
         m = self._require("verified", "swapped")
         if m["state"] == "swapped":
@@ -381,12 +403,21 @@ class Migration(IndexBuild, Verification, AfterSwap):
                                                   str(m["swap_lsn"]), m["swap_record"] or {})
         t0 = time.perf_counter()
         s = self._settings()
-        for sub in self.subscribers:  # caught up before the locks: the barrier under them is short
-            t = QualifiedName(m["schema_name"], m["original_name"])
-            sub.link(self.conn, t)
-            sub.wait_ready([QualifiedName(m["schema_name"], m["new_name"])])
-            sub.barrier()
-        self.swap_result = swap(self.ex, m, peers=self.subscribers, **s.swap_options())
+        plan = self._plan or self.plan()
+        refs = references(self.conn, int(m["table_oid"]))
+        guard = arm(self.ex, m, plan, refs, s) if refs else None
+        try:
+            for sub in self.subscribers:  # caught up before the locks: the barrier under them is short
+                t = QualifiedName(m["schema_name"], m["original_name"])
+                sub.link(self.conn, t)
+                sub.wait_ready([QualifiedName(m["schema_name"], m["new_name"])])
+                sub.barrier()
+            self.swap_result = swap(self.ex, m, peers=self.subscribers, search_path=plan.search_path,
+                                    guard=guard, **s.swap_options())
+        except BaseException:
+            if guard is not None:
+                disarm(self.ex, m, plan, refs, s)
+            raise
         self._timed("swap", t0)
         last = self.swap_result.attempt_log[-1] if self.swap_result.attempt_log else None
         if last is not None and not last["blockers"]:
@@ -396,6 +427,7 @@ class Migration(IndexBuild, Verification, AfterSwap):
                                         s.long_transaction_seconds)
         return self.swap_result
 
+    @records_failure("validate_fks")
     def validate_foreign_keys(self) -> list[str]:
         """VALIDATE the re-pointed foreign keys (after the swap; idempotent)."""
         t0 = time.perf_counter()

@@ -15,12 +15,14 @@ from typing import Any
 
 from psycopg import sql
 
-from .catalog import DependentView, ForeignKey, PublicationRel, Rule, TableInfo
+from .catalog import DependentView, ForeignKey, PublicationRel, Rule, RuleElsewhere, TableInfo
 from .errors import TablemigError
 from .executor import Executor
 from .names import QualifiedName
+from .sqltext import Fragment
 from .structure import (
     archive_index_name,
+    not_valid_checks_sql,
     secondary_indexes,
     temp_index_name,
 )
@@ -32,7 +34,7 @@ def _repoint_fks(ex: Executor, fks: list[ForeignKey]) -> None:
         ex.run(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(fk.table.ident(),
                                                                    sql.Identifier(fk.name)))
         ex.run(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
-            fk.table.ident(), sql.Identifier(fk.name), sql.SQL(body)))
+            fk.table.ident(), sql.Identifier(fk.name), Fragment(body)))
 
 
 def _recreate_views(ex: Executor, views: list[DependentView]) -> None:
@@ -40,19 +42,19 @@ def _recreate_views(ex: Executor, views: list[DependentView]) -> None:
     to whatever table now has the name."""
     for v in views:
         body = v.definition.rstrip().rstrip(";")
-        opts = (sql.SQL(" WITH ({})").format(sql.SQL(", ").join(sql.SQL(o) for o in v.options))
+        opts = (sql.SQL(" WITH ({})").format(sql.SQL(", ").join(Fragment(o) for o in v.options))
                 if v.options else sql.SQL(""))
         if v.kind == "v":
             ex.run(sql.SQL("CREATE OR REPLACE VIEW {}{} AS {}").format(v.name.ident(), opts,
-                                                                       sql.SQL(body)))
+                                                                       Fragment(body)))
             continue
         ex.run(sql.SQL("DROP MATERIALIZED VIEW {}").format(v.name.ident()))
         ex.run(sql.SQL("CREATE MATERIALIZED VIEW {}{} AS {} WITH DATA").format(
-            v.name.ident(), opts, sql.SQL(body)))
+            v.name.ident(), opts, Fragment(body)))
         ex.run(sql.SQL("ALTER MATERIALIZED VIEW {} OWNER TO {}").format(
             v.name.ident(), sql.Identifier(v.owner)))
         for idx in v.indexes:
-            ex.run(sql.SQL(idx))
+            ex.run(Fragment(idx))
         _grant(ex, v.name, v.acl, "TABLE")
         # a view replaced in place keeps its comments; a materialized view is a new object
         if v.comment is not None:
@@ -63,12 +65,41 @@ def _recreate_views(ex: Executor, views: list[DependentView]) -> None:
                 v.name.ident(), sql.Identifier(column), sql.Literal(comment)))
 
 
+def _recreate_rules(ex: Executor, rules: list[RuleElsewhere]) -> None:
+    """Rules on other relations that write into (or read) the table are bound to it by
+    OID: re-issued after the renames (their definitions name the table schema-qualified),
+    they act on whichever table has the name now."""
+    for r in rules:
+        head, sep, rest = r.definition.partition("CREATE RULE ")
+        if sep != "CREATE RULE " or head:
+            raise TablemigError(f"cannot re-create rule {r.name} on {r.relation}: {r.definition}",
+                                "drop the rule before the migration and create it again afterwards")
+        ex.run(Fragment("CREATE OR REPLACE RULE " + rest))
+
+
+def _self_references(ex: Executor, info: TableInfo, t: QualifiedName) -> list[dict[str, Any]]:
+    """The table's foreign keys to itself, on the new table referencing itself (its
+    definitions name the table, which now is the new one), NOT VALID: validated right after
+    the swap like the re-pointed keys (the orphan check ran under the swap's lock)."""
+    out = []
+    comments = {c.name: c.comment for c in info.constraints if c.type == "f"}
+    for fk in info.self_fks:
+        body = fk.definition.removesuffix(" NOT VALID")
+        ex.run(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
+            t.ident(), sql.Identifier(fk.name), Fragment(body)))
+        if comments.get(fk.name) is not None:
+            ex.run(sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(
+                sql.Identifier(fk.name), t.ident(), sql.Literal(comments[fk.name])))
+        out.append({"table": str(t), "name": fk.name, "definition": fk.definition, "validated": fk.validated})
+    return out
+
+
 def _grant(ex: Executor, target: QualifiedName, acl: list[tuple[str, str, bool]],
            kind: str = "TABLE") -> None:
     for grantee, priv, grantable in acl:
         who = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
         ex.run(sql.SQL("GRANT {} ON {} {} TO {}{}").format(
-            sql.SQL(priv), sql.SQL(kind), target.ident(), who,
+            Fragment(priv), sql.SQL(kind), target.ident(), who,
             sql.SQL(" WITH GRANT OPTION" if grantable else "")))
 
 
@@ -79,7 +110,7 @@ def _column_grants(ex: Executor, info: TableInfo, target: QualifiedName) -> None
     for grantee, priv, grantable, columns in info.column_acl:
         who = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
         ex.run(sql.SQL("GRANT {} ({}) ON TABLE {} TO {}{}").format(
-            sql.SQL(priv), sql.SQL(", ").join(map(sql.Identifier, columns)), target.ident(), who,
+            Fragment(priv), sql.SQL(", ").join(map(sql.Identifier, columns)), target.ident(), who,
             sql.SQL(" WITH GRANT OPTION" if grantable else "")))
 
 
@@ -93,8 +124,8 @@ def _policies(ex: Executor, target: QualifiedName, info: TableInfo) -> None:
     for p in info.policies:
         roles = sql.SQL(", ").join(sql.SQL("PUBLIC") if r == "PUBLIC" else sql.Identifier(r)
                                    for r in p["roles"])
-        q = sql.SQL(" USING ({})").format(sql.SQL(p["qual"])) if p["qual"] else sql.SQL("")
-        c = sql.SQL(" WITH CHECK ({})").format(sql.SQL(p["check"])) if p["check"] else sql.SQL("")
+        q = sql.SQL(" USING ({})").format(Fragment(p["qual"])) if p["qual"] else sql.SQL("")
+        c = sql.SQL(" WITH CHECK ({})").format(Fragment(p["check"])) if p["check"] else sql.SQL("")
         ex.run(sql.SQL("CREATE POLICY {} ON {} AS {} FOR {} TO {}{}{}").format(
             sql.Identifier(p["name"]), target.ident(),
             sql.SQL("PERMISSIVE" if p["permissive"] else "RESTRICTIVE"),
@@ -128,7 +159,7 @@ def _copy_triggers(ex: Executor, info: TableInfo, source: QualifiedName,
         if not sep or anchor in after:
             raise TablemigError(f"cannot re-target trigger {trg.name}: {trg.definition}",
                                 "drop and recreate this trigger by hand after the swap")
-        ex.run(sql.SQL(head + before + " ON " + target_quoted + " " + after))
+        ex.run(Fragment(head + before + " ON " + target_quoted + " " + after))
         if trg.enabled != "O":  # CREATE TRIGGER makes it fire in origin mode
             _set_enabled(ex, target, "TRIGGER", trg.name, trg.enabled)
         _comment(ex, "TRIGGER", trg.name, target, trg.comment)
@@ -150,7 +181,7 @@ def _move_rules(ex: Executor, info: TableInfo, source: QualifiedName, target: Qu
 
 def _create_rule(ex: Executor, rule: Rule, table: QualifiedName) -> None:
     """Re-issue `rule` (its definition names the table, which must now be `table`)."""
-    ex.run(sql.SQL(rule.definition.rstrip().rstrip(";")))  # noqa: S608 - pg_get_ruledef's text
+    ex.run(Fragment(rule.definition.rstrip().rstrip(";")))  # pg_get_ruledef's text
     if rule.enabled != "O":
         _set_enabled(ex, table, "RULE", rule.name, rule.enabled)
     _comment(ex, "RULE", rule.name, table, rule.comment)
@@ -168,11 +199,11 @@ def _sequences(ex: Executor, old: TableInfo, live: QualifiedName) -> None:
     for column, seq, kind in old.sequences:
         if kind == "serial":
             ex.run(sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
-                sql.SQL(seq), live.ident(), sql.Identifier(column)))
+                Fragment(seq), live.ident(), sql.Identifier(column)))
         else:
             ex.run(sql.SQL(
                 "SELECT setval(pg_get_serial_sequence(%s, %s), s.last_value, s.is_called)"
-                " FROM {} s").format(sql.SQL(seq)), (str(live), column))
+                " FROM {} s").format(Fragment(seq)), (str(live), column))
 
 
 def move_publications(ex: Executor, pubs: list[PublicationRel], old: QualifiedName,
@@ -183,7 +214,7 @@ def move_publications(ex: Executor, pubs: list[PublicationRel], old: QualifiedNa
         ex.run(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(sql.Identifier(pub.name), old.ident()))
         columns = (sql.SQL(" ({})").format(sql.SQL(", ").join(map(sql.Identifier, pub.columns)))
                    if pub.columns is not None else sql.SQL(""))
-        where = (sql.SQL(" WHERE ({})").format(sql.SQL(pub.row_filter))  # pg_get_expr's text
+        where = (sql.SQL(" WHERE ({})").format(Fragment(pub.row_filter))  # pg_get_expr's text
                  if pub.row_filter is not None else sql.SQL(""))
         ex.run(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}{}{}").format(
             sql.Identifier(pub.name), live.ident(), columns, where))
@@ -215,7 +246,11 @@ def exchange(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
         names.append([idx.name, archived, temp, idx.constraint])
     _sequences(ex, info, t)
     _repoint_fks(ex, info.incoming_fks)
+    self_fks = _self_references(ex, info, t)
+    for stmt in not_valid_checks_sql(info, t):
+        ex.run(stmt)
     _recreate_views(ex, info.views)
+    _recreate_rules(ex, info.rules_elsewhere)
     _grant(ex, t, info.acl)
     _column_grants(ex, info, t)
     _policies(ex, t, info)
@@ -226,7 +261,7 @@ def exchange(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
     # disabled_triggers: the names (read by the swap back of older records); trigger_states:
     # the state each one had, restored by the swap back
     return {"indexes": names, "disabled_triggers": sorted(disabled), "trigger_states": disabled,
-            "rules_moved": rules}
+            "rules_moved": rules, "self_foreign_keys": self_fks}
 
 
 def exchange_back(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
@@ -241,6 +276,7 @@ def exchange_back(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedN
     _sequences(ex, info, t)  # `info` is the table now renamed to `n`: its sequences
     _repoint_fks(ex, info.incoming_fks)
     _recreate_views(ex, info.views)
+    _recreate_rules(ex, info.rules_elsewhere)
     _grant(ex, t, info.acl)
     _column_grants(ex, info, t)
     states = rec.get("trigger_states") or dict.fromkeys(rec.get("disabled_triggers", []), "O")

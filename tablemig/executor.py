@@ -111,8 +111,11 @@ class Executor:
             self.flush()  # a read, or parameters: everything before it runs first
         t0 = time.perf_counter()
         try:
-            # the text rendered for the record is the statement run (rendered once)
-            cur = self.conn.execute(text, params)  # type: ignore[arg-type]
+            # the text rendered for the record is the statement run (rendered once); with
+            # parameters the composed statement itself, so that a "%" in a name stays one
+            # (tablemig.sqltext)
+            run: Any = query if params is not None and isinstance(query, sql.Composable) else text
+            cur = self.conn.execute(run, params)
             rec.rows = cur.rowcount if cur.rowcount >= 0 else None
             return cur
         except psycopg.Error as exc:

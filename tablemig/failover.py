@@ -9,13 +9,23 @@ import time
 from contextlib import suppress
 from typing import Any
 
+import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from .catalog import inspect_table
 from .db import connect
 from .names import QualifiedName
 from .pgbin import chown_to, run_tool
+from .reconcile import Reconciler
 from .sandbox import SOCKET_LIMIT, ClusterInfo, Sandbox, _read_state, _start, _write_state
+from .site_compare import Pair, compare
+
+
+def _reconciler(conn: psycopg.Connection[Any], table: QualifiedName) -> Reconciler:
+    info = inspect_table(conn, table)
+    types = {c.name: c.type for c in info.columns}
+    return Reconciler(info.key_columns, [types[k] for k in info.key_columns], [c.name for c in info.columns])
 
 
 def rehearse(sb: Sandbox, active_dsn: str, live: QualifiedName, archive: QualifiedName) -> dict[str, Any]:
@@ -37,9 +47,12 @@ def rehearse(sb: Sandbox, active_dsn: str, live: QualifiedName, archive: Qualifi
         params = conninfo_to_dict(active_dsn)
         params.update(host="127.0.0.1", port=str(info.port))
         dsn = make_conninfo(**params)
-        with connect(active_dsn) as a:
-            expected = {str(t): a.execute(sql.SQL("SELECT count(*) FROM {}").format(t.ident())).fetchone()[0]  # type: ignore[index]
-                        for t in (live, archive)}
+        # the copy is a standby of the active site until promoted: compared as one while the
+        # application may write (tablemig.site_compare), not by counts read at two moments
+        with connect(active_dsn) as a, connect(dsn) as copy:
+            pair = Pair(a, copy, logical=False)
+            compared = {str(t): compare(pair, _reconciler(a, t), t) for t in (live, archive)}
+        out["compared_before_promotion"] = {t: d.evidence() for t, d in compared.items()}
         t0 = time.monotonic()
         rc, text = run_tool([sb.pg_bin.tool("pg_ctl"), "-D", info.datadir, "-w", "-t", "60", "promote"],
                             sb.run_as, cwd=sb.root)
@@ -53,8 +66,8 @@ def rehearse(sb: Sandbox, active_dsn: str, live: QualifiedName, archive: Qualifi
             with p.transaction():  # committed: the promoted copy is thrown away afterwards
                 wrote = p.execute(sql.SQL(delete_one).format(live.ident())).rowcount
                 wrote_archive = p.execute(sql.SQL(delete_one).format(archive.ident())).rowcount == 1
-        out.update(promoted=not (in_recovery and in_recovery[0]), rows_expected=expected, rows_found=found,
-                   intact=found == expected, writable=wrote == 1 and wrote_archive)
+        out.update(promoted=not (in_recovery and in_recovery[0]), rows_found=found,
+                   intact=all(d.in_sync for d in compared.values()), writable=wrote == 1 and wrote_archive)
         return out
     finally:
         with suppress(Exception):

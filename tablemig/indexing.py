@@ -17,6 +17,7 @@ from . import state
 from .db import connect
 from .errors import TablemigError
 from .executor import Executor
+from .failures import records_failure
 from .names import QualifiedName
 from .planner import TablePlan
 from .replay import log_exists
@@ -139,6 +140,7 @@ class IndexBuild(StepHost):
                                 "the migration was started by another tablemig version; roll it back"
                                 " (tablemig rollback) and start again")
 
+    @records_failure("index")
     def build_indexes(self) -> None:
         """N's key and secondary indexes, built with plain CREATE INDEX after the load:
         while the trigger logs keys, only the harness writes N. Several build at once on

@@ -28,14 +28,21 @@ from .names import QualifiedName
 
 Inventory = dict[str, dict[str, dict[str, Any]]]
 
-# Re-pointed foreign keys are added NOT VALID inside the swap and validated right after it,
-# each in its own transaction: under the swap's lock their validation is still to come.
-PENDING_VALIDATION = ("incoming_foreign_keys", "validated")
+# Re-pointed foreign keys, and the table's foreign keys to itself, are added NOT VALID inside
+# the swap and validated right after it, each in its own transaction: under the swap's lock
+# their validation is still to come.
+SELF_REFERENCE = "references the table itself"
+
+
+def _pending(section: str, item: dict[str, Any], attr: str) -> bool:
+    return attr == "validated" and (section == "incoming_foreign_keys"
+                                    or (section == "constraints" and bool(item.get(SELF_REFERENCE))))
 
 
 def of(info: TableInfo) -> Inventory:
     """The inventory of an inspected table."""
     base_rls, forced = info.rls
+    self_fks = {fk.name for fk in info.self_fks}
     inv: Inventory = {
         "table": {"": {
             "owner": info.owner, "persistence": info.persistence, "kind": info.relkind,
@@ -54,7 +61,8 @@ def of(info: TableInfo) -> Inventory:
             "clustered": i.clustered, "replica identity": i.replica_identity, "comment": i.comment,
             "constraint comment": i.constraint_comment} for i in info.indexes},
         "constraints": {c.name: {
-            "type": c.type, "definition": c.definition, "validated": c.validated, "comment": c.comment}
+            "type": c.type, "definition": c.definition.removesuffix(" NOT VALID"), "validated": c.validated,
+            "comment": c.comment, SELF_REFERENCE: c.name in self_fks}
             for c in info.constraints},
         "incoming_foreign_keys": {f"{fk.table}.{fk.name}": {
             "definition": fk.definition.removesuffix(" NOT VALID"), "validated": fk.validated}
@@ -90,7 +98,8 @@ def read(conn: psycopg.Connection[Any], table: QualifiedName,
 
 def differences(before: Inventory, after: Inventory, *, pending_validation: bool = False) -> list[str]:
     """Every property of `before` that `after` lacks or has otherwise, one line each.
-    `pending_validation`: re-pointed foreign keys not validated yet are no difference."""
+    `pending_validation`: foreign keys re-pointed or re-created by the swap and not
+    validated yet are no difference."""
     out: list[str] = []
     for section in sorted(set(before) | set(after)):
         old, new = before.get(section, {}), after.get(section, {})
@@ -103,7 +112,7 @@ def differences(before: Inventory, after: Inventory, *, pending_validation: bool
                 out.append(f"{label}: not there before")
                 continue
             for attr in sorted(set(old[item]) | set(new[item])):
-                if pending_validation and (section, attr) == PENDING_VALIDATION:
+                if pending_validation and _pending(section, old[item], attr):
                     continue
                 was, now = old[item].get(attr), new[item].get(attr)
                 if was != now:

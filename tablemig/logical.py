@@ -57,7 +57,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import state
+from . import autovacuum, state
 from .catalog import inspect_table
 from .db import connect, redact
 from .errors import InputError, TablemigError
@@ -181,9 +181,11 @@ class Subscriber:
     def check(self, pub: psycopg.Connection[Any], table: QualifiedName) -> dict[str, Any]:
         """Read-only: the link and the subscriber's state, for the dry run and evidence."""
         link = self.link(pub, table)
+        # schema-qualified always (regclass::text leaves out a schema on the search path)
         states = dict(self.conn.execute(
-            "SELECT r.srrelid::regclass::text, r.srsubstate FROM pg_subscription_rel r"
-            " JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = %s",
+            "SELECT format('%%I.%%I', n.nspname, c.relname), r.srsubstate FROM pg_subscription_rel r"
+            " JOIN pg_subscription s ON s.oid = r.srsubid JOIN pg_class c ON c.oid = r.srrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE s.subname = %s",
             (link.subscription,)).fetchall())
         return {"subscription": link.subscription, "publications": link.publications,
                 "slot": link.slot, "table_states": states}
@@ -303,6 +305,8 @@ class Subscriber:
             raise psycopg.errors.LockNotAvailable(exc.problem) from None
         gid = self.gid(m, back)
         self._finish(gid, commit=False)  # a leftover of an earlier failed attempt
+        # This runs under the active site's locks: an autovacuum here is not waited for
+        autovacuum.clear(self.conn, [t, n, outgoing], f"swap on the subscriber {self.name}")
         self.conn.execute("BEGIN")
         try:
             self.conn.execute("SET LOCAL lock_timeout = '2s'")
@@ -314,7 +318,8 @@ class Subscriber:
                 record: dict[str, Any] = {}
             else:
                 record = exchange(self.ex, info, t, n, outgoing)
-                record["foreign_keys"] = [{"table": str(fk.table), "name": fk.name} for fk in info.incoming_fks]
+                record["foreign_keys"] = [{"table": str(fk.table), "name": fk.name} for fk in info.incoming_fks] + [
+                    {"table": fk["table"], "name": fk["name"]} for fk in record.pop("self_foreign_keys", [])]
             self.conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
         except BaseException:
             if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:

@@ -75,11 +75,17 @@ class Pacer:
     and the guard's debt is shared by all of them.
 
     `ratio` and `share` given (the command line, the plan) are fixed for the run; None
-    takes them from the configuration, re-read every `reload_s` seconds."""
+    takes them from the configuration, re-read every `reload_s` seconds.
+
+    `clock`, `sleep` and `counter` (the server's write counter, read on the caller's
+    connection by default) can be replaced: a test drives the pacer with a load and a time
+    it controls, so that what it asserts does not depend on the machine's speed."""
 
     def __init__(self, dsn: str, ratio: float | None = None, share: float | None = None, *,
-                 reload_s: float = 5.0, label: str = "") -> None:
+                 reload_s: float = 5.0, label: str = "", clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep, counter: Callable[[], int] | None = None) -> None:
         self.dsn = dsn
+        self._clock, self._sleep, self._fixed_counter = clock, sleep, counter
         self.ratio = max(0.0, ratio or 0.0)
         self.fixed = ratio is not None
         self.guard = WriteGuard(Settings.app_write_share if share is None else share)
@@ -87,7 +93,7 @@ class Pacer:
         self.reload_s = reload_s
         self.label = label
         self.slept_s = 0.0  # by the nice ratio
-        self._loaded = time.monotonic()
+        self._loaded = self._clock()
         self._local = threading.local()
         self._lock = threading.Lock()
         self._busy = 0  # bulk units running now
@@ -108,19 +114,19 @@ class Pacer:
                 self.ratio = max(0.0, settings.nice_ratio)
             if not self.share_fixed:
                 self.guard.share = settings.app_write_share
-            self._loaded = time.monotonic()
+            self._loaded = self._clock()
         with self._lock:
             self._busy = 0
             self._generation += 1
         self._read(conn)
-        self._local.since = time.monotonic()
+        self._local.since = self._clock()
         self._local.busy = False
 
     def _reload(self) -> None:
         with self._lock:
-            if (self.fixed and self.share_fixed) or time.monotonic() - self._loaded < self.reload_s:
+            if (self.fixed and self.share_fixed) or self._clock() - self._loaded < self.reload_s:
                 return
-            self._loaded = time.monotonic()
+            self._loaded = self._clock()
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = connect(self.dsn, application_name="tablemig-pacer")
@@ -143,7 +149,9 @@ class Pacer:
         with self._lock:
             gen, busy = self._generation, self._busy
         try:
-            if conn is None:
+            if self._fixed_counter is not None:
+                count = self._fixed_counter()
+            elif conn is None:
                 with self._lock:
                     if self._conn is None or self._conn.closed:
                         self._conn = connect(self.dsn, application_name="tablemig-pacer")
@@ -153,7 +161,7 @@ class Pacer:
         except (psycopg.Error, InputError):
             return  # the guard goes on with what it knows; the caller's next statement reports
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             quiet = busy == 0 and self._busy == 0 and self._read_generation == gen == self._generation
             settled = self._read_at >= self._work_ended + self._aftermath
             self._read_generation, self._read_at = self._generation, now
@@ -172,7 +180,7 @@ class Pacer:
 
     # -- between units --------------------------------------------------------------------
     def __call__(self, conn: psycopg.Connection[Any] | None = None) -> None:
-        now = time.monotonic()
+        now = self._clock()
         since = getattr(self._local, "since", None)
         self._reload()
         with self._lock:
@@ -187,7 +195,7 @@ class Pacer:
             self._busy += 1
             self._generation += 1
             self._local.busy = True
-        self._local.since = time.monotonic()
+        self._local.since = self._clock()
 
     def settle(self, conn: psycopg.Connection[Any] | None = None) -> None:
         """Between steps (no unit runs): rest until the guard's debt is repaid."""
@@ -195,7 +203,7 @@ class Pacer:
         with self._lock:
             self._busy = 0
             self._generation += 1
-            now = time.monotonic()
+            now = self._clock()
             self._ended(now, now - self._read_at)  # the step's work since the last reading
         self._local.busy = False
         self._rest(conn, 0.0)
@@ -206,10 +214,10 @@ class Pacer:
         self._aftermath = min(AFTERMATH_MAX_S, max(AFTERMATH_MIN_S, AFTERMATH_SHARE * worked))
 
     def _rest(self, conn: psycopg.Connection[Any] | None, nice: float) -> None:
-        t0 = time.monotonic()
+        t0 = self._clock()
         self._read(conn)
         while True:
-            now = time.monotonic()
+            now = self._clock()
             owed = self.guard.rest_needed(now)
             wait = max(t0 + nice - now, owed)
             if self.guard.calibration_due(now):  # rest past the aftermath for a settled reading
@@ -221,9 +229,9 @@ class Pacer:
                 print(f"\n[tablemig] {self.label}: yielding to the application's writes "
                       f"({self.guard.rate or 0:,.0f}/s; keeping {self.guard.share * 100:g} % of them):"
                       f" resting {owed:,.1f} s", file=sys.stderr, flush=True)
-            before = time.monotonic()
-            time.sleep(min(wait, SLICE_S))
-            slept = time.monotonic() - before
+            before = self._clock()
+            self._sleep(min(wait, SLICE_S))
+            slept = self._clock() - before
             with self._lock:  # counted as it goes: a rest in progress shows
                 in_nice = min(slept, max(0.0, t0 + nice - before))
                 self.slept_s += in_nice

@@ -23,6 +23,7 @@ import pytest
 
 from .checklist import ITEMS
 from .errors import InputError
+from .query_timeout import parse_timeout
 from .spec import TableSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -96,6 +97,9 @@ class PlanConfig:
     allow_passive_down: bool = False
     backup_dir: str = "backups"
     declared_free_bytes: int | None = None  # free space of a remote server's data directory
+    # statement_timeout of every query the steps check with (counts, checksums, the two sites'
+    # comparison); a query cancelled by it fails its step and names itself. '0': no limit
+    validation_timeout: str = "30min"
 
     def __post_init__(self) -> None:
         if not self.tables:
@@ -110,6 +114,7 @@ class PlanConfig:
             raise InputError(f"plan {self.name}: app_write_share {self.app_write_share!r} is not from 0 to"
                              " below 1", "give e.g. 0.9 to keep 90 % of the application's writes, or 0"
                              " for no write guard")
+        object.__setattr__(self, "validation_timeout", parse_timeout(self.validation_timeout))
         for item in self.attestations:
             if item not in ITEMS:
                 raise InputError(f"attestation for unknown checklist item {item!r}",

@@ -37,7 +37,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="passive site (default: $TABLEMIG_PASSIVE_DSN; none with an explicit "
                      "--active-dsn means single-site)")
     g.addoption("--reports-dir", default=None, help="where run reports go (default: reports/)")
-    g.addoption("--pg-bin", default=None, help="PostgreSQL server binaries for the sandbox")
+    g.addoption("--pg-bin", default=None,
+                help="PostgreSQL binaries: the sandbox's server, and the first choice of client tools "
+                     "(pg_dump, pg_restore) when at least as new as the server")
     g.addoption("--pg-provider", default="embedded", choices=["embedded", "docker"],
                 help="how the sandbox gets its servers")
     g.addoption("--sandbox-subscriber", action="store_true",

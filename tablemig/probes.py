@@ -10,22 +10,50 @@ import psycopg
 from psycopg import sql
 
 from .names import QualifiedName
+from .sqltext import Fragment
 
 
-def monthly_distribution(conn: psycopg.Connection[Any], table: QualifiedName, date_column: str,
-                         date_type: str, cutoff: str) -> pd.DataFrame:
-    """The checklist's data-volume analysis: rows per month, share, kept vs archived."""
+def monthly_distribution(conn: psycopg.Connection[Any], table: QualifiedName | list[QualifiedName],
+                         date_column: str, date_type: str, cutoff: str) -> pd.DataFrame:
+    """The checklist's data-volume analysis: rows per month, share, kept vs archived. Several
+    tables are counted as one (after prune, the live table and the archive hold the rows)."""
     d = sql.Identifier(date_column)
+    tables = table if isinstance(table, list) else [table]
+    rows = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT {d} FROM {tbl}").format(d=d, tbl=t.ident()) for t in tables)
     cur = conn.execute(sql.SQL(
         "SELECT date_trunc('month', {d})::date AS month, count(*) AS record_count,"
         " count(*) FILTER (WHERE {d} >= %s::{t}) AS kept,"
         " count(*) FILTER (WHERE NOT ({d} >= %s::{t})) AS archived"
-        " FROM {tbl} WHERE {d} IS NOT NULL GROUP BY 1 ORDER BY 1").format(
-        d=d, t=sql.SQL(date_type), tbl=table.ident()), (cutoff, cutoff))
+        " FROM ({rows}) r WHERE {d} IS NOT NULL GROUP BY 1 ORDER BY 1").format(
+        d=d, t=Fragment(date_type), rows=rows), (cutoff, cutoff))
     frame = pd.DataFrame(cur.fetchall(), columns=["month", "record_count", "kept", "archived"])
     total = frame["record_count"].sum()
     frame["percentage"] = (frame["record_count"] * 100.0 / total).round(2) if total else 0.0
     return frame
+
+
+def row_counts(conn: psycopg.Connection[Any], table: QualifiedName | list[QualifiedName], date_column: str,
+               date_type: str, cutoff: str) -> dict[str, int]:
+    """Rows in total, kept (date >= cutoff) and without a date, in one statement; several
+    tables are counted as one (after prune the live table and the archive hold the rows)."""
+    d = sql.Identifier(date_column)
+    tables = table if isinstance(table, list) else [table]
+    rows = sql.SQL(" UNION ALL ").join(sql.SQL("SELECT {d} FROM {tbl}").format(d=d, tbl=t.ident()) for t in tables)
+    row = conn.execute(sql.SQL(
+        "SELECT count(*), count(*) FILTER (WHERE {d} >= %s::{t}), count(*) FILTER (WHERE {d} IS NULL)"
+        " FROM ({rows}) r").format(d=d, t=Fragment(date_type), rows=rows), (cutoff,)).fetchone()
+    assert row is not None
+    return {"total": int(row[0]), "keep": int(row[1]), "null_dated": int(row[2])}
+
+
+def rewritable(conn: psycopg.Connection[Any], table: QualifiedName) -> sql.Composable:
+    """A condition for the rows a probe may write again: those that satisfy the table's
+    NOT VALID CHECK constraints (a row they never checked may not, and writing it fails, as
+    it would for the application)."""
+    rows = conn.execute("SELECT pg_get_expr(conbin, conrelid) FROM pg_constraint WHERE conrelid = %s::regclass"
+                        " AND contype = 'c' AND NOT convalidated ORDER BY conname", (str(table),)).fetchall()
+    parts: list[sql.Composable] = [sql.SQL("({}) IS NOT FALSE").format(Fragment(r[0])) for r in rows]
+    return sql.SQL(" AND ").join(parts or [sql.SQL("true")])
 
 
 def validation_summary(conn: psycopg.Connection[Any], tables: dict[str, QualifiedName],
@@ -64,17 +92,19 @@ def trigger_probe(conn: psycopg.Connection[Any], source: QualifiedName, target: 
                     assert new_key is not None
                     others = [c for c in columns if c != key[0]]
                     conn.execute(sql.SQL(
-                        "INSERT INTO {t} ({k}, {o}){ovr} SELECT %s, {o} FROM {t} WHERE {d} >= %s::{dt} LIMIT 1"
+                        "INSERT INTO {t} ({k}, {o}){ovr} SELECT %s, {o} FROM {t} WHERE {d} >= %s::{dt} AND {ok}"
+                        " LIMIT 1"
                     ).format(t=source.ident(), k=k, o=sql.SQL(", ").join(map(sql.Identifier, others)),
                              ovr=sql.SQL(" OVERRIDING SYSTEM VALUE" if overriding else ""), d=d,
-                             dt=sql.SQL(date_type)), (new_key[0], cutoff))
+                             dt=Fragment(date_type), ok=rewritable(conn, source)), (new_key[0], cutoff))
                     result.update(probe="insert", key=[str(new_key[0])])
                     found = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
                         target.ident(), k), (new_key[0],)).fetchone()
                 else:
                     row = conn.execute(sql.SQL(
                         "UPDATE {t} SET {d} = {d} WHERE ({k}) = (SELECT {k} FROM {t} WHERE {d} >= %s::{dt}"
-                        " LIMIT 1) RETURNING {k}").format(t=source.ident(), d=d, k=k, dt=sql.SQL(date_type)),
+                        " AND {ok} LIMIT 1) RETURNING {k}").format(t=source.ident(), d=d, k=k, dt=Fragment(date_type),
+                                                                   ok=rewritable(conn, source)),
                         (cutoff,)).fetchone()
                     result.update(probe="update", key=[str(v) for v in row or []])
                     found = conn.execute(sql.SQL(
@@ -89,7 +119,7 @@ def trigger_probe(conn: psycopg.Connection[Any], source: QualifiedName, target: 
                 result["appeared"] = bool(found and found[0] == 1)
                 if not key_only:
                     src = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} >= %s::{}").format(
-                        target.ident(), d, sql.SQL(date_type)), (cutoff,)).fetchone()
+                        target.ident(), d, Fragment(date_type)), (cutoff,)).fetchone()
                     result["target_rows_in_probe_tx"] = src[0] if src else None
     except psycopg.Error as exc:
         result.update(appeared=False, error=str(exc.diag.message_primary))

@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from .names import QualifiedName
+from .sqltext import Fragment
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,9 @@ class Side:
             return sql.SQL("true"), []
         d = sql.Identifier(self.date_column)
         if self.negate:
-            return (sql.SQL("({d} < %s::{t} OR {d} IS NULL)").format(d=d, t=sql.SQL(self.date_type)),
+            return (sql.SQL("({d} < %s::{t} OR {d} IS NULL)").format(d=d, t=Fragment(self.date_type)),
                     [self.cutoff])
-        return sql.SQL("{} >= %s::{}").format(d, sql.SQL(self.date_type)), [self.cutoff]
+        return sql.SQL("{} >= %s::{}").format(d, Fragment(self.date_type)), [self.cutoff]
 
 
 @dataclass
@@ -73,8 +74,13 @@ class Reconciler:
         self.key, self.key_types, self.columns = key, key_types, columns
         self.write_columns = write_columns or columns  # generated columns are not written
 
-    def _key(self) -> sql.Composable:
+    def key_list(self) -> sql.Composable:
+        """The key columns, comma-separated: `a, b`."""
         return sql.SQL(", ").join(map(sql.Identifier, self.key))
+
+    def key_texts(self) -> sql.Composable:
+        """The key columns as text: `a::text, b::text`."""
+        return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in self.key)
 
     # Row hashes: hash_record_extended (PostgreSQL 14+) hashes the binary datums, several
     # times faster than md5 of the row's text; both sites of a physical pair run the same
@@ -106,8 +112,30 @@ class Reconciler:
         except psycopg.Error:
             pass
 
-    def _typed(self) -> sql.Composable:
-        return sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(t)) for t in self.key_types)
+    def typed(self) -> sql.Composable:
+        """One placeholder per key column, cast to the column's type: `%s::bigint, %s::date`."""
+        return sql.SQL(", ").join(sql.SQL("%s::{}").format(Fragment(t)) for t in self.key_types)
+
+    def hash64(self) -> sql.Composable:
+        """The first 64 bits of the row hash as a bigint: what `_sum_expr` sums per row."""
+        cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
+        if self.binary_hash:
+            return sql.SQL("hash_record_extended(ROW({}), 0)").format(cols)
+        return sql.SQL("('x' || substr({}, 1, 16))::bit(64)::bigint").format(self._row_hash())
+
+    def key_range(self, lo: list[str] | None, hi: list[str] | None,
+                  lo_open: bool = False) -> tuple[sql.Composable, list[Any]]:
+        """Keys from `lo` (included, or excluded with `lo_open`) to `hi` (excluded); None: unbounded."""
+        parts: list[sql.Composable] = []
+        params: list[Any] = []
+        if lo is not None:
+            parts.append(sql.SQL("({}) {} ({})").format(self.key_list(), sql.SQL(">" if lo_open else ">="),
+                                                        self.typed()))
+            params.extend(lo)
+        if hi is not None:
+            parts.append(sql.SQL("({}) < ({})").format(self.key_list(), self.typed()))
+            params.extend(hi)
+        return (sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")), params
 
     def boundaries(self, conn: psycopg.Connection[Any], side: Side, segments: int) -> list[list[str]]:
         """Keys splitting `side` into about `segments` equal parts (one ordered key scan).
@@ -127,7 +155,7 @@ class Reconciler:
         rows = conn.execute(sql.SQL(
             "SELECT {texts} FROM (SELECT {key}, row_number() OVER (ORDER BY {key}) AS rn"
             " FROM {t} WHERE {w}) s WHERE rn %% %s = 1 AND rn > 1 ORDER BY rn").format(
-            texts=texts, key=self._key(), t=side.table.ident(), w=where),
+            texts=texts, key=self.key_list(), t=side.table.ident(), w=where),
             [*params, step]).fetchall()
         return [[str(v) for v in r] for r in rows]
 
@@ -145,22 +173,24 @@ class Reconciler:
             return None
         vals = [str(r[0]) for r in conn.execute(sql.SQL(
             "SELECT v::text FROM (SELECT DISTINCT u.b AS v FROM unnest(%s::text::{}[]) AS u(b)) s"
-            " ORDER BY s.v").format(sql.SQL(self.key_types[0])), (row[0],)).fetchall()]
+            " ORDER BY s.v").format(Fragment(self.key_types[0])), (row[0],)).fetchall()]
         if len(vals) < 3:
             return None
         picked = [vals[int(i * (len(vals) - 1) / segments)] for i in range(1, segments)]
         return [[v] for v in dict.fromkeys(picked)]
 
-    def _segment_expr(self, bounds: list[list[str]]) -> tuple[sql.Composable, list[Any]]:
+    def segment_expr(self, bounds: list[list[str]]) -> tuple[sql.Composable, list[Any]]:
+        """The number of the segment a row's key falls in (0 .. len(bounds)), for boundary
+        keys `bounds` in ascending order."""
         if not bounds:
             return sql.SQL("0"), []
         if len(self.key) == 1:  # one binary search instead of a comparison per boundary
             return (sql.SQL("width_bucket({}, %s::{}[])").format(sql.Identifier(self.key[0]),
-                                                                 sql.SQL(self.key_types[0])),
+                                                                 Fragment(self.key_types[0])),
                     [[b[0] for b in bounds]])
         parts, params = [], []
         for b in bounds:
-            parts.append(sql.SQL("(({}) >= ({}))::int").format(self._key(), self._typed()))
+            parts.append(sql.SQL("(({}) >= ({}))::int").format(self.key_list(), self.typed()))
             params.extend(b)
         return sql.SQL(" + ").join(parts), params
 
@@ -169,11 +199,7 @@ class Reconciler:
         of hash_record_extended itself (the hex text the row hash shows is that bigint), so
         no text is built per row; the value is the same. sum(bigint) is exact (a numeric
         result, accumulated in 128 bits): faster than summing numerics."""
-        if self.binary_hash:
-            cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
-            return sql.SQL("coalesce(sum(hash_record_extended(ROW({}), 0)), 0)").format(cols)
-        return sql.SQL("coalesce(sum(('x' || substr({}, 1, 16))::bit(64)::bigint), 0)").format(
-            self._row_hash())
+        return sql.SQL("coalesce(sum({}), 0)").format(self.hash64())
 
     def _side_sums(self, conn: psycopg.Connection[Any], side: Side, seg_expr: sql.Composable,
                    seg_params: list[Any]) -> dict[int, tuple[int, str]]:
@@ -231,7 +257,7 @@ class Reconciler:
                 for i in range(len(bounds) + 1)]
         for side in sides.values():
             self.choose_hash(conn, side.table)
-        seg_expr, seg_params = self._segment_expr(bounds)
+        seg_expr, seg_params = self.segment_expr(bounds)
         own_tx = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         items = list(sides.items())
         found: dict[str, dict[int, tuple[int, str]]] = {}
@@ -251,21 +277,10 @@ class Reconciler:
                 s.counts[name], s.sums[name] = c, h
         return segs
 
-    def _range(self, seg: Segment) -> tuple[sql.Composable, list[Any]]:
-        parts: list[sql.Composable] = []
-        params: list[Any] = []
-        if seg.lo is not None:
-            parts.append(sql.SQL("({}) >= ({})").format(self._key(), self._typed()))
-            params.extend(seg.lo)
-        if seg.hi is not None:
-            parts.append(sql.SQL("({}) < ({})").format(self._key(), self._typed()))
-            params.extend(seg.hi)
-        return (sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")), params
-
     def differing_keys(self, conn: psycopg.Connection[Any], source: Side, target: Side,
                        seg: Segment, limit: int = 100_000) -> list[list[str]]:
         """Keys whose row differs (missing, extra or changed) between the sides in `seg`."""
-        rng, rparams = self._range(seg)
+        rng, rparams = self.key_range(seg.lo, seg.hi)
         sw, sparams = source.where()
         tw, tparams = target.where()
         texts = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in self.key)
@@ -274,7 +289,7 @@ class Reconciler:
             " t AS (SELECT {key}, {h} AS h FROM {tt} WHERE {tw} AND {rng})"
             " SELECT {texts} FROM s FULL JOIN t USING ({key})"
             " WHERE s.h IS DISTINCT FROM t.h LIMIT %s").format(
-            key=self._key(), h=self._row_hash(), st=source.table.ident(), sw=sw, rng=rng,
+            key=self.key_list(), h=self._row_hash(), st=source.table.ident(), sw=sw, rng=rng,
             tt=target.table.ident(), tw=tw, texts=texts)
         rows = conn.execute(query, [*sparams, *rparams, *tparams, *rparams, limit]).fetchall()
         return [[str(v) for v in r] for r in rows]
@@ -286,7 +301,7 @@ class Reconciler:
         repaired copy cannot itself go stale."""
         if not keys:
             return 0
-        match = sql.SQL("({}) = ({})").format(self._key(), self._typed())
+        match = sql.SQL("({}) = ({})").format(self.key_list(), self.typed())
         sw, sparams = source.where()
         cols = sql.SQL(", ").join(map(sql.Identifier, self.write_columns))
         ovr = sql.SQL(" OVERRIDING SYSTEM VALUE" if overriding else "")

@@ -50,6 +50,8 @@ import psycopg
 from psycopg import sql
 
 from .names import QualifiedName
+from .sqltext import Fragment
+from .structure import change_id_column
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class Replayer:
     switch_below: int = 1_000
 
     def _filter(self, history: bool) -> sql.Composable:
-        d, t = sql.Identifier("t", self.date_column), sql.SQL(self.date_type)
+        d, t = sql.Identifier("t", self.date_column), Fragment(self.date_type)
         if history:
             return sql.SQL("({d} < %s::{t} OR {d} IS NULL)").format(d=d, t=t)
         return sql.SQL("{} >= %s::{}").format(d, t)
@@ -89,19 +91,20 @@ class Replayer:
         must be REPEATABLE READ (or hold a lock that keeps writers out). Returns the log
         rows processed."""
         keys = sql.SQL(", ").join(map(sql.Identifier, self.key))
+        cid = sql.Identifier(change_id_column(self.key))
         conn.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
         if limit is None:
-            row = conn.execute(sql.SQL("SELECT max(change_id), count(*) FROM {}").format(
-                self.log.ident())).fetchone()
+            row = conn.execute(sql.SQL("SELECT max({}), count(*) FROM {}").format(
+                cid, self.log.ident())).fetchone()
         else:
             row = conn.execute(sql.SQL(
-                "SELECT max(change_id), count(*) FROM (SELECT change_id FROM {} ORDER BY change_id"
-                " LIMIT %s) s").format(self.log.ident()), (limit,)).fetchone()
+                "SELECT max(s.{id}), count(*) FROM (SELECT {id} FROM {log} ORDER BY {id}"
+                " LIMIT %s) s").format(id=cid, log=self.log.ident()), (limit,)).fetchone()
         if not row or row[0] is None:
             return 0
         upto, count = int(row[0]), int(row[1])
-        changed = sql.SQL("SELECT DISTINCT {k} FROM {log} WHERE change_id <= %s").format(
-            k=keys, log=self.log.ident())
+        changed = sql.SQL("SELECT DISTINCT {k} FROM {log} WHERE {id} <= %s").format(
+            k=keys, log=self.log.ident(), id=cid)
         match = sql.SQL(" AND ").join(sql.SQL("x.{0} = c.{0}").format(sql.Identifier(k)) for k in self.key)
         cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
         tcols = sql.SQL(", ").join(sql.Identifier("t", c) for c in self.columns)
@@ -116,7 +119,7 @@ class Replayer:
                 src=self.source.ident(), tmatch=tmatch, filter=self._filter(target.history),
                 ovr=sql.SQL(" OVERRIDING SYSTEM VALUE" if self.overriding else "")),
                 (upto, self.cutoff))
-        conn.execute(sql.SQL("DELETE FROM {} WHERE change_id <= %s").format(self.log.ident()), (upto,))
+        conn.execute(sql.SQL("DELETE FROM {} WHERE {} <= %s").format(self.log.ident(), cid), (upto,))
         return count
 
     def drain(self, conn: psycopg.Connection[Any], *, pause: Callable[[], None] | None = None,

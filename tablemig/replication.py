@@ -11,6 +11,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,44 +124,77 @@ def snapshot(active: psycopg.Connection[Any], passive: psycopg.Connection[Any] |
     return out
 
 
-def _wait_past(active: psycopg.Connection[Any], passive: psycopg.Connection[Any], check: str, label: str,
-               fix: str, timeout_s: float) -> dict[str, Any]:
-    """Poll `check` (target LSN -> (reached, position)) on the passive site until it reaches
-    the active site's current WAL position."""
-    # the insert position: it covers commits not yet written out (synchronous_commit = off)
+def insert_position(active: psycopg.Connection[Any]) -> str:
+    """The active site's WAL insert position. It covers every commit visible to a snapshot
+    taken before it is read, also commits not yet flushed (synchronous_commit = off)."""
     row = active.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
     assert row is not None
-    target = row[0]
+    return str(row[0])
+
+
+def _poll(check: Callable[[str], tuple[bool, str | None]], target: str, label: str, fix: str,
+          timeout_s: float) -> dict[str, Any]:
+    """Poll `check(target)` -> (reached, position) until the target is reached."""
     t0 = time.monotonic()
     while True:
-        done = passive.execute(check, (target,)).fetchone()  # type: ignore[arg-type] - built here
-        if done and done[0]:
-            return {"lsn": target, label: done[1], "waited_s": round(time.monotonic() - t0, 3)}
+        done, position = check(target)
+        if done:
+            return {"lsn": target, label: position, "waited_s": round(time.monotonic() - t0, 3)}
         if time.monotonic() - t0 > timeout_s:
             raise InputError(f"the passive site has not {label} {target} after {timeout_s:.0f} s "
-                             f"(at {done and done[1]})", fix)
+                             f"(at {position})", fix)
         time.sleep(0.05)
 
 
+def _row(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...]) -> tuple[bool, str | None]:
+    row = conn.execute(query, params).fetchone()
+    return (bool(row[0]), row[1]) if row else (False, None)
+
+
 def wait_for_replay(active: psycopg.Connection[Any], passive: psycopg.Connection[Any],
-                    timeout_s: float = 60) -> dict[str, Any]:
-    """Wait until the standby has replayed the active's current WAL position."""
-    return _wait_past(active, passive,
-                      "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn, pg_last_wal_replay_lsn()::text",
-                      "replayed", "check pg_stat_replication on the active and the standby's log; "
-                      "is replay paused?", timeout_s)
+                    timeout_s: float = 60, target: str | None = None) -> dict[str, Any]:
+    """Wait until the standby has replayed `target` (default: the active's current WAL
+    insert position). Replayed commits are visible to the standby's next snapshot."""
+    return _poll(lambda t: _row(passive, "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn,"
+                                         " pg_last_wal_replay_lsn()::text", (t,)),
+                 target or insert_position(active), "replayed",
+                 "check pg_stat_replication on the active and the standby's log; is replay paused?", timeout_s)
+
+
+def subscription_slots(active: psycopg.Connection[Any], subscriber: psycopg.Connection[Any],
+                       table: str | None = None) -> list[str]:
+    """The replication slots on the active site of the subscriber's enabled subscriptions
+    (those that receive `table`, when given)."""
+    names = [r[0] for r in subscriber.execute(
+        "SELECT s.subslotname FROM pg_subscription s WHERE s.subenabled AND s.subslotname IS NOT NULL"
+        "   AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        "   AND (%s::text IS NULL OR EXISTS (SELECT 1 FROM pg_subscription_rel r"
+        "        WHERE r.srsubid = s.oid AND r.srrelid = to_regclass(%s::text)))",
+        (table, table)).fetchall()]
+    slots = [r[0] for r in active.execute(
+        "SELECT slot_name FROM pg_replication_slots WHERE slot_name = ANY(%s) AND slot_type = 'logical'"
+        " AND database = current_database() ORDER BY 1", (names,)).fetchall()]
+    if not slots:
+        raise InputError(f"no enabled subscription on the subscriber receives {table or 'tables'} through a slot "
+                         "on the active site", "check pg_subscription on the subscriber (disabled? "
+                         "subscribed to another server?) and pg_replication_slots on the active site")
+    return slots
 
 
 def wait_for_apply(active: psycopg.Connection[Any], subscriber: psycopg.Connection[Any],
-                   timeout_s: float = 60) -> dict[str, Any]:
-    """Wait until every enabled subscription on a logical subscriber has received the
-    active's current WAL position (its apply worker works in order: all before is applied)."""
-    return _wait_past(
-        active, subscriber,
-        "SELECT coalesce(bool_and(w.received_lsn >= %s::pg_lsn), false), min(w.received_lsn)::text"
-        "  FROM pg_subscription s LEFT JOIN pg_stat_subscription w ON w.subid = s.oid AND w.relid IS NULL"
-        " WHERE s.subenabled AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        "received", "check pg_stat_subscription on the subscriber and its log (apply errors?)", timeout_s)
+                   timeout_s: float = 60, target: str | None = None, table: str | None = None) -> dict[str, Any]:
+    """Wait until the subscriber has applied `target` (default: the active's current WAL
+    insert position): its subscriptions' slots on the active site have a confirmed flush
+    position past it. The apply worker confirms a position only once every transaction
+    before it is applied and its local commit flushed; `received_lsn` of
+    pg_stat_subscription moves as a change arrives, before it is applied."""
+    slots = subscription_slots(active, subscriber, table)
+    return _poll(lambda t: _row(active, "SELECT coalesce(bool_and(confirmed_flush_lsn >= %s::pg_lsn), false),"
+                                        " min(confirmed_flush_lsn)::text FROM pg_replication_slots"
+                                        " WHERE slot_name = ANY(%s)", (t, slots)),
+                 target or insert_position(active), "applied",
+                 f"check pg_stat_subscription and the log on the subscriber (apply errors? worker running?) "
+                 f"and slot(s) {', '.join(slots)} in pg_replication_slots on the active site", timeout_s)
 
 
 @dataclass

@@ -25,19 +25,22 @@ from .db import redact
 from .report_charts import TARGET_BATCH_SECONDS, replication_context, table_context
 from .report_format import columns, fmt, fmt_duration, fmt_ts, num, plain, records, safe_name
 from .report_junit import database_role, write_junit
+from .run_outcome import NOT_RUN, UNFINISHED
 
 STATUS_LABELS = {
     "passed": "Passed", "failed": "Failed", "blocked": "Blocked", "dry-run": "Dry run",
     "attested": "Attested", "needs-attestation": "Needs attestation", "not-applicable": "Not applicable",
     "not-run": "Not run", "not-evaluated": "Not evaluated", "warning": "Warning", "deferred": "Deferred",
+    "interrupted": "Interrupted", "incomplete": "Incomplete", "running": "Running",
 }
 # Worst first: the verdict of an item with several results (one per table).
-SEVERITY = ["failed", "blocked", "needs-attestation", "warning", "deferred", "dry-run", "passed", "attested",
-            "not-applicable"]
+SEVERITY = ["failed", "interrupted", "blocked", "not-run", "needs-attestation", "warning", "deferred", "dry-run",
+            "passed", "attested", "not-applicable"]
 SC_VERDICTS = {
     "passed": "Met", "attested": "Met (attested)", "failed": "Not met", "blocked": "Not evaluated (blocked)",
     "needs-attestation": "Awaiting attestation", "dry-run": "Not evaluated (dry run)",
     "not-applicable": "Not applicable", "warning": "Met with warnings", "deferred": "Not evaluated (deferred)",
+    "interrupted": "Not evaluated (run interrupted)", "not-run": "Not evaluated (not run)",
 }
 
 
@@ -104,8 +107,9 @@ def _table_names(run: dict[str, Any], steps: list[dict[str, Any]]) -> list[str]:
 
 
 def _row(step: dict[str, Any]) -> dict[str, Any]:
-    return {**step, "label": status_label(step["status"]), "duration": fmt_duration(step["duration_s"]),
-            "not_run": False}
+    not_run = step["status"] == NOT_RUN
+    return {**step, "label": status_label(step["status"]),
+            "duration": "—" if not_run else fmt_duration(step["duration_s"]), "not_run": not_run}
 
 
 def _not_run(item_id: str, table: str | None) -> dict[str, Any]:
@@ -182,15 +186,16 @@ def summary(run: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
     facts = run.get("facts") or {}
     started, finished = num(run.get("started")), num(run.get("finished"))
     duration = finished - started if started is not None and finished is not None else None
-    counts = Counter(s["status"] for s in steps)
+    counts = Counter(s["status"] for s in steps if s["status"] != NOT_RUN)  # not-run rows are counted apart
+    status = run.get("status") or ("failed" if counts.get("failed") else "passed")
     return {
         "plan": run.get("plan") or "plan", "module": run.get("module"), "mode": run.get("mode") or "unknown",
-        "status": run.get("status") or ("failed" if counts.get("failed") else "passed"),
+        "status": status, "unfinished": status in UNFINISHED, "headline": run.get("headline") or "",
         "run_id": run.get("run_id"), "host": run.get("host"), "executed_by": facts.get("executed_by"),
         "role": database_role(facts), "started": fmt_ts(started), "finished": fmt_ts(finished),
         "duration": fmt_duration(duration), "duration_s": duration, "versions": server_versions(facts),
         "counts": sorted(counts.items(), key=lambda kv: SEVERITY.index(kv[0]) if kv[0] in SEVERITY else 99),
-        "results": len(steps),
+        "results": sum(counts.values()),
     }
 
 
@@ -206,6 +211,8 @@ def derived_notes(run: dict[str, Any], steps: list[dict[str, Any]], summ: dict[s
             issues.append(f"{s['id']}{where} {s['reason'] or 'blocked'}")
         elif s["status"] == "warning":
             issues.append(f"{s['id']}{where} warning: {s['reason'] or 'no reason recorded'}")
+        elif s["status"] == "interrupted":
+            issues.append(f"{s['id']}{where} interrupted: {s['reason']}")
     unattested = [f"{s['id']}{' (' + s['table'] + ')' if s['table'] else ''}" for s in steps
                   if s["status"] == "needs-attestation"]
     not_run = [it["id"] for sec in sections for it in sec["items"] if all(r["not_run"] for r in it["rows"])]
@@ -249,6 +256,9 @@ def derived_notes(run: dict[str, Any], steps: list[dict[str, Any]], summ: dict[s
     if unattested:
         recs.append("Record the human confirmations still missing: " + ", ".join(unattested)
                     + " (plan attestations or --attest ID=NAME).")
+    if summ["unfinished"]:
+        recs.insert(0, f"The {summ['status']} run did not get to its end: run the plan again; every step is "
+                       "rerun and the migration continues from the state recorded in the database.")
     if run.get("mode") == "dry-run":
         recs.append("This was a dry run: nothing was changed; review the planned SQL, then run with --execute.")
     if not_run:

@@ -34,9 +34,9 @@ RATE = "#bf8700"
 LAG = "#8250df"
 PAUSED = "#cf222e"
 TARGET_BATCH_SECONDS = 0.5  # the backfill tunes its batches towards this batch time
-KNOWN_TABLE_FACTS = {"cutoff", "rows_total", "rows_keep", "rows_archive", "distribution", "reconciliation",
-                     "throughput", "timings", "swap_log", "lock_hold_ms", "swap_attempts", "state", "rows_copied",
-                     "lag_samples", "pacing"}
+KNOWN_TABLE_FACTS = {"cutoff", "cutoff_local", "timezone", "rows_total", "rows_keep", "rows_archive",
+                     "distribution", "reconciliation", "throughput", "timings", "swap_log", "lock_hold_ms",
+                     "swap_attempts", "state", "rows_copied", "lag_samples", "pacing"}
 
 
 def _num(v: Any) -> float | None:
@@ -296,6 +296,9 @@ def table_context(name: str, facts: dict[str, Any], steps: list[dict[str, Any]],
                              ("swap_attempts", "Swap attempts", ""), ("lock_hold_ms", "Lock hold", " ms")):
         if facts.get(key) not in (None, ""):
             kpis.append({"label": label, "value": fmt(facts[key]) + unit, "key": key})
+        if key == "cutoff" and facts.get("cutoff_local"):  # with its offset in the database's time zone
+            kpis.append({"label": f"Cutoff ({facts.get('timezone')})", "value": str(facts["cutoff_local"]),
+                         "key": "cutoff_local"})
     timings = facts.get("timings") if isinstance(facts.get("timings"), dict) else {}
     copied, backfill_s = _num(facts.get("rows_copied")), _num(timings.get("backfill"))
     if copied and backfill_s:

@@ -7,8 +7,12 @@ Layout (xunit2 as CI servers read it)::
         <properties><property name value/>...</properties>      run metadata
         <testcase classname="<plan>.<table or section>" name="<ID>[ <table>]" time>
           <properties>...</properties>                           item text, status, key evidence
-          <failure message/> | <skipped message/>                failed | blocked, n/a, needs-attestation
+          <failure message/> | <error message/> | <skipped message/>
+                                 failed | interrupted | blocked, n/a, needs-attestation, not run
           <system-out>SQL statements</system-out>
+        </testcase>
+        <testcase classname="<plan>.run" name="run verdict">      only when the run did not finish:
+          <error type="interrupted|incomplete" message/>          CI must not show it green
         </testcase>
       </testsuite>
     </testsuites>
@@ -26,7 +30,8 @@ from typing import Any
 
 from .checklist import ITEMS
 
-SKIPPED = ("blocked", "not-applicable", "needs-attestation", "deferred")
+SKIPPED = ("blocked", "not-applicable", "needs-attestation", "deferred", "not-run")
+ERRORS = ("interrupted", "running")
 MAX_VALUE = 300
 MAX_MESSAGE = 1000
 MAX_PROPERTIES = 60
@@ -123,16 +128,19 @@ def junit_tree(run: dict[str, Any]) -> ET.ElementTree:
     steps = [s for s in run.get("steps") or [] if isinstance(s, dict) and s.get("id")]
     failures = sum(1 for s in steps if s.get("status") == "failed")
     skipped = sum(1 for s in steps if s.get("status") in SKIPPED)
+    unfinished = run.get("status") in ("interrupted", "incomplete")
+    errors = sum(1 for s in steps if s.get("status") in ERRORS) + int(unfinished)
+    tests = len(steps) + int(unfinished)
     started, finished = run.get("started"), run.get("finished")
     try:
         total_time = float(finished) - float(started)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         total_time = sum(float(s.get("duration_s") or 0) for s in steps)
 
-    suites = ET.Element("testsuites", name=_clean(plan), tests=str(len(steps)), failures=str(failures),
-                        errors="0", time=_seconds(total_time))
-    suite = ET.SubElement(suites, "testsuite", name=_clean(plan), tests=str(len(steps)), failures=str(failures),
-                          errors="0", skipped=str(skipped), time=_seconds(total_time),
+    suites = ET.Element("testsuites", name=_clean(plan), tests=str(tests), failures=str(failures),
+                        errors=str(errors), time=_seconds(total_time))
+    suite = ET.SubElement(suites, "testsuite", name=_clean(plan), tests=str(tests), failures=str(failures),
+                          errors=str(errors), skipped=str(skipped), time=_seconds(total_time),
                           timestamp=_iso(started), hostname=_clean(run.get("host") or ""))
     props = ET.SubElement(suite, "properties")
     facts = run.get("facts") or {}
@@ -168,12 +176,20 @@ def junit_tree(run: dict[str, Any]) -> ET.ElementTree:
         if status == "failed":
             fail = ET.SubElement(case, "failure", message=_clean(reason or "failed", MAX_MESSAGE), type="failed")
             fail.text = _clean(reason or "failed")
+        elif status in ERRORS:
+            err = ET.SubElement(case, "error", message=_clean(reason or status, MAX_MESSAGE), type=status)
+            err.text = _clean(reason or status)
         elif status in SKIPPED:
             ET.SubElement(case, "skipped", message=_clean(f"{status}: {reason}" if reason else status, MAX_MESSAGE),
                           type=status)
         statements = [st for st in s.get("statements") or [] if isinstance(st, dict)]
         if statements:
             ET.SubElement(case, "system-out").text = _clean(_statements_text(statements))
+    if unfinished:
+        case = ET.SubElement(suite, "testcase", classname=_clean(f"{plan}.run"), name="run verdict", time="0.000")
+        message = str(run.get("headline") or run.get("status"))
+        ET.SubElement(case, "error", message=_clean(message, MAX_MESSAGE), type=str(run.get("status"))).text = \
+            _clean(message)
     ET.indent(suites)
     return ET.ElementTree(suites)
 

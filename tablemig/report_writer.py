@@ -1,7 +1,9 @@
 """Write the run directory `REPORTS/<plan>/<run-id>/` from a run record.
 
 Under pytest-xdist each worker writes its part to `REPORTS/<plan>/.parts/<run>/`; the
-controller merges the parts into one run (one report for the whole plan).
+controller merges the parts of its own run into one run (one report for the whole plan).
+Parts left behind by a run that was killed are never merged into a later one: they are
+removed once they are an hour old.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import socket
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,10 @@ import pytest
 from .checklist import ITEMS, ORDER
 from .db import redact
 from .plugin import reports_dir
+from .run_outcome import UNFINISHED, complete, headline
+
+OUTCOME = pytest.StashKey[dict[str, Any]]()
+STALE_AFTER_S = 3600
 
 
 def _result_dict(r: Any) -> dict[str, Any]:
@@ -44,18 +53,31 @@ def record_to_dict(record: Any) -> dict[str, Any]:
         "started": record.started,
         "facts": record.facts,
         "steps": [_result_dict(r) for r in record.results],
+        "expected": [list(e) for e in record.expected],
+        "interrupted": record.interrupted,
         "tables": tables,
         "contacts": [c.__dict__ for c in plan.contacts] if plan else [],
     }
 
 
-def _run_id(config: pytest.Config) -> str:
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """The controller of a pytest-xdist run picks the run's id itself (xdist hands it to the
+    workers), so that it merges the parts of its own run and of no other."""
+    if getattr(config, "workerinput", None) is None and getattr(config.option, "testrunuid", "") is None:
+        config.option.testrunuid = uuid.uuid4().hex
+
+
+def run_uid(config: pytest.Config) -> str:
+    """The id of this pytest run, the same in every xdist worker."""
     worker = getattr(config, "workerinput", None)
-    uid = worker["testrunuid"] if worker else getattr(config, "_tablemig_run_uid", None)
+    if worker is not None:
+        return str(worker["testrunuid"])
+    uid = getattr(config.option, "testrunuid", None) or getattr(config, "_tablemig_run_uid", None)
     if uid is None:
         uid = os.urandom(4).hex()
         config._tablemig_run_uid = uid  # type: ignore[attr-defined]
-    return uid[:8]
+    return str(uid)
 
 
 def write_run(config: pytest.Config, record: Any) -> Path | None:
@@ -63,11 +85,11 @@ def write_run(config: pytest.Config, record: Any) -> Path | None:
     base = reports_dir(config) / data["plan"]
     worker = getattr(config, "workerinput", None)
     if worker is not None:
-        parts = base / ".parts" / worker["testrunuid"][:8]
+        parts = base / ".parts" / run_uid(config)[:8]
         parts.mkdir(parents=True, exist_ok=True)
         (parts / f"{worker['workerid']}.json").write_text(_dumps(data))
         return None
-    return finish_run(base, [data], config)
+    return finish_run(base, [data], config, interrupted=record.interrupted)
 
 
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -81,6 +103,8 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
         if s["status"] == "deferred" and s["id"].startswith("SC-"):
             s["status"], s["reason"] = evaluate(s["id"], steps, first["mode"])
     first["steps"] = steps
+    first["expected"] = list({tuple(e): e for p in parts for e in p.get("expected") or []}.values())
+    first["interrupted"] = any(p.get("interrupted") for p in parts)
     first["tables"] = {k: v for p in parts for k, v in p["tables"].items()}
     first["started"] = min(p["started"] for p in parts)
     for p in parts[1:]:
@@ -88,7 +112,8 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return first
 
 
-def finish_run(base: Path, parts: list[dict[str, Any]], config: pytest.Config | None) -> Path:
+def finish_run(base: Path, parts: list[dict[str, Any]], config: pytest.Config | None, *,
+               interrupted: bool = False) -> Path:
     data = merge(parts)
     now = dt.datetime.now(dt.UTC)
     run_id = f"{now:%Y%m%dT%H%M%SZ}-{data['mode']}-{os.urandom(2).hex()}"
@@ -97,9 +122,12 @@ def finish_run(base: Path, parts: list[dict[str, Any]], config: pytest.Config | 
     data["run_id"] = run_id
     data["finished"] = now.timestamp()
     data["host"] = socket.gethostname()
-    statuses = [s["status"] for s in data["steps"]]
-    data["status"] = "failed" if "failed" in statuses else "passed"
+    data.update(complete(data["steps"], data.pop("expected", []),
+                         interrupted=interrupted or bool(data.get("interrupted"))))
+    data["headline"] = headline(data)
     (out / "run.json").write_text(_dumps(data))
+    if config is not None:
+        config.stash[OUTCOME] = {"status": data["status"], "headline": data["headline"], "dir": str(out)}
     latest = base / "latest"
     if latest.is_symlink() or latest.exists():
         latest.unlink()
@@ -129,18 +157,53 @@ def _redacted(v: Any) -> Any:
     return v
 
 
+def settle_exit_status(session: pytest.Session) -> None:
+    """An interrupted or incomplete run never exits with status 0."""
+    outcome = session.config.stash.get(OUTCOME, None)
+    if outcome and outcome["status"] in UNFINISHED and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Controller side under xdist: merge the parts the workers wrote into one run."""
+    """Controller side under xdist: merge the parts this run's workers wrote into one run."""
     config = session.config
     if getattr(config, "workerinput", None) is not None or not config.pluginmanager.hasplugin("dsession"):
         return
     root = reports_dir(config)
+    mine = run_uid(config)[:8]
     for parts_dir in sorted(root.glob("*/.parts/*")):
+        if parts_dir.name != mine:
+            _remove_if_stale(parts_dir)
+            continue
         files = sorted(parts_dir.glob("*.json"))
         parts = [json.loads(p.read_text()) for p in files]
         if parts:
-            finish_run(parts_dir.parent.parent, parts, config)
-        for p in files:
-            p.unlink()
-        parts_dir.rmdir()
+            finish_run(parts_dir.parent.parent, parts, config, interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    for order_dir in root.glob("*/.order/*"):  # tablemig.xdist_order's markers
+        if order_dir.name.startswith(mine):
+            shutil.rmtree(order_dir, ignore_errors=True)
+        else:
+            _remove_if_stale(order_dir)
+    settle_exit_status(session)
+
+
+def _remove_if_stale(folder: Path) -> None:
+    """A folder of another run: left by a killed run once nothing in it changed for an hour."""
+    try:
+        newest = max((p.stat().st_mtime for p in folder.rglob("*")), default=folder.stat().st_mtime)
+    except OSError:
+        return
+    if time.time() - newest > STALE_AFTER_S:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """The run's verdict and where its report is, at the end of pytest's output."""
+    outcome = config.stash.get(OUTCOME, None)
+    if not outcome:
+        return
+    bad = outcome["status"] != "passed"
+    terminalreporter.write_sep("=", f"tablemig: {outcome['headline']}", red=bad, green=not bad, bold=True)
+    terminalreporter.write_line(f"tablemig: report {outcome['dir']}/report.html")

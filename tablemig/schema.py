@@ -17,7 +17,7 @@ from .errors import InputError
 from .templating import render, template_names
 
 SCHEMA = "table_migration"
-SCHEMA_VERSION = 2  # 2: the app_write_share seed (the write guard)
+SCHEMA_VERSION = 3  # 2: the app_write_share seed (the write guard); 3: date domains, the autovacuum settings
 
 # (key, default value, description). Values a DBA changed are never overwritten.
 CONFIG_SEED: list[tuple[str, str, str]] = [
@@ -29,6 +29,11 @@ CONFIG_SEED: list[tuple[str, str, str]] = [
     ("lock_timeout", "200ms", "lock_timeout of each swap attempt"),
     ("swap_max_attempts", "10", "bounded attempts to take the swap's locks"),
     ("swap_statement_timeout", "30s", "statement_timeout inside the swap transaction"),
+    ("autovacuum_cancel", "on", "cancel an ordinary autovacuum holding a lock a step needs, when the role may"),
+    ("autovacuum_lock_wait", "2s", "when it may not: one lock attempt waits this long (above deadlock_timeout)"
+     " so the server cancels the autovacuum; the application queues behind that attempt meanwhile"),
+    ("autovacuum_wraparound_wait", "600", "seconds to wait for an anti-wraparound vacuum holding the"
+     " table (never cancelled) before failing the step"),
     ("long_transaction_seconds", "60", "transactions older than this are reported as swap blockers"),
     ("verify_segments", "16", "key-range segments compared by verify"),
     ("index_workers", "3", "connections building the new table's indexes at once (large tables)"),

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import re
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +30,8 @@ from .engine import Migration
 from .errors import InputError
 from .executor import Executor, Recorder
 from .plan import Attestation, PlanConfig, TableConfig
+from .query_timeout import cursor_class
+from .run_outcome import RUNNING, close_unfinished
 from .xdist_order import mark_done, wait_for_prerequisites
 
 RECORD = pytest.StashKey["RunRecord"]()
@@ -36,8 +41,9 @@ RECORD = pytest.StashKey["RunRecord"]()
 class StepResult:
     id: str
     table: str | None
-    # passed failed blocked dry-run attested needs-attestation not-applicable warning deferred
-    status: str = "passed"
+    # running (until the step ends: a step that never ends is reported interrupted), passed,
+    # failed, blocked, dry-run, attested, needs-attestation, not-applicable, warning, deferred
+    status: str = RUNNING
     reason: str = ""
     started: float = 0.0
     duration_s: float = 0.0
@@ -66,6 +72,9 @@ class RunRecord:
     attestations: dict[str, Attestation] = field(default_factory=dict)
     recorder: Recorder = field(default_factory=Recorder)
     facts: dict[str, Any] = field(default_factory=dict)
+    # the (item id, table) of every selected step: those without a result are "not run"
+    expected: list[tuple[str, str | None]] = field(default_factory=list)
+    interrupted: bool = False
 
 
 class NotApplicable(Exception):
@@ -98,7 +107,10 @@ class StepContext:
                 raise AssertionError("this plan requires a passive site (allow_single_site=False): give --passive-dsn")
             raise NotApplicable("no passive site is configured (single-site run)")
         try:
-            conn = connect(dsn)
+            # the step's checks run under the plan's validation_timeout (tablemig.query_timeout)
+            timeout = self.plan.validation_timeout
+            conn = connect(dsn, settings={"statement_timeout": timeout},
+                           cursor_factory=cursor_class(self._label, timeout))
         except InputError as exc:
             if site == "passive" and self.plan.allow_passive_down:
                 raise NotApplicable(f"the passive site is unreachable and the plan allows running without it "
@@ -106,6 +118,12 @@ class StepContext:
             raise
         self._conns.append(conn)
         return conn
+
+    @property
+    def _label(self) -> str:
+        """`EX-4.1 (Step 4.1: Data integrity validation) for public.orders`: for messages."""
+        what = re.split(r" \(|;", self.item.text)[0]
+        return f"{self.item.id} ({what})" + (f" for {self.result.table}" if self.result.table else "")
 
     def executor(self, site: str = "active") -> Executor:
         self.record.recorder.step = self._step_key
@@ -139,7 +157,7 @@ class StepContext:
 
     def warn(self, why: str) -> None:
         """The step passes its checks but something is unknown or doubtful: never a pass."""
-        if self.result.status in ("passed", "warning"):
+        if self.result.status in (RUNNING, "passed", "warning"):
             self.result.status = "warning"
         self.result.reason = "; ".join(x for x in (self.result.reason, why) if x)
 
@@ -242,8 +260,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         it.add_marker(pytest.mark.xdist_group(name=str(table or "plan")))
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Remember every selected step: a step without a result at the end is reported "not run"
+    (and the plan, so that a run interrupted before its first step still reports)."""
+    record = _record(session.config)
+    for it in session.items:
+        marker = it.get_closest_marker("tablemig_step")
+        if marker is None:
+            continue
+        table = getattr(it, "callspec", None) and it.callspec.params.get("tablemig_table")  # type: ignore[attr-defined]
+        record.expected.append((str(marker.args[0]), str(table) if table else None))
+        module = getattr(it, "module", None)
+        if record.plan is None and _plan_of(module) is not None:
+            record.plan = _plan_of(module)
+            record.module = getattr(module, "__name__", "")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     _cli_attestations(config)  # a malformed --attest is a usage error before anything runs
+    _terminate_as_interrupt()
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (a CI job cancelled, a service stopped) ends the run like Ctrl-C: the step that
+    was running is reported interrupted, and the reports are written."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        def interrupt(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 @pytest.fixture
@@ -312,6 +359,9 @@ def plan_ready(request: pytest.FixtureRequest, sandbox: Any, active_dsn: str) ->
     record.module = request.module.__name__
     record.attestations = {**plan.attestations, **_cli_attestations(request.config)}
     record.facts["executed_by"] = getpass.getuser()
+    from .report_writer import run_uid
+
+    record.facts["run_uid"] = run_uid(request.config)
     try:
         with connect(active_dsn) as conn:
             row = conn.execute("SELECT current_user").fetchone()
@@ -344,19 +394,15 @@ def plan_ready(request: pytest.FixtureRequest, sandbox: Any, active_dsn: str) ->
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     result = item.stash.get(_RESULT, None)
-    record_ = item.config.stash.get(RECORD, None)
-    finished = call.when == "call" or (call.when == "setup" and not report.passed)
-    if result is not None and finished and record_ is not None and record_.plan is not None:
-        status = "failed" if report.failed and result.status != "blocked" else result.status
-        if call.excinfo is not None and call.excinfo.errisinstance(NotApplicable):
-            status = "not-applicable"
-        mark_done(item.config, record_.plan.name, result.id, result.table, status)
-    if result is None or call.when != "call":
-        if result is not None and call.when == "setup" and report.failed:
-            result.status, result.reason = "failed", redact(str(call.excinfo.value) if call.excinfo else "")
+    if result is None or call.when == "teardown":
         return report
     record = _record(item.config)
-    if call.excinfo is not None and call.excinfo.errisinstance(NotApplicable):
+    if call.when == "setup":
+        if report.passed:
+            return report
+        if report.failed:
+            result.status, result.reason = "failed", redact(str(call.excinfo.value) if call.excinfo else "")
+    elif call.excinfo is not None and call.excinfo.errisinstance(NotApplicable):
         result.status, result.reason = "not-applicable", str(call.excinfo.value)
         report.outcome = "skipped"
         report.longrepr = (str(item.path), 0, f"not applicable: {call.excinfo.value}")
@@ -364,17 +410,29 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         result.status = "failed"
         result.reason = redact(str(call.excinfo.value) if call.excinfo else "failed")
         record.blocked.setdefault(result.table or "*", result.id)
-    result.statements = [
-        {"site": s.site, "sql": s.sql, "executed": s.executed, "duration_ms": s.duration_ms,
-         "rows": s.rows, "error": s.error, **({"sent_with": s.batch} if s.batch else {})}
-        for s in record.recorder.for_step(f"{result.id}|{result.table or ''}")]
+    elif result.status == RUNNING:  # the step ended without deciding otherwise
+        if report.skipped:
+            result.status = "not-applicable"
+            result.reason = result.reason or redact(str(call.excinfo.value) if call.excinfo else "skipped")
+        else:
+            result.status = "passed"
+    if record.plan is not None:
+        mark_done(item.config, record.plan.name, result.id, result.table, result.status)
+    if call.when == "call":
+        result.statements = [
+            {"site": s.site, "sql": s.sql, "executed": s.executed, "duration_ms": s.duration_ms,
+             "rows": s.rows, "error": s.error, **({"sent_with": s.batch} if s.batch else {})}
+            for s in record.recorder.for_step(f"{result.id}|{result.table or ''}")]
     return report
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     record = session.config.stash.get(RECORD, None)
-    if record is None or record.plan is None:
+    if record is None or record.plan is None or session.config.option.collectonly:
         return
-    from .report_writer import write_run
+    from .report_writer import settle_exit_status, write_run
 
+    record.interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+    close_unfinished(record.results, interrupted=record.interrupted)
     write_run(session.config, record)
+    settle_exit_status(session)

@@ -8,12 +8,14 @@ names. Every statement is returned as `psycopg.sql` so the dry run can print it.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from psycopg import sql
 
 from .catalog import GUARD_TRIGGER, Index, TableInfo
 from .errors import InputError
 from .names import QualifiedName, derived_name
+from .sqltext import Fragment
 from .templating import render
 
 _RELOPTION = re.compile(r"^([a-z_][a-z0-9_.]*)=(.*)$")
@@ -35,8 +37,8 @@ def index_sql(info: TableInfo, index: Index, target: QualifiedName, name: str, *
               concurrently: bool) -> sql.Composed:
     head, rest = index.body(info.quoted)
     return sql.Composed([
-        sql.SQL(head + "INDEX " + ("CONCURRENTLY " if concurrently else "")),
-        sql.Identifier(name), sql.SQL(" ON "), target.ident(), sql.SQL(" " + rest)])
+        Fragment(head + "INDEX " + ("CONCURRENTLY " if concurrently else "")),
+        sql.Identifier(name), sql.SQL(" ON "), target.ident(), Fragment(" " + rest)])
 
 
 def _options(options: list[str] | tuple[str, ...], what: str) -> list[sql.Composable]:
@@ -80,6 +82,11 @@ def create_table_sql(info: TableInfo, target: QualifiedName, current_user: str,
         " INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING COMMENTS INCLUDING CONSTRAINTS"
         " INCLUDING STATISTICS){}{}{}").format(target.ident(), info.name.ident(), using,
                                                 _reloptions(info), space)]
+    # LIKE ... INCLUDING CONSTRAINTS makes a NOT VALID check valid on the copy, where the
+    # rows it never checked would fail the load: such checks come back NOT VALID in the
+    # swap (not_valid_checks_sql)
+    for name, _ in not_valid_checks(info):
+        stmts.append(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(target.ident(), sql.Identifier(name)))
     if info.owner != current_user:
         stmts.append(sql.SQL("ALTER TABLE {} OWNER TO {}").format(
             target.ident(), sql.Identifier(info.owner)))
@@ -96,7 +103,7 @@ def create_table_sql(info: TableInfo, target: QualifiedName, current_user: str,
     for name, definition, _ in info.outgoing_fks:
         body = definition if definition.endswith(" NOT VALID") else definition + " NOT VALID"
         stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-            target.ident(), sql.Identifier(name), sql.SQL(body)))
+            target.ident(), sql.Identifier(name), Fragment(body)))
         if comments.get(name) is not None:
             stmts.append(sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(
                 sql.Identifier(name), target.ident(), sql.Literal(comments[name])))
@@ -139,6 +146,18 @@ def index_properties_sql(index: Index, target: QualifiedName, tag: str = "n") ->
     return stmts
 
 
+def not_valid_checks(info: TableInfo) -> list[tuple[str, str]]:
+    """The table's CHECK constraints added NOT VALID: (name, definition)."""
+    return [(name, d) for name, d in info.check_constraints if d.endswith(" NOT VALID")]
+
+
+def not_valid_checks_sql(info: TableInfo, target: QualifiedName) -> list[sql.Composable]:
+    """Add the table's NOT VALID checks to `target` as they are (NOT VALID: no scan)."""
+    return [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(target.ident(), sql.Identifier(name),
+                                                                  Fragment(d))
+            for name, d in not_valid_checks(info)]
+
+
 def key_index(info: TableInfo) -> Index:
     """The index of the table's key (primary key, or the unique index serving as key)."""
     return next(i for i in info.indexes if i.is_key)
@@ -176,12 +195,23 @@ def change_log_name(table_oid: int) -> QualifiedName:
     return QualifiedName("table_migration", f"changes_{table_oid}")
 
 
+def change_id_column(key: Sequence[str]) -> str:
+    """The change log's own id column: `change_id`, or `change_id_<n>` when a key column
+    has that name (the log's other columns are the key columns)."""
+    name, n = "change_id", 0
+    while name in key:
+        n += 1
+        name = f"change_id_{n}"
+    return name
+
+
 def change_log_sql(info: TableInfo, log: QualifiedName) -> sql.Composable:
     """The change log: a serial id and the key columns (WAL-logged: a crash keeps it)."""
     types = {c.name: c.type for c in info.columns}
-    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL(types[k]))
+    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k), Fragment(types[k]))
                              for k in info.key_columns)
-    return sql.SQL("CREATE TABLE {} (change_id bigserial PRIMARY KEY, {})").format(log.ident(), cols)
+    return sql.SQL("CREATE TABLE {} ({} bigserial PRIMARY KEY, {})").format(
+        log.ident(), sql.Identifier(change_id_column(info.key_columns)), cols)
 
 
 def secondary_indexes(info: TableInfo) -> list[Index]:
@@ -192,12 +222,19 @@ def secondary_indexes(info: TableInfo) -> list[Index]:
 def sync_function_sql(info: TableInfo, function: QualifiedName, mode: str,
                       recent: QualifiedName, history: QualifiedName | None = None, *,
                       date_column: str = "", date_type: str = "", cutoff: str = "",
+                      search_path: Sequence[str] = (), family: QualifiedName | None = None,
+                      source: QualifiedName | None = None,
+                      self_refs: Sequence[tuple[Sequence[str], Sequence[str]]] = (),
                       defer: list[QualifiedName] | None = None) -> sql.SQL:
     """The row-sync trigger function (see sql_templates/row_sync_function.sql.j2). In mode
-    "log", `recent` is the change log table. `defer`: the deferrable PRIMARY KEY / UNIQUE
-    constraints of the tables the function writes (`deferred_names`): checked at commit, so
-    a statement that passes through a transient duplicate (UPDATE t SET id = id + 1 under a
-    DEFERRABLE key) is mirrored row by row without failing half-way."""
+    "log", `recent` is the change log table. `search_path`: the schemas the table's own
+    expressions need, between pg_catalog and pg_temp (tablemig.search_path). Mode
+    "capture" with `family`: also the family log of the orphan check (tablemig.families),
+    with `self_refs` (referencing, referenced columns) looked up in `source`. `defer`: the
+    deferrable PRIMARY KEY / UNIQUE constraints of the tables the function writes
+    (`deferred_names`): checked at commit, so a statement that passes through a transient
+    duplicate (UPDATE t SET id = id + 1 under a DEFERRABLE key) is mirrored row by row
+    without failing half-way."""
     writable = info.writable_columns
     key = info.key_columns
     always = {c.name for c in writable if c.identity == "a"}
@@ -210,7 +247,10 @@ def sync_function_sql(info: TableInfo, function: QualifiedName, mode: str,
                   upsert_columns=upsert_columns,
                   overriding=bool(always), date_column=date_column, date_type=date_type,
                   cutoff=cutoff, exact_rows=deferrable_key(info),
-                  defer=[(d.schema, d.name) for d in defer or []])
+                  defer=[(d.schema, d.name) for d in defer or []], search_path=list(search_path),
+                  family=(family.schema, family.name) if family else None,
+                  source=(source.schema, source.name) if source else None,
+                  self_refs=[{"child": list(c), "parent": list(p)} for c, p in self_refs])
     return sql.SQL(text)  # type: ignore[arg-type] - rendered with the quoting filters
 
 

@@ -30,10 +30,12 @@ import psycopg
 from psycopg import sql
 
 from . import inventory, state
+from .autovacuum import AutovacuumPolicy
 from .catalog import CAPTURE_TRIGGER, GUARD_TRIGGER, MIRROR_TRIGGER, PRUNE_TRIGGER, TableInfo, inspect_table
 from .errors import TablemigError
 from .exchange import exchange, exchange_back, move_publications
 from .executor import Executor
+from .families import OrphanGuard
 from .locking import with_lock_retries
 from .names import QualifiedName
 from .structure import (
@@ -61,12 +63,14 @@ class SwapResult:
 @dataclass(frozen=True)
 class Dependents:
     """What the swap locks besides the two tables: tables whose foreign keys reference the
-    table, and views / materialized views on it. Read with one cheap query before the
-    lock; the full inspection under the lock must find no more than these."""
+    table, views / materialized views on it, and relations with rules that name it (the
+    swap re-creates those rules). Read with one cheap query before the lock; the full
+    inspection under the lock must find no more than these."""
 
     children: frozenset[QualifiedName]
     views: frozenset[QualifiedName]
     matviews: frozenset[QualifiedName]
+    rules: frozenset[QualifiedName] = frozenset()
 
     @classmethod
     def read(cls, conn: psycopg.Connection[Any], table: QualifiedName) -> Dependents:
@@ -74,24 +78,28 @@ class Dependents:
             SELECT 'f', n.nspname, c.relname FROM pg_constraint con
               JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE con.confrelid = %s::regclass AND con.contype = 'f' AND con.conrelid <> con.confrelid
+               AND con.conparentid = 0
             UNION
-            SELECT v.relkind::text, n.nspname, v.relname FROM pg_depend d
+            SELECT CASE WHEN r.rulename = '_RETURN' THEN v.relkind::text ELSE 'r' END, n.nspname, v.relname
+              FROM pg_depend d
               JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class
               JOIN pg_namespace n ON n.oid = v.relnamespace
              WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
                AND d.refobjid = %s::regclass AND v.oid <> %s::regclass""", (str(table),) * 3).fetchall()
         pick = {k: frozenset(QualifiedName(sch, rel) for kind, sch, rel in rows if kind == k)
-                for k in ("f", "v", "m")}
-        return cls(pick["f"], pick["v"], pick["m"])
+                for k in ("f", "v", "m", "r")}
+        return cls(pick["f"], pick["v"], pick["m"], pick["r"])
 
     def covers(self, info: TableInfo) -> bool:
         return ({fk.table for fk in info.incoming_fks} <= self.children
-                and {v.name for v in info.views} <= self.views | self.matviews)
+                and {v.name for v in info.views} <= self.views | self.matviews
+                and {r.relation for r in info.rules_elsewhere} <= self.rules)
 
     def lock_list(self, t: QualifiedName, other: QualifiedName) -> list[QualifiedName]:
         # LOCK TABLE refuses materialized views; the swap's DROP MATERIALIZED VIEW takes their
         # lock under the same lock_timeout (they are watched for blockers)
-        return [t, other, *sorted(self.children), *sorted(self.views)]
+        return [t, other, *sorted(self.children), *sorted(self.views - self.children),
+                *sorted(self.rules - self.children - self.views)]
 
 
 class SwapPeer(Protocol):
@@ -124,9 +132,13 @@ def _coordinated(peers: Sequence[SwapPeer], m: dict[str, Any], back: bool,
 def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
          statement_timeout: str, long_xact_seconds: float,
          on_attempt: Callable[[dict[str, Any]], None] | None = None,
-         peers: Sequence[SwapPeer] = ()) -> SwapResult:
+         peers: Sequence[SwapPeer] = (), search_path: Sequence[str] = (),
+         guard: OrphanGuard | None = None, autovacuum_policy: AutovacuumPolicy | None = None) -> SwapResult:
     """Forward swap of the table described by state row `m`; `peers` (logical subscribers)
-    make the same exchange, committed right after this one (see tablemig.logical)."""
+    make the same exchange, committed right after this one (see tablemig.logical).
+    `search_path`: the schemas of the mirror function's path (tablemig.search_path).
+    `guard`: the orphan check armed by the swap step, repeated first under the lock (a
+    finding rolls the swap back; tablemig.families)."""
     conn = ex.conn
     schema = m["schema_name"]
     t = QualifiedName(schema, m["original_name"])
@@ -139,10 +151,15 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
         info = inspect_table(conn, t, list(m["key_columns"]))  # under the lock: current
         if not deps.covers(info):
             raise psycopg.errors.LockNotAvailable("dependencies changed while locking")
+        if guard is not None:  # before anything changes: an orphan rolls this transaction back
+            guard.check_locked(conn, t, n)
         fn = QualifiedName("table_migration", f"mirror_{m['table_oid']}")
-        mirror = sync_function_sql(info, fn, "mirror", outgoing,
+        mirror = sync_function_sql(info, fn, "mirror", outgoing, search_path=search_path,
                                    defer=deferred_names(info, outgoing.schema, "a"))
         with ex.batched():  # the DDL in as few round trips as its reads allow
+            if guard is not None:
+                for stmt in guard.disarm_sql():
+                    ex.run(stmt)
             ex.run(drop_trigger_sql(t, CAPTURE_TRIGGER))
             ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
             ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
@@ -162,7 +179,8 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
         before = inventory.of(info)
         record["inventory"] = _same_inventory(conn, before, t, n, m)
         record["inventory_before"] = before  # for the checks after it (EX-4.1, RB-1)
-        record |= {"foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks],
+        record |= {"foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks]
+                   + record.pop("self_foreign_keys", []),
                    "views": [str(v.name) for v in info.views], "publications": info.publications,
                    "outgoing": outgoing.name, "fk_validated": []}
         # Last, with every lock held: the peers catch up and prepare their own exchange.
@@ -177,7 +195,7 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
         conn, f"swap of {t}", deps.lock_list(t, n), body, lock_timeout=lock_timeout,
         attempts=attempts, statement_timeout=statement_timeout,
         long_xact_seconds=long_xact_seconds, on_attempt=on_attempt, watch=sorted(deps.matviews),
-        durable=True))
+        durable=True, autovacuum_policy=autovacuum_policy))
     hold = record.pop("lock_hold_ms")
     # the LSN after the swap's commit, for the standbys to reach
     lsn = str(conn.execute("UPDATE table_migration.migration_state SET lock_hold_ms = %s, swap_attempts = %s,"
@@ -205,7 +223,7 @@ def _same_inventory(conn: psycopg.Connection[Any], before: inventory.Inventory, 
 
 def swap_back(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
               statement_timeout: str, long_xact_seconds: float,
-              peers: Sequence[SwapPeer] = ()) -> SwapResult:
+              peers: Sequence[SwapPeer] = (), autovacuum_policy: AutovacuumPolicy | None = None) -> SwapResult:
     """Undo a swap: the archive (kept current by the mirror trigger) becomes `T` again and
     the new table is dropped. Lossless while the mirror trigger was in place."""
     conn = ex.conn
@@ -238,7 +256,7 @@ def swap_back(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: i
         conn, f"swap back of {t}", deps.lock_list(t, outgoing), body,
         lock_timeout=lock_timeout, attempts=attempts, statement_timeout=statement_timeout,
         long_xact_seconds=long_xact_seconds, watch=sorted(deps.matviews), report_seen=True,
-        durable=True))
+        durable=True, autovacuum_policy=autovacuum_policy))
     hold = record.pop("lock_hold_ms")
     return SwapResult(used, hold, str(ex.scalar("SELECT pg_current_wal_insert_lsn()::text")),
                       record, log)

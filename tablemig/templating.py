@@ -2,7 +2,8 @@
 
 `{{ name | ident }}` quotes an identifier (a string, or a tuple for schema.name) and
 `{{ value | literal }}` quotes a constant; both go through psycopg's own quoting, so no
-template ever concatenates raw names or values.
+template ever concatenates raw names or values. `{% filter dollar_quote %}...{% endfilter %}`
+dollar-quotes a body with a tag that does not occur in it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 import jinja2
 from psycopg import sql
+
+from .sqltext import dollar_quote
 
 
 def _ident(value: str | tuple[str, ...] | list[str]) -> str:
@@ -46,6 +49,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["ident"] = _ident
     env.filters["literal"] = _literal
+    env.filters["dollar_quote"] = dollar_quote
     return env
 
 

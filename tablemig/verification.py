@@ -20,6 +20,7 @@ from .backfill import wait_while_paused
 from .db import connect
 from .errors import TablemigError
 from .executor import Executor
+from .failures import records_failure
 from .locking import with_lock_retries
 from .names import QualifiedName
 from .planner import TablePlan
@@ -34,7 +35,9 @@ from .structure import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
+
+    from .families import Reference
 
 
 SETTLE_ROUNDS = 5  # write guard: rests in the replay, each followed by a drain of what it logged
@@ -99,18 +102,9 @@ class Verification(StepHost):
                 break
             more, batches = rep.drain(self.conn, pause=pause, flush=self.throttle is not None)
             replayed, rounds = replayed + more, rounds + batches
-        info = plan.info
-        capture_fn = plan.function_name("capture")
-        history = (QualifiedName(m["schema_name"], m["archive_name"])
-                   if m["archive_mode"] == "copy" else None)
         final: dict[str, int] = {}
-
         # rendered before the lock: the lock is held only while statements run
-        direct = sync_function_sql(info, capture_fn, "capture", QualifiedName(m["schema_name"], m["new_name"]),
-                                   history, date_column=m["date_column"], date_type=m["date_type"],
-                                   cutoff=m["cutoff"], defer=[
-                                       *deferred_names(info, m["schema_name"], "n"),
-                                       *(deferred_names(info, history.schema, "h") if history else [])])
+        direct = direct_capture_sql(m, plan)
 
         def switch(_locked_at: float) -> dict[str, Any]:
             final["rows"] = rep.batch(self.conn, None)
@@ -123,8 +117,7 @@ class Verification(StepHost):
 
         result, attempts, _ = with_lock_retries(
             self.conn, f"switch to direct capture on {self.table}", [plan.original], switch,
-            lock_timeout=s.lock_timeout, attempts=s.swap_max_attempts,
-            long_xact_seconds=s.long_transaction_seconds, mode="SHARE ROW EXCLUSIVE")
+            mode="SHARE ROW EXCLUSIVE", **s.lock_options())
         state.log(self.conn, self.table, "replay", "switched",
                   rows=replayed + final.get("rows", 0), duration_ms=(time.perf_counter() - t0) * 1000,
                   details={"batches": rounds, "replayed_under_lock": final.get("rows", 0),
@@ -212,6 +205,7 @@ class Verification(StepHost):
             results.append(segs)
         return repaired, results
 
+    @records_failure("verify")
     def verify(self, max_rounds: int = 3) -> VerifyResult:
         """Segment checksums of T[D >= C] against N; differing rows are repaired from T.
         First replays the change log and switches to direct capture (`replay`), so that
@@ -262,6 +256,20 @@ class Verification(StepHost):
                       details={"segments": len(result.segments), "repaired_rows": repaired})
         self._timed("verify", t0)
         return result
+
+
+def direct_capture_sql(m: dict[str, Any], plan: TablePlan, *, family: QualifiedName | None = None,
+                       refs: Sequence[Reference] = ()) -> sql.SQL:
+    """The capture function in direct mode (it keeps N, and H, equal itself); with `family`
+    it also feeds the swap step's orphan check (tablemig.families)."""
+    history = (QualifiedName(m["schema_name"], m["archive_name"]) if m["archive_mode"] == "copy" else None)
+    return sync_function_sql(plan.info, plan.function_name("capture"), "capture",
+                             QualifiedName(m["schema_name"], m["new_name"]), history,
+                             date_column=m["date_column"], date_type=m["date_type"], cutoff=m["cutoff"],
+                             search_path=plan.search_path, family=family, source=plan.original,
+                             self_refs=[(r.child_columns, r.parent_columns) for r in refs if r.self_ref],
+                             defer=[*deferred_names(plan.info, m["schema_name"], "n"),
+                                    *(deferred_names(plan.info, history.schema, "h") if history else [])])
 
 
 def _close_when_open(pending: Future[psycopg.Connection[Any]]) -> None:

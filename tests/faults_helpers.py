@@ -47,14 +47,16 @@ def final_state(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 
 class Harness:
-    """`tablemig ...` running in the background; output goes to files (no pipe can fill up).
-    Leaving the context kills it (by its own pid) if it is still running."""
+    """`tablemig ...` (or `python -m MODULE ...`: a plan run by pytest) running in the
+    background; output goes to files (no pipe can fill up). Leaving the context kills it (by
+    its own pid) if it is still running."""
 
-    def __init__(self, workdir: Path, *args: str) -> None:
+    def __init__(self, workdir: Path, *args: str, module: str = "tablemig.cli") -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
         self.out_path, self.err_path = workdir / "harness.out", workdir / "harness.err"
         self._out, self._err = open(self.out_path, "w"), open(self.err_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "tablemig.cli", *args],
-                                     stdout=self._out, stderr=self._err)
+        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=self._out, stderr=self._err,
+                                     cwd=workdir)
 
     @property
     def pid(self) -> int:
@@ -137,7 +139,7 @@ def harness_backends(conn: psycopg.Connection[Any]) -> list[tuple[int, str]]:
         " AND application_name LIKE 'tablemig%' AND pid <> pg_backend_pid()").fetchall()]
 
 
-def wait_harness_gone(conn: psycopg.Connection[Any], timeout: float = 20) -> None:
+def wait_harness_gone(conn: psycopg.Connection[Any], timeout: float = 120) -> None:
     """After the harness died: its sessions end (the table lock with them)."""
     wait_for(lambda: not harness_backends(conn) and not lock_holders(conn),
              "the killed harness's sessions and table lock to go away", timeout=timeout)

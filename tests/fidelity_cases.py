@@ -232,6 +232,20 @@ def statistics(conn: Conn) -> None:
     assert got == [("code", None, ["n_distinct=-0.5"]), ("v", 1000, None)], got
 
 
+def self_reference(conn: Conn) -> None:
+    new = _insert(conn)
+    conn.execute("UPDATE t SET parent = %s WHERE id = 40", (new,))
+    with conn.transaction(force_rollback=True):
+        try:
+            with conn.transaction():
+                conn.execute("UPDATE t SET parent = -5 WHERE id = 40")
+            raise AssertionError("a reference to a missing row was accepted")
+        except psycopg.errors.ForeignKeyViolation:
+            pass
+    assert _one(conn, "SELECT obj_description(oid, 'pg_constraint') FROM pg_constraint"
+                      " WHERE conrelid = 't'::regclass AND conname = 't_parent_fkey'") == "the parent"
+
+
 def cluster_on(conn: Conn) -> None:
     conn.execute("CLUSTER t")  # on the index marked CLUSTER ON: an error without one
 
@@ -286,6 +300,10 @@ CASES = [
          replica_identity_nothing),
     Case("statistics", PK + "ALTER TABLE t ALTER COLUMN v SET STATISTICS 1000;"
                             " ALTER TABLE t ALTER COLUMN code SET (n_distinct = -0.5);", statistics),
+    # re-created on the live table in the swap, with its comment (the inventory compares it)
+    Case("self_reference", PK + "ALTER TABLE t ADD COLUMN parent int REFERENCES t (id);"
+                                " UPDATE t SET parent = id - 1 WHERE id > 30;"
+                                " COMMENT ON CONSTRAINT t_parent_fkey ON t IS 'the parent';", self_reference),
     Case("cluster_on", PK + "CREATE INDEX t_d_idx ON t (d); ALTER TABLE t CLUSTER ON t_d_idx;", cluster_on),
     Case("comments", PK + """
         ALTER TABLE t ADD CONSTRAINT t_v_check CHECK (v > -100);

@@ -87,7 +87,7 @@ def test_sigkill_during_backfill_resumes_without_loss(fresh_db: Any, tmp_path: P
                 assert len(holder) == 1
                 run.kill()
                 # the killed run's sessions end by themselves, and the table lock with them
-                wait_for(lambda: not lock_holders(conn), "the table lock of the killed run to go", timeout=15)
+                wait_for(lambda: not lock_holders(conn), "the table lock of the killed run to go", timeout=120)
         finally:
             blocker.close()
         wait_harness_gone(conn)
@@ -132,7 +132,7 @@ def test_sigkill_during_index_build_leaves_no_index_and_rerun_builds_them(fresh_
                 # the server notices the dead client (client_connection_check_interval) and
                 # cancels the build while it still waits: being transactional, it leaves nothing
                 wait_for(lambda: not scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", build),
-                         "the orphaned index build to end", timeout=15)
+                         "the orphaned index build to end", timeout=120)
         finally:
             blocker.close()
         wait_harness_gone(conn)
@@ -173,7 +173,7 @@ def test_sigkill_during_swap_lock_retries_renames_nothing(fresh_db: Any, tmp_pat
                                      interval=0.02)
                     # a later attempt waits again (lock_timeout 1s, then backoff): kill it mid-retry
                     wait_for(lambda: (scalar(conn, waiting) or first) > first, "a retry of the swap's lock",
-                             alive=run, interval=0.02, timeout=30)
+                             alive=run, interval=0.02, timeout=120)
                     run.kill()
                 wait_harness_gone(conn)
                 m = state_row(conn)

@@ -1,24 +1,16 @@
-"""The wheel ships the SQL templates and works without the source tree.
-
-The wheel is built from a copy of the project (so the build writes nothing into the
-repository), installed with `--no-deps` into a brand-new virtualenv, and used from a
-temporary directory. The outer venv's dependencies are made visible through a `.pth`
-file naming its site-packages: `.pth` files *inside* that directory (the editable
-install's finder) are not processed, so the only `tablemig` there is the wheel's.
-"""
+"""tablemig as users install it: the wheel (built from this tree, installed with its
+dependencies into a fresh virtualenv, not editable; the `installed_wheel` fixture) holds
+every package and template of the source tree and works from a directory outside the
+repository: the schema, the CLI, `new-plan` and the plan it writes, dry run and --execute."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import sysconfig
 import textwrap
-import zipfile
 from pathlib import Path
 from typing import Any
+
+from tablemig.db import connect
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,77 +36,69 @@ SNIPPET = textwrap.dedent("""
 """)
 
 
-def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
-    assert out.returncode == 0, f"{cmd}\n--- stdout\n{out.stdout}\n--- stderr\n{out.stderr}"
-    return out
+def source_files(top: str) -> list[str]:
+    """Every file under `REPO/top` (bytecode caches aside), relative to REPO/top."""
+    return sorted(p.relative_to(REPO / top).as_posix() for p in (REPO / top).rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
 
 
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    env["PIP_NO_INDEX"] = "1"  # nothing may come from the network
-    return env
-
-
-def build_wheel(tmp: Path) -> Path:
-    src = tmp / "src"
-    src.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
-    for name in ("tablemig", "sql_templates"):
-        shutil.copytree(REPO / name, src / name, ignore=ignore)
-    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "setup.cfg"):
-        if (REPO / name).exists():
-            shutil.copy(REPO / name, src / name)
-    dist = tmp / "dist"
-    # --no-isolation: the build backend comes from this venv, not from the network
-    run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(src)],
-        cwd=src, env=clean_env())
-    wheels = list(dist.glob("tablemig-*.whl"))
-    assert len(wheels) == 1, wheels
-    return wheels[0]
-
-
-def test_wheel_ships_templates_and_installs_schema_from_a_clean_venv(tmp_path: Path, fresh_db: Any) -> None:
-    wheel = build_wheel(tmp_path)
-
-    with zipfile.ZipFile(wheel) as zf:
-        names = set(zf.namelist())
-        entry_points = next(zf.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
-    for required in ("tablemig/sql_templates/schema/001_tables.sql.j2",
-                     "tablemig/sql_templates/schema/002_functions.sql.j2",
-                     "tablemig/sql_templates/row_sync_function.sql.j2",
-                     "tablemig/schema.py", "tablemig/templating.py", "tablemig/plugin.py"):
-        assert required in names, f"{required} missing from {wheel.name}"
-    # every template of the source tree is shipped, under the package name
-    for template in (REPO / "sql_templates").rglob("*.j2"):
-        rel = template.relative_to(REPO / "sql_templates").as_posix()
-        assert f"tablemig/sql_templates/{rel}" in names, rel
-    assert not any(n.startswith(("tests/", "sql_templates/")) for n in names)
+def test_the_wheel_ships_every_package_and_template_of_the_source_tree(installed_wheel: Any) -> None:
+    names = installed_wheel.names
+    packages = {p.relative_to(REPO).as_posix() for p in (REPO / "tablemig").rglob("*")
+                if p.is_dir() and p.name != "__pycache__"}
+    assert "tablemig/steplib" in packages  # the walk sees the subpackages
+    missing = [f"tablemig/{f}" for f in source_files("tablemig") if f"tablemig/{f}" not in names]
+    assert not missing, f"files of the source tree missing from {installed_wheel.wheel.name}: {missing}"
+    for package in packages:
+        assert any(n.startswith(f"{package}/") for n in names), f"subpackage {package} missing"
+    templates = source_files("sql_templates")
+    assert any(t.endswith(".j2") for t in templates)
+    missing = [t for t in templates if f"tablemig/sql_templates/{t}" not in names]
+    assert not missing, f"templates missing from the wheel: {missing}"
+    assert not any(n.startswith(("tests/", "sql_templates/", "plans/", "bench/")) for n in names)
+    entry_points = next(installed_wheel.wheel_text(n) for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "tablemig = tablemig.cli:main" in entry_points
     assert "tablemig = tablemig.plugin" in entry_points  # the pytest11 plugin
 
-    venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", str(venv)], env=clean_env())
-    py = venv / "bin" / "python"
-    run([str(py), "-m", "pip", "install", "--no-deps", "--quiet", str(wheel)], env=clean_env())
 
-    fresh_site = Path(run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          env=clean_env()).stdout.strip())
-    outer_site = sysconfig.get_paths()["purelib"]
-    (fresh_site / "outer_venv_dependencies.pth").write_text(outer_site + "\n")
-
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir()
-    out = run([str(py), "-c", SNIPPET, fresh_db.dsn], cwd=workdir, env=clean_env())
+def test_the_installed_wheel_installs_the_schema_from_its_own_templates(
+        installed_wheel: Any, fresh_db: Any, tmp_path: Path) -> None:
+    out = installed_wheel.run("python", "-c", SNIPPET, fresh_db.dsn, cwd=tmp_path)
     report = json.loads(out.stdout.strip().splitlines()[-1])
+    venv = installed_wheel.venv
     assert Path(report["file"]).is_relative_to(venv), report["file"]
-    assert Path(report["template_root"]).is_relative_to(fresh_site), report["template_root"]
-    assert Path(report["row_sync"]).is_relative_to(fresh_site), report["row_sync"]
+    assert Path(report["template_root"]).is_relative_to(venv), report["template_root"]
+    assert Path(report["row_sync"]).is_relative_to(venv), report["row_sync"]
     assert report["statements"] >= 2
     assert report["action"] == "installed"
     assert {"get_config", "cutoff_value", "health_check", "validate_table_structure"} <= set(report["functions"])
-
     # the console script of the wheel works too
-    cli = run([str(venv / "bin" / "tablemig"), "install-schema", "--dsn", fresh_db.dsn], cwd=workdir, env=clean_env())
+    cli = installed_wheel.run("tablemig", "install-schema", "--dsn", fresh_db.dsn, cwd=tmp_path)
     assert "unchanged" in cli.stdout
+
+
+def test_new_plan_dry_run_and_execute_from_the_installed_wheel(
+        installed_wheel: Any, fresh_db: Any, tmp_path: Path) -> None:
+    work = tmp_path / "elsewhere"  # outside the repository: nothing of the source tree is importable
+    work.mkdir()
+    assert not work.resolve().is_relative_to(REPO)
+    installed_wheel.run("tablemig", "demo-data", "--dsn", fresh_db.dsn, "--rows", "4000", cwd=work)
+    made = installed_wheel.run("tablemig", "new-plan", "--table", "public.orders", "--date-column", "created_date",
+                               "--retention", "0.2", "--batch-size", "500", "--output", "orders_plan.py", cwd=work)
+    assert "checklist steps" in made.stdout, made.stdout
+    sites = ["--active-dsn", fresh_db.dsn, "--passive-dsn", fresh_db.passive_dsn, "--reports-dir", "reports",
+             "-p", "no:cacheprovider"]
+    for mode in ("dry-run", "execute"):
+        proc = installed_wheel.run("pytest", "orders_plan.py", "-q", *sites,
+                                   *(["--execute"] if mode == "execute" else []), cwd=work, check=False)
+        assert proc.returncode == 0, f"{mode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+        run = json.loads((work / "reports" / "orders_plan" / "latest" / "run.json").read_text())
+        assert run["mode"] == mode
+        bad = {s["id"]: (s["status"], s.get("reason")) for s in run["steps"] if s["status"] in ("failed", "blocked")}
+        assert not bad, bad
+    with connect(fresh_db.dsn) as conn:
+        st = conn.execute("SELECT state, archive_name FROM table_migration.migration_state").fetchone()
+        assert st is not None and st[0] == "swapped", st
+        kept = conn.execute("SELECT count(*) FROM orders").fetchone()
+        archived = conn.execute(f'SELECT count(*) FROM "{st[1]}"').fetchone()
+        assert kept is not None and archived is not None and 0 < kept[0] < archived[0] == 4000

@@ -109,9 +109,10 @@ def test_two_tables_in_parallel_and_backups_removed_by_cleanup_only(fresh_db: An
         assert conn.execute("SELECT count(*) FROM shop_b.orders").fetchone() == (6000,)
         dumps = [r[0] for r in conn.execute("SELECT DISTINCT details->>'file' FROM table_migration.migration_log"
                                             " WHERE operation = 'backup'").fetchall()]
-    assert len(dumps) == 2 and all(Path(d).exists() for d in dumps)
+    # per table: its dump and its (hard-linked) dump of the database's schema
+    assert len(dumps) == 4 and all(Path(d).exists() for d in dumps)
     for t in ("shop_a.orders", "shop_b.orders"):
         _tablemig("prune", "--dsn", fresh_db.dsn, "--table", t)
     assert all(Path(d).exists() for d in dumps), "prune must not touch the backup"
     _tablemig("cleanup", "--dsn", fresh_db.dsn, "--table", "shop_a.orders", "--approved-by", "CAB-9")
-    assert [Path(d).exists() for d in sorted(dumps)] == [False, True]
+    assert [Path(d).exists() for d in sorted(dumps)] == [False, False, True, True]

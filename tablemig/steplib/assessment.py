@@ -14,10 +14,11 @@ from .. import replication
 from ..db import server_identity
 from ..dependencies import scan_functions
 from ..pacing import write_rate
-from ..reconcile import Reconciler, Side
 from ..replication import LagLimit
+from ..resume import note
 from ..settings import Settings
 from ..steps import NotApplicable, StepContext
+from . import sites
 
 
 def _require_pair(ctx: StepContext) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
@@ -64,26 +65,21 @@ def pre_1_1b_replication_lag(ctx: StepContext) -> None:
 
 
 def pre_1_1c_passive_in_sync(ctx: StepContext) -> None:
+    """The table holds the same rows on both sites, compared while the application writes
+    (tablemig.site_compare): rows still changing are in flight, a row that stays different
+    while its active version stays the same is divergence."""
     active, passive = _require_pair(ctx)
     mig = ctx.migration()
     plan = mig.plan()
     if ctx.passive_is_logical():
         link = mig.subscribers[0].check(active, plan.original)  # refusals before anything changes
         ctx.evidence(subscription=link)
-        replay = replication.wait_for_apply(active, passive)
-    else:
-        replay = replication.wait_for_replay(active, passive)
-    types = {c.name: c.type for c in plan.info.columns}
-    rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns])
-    side = Side(plan.original)
-    bounds = rec.boundaries(active, side, 16)
-    a = rec.checksums(active, {"active": side}, bounds)
-    p = rec.checksums(passive, {"passive": side}, bounds)
-    bad = [s.index for s, q in zip(a, p, strict=True)
-           if (s.counts["active"], s.sums["active"]) != (q.counts["passive"], q.sums["passive"])]
-    ctx.evidence(replayed=replay, segments=len(a), mismatching_segments=bad,
-                 rows_active=sum(s.counts["active"] for s in a), rows_passive=sum(q.counts["passive"] for q in p))
-    assert not bad, f"segments {bad} differ between the sites (writes in flight? rerun when quiet)"
+    if plan.resumed_state:  # after the swap: the live table and the original, now the archive
+        ctx.evidence(resumed=note(plan.resumed_state))
+    tables = {str(t): t for t in dict.fromkeys([plan.original, *plan.sources])}
+    found = sites.compare_tables(ctx, sites.pair(ctx, active, passive), sites.reconciler(plan), tables)
+    ctx.evidence(tables={label: {"segments": d.segments, "rows_active": d.rows_active,
+                                 "rows_passive": d.rows_passive} for label, d in found.items()})
 
 
 def pre_1_1d_replication_configuration(ctx: StepContext) -> None:
@@ -173,6 +169,8 @@ def pre_1_2d_network_bandwidth(ctx: StepContext) -> None:
     estimate = 0
     for t in ctx.plan.tables:
         plan = ctx.migration_for(t).plan()
+        if plan.swapped:  # nothing is copied any more
+            continue
         share = plan.keep_rows / max(plan.total_rows, 1)
         estimate += int(plan.info.total_bytes * share * 1.2)  # heap + indexes of the kept rows, WAL overhead
     limit = LagLimit.parse(ctx.plan.max_replication_lag)
@@ -189,7 +187,7 @@ def pre_1_2d_network_bandwidth(ctx: StepContext) -> None:
 # -- dependencies -----------------------------------------------------------------------------
 def pre_1_3a_affected_tables(ctx: StepContext) -> None:
     plan = ctx.migration().plan()
-    affected = {str(plan.original), str(plan.new), str(plan.archive)}
+    affected = {str(plan.original), str(plan.new), str(plan.archive), *map(str, plan.sources)}
     affected |= {str(fk.table) for fk in plan.info.incoming_fks}
     affected |= {str(v.name) for v in plan.info.views}
     ctx.evidence(affected=sorted(affected), new_table=str(plan.new), archive_table=str(plan.archive))
@@ -197,10 +195,12 @@ def pre_1_3a_affected_tables(ctx: StepContext) -> None:
 
 def pre_1_3b_foreign_keys(ctx: StepContext) -> None:
     plan = ctx.migration().plan()
+    blockers = [b for b in plan.blockers if "foreign key" in b]
     ctx.evidence(incoming=[f"{fk.table}.{fk.name}: {fk.definition}" for fk in plan.info.incoming_fks],
                  outgoing=[f"{n}: {d}" for n, d, _ in plan.info.outgoing_fks],
-                 blockers=[b for b in plan.blockers if "foreign key" in b])
-    assert not [b for b in plan.blockers if "foreign key" in b], "foreign keys block the migration"
+                 self_references=[f"{fk.name}: {fk.definition}" for fk in plan.info.self_fks],
+                 blockers=blockers)
+    assert not blockers, "foreign keys block the migration: " + "; ".join(blockers)
 
 
 def pre_1_3c_application_dependencies(ctx: StepContext) -> None:
@@ -221,7 +221,13 @@ def pre_1_3d_views_procedures_triggers(ctx: StepContext) -> None:
                  materialized_views=[str(v.name) for v in plan.info.views if v.kind == "m"],
                  triggers=[t.name for t in plan.info.triggers], policies=[p["name"] for p in plan.info.policies],
                  publications=plan.info.publications, functions=found,
-                 bound_by_oid=plan.info.bound_functions)
+                 bound_by_oid=plan.info.bound_functions,
+                 rules_writing_the_table=[f"{r.name} on {r.relation}" for r in plan.info.rules_elsewhere],
+                 trigger_search_path=["pg_catalog", *plan.search_path, "pg_temp"])
+    # the schemas the tool's trigger functions need for the table's expressions
+    # (tablemig.search_path): refused when others may create objects there
+    unsafe = [b for b in plan.blockers if "search_path" in b]
+    assert not unsafe, "; ".join(unsafe)
     unverified = [f["function"] for f in found if f["status"] == "unverified"]
     if unverified:
         ctx.warn(f"could not parse {len(unverified)} function bodies; checked by text search only: "

@@ -1,68 +1,127 @@
 """Pre-execution · 2. Backup and safety measures (PRE-2.1 .. PRE-2.4).
 
-The backup is the real `pg_dump` of the target tables, taken from a snapshot exported by
-tablemig so that the checksums recorded next to it describe exactly the dumped rows;
-PRE-2.3 restores it into a scratch database and compares. The backup files are removed by
-cleanup only.
+The backup is the real `pg_dump` of the target tables and of the database's schema, taken
+from a snapshot exported by tablemig so that the checksums recorded next to it describe
+exactly the dumped rows; PRE-2.3 restores it into a scratch database and compares (see
+tablemig.dumps). pg_dump and pg_restore are chosen by the server's version
+(tablemig.pgclient). The backup files are removed by cleanup only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
+import os
 import time
-import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from .. import dumps
 from ..db import connect, redact
+from ..errors import InputError
+from ..locking import with_lock_retries
 from ..names import QualifiedName
+from ..pgclient import DUMP_TOOLS, ClientTools, find_client_tools, server_major
+from ..planner import TablePlan
 from ..reconcile import Reconciler, Side
+from ..resume import note
+from ..settings import Settings
 from ..steps import StepContext
 from ..structure import create_table_sql, drop_trigger_sql, sync_function_sql, trigger_sql
 from ..swap import CAPTURE_TRIGGER
 
 
-def _tool(ctx: StepContext, name: str) -> str:
-    sb = ctx.request.getfixturevalue("sandbox")
-    if sb is not None:
-        return str(sb.pg_bin.tool(name))
-    from ..pgbin import find_pg_bin
-
+def client_tools(ctx: StepContext, needs: Sequence[str] = DUMP_TOOLS, at_least: int = 0) -> ClientTools:
+    """Client tools of the active site's major version or newer (and of `at_least`), from
+    everything the machine has (tablemig.pgclient); refused, naming what to install, when
+    there are none. The choice is recorded in the step's evidence."""
+    row = ctx.connect().execute("SELECT current_setting('server_version_num')::int,"
+                                " current_setting('server_version')").fetchone()
+    assert row is not None
+    major = max(server_major(int(row[0])), at_least)
+    pg_bin = ctx.request.config.getoption("--pg-bin", default=None)
     try:
-        return str(find_pg_bin().tool(name))
-    except Exception:  # noqa: BLE001 - fall back to PATH
-        return name
+        tools = find_client_tools(major, needs, explicit=[(pg_bin, "--pg-bin")] if pg_bin else [])
+    except InputError as exc:
+        raise InputError(f"the active site runs PostgreSQL {row[1]}: {exc.problem}", exc.fix) from None
+    ctx.evidence(server_version=row[1], client_tools={n: str(tools.tool(n)) for n in needs},
+                 client_version=tools.version, client_tools_found_in=tools.source)
+    return tools
 
 
-def _checksums(conn: psycopg.Connection[Any], ctx: StepContext) -> dict[str, Any]:
-    out = {}
+def _dumped_tables(ctx: StepContext) -> dict[str, tuple[str, TablePlan]]:
+    """The tables to dump -> (the plan's table, its plan). Before the swap each plan table;
+    after it (a resumed run) the live table and the original, now the archive: together
+    they hold every row."""
+    out: dict[str, tuple[str, TablePlan]] = {}
     for t in ctx.plan.tables:
         plan = ctx.migration_for(t).plan()
-        types = {c.name: c.type for c in plan.info.columns}
-        rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns])
-        segs = rec.checksums(conn, {"t": Side(plan.original)}, [])
-        out[str(plan.original)] = {"rows": segs[0].counts["t"], "checksum": segs[0].sums["t"]}
+        for table in dict.fromkeys([plan.original, *plan.sources]):
+            out[str(table)] = (str(t.spec().qualified), plan)
     return out
+
+
+def _table_checksum(conn: psycopg.Connection[Any], table: QualifiedName, plan: Any) -> dict[str, Any]:
+    types = {c.name: c.type for c in plan.info.columns}
+    rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns])
+    # the text form of each row: a binary hash of an enum hashes its OID, which differs in
+    # the database the backup is restored into
+    rec.binary_hash = False
+    seg = rec.checksums(conn, {"t": Side(table)}, [])[0]
+    return {"rows": seg.counts["t"], "checksum": seg.sums["t"]}
+
+
+def _unreadable_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """(schema, name) of the tables the role may not read: pg_dump locks every table it
+    dumps, also for the schema only, and LOCK needs a privilege on the table."""
+    return [(r[0], r[1]) for r in conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+        " AND NOT has_table_privilege(c.oid, 'SELECT')"
+        " ORDER BY 1, 2").fetchall()]
+
+
+def _foreign_keys(conn: psycopg.Connection[Any], table: QualifiedName) -> dict[str, str]:
+    """The table's foreign keys: name -> referenced table (as SQL writes it)."""
+    rows = conn.execute("SELECT conname, confrelid::regclass::text FROM pg_constraint"
+                        " WHERE conrelid = %s::regclass AND contype = 'f'", (str(table),)).fetchall()
+    return {r[0]: str(QualifiedName.parse(r[1])) for r in rows}
 
 
 MANIFEST = "manifest.json"
 
 
 def latest_backup(ctx: StepContext) -> dict[str, Any] | None:
-    """This run's backup; under pytest -n another worker may have made it: the newest
-    manifest of the plan's backup directory."""
+    """The backup PRE-2.3 restores and EX-1.1 records: this run's (under pytest -n another
+    worker may have made it), else, when PRE-2.1 did not run in this run (a plan run with
+    `-k`), the newest complete one of the plan's backup directory; which one it is, is in the
+    manifest (`run`, `folder`) and so in the evidence."""
     mine = ctx.record.facts.get("backup")
     if mine and (Path(mine["folder"]) / MANIFEST).exists():  # the file has PRE-2.3's result too
         return dict(json.loads((Path(mine["folder"]) / MANIFEST).read_text()))
     root = Path(ctx.plan.backup_dir).resolve() / ctx.plan.name
-    manifests = sorted(root.glob(f"*/{MANIFEST}"), key=lambda p: p.stat().st_mtime)
-    return json.loads(manifests[-1].read_text()) if manifests else None
+    # a manifest is written only once every dump of its run is complete
+    manifests = [json.loads(p.read_text()) for p in sorted(root.glob(f"*/{MANIFEST}"), key=lambda p: p.stat().st_mtime)]
+    ours = [m for m in manifests if m.get("run") and m.get("run") == ctx.record.facts.get("run_uid")]
+    if ours:
+        return dict(ours[-1])
+    return dict(manifests[-1]) if manifests else None
+
+
+def backup_log_entries(backup: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
+    """(table, details) of each file of the backup, for migration_log: cleanup removes
+    exactly the files logged for its table."""
+    out = []
+    for dumped, f in backup.get("files", {}).items():
+        table = f.get("table", dumped)  # the plan's table (after the swap: also for its archive's dump)
+        out.append((table, {"file": f["file"], "sha256": f["sha256"]}))
+        if f.get("schema_file"):
+            out.append((table, {"file": f["schema_file"], "sha256": f["schema_sha256"], "kind": "schema"}))
+    return out
 
 
 def _backup_dir(ctx: StepContext) -> Path:
@@ -70,53 +129,83 @@ def _backup_dir(ctx: StepContext) -> Path:
     return Path(ctx.plan.backup_dir).resolve() / ctx.plan.name / run
 
 
-def _dump_name(table: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in table).strip("_") + ".dump"
+def _dump_name(table: str, suffix: str = ".dump") -> str:
+    return "".join(c if c.isalnum() else "_" for c in table).strip("_") + suffix
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def pre_2_1_full_backup(ctx: StepContext) -> None:
-    """One pg_dump per table (so cleanup of one table removes only its own backup), all from
-    one exported snapshot, with the checksums of exactly the dumped rows."""
-    tables = [str(t.spec().qualified) for t in ctx.plan.tables]
+    """Per table (so cleanup of one table removes only its own backup), all in one exported
+    snapshot: a pg_dump of the table, a pg_dump of the database's schema (what the table
+    needs to be restored on its own: sequences, types, functions; one file hard-linked per
+    table), and the checksums of exactly the dumped rows. pg_dump at least as new as the
+    server is chosen from the machine's installations, or the step is refused (dry run too)."""
+    tools = client_tools(ctx)
+    dumped = _dumped_tables(ctx)
+    tables = list(dumped)
     folder = _backup_dir(ctx)
-    cmds = {t: [_tool(ctx, "pg_dump"), "--format=custom", "--no-owner", f"--file={folder / _dump_name(t)}",
-                f"--table={t}", "--dbname", ctx.active_dsn] for t in tables}
-    shown = {t: redact(" ".join(c)) for t, c in cmds.items()}
+    resumed = {t: note(p.resumed_state) for t, (_, p) in dumped.items() if p.resumed_state}
+    if resumed:
+        ctx.evidence(resumed=resumed)
+    shown = {t: [dumps.dump_command(tools, ctx.active_dsn, folder / _dump_name(t), t),
+                 dumps.dump_command(tools, ctx.active_dsn, folder / _dump_name(t, ".schema.dump"), None)]
+             for t in tables}
     if not ctx.execute:
-        ctx.dry_run("would run pg_dump of each target table", commands=shown, target=str(folder))
+        ctx.dry_run("would run pg_dump of each target table and of the database's schema", commands=shown,
+                    target=str(folder))
         return
     folder.mkdir(parents=True, exist_ok=True)
-    conn = connect(ctx.active_dsn)
     files: dict[str, dict[str, Any]] = {}
-    try:
+    with connect(ctx.active_dsn) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         snap = conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert snap is not None
-        sums = _checksums(conn, ctx)
-        for t, cmd in cmds.items():
+        sums = {t: _table_checksum(conn, QualifiedName.parse(t), plan) for t, (_, plan) in dumped.items()}
+        t0 = time.perf_counter()
+        schema_file = folder / _dump_name(tables[0], ".schema.dump")
+        # tables the role may not read cannot be locked, so not dumped: left out, and named
+        unreadable = _unreadable_tables(conn)
+        dumps.dump(tools, ctx.active_dsn, snap[0], schema_file, table=None, timeout=24 * 3600,
+                   exclude=[dumps.exact_pattern(s, n) for s, n in unreadable])
+        schema_seconds = round(time.perf_counter() - t0, 2)
+        schema_sha = _sha256(schema_file)
+        for t in tables:
             t0 = time.perf_counter()
-            proc = subprocess.run([*cmd[:-2], f"--snapshot={snap[0]}", *cmd[-2:]], capture_output=True, text=True,
-                                  timeout=24 * 3600)
-            assert proc.returncode == 0, f"pg_dump of {t} failed: {redact(proc.stderr.strip())}"
             out = folder / _dump_name(t)
-            files[t] = {"file": str(out), "bytes": out.stat().st_size,
-                        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
-                        "seconds": round(time.perf_counter() - t0, 2), "checksum": sums[t]}
+            dumps.dump(tools, ctx.active_dsn, snap[0], out, table=t, timeout=24 * 3600)
+            own_schema = folder / _dump_name(t, ".schema.dump")
+            if own_schema != schema_file:
+                own_schema.unlink(missing_ok=True)
+                os.link(schema_file, own_schema)
+            files[t] = {"file": str(out), "bytes": out.stat().st_size, "sha256": _sha256(out),
+                        "seconds": round(time.perf_counter() - t0, 2), "checksum": sums[t],
+                        "schema_file": str(own_schema), "schema_sha256": schema_sha,
+                        "schema_seconds": schema_seconds,
+                        "foreign_keys": _foreign_keys(conn, QualifiedName.parse(t)), "table": dumped[t][0]}
         conn.execute("COMMIT")
-    finally:
-        conn.close()
-    (folder / "SHA256SUMS").write_text("".join(f"{f['sha256']}  {Path(f['file']).name}\n" for f in files.values()))
+    (folder / "SHA256SUMS").write_text("".join(
+        f"{f[h]}  {Path(f[n]).name}\n" for f in files.values()
+        for n, h in (("file", "sha256"), ("schema_file", "schema_sha256"))))
     (folder / "checksums.json").write_text(json.dumps(sums, indent=2))
-    ctx.record.facts["backup"] = {"folder": str(folder), "files": files, "checksums": sums}
+    ctx.record.facts["backup"] = {"folder": str(folder), "files": files, "checksums": sums,
+                                  "pg_dump": tools.describe(), "run": ctx.record.facts.get("run_uid")}
     (folder / MANIFEST).write_text(json.dumps(ctx.record.facts["backup"], indent=2))
     from ..schema import installed_version
     from ..state import log
 
     log_conn = ctx.connect()
     if installed_version(log_conn) is not None:  # else EX-1.1 records it once the schema exists
-        for t, f in files.items():
-            log(log_conn, t, "backup", "done", details={"file": f["file"], "sha256": f["sha256"]})
-    ctx.evidence(commands=shown, files=files)
+        for t, details in backup_log_entries(ctx.record.facts["backup"]):
+            log(log_conn, t, "backup", "done", details=details)
+    ctx.evidence(commands=shown, files=files,
+                 schema_dump_leaves_out=[str(QualifiedName(s, n)) for s, n in unreadable])
 
 
 def pre_2_2_restore_point(ctx: StepContext) -> None:
@@ -145,90 +234,96 @@ def pre_2_2_restore_point(ctx: StepContext) -> None:
 
 
 def pre_2_3_test_restore(ctx: StepContext) -> None:
+    """Restore the PRE-2.1 backup into a scratch database (always dropped): the schema's
+    pre-data, then each table's rows, then its keys, indexes and triggers; the restored rows
+    must have the counts and checksums recorded at dump time."""
     backup = latest_backup(ctx)
-    scratch = f"tablemig_restore_{uuid.uuid4().hex[:8]}"
+    made_by = int((backup or {}).get("pg_dump", {}).get("major", 0))
+    # pg_restore must read the archive: as new as the pg_dump that wrote it, and the server
+    tools = client_tools(ctx, ("pg_restore",), at_least=made_by)
     if not ctx.execute:
-        ctx.dry_run(f"would restore the PRE-2.1 dump into a scratch database {scratch} and compare checksums")
+        ctx.dry_run("would restore the PRE-2.1 backup (schema, rows, keys, indexes, triggers) into a "
+                    "scratch database and compare counts and checksums")
         return
-    assert backup, "no backup from PRE-2.1 in this run"
-    admin = ctx.connect()
-    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
-    params = conninfo_to_dict(ctx.active_dsn)
-    params["dbname"] = scratch
-    scratch_dsn = make_conninfo(**params)
-    try:
-        with connect(scratch_dsn) as conn:  # pg_dump --table does not dump the table's schema
-            for t in ctx.plan.tables:
-                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                    sql.Identifier(t.spec().qualified.schema)))
-        # The table and its rows must restore. Its indexes, constraints, triggers and rules
-        # (post-data) are restored too, but some need what a one-table dump does not hold
-        # (a trigger's function, a table a rule or a foreign key names): those are listed.
-        unrestored: dict[str, str] = {}
-        for table, f in backup["files"].items():
-            proc = subprocess.run([_tool(ctx, "pg_restore"), "--no-owner", "--section=pre-data", "--section=data",
-                                   "--dbname", scratch_dsn, f["file"]], capture_output=True, text=True,
-                                  timeout=24 * 3600)
-            assert proc.returncode == 0, f"pg_restore of {f['file']} failed: {redact(proc.stderr.strip())}"
-            post = subprocess.run([_tool(ctx, "pg_restore"), "--no-owner", "--section=post-data",
-                                   "--dbname", scratch_dsn, f["file"]], capture_output=True, text=True,
-                                  timeout=24 * 3600)
-            if post.returncode != 0:
-                unrestored[table] = redact(post.stderr.strip())
+    assert backup, "no backup from PRE-2.1: run PRE-2.1 first"
+    ctx.evidence(backup_folder=backup["folder"], backup_run=backup.get("run"))
+    files = backup["files"]
+    missing = [t for t, f in files.items() if not f.get("schema_file")]
+    assert not missing, f"the backup of {', '.join(missing)} has no schema dump: rerun PRE-2.1"
+    targets = [dumps.RestoredTable(t, QualifiedName.parse(t).schema, QualifiedName.parse(t).name,
+                                   Path(f["file"]), dict(f.get("foreign_keys", {}))) for t, f in files.items()]
+    with dumps.scratch_database(ctx.active_dsn) as (scratch, scratch_dsn):
+        outcome = dumps.restore(tools, scratch_dsn, Path(next(iter(files.values()))["schema_file"]), targets)
+        plans = _dumped_tables(ctx)
         with connect(scratch_dsn) as conn:
-            restored = {}
-            for t in ctx.plan.tables:
-                plan = ctx.migration_for(t).plan()
-                types = {c.name: c.type for c in plan.info.columns}
-                rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns])
-                seg = rec.checksums(conn, {"t": Side(QualifiedName.parse(str(plan.original)))}, [])[0]
-                restored[str(plan.original)] = {"rows": seg.counts["t"], "checksum": seg.sums["t"]}
-    finally:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
-    ctx.evidence(scratch_database=scratch, restored=restored, dumped=backup["checksums"],
-                 **({"post_data_not_restored": unrestored} if unrestored else {}))
-    assert restored == backup["checksums"], "restored data differs from the dumped snapshot"
-    if unrestored:
-        ctx.warn("the data restored; some indexes, constraints, triggers or rules of "
-                 f"{', '.join(sorted(unrestored))} need objects outside the table's dump (functions, "
-                 "other tables) and did not restore in the scratch database: restore those objects first "
-                 "(pg_dump --schema-only of the database) in a real restore")
+            restored = {t: _table_checksum(conn, QualifiedName.parse(t), plans[t][1])
+                        for t in backup["checksums"] if t in plans}
+    ctx.evidence(scratch_database=scratch, scratch_dropped=True, restored=restored,
+                 dumped=backup["checksums"], restore_commands=outcome.commands,
+                 foreign_keys_not_restored=outcome.skipped_foreign_keys,
+                 schema_objects_not_restored=outcome.schema_errors)
+    expected = {t: backup["checksums"][t] for t in restored}
+    assert restored == expected, f"restored data differs from the dumped snapshot: {restored} != {expected}"
+    if outcome.schema_errors:
+        ctx.warn(f"the tables restored exactly, but {len(outcome.schema_errors)} lines of errors came from other "
+                 "objects of the database's schema (see schema_objects_not_restored): a full restore needs "
+                 "a role that may create them")
     backup["restore_test"] = {"passed": True, "scratch_database": scratch}
     (Path(backup["folder"]) / MANIFEST).write_text(json.dumps(backup, indent=2))
 
 
+def _rehearsal(conn: psycopg.Connection[Any], stmts: list[Any], rollback: list[Any]
+               ) -> Callable[[float], dict[str, Any]]:
+    """The body of PRE-2.4's locked transaction: the capture's DDL, then its rollback."""
+    def body(_locked_at: float) -> dict[str, Any]:
+        done = []
+        if conn.execute("SELECT to_regnamespace('table_migration')").fetchone() == (None,):
+            conn.execute("CREATE SCHEMA table_migration")
+        for s in stmts:
+            conn.execute(s)
+        for s in rollback:
+            conn.execute(s)
+            done.append(s.as_string(conn))
+        return {"ran": done}
+    return body
+
+
 def pre_2_4_rollback_plan_executable(ctx: StepContext) -> None:
     """Create the new table and the capture trigger, run the rollback SQL, and roll the
-    whole transaction back: proves the rollback statements run, changes nothing."""
+    whole transaction back: proves the rollback statements run, changes nothing. The trigger
+    needs SHARE ROW EXCLUSIVE on the table: taken through the lock helper (bounded attempts,
+    an autovacuum holding the table handled as tablemig.autovacuum says)."""
     conn = ctx.connect()
-    ran = []
+    settings = Settings.current(conn)
+    ran: list[str] = []
+    attempts_log: dict[str, Any] = {}
     for t in ctx.plan.tables:
         mig = ctx.migration_for(t)
         plan = mig.plan()
         if plan.resumed_state:
-            ctx.evidence(**{str(plan.original): f"already {plan.resumed_state}: rollback is RB-1's"})
+            ctx.evidence(**{str(plan.original): f"{note(plan.resumed_state)}: the migration is under way, its "
+                                                "rollback is RB-1's (tablemig rollback)"})
             continue
         if plan.blockers:  # refused at its EX-2.1, before anything changes; the others go on
             ctx.evidence(**{str(plan.original): "not rehearsed, blockers: " + "; ".join(plan.blockers)})
             continue
         user = conn.execute("SELECT current_user").fetchone()
         fn = plan.function_name("capture")
-        with conn.transaction(force_rollback=True):
-            conn.execute("SET LOCAL lock_timeout = '200ms'")
-            if conn.execute("SELECT to_regnamespace('table_migration')").fetchone() == (None,):
-                conn.execute("CREATE SCHEMA table_migration")
-            stmts = [*create_table_sql(plan.info, plan.new, user[0] if user else ""),
-                     sync_function_sql(plan.info, fn, "capture", plan.new, date_column=plan.date_column,
-                                       date_type=plan.date_type, cutoff=plan.cutoff),
-                     *trigger_sql(plan.original, CAPTURE_TRIGGER, fn)]
-            for s in stmts:
-                conn.execute(s)
-            rollback = [drop_trigger_sql(plan.original, CAPTURE_TRIGGER),
-                        sql.SQL("DROP FUNCTION {}()").format(fn.ident()),
-                        sql.SQL("DROP TABLE {}").format(plan.new.ident())]
-            for s in rollback:
-                conn.execute(s)
-                ran.append(s.as_string(conn))
+        stmts = [*create_table_sql(plan.info, plan.new, user[0] if user else ""),
+                 sync_function_sql(plan.info, fn, "capture", plan.new, date_column=plan.date_column,
+                                   date_type=plan.date_type, cutoff=plan.cutoff,
+                                   search_path=plan.search_path),
+                 *trigger_sql(plan.original, CAPTURE_TRIGGER, fn)]
+        rollback = [drop_trigger_sql(plan.original, CAPTURE_TRIGGER),
+                    sql.SQL("DROP FUNCTION {}()").format(fn.ident()),
+                    sql.SQL("DROP TABLE {}").format(plan.new.ident())]
+
+        result, _, log = with_lock_retries(conn, f"rollback rehearsal on {plan.original}", [plan.original],
+                                           _rehearsal(conn, stmts, rollback), mode="SHARE ROW EXCLUSIVE", rehearse=True,
+                                           **settings.lock_options())
+        ran += result["ran"]
+        attempts_log[str(plan.original)] = log
         still = conn.execute("SELECT to_regclass(%s)", (str(plan.new),)).fetchone()
         assert still == (None,), "the rehearsal left the new table behind"
-    ctx.evidence(rollback_sql=ran, note="executed inside a transaction that was rolled back")
+    ctx.evidence(rollback_sql=ran, lock_attempts=attempts_log,
+                 note="executed inside a transaction that was rolled back")

@@ -7,10 +7,13 @@ from typing import Any
 from psycopg import sql
 
 from .. import inventory, probes
+from ..db import read_snapshot
 from ..names import QualifiedName
 from ..reconcile import Reconciler, Side
+from ..resume import AFTER_SWAP, note, remaining
 from ..schema import SCHEMA_VERSION, install_schema, installed_version, render_schema
-from ..state import old_table
+from ..sqltext import Fragment
+from ..state import live_table, old_table
 from ..steps import StepContext
 from ..structure import change_log_name, create_table_sql
 
@@ -36,11 +39,10 @@ def ex_1_1_deploy_framework(ctx: StepContext) -> None:
     # The PRE-2.1 backup was taken before the schema existed: record it in the audit log now,
     # so cleanup (and only cleanup) can find and remove each table's dump.
     from ..state import log
-    from .backups import latest_backup
+    from .backups import backup_log_entries, latest_backup
 
-    backup = latest_backup(ctx)
-    for table, f in (backup or {}).get("files", {}).items():
-        log(conn, table, "backup", "done", details={"file": f["file"], "sha256": f["sha256"]})
+    for table, details in backup_log_entries(latest_backup(ctx) or {}):
+        log(conn, table, "backup", "done", details=details)
 
 
 def ex_1_2_configure_parameters(ctx: StepContext) -> None:
@@ -66,18 +68,29 @@ def ex_1_2_configure_parameters(ctx: StepContext) -> None:
 
 
 def ex_1_3_analyze_tables(ctx: StepContext) -> None:
-    """EX-1.3 Analyze target tables: data volume per month and the cutoff date."""
+    """EX-1.3 Analyze target tables: data volume per month and the cutoff date. The monthly
+    figures and the totals they must add up to are read in one snapshot: the application
+    keeps writing, and the plan's own counts are from an earlier moment."""
     mig = ctx.migration()
     plan = mig.plan()
-    frame = probes.monthly_distribution(ctx.connect(), plan.original, plan.date_column, plan.date_type,
-                                        plan.cutoff)
-    ctx.table.facts.update(cutoff=plan.cutoff, rows_total=plan.total_rows, rows_keep=plan.keep_rows,
-                           rows_archive=plan.archive_rows, distribution=frame.to_dict("records"))
-    ctx.evidence(cutoff=plan.cutoff, rows_total=plan.total_rows, rows_keep=plan.keep_rows,
-                 rows_archive=plan.archive_rows, rows_null_date=plan.null_dated_rows,
-                 months=len(frame), warnings=plan.warnings, blockers=plan.blockers)
-    assert int(frame["record_count"].sum()) + plan.null_dated_rows == plan.total_rows
-    assert int(frame["kept"].sum()) == plan.keep_rows
+    if plan.resumed_state:  # the cutoff recorded when the migration started; counted where the rows are now
+        ctx.evidence(resumed=note(plan.resumed_state), counted_in=[str(t) for t in plan.sources])
+    conn = ctx.connect()
+    with read_snapshot(conn):
+        frame = probes.monthly_distribution(conn, plan.sources, plan.date_column, plan.date_type, plan.cutoff)
+        counts = probes.row_counts(conn, plan.sources, plan.date_column, plan.date_type, plan.cutoff)
+    archive = counts["total"] - counts["keep"]
+    ctx.table.facts.update(cutoff=plan.cutoff, cutoff_local=plan.cutoff_local, timezone=plan.timezone,
+                           rows_total=counts["total"], rows_keep=counts["keep"],
+                           rows_archive=archive, distribution=frame.to_dict("records"))
+    ctx.evidence(cutoff=plan.cutoff, cutoff_local=plan.cutoff_local, timezone=plan.timezone,
+                 rows_total=counts["total"], rows_keep=counts["keep"], rows_archive=archive,
+                 rows_null_date=counts["null_dated"], months=len(frame), warnings=plan.warnings,
+                 blockers=plan.blockers, planned={"rows_total": plan.total_rows, "rows_keep": plan.keep_rows,
+                                                  "note": "counted when the plan was made"})
+    assert int(frame["record_count"].sum()) + counts["null_dated"] == counts["total"], \
+        "the monthly counts do not add up to the table's rows"
+    assert int(frame["kept"].sum()) == counts["keep"], "the monthly kept counts do not add up to the rows kept"
 
 
 def ex_2_1_create_new_table(ctx: StepContext) -> None:
@@ -88,6 +101,11 @@ def ex_2_1_create_new_table(ctx: StepContext) -> None:
     plan = mig.plan() if not ctx.execute else mig._plan or mig.plan()
     assert not plan.blockers, "blockers: " + "; ".join(plan.blockers)
     if not ctx.execute:
+        if plan.resumed_state:
+            done = "the swap is done" if plan.swapped else f"{plan.new} and the capture trigger exist"
+            ctx.dry_run(f"{note(plan.resumed_state)}: {done}; --execute continues with: "
+                        + "; ".join(remaining(plan.resumed_state)), summary=plan.summary())
+            return
         ctx.dry_run(f"would create {plan.new} and the capture trigger on {plan.original}",
                     sql=[s.as_string() for s in create_table_sql(plan.info, plan.new, "current_user")],
                     summary=plan.summary())
@@ -95,22 +113,30 @@ def ex_2_1_create_new_table(ctx: StepContext) -> None:
     mig.capture()
     m = mig._state()
     assert m is not None and m["state"] != "planned"
-    new = QualifiedName(m["schema_name"], m["new_name"])
+    if plan.resumed_state:
+        ctx.evidence(resumed=note(plan.resumed_state))
     conn = ctx.connect()
+    # after the swap the new table is the live one and the original is the archive
+    original, new = ((old_table(m), live_table(m)) if m["state"] in AFTER_SWAP
+                     else (plan.original, QualifiedName(m["schema_name"], m["new_name"])))
     checks = conn.execute("SELECT check_name, status, detail FROM table_migration.validate_table_structure("
-                          "%s::regclass, %s::regclass)", (str(plan.original), str(new))).fetchall()
-    ctx.evidence(new_table=str(new), structure=[{"check": c, "status": s, "detail": d} for c, s, d in checks])
+                          "%s::regclass, %s::regclass)", (str(original), str(new))).fetchall()
+    ctx.evidence(original_table=str(original), new_table=str(new),
+                 structure=[{"check": c, "status": s, "detail": d} for c, s, d in checks])
     # the new table is created bare: its key is built after the load (index step), so a
     # missing key is expected here; any other key is still an error
     errors = [c for c in checks if c[1] == "error"
               and not (c[0] == "primary key" and c[2].endswith("new key (none)"))]
     assert not errors, f"structure errors: {errors}"
+    if m["state"] in AFTER_SWAP:
+        return  # the capture trigger is gone: EX-2.3 probes the mirror trigger that replaced it
     # until the replay switches it to direct capture, the trigger logs changed keys
     log = change_log_name(plan.info.oid)
-    in_log = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (str(log),)).fetchone()
-    probe = probes.trigger_probe(conn, plan.original, log if in_log and in_log[0] else new, plan.key,
+    logging = not (m["checkpoint"] or {}).get("switched") and bool(
+        conn.execute("SELECT to_regclass(%s) IS NOT NULL", (str(log),)).fetchone() == (True,))
+    probe = probes.trigger_probe(conn, plan.original, log if logging else new, plan.key,
                                  plan.date_column, plan.date_type, plan.cutoff, plan.columns,
-                                 plan.overriding, key_only=bool(in_log and in_log[0]))
+                                 plan.overriding, key_only=logging)
     ctx.table.facts["capture_probe"] = probe
 
 
@@ -120,6 +146,12 @@ def ex_2_2_execute_migration(ctx: StepContext) -> None:
     mig = ctx.migration()
     if not ctx.execute:
         plan = mig.plan()
+        if plan.resumed_state:
+            ctx.dry_run(f"{note(plan.resumed_state)}: --execute continues with: "
+                        + "; ".join(remaining(plan.resumed_state)),
+                        summary=plan.summary(), resumed_state=plan.resumed_state,
+                        remaining=remaining(plan.resumed_state))
+            return
         from ..backfill import CopyJob, chunk_sql
         from .scheduling import PLANNING_ROWS_PER_SECOND
 
@@ -139,6 +171,8 @@ def ex_2_2_execute_migration(ctx: StepContext) -> None:
     m = mig._state()
     ctx.evidence(dry_run_review=(mig._plan.summary() if mig._plan else None),
                  resumed_from=m["state"] if m else None)
+    if m and m["state"] not in ("rolled_back", "cleaned"):
+        ctx.evidence(resumed=note(m["state"]), remaining=remaining(m["state"]))
     final = mig.run("swapped")
     progress = ctx.connect().execute(
         "SELECT table_name, operation, status, operation_time::text, rows_affected"
@@ -155,7 +189,7 @@ def ex_2_2_execute_migration(ctx: StepContext) -> None:
                  swap_attempts=final["swap_attempts"], lock_hold_ms=final["lock_hold_ms"],
                  pacing=mig.pacer.summary(), progress=[list(map(str, r)) for r in progress],
                  inventory=(final.get("swap_record") or {}).get("inventory"))
-    assert final["state"] == "swapped"
+    assert final["state"] in AFTER_SWAP, f"state is {final['state']}"
 
 
 def ex_2_3_change_capture(ctx: StepContext) -> None:
@@ -179,6 +213,9 @@ def ex_2_3_change_capture(ctx: StepContext) -> None:
         assert before.get("appeared"), f"capture trigger probe failed: {before}"
     m = mig._state()
     assert m is not None
+    if m["state"] == "pruned":
+        ctx.evidence(resumed=note("pruned"), mirror_trigger="dropped by prune: live table and archive are "
+                                                          "disjoint, nothing is mirrored any more")
     if m["state"] == "swapped":  # after the swap the mirror trigger is the live capture
         plan = mig.plan_for_state(m)
         archive = old_table(m)
@@ -190,7 +227,9 @@ def ex_2_3_change_capture(ctx: StepContext) -> None:
 
 def ex_4_1_data_integrity(ctx: StepContext) -> None:
     """EX-4.1 Data integrity validation: counts and date ranges of each table, new + archive
-    = original, segment checksums of the live table against the archive."""
+    = original, segment checksums of the live table against the archive. Everything is read
+    in one snapshot (the application keeps writing; the mirror trigger writes the archive's
+    copy in the same transaction), with anti-joins: linear in the rows."""
     if not ctx.execute:
         ctx.dry_run("would compare counts, date ranges and segment checksums after the swap")
         return
@@ -200,31 +239,85 @@ def ex_4_1_data_integrity(ctx: StepContext) -> None:
     conn = ctx.connect()
     live = QualifiedName(m["schema_name"], m["original_name"])
     archive = old_table(m)
-    summary = probes.validation_summary(conn, {"New Table (live)": live, "Archive Table": archive},
-                                        m["date_column"])
-    key = sql.SQL(", ").join(map(sql.Identifier, m["key_columns"]))
-    row = conn.execute(sql.SQL(
-        "SELECT (SELECT count(*) FROM {t}), (SELECT count(*) FROM {a} WHERE ({k}) NOT IN (SELECT {k} FROM {t})),"
-        " (SELECT count(*) FROM {a})").format(t=live.ident(), a=archive.ident(), k=key)).fetchone()
-    assert row is not None
-    live_n, history_n, original_n = row
+    if m["state"] == "pruned":
+        summary = probes.validation_summary(conn, {"New Table (live)": live, "Archive Table": archive},
+                                            m["date_column"])
+        _pruned_integrity(ctx, m, live, archive, summary)
+        _inventory_evidence(ctx, _fidelity(conn, m, live), m)
+        return
     plan = mig.plan_for_state(m)
     types = {c.name: c.type for c in plan.info.columns}
     rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns])
-    new_side = Side(live)
+    # the live rows dated from the cutoff on against the archive's, and the live rows the
+    # application dated below it after the swap against their copies in the archive
+    new_side = Side(live, m["date_column"], m["date_type"], m["cutoff"])
     old_side = Side(archive, m["date_column"], m["date_type"], m["cutoff"])
-    segs = rec.checksums(conn, {"new": new_side, "original": old_side},
-                         rec.boundaries(conn, new_side, 16))
+    bounds = rec.boundaries(conn, new_side, 16)
+    with read_snapshot(conn):
+        summary = probes.validation_summary(conn, {"New Table (live)": live, "Archive Table": archive},
+                                            m["date_column"])
+        row = conn.execute(integrity_counts_sql(live, archive, plan.key)).fetchone()
+        segs = rec.checksums(conn, {"new": new_side, "original": old_side}, bounds)
+        undated = conn.execute(_undated_copies_sql(rec, live, archive, m["date_column"], m["date_type"]),
+                               (m["cutoff"],)).fetchone()
+    assert row is not None
+    live_n, history_n, original_n = row
     ctx.table.facts["reconciliation"] = [s.to_row() for s in segs]
     fidelity = _fidelity(conn, m, live)
     ctx.evidence(validation_summary=summary, total_after_migration=live_n + history_n,
                  original_count=original_n, segments=len(segs),
                  mismatching_segments=[s.index for s in segs if not s.match],
-                 inventory=inventory.summary(fidelity) if fidelity is not None else "not recorded by the swap",
-                 inventory_at_swap=(m["swap_record"] or {}).get("inventory"))
+                 live_rows_dated_before_cutoff=undated and undated[0],
+                 without_equal_copy_in_archive=undated and undated[1])
     assert live_n + history_n == original_n, "new + archive != original"
     assert all(s.match for s in segs), "segment checksums differ between live table and archive"
-    assert not fidelity, f"the live table differs from the original: {inventory.summary(fidelity or [])}"
+    assert undated is not None and undated[1] == 0, (
+        f"{undated and undated[1]} live rows dated before the cutoff have no equal copy in the archive")
+    _inventory_evidence(ctx, fidelity, m)
+
+
+def _undated_copies_sql(rec: Reconciler, live: QualifiedName, archive: QualifiedName, date_column: str,
+                        date_type: str) -> sql.Composed:
+    """Live rows not dated from the cutoff on, and how many of them lack an equal copy in
+    the archive (the mirror trigger keeps one): a few rows, each found by key."""
+    match = sql.SQL(" AND ").join(sql.SQL("a.{k} = l.{k}").format(k=sql.Identifier(k)) for k in rec.key)
+    return sql.SQL(
+        "SELECT count(*), count(*) FILTER (WHERE NOT EXISTS ("
+        "  SELECT 1 FROM (SELECT {key}, {h} AS h FROM {a}) a WHERE {match} AND a.h = l.h))"
+        " FROM (SELECT {key}, {h} AS h FROM {t} WHERE ({d} >= %s::{dt}) IS NOT TRUE) l").format(
+        key=rec.key_list(), h=rec.hash64(), a=archive.ident(), match=match, t=live.ident(),
+        d=sql.Identifier(date_column), dt=Fragment(date_type))
+
+
+def integrity_counts_sql(live: QualifiedName, archive: QualifiedName, key: list[str]) -> sql.Composed:
+    """Rows of the live table, rows of the archive that are not in it (an anti-join), rows of
+    the archive: one statement."""
+    match = sql.SQL(" AND ").join(sql.SQL("t.{k} = a.{k}").format(k=sql.Identifier(k)) for k in key)
+    return sql.SQL(
+        "SELECT (SELECT count(*) FROM {t}),"
+        " (SELECT count(*) FROM {a} a WHERE NOT EXISTS (SELECT 1 FROM {t} t WHERE {match})),"
+        " (SELECT count(*) FROM {a})").format(t=live.ident(), a=archive.ident(), match=match)
+
+
+def _pruned_integrity(ctx: StepContext, m: dict[str, Any], live: QualifiedName, archive: QualifiedName,
+                      summary: list[dict[str, Any]]) -> None:
+    """After prune the archive no longer holds copies of the live rows: the original is the
+    live table and the archive together, and no key may be in both."""
+    conn = ctx.connect()
+    match = sql.SQL(" AND ").join(sql.SQL("a.{k} = t.{k}").format(k=sql.Identifier(k)) for k in m["key_columns"])
+    with conn.transaction():  # one snapshot for the three numbers
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        row = conn.execute(sql.SQL(
+            "SELECT (SELECT count(*) FROM {t}), (SELECT count(*) FROM {a}),"
+            " (SELECT count(*) FROM {a} a WHERE EXISTS (SELECT 1 FROM {t} t WHERE {m}))").format(
+            t=live.ident(), a=archive.ident(), m=match)).fetchone()
+    assert row is not None
+    live_n, archive_n, both = row
+    ctx.evidence(resumed=note("pruned"), validation_summary=summary, total_after_migration=live_n + archive_n,
+                 keys_in_live_and_archive=both,
+                 note="after prune the live table and the archive are disjoint halves of the original: "
+                      "checked for keys in both instead of comparing the archive's copies")
+    assert both == 0, f"{both} keys are in the live table and in the archive after prune"
 
 
 def _fidelity(conn: Any, m: dict[str, Any], table: QualifiedName) -> list[str] | None:
@@ -234,6 +327,13 @@ def _fidelity(conn: Any, m: dict[str, Any], table: QualifiedName) -> list[str] |
     if before is None:
         return None
     return inventory.differences(before, inventory.read(conn, table, list(m["key_columns"])))
+
+
+def _inventory_evidence(ctx: StepContext, fidelity: list[str] | None, m: dict[str, Any]) -> None:
+    """EX-4.1's inventory comparison: recorded, and any difference fails the step."""
+    ctx.evidence(inventory=inventory.summary(fidelity) if fidelity is not None else "not recorded by the swap",
+                 inventory_at_swap=(m["swap_record"] or {}).get("inventory"))
+    assert not fidelity, f"the live table differs from the original: {inventory.summary(fidelity or [])}"
 
 
 def rb_1_immediate_rollback(ctx: StepContext) -> None:
@@ -249,15 +349,23 @@ def rb_1_immediate_rollback(ctx: StepContext) -> None:
     m = mig._state()
     assert m is not None
     archive = old_table(m)
-    before = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(archive.ident())).fetchone()
+    # the rollback renames the original (kept complete by the mirror trigger) back: the same
+    # table, so the same rows; row counts read before and after would differ by the
+    # application's writes in between
+    before = conn.execute("SELECT %s::regclass::oid", (str(archive),)).fetchone()
+    rows_before = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(archive.ident())).fetchone()
     done = mig.rollback()
     live = QualifiedName(m["schema_name"], m["original_name"])
-    after = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(live.ident())).fetchone()
+    after = conn.execute("SELECT %s::regclass::oid", (str(live),)).fetchone()
+    rows_after = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(live.ident())).fetchone()
     gone = conn.execute("SELECT to_regclass(%s), to_regclass(%s)",
                         (str(archive), str(QualifiedName(m["schema_name"], m["new_name"])))).fetchone()
     fidelity = _fidelity(conn, m, live) if done == "swapped back" else None
-    ctx.evidence(action=done, rows_before=before and before[0], rows_after=after and after[0],
+    ctx.evidence(action=done, rows_before=rows_before and rows_before[0], rows_after=rows_after and rows_after[0],
+                 table_oid_before=before and before[0], table_oid_after=after and after[0],
                  **({"inventory": inventory.summary(fidelity)} if fidelity is not None else {}))
-    assert before == after, "rollback changed the row count"
+    assert before is not None and after is not None and before[0] == after[0], (
+        f"{live} after the rollback is not the original table (oid {after and after[0]}, the original's was "
+        f"{before and before[0]})")
     assert gone == (None, None), f"leftovers after rollback: {gone}"
     assert not fidelity, f"the restored original differs from before the swap: {inventory.summary(fidelity or [])}"

@@ -16,6 +16,8 @@ def estimated_seconds(ctx: StepContext) -> float:
     total = 0.0
     for t in ctx.plan.tables:
         plan = ctx.migration_for(t).plan()
+        if plan.swapped:  # resumed after the swap: no rows left to copy
+            continue
         total += plan.keep_rows / PLANNING_ROWS_PER_SECOND * 2.5  # copy, indexes, verify
     return total
 

@@ -1,9 +1,10 @@
 """Execution · Phase 3: replication synchronisation (EX-3.1 .. EX-3.3).
 
 Physical standby: DDL and data replicate; the harness proves it by waiting for the
-standby to replay past the active's current LSN and then finding the objects and the same
-segment checksums there. Logical subscribers: the engine applies the DDL there and swaps
-with two-phase commit (`tablemig.logical`); these steps prove the outcome the same way.
+standby to replay past the active's current LSN and then finding the objects there, and by
+comparing the tables on both sites while the application writes (`tablemig.site_compare`).
+Logical subscribers: the engine applies the DDL there and swaps with two-phase commit
+(`tablemig.logical`); these steps prove the outcome the same way.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import psycopg
 
 from .. import replication
 from ..names import QualifiedName
-from ..reconcile import Reconciler, Side
 from ..replication import LagLimit
 from ..state import live_table, old_table
 from ..steps import StepContext
+from . import sites
 
 
 def _pair(ctx: StepContext) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
@@ -79,60 +80,34 @@ def _prepare_subscriber(ctx: StepContext, active: psycopg.Connection[Any]) -> No
     assert not prepared, f"prepared transactions left on the subscriber: {prepared}"
 
 
-def _compare_sites(ctx: StepContext, active: psycopg.Connection[Any], passive: psycopg.Connection[Any],
-                   tables: dict[str, QualifiedName]) -> dict[str, Any]:
-    mig = ctx.migration()
-    m = mig._state()
-    plan = mig.plan_for_state(m) if m and m["state"] in ("swapped", "pruned") else mig.plan()
-    types = {c.name: c.type for c in plan.info.columns}
-    rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns])
-    out: dict[str, Any] = {}
-    for label, table in tables.items():
-        side = Side(table)
-        bounds = rec.boundaries(active, side, 16)
-        a = rec.checksums(active, {"active": side}, bounds)
-        p = rec.checksums(passive, {"passive": side}, bounds)
-        rows = []
-        for s, q in zip(a, p, strict=True):
-            s.counts["passive"], s.sums["passive"] = q.counts["passive"], q.sums["passive"]
-            rows.append(s.to_row())
-        out[label] = {"table": str(table), "segments": rows,
-                      "match": all(r["match"] for r in rows),
-                      "rows_active": sum(s.counts["active"] for s in a),
-                      "rows_passive": sum(s.counts["passive"] for s in a)}
-    return out
-
-
 def ex_3_2_replication_health(ctx: StepContext) -> None:
     active, passive = _pair(ctx)
     limit = LagLimit.parse(ctx.plan.max_replication_lag)
-    lag = replication.standbys(active)
-    ctx.evidence(standbys=lag, max_replication_lag=limit.text)
-    m = ctx.migration()._state()
-    if ctx.passive_is_logical():
-        ctx.evidence(applied=replication.wait_for_apply(active, passive))
-    else:
-        ctx.evidence(replayed=replication.wait_for_replay(active, passive))
-    if m is None or m["state"] not in ("swapped", "pruned"):
-        if not ctx.execute:
-            ctx.dry_run("after the swap: lag under the limit and equal checksums on both sites")
-            return
-    schema = m["schema_name"] if m else "public"
-    tables = {"live": QualifiedName(schema, m["original_name"])} if m else {}
-    if m:
-        tables["archive"] = old_table(m)
-    result = _compare_sites(ctx, active, passive, tables)
+    lag, waited_for_lag = replication.standbys_within(active, limit)  # a burst of WAL is waited out
+    ctx.evidence(standbys=lag, max_replication_lag=limit.text, waited_for_lag_s=waited_for_lag)
+    mig = ctx.migration()
+    m = mig._state()
+    if (m is None or m["state"] not in ("swapped", "pruned")) and not ctx.execute:
+        waited = (replication.wait_for_apply(active, passive) if ctx.passive_is_logical()
+                  else replication.wait_for_replay(active, passive))
+        ctx.evidence(caught_up=waited)
+        ctx.dry_run("after the swap: lag under the limit and the live table and the archive equal on both sites")
+        return
+    if m is not None and m["state"] in ("swapped", "pruned"):
+        plan = mig.plan_for_state(m)
+        tables = {"live": live_table(m), "archive": old_table(m)}
+    else:  # not swapped (yet): the table as it is
+        plan = mig.plan()
+        tables = {"live": plan.original}
+    result = sites.compare_tables(ctx, sites.pair(ctx, active, passive), sites.reconciler(plan), tables)
+    ctx.table.facts["sites"] = {k: v.evidence() for k, v in result.items()}
     conflicts = passive.execute("SELECT confl_tablespace, confl_lock, confl_snapshot, confl_bufferpin,"
                                 " confl_deadlock FROM pg_stat_database_conflicts"
                                 " WHERE datname = current_database()").fetchone()
-    ctx.table.facts["sites"] = result
-    ctx.evidence(sites={k: {kk: vv for kk, vv in v.items() if kk != "segments"} for k, v in result.items()},
-                 standby_conflicts=dict(zip(["tablespace", "lock", "snapshot", "bufferpin", "deadlock"],
+    ctx.evidence(standby_conflicts=dict(zip(["tablespace", "lock", "snapshot", "bufferpin", "deadlock"],
                                             conflicts or [], strict=False)))
     for r in lag:
         assert not limit.exceeded(r["lag_bytes"], r["lag_seconds"]), f"lag over {limit.text}: {r}"
-    bad = [k for k, v in result.items() if not v["match"]]
-    assert not bad, f"checksums differ between the sites for {bad}"
 
 
 def ex_3_3_reenable_replication(ctx: StepContext) -> None:

@@ -1,0 +1,63 @@
+"""The verdict of a run from its step results (no database): a run that did not get to its
+end is never reported passed, in run.json's fields, junit.xml or report.html."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tablemig.checklist import ITEMS, ORDER
+from tablemig.report import render_html
+from tablemig.report_junit import junit_tree
+from tablemig.run_outcome import close_unfinished, complete, headline
+from tablemig.steps import StepResult
+
+
+def _step(item: str, status: str, table: str | None = None) -> dict[str, Any]:
+    return {"id": item, "table": table, "status": status, "reason": "", "started": 1.0, "duration_s": 0.5,
+            "text": ITEMS[item].text, "section": ITEMS[item].section, "evidence": {}, "statements": []}
+
+
+def _expected() -> list[list[Any]]:
+    return [[i, "public.t" if ITEMS[i].per_table else None] for i in ORDER]
+
+
+def test_a_step_never_ended_is_interrupted_not_passed() -> None:
+    running = StepResult("EX-2.2", "public.t", started=1.0)
+    done = StepResult("EX-2.1", "public.t", status="passed")
+    assert running.status == "running"
+    assert close_unfinished([done, running], interrupted=True, now=11.0) == [running]
+    assert (running.status, running.duration_s) == ("interrupted", 10.0) and done.status == "passed"
+    assert "rerun the plan" in running.reason
+
+
+def test_verdicts() -> None:
+    first = [_step(i, "passed", "public.t" if ITEMS[i].per_table else None) for i in ORDER[:24]]
+    steps = [*first, _step("EX-2.2", "interrupted", "public.t")]
+    out = complete(steps, _expected(), interrupted=False)
+    assert out == {"status": "interrupted", "interrupted_at": ["EX-2.2 public.t"], "not_run": 25}
+    assert [s["id"] for s in steps] == ORDER and steps[-1]["status"] == "not-run"
+    assert "interrupted during EX-2.2 public.t" in steps[-1]["reason"]
+    assert headline({**out}).startswith("run INTERRUPTED during EX-2.2 public.t; 25 checklist steps not run")
+    # pytest interrupted between two steps: no step was running, the run is still interrupted
+    assert complete([_step("PRE-1.1a", "passed")], _expected(), interrupted=True)["status"] == "interrupted"
+    # steps missing for another reason (-x, a crashed worker)
+    assert complete([_step("PRE-1.1a", "passed")], _expected(), interrupted=False)["status"] == "incomplete"
+    assert complete([_step("PRE-1.1a", "failed")], _expected(), interrupted=False)["status"] == "failed"
+    assert complete([_step("PRE-1.1a", "passed")], [["PRE-1.1a", None]], interrupted=False)["status"] == "passed"
+
+
+def test_junit_and_html_of_an_interrupted_run() -> None:
+    steps = [_step("PRE-1.1a", "passed"), _step("EX-2.2", "interrupted", "public.t")]
+    run: dict[str, Any] = {"plan": "p", "module": "p", "mode": "execute", "started": 1.0, "finished": 2.0,
+                           "facts": {}, "tables": {}, "steps": steps, "contacts": []}
+    run.update(complete(steps, _expected(), interrupted=True))
+    run["headline"] = headline(run)
+    suite = junit_tree(run).getroot().find("testsuite")
+    assert suite is not None
+    errors = {c.get("name"): c.find("error") for c in suite.iter("testcase") if c.find("error") is not None}
+    assert set(errors) == {"EX-2.2 public.t", "run verdict"} and suite.get("errors") == "2"
+    skipped = [c.find("skipped") for c in suite.iter("testcase") if c.find("skipped") is not None]
+    assert len(skipped) == run["not_run"] and all(s.get("type") == "not-run" for s in skipped)  # type: ignore[union-attr]
+    html = render_html(run)
+    assert "p · execute · INTERRUPTED" in html and 'id="unfinished"' in html
+    assert 'data-status="interrupted"' in html and html.count('data-status="not-run"') == run["not_run"]
