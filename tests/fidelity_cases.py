@@ -246,6 +246,13 @@ def self_reference(conn: Conn) -> None:
                       " WHERE conrelid = 't'::regclass AND conname = 't_parent_fkey'") == "the parent"
 
 
+def identity_changed(conn: Conn) -> None:
+    """A GENERATED ALWAYS identity value drawn again (an UPDATE may only set it to DEFAULT):
+    the archive's copy must follow (the test compares it after the swap)."""
+    was = _one(conn, "SELECT n FROM t WHERE id = 30")
+    assert _one(conn, "UPDATE t SET n = DEFAULT WHERE id = 30 RETURNING n") != was
+
+
 def cluster_on(conn: Conn) -> None:
     conn.execute("CLUSTER t")  # on the index marked CLUSTER ON: an error without one
 
@@ -304,6 +311,8 @@ CASES = [
     Case("self_reference", PK + "ALTER TABLE t ADD COLUMN parent int REFERENCES t (id);"
                                 " UPDATE t SET parent = id - 1 WHERE id > 30;"
                                 " COMMENT ON CONSTRAINT t_parent_fkey ON t IS 'the parent';", self_reference),
+    Case("identity_changed", PK + "ALTER TABLE t ADD COLUMN n bigint GENERATED ALWAYS AS IDENTITY;",
+         identity_changed),
     Case("cluster_on", PK + "CREATE INDEX t_d_idx ON t (d); ALTER TABLE t CLUSTER ON t_d_idx;", cluster_on),
     Case("comments", PK + """
         ALTER TABLE t ADD CONSTRAINT t_v_check CHECK (v > -100);

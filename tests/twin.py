@@ -11,6 +11,10 @@ both ways, change primary keys and delete rows anywhere (also rows the backfill 
 reached). Once `swapping` is set they keep to what an application does with the live table
 after the swap: no history rows and no moves below the cutoff (those rows are not in the
 live table any more, by design).
+
+With `identity` the key is `GENERATED ALWAYS AS IDENTITY`: the writers insert without a key
+and change keys with `UPDATE ... SET id = DEFAULT` (the twin's key is a plain column that
+takes the values the table returned).
 """
 
 from __future__ import annotations
@@ -31,16 +35,21 @@ CUTOFF = BASE + dt.timedelta(days=300)  # rows are spread over 365 days, newest 
 
 
 def create_events(conn: psycopg.Connection[Any], rows: int, table: str = "events", *,
-                  deferrable: bool = False) -> None:
+                  deferrable: bool = False, identity: bool = False) -> None:
     """`events` and its twin: ids ascend with d, ~18 % of rows on or after CUTOFF.
-    `deferrable`: the primary keys are DEFERRABLE (see Writers' key swaps)."""
+    `deferrable`: the primary keys are DEFERRABLE (see Writers' key swaps). `identity`: the
+    table's key is GENERATED ALWAYS AS IDENTITY, continuing at rows * 10."""
     key = "PRIMARY KEY DEFERRABLE" if deferrable else "PRIMARY KEY"
     for name in (table, f"{table}_twin"):
+        generated = " GENERATED ALWAYS AS IDENTITY" if identity and name == table else ""
         conn.execute(f"DROP TABLE IF EXISTS {name}")
-        conn.execute(f"CREATE TABLE {name} (id bigint {key}, d timestamptz NOT NULL,"
+        conn.execute(f"CREATE TABLE {name} (id bigint{generated} {key}, d timestamptz NOT NULL,"
                      " v integer NOT NULL, payload text)")
-        conn.execute(f"INSERT INTO {name} SELECT g, %s::timestamptz + (g * 365.0 / %s) * interval '1 day',"
+        conn.execute(f"INSERT INTO {name}{' OVERRIDING SYSTEM VALUE' if generated else ''}"
+                     " SELECT g, %s::timestamptz + (g * 365.0 / %s) * interval '1 day',"
                      " g %% 1000, 'row ' || g FROM generate_series(1, %s) g", (BASE, rows, rows))
+    if identity:
+        conn.execute(f"ALTER TABLE {table} ALTER COLUMN id RESTART WITH {rows * 10}")
     conn.execute(f"CREATE INDEX {table}_d_idx ON {table} (d)")
     conn.execute(f"CREATE SEQUENCE IF NOT EXISTS {table}_ids START {rows * 10}")
     conn.execute(f"ANALYZE {table}")
@@ -49,6 +58,7 @@ def create_events(conn: psycopg.Connection[Any], rows: int, table: str = "events
 @dataclass
 class WriterStats:
     ops: dict[str, int] = field(default_factory=dict)
+    ops_after_swap: dict[str, int] = field(default_factory=dict)  # chosen once `swapping` was set
     errors: dict[str, int] = field(default_factory=dict)
     max_latency_s: float = 0.0
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (start, seconds)
@@ -57,12 +67,15 @@ class WriterStats:
 class Writers:
     """`deferrable` (the table's key is DEFERRABLE): the writers also exchange the keys of
     two rows in one statement, and insert a row under a taken key that they re-key before
-    commit (SET CONSTRAINTS ALL DEFERRED): transient duplicates the migration must mirror."""
+    commit (SET CONSTRAINTS ALL DEFERRED): transient duplicates the migration must mirror.
+    `identity` (the key is GENERATED ALWAYS AS IDENTITY, see create_events): keys come from
+    the table's identity, on insert and on a key change (SET id = DEFAULT)."""
 
     def __init__(self, dsn: str, rows: int, *, table: str = "events", threads: int = 3,
-                 seed: int = 7, deferrable: bool = False) -> None:
+                 seed: int = 7, deferrable: bool = False, identity: bool = False) -> None:
+        assert not (deferrable and identity), "the deferrable key's operations set keys explicitly"
         self.dsn, self.rows, self.table, self.n = dsn, rows, table, threads
-        self.deferrable = deferrable
+        self.deferrable, self.identity = deferrable, identity
         self.stop = threading.Event()
         self.swapping = threading.Event()
         self.stats = WriterStats()
@@ -106,7 +119,8 @@ class Writers:
         rnd = random.Random(seed)
         with connect(self.dsn, application_name="twin-writer") as conn:
             while not self.stop.is_set():
-                if self.swapping.is_set():
+                after_swap = self.swapping.is_set()
+                if after_swap:
                     with self._lock:
                         self._in_swap_mode.add(index)
                 op = self._choose(rnd)
@@ -115,6 +129,8 @@ class Writers:
                     with conn.transaction():
                         getattr(self, f"_op_{op}")(conn, rnd)
                     self._count(self.stats.ops, op)
+                    if after_swap:
+                        self._count(self.stats.ops_after_swap, op)
                 except psycopg.errors.LockNotAvailable:
                     self._count(self.stats.errors, "lock_not_available")
                 except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected,
@@ -158,7 +174,8 @@ class Writers:
 
     # -- operations -----------------------------------------------------------------------
     def _insert(self, conn: psycopg.Connection[Any], d: dt.datetime, rnd: random.Random) -> None:
-        row = conn.execute(f"INSERT INTO {self.table} VALUES (nextval('{self.table}_ids'), %s, %s, %s)"
+        key = "DEFAULT" if self.identity else f"nextval('{self.table}_ids')"
+        row = conn.execute(f"INSERT INTO {self.table} VALUES ({key}, %s, %s, %s)"
                            " RETURNING id, d, v, payload",
                            (d, rnd.randint(0, 10**6), f"ins {rnd.random()}")).fetchone()
         conn.execute(f"INSERT INTO {self.table}_twin VALUES (%s, %s, %s, %s)", row)
@@ -184,7 +201,8 @@ class Writers:
                      (CUTOFF - dt.timedelta(days=rnd.uniform(1, 30)),))
 
     def _pk(self, conn: psycopg.Connection[Any], ident: int) -> None:
-        rows = conn.execute(f"UPDATE {self.table} SET id = nextval('{self.table}_ids') WHERE id = %s"
+        key = "DEFAULT" if self.identity else f"nextval('{self.table}_ids')"
+        rows = conn.execute(f"UPDATE {self.table} SET id = {key} WHERE id = %s"
                             " RETURNING id, d, v, payload", (ident,)).fetchall()
         self._mirror(conn, rows, [ident] * len(rows))
 
