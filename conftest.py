@@ -8,6 +8,7 @@ installed (not editable) with its dependencies into a virtual environment of its
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -49,6 +50,22 @@ class FreshDb:
 def fresh_db(active: psycopg.Connection[Any], active_dsn: str,
              passive_dsn: str | None) -> Iterator[FreshDb]:
     """A new empty database on the active site (visible on the standby by replication)."""
+    with new_database(active, active_dsn, passive_dsn) as db:
+        yield db
+
+
+@pytest.fixture(scope="module")
+def module_db(active: psycopg.Connection[Any], active_dsn: str,
+              passive_dsn: str | None) -> Iterator[FreshDb]:
+    """`fresh_db` shared by the tests of one module (each keeps to its own schema)."""
+    with new_database(active, active_dsn, passive_dsn) as db:
+        yield db
+
+
+@contextlib.contextmanager
+def new_database(active: psycopg.Connection[Any], active_dsn: str,
+                 passive_dsn: str | None) -> Iterator[FreshDb]:
+    """Create a database on the active site, wait for the standby to have it, drop it after."""
     name = f"t_{uuid.uuid4().hex[:10]}"
     active.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     if passive_dsn:

@@ -23,6 +23,8 @@ from .sqltext import Fragment
 from .step_host import StepHost
 from .structure import (
     change_log_name,
+    deferrable_constraints,
+    deferrable_key,
     drop_trigger_sql,
     sync_function_sql,
     trigger_sql,
@@ -229,9 +231,13 @@ class AfterSwap(StepHost):
         plan = self._plan or self.plan_for_state(m)
         info = plan.info
         fn = QualifiedName("table_migration", f"mirror_{m['table_oid']}")
+        # the archive's deferrable constraints under the names the swap gave them
+        archived = {orig: arch for orig, arch, _, _ in (m["swap_record"] or {}).get("indexes", [])}
+        defer = [QualifiedName(a.schema, archived[i.name]) for i in deferrable_constraints(info)
+                 if i.name in archived]
 
         def mirror(_locked_at: float) -> dict[str, Any]:
-            self.ex.run(sync_function_sql(info, fn, "mirror", a, search_path=plan.search_path))
+            self.ex.run(sync_function_sql(info, fn, "mirror", a, search_path=plan.search_path, defer=defer))
             for stmt in trigger_sql(t, MIRROR_TRIGGER, fn):
                 self.ex.run(stmt)
             self.ex.run(truncate_guard_sql(t))
@@ -245,7 +251,7 @@ class AfterSwap(StepHost):
             # changing one of them waits for the batch, then the mirror trigger sees the copy
             job = CopyJob(t, a, plan.columns, list(m["key_columns"]),
                           [types[k] for k in m["key_columns"]], None, "", "", plan.overriding,
-                          list(m["key_columns"]), lock_rows=True)
+                          list(m["key_columns"]), lock_rows=True, no_arbiter=deferrable_key(info))
             with self.conn.transaction():
                 self.conn.execute(
                     "UPDATE table_migration.migration_state SET checkpoint = checkpoint - 'unprune'"

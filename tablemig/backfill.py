@@ -56,6 +56,10 @@ class CopyJob:
     update_on_conflict: bool = False
     history: bool = False  # copy the rows D < cutoff OR D IS NULL instead
     lock_rows: bool = False  # FOR SHARE: writers of a row wait for the batch (no verify follows)
+    # the target's key is DEFERRABLE, so it cannot be an ON CONFLICT arbiter: rows whose key
+    # the target has are skipped by NOT EXISTS, after `lock_sql` has locked the batch's rows
+    # (see copy_sql)
+    no_arbiter: bool = False
 
     def _date_filter(self) -> sql.Composable:
         d, t = sql.Identifier(self.date_column or ""), Fragment(self.date_type)
@@ -108,8 +112,26 @@ class CopyJob:
         return sql.SQL("SELECT {} FROM {} AS src WHERE {} ORDER BY {} OFFSET %s LIMIT 1").format(
             texts, self.source.ident(), where, order)
 
+    def lock_sql(self, lo: bool, hi: bool) -> sql.Composed | None:
+        """With `no_arbiter` and `lock_rows`: lock the batch's source rows FOR SHARE in a
+        statement of their own (same parameters as copy_sql). Once it returns, every writer
+        of those rows has committed (its mirror write into the target with it) and new ones
+        wait, so copy_sql's NOT EXISTS, run with a later snapshot, sees every such write."""
+        if not (self.no_arbiter and self.lock_rows):
+            return None
+        where, _ = self._filter(lo, hi)
+        return sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} FOR SHARE) s").format(
+            self.source.ident(), where)
+
     def copy_sql(self, lo: bool, hi: bool) -> sql.Composable:
         where, _ = self._filter(lo, hi)
+        if self.no_arbiter:
+            absent = sql.SQL(" AND ").join(sql.SQL("x.{0} = s.{0}").format(sql.Identifier(k)) for k in self.key)
+            return sql.SQL(
+                "INSERT INTO {tgt} ({cols}){ovr} SELECT {cols} FROM {src} s WHERE {where}"
+                " AND NOT EXISTS (SELECT 1 FROM {tgt} x WHERE {absent})").format(
+                tgt=self.target.ident(), cols=self._cols(), src=self.source.ident(), where=where,
+                ovr=sql.SQL(" OVERRIDING SYSTEM VALUE" if self.overriding else ""), absent=absent)
         conflict = sql.SQL(", ").join(map(sql.Identifier, self.key))
         if self.update_on_conflict:
             sets = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c))

@@ -136,6 +136,9 @@ class BatchCopier(CopyRun):
                 row = conn.execute(job.upper_bound_sql(lo is not None, has_hi),
                                    [*job.params(lo, rng.hi), size - 1]).fetchone()
                 upper = [str(v) for v in row] if row else rng.hi
+                lock = job.lock_sql(lo is not None, upper is not None)
+                if lock is not None:
+                    conn.execute(lock, job.params(lo, upper))
                 cur = conn.execute(job.copy_sql(lo is not None, upper is not None),
                                    job.params(lo, upper))
                 copied = max(cur.rowcount, 0)

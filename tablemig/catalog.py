@@ -18,6 +18,18 @@ from psycopg.rows import dict_row
 from .errors import InputError
 from .names import QualifiedName
 
+# The triggers tablemig itself puts on a table. They are told from the user's by their exact
+# name *and* their function living in the table_migration schema: a user trigger that merely
+# shares the prefix (or even one of these names) is the user's and is carried over.
+CAPTURE_TRIGGER = "tablemig_capture"
+MIRROR_TRIGGER = "tablemig_mirror"
+GUARD_TRIGGER = "tablemig_no_truncate"
+PRUNE_TRIGGER = "tablemig_prune"
+TOOL_TRIGGERS = (CAPTURE_TRIGGER, MIRROR_TRIGGER, GUARD_TRIGGER, PRUNE_TRIGGER)
+# on the tables referencing the table, while the swap step runs (tablemig.families)
+FAMILY_TRIGGER = "tablemig_family"
+TOOL_SCHEMA = "table_migration"
+
 
 @dataclass(frozen=True)
 class Column:
@@ -27,6 +39,12 @@ class Column:
     generated: bool  # GENERATED ALWAYS AS (...) STORED: never written
     identity: str  # '', 'a' (ALWAYS) or 'd' (BY DEFAULT)
     default: str | None
+    statistics: int | None = None  # ALTER COLUMN ... SET STATISTICS (None: the default)
+    options: tuple[str, ...] = ()  # attribute options such as n_distinct=-0.5
+    comment: str | None = None
+    collation: str | None = None
+    storage: str = ""
+    compression: str = ""
 
 
 @dataclass(frozen=True)
@@ -39,6 +57,17 @@ class Index:
     constraint_type: str | None
     valid: bool
     quoted_name: str  # as pg_get_indexdef prints it
+    columns: tuple[str, ...] = ()  # plain key columns (empty for an expression index)
+    unique: bool = False
+    immediate: bool = True  # False: a deferrable constraint's index (never an ON CONFLICT arbiter)
+    arbiter_shape: bool = False  # no expression, no predicate: ON CONFLICT (columns) would infer it
+    deferrable: bool = False  # of the constraint it backs
+    deferred: bool = False  # INITIALLY DEFERRED
+    clustered: bool = False  # CLUSTER ON
+    replica_identity: bool = False  # REPLICA IDENTITY USING INDEX
+    comment: str | None = None
+    constraint_comment: str | None = None
+    tablespace: str | None = None  # None: the database's default
 
     def body(self, table_quoted: str) -> tuple[str, str]:
         """Split the definition into ("CREATE [UNIQUE] ", "USING ... (...) ...") around
@@ -49,6 +78,36 @@ class Index:
             raise InputError(f"cannot parse the definition of index {self.name}: "
                              f"{self.definition}", "report this index definition")
         return head, rest
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A CHECK or FOREIGN KEY constraint of the table (index-backed ones are `Index`es)."""
+
+    name: str
+    type: str  # 'c' or 'f'
+    definition: str
+    validated: bool
+    comment: str | None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rewrite rule on the table (CREATE RULE ... TO table); `enabled` as pg_rewrite.ev_enabled."""
+
+    name: str
+    definition: str  # pg_get_ruledef: names schema-qualified, ends with ';'
+    enabled: str
+    comment: str | None = None
+
+
+@dataclass(frozen=True)
+class PublicationRel:
+    """The table's membership of one publication, with its row filter and column list."""
+
+    name: str
+    row_filter: str | None  # the WHERE expression as PostgreSQL prints it (PostgreSQL 15+)
+    columns: tuple[str, ...] | None  # the column list; None: every column
 
 
 @dataclass(frozen=True)
@@ -69,6 +128,8 @@ class DependentView:
     indexes: list[str]
     acl: list[tuple[str, str, bool]]
     owner: str
+    comment: str | None = None
+    column_comments: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,6 +149,7 @@ class TriggerDef:
     definition: str
     enabled: str
     quoted: str  # the name as pg_get_triggerdef prints it (quote_ident)
+    comment: str | None = None
 
 
 @dataclass
@@ -124,6 +186,13 @@ class TableInfo:
     estimated_rows: int
     # column privileges (pg_attribute.attacl): (grantee, privilege, grantable, columns)
     column_acl: list[tuple[str, str, bool, list[str]]] = field(default_factory=list)
+    constraints: list[Constraint] = field(default_factory=list)
+    rules: list[Rule] = field(default_factory=list)
+    publication_rels: list[PublicationRel] = field(default_factory=list)
+    # extended statistics without their own names ("(ndistinct) ON a, b FROM s.t")
+    statistics_bodies: list[str] = field(default_factory=list)
+    access_method: str | None = None
+    tablespace: str | None = None  # None: the database's default
     # foreign keys of the table referencing the table itself (not in outgoing_fks)
     self_fks: list[ForeignKey] = field(default_factory=list)
     rules_elsewhere: list[RuleElsewhere] = field(default_factory=list)
@@ -185,6 +254,12 @@ _ACL = """
               FROM pg_class c, aclexplode(c.relacl) a
              WHERE c.oid = {oid} AND a.grantee <> c.relowner) g"""
 
+_TOOL_TRIGGERS_ARRAY = "{" + ",".join((*TOOL_TRIGGERS, FAMILY_TRIGGER)) + "}"
+
+# Publication row filters and column lists exist from PostgreSQL 15 on: they are read through
+# to_jsonb (pg_publication_tables.rowfilter, pg_publication_rel.prattrs), so the statement
+# also runs where those columns do not exist.
+
 # Everything about one table in one statement (one snapshot): each column is one section,
 # a JSON value. Run with an empty search_path (see _inspect_row).
 _INSPECT = f"""
@@ -196,12 +271,18 @@ SELECT
            c.relhassubclass, EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid) AS inherits,
            pg_total_relation_size(c.oid) AS total_bytes, pg_table_size(c.oid) AS table_bytes,
            greatest(c.reltuples, 0)::bigint AS estimated_rows,
-           quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS quoted
+           quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS quoted,
+           (SELECT amname FROM pg_am WHERE oid = c.relam) AS access_method,
+           (SELECT spcname FROM pg_tablespace WHERE oid = c.reltablespace) AS tablespace
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %(oid)s) b) AS base,
  (SELECT coalesce(json_agg(x ORDER BY x.attnum), '[]') FROM (
     SELECT a.attnum, a.attname, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull,
            a.attgenerated <> '' AS generated, a.attidentity,
-           pg_get_expr(d.adbin, d.adrelid) AS default
+           pg_get_expr(d.adbin, d.adrelid) AS default,
+           nullif(a.attstattarget, -1) AS stattarget, coalesce(a.attoptions, '{{}}') AS options,
+           col_description(a.attrelid, a.attnum) AS comment,
+           CASE WHEN a.attcollation <> 0 THEN a.attcollation::regcollation::text END AS collation,
+           a.attstorage::text AS storage, nullif(a.attcompression, '')::text AS compression
       FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
      WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped) x) AS cols,
  (SELECT coalesce(json_agg(x ORDER BY x.indisprimary DESC, x.name), '[]') FROM (
@@ -209,14 +290,23 @@ SELECT
            quote_ident(ic.relname) AS qname,
            i.indisprimary, i.indisunique, i.indisvalid, i.indpred IS NULL AS full_index,
            i.indexprs IS NULL AS plain, con.conname, con.contype,
+           i.indimmediate, i.indisclustered, i.indisreplident,
+           coalesce(con.condeferrable, false) AS condeferrable, coalesce(con.condeferred, false) AS condeferred,
+           obj_description(i.indexrelid, 'pg_class') AS comment,
+           obj_description(con.oid, 'pg_constraint') AS con_comment,
+           (SELECT spcname FROM pg_tablespace WHERE oid = ic.reltablespace) AS tablespace,
            (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) AS cols,
            (SELECT bool_and(a.attnotnull) FROM unnest(i.indkey) k(attnum)
               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) AS all_not_null
       FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
       LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid
-                                  AND con.contype IN ('p', 'u', 'x')
+                                    AND con.contype IN ('p', 'u', 'x')
      WHERE i.indrelid = %(oid)s) x) AS idx,
+ (SELECT coalesce(json_agg(x ORDER BY x.conname), '[]') FROM (
+    SELECT conname, contype, pg_get_constraintdef(oid) AS def, convalidated,
+           obj_description(oid, 'pg_constraint') AS comment FROM pg_constraint
+     WHERE conrelid = %(oid)s AND contype IN ('c', 'f')) x) AS cons,
  (SELECT coalesce(json_agg(x ORDER BY x.conname), '[]') FROM (
     SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint
      WHERE conrelid = %(oid)s AND contype = 'c') x) AS checks,
@@ -238,7 +328,11 @@ SELECT
            pg_get_userbyid(v.relowner) AS owner,
            (SELECT coalesce(json_agg(pg_get_indexdef(indexrelid) ORDER BY indexrelid), '[]')
               FROM pg_index WHERE indrelid = v.oid)::text AS indexes,
-           ({_ACL.format(oid="v.oid")})::text AS acl
+           ({_ACL.format(oid="v.oid")})::text AS acl,
+           obj_description(v.oid, 'pg_class') AS comment,
+           (SELECT coalesce(json_object_agg(a.attname, col_description(v.oid, a.attnum)), '{{}}')
+              FROM pg_attribute a WHERE a.attrelid = v.oid AND a.attnum > 0
+               AND col_description(v.oid, a.attnum) IS NOT NULL)::text AS column_comments
       FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
       JOIN pg_class v ON v.oid = r.ev_class JOIN pg_namespace n ON n.oid = v.relnamespace
      WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
@@ -250,25 +344,45 @@ SELECT
      WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
        AND d.refobjid = %(oid)s AND c.oid <> %(oid)s AND r.rulename <> '_RETURN') x) AS rules_elsewhere,
  (SELECT coalesce(json_agg(x ORDER BY x.tgname), '[]') FROM (
-    SELECT tgname, quote_ident(tgname) AS qname, pg_get_triggerdef(oid) AS def, tgenabled FROM pg_trigger
-     WHERE tgrelid = %(oid)s AND NOT tgisinternal AND tgname NOT LIKE 'tablemig\\_%%') x) AS trig,
+    SELECT t.tgname, quote_ident(t.tgname) AS qname, pg_get_triggerdef(t.oid) AS def, t.tgenabled,
+           obj_description(t.oid, 'pg_trigger') AS comment
+      FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+     WHERE t.tgrelid = %(oid)s AND NOT t.tgisinternal
+       AND NOT (t.tgname = ANY ('{_TOOL_TRIGGERS_ARRAY}'::name[])
+                AND EXISTS (SELECT 1 FROM pg_namespace WHERE oid = p.pronamespace AND nspname = '{TOOL_SCHEMA}'))
+    ) x) AS trig,
+ (SELECT coalesce(json_agg(x ORDER BY x.rulename), '[]') FROM (
+    SELECT rulename, pg_get_ruledef(oid) AS def, ev_enabled, obj_description(oid, 'pg_rewrite') AS comment
+      FROM pg_rewrite
+     WHERE ev_class = %(oid)s AND rulename <> '_RETURN') x) AS rules,
  (SELECT coalesce(json_agg(x ORDER BY x.name), '[]') FROM (
     SELECT p.polname AS name, p.polpermissive AS permissive, p.polcmd AS cmd,
            pg_get_expr(p.polqual, p.polrelid) AS qual, pg_get_expr(p.polwithcheck, p.polrelid) AS check,
            ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(r) END
-                   FROM unnest(p.polroles) r) AS roles
+                   FROM unnest(p.polroles) r) AS roles,
+           obj_description(p.oid, 'pg_policy') AS comment
       FROM pg_policy p WHERE p.polrelid = %(oid)s) x) AS pols,
- (SELECT coalesce(json_agg(p.pubname ORDER BY p.pubname), '[]')
-    FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-   WHERE pr.prrelid = %(oid)s) AS pubs,
+ (SELECT coalesce(json_agg(x ORDER BY x.pubname), '[]') FROM (
+    SELECT p.pubname,
+           (SELECT to_jsonb(pt) ->> 'rowfilter' FROM pg_publication_tables pt
+             WHERE pt.pubname = p.pubname AND pt.schemaname = n.nspname AND pt.tablename = c.relname) AS rowfilter,
+           (SELECT array_agg(a.attname ORDER BY a.attnum) FROM pg_attribute a
+             WHERE a.attrelid = pr.prrelid AND a.attnum::text IN (
+                   SELECT jsonb_array_elements_text(to_jsonb(pr) -> 'prattrs')
+                    WHERE jsonb_typeof(to_jsonb(pr) -> 'prattrs') = 'array')) AS columns
+      FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+      JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE pr.prrelid = %(oid)s) x) AS pubs,
  (SELECT coalesce(json_agg(x ORDER BY x.attnum), '[]') FROM (
     SELECT a.attnum, a.attname, s.oid::regclass::text AS seq, d.deptype
       FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
       JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
      WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
        AND d.refobjid = %(oid)s AND d.deptype IN ('a', 'i')) x) AS seqs,
- (SELECT coalesce(json_agg(pg_get_statisticsobjdef(oid) ORDER BY oid), '[]')
-    FROM pg_statistic_ext WHERE stxrelid = %(oid)s) AS stats,
+ (SELECT coalesce(json_agg(json_build_array(pg_get_statisticsobjdef(s.oid),
+                                            quote_ident(sn.nspname) || '.' || quote_ident(s.stxname))
+                           ORDER BY s.oid), '[]')
+    FROM pg_statistic_ext s JOIN pg_namespace sn ON sn.oid = s.stxnamespace WHERE s.stxrelid = %(oid)s) AS stats,
  (SELECT coalesce(json_agg(DISTINCT p.oid::regprocedure::text), '[]')
     FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
    WHERE d.classid = 'pg_proc'::regclass AND d.refobjid = %(oid)s
@@ -326,13 +440,22 @@ def inspect_table(conn: psycopg.Connection[Any], name: QualifiedName,
     r = _inspect_row(conn, oid, prepared)
     base, idx = r["base"], r["idx"]
     columns = [Column(c["attname"], c["type"], c["attnotnull"], c["generated"],
-                      c["attidentity"], c["default"]) for c in r["cols"]]
+                      c["attidentity"], c["default"], c["stattarget"], tuple(c["options"]),
+                      c["comment"], c["collation"], c["storage"], c["compression"] or "")
+               for c in r["cols"]]
     key_cols, key_index = _choose_key(name, idx, key_override)
     indexes = [Index(i["oid"], i["name"], i["def"], i["name"] == key_index, i["conname"],
-                     i["contype"], i["indisvalid"], i["qname"]) for i in idx]
+                     i["contype"], i["indisvalid"], i["qname"],
+                     columns=tuple(c for c in (i["cols"] or []) if c is not None),
+                     unique=i["indisunique"], immediate=i["indimmediate"],
+                     arbiter_shape=i["plain"] and i["full_index"], deferrable=i["condeferrable"],
+                     deferred=i["condeferred"], clustered=i["indisclustered"],
+                     replica_identity=i["indisreplident"], comment=i["comment"],
+                     constraint_comment=i["con_comment"], tablespace=i["tablespace"]) for i in idx]
     views = [DependentView(v["oid"], QualifiedName(v["nspname"], v["relname"]), v["relkind"],
                            v["def"], list(v["options"]), json.loads(v["indexes"]),
-                           _acl(json.loads(v["acl"])), v["owner"]) for v in r["views"]]
+                           _acl(json.loads(v["acl"])), v["owner"], v["comment"],
+                           json.loads(v["column_comments"])) for v in r["views"]]
     return TableInfo(
         name=name, oid=oid, relkind=base["relkind"], quoted=base["quoted"], owner=base["owner"],
         persistence=base["relpersistence"], columns=columns, key_columns=key_cols,
@@ -342,17 +465,25 @@ def inspect_table(conn: psycopg.Connection[Any], name: QualifiedName,
         incoming_fks=[ForeignKey(c["conname"], QualifiedName(c["nspname"], c["relname"]), c["def"],
                                  c["convalidated"]) for c in r["fk_in"]],
         views=views,
-        triggers=[TriggerDef(t["tgname"], t["def"], t["tgenabled"], t["qname"]) for t in r["trig"]],
+        triggers=[TriggerDef(t["tgname"], t["def"], t["tgenabled"], t["qname"], t["comment"]) for t in r["trig"]],
         acl=_acl(r["acl"]), policies=r["pols"], rls=(base["relrowsecurity"], base["relforcerowsecurity"]),
-        publications=list(r["pubs"]),
+        publications=[p["pubname"] for p in r["pubs"]],
         sequences=[(q["attname"], q["seq"], "identity" if q["deptype"] == "i" else "serial")
                    for q in r["seqs"]],
         comment=base["comment"], reloptions=list(base["reloptions"]),
-        replica_identity=base["relreplident"], statistics=list(r["stats"]),
+        replica_identity=base["relreplident"], statistics=[d for d, _ in r["stats"]],
         bound_functions=list(r["bound"]), inherits=base["inherits"],
         has_children=base["relhassubclass"], total_bytes=base["total_bytes"],
         table_bytes=base["table_bytes"], estimated_rows=base["estimated_rows"],
         column_acl=[(g, p, bool(grantable), list(cols)) for g, p, grantable, cols in r["col_acl"]],
+        constraints=[Constraint(c["conname"], c["contype"], c["def"], c["convalidated"], c["comment"])
+                     for c in r["cons"]],
+        rules=[Rule(x["rulename"], x["def"], x["ev_enabled"], x["comment"]) for x in r["rules"]],
+        publication_rels=[PublicationRel(p["pubname"], p["rowfilter"],
+                                         tuple(p["columns"]) if p["columns"] is not None else None)
+                          for p in r["pubs"]],
+        statistics_bodies=[d.removeprefix(f"CREATE STATISTICS {q} ") for d, q in r["stats"]],
+        access_method=base["access_method"], tablespace=base["tablespace"],
         self_fks=[ForeignKey(c["conname"], name, c["def"], c["convalidated"]) for c in r["fk_self"]],
         rules_elsewhere=[RuleElsewhere(x["rulename"], QualifiedName(x["nspname"], x["relname"]), x["relkind"],
                                        x["def"]) for x in r["rules_elsewhere"]],

@@ -117,6 +117,8 @@ def cmd_migrate(a: argparse.Namespace) -> int:
                 "cutoff_local": plan.cutoff_local if plan else None, "timezone": plan.timezone if plan else None,
                 "timings": mig.timings, "rows_copied": final.get("rows_copied"),
                 "swap_attempts": final.get("swap_attempts"), "lock_hold_ms": final.get("lock_hold_ms"),
+                **({"inventory": (final.get("swap_record") or {}).get("inventory")}
+                   if final.get("state") == "swapped" else {}),
                 **mig.pacer.summary()})
     return 0
 

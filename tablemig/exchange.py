@@ -1,7 +1,12 @@
 """The exchange of two tables' names and of everything that belongs to a name: index and
-constraint names, sequences, incoming foreign keys, views, grants, policies, user
-triggers, comment. Run inside the swap's locked transaction on the active site, and by
-logical subscribers on theirs (`tablemig.logical`); `exchange_back` undoes it.
+constraint names, sequences, incoming foreign keys, views (with their comments), grants,
+policies, user triggers (with their enable states), rules, comment. Run inside the swap's
+locked transaction on the active site, and by logical subscribers on theirs
+(`tablemig.logical`); `exchange_back` undoes it.
+
+The original becomes the archive, which the mirror trigger writes: its user triggers are
+disabled and its rules dropped there (they are recreated on the live table), so mirrored
+writes fire neither; the swap record keeps each trigger's state for the swap back.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from typing import Any
 
 from psycopg import sql
 
-from .catalog import DependentView, ForeignKey, RuleElsewhere, TableInfo
+from .catalog import DependentView, ForeignKey, PublicationRel, Rule, RuleElsewhere, TableInfo
 from .errors import TablemigError
 from .executor import Executor
 from .names import QualifiedName
@@ -29,7 +34,7 @@ def _repoint_fks(ex: Executor, fks: list[ForeignKey]) -> None:
         ex.run(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(fk.table.ident(),
                                                                    sql.Identifier(fk.name)))
         ex.run(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
-            fk.table.ident(), sql.Identifier(fk.name), sql.SQL(body)))
+            fk.table.ident(), sql.Identifier(fk.name), Fragment(body)))
 
 
 def _recreate_views(ex: Executor, views: list[DependentView]) -> None:
@@ -37,20 +42,27 @@ def _recreate_views(ex: Executor, views: list[DependentView]) -> None:
     to whatever table now has the name."""
     for v in views:
         body = v.definition.rstrip().rstrip(";")
-        opts = (sql.SQL(" WITH ({})").format(sql.SQL(", ").join(sql.SQL(o) for o in v.options))
+        opts = (sql.SQL(" WITH ({})").format(sql.SQL(", ").join(Fragment(o) for o in v.options))
                 if v.options else sql.SQL(""))
         if v.kind == "v":
             ex.run(sql.SQL("CREATE OR REPLACE VIEW {}{} AS {}").format(v.name.ident(), opts,
-                                                                       sql.SQL(body)))
+                                                                       Fragment(body)))
             continue
         ex.run(sql.SQL("DROP MATERIALIZED VIEW {}").format(v.name.ident()))
         ex.run(sql.SQL("CREATE MATERIALIZED VIEW {}{} AS {} WITH DATA").format(
-            v.name.ident(), opts, sql.SQL(body)))
+            v.name.ident(), opts, Fragment(body)))
         ex.run(sql.SQL("ALTER MATERIALIZED VIEW {} OWNER TO {}").format(
             v.name.ident(), sql.Identifier(v.owner)))
         for idx in v.indexes:
-            ex.run(sql.SQL(idx))
+            ex.run(Fragment(idx))
         _grant(ex, v.name, v.acl, "TABLE")
+        # a view replaced in place keeps its comments; a materialized view is a new object
+        if v.comment is not None:
+            ex.run(sql.SQL("COMMENT ON MATERIALIZED VIEW {} IS {}").format(
+                v.name.ident(), sql.Literal(v.comment)))
+        for column, comment in sorted(v.column_comments.items()):
+            ex.run(sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(
+                v.name.ident(), sql.Identifier(column), sql.Literal(comment)))
 
 
 def _recreate_rules(ex: Executor, rules: list[RuleElsewhere]) -> None:
@@ -70,10 +82,14 @@ def _self_references(ex: Executor, info: TableInfo, t: QualifiedName) -> list[di
     definitions name the table, which now is the new one), NOT VALID: validated right after
     the swap like the re-pointed keys (the orphan check ran under the swap's lock)."""
     out = []
+    comments = {c.name: c.comment for c in info.constraints if c.type == "f"}
     for fk in info.self_fks:
         body = fk.definition.removesuffix(" NOT VALID")
         ex.run(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
             t.ident(), sql.Identifier(fk.name), Fragment(body)))
+        if comments.get(fk.name) is not None:
+            ex.run(sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(
+                sql.Identifier(fk.name), t.ident(), sql.Literal(comments[fk.name])))
         out.append({"table": str(t), "name": fk.name, "definition": fk.definition, "validated": fk.validated})
     return out
 
@@ -83,7 +99,7 @@ def _grant(ex: Executor, target: QualifiedName, acl: list[tuple[str, str, bool]]
     for grantee, priv, grantable in acl:
         who = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
         ex.run(sql.SQL("GRANT {} ON {} {} TO {}{}").format(
-            sql.SQL(priv), sql.SQL(kind), target.ident(), who,
+            Fragment(priv), sql.SQL(kind), target.ident(), who,
             sql.SQL(" WITH GRANT OPTION" if grantable else "")))
 
 
@@ -94,7 +110,7 @@ def _column_grants(ex: Executor, info: TableInfo, target: QualifiedName) -> None
     for grantee, priv, grantable, columns in info.column_acl:
         who = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
         ex.run(sql.SQL("GRANT {} ({}) ON TABLE {} TO {}{}").format(
-            sql.SQL(priv), sql.SQL(", ").join(map(sql.Identifier, columns)), target.ident(), who,
+            Fragment(priv), sql.SQL(", ").join(map(sql.Identifier, columns)), target.ident(), who,
             sql.SQL(" WITH GRANT OPTION" if grantable else "")))
 
 
@@ -108,19 +124,31 @@ def _policies(ex: Executor, target: QualifiedName, info: TableInfo) -> None:
     for p in info.policies:
         roles = sql.SQL(", ").join(sql.SQL("PUBLIC") if r == "PUBLIC" else sql.Identifier(r)
                                    for r in p["roles"])
-        q = sql.SQL(" USING ({})").format(sql.SQL(p["qual"])) if p["qual"] else sql.SQL("")
-        c = sql.SQL(" WITH CHECK ({})").format(sql.SQL(p["check"])) if p["check"] else sql.SQL("")
+        q = sql.SQL(" USING ({})").format(Fragment(p["qual"])) if p["qual"] else sql.SQL("")
+        c = sql.SQL(" WITH CHECK ({})").format(Fragment(p["check"])) if p["check"] else sql.SQL("")
         ex.run(sql.SQL("CREATE POLICY {} ON {} AS {} FOR {} TO {}{}{}").format(
             sql.Identifier(p["name"]), target.ident(),
             sql.SQL("PERMISSIVE" if p["permissive"] else "RESTRICTIVE"),
             sql.SQL(cmds[p["cmd"]]), roles, q, c))
+        _comment(ex, "POLICY", p["name"], target, p.get("comment"))
+
+
+# pg_trigger.tgenabled / pg_rewrite.ev_enabled -> the ALTER TABLE clause that sets it
+_ENABLE = {"O": "ENABLE", "D": "DISABLE", "R": "ENABLE REPLICA", "A": "ENABLE ALWAYS"}
+
+
+def _set_enabled(ex: Executor, table: QualifiedName, kind: str, name: str, state: str) -> None:
+    """ALTER TABLE ... {ENABLE | DISABLE | ENABLE REPLICA | ENABLE ALWAYS} {TRIGGER | RULE}."""
+    ex.run(sql.SQL("ALTER TABLE {} {} {} {}").format(
+        table.ident(), sql.SQL(_ENABLE[state]), sql.SQL(kind), sql.Identifier(name)))
 
 
 def _copy_triggers(ex: Executor, info: TableInfo, source: QualifiedName,
-                   target: QualifiedName, target_quoted: str) -> list[str]:
-    """Recreate the user triggers on `target` and disable them on `source` (the archive
-    must not run application triggers on mirrored writes). Returns the disabled ones."""
-    disabled = []
+                   target: QualifiedName, target_quoted: str) -> dict[str, str]:
+    """Recreate the user triggers on `target` in their enable states (disabled, replica,
+    always) and disable them on `source` (the archive must not run application triggers on
+    mirrored writes). Returns the states the disabled ones had on `source`."""
+    disabled: dict[str, str] = {}
     for trg in info.triggers:
         ident = trg.quoted  # read by the inspection: no round trip under the lock
         head = f"CREATE TRIGGER {ident} "
@@ -131,12 +159,39 @@ def _copy_triggers(ex: Executor, info: TableInfo, source: QualifiedName,
         if not sep or anchor in after:
             raise TablemigError(f"cannot re-target trigger {trg.name}: {trg.definition}",
                                 "drop and recreate this trigger by hand after the swap")
-        ex.run(sql.SQL(head + before + " ON " + target_quoted + " " + after))
+        ex.run(Fragment(head + before + " ON " + target_quoted + " " + after))
+        if trg.enabled != "O":  # CREATE TRIGGER makes it fire in origin mode
+            _set_enabled(ex, target, "TRIGGER", trg.name, trg.enabled)
+        _comment(ex, "TRIGGER", trg.name, target, trg.comment)
         if trg.enabled != "D":
-            ex.run(sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(
-                source.ident(), sql.Identifier(trg.name)))
-            disabled.append(trg.name)
+            _set_enabled(ex, source, "TRIGGER", trg.name, "D")
+            disabled[trg.name] = trg.enabled
     return disabled
+
+
+def _move_rules(ex: Executor, info: TableInfo, source: QualifiedName, target: QualifiedName) -> list[str]:
+    """Move the rules of `info`'s table from `source` to `target`, which now has the name
+    the definitions print (a rule on the archive would rewrite mirrored writes: a DO
+    INSTEAD NOTHING would drop them, a DO ALSO would act twice)."""
+    for rule in info.rules:
+        ex.run(sql.SQL("DROP RULE {} ON {}").format(sql.Identifier(rule.name), source.ident()))
+        _create_rule(ex, rule, target)
+    return [r.name for r in info.rules]
+
+
+def _create_rule(ex: Executor, rule: Rule, table: QualifiedName) -> None:
+    """Re-issue `rule` (its definition names the table, which must now be `table`)."""
+    ex.run(Fragment(rule.definition.rstrip().rstrip(";")))  # pg_get_ruledef's text
+    if rule.enabled != "O":
+        _set_enabled(ex, table, "RULE", rule.name, rule.enabled)
+    _comment(ex, "RULE", rule.name, table, rule.comment)
+
+
+def _comment(ex: Executor, kind: str, name: str, table: QualifiedName, comment: str | None) -> None:
+    """COMMENT ON {TRIGGER | RULE | POLICY} name ON table: recreated objects lose theirs."""
+    if comment is not None:
+        ex.run(sql.SQL("COMMENT ON {} {} ON {} IS {}").format(
+            sql.SQL(kind), sql.Identifier(name), table.ident(), sql.Literal(comment)))
 
 
 def _sequences(ex: Executor, old: TableInfo, live: QualifiedName) -> None:
@@ -151,10 +206,18 @@ def _sequences(ex: Executor, old: TableInfo, live: QualifiedName) -> None:
                 " FROM {} s").format(Fragment(seq)), (str(live), column))
 
 
-def move_publications(ex: Executor, pubs: list[str], old: QualifiedName, live: QualifiedName) -> None:
+def move_publications(ex: Executor, pubs: list[PublicationRel], old: QualifiedName,
+                      live: QualifiedName) -> None:
+    """Move publication membership from `old` to `live`, each with its column list and row
+    filter (PostgreSQL 15+)."""
     for pub in pubs:
-        ex.run(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(sql.Identifier(pub), old.ident()))
-        ex.run(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(pub), live.ident()))
+        ex.run(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(sql.Identifier(pub.name), old.ident()))
+        columns = (sql.SQL(" ({})").format(sql.SQL(", ").join(map(sql.Identifier, pub.columns)))
+                   if pub.columns is not None else sql.SQL(""))
+        where = (sql.SQL(" WHERE ({})").format(Fragment(pub.row_filter))  # pg_get_expr's text
+                 if pub.row_filter is not None else sql.SQL(""))
+        ex.run(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}{}{}").format(
+            sql.Identifier(pub.name), live.ident(), columns, where))
 
 
 def _rename_index(ex: Executor, table: QualifiedName, schema: str, constraint: str | None,
@@ -171,7 +234,7 @@ def exchange(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
              outgoing: QualifiedName) -> dict[str, Any]:
     """Rename `t -> outgoing` and `n -> t` and make the new `t` look like the old one
     (index and constraint names, sequences, incoming FKs, views, grants, policies, user
-    triggers, comment). Shared by the active site and logical subscribers."""
+    triggers, rules, comment). Shared by the active site and logical subscribers."""
     schema = t.schema
     ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(t.ident(), sql.Identifier(outgoing.name)))
     ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(n.ident(), sql.Identifier(t.name)))
@@ -192,9 +255,13 @@ def exchange(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
     _column_grants(ex, info, t)
     _policies(ex, t, info)
     disabled = _copy_triggers(ex, info, outgoing, t, ex.text(t.ident()))
+    rules = _move_rules(ex, info, outgoing, t)
     if info.comment is not None:
         ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(t.ident(), sql.Literal(info.comment)))
-    return {"indexes": names, "disabled_triggers": disabled, "self_foreign_keys": self_fks}
+    # disabled_triggers: the names (read by the swap back of older records); trigger_states:
+    # the state each one had, restored by the swap back
+    return {"indexes": names, "disabled_triggers": sorted(disabled), "trigger_states": disabled,
+            "rules_moved": rules, "self_foreign_keys": self_fks}
 
 
 def exchange_back(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
@@ -212,6 +279,10 @@ def exchange_back(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedN
     _recreate_rules(ex, info.rules_elsewhere)
     _grant(ex, t, info.acl)
     _column_grants(ex, info, t)
-    for name in rec.get("disabled_triggers", []):
-        ex.run(sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(t.ident(), sql.Identifier(name)))
+    states = rec.get("trigger_states") or dict.fromkeys(rec.get("disabled_triggers", []), "O")
+    for name, state in states.items():
+        _set_enabled(ex, t, "TRIGGER", name, state)
+    if "rules_moved" in rec:  # older records left the rules on the original
+        for rule in info.rules:  # the live table's rules, as they are now: back to the original
+            _create_rule(ex, rule, t)
     ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(t.ident(), sql.Literal(info.comment)))

@@ -38,12 +38,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .catalog import FAMILY_TRIGGER, TOOL_SCHEMA
 from .errors import TablemigError
 from .names import QualifiedName
 from .sqltext import Fragment
 from .templating import render
 
-FAMILY_TRIGGER = "tablemig_family"
 SAMPLE = 5  # orphan rows named in an error
 
 
@@ -85,6 +85,16 @@ def references(conn: psycopg.Connection[Any], table_oid: int) -> list[Reference]
     return [Reference(r[0], QualifiedName(r[1], r[2]), int(r[3]), tuple(r[6]), tuple(r[7]), bool(r[5]),
                       bool(r[4]), bool(r[8]))
             for r in conn.execute(_REFERENCES, (table_oid,)).fetchall()]
+
+
+def trigger_name_taken(conn: psycopg.Connection[Any], ref: Reference) -> bool:
+    """Does the referencing table have a trigger of its own named FAMILY_TRIGGER (which
+    arming would replace, and disarming drop)?"""
+    return conn.execute(
+        "SELECT 1 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid"
+        " JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE t.tgrelid = %s AND t.tgname = %s AND n.nspname <> %s",
+        (ref.child_oid, FAMILY_TRIGGER, TOOL_SCHEMA)).fetchone() is not None
 
 
 def family_log_name(table_oid: int) -> QualifiedName:

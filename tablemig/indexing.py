@@ -24,6 +24,7 @@ from .replay import log_exists
 from .step_host import StepHost
 from .structure import (
     change_log_name,
+    index_properties_sql,
     index_sql,
     key_constraint_sql,
     key_index,
@@ -214,17 +215,19 @@ class IndexBuild(StepHost):
         return True
 
     def _key_constraints(self, m: dict[str, Any], plan: TablePlan, *, fresh: bool) -> None:
-        """N's (and H's) key constraints on their unique indexes, and the outgoing foreign
-        keys validated. `fresh`: the indexes were built in this transaction, so none of
-        their constraints can exist yet."""
+        """N's (and H's) key constraints on their unique indexes (deferrable as the
+        original's), the indexes' comments, CLUSTER ON and replica identity, and the
+        outgoing foreign keys validated. `fresh`: the indexes were built in this
+        transaction, so none of their constraints can exist yet."""
         for target, tag in state.new_tables(m):
             for idx in [key_index(plan.info), *secondary_indexes(plan.info)]:
                 name = temp_index_name(idx, tag)
-                if idx.constraint_type not in ("p", "u") or (not fresh and self.conn.execute(
+                if idx.constraint_type in ("p", "u") and (fresh or not self.conn.execute(
                         "SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
                         (str(target), name)).fetchone()):
-                    continue
-                for stmt in key_constraint_sql(idx, target, tag):
+                    for stmt in key_constraint_sql(idx, target, tag):
+                        self.ex.run(stmt)
+                for stmt in index_properties_sql(idx, target, tag):  # idempotent
                     self.ex.run(stmt)
             for fk_name, _, _ in plan.info.outgoing_fks:
                 self.ex.run(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(

@@ -65,7 +65,14 @@ from .exchange import exchange, exchange_back
 from .executor import Executor, Recorder
 from .names import QualifiedName
 from .schema import install_schema
-from .structure import create_table_sql, index_sql, secondary_indexes, temp_index_name
+from .structure import (
+    create_table_sql,
+    index_properties_sql,
+    index_sql,
+    key_constraint_sql,
+    secondary_indexes,
+    temp_index_name,
+)
 from .swap import validate_foreign_keys
 
 
@@ -200,6 +207,8 @@ class Subscriber:
                     self.ex.run(stmt)
                 for idx in secondary_indexes(info):
                     self.ex.run(index_sql(info, idx, target, temp_index_name(idx, tag), concurrently=False))
+                    for stmt in [*key_constraint_sql(idx, target, tag), *index_properties_sql(idx, target, tag)]:
+                        self.ex.run(stmt)
         for target, _ in targets:
             for pubname in link.publications:
                 member = pub.conn.execute("SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND"

@@ -12,10 +12,10 @@ import psycopg
 from psycopg import sql
 
 from . import state
-from .catalog import TableInfo, inspect_table, resolve
+from .catalog import FAMILY_TRIGGER, TOOL_TRIGGERS, TableInfo, inspect_table, resolve
 from .cutoff import DATE_TYPES, base_types, read_cutoff, show_cutoff
 from .errors import InputError
-from .families import Reference, references
+from .families import Reference, references, trigger_name_taken
 from .names import QualifiedName, derived_name, quote_ident
 from .resume import AFTER_SWAP, remaining
 from .schema import SCHEMA, install_schema, installed_version
@@ -116,7 +116,9 @@ def dependencies(info: TableInfo) -> dict[str, Any]:
         "rules_writing_the_table": [f"{r.name} on {r.relation}" for r in info.rules_elsewhere],
         "views": [str(v.name) for v in info.views if v.kind == "v"],
         "materialized_views": [str(v.name) for v in info.views if v.kind == "m"],
-        "triggers": [t.name for t in info.triggers],
+        "triggers": [t.name + {"D": " (disabled)", "R": " (replica)", "A": " (always)"}.get(t.enabled, "")
+                     for t in info.triggers],
+        "rules": [r.name for r in info.rules],
         "indexes": [i.name for i in info.indexes],
         "grants": [f"{p} to {g}" for g, p, _ in info.acl],
         "policies": [p["name"] for p in info.policies],
@@ -307,6 +309,9 @@ def _check(conn: psycopg.Connection[Any], plan: TablePlan, resuming: bool) -> No
                      "without a full lock; drop it first or migrate another way")
         if not i.valid:
             w.append(f"index {i.name} is INVALID and is not copied")
+        elif i.tablespace:
+            w.append(f"index {i.name} is in tablespace {i.tablespace}: its copy is built in the "
+                     "database's default tablespace (ALTER INDEX ... SET TABLESPACE after the swap)")
     for ref in plan.references:
         if ref.partitioned and conn.info.server_version < 180000:
             b.append(f"foreign key {ref.name} of the partitioned table {ref.child} references {plan.original}: "
@@ -315,6 +320,10 @@ def _check(conn: psycopg.Connection[Any], plan: TablePlan, resuming: bool) -> No
                      f"{ref.child} under the swap's lock; drop {ref.name} before the migration and add it "
                      "again afterwards, or migrate on PostgreSQL 18")
             continue
+        if not ref.self_ref and trigger_name_taken(conn, ref):
+            b.append(f"trigger {FAMILY_TRIGGER} on {ref.child} has the name of the trigger tablemig puts on the "
+                     f"tables referencing {plan.original} during the swap step; rename it (ALTER TRIGGER "
+                     f"{FAMILY_TRIGGER} ON {ref.child} RENAME TO ...)")
         lost = _orphans_after_swap(conn, plan, ref)
         if lost:
             what = (f"{lost} kept rows of {plan.original} reference rows of it that will be archived"
@@ -340,6 +349,10 @@ def _check(conn: psycopg.Connection[Any], plan: TablePlan, resuming: bool) -> No
             if deps:
                 b.append(f"materialized view {v.name} has dependent views; the swap cannot "
                          "recreate it; drop them first")
+    for trg in info.triggers:  # not tablemig's own: those are left out of the inspection
+        if trg.name in TOOL_TRIGGERS:
+            b.append(f"trigger {trg.name} on {plan.original} has a name tablemig uses for its own "
+                     f"triggers; rename it (ALTER TRIGGER {trg.name} ON {plan.original} RENAME TO ...)")
     if info.bound_functions:
         b.append("functions bound to the table by OID (SQL-standard bodies) would keep reading "
                  f"the archive: {', '.join(info.bound_functions)}; recreate them after the swap "

@@ -77,7 +77,8 @@ def _scalar(v: Any) -> bool:
 
 
 def _flatten(evidence: dict[str, Any]) -> list[tuple[str, str]]:
-    """Scalar evidence values (and scalar members of dicts / short scalar lists), prefixed."""
+    """Scalar evidence values (and scalar members of dicts / short scalar lists), prefixed;
+    the top-level scalars first."""
     out: list[tuple[str, str]] = []
 
     def add(name: str, value: Any, depth: int) -> None:
@@ -91,7 +92,9 @@ def _flatten(evidence: dict[str, Any]) -> list[tuple[str, str]]:
         elif isinstance(value, list | dict):
             out.append((name, f"({len(value)} {'entries' if isinstance(value, list) else 'keys'}; see report.html)"))
 
-    for key, value in evidence.items():
+    # the step's own scalar values first: they survive the cap on properties (MAX_PROPERTIES)
+    # that the members of a large dict would otherwise fill
+    for key, value in sorted(evidence.items(), key=lambda kv: not _scalar(kv[1])):
         add(f"evidence.{key}", value, 0)
     return out
 

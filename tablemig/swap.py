@@ -4,9 +4,12 @@ Forward (`swap`): rename `T -> A` (or `T -> T_backup` in copy mode) and `N -> T`
 the new `T` look like the old one to the application: index/constraint names, sequence
 ownership and position, incoming foreign keys (re-pointed NOT VALID, validated later in
 their own transactions), views and materialized views recreated, grants, RLS policies,
-comment, user triggers and publication membership carried over. The capture trigger goes;
-a mirror trigger on the new `T` keeps the archive equal to what the original would be, so
-rolling back stays lossless until prune.
+comment, user triggers (in their enable states), rules and publication membership (with
+row filters and column lists) carried over. The capture trigger goes; a mirror trigger on
+the new `T` keeps the archive equal to what the original would be, so rolling back stays
+lossless until prune. Last, still under the lock, the live table's inventory is compared
+with the original's (`tablemig.inventory`): any difference but the name rolls the swap
+back, naming the property, and the swap record keeps the comparison for the audit.
 
 Backward (`swap_back`): the same exchange in the other direction, used by rollback.
 
@@ -26,27 +29,26 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 
-from . import state
+from . import inventory, state
 from .autovacuum import AutovacuumPolicy
-from .catalog import TableInfo, inspect_table
+from .catalog import CAPTURE_TRIGGER, GUARD_TRIGGER, MIRROR_TRIGGER, PRUNE_TRIGGER, TableInfo, inspect_table
+from .errors import TablemigError
 from .exchange import exchange, exchange_back, move_publications
 from .executor import Executor
 from .families import OrphanGuard
 from .locking import with_lock_retries
 from .names import QualifiedName
 from .structure import (
-    TRIGGER_PREFIX,
     change_log_name,
+    deferred_names,
     drop_trigger_sql,
     sync_function_sql,
     trigger_sql,
     truncate_guard_sql,
 )
 
-CAPTURE_TRIGGER = TRIGGER_PREFIX + "capture"
-MIRROR_TRIGGER = TRIGGER_PREFIX + "mirror"
-GUARD_TRIGGER = TRIGGER_PREFIX + "no_truncate"
-PRUNE_TRIGGER = TRIGGER_PREFIX + "prune"
+__all__ = ["CAPTURE_TRIGGER", "GUARD_TRIGGER", "MIRROR_TRIGGER", "PRUNE_TRIGGER", "Dependents",
+           "SwapPeer", "SwapResult", "swap", "swap_back", "validate_foreign_keys"]
 
 
 @dataclass
@@ -152,7 +154,8 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
         if guard is not None:  # before anything changes: an orphan rolls this transaction back
             guard.check_locked(conn, t, n)
         fn = QualifiedName("table_migration", f"mirror_{m['table_oid']}")
-        mirror = sync_function_sql(info, fn, "mirror", outgoing, search_path=search_path)
+        mirror = sync_function_sql(info, fn, "mirror", outgoing, search_path=search_path,
+                                   defer=deferred_names(info, outgoing.schema, "a"))
         with ex.batched():  # the DDL in as few round trips as its reads allow
             if guard is not None:
                 for stmt in guard.disarm_sql():
@@ -165,7 +168,7 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
             ex.run(sql.SQL("DROP TABLE IF EXISTS {}").format(change_log_name(int(m["table_oid"])).ident()))
             record = exchange(ex, info, t, n, outgoing)
             if not peers:  # a managed subscriber keeps both tables published (see tablemig.logical)
-                move_publications(ex, info.publications, outgoing, t)
+                move_publications(ex, info.publication_rels, outgoing, t)
             ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(outgoing.ident(), sql.Literal(
                 f"tablemig: original {t} (all rows) before the swap; cutoff {m['cutoff']} on "
                 f"{m['date_column']}")))
@@ -173,6 +176,9 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
             for stmt in trigger_sql(t, MIRROR_TRIGGER, fn):
                 ex.run(stmt)
             ex.run(truncate_guard_sql(t))
+        before = inventory.of(info)
+        record["inventory"] = _same_inventory(conn, before, t, n, m)
+        record["inventory_before"] = before  # for the checks after it (EX-4.1, RB-1)
         record |= {"foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks]
                    + record.pop("self_foreign_keys", []),
                    "views": [str(v.name) for v in info.views], "publications": info.publications,
@@ -196,6 +202,23 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
                            " swap_lsn = pg_current_wal_insert_lsn(), updated_at = now()"
                            " WHERE table_name = %s RETURNING swap_lsn::text", (hold, used, str(t))).fetchone()[0])
     return SwapResult(used, hold, lsn, record, log)
+
+
+def _same_inventory(conn: psycopg.Connection[Any], before: inventory.Inventory, t: QualifiedName,
+                    n: QualifiedName, m: dict[str, Any]) -> str:
+    """Under the swap's lock: the live table's inventory must be the original's (`before`,
+    read under the same lock) but for the name. A difference raises, which rolls the swap
+    back: nothing changes, and the error names each property."""
+    diffs = inventory.differences(before, inventory.read(conn, t, list(m["key_columns"])),
+                                  pending_validation=True)
+    if diffs:
+        raise TablemigError(
+            f"swap of {t}: the live table would differ from the original ({'; '.join(diffs)}); "
+            "the swap was rolled back, nothing was changed",
+            f"a property changed on {t} during the migration (or tablemig cannot carry it): make the same "
+            f"change on {n} and rerun (the migration resumes at the swap), or roll back (tablemig "
+            "rollback) and migrate again")
+    return inventory.summary(diffs)
 
 
 def swap_back(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
@@ -222,7 +245,7 @@ def swap_back(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: i
                 QualifiedName("table_migration", f"mirror_{m['table_oid']}").ident()))
             exchange_back(ex, info, t, n, outgoing, rec)
             if not peers:
-                move_publications(ex, info.publications, n, t)
+                move_publications(ex, info.publication_rels, n, t)
             ex.run(sql.SQL("DROP TABLE {}").format(n.ident()))
         for p in peers:
             p.prepare_swap(m, back=True)

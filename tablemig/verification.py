@@ -30,6 +30,7 @@ from .settings import Settings
 from .step_host import StepHost
 from .structure import (
     change_log_name,
+    deferred_names,
     sync_function_sql,
 )
 
@@ -266,7 +267,9 @@ def direct_capture_sql(m: dict[str, Any], plan: TablePlan, *, family: QualifiedN
                              QualifiedName(m["schema_name"], m["new_name"]), history,
                              date_column=m["date_column"], date_type=m["date_type"], cutoff=m["cutoff"],
                              search_path=plan.search_path, family=family, source=plan.original,
-                             self_refs=[(r.child_columns, r.parent_columns) for r in refs if r.self_ref])
+                             self_refs=[(r.child_columns, r.parent_columns) for r in refs if r.self_ref],
+                             defer=[*deferred_names(plan.info, m["schema_name"], "n"),
+                                    *(deferred_names(plan.info, history.schema, "h") if history else [])])
 
 
 def _close_when_open(pending: Future[psycopg.Connection[Any]]) -> None:

@@ -133,3 +133,17 @@ def test_an_orphan_found_before_the_lock_refuses_the_swap(fresh_db: Any) -> None
     assert "new table dropped" in tablemig("rollback", "--dsn", fresh_db.dsn, "--table", "public.t").stdout
     with fresh_db.connect() as conn:
         assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tablemig%'").fetchone() == (0,)
+
+
+def test_a_referencing_table_with_a_trigger_named_like_the_orphan_checks_is_refused(fresh_db: Any) -> None:
+    """The swap step arms its orphan check with a trigger named tablemig_family on each
+    referencing table (CREATE OR REPLACE): a user trigger of that name there would be
+    replaced, then dropped. The plan refuses before anything changes."""
+    with fresh_db.connect() as conn:
+        conn.execute(SETUP)
+        conn.execute("CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$;"
+                     " CREATE TRIGGER tablemig_family AFTER INSERT ON c FOR EACH ROW EXECUTE FUNCTION noop()")
+    spec = TableSpec("public.t", "d", cutoff="2024-06-01")
+    with Migration(fresh_db.dsn, spec, progress=lambda p: None) as mig:
+        blockers = mig.plan().blockers
+    assert any("trigger tablemig_family on public.c" in b and "rename it" in b for b in blockers), blockers

@@ -74,10 +74,13 @@ def test_rollback_after_swap_keeps_every_write_made_since(fresh_db: Any) -> None
     _catalog_clean(fresh_db)
 
 
-def test_prune_leaves_disjoint_live_and_archive_and_rollback_restores(fresh_db: Any) -> None:
+@pytest.mark.parametrize("deferrable", [False, True], ids=["key", "deferrable_key"])
+def test_prune_leaves_disjoint_live_and_archive_and_rollback_restores(fresh_db: Any, deferrable: bool) -> None:
+    """With a DEFERRABLE key the restore copies without ON CONFLICT (it cannot name such a
+    key): it locks the batch's rows first and skips the keys the mirror wrote meanwhile."""
     with fresh_db.connect() as conn:
-        create_events(conn, ROWS)
-    with Writers(fresh_db.dsn, ROWS) as w, _mig(fresh_db) as mig:
+        create_events(conn, ROWS, deferrable=deferrable)
+    with Writers(fresh_db.dsn, ROWS, deferrable=deferrable) as w, _mig(fresh_db) as mig:
         mig.run("verified")
         w.begin_swap()
         mig.swap()
@@ -95,7 +98,7 @@ def test_prune_leaves_disjoint_live_and_archive_and_rollback_restores(fresh_db: 
     with fresh_db.connect() as conn:
         d = diff(conn, f"(SELECT * FROM events UNION ALL SELECT * FROM {archive}) u", "events_twin")
         assert d["only_left"] == 0 and d["only_right"] == 0, d
-    with Writers(fresh_db.dsn, ROWS) as w2, _mig(fresh_db) as mig:
+    with Writers(fresh_db.dsn, ROWS, deferrable=deferrable) as w2, _mig(fresh_db) as mig:
         w2.begin_swap()
         assert mig.rollback() == "swapped back"
         time.sleep(0.2)

@@ -11,6 +11,10 @@ both ways, change primary keys and delete rows anywhere (also rows the backfill 
 reached). Once `swapping` is set they keep to what an application does with the live table
 after the swap: no history rows and no moves below the cutoff (those rows are not in the
 live table any more, by design).
+
+With `identity` the key is `GENERATED ALWAYS AS IDENTITY`: the writers insert without a key
+and change keys with `UPDATE ... SET id = DEFAULT` (the twin's key is a plain column that
+takes the values the table returned).
 """
 
 from __future__ import annotations
@@ -30,14 +34,22 @@ BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 CUTOFF = BASE + dt.timedelta(days=300)  # rows are spread over 365 days, newest ~18 % kept
 
 
-def create_events(conn: psycopg.Connection[Any], rows: int, table: str = "events") -> None:
-    """`events` and its twin: ids ascend with d, ~18 % of rows on or after CUTOFF."""
+def create_events(conn: psycopg.Connection[Any], rows: int, table: str = "events", *,
+                  deferrable: bool = False, identity: bool = False) -> None:
+    """`events` and its twin: ids ascend with d, ~18 % of rows on or after CUTOFF.
+    `deferrable`: the primary keys are DEFERRABLE (see Writers' key swaps). `identity`: the
+    table's key is GENERATED ALWAYS AS IDENTITY, continuing at rows * 10."""
+    key = "PRIMARY KEY DEFERRABLE" if deferrable else "PRIMARY KEY"
     for name in (table, f"{table}_twin"):
+        generated = " GENERATED ALWAYS AS IDENTITY" if identity and name == table else ""
         conn.execute(f"DROP TABLE IF EXISTS {name}")
-        conn.execute(f"CREATE TABLE {name} (id bigint PRIMARY KEY, d timestamptz NOT NULL,"
+        conn.execute(f"CREATE TABLE {name} (id bigint{generated} {key}, d timestamptz NOT NULL,"
                      " v integer NOT NULL, payload text)")
-        conn.execute(f"INSERT INTO {name} SELECT g, %s::timestamptz + (g * 365.0 / %s) * interval '1 day',"
+        conn.execute(f"INSERT INTO {name}{' OVERRIDING SYSTEM VALUE' if generated else ''}"
+                     " SELECT g, %s::timestamptz + (g * 365.0 / %s) * interval '1 day',"
                      " g %% 1000, 'row ' || g FROM generate_series(1, %s) g", (BASE, rows, rows))
+    if identity:
+        conn.execute(f"ALTER TABLE {table} ALTER COLUMN id RESTART WITH {rows * 10}")
     conn.execute(f"CREATE INDEX {table}_d_idx ON {table} (d)")
     conn.execute(f"CREATE SEQUENCE IF NOT EXISTS {table}_ids START {rows * 10}")
     conn.execute(f"ANALYZE {table}")
@@ -46,15 +58,24 @@ def create_events(conn: psycopg.Connection[Any], rows: int, table: str = "events
 @dataclass
 class WriterStats:
     ops: dict[str, int] = field(default_factory=dict)
+    ops_after_swap: dict[str, int] = field(default_factory=dict)  # chosen once `swapping` was set
     errors: dict[str, int] = field(default_factory=dict)
     max_latency_s: float = 0.0
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (start, seconds)
 
 
 class Writers:
+    """`deferrable` (the table's key is DEFERRABLE): the writers also exchange the keys of
+    two rows in one statement, and insert a row under a taken key that they re-key before
+    commit (SET CONSTRAINTS ALL DEFERRED): transient duplicates the migration must mirror.
+    `identity` (the key is GENERATED ALWAYS AS IDENTITY, see create_events): keys come from
+    the table's identity, on insert and on a key change (SET id = DEFAULT)."""
+
     def __init__(self, dsn: str, rows: int, *, table: str = "events", threads: int = 3,
-                 seed: int = 7) -> None:
+                 seed: int = 7, deferrable: bool = False, identity: bool = False) -> None:
+        assert not (deferrable and identity), "the deferrable key's operations set keys explicitly"
         self.dsn, self.rows, self.table, self.n = dsn, rows, table, threads
+        self.deferrable, self.identity = deferrable, identity
         self.stop = threading.Event()
         self.swapping = threading.Event()
         self.stats = WriterStats()
@@ -98,7 +119,8 @@ class Writers:
         rnd = random.Random(seed)
         with connect(self.dsn, application_name="twin-writer") as conn:
             while not self.stop.is_set():
-                if self.swapping.is_set():
+                after_swap = self.swapping.is_set()
+                if after_swap:
                     with self._lock:
                         self._in_swap_mode.add(index)
                 op = self._choose(rnd)
@@ -107,6 +129,8 @@ class Writers:
                     with conn.transaction():
                         getattr(self, f"_op_{op}")(conn, rnd)
                     self._count(self.stats.ops, op)
+                    if after_swap:
+                        self._count(self.stats.ops_after_swap, op)
                 except psycopg.errors.LockNotAvailable:
                     self._count(self.stats.errors, "lock_not_available")
                 except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected,
@@ -119,12 +143,13 @@ class Writers:
                 time.sleep(rnd.random() * 0.002)
 
     def _choose(self, rnd: random.Random) -> str:
+        extra = ["swap_keys", "duplicate_rekeyed"] if self.deferrable else []
         if self.swapping.is_set():
             return rnd.choice(["insert_recent", "update_recent", "delete_recent",
-                               "move_up", "pk_recent"])
+                               "move_up", "pk_recent", *extra])
         return rnd.choice(["insert_recent", "insert_old", "update_recent", "update_old",
                            "move_up", "move_down", "pk_recent", "pk_old", "delete_recent",
-                           "delete_old", "delete_any"])
+                           "delete_old", "delete_any", *extra])
 
     # -- helpers --------------------------------------------------------------------------
     def _recent_id(self, rnd: random.Random) -> int:
@@ -149,7 +174,8 @@ class Writers:
 
     # -- operations -----------------------------------------------------------------------
     def _insert(self, conn: psycopg.Connection[Any], d: dt.datetime, rnd: random.Random) -> None:
-        row = conn.execute(f"INSERT INTO {self.table} VALUES (nextval('{self.table}_ids'), %s, %s, %s)"
+        key = "DEFAULT" if self.identity else f"nextval('{self.table}_ids')"
+        row = conn.execute(f"INSERT INTO {self.table} VALUES ({key}, %s, %s, %s)"
                            " RETURNING id, d, v, payload",
                            (d, rnd.randint(0, 10**6), f"ins {rnd.random()}")).fetchone()
         conn.execute(f"INSERT INTO {self.table}_twin VALUES (%s, %s, %s, %s)", row)
@@ -175,7 +201,8 @@ class Writers:
                      (CUTOFF - dt.timedelta(days=rnd.uniform(1, 30)),))
 
     def _pk(self, conn: psycopg.Connection[Any], ident: int) -> None:
-        rows = conn.execute(f"UPDATE {self.table} SET id = nextval('{self.table}_ids') WHERE id = %s"
+        key = "DEFAULT" if self.identity else f"nextval('{self.table}_ids')"
+        rows = conn.execute(f"UPDATE {self.table} SET id = {key} WHERE id = %s"
                             " RETURNING id, d, v, payload", (ident,)).fetchall()
         self._mirror(conn, rows, [ident] * len(rows))
 
@@ -199,6 +226,33 @@ class Writers:
     def _op_delete_any(self, conn: psycopg.Connection[Any], rnd: random.Random) -> None:
         # the newest rows are copied last: deleting them races the backfill
         self._delete(conn, self.rows - rnd.randint(0, self.rows // 20))
+
+
+    # -- with a DEFERRABLE key -------------------------------------------------------------
+    def _op_swap_keys(self, conn: psycopg.Connection[Any], rnd: random.Random) -> None:
+        """Two rows exchange their keys in one statement (a duplicate until its end)."""
+        pick = self._recent_id if self.swapping.is_set() else (
+            lambda r: r.randint(1, self.rows))
+        a, b = pick(rnd), pick(rnd)
+        swap = "UPDATE {} SET id = CASE id WHEN %s THEN %s ELSE %s END WHERE id IN ({})"
+        rows = conn.execute(swap.format(self.table, "%s, %s") + " RETURNING id", (a, b, a, a, b)).fetchall()
+        # the twin changes exactly the rows the table changed (after the swap a row may be
+        # history, which the live table does not hold)
+        moved = [b if new == a else a for (new,) in rows]
+        if moved:
+            conn.execute(swap.format(f"{self.table}_twin", ", ".join(["%s"] * len(moved))), (a, b, a, *moved))
+
+    def _op_duplicate_rekeyed(self, conn: psycopg.Connection[Any], rnd: random.Random) -> None:
+        """A row inserted under a key another row has, and given its own key before commit."""
+        taken = self._recent_id(rnd)
+        conn.execute("SET CONSTRAINTS ALL DEFERRED")
+        marker = f"dup {rnd.random()}"
+        row = conn.execute(f"INSERT INTO {self.table} VALUES (%s, %s, %s, %s) RETURNING id, d, v, payload",
+                           (taken, CUTOFF + dt.timedelta(days=rnd.uniform(1, 60)), 0, marker)).fetchone()
+        conn.execute(f"INSERT INTO {self.table}_twin VALUES (%s, %s, %s, %s)", row)
+        new = conn.execute(f"SELECT nextval('{self.table}_ids')").fetchone()
+        for name in (self.table, f"{self.table}_twin"):
+            conn.execute(f"UPDATE {name} SET id = %s WHERE payload = %s", (new[0] if new else None, marker))
 
 
 def diff(conn: psycopg.Connection[Any], left: str, right: str, where: str = "true") -> dict[str, int]:

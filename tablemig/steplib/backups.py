@@ -304,6 +304,9 @@ def pre_2_4_rollback_plan_executable(ctx: StepContext) -> None:
             ctx.evidence(**{str(plan.original): f"{note(plan.resumed_state)}: the migration is under way, its "
                                                 "rollback is RB-1's (tablemig rollback)"})
             continue
+        if plan.blockers:  # refused at its EX-2.1, before anything changes; the others go on
+            ctx.evidence(**{str(plan.original): "not rehearsed, blockers: " + "; ".join(plan.blockers)})
+            continue
         user = conn.execute("SELECT current_user").fetchone()
         fn = plan.function_name("capture")
         stmts = [*create_table_sql(plan.info, plan.new, user[0] if user else ""),

@@ -6,7 +6,7 @@ from typing import Any
 
 from psycopg import sql
 
-from .. import probes
+from .. import inventory, probes
 from ..db import read_snapshot
 from ..names import QualifiedName
 from ..reconcile import Reconciler, Side
@@ -187,7 +187,8 @@ def ex_2_2_execute_migration(ctx: StepContext) -> None:
     # migration rested for them (tablemig.pacing)
     ctx.evidence(state=final["state"], timings=mig.timings, rows_copied=final["rows_copied"],
                  swap_attempts=final["swap_attempts"], lock_hold_ms=final["lock_hold_ms"],
-                 pacing=mig.pacer.summary(), progress=[list(map(str, r)) for r in progress])
+                 pacing=mig.pacer.summary(), progress=[list(map(str, r)) for r in progress],
+                 inventory=(final.get("swap_record") or {}).get("inventory"))
     assert final["state"] in AFTER_SWAP, f"state is {final['state']}"
 
 
@@ -242,6 +243,7 @@ def ex_4_1_data_integrity(ctx: StepContext) -> None:
         summary = probes.validation_summary(conn, {"New Table (live)": live, "Archive Table": archive},
                                             m["date_column"])
         _pruned_integrity(ctx, m, live, archive, summary)
+        _inventory_evidence(ctx, _fidelity(conn, m, live), m)
         return
     plan = mig.plan_for_state(m)
     types = {c.name: c.type for c in plan.info.columns}
@@ -261,6 +263,7 @@ def ex_4_1_data_integrity(ctx: StepContext) -> None:
     assert row is not None
     live_n, history_n, original_n = row
     ctx.table.facts["reconciliation"] = [s.to_row() for s in segs]
+    fidelity = _fidelity(conn, m, live)
     ctx.evidence(validation_summary=summary, total_after_migration=live_n + history_n,
                  original_count=original_n, segments=len(segs),
                  mismatching_segments=[s.index for s in segs if not s.match],
@@ -270,6 +273,7 @@ def ex_4_1_data_integrity(ctx: StepContext) -> None:
     assert all(s.match for s in segs), "segment checksums differ between live table and archive"
     assert undated is not None and undated[1] == 0, (
         f"{undated and undated[1]} live rows dated before the cutoff have no equal copy in the archive")
+    _inventory_evidence(ctx, fidelity, m)
 
 
 def _undated_copies_sql(rec: Reconciler, live: QualifiedName, archive: QualifiedName, date_column: str,
@@ -316,6 +320,22 @@ def _pruned_integrity(ctx: StepContext, m: dict[str, Any], live: QualifiedName, 
     assert both == 0, f"{both} keys are in the live table and in the archive after prune"
 
 
+def _fidelity(conn: Any, m: dict[str, Any], table: QualifiedName) -> list[str] | None:
+    """The differences between the original's inventory, recorded by the swap, and `table`'s
+    now (None: the swap recorded none)."""
+    before = (m["swap_record"] or {}).get("inventory_before")
+    if before is None:
+        return None
+    return inventory.differences(before, inventory.read(conn, table, list(m["key_columns"])))
+
+
+def _inventory_evidence(ctx: StepContext, fidelity: list[str] | None, m: dict[str, Any]) -> None:
+    """EX-4.1's inventory comparison: recorded, and any difference fails the step."""
+    ctx.evidence(inventory=inventory.summary(fidelity) if fidelity is not None else "not recorded by the swap",
+                 inventory_at_swap=(m["swap_record"] or {}).get("inventory"))
+    assert not fidelity, f"the live table differs from the original: {inventory.summary(fidelity or [])}"
+
+
 def rb_1_immediate_rollback(ctx: StepContext) -> None:
     """RB-1 Immediate rollback: drop the triggers, swap back (the archive was kept current),
     re-enable the original table, notify."""
@@ -340,9 +360,12 @@ def rb_1_immediate_rollback(ctx: StepContext) -> None:
     rows_after = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(live.ident())).fetchone()
     gone = conn.execute("SELECT to_regclass(%s), to_regclass(%s)",
                         (str(archive), str(QualifiedName(m["schema_name"], m["new_name"])))).fetchone()
+    fidelity = _fidelity(conn, m, live) if done == "swapped back" else None
     ctx.evidence(action=done, rows_before=rows_before and rows_before[0], rows_after=rows_after and rows_after[0],
-                 table_oid_before=before and before[0], table_oid_after=after and after[0])
+                 table_oid_before=before and before[0], table_oid_after=after and after[0],
+                 **({"inventory": inventory.summary(fidelity)} if fidelity is not None else {}))
     assert before is not None and after is not None and before[0] == after[0], (
         f"{live} after the rollback is not the original table (oid {after and after[0]}, the original's was "
         f"{before and before[0]})")
     assert gone == (None, None), f"leftovers after rollback: {gone}"
+    assert not fidelity, f"the restored original differs from before the swap: {inventory.summary(fidelity or [])}"

@@ -42,6 +42,8 @@ def rb_2_partial_rollback(ctx: StepContext) -> None:
 
     def rehearse(_locked_at: float) -> dict[str, Any]:
         conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(live.ident()))
+        for rule in plan.info.rules:  # a DO INSTEAD NOTHING rule would swallow the restore's DELETE
+            conn.execute(sql.SQL("ALTER TABLE {} DISABLE RULE {}").format(live.ident(), sql.Identifier(rule.name)))
         sample = conn.execute(sql.SQL("SELECT {k} FROM {t} WHERE {ok} ORDER BY {k} DESC LIMIT 100").format(
             k=key, t=live.ident(), ok=probes.rewritable(conn, live))).fetchall()
         keys[:] = [[str(v) for v in r] for r in sample]
@@ -55,14 +57,18 @@ def rb_2_partial_rollback(ctx: StepContext) -> None:
                              bounds)
         return {"rows_restored": restored, "segments_equal": all(s.match for s in segs)}
 
-    # rolled back; disabling the triggers takes SHARE ROW EXCLUSIVE: through the lock helper.
-    # The checksums under that lock read the whole table, as before: no statement_timeout.
-    done, _, _ = with_lock_retries(conn, f"RB-2 rehearsal on {live}", [live], rehearse, mode="SHARE ROW EXCLUSIVE",
+    # rolled back; disabling the triggers takes SHARE ROW EXCLUSIVE, disabling a rule ACCESS
+    # EXCLUSIVE (what the real procedure takes too): through the lock helper. The checksums
+    # under that lock read the whole table, as before: no statement_timeout.
+    mode = "ACCESS EXCLUSIVE" if plan.info.rules else "SHARE ROW EXCLUSIVE"
+    done, _, _ = with_lock_retries(conn, f"RB-2 rehearsal on {live}", [live], rehearse, mode=mode,
                                    rehearse=True, statement_timeout="0", **Settings.current(conn).lock_options())
     done.pop("lock_hold_ms", None)
-    ctx.evidence(**done, procedure=["ALTER TABLE T DISABLE TRIGGER USER",
+    ctx.evidence(**done, procedure=["ALTER TABLE T DISABLE TRIGGER USER (and DISABLE RULE for each rule of T)",
                                     "restore the affected recent rows from the original (tablemig verify repairs)",
-                                    "ALTER TABLE T ENABLE TRIGGER USER", "compare segment checksums"],
+                                    "ALTER TABLE T ENABLE TRIGGER USER, then give each trigger and rule its own "
+                                    "state again (DISABLE / ENABLE REPLICA / ENABLE ALWAYS, as before)",
+                                    "compare segment checksums"],
                  note="rehearsed inside a transaction that was rolled back")
     assert done["rows_restored"] == len(keys)
 

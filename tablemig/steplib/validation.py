@@ -152,11 +152,19 @@ def ex_4_3_application_testing(ctx: StepContext) -> None:
     for v in (m["swap_record"] or {}).get("views", []):
         n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(QualifiedName.parse(v).ident())).fetchone()
         results.setdefault("views", {})[v] = n and n[0]
-    with conn.transaction(force_rollback=True):
+    match = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in m["key_columns"])
+    rules = [r for (r,) in conn.execute("SELECT rulename FROM pg_rewrite WHERE ev_class = %s::regclass"
+                                        " AND rulename <> '_RETURN' ORDER BY rulename", (str(live),)).fetchall()]
+
+    def write_through(_locked_at: float = 0.0) -> dict[str, Any]:
+        # the mirror trigger is under test, not the table's own rules (a DO INSTEAD NOTHING
+        # rule on DELETE is the application's choice): they are disabled in this rolled-back
+        # transaction
+        for rule in rules:
+            conn.execute(sql.SQL("ALTER TABLE {} DISABLE RULE {}").format(live.ident(), sql.Identifier(rule)))
         first = conn.execute(sql.SQL("SELECT {k} FROM {t} WHERE {ok} ORDER BY {k} DESC LIMIT 1").format(
             k=key, t=live.ident(), ok=probes.rewritable(conn, live))).fetchone()
         assert first is not None
-        match = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in m["key_columns"])
         conn.execute(sql.SQL("UPDATE {} SET {d} = {d} WHERE {m}").format(
             live.ident(), d=sql.Identifier(m["date_column"]), m=match), first)
         mirrored = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(archive.ident(), match),
@@ -164,23 +172,41 @@ def ex_4_3_application_testing(ctx: StepContext) -> None:
         conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(live.ident(), match), first)
         gone = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(archive.ident(), match),
                             first).fetchone()
-        results["write_through_triggers"] = {"updated_key": list(map(str, first)),
-                                             "in_archive_after_update": mirrored and mirrored[0],
-                                             "in_archive_after_delete": gone and gone[0]}
+        return {"updated_key": list(map(str, first)), "in_archive_after_update": mirrored and mirrored[0],
+                "in_archive_after_delete": gone and gone[0]}
+
+    if rules:  # DISABLE RULE takes ACCESS EXCLUSIVE: through the lock helper, for a short probe
+        done, _, _ = with_lock_retries(conn, f"EX-4.3 write probe on {live}", [live], write_through,
+                                       rehearse=True, **Settings.current(conn).lock_options())
+        done.pop("lock_hold_ms", None)
+    else:
+        with conn.transaction(force_rollback=True):
+            done = write_through()
+    results["write_through_triggers"] = done
     errors = {}
     with conn.transaction(force_rollback=True):
         try:
             with conn.transaction():
+                # a DEFERRABLE key would only refuse it at commit
+                conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
                 conn.execute(sql.SQL("INSERT INTO {t} SELECT * FROM {t} LIMIT 1").format(t=live.ident()))
             errors["duplicate_key"] = "accepted (unexpected)"
         except psycopg.Error as exc:
             errors["duplicate_key"] = f"refused: {exc.diag.message_primary}"
+
+    def truncate(_locked_at: float) -> dict[str, Any]:
         try:
             with conn.transaction():
                 conn.execute(sql.SQL("TRUNCATE {}").format(live.ident()))
-            errors["truncate"] = "allowed (no mirror trigger: after prune)"
+            return {"truncate": "allowed (no mirror trigger: after prune)"}
         except psycopg.Error as exc:
-            errors["truncate"] = f"refused: {exc.diag.message_primary}"
+            return {"truncate": f"refused: {exc.diag.message_primary}"}
+
+    # TRUNCATE takes ACCESS EXCLUSIVE before its guard trigger refuses it: through the lock
+    # helper, rolled back
+    tried, _, _ = with_lock_retries(conn, f"EX-4.3 TRUNCATE probe on {live}", [live], truncate, rehearse=True,
+                                    **Settings.current(conn).lock_options())
+    errors["truncate"] = tried["truncate"]
     results["error_handling"] = errors
     sb = ctx.request.getfixturevalue("sandbox")
     results["failover"] = ("rehearsed on a promoted copy of the standby (see tablemig.failover)"
