@@ -134,6 +134,10 @@ def test_lag_checks_wait_out_a_burst_and_refuse_a_standby_that_stays_behind(priv
         assert rows and waited < 5 and not limit.exceeded(rows[0]["lag_bytes"], rows[0]["lag_seconds"])
         _pause_replay(p)
         try:
+            # a durable commit: the sandbox commits asynchronously, and WAL still in the
+            # server's buffers is not yet behind the standby (pg_current_wal_lsn is the write
+            # position)
+            a.execute("SET synchronous_commit = on")
             a.execute("CREATE TABLE IF NOT EXISTS lag_probe (x int)")
             a.execute("INSERT INTO lag_probe SELECT g FROM generate_series(1, 20000) g")
             # behind and staying behind: the last sample is over the limit after the wait
