@@ -26,8 +26,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tablemig.db import connect
-from tablemig.replication import wait_for_replay
+from tablemig.pg.connect import connect
+from tablemig.pg.replication import wait_for_replay
 
 
 def with_dbname(dsn: str, dbname: str) -> str:

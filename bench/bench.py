@@ -4,7 +4,7 @@ naive DELETE + VACUUM FULL, on a production-like (durable) PostgreSQL.
 
 What it does
 ------------
-1. Starts its own sandbox (primary + streaming standby, `tablemig.sandbox`) with durable
+1. Starts its own sandbox (primary + streaming standby, `tablemig.sandbox.cluster`) with durable
    settings: fsync=on, full_page_writes=on, synchronous_commit=on, wal_compression=off,
    shared_buffers=2GB, maintenance_work_mem=512MB, max_wal_size=8GB,
    checkpoint_timeout=30min. `--reuse-dsn DSN` uses an existing server instead (its
@@ -21,7 +21,7 @@ What it does
      kept rows; ADD PRIMARY KEY; the two secondary indexes. Elapsed and WAL bytes.
    * naive: DELETE FROM orders WHERE created_date < cutoff; VACUUM FULL orders. Elapsed,
      WAL bytes, exclusive lock hold (= the VACUUM FULL duration).
-   * tablemig: the real CLI `python -m tablemig.cli migrate ... --retention R` in a
+   * tablemig: the real CLI `python -m tablemig.cli.main migrate ... --retention R` in a
      subprocess. Wall time, WAL bytes, core time (capture+backfill+index+replay+verify+swap
      from its JSON timings; replay = draining the change log and the switch to direct
      capture), every timing, lock_hold_ms, and the peak RSS of that process (ru_maxrss
@@ -99,7 +99,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tablemig.db import connect
+from tablemig.pg.connect import connect
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -323,7 +323,7 @@ def stop_children() -> None:
 
 
 def tablemig_cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tablemig.cli", *args]
+    return [sys.executable, "-m", "tablemig.cli.main", *args]
 
 
 def tail(path: Path, n: int = 15) -> str:
@@ -1096,8 +1096,8 @@ def print_trigger(t: dict[str, Any], a: argparse.Namespace) -> None:
 def phase_explain(srv: Server, src: str, cut: dict[str, Any], a: argparse.Namespace,
                   workdir: Path) -> dict[str, Any]:
     """EXPLAIN (ANALYZE, BUFFERS) of a first and a middle bulk-load chunk, rolled back."""
-    from tablemig.engine import Migration
-    from tablemig.spec import TableSpec
+    from tablemig.config.spec import TableSpec
+    from tablemig.lifecycle.driver import Migration
 
     db = "bench_explain"
     srv.copy(src, db)
@@ -1114,7 +1114,7 @@ def phase_explain(srv: Server, src: str, cut: dict[str, Any], a: argparse.Namesp
             _, job, _ = mig._jobs(m)[0]  # noqa: SLF001
             c = mig.conn
             plan = mig.plan()
-            from tablemig.backfill import chunk_sql, plan_chunks
+            from tablemig.lifecycle.backfill import chunk_sql, plan_chunks
             split = DATE_COLUMN if plan.order_by_date else plan.key[0]
             split_type = (plan.date_type if plan.order_by_date
                           else {col.name: col.type for col in plan.info.columns}[split])
@@ -1149,9 +1149,9 @@ def print_explain(ex: dict[str, Any]) -> None:
 def phase_profile(srv: Server, src: str, cut: dict[str, Any], a: argparse.Namespace
                   ) -> dict[str, Any]:
     """One migration in-process with a statement recorder: slowest statements per step."""
-    from tablemig.engine import Migration
-    from tablemig.executor import Recorder
-    from tablemig.spec import TableSpec
+    from tablemig.config.spec import TableSpec
+    from tablemig.lifecycle.driver import Migration
+    from tablemig.lifecycle.executor import Recorder
 
     db = "bench_profile"
     srv.copy(src, db)
@@ -1324,12 +1324,12 @@ def main(argv: list[str] | None = None) -> int:
     t_total = time.perf_counter()
     try:
         if a.reuse_dsn:
-            from tablemig.pgbin import find_pg_bin
+            from tablemig.pg.binaries import find_pg_bin
 
             srv = Server(a.reuse_dsn, find_pg_bin())
             results["server"] = {"kind": "reused", "dsn": a.reuse_dsn}
         else:
-            from tablemig.sandbox import start_sandbox
+            from tablemig.sandbox.cluster import start_sandbox
 
             root = Path(a.sandbox_dir or f"/tmp/tablemig-bench-{os.getpid()}")
             t0 = time.perf_counter()

@@ -13,9 +13,9 @@ its docstring is the item's text and its body calls the library step that does i
 
 from __future__ import annotations
 
-from tablemig.plan import Attestation, Contact, PlanConfig, TableConfig, Window, step  # noqa: F401
-from tablemig.steplib.registry import STEPS
-from tablemig.steps import StepContext
+from tablemig.checklist.registry import STEPS
+from tablemig.config.plan import Attestation, Contact, PlanConfig, TableConfig, Window, step  # noqa: F401
+from tablemig.plugin.steps import StepContext
 
 PLAN = PlanConfig(
     name='orders_migration',

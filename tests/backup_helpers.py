@@ -16,15 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tablemig.sandbox import Sandbox, start_sandbox
+from tablemig.sandbox.cluster import Sandbox, start_sandbox
 
 T = TypeVar("T")
 V15 = Path("/usr/lib/postgresql/15/bin")
 
 PLAN = '''"""A plan of a few checklist steps (written by a test)."""
-from tablemig.plan import PlanConfig, TableConfig, step
-from tablemig.steplib.registry import STEPS
-from tablemig.steps import StepContext
+from tablemig.config.plan import PlanConfig, TableConfig, step
+from tablemig.checklist.registry import STEPS
+from tablemig.plugin.steps import StepContext
 
 PLAN = PlanConfig(name="backup_plan", tables=[TableConfig({table!r}, date_column={date!r}, retention=0.5)],
                   backup_dir="backups")

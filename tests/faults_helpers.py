@@ -18,8 +18,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from twin import CUTOFF, diff
 
-from tablemig.db import connect
-from tablemig.state import LOCK_CLASS
+from tablemig.lifecycle.state import LOCK_CLASS
+from tablemig.pg.connect import connect
 
 T = TypeVar("T")
 
@@ -31,7 +31,7 @@ def migrate_args(dsn: str, *extra: str, batch: int = 500, table: str = "public.e
 
 def tablemig(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the CLI to completion (bounded)."""
-    return subprocess.run([sys.executable, "-m", "tablemig.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tablemig.cli.main", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -51,7 +51,7 @@ class Harness:
     background; output goes to files (no pipe can fill up). Leaving the context kills it (by
     its own pid) if it is still running."""
 
-    def __init__(self, workdir: Path, *args: str, module: str = "tablemig.cli") -> None:
+    def __init__(self, workdir: Path, *args: str, module: str = "tablemig.cli.main") -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.out_path, self.err_path = workdir / "harness.out", workdir / "harness.err"
         self._out, self._err = open(self.out_path, "w"), open(self.err_path, "w")  # noqa: SIM115

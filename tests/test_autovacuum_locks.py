@@ -1,4 +1,4 @@
-"""Locks and real autovacuum workers (tablemig.autovacuum, tablemig.locking).
+"""Locks and real autovacuum workers (tablemig.pg.autovacuum, tablemig.pg.locking).
 
 A private cluster with `autovacuum_naptime = 1s` (the suite's sandbox keeps the default
 minute); a table whose autovacuum crawls (cost limit 1, delay 100 ms per page) holds SHARE
@@ -27,13 +27,13 @@ import pytest
 from backup_helpers import private_cluster, run_plan, wait_for, write_plan
 from psycopg import sql
 
-from tablemig.db import connect
-from tablemig.dumps import with_dbname
-from tablemig.engine import Migration
+from tablemig.config.spec import TableSpec
 from tablemig.errors import LockNotAcquired
-from tablemig.pgbin import embedded_bindir
-from tablemig.schema import install_schema
-from tablemig.spec import TableSpec
+from tablemig.lifecycle.driver import Migration
+from tablemig.pg.binaries import embedded_bindir
+from tablemig.pg.connect import connect
+from tablemig.pg.dumps import with_dbname
+from tablemig.pg.schema import install_schema
 
 SLOW = "autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1"
 ORDINARY = f"{SLOW}, autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0"

@@ -22,10 +22,10 @@ from backup_helpers import run_plan, wait_for, write_plan
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from tablemig.db import connect
-from tablemig.dumps import SCRATCH_PREFIX, drop_leftovers, with_dbname
-from tablemig.engine import Migration
-from tablemig.spec import TableSpec
+from tablemig.config.spec import TableSpec
+from tablemig.lifecycle.driver import Migration
+from tablemig.pg.connect import connect
+from tablemig.pg.dumps import SCRATCH_PREFIX, drop_leftovers, with_dbname
 
 # an identity key: the dump of a table includes the sequence it owns, so each kind below
 # fails the old single-table restore for its own reason only

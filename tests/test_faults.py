@@ -42,12 +42,12 @@ from faults_helpers import (
 from psycopg import sql
 from twin import CUTOFF, Writers, create_events
 
-from tablemig.db import connect
-from tablemig.demo_data import create_demo_data
-from tablemig.engine import Migration
+from tablemig.config.spec import TableSpec
 from tablemig.errors import InputError
-from tablemig.sandbox import Sandbox, start_sandbox
-from tablemig.spec import TableSpec
+from tablemig.lifecycle.driver import Migration
+from tablemig.pg.connect import connect
+from tablemig.sandbox.cluster import Sandbox, start_sandbox
+from tablemig.sandbox.demo_data import create_demo_data
 
 PLAN = Path(__file__).resolve().parents[1] / "plans" / "orders_migration.py"
 private = pytest.mark.xdist_group("tablemig-faults-private-sandbox")
@@ -294,8 +294,8 @@ def test_plan_refuses_when_the_standby_is_down(private_sb: Sandbox, tmp_path: Pa
 
 
 def test_a_plan_may_explicitly_run_without_its_passive_site(private_sb: Sandbox, tmp_path: Path) -> None:
-    from tablemig.newplan import render_plan
-    from tablemig.plan import TableConfig
+    from tablemig.cli.newplan import render_plan
+    from tablemig.config.plan import TableConfig
 
     dsn = _private_db(private_sb, "faults_no_passive")
     with connect(dsn) as conn:

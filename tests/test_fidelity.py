@@ -22,17 +22,17 @@ from fidelity_cases import BY_NAME, CASES, CUTOFF, Case, create, mirror_holds, u
 from snapshots import snapshot
 
 from conftest import FreshDb, new_database
-from tablemig import inventory
-from tablemig.names import QualifiedName
-from tablemig.newplan import render_plan
-from tablemig.plan import TableConfig
+from tablemig.cli.newplan import render_plan
+from tablemig.config.plan import TableConfig
+from tablemig.pg import inventory
+from tablemig.pg.names import QualifiedName
 
 IDENTICAL = "inventory identical except the name"
 MIGRATED = [c.name for c in CASES if c.refused is None]
 
 
 def _tablemig(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tablemig.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tablemig.cli.main", *args], capture_output=True, text=True,
                           timeout=300)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tablemig.demo_data import create_demo_data
+from tablemig.sandbox.demo_data import create_demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,9 +73,9 @@ def test_demo_plan_as_a_non_superuser(fresh_db: Any, active: Any, tmp_path: Path
 
 
 def test_a_role_that_does_not_own_the_table_gets_a_clear_refusal(fresh_db: Any, active: Any) -> None:
-    from tablemig.engine import Migration
+    from tablemig.config.spec import TableSpec
     from tablemig.errors import InputError
-    from tablemig.spec import TableSpec
+    from tablemig.lifecycle.driver import Migration
 
     role = f"reader_{uuid.uuid4().hex[:6]}"
     r = sql.Identifier(role)

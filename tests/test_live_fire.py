@@ -44,8 +44,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tablemig.db import connect
-from tablemig.pgbin import find_pg_bin
+from tablemig.pg.binaries import find_pg_bin
+from tablemig.pg.connect import connect
 
 pytestmark = pytest.mark.slow
 
@@ -246,7 +246,7 @@ def plan_args(s: Site, *extra: str) -> list[str]:
 
 def attestations() -> list[str]:
     """--attest for every human item (a person confirms them during a real window)."""
-    from tablemig.checklist import ITEMS, ORDER
+    from tablemig.checklist.items import ITEMS, ORDER
 
     return [a for i in ORDER if ITEMS[i].human for a in ("--attest", f"{i}=live-fire")]
 

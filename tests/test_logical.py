@@ -20,12 +20,12 @@ import psycopg
 import pytest
 from twin import CUTOFF, Writers, create_events
 
-from tablemig.db import connect
-from tablemig.engine import Migration
+from tablemig.config.spec import TableSpec
 from tablemig.errors import InputError
-from tablemig.replication import wait_for_apply
-from tablemig.sandbox import Sandbox, start_sandbox, stop_sandbox
-from tablemig.spec import TableSpec
+from tablemig.lifecycle.driver import Migration
+from tablemig.pg.connect import connect
+from tablemig.pg.replication import wait_for_apply
+from tablemig.sandbox.cluster import Sandbox, start_sandbox, stop_sandbox
 
 ROWS = 20_000
 TABLE_DDL = ("CREATE TABLE {t} (id bigint PRIMARY KEY, d timestamptz NOT NULL, v integer NOT NULL,"
@@ -157,7 +157,7 @@ def test_rollback_after_swap_and_before_swap_on_the_subscriber(logical_sandbox: 
         mig.run("verified")
     with connect(sb.subscriber_dsn) as sub:
         assert sub.execute("SELECT to_regclass('rb_new') IS NOT NULL").fetchone()[0]
-    out = subprocess.run([sys.executable, "-m", "tablemig.cli", "rollback", "--dsn", sb.active_dsn, "--table",
+    out = subprocess.run([sys.executable, "-m", "tablemig.cli.main", "rollback", "--dsn", sb.active_dsn, "--table",
                           "public.rb", "--subscriber-dsn", sb.subscriber_dsn], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "new table dropped" in out.stdout, out.stderr
@@ -218,9 +218,9 @@ def test_plan_executes_against_a_logical_subscriber(logical_sandbox: Sandbox, tm
     the subscriber, swapped there), EX-3.2 (checksums equal on both sites) pass."""
     import json
 
-    from tablemig.demo_data import create_demo_data
-    from tablemig.newplan import render_plan
-    from tablemig.plan import TableConfig
+    from tablemig.cli.newplan import render_plan
+    from tablemig.config.plan import TableConfig
+    from tablemig.sandbox.demo_data import create_demo_data
 
     sb = logical_sandbox
     assert sb.subscriber_dsn is not None

@@ -10,7 +10,7 @@ import pytest
 from psycopg import sql
 
 from tablemig.errors import InputError
-from tablemig.names import MAX_IDENT_BYTES, QualifiedName, derived_name
+from tablemig.pg.names import MAX_IDENT_BYTES, QualifiedName, derived_name
 
 INJECTION = 'x"; DROP TABLE y; --'
 

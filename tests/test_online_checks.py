@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 from twin import CUTOFF, Writers, create_events
 
-from tablemig.engine import Migration
+from tablemig.checklist.steps.execution import integrity_counts_sql
+from tablemig.cli.newplan import render_plan
+from tablemig.config.plan import PlanConfig, TableConfig
+from tablemig.config.spec import TableSpec
 from tablemig.errors import InputError
-from tablemig.names import QualifiedName
-from tablemig.newplan import render_plan
-from tablemig.plan import PlanConfig, TableConfig
-from tablemig.spec import TableSpec
-from tablemig.steplib.execution import integrity_counts_sql
+from tablemig.lifecycle.driver import Migration
+from tablemig.pg.names import QualifiedName
 
 ROWS = 10_000
 
@@ -66,9 +66,9 @@ def test_plan_checks_pass_under_writes_on_a_standby(fresh_db: Any, tmp_path: Pat
 
 
 ANALYSIS_PLAN = '''
-from tablemig.plan import PlanConfig, TableConfig, step
-from tablemig.steplib.registry import STEPS
-from tablemig.steps import StepContext
+from tablemig.config.plan import PlanConfig, TableConfig, step
+from tablemig.checklist.registry import STEPS
+from tablemig.plugin.steps import StepContext
 
 PLAN = PlanConfig(name="analysis_plan", tables=[TableConfig("public.events", "d", cutoff={cutoff!r})])
 
@@ -141,10 +141,10 @@ def test_validation_timeout_is_checked_when_the_plan_is_read() -> None:
 
 TIMEOUT_PLAN = '''
 import psycopg
-from tablemig.db import connect
-from tablemig.plan import PlanConfig, TableConfig, step
-from tablemig.steplib.registry import STEPS
-from tablemig.steps import StepContext
+from tablemig.pg.connect import connect
+from tablemig.config.plan import PlanConfig, TableConfig, step
+from tablemig.checklist.registry import STEPS
+from tablemig.plugin.steps import StepContext
 
 PLAN = PlanConfig(name="slow_plan", tables=[TableConfig("public.events", "d", cutoff={cutoff!r})],
                   validation_timeout="1s")

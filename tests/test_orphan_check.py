@@ -1,4 +1,4 @@
-"""The orphan check of the swap step (tablemig.families), repeated under the swap's lock.
+"""The orphan check of the swap step (tablemig.lifecycle.families), repeated under the swap's lock.
 
 Deterministic: a session holds a lock on the table, so the swap's attempts to lock it wait
 and retry; once one is seen waiting (after the check without lock), a write that leaves a
@@ -18,9 +18,9 @@ import psycopg
 import pytest
 from snapshots import snapshot
 
-from tablemig.engine import Migration
+from tablemig.config.spec import TableSpec
 from tablemig.errors import TablemigError
-from tablemig.spec import TableSpec
+from tablemig.lifecycle.driver import Migration
 
 SETUP = """
 CREATE TABLE t (id bigint PRIMARY KEY, d date NOT NULL, parent_id bigint REFERENCES t (id));
@@ -40,7 +40,7 @@ WRITES = {
 
 
 def tablemig(*args: str, wait: bool = True) -> Any:
-    cmd = [sys.executable, "-m", "tablemig.cli", *args]
+    cmd = [sys.executable, "-m", "tablemig.cli.main", *args]
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -1,4 +1,4 @@
-"""Pacing (tablemig.pacing): the nice ratio (bulk work sleeps in proportion to its
+"""Pacing (tablemig.lifecycle.pacing): the nice ratio (bulk work sleeps in proportion to its
 duration) and the write guard (the migration rests so that the application keeps its share
 of writes, and stays exact); both can be changed in migration_config while a migration runs,
 and bad values are refused before anything changes.
@@ -19,13 +19,13 @@ import psycopg
 import pytest
 from twin import CUTOFF, create_events, diff
 
-from tablemig.db import connect
-from tablemig.engine import Migration
+from tablemig.config.settings import Settings
+from tablemig.config.spec import TableSpec
 from tablemig.errors import InputError
-from tablemig.pacing import AFTERMATH_MAX_S, SLICE_S, WRITE_COUNTER, Pacer
-from tablemig.schema import install_schema
-from tablemig.settings import Settings
-from tablemig.spec import TableSpec
+from tablemig.lifecycle.driver import Migration
+from tablemig.lifecycle.pacing import AFTERMATH_MAX_S, SLICE_S, WRITE_COUNTER, Pacer
+from tablemig.pg.connect import connect
+from tablemig.pg.schema import install_schema
 
 ROWS = 20_000
 
@@ -282,7 +282,7 @@ def test_bad_pacing_values_are_refused_before_anything_changes(
     with fresh_db.connect() as conn:
         create_events(conn, 2_000)
     for bad in bad_flags:
-        r = subprocess.run([sys.executable, "-m", "tablemig.cli", "migrate", "--dsn", fresh_db.dsn,
+        r = subprocess.run([sys.executable, "-m", "tablemig.cli.main", "migrate", "--dsn", fresh_db.dsn,
                             "--table", "events", "--date-column", "d", "--cutoff", CUTOFF.isoformat(),
                             f"{flag}={bad}"], capture_output=True, text=True)
         assert r.returncode == 2 and flag in r.stderr and flag_says in r.stderr, r.stderr
@@ -303,7 +303,7 @@ def test_bad_pacing_values_are_refused_before_anything_changes(
 
 @pytest.mark.parametrize(("setting", "fix_says"), [({"nice_ratio": -2}, "0"), ({"app_write_share": 1.0}, "0.9")])
 def test_a_plan_with_a_bad_pacing_value_is_refused(setting: dict[str, float], fix_says: str) -> None:
-    from tablemig.plan import PlanConfig, TableConfig
+    from tablemig.config.plan import PlanConfig, TableConfig
 
     with pytest.raises(InputError) as err:
         PlanConfig(name="p", tables=[TableConfig("public.orders", "created_date", retention=0.1)], **setting)

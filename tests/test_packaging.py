@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from tablemig.db import connect
+from tablemig.pg.connect import connect
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,7 +18,7 @@ SNIPPET = textwrap.dedent("""
     import json, sys
     import tablemig
     from tablemig import schema, templating
-    from tablemig.db import connect
+    from tablemig.pg.connect import connect
 
     statements = schema.render_schema()
     with connect(sys.argv[1]) as conn:
@@ -46,7 +46,7 @@ def test_the_wheel_ships_every_package_and_template_of_the_source_tree(installed
     names = installed_wheel.names
     packages = {p.relative_to(REPO).as_posix() for p in (REPO / "tablemig").rglob("*")
                 if p.is_dir() and p.name != "__pycache__"}
-    assert "tablemig/steplib" in packages  # the walk sees the subpackages
+    assert "tablemig/checklist/steps" in packages  # the walk sees nested subpackages
     missing = [f"tablemig/{f}" for f in source_files("tablemig") if f"tablemig/{f}" not in names]
     assert not missing, f"files of the source tree missing from {installed_wheel.wheel.name}: {missing}"
     for package in packages:
@@ -57,8 +57,8 @@ def test_the_wheel_ships_every_package_and_template_of_the_source_tree(installed
     assert not missing, f"templates missing from the wheel: {missing}"
     assert not any(n.startswith(("tests/", "sql_templates/", "plans/", "bench/")) for n in names)
     entry_points = next(installed_wheel.wheel_text(n) for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "tablemig = tablemig.cli:main" in entry_points
-    assert "tablemig = tablemig.plugin" in entry_points  # the pytest11 plugin
+    assert "tablemig = tablemig.cli.main:main" in entry_points
+    assert "tablemig = tablemig.plugin.sites" in entry_points  # the pytest11 plugin
 
 
 def test_the_installed_wheel_installs_the_schema_from_its_own_templates(

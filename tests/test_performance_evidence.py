@@ -16,9 +16,9 @@ from typing import Any
 from faults_helpers import Session, migrate_args, ok
 from twin import CUTOFF, create_events
 
-from tablemig.db import connect
-from tablemig.newplan import render_plan
-from tablemig.plan import TableConfig
+from tablemig.cli.newplan import render_plan
+from tablemig.config.plan import TableConfig
+from tablemig.pg.connect import connect
 
 
 def _swapped(db: Any, tmp: Path) -> Path:

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tablemig.demo_data import create_demo_data
-from tablemig.newplan import render_plan
-from tablemig.plan import TableConfig
+from tablemig.cli.newplan import render_plan
+from tablemig.config.plan import TableConfig
+from tablemig.sandbox.demo_data import create_demo_data
 
 
 def _pytest(plan: Path, db: Any, tmp: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
@@ -27,7 +27,7 @@ def _statuses(run: dict[str, Any]) -> dict[str, str]:
 
 
 def _tablemig(*args: str, cwd: Path | None = None) -> str:
-    proc = subprocess.run([sys.executable, "-m", "tablemig.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "tablemig.cli.main", *args], capture_output=True, text=True,
                           timeout=300, cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout

@@ -9,8 +9,8 @@ from typing import Any
 
 from twin import CUTOFF, Writers, create_events, diff
 
-from tablemig.engine import Migration
-from tablemig.spec import TableSpec
+from tablemig.config.spec import TableSpec
+from tablemig.lifecycle.driver import Migration
 
 ROWS = 20_000
 

@@ -20,16 +20,16 @@ import pytest
 from psycopg import sql
 from twin import CUTOFF, create_events
 
-from tablemig.db import connect
-from tablemig.demo_data import create_demo_data
-from tablemig.engine import Migration
+from tablemig.config.spec import TableSpec
 from tablemig.errors import InputError
-from tablemig.failover import rehearse
-from tablemig.names import QualifiedName
-from tablemig.reconcile import Reconciler, Side
-from tablemig.replication import LagLimit, LagThrottle, base_backups, standbys_within, wait_for_replay
-from tablemig.sandbox import Sandbox, start_sandbox, stop_sandbox
-from tablemig.spec import TableSpec
+from tablemig.lifecycle.driver import Migration
+from tablemig.pg.connect import connect
+from tablemig.pg.names import QualifiedName
+from tablemig.pg.reconcile import Reconciler, Side
+from tablemig.pg.replication import LagLimit, LagThrottle, base_backups, standbys_within, wait_for_replay
+from tablemig.sandbox.cluster import Sandbox, start_sandbox, stop_sandbox
+from tablemig.sandbox.demo_data import create_demo_data
+from tablemig.sandbox.failover import rehearse
 
 ROOT = Path(__file__).resolve().parent.parent
 

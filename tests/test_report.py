@@ -26,9 +26,9 @@ import pandas as pd
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from tablemig.checklist import ITEMS, ORDER
-from tablemig.demo_data import create_demo_data
-from tablemig.report import render_reports
+from tablemig.checklist.items import ITEMS, ORDER
+from tablemig.report.model import render_reports
+from tablemig.sandbox.demo_data import create_demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN = ROOT / "plans" / "orders_migration.py"
@@ -284,7 +284,7 @@ def test_report_html_tables_and_sections(executed: Run) -> None:
         assert "Swap" in block.text() and "Cutoff distribution" in block.text()
         if facts.get("lock_hold_ms") is not None:
             assert "Exclusive lock held for" in block.text()
-            # what the write guard measured and did, in words (tablemig.pacing)
+            # what the write guard measured and did, in words (tablemig.lifecycle.pacing)
             assert facts["pacing"]["app_write_share"] == 0.9
             assert "Pacing" in block.text() and "write guard at 90%" in block.text()
 

@@ -39,8 +39,8 @@ from faults_helpers import (
 )
 from twin import CUTOFF, Writers, create_events
 
-from tablemig.newplan import render_plan
-from tablemig.plan import TableConfig
+from tablemig.cli.newplan import render_plan
+from tablemig.config.plan import TableConfig
 
 HUMAN = ("PRE-1.3c", "PRE-3.1", "PRE-3.2", "POST-3", "SC-7", "SC-8")
 ATTEST = [arg for item in HUMAN for arg in ("--attest", f"{item}=alice")]

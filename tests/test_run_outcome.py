@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from tablemig.checklist import ITEMS, ORDER
-from tablemig.report import render_html
-from tablemig.report_junit import junit_tree
-from tablemig.run_outcome import close_unfinished, complete, headline
-from tablemig.steps import StepResult
+from tablemig.checklist.items import ITEMS, ORDER
+from tablemig.checklist.outcome import close_unfinished, complete, headline
+from tablemig.plugin.steps import StepResult
+from tablemig.report.junit import junit_tree
+from tablemig.report.model import render_html
 
 
 def _step(item: str, status: str, table: str | None = None) -> dict[str, Any]:

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from tablemig.db import connect
 from tablemig.errors import InputError
-from tablemig.pgbin import PgBin, embedded_bindir, find_pg_bin
-from tablemig.sandbox import Sandbox, start_sandbox, stop_sandbox
-from tablemig.sandbox_shared import reap_stale, shared_sandbox
+from tablemig.pg.binaries import PgBin, embedded_bindir, find_pg_bin
+from tablemig.pg.connect import connect
+from tablemig.sandbox.cluster import Sandbox, start_sandbox, stop_sandbox
+from tablemig.sandbox.shared import reap_stale, shared_sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 V15 = Path("/usr/lib/postgresql/15/bin")
@@ -182,7 +182,7 @@ def test_stop_is_a_no_op_without_a_sandbox(tmp_path: Path) -> None:
 
 def test_cli_start_prints_json_and_stop_cleans_up(base: Path) -> None:
     root = base / "cli"
-    cmd = [sys.executable, "-m", "tablemig.sandbox_cli"]
+    cmd = [sys.executable, "-m", "tablemig.sandbox.cli"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     try:
         res = subprocess.run([*cmd, "start", "--dir", str(root), "--set", "fsync=on"],
@@ -211,7 +211,7 @@ def test_cli_start_prints_json_and_stop_cleans_up(base: Path) -> None:
 
 
 def test_cli_reports_errors_on_stderr(tmp_path: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "tablemig.sandbox_cli", "start", "--dir",
+    res = subprocess.run([sys.executable, "-m", "tablemig.sandbox.cli", "start", "--dir",
                           str(tmp_path / "x"), "--pg-bin", str(tmp_path)],
                          capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -227,7 +227,7 @@ def test_failing_test_still_cleans_up(base: Path) -> None:
         import json
         from pathlib import Path
         import pytest
-        from tablemig.sandbox import start_sandbox
+        from tablemig.sandbox.cluster import start_sandbox
 
         ROOT = Path({str(root)!r})
 
@@ -290,7 +290,7 @@ def test_docker_provider_without_engine(tmp_path: Path) -> None:
 def test_shared_sandbox_lives_until_last_user_leaves(base: Path) -> None:
     child = textwrap.dedent(f"""
         from pathlib import Path
-        from tablemig.sandbox_shared import shared_sandbox
+        from tablemig.sandbox.shared import shared_sandbox
         with shared_sandbox(Path({str(base / 'shared')!r}), "k") as sb:
             print(sb.active_dsn)
     """)

@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from psycopg import errors as pgerrors
 
-from tablemig.db import connect
 from tablemig.errors import InputError
-from tablemig.schema import CONFIG_SEED, SCHEMA, SCHEMA_VERSION, install_schema, installed_version, render_schema
+from tablemig.pg.connect import connect
+from tablemig.pg.schema import CONFIG_SEED, SCHEMA, SCHEMA_VERSION, install_schema, installed_version, render_schema
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def config(conn: psycopg.Connection[Any]) -> dict[str, str]:
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tablemig.cli", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tablemig.cli.main", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
 
 

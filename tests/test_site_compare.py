@@ -1,4 +1,4 @@
-"""Comparing the two sites while the application writes (tablemig.site_compare).
+"""Comparing the two sites while the application writes (tablemig.pg.site_compare).
 
 Both directions, against real servers: the check passes while writers insert, update,
 delete, move dates across the cutoff both ways and change keys during the whole check, on a
@@ -21,14 +21,14 @@ from typing import Any
 import pytest
 from twin import CUTOFF, Writers, create_events
 
-from tablemig import site_compare
-from tablemig.db import connect
 from tablemig.errors import InputError
-from tablemig.names import QualifiedName
-from tablemig.reconcile import Reconciler
-from tablemig.replication import wait_for_apply, wait_for_replay
-from tablemig.sandbox import Sandbox, start_sandbox, stop_sandbox
-from tablemig.site_compare import Pair, SiteDiff, compare
+from tablemig.pg import site_compare
+from tablemig.pg.connect import connect
+from tablemig.pg.names import QualifiedName
+from tablemig.pg.reconcile import Reconciler
+from tablemig.pg.replication import wait_for_apply, wait_for_replay
+from tablemig.pg.site_compare import Pair, SiteDiff, compare
+from tablemig.sandbox.cluster import Sandbox, start_sandbox, stop_sandbox
 
 ROWS = 20_000
 REC_COLUMNS = ["id", "d", "v", "payload"]
@@ -189,8 +189,8 @@ def test_a_subscriber_that_does_not_apply_fails_the_check(sites: Sandbox) -> Non
 def test_plan_checks_pass_on_a_subscriber_under_writes(sites: Sandbox, tmp_path: Path) -> None:
     """The plan with the subscriber as passive site, dry run then --execute, while writers
     change the table the whole time: PRE-1.1c and EX-3.2 compare the sites and pass."""
-    from tablemig.newplan import render_plan
-    from tablemig.plan import TableConfig
+    from tablemig.cli.newplan import render_plan
+    from tablemig.config.plan import TableConfig
 
     table = _published(sites, "planned", 8_000)
     assert sites.subscriber_dsn is not None

@@ -19,9 +19,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tablemig.demo_data import create_demo_data
-from tablemig.engine import Migration
-from tablemig.spec import TableSpec
+from tablemig.config.spec import TableSpec
+from tablemig.lifecycle.driver import Migration
+from tablemig.sandbox.demo_data import create_demo_data
 
 ROWS = 20_000
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")

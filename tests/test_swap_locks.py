@@ -21,13 +21,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from tablemig.db import connect
-from tablemig.demo_data import create_demo_data
-from tablemig.engine import Migration
+from tablemig.config.spec import TableSpec
 from tablemig.errors import LockNotAcquired
-from tablemig.locking import blockers
-from tablemig.names import QualifiedName
-from tablemig.spec import TableSpec
+from tablemig.lifecycle.driver import Migration
+from tablemig.pg.connect import connect
+from tablemig.pg.locking import blockers
+from tablemig.pg.names import QualifiedName
+from tablemig.sandbox.demo_data import create_demo_data
 
 ROWS = 20_000
 LOCK_TIMEOUT_S = 0.1

@@ -29,8 +29,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from snapshots import snapshot
 
-from tablemig.newplan import render_plan
-from tablemig.plan import TableConfig
+from tablemig.cli.newplan import render_plan
+from tablemig.config.plan import TableConfig
 
 Check = Callable[[psycopg.Connection[Any], str], None]
 
@@ -40,7 +40,7 @@ DAY = "date '2024-01-01' + (g - 1)"
 
 
 def tablemig(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tablemig.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tablemig.cli.main", *args], capture_output=True, text=True,
                           timeout=300)
 
 

@@ -1,4 +1,4 @@
-"""The write guard's accounting (tablemig.write_guard), without a database: a simulated
+"""The write guard's accounting (tablemig.lifecycle.write_guard), without a database: a simulated
 application writes at a free rate while the migration rests and at a lower rate while it
 works; the guard must keep its share, rest no longer than that needs, and never rest for
 an idle application."""
@@ -9,8 +9,8 @@ import doctest
 
 import pytest
 
-from tablemig import write_guard
-from tablemig.write_guard import WriteGuard
+from tablemig.lifecycle import write_guard
+from tablemig.lifecycle.write_guard import WriteGuard
 
 
 def simulate(share: float, free_rate: float, work_rate: float, *, units: int = 20,

@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg
 
-from tablemig.db import connect
+from tablemig.pg.connect import connect
 
 BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 CUTOFF = BASE + dt.timedelta(days=300)  # rows are spread over 365 days, newest ~18 % kept

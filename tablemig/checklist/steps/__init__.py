@@ -1,0 +1,1 @@
+"""The step of each checklist item, grouped by the checklist's sections."""

@@ -1,0 +1,1 @@
+"""The `tablemig` command line."""

@@ -1,0 +1,1 @@
+"""What a migration is asked to do: the plan module's configuration, the table spec, the settings."""

@@ -1,0 +1,66 @@
+"""What a DBA declares for one table: the input of planning."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from ..errors import InputError
+from ..pg.names import QualifiedName, derived_name
+
+ARCHIVE_MODES = ("rename", "copy")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One table of a plan.
+
+    `retention` is the fraction of rows (by `date_column`) kept live; `cutoff` an explicit
+    timestamp instead. Names default to `<table>_new` and `<table>_archive_<YYYYMMDD>`.
+    """
+
+    table: str
+    date_column: str
+    retention: float | None = None
+    cutoff: str | None = None
+    new_table: str | None = None
+    archive_table: str | None = None
+    archive_mode: str = "rename"
+    batch_size: int = 10_000
+    key: tuple[str, ...] | None = None
+    workers: int = 1
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.retention is None) == (self.cutoff is None):
+            raise InputError(f"table {self.table}: give exactly one of retention or cutoff",
+                             "e.g. retention=0.1 (keep the newest 10 %) or cutoff='2024-01-01'")
+        if self.retention is not None and not 0 < float(self.retention) < 1:
+            raise InputError(f"retention {self.retention} for {self.table} is out of range",
+                             "give a fraction strictly between 0 and 1, e.g. 0.1 keeps 10 %")
+        if self.archive_mode not in ARCHIVE_MODES:
+            raise InputError(f"archive mode {self.archive_mode!r} is unknown",
+                             f"use one of {', '.join(ARCHIVE_MODES)}")
+        if self.batch_size < 1:
+            raise InputError(f"batch size {self.batch_size} must be positive", "e.g. 10000")
+        if self.workers < 1:
+            raise InputError(f"workers {self.workers} must be at least 1", "e.g. 1 or 2")
+        if not self.date_column or "\x00" in self.date_column:
+            raise InputError("date column is empty", "name the column that dates each row")
+        _ = self.qualified  # parse now: bad names fail before anything connects
+
+    @property
+    def qualified(self) -> QualifiedName:
+        return QualifiedName.parse(self.table)
+
+    def names(self, today: dt.date | None = None) -> tuple[QualifiedName, QualifiedName,
+                                                          QualifiedName]:
+        """(original, new, archive) names; new and archive stay in the original's schema
+        unless given schema-qualified."""
+        t = self.qualified
+        day = (today or dt.date.today()).strftime("%Y%m%d")
+        new = (QualifiedName.parse(self.new_table, t.schema) if self.new_table
+               else t.sibling(derived_name(t.name, "_new")))
+        archive = (QualifiedName.parse(self.archive_table, t.schema) if self.archive_table
+                   else t.sibling(derived_name(t.name, f"_archive_{day}")))
+        return t, new, archive

@@ -1,0 +1,405 @@
+"""Planning: read-only. Resolves the table, its key, the cutoff, the counts, every dependency
+and the blockers; the dry run shows this plan and changes nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ..config.spec import TableSpec
+from ..errors import InputError
+from ..pg.catalog import FAMILY_TRIGGER, TOOL_TRIGGERS, TableInfo, inspect_table, resolve
+from ..pg.cutoff import DATE_TYPES, base_types, read_cutoff, show_cutoff
+from ..pg.names import QualifiedName, derived_name, quote_ident
+from ..pg.schema import SCHEMA, install_schema, installed_version
+from ..pg.search_path import trigger_path
+from ..pg.sqltext import Fragment
+from . import state
+from .families import Reference, references, trigger_name_taken
+from .resume import AFTER_SWAP, remaining
+from .structure import not_valid_checks
+
+
+@dataclass
+class TablePlan:
+    spec: TableSpec
+    info: TableInfo
+    original: QualifiedName
+    new: QualifiedName
+    archive: QualifiedName
+    backup: QualifiedName | None  # archive mode "copy": where the original is renamed to
+    date_column: str
+    date_type: str
+    cutoff: str
+    total_rows: int
+    keep_rows: int
+    archive_rows: int
+    null_dated_rows: int
+    order_by_date: bool  # an index leads with the date column: keyset over (D, key)
+    blockers: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    resumed_state: str | None = None
+    # the tables that hold every row of the original now (empty: the original itself)
+    data_tables: list[QualifiedName] = field(default_factory=list)
+
+    @property
+    def swapped(self) -> bool:
+        """The swap is done: `original` is the live table (the new one), the original rows are
+        in `data_tables`."""
+        return self.resumed_state in AFTER_SWAP
+
+    @property
+    def sources(self) -> list[QualifiedName]:
+        """Where every row of the original is now: the original table until the swap; then the
+        original under its archive name (kept complete until prune); after prune the live
+        table and the archive, disjoint."""
+        return self.data_tables or [self.original]
+    # the schemas the trigger functions' search_path needs (tablemig.pg.search_path)
+    search_path: tuple[str, ...] = ()
+    # the cutoff with its offset in the database's TimeZone (timestamptz; tablemig.pg.cutoff)
+    cutoff_local: str | None = None
+    timezone: str | None = None
+    references: list[Reference] = field(default_factory=list)  # foreign keys to the table
+
+    @property
+    def key(self) -> list[str]:
+        return self.info.key_columns
+
+    @property
+    def table_label(self) -> str:
+        return str(self.original)
+
+    @property
+    def columns(self) -> list[str]:
+        return [c.name for c in self.info.writable_columns]
+
+    @property
+    def overriding(self) -> bool:
+        return any(c.identity == "a" for c in self.info.writable_columns)
+
+    @property
+    def order_columns(self) -> list[str]:
+        return ([self.date_column] if self.order_by_date else []) + self.key
+
+    def function_name(self, role: str) -> QualifiedName:
+        return QualifiedName(SCHEMA, f"{role}_{self.info.oid}")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "table": str(self.original), "new_table": str(self.new),
+            "archive_table": str(self.archive),
+            "backup_table": str(self.backup) if self.backup else None,
+            "archive_mode": self.spec.archive_mode, "key": self.key,
+            "date_column": self.date_column, "date_type": self.date_type, "cutoff": self.cutoff,
+            "cutoff_local": self.cutoff_local, "timezone": self.timezone,
+            "rows_total": self.total_rows, "rows_keep": self.keep_rows,
+            "rows_archive": self.archive_rows, "rows_null_date": self.null_dated_rows,
+            "table_bytes": self.info.table_bytes, "total_bytes": self.info.total_bytes,
+            "blockers": self.blockers, "warnings": self.warnings,
+            "dependencies": dependencies(self.info),
+            **({"resumed_state": self.resumed_state, "remaining": remaining(self.resumed_state)}
+               if self.resumed_state else {}),
+        }
+
+
+def dependencies(info: TableInfo) -> dict[str, Any]:
+    return {
+        "incoming_foreign_keys": [f"{fk.table}.{fk.name}: {fk.definition}"
+                                  for fk in info.incoming_fks],
+        "outgoing_foreign_keys": [f"{n}: {d}" for n, d, _ in info.outgoing_fks],
+        "self_references": [f"{fk.name}: {fk.definition}" for fk in info.self_fks],
+        "rules_writing_the_table": [f"{r.name} on {r.relation}" for r in info.rules_elsewhere],
+        "views": [str(v.name) for v in info.views if v.kind == "v"],
+        "materialized_views": [str(v.name) for v in info.views if v.kind == "m"],
+        "triggers": [t.name + {"D": " (disabled)", "R": " (replica)", "A": " (always)"}.get(t.enabled, "")
+                     for t in info.triggers],
+        "rules": [r.name for r in info.rules],
+        "indexes": [i.name for i in info.indexes],
+        "grants": [f"{p} to {g}" for g, p, _ in info.acl],
+        "policies": [p["name"] for p in info.policies],
+        "publications": info.publications,
+        "sequences": [f"{c}: {s} ({k})" for c, s, k in info.sequences],
+        "statistics": info.statistics,
+        "functions_bound_by_oid": info.bound_functions,
+    }
+
+
+def _scalar(conn: psycopg.Connection[Any], query: sql.Composable | str,
+            params: tuple[Any, ...] = ()) -> Any:
+    row = conn.execute(query, params).fetchone()
+    return row[0] if row else None
+
+
+def compute_cutoff(conn: psycopg.Connection[Any], table: QualifiedName, column: str,
+                   fraction: float) -> str:
+    """`table_migration.cutoff_value`, also in a dry run: without the schema installed,
+    it is installed in a transaction that is rolled back, so nothing changes."""
+    query = "SELECT table_migration.cutoff_value(%s::regclass, %s::name, %s::numeric)"
+    params = (str(table), column, fraction)
+    try:
+        if installed_version(conn) is not None:
+            return str(_scalar(conn, query, params))
+        with conn.transaction(force_rollback=True):
+            install_schema(conn)
+            return str(_scalar(conn, query, params))
+    except psycopg.errors.RaiseException as exc:  # pragma: no cover - mapped below
+        raise InputError(str(exc.diag.message_primary), exc.diag.message_hint or "") from None
+    except psycopg.Error as exc:
+        raise InputError(f"cutoff for {table}.{column}: {exc.diag.message_primary}",
+                         exc.diag.message_hint or "check the column and the retention") from None
+
+
+def _name_taken(conn: psycopg.Connection[Any], name: QualifiedName) -> str | None:
+    row = conn.execute("SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                       " WHERE n.nspname = %s AND c.relname = %s", (name.schema, name.name)).fetchone()
+    return row[0] if row else None
+
+
+def build_plan(conn: psycopg.Connection[Any], spec: TableSpec, today: dt.date | None = None, *,
+               timezone: Callable[[], str] | None = None) -> TablePlan:
+    """Plan one table. Raises InputError for bad input; collects blockers otherwise.
+    `timezone` gives the database's own TimeZone, in which a cutoff without an offset is
+    read (tablemig.pg.cutoff)."""
+    original, new, archive = spec.names(today)
+    resolve(conn, original)
+    existing = (state.load(conn, str(original)) if installed_version(conn) is not None else None)
+    if existing and existing["state"] in ("rolled_back", "cleaned"):
+        existing = None
+    if existing and existing["state"] in AFTER_SWAP:
+        return plan_after_swap(conn, spec, existing)
+    if not existing:
+        _same_schema(conn, spec, original, new, archive)
+    info = inspect_table(conn, original, list(spec.key) if spec.key else None)
+    bases = base_types(conn, info.oid)
+    col = info.column(spec.date_column)
+    if col is None:
+        raise InputError(f"column {spec.date_column!r} does not exist in {original}",
+                         f"name a date column of the table: "
+                         f"{', '.join(c.name for c in info.columns if bases.get(c.name) in DATE_TYPES)}")
+    date_type = bases[col.name]
+    if date_type not in DATE_TYPES:
+        raise InputError(f"column {spec.date_column!r} of {original} is of type {col.type}, "
+                         "not a date or timestamp",
+                         "choose a date, timestamp or timestamptz column (or a domain over one)")
+    if info.persistence == "t":
+        raise InputError(f"{original} is a temporary table: it exists only in the session that created it "
+                         "(no other session, tablemig's included, can read its rows) and ends with it",
+                         "temporary tables cannot be migrated; nothing to do")
+    if info.persistence != "p":
+        raise InputError(f"{original} is UNLOGGED: its rows do not replicate",
+                         "make it a logged table first (ALTER TABLE ... SET LOGGED)")
+    if existing:
+        cut = show_cutoff(conn, existing["cutoff"], date_type, timezone)
+        new = QualifiedName(existing["schema_name"], existing["new_name"])
+        archive = QualifiedName(existing["schema_name"], existing["archive_name"])
+    elif spec.cutoff is not None:
+        cut = read_cutoff(conn, spec.cutoff, date_type, timezone)
+    else:
+        assert spec.retention is not None
+        cut = show_cutoff(conn, compute_cutoff(conn, original, spec.date_column, spec.retention),
+                          date_type, timezone)
+    d = sql.Identifier(spec.date_column)
+    counts = conn.execute(
+        sql.SQL("SELECT count(*), count(*) FILTER (WHERE {d} >= %s::{t}),"
+                " count(*) FILTER (WHERE {d} IS NULL) FROM {tbl}")
+        .format(d=d, t=Fragment(date_type), tbl=original.ident()), (cut.value,)).fetchone()
+    assert counts is not None
+    total, keep, nulls = (int(x) for x in counts)
+    backup = (original.sibling(derived_name(original.name, "_backup"))
+              if spec.archive_mode == "copy" else None)
+    order_by_date = _leads_with(info, spec.date_column)
+    path = trigger_path(conn, info.oid)
+    plan = TablePlan(spec, info, original, new, archive, backup, spec.date_column, date_type,
+                     cut.value, total, keep, total - keep, nulls, order_by_date,
+                     resumed_state=existing["state"] if existing else None, search_path=path.schemas,
+                     cutoff_local=cut.local, timezone=cut.timezone,
+                     references=references(conn, info.oid))
+    if path.problem():
+        plan.blockers.append(f"{path.problem()}; revoke CREATE on those schemas from those roles, or give the "
+                             "functions the table's expressions call their own search_path (ALTER FUNCTION ... "
+                             "SET search_path = ...), or run tablemig as the table's owner")
+    _check(conn, plan, existing is not None)
+    return plan
+
+
+def plan_after_swap(conn: psycopg.Connection[Any], spec: TableSpec, m: dict[str, Any], *,
+                    count: bool = True) -> TablePlan:
+    """The plan of a table whose swap is done (state swapped or pruned): the live table is
+    the new one, the original is the archive. Counts (unless `count` is false) are over
+    every row of the original as it is now (`TablePlan.sources`)."""
+    live = state.live_table(m)
+    info = inspect_table(conn, live, list(m["key_columns"]))
+    old = state.old_table(m)
+    data = [old] if m["state"] == "swapped" else [live, old]
+    total = keep = nulls = 0
+    if count:
+        d, t = sql.Identifier(m["date_column"]), Fragment(m["date_type"])
+        for table in data:
+            row = conn.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE {d} >= %s::{t}),"
+                                       " count(*) FILTER (WHERE {d} IS NULL) FROM {tbl}")
+                               .format(d=d, t=t, tbl=table.ident()), (m["cutoff"],)).fetchone()
+            assert row is not None
+            total, keep, nulls = total + int(row[0]), keep + int(row[1]), nulls + int(row[2])
+    schema = m["schema_name"]
+    return TablePlan(spec, info, live, QualifiedName(schema, m["new_name"]), QualifiedName(schema, m["archive_name"]),
+                     QualifiedName(schema, m["backup_name"]) if m.get("backup_name") else None,
+                     m["date_column"], m["date_type"], m["cutoff"], total, keep, total - keep, nulls,
+                     _leads_with(info, m["date_column"]), resumed_state=m["state"], data_tables=data,
+                     search_path=trigger_path(conn, info.oid).schemas, references=references(conn, info.oid))
+
+
+def _leads_with(info: TableInfo, column: str) -> bool:
+    return any(i.valid and _leading_column(i.definition) == column for i in info.indexes)
+
+
+def _same_schema(conn: psycopg.Connection[Any], spec: TableSpec, original: QualifiedName,
+                 new: QualifiedName, archive: QualifiedName) -> None:
+    """The new table and the archive live in the table's schema: the swap renames them in
+    place (a rename cannot move a table to another schema)."""
+    for label, name in (("new table", new), ("archive", archive)):
+        if name.schema == original.schema:
+            continue
+        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (name.schema,)).fetchone()
+        why = (f"schema {quote_ident(name.schema)} does not exist" if found is None
+               else f"it is not the schema of {original}")
+        raise InputError(
+            f"the {label} {name} cannot be created there: {why}; the {label} takes its place by a rename in "
+            f"schema {quote_ident(original.schema)}, which cannot move it to another schema",
+            f"give the {label} a name in schema {quote_ident(original.schema)} "
+            f"(e.g. {original.sibling(name.name)}), or leave it out for the default; to keep history in "
+            "another schema, move the archive after the migration (ALTER TABLE ... SET SCHEMA)")
+
+
+def _leading_column(indexdef: str) -> str | None:
+    inside = indexdef.split(" USING ", 1)[-1].split("(", 1)[-1]
+    first = inside.split(",")[0].split(")")[0].strip().split(" ")[0]
+    return first.strip('"') if first else None
+
+
+def _check(conn: psycopg.Connection[Any], plan: TablePlan, resuming: bool) -> None:
+    info, b, w = plan.info, plan.blockers, plan.warnings
+    if plan.keep_rows == 0:
+        raise InputError(f"cutoff {plan.cutoff} keeps no rows of {plan.original}",
+                         "choose an earlier cutoff or a larger retention")
+    if plan.archive_rows == 0:
+        raise InputError(f"cutoff {plan.cutoff} keeps all {plan.total_rows} rows of "
+                         f"{plan.original}: nothing would be archived",
+                         "choose a later cutoff or a smaller retention")
+    if not resuming:
+        for label, name in (("new", plan.new), ("archive", plan.archive),
+                            ("backup", plan.backup)):
+            if name is not None and _name_taken(conn, name):
+                raise InputError(f"the {label} table name {name} is already taken",
+                                 f"drop or rename {name}, or give another {label}-table name")
+    if plan.null_dated_rows:
+        w.append(f"{plan.null_dated_rows} rows have a NULL {plan.date_column}: they are history "
+                 f"and stay in the archive {plan.archive}")
+    if not plan.order_by_date:
+        w.append(f"no index leads with {plan.date_column}: the backfill walks the key and reads "
+                 "the whole table; CREATE INDEX CONCURRENTLY on it first to make the cost follow "
+                 "the rows kept")
+    for i in info.indexes:
+        if i.constraint_type == "x":
+            b.append(f"exclusion constraint {i.constraint} cannot be recreated on the new table "
+                     "without a full lock; drop it first or migrate another way")
+        if not i.valid:
+            w.append(f"index {i.name} is INVALID and is not copied")
+        elif i.tablespace:
+            w.append(f"index {i.name} is in tablespace {i.tablespace}: its copy is built in the "
+                     "database's default tablespace (ALTER INDEX ... SET TABLESPACE after the swap)")
+    for ref in plan.references:
+        if ref.partitioned and conn.info.server_version < 180000:
+            b.append(f"foreign key {ref.name} of the partitioned table {ref.child} references {plan.original}: "
+                     "the swap re-points it NOT VALID (validated afterwards, without blocking writes), which "
+                     "PostgreSQL before 18 refuses on a partitioned table, and adding it validated would scan "
+                     f"{ref.child} under the swap's lock; drop {ref.name} before the migration and add it "
+                     "again afterwards, or migrate on PostgreSQL 18")
+            continue
+        if not ref.self_ref and trigger_name_taken(conn, ref):
+            b.append(f"trigger {FAMILY_TRIGGER} on {ref.child} has the name of the trigger tablemig puts on the "
+                     f"tables referencing {plan.original} during the swap step; rename it (ALTER TRIGGER "
+                     f"{FAMILY_TRIGGER} ON {ref.child} RENAME TO ...)")
+        lost = _orphans_after_swap(conn, plan, ref)
+        if lost:
+            what = (f"{lost} kept rows of {plan.original} reference rows of it that will be archived"
+                    if ref.self_ref else f"{lost} rows of {ref.child} reference {plan.original} rows that "
+                    "will be archived")
+            b.append(f"{what}, so foreign key {ref.name} cannot follow the live table; "
+                     + (f"choose a cutoff that keeps the rows they reference, or drop {ref.name}" if ref.self_ref
+                        else f"migrate {ref.child} with the same cutoff first, or drop {ref.name}"))
+        if not ref.indexed:
+            w.append(f"no index leads with the referencing columns of {ref.label()}: the swap's orphan check "
+                     f"looks up {ref.child} rows by them, scanning it under the swap's lock if a write "
+                     f"reached a row to be archived meanwhile; CREATE INDEX CONCURRENTLY on "
+                     f"{ref.child} ({', '.join(map(quote_ident, ref.child_columns))}) first")
+    for check, definition in not_valid_checks(info):
+        w.append(f"CHECK {check} is NOT VALID ({definition}): rows it never checked are copied as they are, "
+                 "and the live table gets it NOT VALID too")
+    for v in info.views:
+        if v.kind == "m":
+            w.append(f"materialized view {v.name} is rebuilt WITH DATA inside the swap: the lock "
+                     "is held while it is computed from the kept rows")
+            deps = _scalar(conn, "SELECT count(*) FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid"
+                                 " WHERE d.refobjid = %s AND r.ev_class <> %s", (v.oid, v.oid))
+            if deps:
+                b.append(f"materialized view {v.name} has dependent views; the swap cannot "
+                         "recreate it; drop them first")
+    for trg in info.triggers:  # not tablemig's own: those are left out of the inspection
+        if trg.name in TOOL_TRIGGERS:
+            b.append(f"trigger {trg.name} on {plan.original} has a name tablemig uses for its own "
+                     f"triggers; rename it (ALTER TRIGGER {trg.name} ON {plan.original} RENAME TO ...)")
+    if info.bound_functions:
+        b.append("functions bound to the table by OID (SQL-standard bodies) would keep reading "
+                 f"the archive: {', '.join(info.bound_functions)}; recreate them after the swap "
+                 "or rewrite them as plain SQL/PL/pgSQL")
+    if info.statistics:
+        w.append("extended statistics are copied with LIKE ... INCLUDING STATISTICS under new "
+                 "names: " + "; ".join(info.statistics))
+    if plan.spec.archive_mode == "copy":
+        w.append("archive mode copy: history rows are copied (time and space grow with the "
+                 "table, about 2x space until cleanup); the original is kept as "
+                 f"{plan.backup} until cleanup")
+
+
+def missing_privileges(conn: psycopg.Connection[Any], plan: TablePlan) -> list[str]:
+    """What the current role lacks to carry out the migration (empty: nothing)."""
+    row = conn.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    assert row is not None
+    if row[1]:
+        return []
+    owned = [("table", plan.original)] + [("referencing table", fk.table) for fk in plan.info.incoming_fks] + \
+        [("view", v.name) for v in plan.info.views] + \
+        [("table with a rule writing the table", r.relation) for r in plan.info.rules_elsewhere]
+    out = []
+    for kind, name in owned:
+        ok = conn.execute("SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c"
+                          " WHERE c.oid = %s::regclass", (str(name),)).fetchone()
+        if not (ok and ok[0]):
+            out.append(f"not the owner (or a member of the owner role) of {kind} {name}")
+    create = conn.execute("SELECT has_schema_privilege(%s, 'CREATE')", (plan.original.schema,)).fetchone()
+    if not (create and create[0]):
+        out.append(f"no CREATE privilege on schema {plan.original.schema}")
+    return out
+
+
+def _orphans_after_swap(conn: psycopg.Connection[Any], plan: TablePlan, ref: Reference) -> int:
+    """Rows referencing the table (another table's, or the kept rows of the table itself)
+    whose referenced row will not be in the live table after the swap."""
+    join = sql.SQL(" AND ").join(
+        sql.SQL("p.{} = c.{}").format(sql.Identifier(pc), sql.Identifier(cc))
+        for pc, cc in zip(ref.parent_columns, ref.child_columns, strict=True))
+    notnull = sql.SQL(" AND ").join(sql.SQL("c.{} IS NOT NULL").format(sql.Identifier(cc))
+                                    for cc in ref.child_columns)
+    d, t = sql.Identifier(plan.date_column), Fragment(plan.date_type)
+    kept = sql.SQL(" AND c.{} >= %s::{}").format(d, t) if ref.self_ref else sql.SQL("")
+    query = sql.SQL(
+        "SELECT count(*) FROM {child} c WHERE {notnull}{kept} AND NOT EXISTS ("
+        "SELECT 1 FROM {parent} p WHERE {join} AND p.{d} >= %s::{t})").format(
+        child=ref.child.ident(), parent=plan.original.ident(), join=join, notnull=notnull, kept=kept,
+        d=d, t=t)
+    return int(_scalar(conn, query, ((plan.cutoff,) if ref.self_ref else ()) + (plan.cutoff,)))

@@ -1,0 +1,275 @@
+"""The swap: one short transaction that puts the new table in the original's place.
+
+Forward (`swap`): rename `T -> A` (or `T -> T_backup` in copy mode) and `N -> T`, then make
+the new `T` look like the old one to the application: index/constraint names, sequence
+ownership and position, incoming foreign keys (re-pointed NOT VALID, validated later in
+their own transactions), views and materialized views recreated, grants, RLS policies,
+comment, user triggers (in their enable states), rules and publication membership (with
+row filters and column lists) carried over. The capture trigger goes; a mirror trigger on
+the new `T` keeps the archive equal to what the original would be, so rolling back stays
+lossless until prune. Last, still under the lock, the live table's inventory is compared
+with the original's (`tablemig.pg.inventory`): any difference but the name rolls the swap
+back, naming the property, and the swap record keeps the comparison for the audit.
+
+Backward (`swap_back`): the same exchange in the other direction, used by rollback.
+
+Locks are taken in a fixed order (the table, the other table, referencing tables, views),
+each attempt waiting at most `lock_timeout` and retried a bounded number of times
+(`tablemig.pg.locking`). The renames and re-creations themselves are `tablemig.lifecycle.exchange`,
+shared with logical subscribers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psycopg
+from psycopg import sql
+
+from ..errors import TablemigError
+from ..pg import inventory
+from ..pg.autovacuum import AutovacuumPolicy
+from ..pg.catalog import CAPTURE_TRIGGER, GUARD_TRIGGER, MIRROR_TRIGGER, PRUNE_TRIGGER, TableInfo, inspect_table
+from ..pg.locking import with_lock_retries
+from ..pg.names import QualifiedName
+from . import state
+from .exchange import exchange, exchange_back, move_publications
+from .executor import Executor
+from .families import OrphanGuard
+from .structure import (
+    change_log_name,
+    deferred_names,
+    drop_trigger_sql,
+    sync_function_sql,
+    trigger_sql,
+    truncate_guard_sql,
+)
+
+__all__ = ["CAPTURE_TRIGGER", "GUARD_TRIGGER", "MIRROR_TRIGGER", "PRUNE_TRIGGER", "Dependents",
+           "SwapPeer", "SwapResult", "swap", "swap_back", "validate_foreign_keys"]
+
+
+@dataclass
+class SwapResult:
+    attempts: int
+    lock_hold_ms: float
+    lsn: str
+    record: dict[str, Any]
+    attempt_log: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Dependents:
+    """What the swap locks besides the two tables: tables whose foreign keys reference the
+    table, views / materialized views on it, and relations with rules that name it (the
+    swap re-creates those rules). Read with one cheap query before the lock; the full
+    inspection under the lock must find no more than these."""
+
+    children: frozenset[QualifiedName]
+    views: frozenset[QualifiedName]
+    matviews: frozenset[QualifiedName]
+    rules: frozenset[QualifiedName] = frozenset()
+
+    @classmethod
+    def read(cls, conn: psycopg.Connection[Any], table: QualifiedName) -> Dependents:
+        rows = conn.execute("""
+            SELECT 'f', n.nspname, c.relname FROM pg_constraint con
+              JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE con.confrelid = %s::regclass AND con.contype = 'f' AND con.conrelid <> con.confrelid
+               AND con.conparentid = 0
+            UNION
+            SELECT CASE WHEN r.rulename = '_RETURN' THEN v.relkind::text ELSE 'r' END, n.nspname, v.relname
+              FROM pg_depend d
+              JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class
+              JOIN pg_namespace n ON n.oid = v.relnamespace
+             WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+               AND d.refobjid = %s::regclass AND v.oid <> %s::regclass""", (str(table),) * 3).fetchall()
+        pick = {k: frozenset(QualifiedName(sch, rel) for kind, sch, rel in rows if kind == k)
+                for k in ("f", "v", "m", "r")}
+        return cls(pick["f"], pick["v"], pick["m"], pick["r"])
+
+    def covers(self, info: TableInfo) -> bool:
+        return ({fk.table for fk in info.incoming_fks} <= self.children
+                and {v.name for v in info.views} <= self.views | self.matviews
+                and {r.relation for r in info.rules_elsewhere} <= self.rules)
+
+    def lock_list(self, t: QualifiedName, other: QualifiedName) -> list[QualifiedName]:
+        # LOCK TABLE refuses materialized views; the swap's DROP MATERIALIZED VIEW takes their
+        # lock under the same lock_timeout (they are watched for blockers)
+        return [t, other, *sorted(self.children), *sorted(self.views - self.children),
+                *sorted(self.rules - self.children - self.views)]
+
+
+class SwapPeer(Protocol):
+    """Another site that must make the same exchange atomically with this one (a logical
+    subscriber). `prepare_swap` runs last inside the locked transaction and leaves a
+    prepared transaction; `finish_swap` commits or rolls it back once this site's
+    transaction has committed or failed."""
+
+    name: str
+
+    def prepare_swap(self, m: dict[str, Any], *, back: bool) -> dict[str, Any]: ...
+
+    def finish_swap(self, m: dict[str, Any], *, back: bool, committed: bool) -> None: ...
+
+
+def _coordinated(peers: Sequence[SwapPeer], m: dict[str, Any], back: bool,
+                 run: Callable[[], tuple[dict[str, Any], int, list[dict[str, Any]]]],
+                 ) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
+    try:
+        out = run()
+    except BaseException:
+        for p in peers:
+            p.finish_swap(m, back=back, committed=False)
+        raise
+    for p in peers:
+        p.finish_swap(m, back=back, committed=True)
+    return out
+
+
+def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
+         statement_timeout: str, long_xact_seconds: float,
+         on_attempt: Callable[[dict[str, Any]], None] | None = None,
+         peers: Sequence[SwapPeer] = (), search_path: Sequence[str] = (),
+         guard: OrphanGuard | None = None, autovacuum_policy: AutovacuumPolicy | None = None) -> SwapResult:
+    """Forward swap of the table described by state row `m`; `peers` (logical subscribers)
+    make the same exchange, committed right after this one (see tablemig.lifecycle.logical).
+    `search_path`: the schemas of the mirror function's path (tablemig.pg.search_path).
+    `guard`: the orphan check armed by the swap step, repeated first under the lock (a
+    finding rolls the swap back; tablemig.lifecycle.families)."""
+    conn = ex.conn
+    schema = m["schema_name"]
+    t = QualifiedName(schema, m["original_name"])
+    n = QualifiedName(schema, m["new_name"])
+    a = QualifiedName(schema, m["archive_name"])
+    outgoing = QualifiedName(schema, m["backup_name"]) if m["archive_mode"] == "copy" else a
+    deps = Dependents.read(conn, t)
+
+    def body(locked_at: float) -> dict[str, Any]:
+        info = inspect_table(conn, t, list(m["key_columns"]))  # under the lock: current
+        if not deps.covers(info):
+            raise psycopg.errors.LockNotAvailable("dependencies changed while locking")
+        if guard is not None:  # before anything changes: an orphan rolls this transaction back
+            guard.check_locked(conn, t, n)
+        fn = QualifiedName("table_migration", f"mirror_{m['table_oid']}")
+        mirror = sync_function_sql(info, fn, "mirror", outgoing, search_path=search_path,
+                                   defer=deferred_names(info, outgoing.schema, "a"))
+        with ex.batched():  # the DDL in as few round trips as its reads allow
+            if guard is not None:
+                for stmt in guard.disarm_sql():
+                    ex.run(stmt)
+            ex.run(drop_trigger_sql(t, CAPTURE_TRIGGER))
+            ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
+            ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
+                QualifiedName("table_migration", f"capture_{m['table_oid']}").ident()))
+            # the change log, emptied by the switch to direct capture (this commit is durable anyway)
+            ex.run(sql.SQL("DROP TABLE IF EXISTS {}").format(change_log_name(int(m["table_oid"])).ident()))
+            record = exchange(ex, info, t, n, outgoing)
+            if not peers:  # a managed subscriber keeps both tables published (see tablemig.lifecycle.logical)
+                move_publications(ex, info.publication_rels, outgoing, t)
+            ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(outgoing.ident(), sql.Literal(
+                f"tablemig: original {t} (all rows) before the swap; cutoff {m['cutoff']} on "
+                f"{m['date_column']}")))
+            ex.run(mirror)
+            for stmt in trigger_sql(t, MIRROR_TRIGGER, fn):
+                ex.run(stmt)
+            ex.run(truncate_guard_sql(t))
+        before = inventory.of(info)
+        record["inventory"] = _same_inventory(conn, before, t, n, m)
+        record["inventory_before"] = before  # for the checks after it (EX-4.1, RB-1)
+        record |= {"foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks]
+                   + record.pop("self_foreign_keys", []),
+                   "views": [str(v.name) for v in info.views], "publications": info.publications,
+                   "outgoing": outgoing.name, "fk_validated": []}
+        # Last, with every lock held: the peers catch up and prepare their own exchange.
+        record["peers"] = {p.name: p.prepare_swap(m, back=False) for p in peers}
+        state.advance(conn, str(t), "swap", "done", details={"renamed": [str(t), outgoing.name]},
+                      state="swapped", swap_record=record, swap_attempts=m.get("swap_attempts", 0) + 1,
+                      lock_hold_ms=round((time.perf_counter() - locked_at) * 1000, 1),
+                      swap_lsn=ex.scalar("SELECT pg_current_wal_insert_lsn()::text"))
+        return record
+
+    record, used, log = _coordinated(peers, m, False, lambda: with_lock_retries(
+        conn, f"swap of {t}", deps.lock_list(t, n), body, lock_timeout=lock_timeout,
+        attempts=attempts, statement_timeout=statement_timeout,
+        long_xact_seconds=long_xact_seconds, on_attempt=on_attempt, watch=sorted(deps.matviews),
+        durable=True, autovacuum_policy=autovacuum_policy))
+    hold = record.pop("lock_hold_ms")
+    # the LSN after the swap's commit, for the standbys to reach
+    lsn = str(conn.execute("UPDATE table_migration.migration_state SET lock_hold_ms = %s, swap_attempts = %s,"
+                           " swap_lsn = pg_current_wal_insert_lsn(), updated_at = now()"
+                           " WHERE table_name = %s RETURNING swap_lsn::text", (hold, used, str(t))).fetchone()[0])
+    return SwapResult(used, hold, lsn, record, log)
+
+
+def _same_inventory(conn: psycopg.Connection[Any], before: inventory.Inventory, t: QualifiedName,
+                    n: QualifiedName, m: dict[str, Any]) -> str:
+    """Under the swap's lock: the live table's inventory must be the original's (`before`,
+    read under the same lock) but for the name. A difference raises, which rolls the swap
+    back: nothing changes, and the error names each property."""
+    diffs = inventory.differences(before, inventory.read(conn, t, list(m["key_columns"])),
+                                  pending_validation=True)
+    if diffs:
+        raise TablemigError(
+            f"swap of {t}: the live table would differ from the original ({'; '.join(diffs)}); "
+            "the swap was rolled back, nothing was changed",
+            f"a property changed on {t} during the migration (or tablemig cannot carry it): make the same "
+            f"change on {n} and rerun (the migration resumes at the swap), or roll back (tablemig "
+            "rollback) and migrate again")
+    return inventory.summary(diffs)
+
+
+def swap_back(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
+              statement_timeout: str, long_xact_seconds: float,
+              peers: Sequence[SwapPeer] = (), autovacuum_policy: AutovacuumPolicy | None = None) -> SwapResult:
+    """Undo a swap: the archive (kept current by the mirror trigger) becomes `T` again and
+    the new table is dropped. Lossless while the mirror trigger was in place."""
+    conn = ex.conn
+    schema = m["schema_name"]
+    t = QualifiedName(schema, m["original_name"])
+    rec = m["swap_record"] or {}
+    outgoing = QualifiedName(schema, rec.get("outgoing") or m["archive_name"])
+    n = QualifiedName(schema, m["new_name"])
+    deps = Dependents.read(conn, t)
+
+    def body(locked_at: float) -> dict[str, Any]:
+        info = inspect_table(conn, t, list(m["key_columns"]))
+        if not deps.covers(info):
+            raise psycopg.errors.LockNotAvailable("dependencies changed while locking")
+        with ex.batched():
+            ex.run(drop_trigger_sql(t, MIRROR_TRIGGER))
+            ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
+            ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
+                QualifiedName("table_migration", f"mirror_{m['table_oid']}").ident()))
+            exchange_back(ex, info, t, n, outgoing, rec)
+            if not peers:
+                move_publications(ex, info.publication_rels, n, t)
+            ex.run(sql.SQL("DROP TABLE {}").format(n.ident()))
+        for p in peers:
+            p.prepare_swap(m, back=True)
+        state.advance(conn, str(t), "rollback", "swapped back", state="rolled_back")
+        return {"foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks]}
+
+    record, used, log = _coordinated(peers, m, True, lambda: with_lock_retries(
+        conn, f"swap back of {t}", deps.lock_list(t, outgoing), body,
+        lock_timeout=lock_timeout, attempts=attempts, statement_timeout=statement_timeout,
+        long_xact_seconds=long_xact_seconds, watch=sorted(deps.matviews), report_seen=True,
+        durable=True, autovacuum_policy=autovacuum_policy))
+    hold = record.pop("lock_hold_ms")
+    return SwapResult(used, hold, str(ex.scalar("SELECT pg_current_wal_insert_lsn()::text")),
+                      record, log)
+
+
+def validate_foreign_keys(ex: Executor, fks: list[dict[str, Any]]) -> list[str]:
+    """VALIDATE re-pointed foreign keys, each in its own transaction (SHARE UPDATE
+    EXCLUSIVE on the referencing table only: writes continue)."""
+    done = []
+    for fk in fks:
+        child = QualifiedName.parse(fk["table"])
+        ex.run(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+            child.ident(), sql.Identifier(fk["name"])))
+        done.append(f"{child}.{fk['name']}")
+    return done

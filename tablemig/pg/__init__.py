@@ -1,0 +1,1 @@
+"""PostgreSQL helpers: connections, names, the catalog, locks, replication, client binaries, comparisons."""

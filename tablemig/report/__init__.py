@@ -1,0 +1,1 @@
+"""The run's reports: the model, the HTML, JUnit, run.json and the charts."""

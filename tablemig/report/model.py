@@ -1,0 +1,368 @@
+"""The reports of a plan run, written next to `run.json` by `report_writer.finish_run`:
+
+* `report.html` — one self-contained page for auditors (inline CSS, charts as `data:` PNGs,
+  no external reference), rendered from `tablemig/report/templates/report.html.j2`;
+* `junit.xml` — one test case per step result, for CI (`tablemig.report.junit`);
+* `cutoff_distribution_<table>.csv`, `reconciliation_<table>.csv` — per table, when measured.
+
+The run dict is first turned into plain JSON-like data with every string passed through
+`tablemig.pg.connect.redact`, so no report can show a password. Any subset of checklist steps and
+any missing fact is fine: absent data is reported as "not run" / "not measured".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import traceback
+from collections import Counter, defaultdict
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..checklist.items import ITEMS, ORDER
+from ..checklist.outcome import NOT_RUN, UNFINISHED
+from ..pg.connect import redact
+from .charts import TARGET_BATCH_SECONDS, replication_context, table_context
+from .format import columns, fmt, fmt_duration, fmt_ts, num, plain, records, safe_name
+from .junit import database_role, write_junit
+
+STATUS_LABELS = {
+    "passed": "Passed", "failed": "Failed", "blocked": "Blocked", "dry-run": "Dry run",
+    "attested": "Attested", "needs-attestation": "Needs attestation", "not-applicable": "Not applicable",
+    "not-run": "Not run", "not-evaluated": "Not evaluated", "warning": "Warning", "deferred": "Deferred",
+    "interrupted": "Interrupted", "incomplete": "Incomplete", "running": "Running",
+}
+# Worst first: the verdict of an item with several results (one per table).
+SEVERITY = ["failed", "interrupted", "blocked", "not-run", "needs-attestation", "warning", "deferred", "dry-run",
+            "passed", "attested", "not-applicable"]
+SC_VERDICTS = {
+    "passed": "Met", "attested": "Met (attested)", "failed": "Not met", "blocked": "Not evaluated (blocked)",
+    "needs-attestation": "Awaiting attestation", "dry-run": "Not evaluated (dry run)",
+    "not-applicable": "Not applicable", "warning": "Met with warnings", "deferred": "Not evaluated (deferred)",
+    "interrupted": "Not evaluated (run interrupted)", "not-run": "Not evaluated (not run)",
+}
+
+
+# -- entry point ---------------------------------------------------------------------------
+def render_reports(out: Path, data: dict[str, Any]) -> None:
+    """Write report.html, junit.xml and the per-table CSV files of one run into `out`.
+
+    Each artifact is written independently; if one fails the others are still written, the
+    error goes to `report_errors.txt` and a RuntimeError names it (a missing report must not
+    go unnoticed)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = plain(data)
+    if not isinstance(run, dict):
+        raise TypeError("render_reports expects the run dict of report_writer")
+    errors = []
+    for name, write in (("report.html", write_html), ("junit.xml", write_junit), ("CSV files", write_csvs)):
+        try:
+            write(out, run)
+        except Exception as exc:  # noqa: BLE001 - reported below, after the other artifacts
+            errors.append((name, exc, redact(traceback.format_exc())))
+    if errors:
+        (out / "report_errors.txt").write_text("\n\n".join(f"{n}:\n{tb}" for n, _, tb in errors))
+        raise RuntimeError("tablemig reports not written: " + "; ".join(
+            f"{n}: {type(e).__name__}: {redact(str(e))}" for n, e, _ in errors) + f" (see {out}/report_errors.txt)")
+
+
+def status_label(status: str) -> str:
+    return STATUS_LABELS.get(status, status.replace("-", " ").capitalize() if status else "Unknown")
+
+
+def _worst(statuses: list[str]) -> str:
+    known = [s for s in statuses if s in SEVERITY]
+    if known:
+        return min(known, key=SEVERITY.index)
+    return statuses[0] if statuses else "not-run"
+
+
+# -- context ----------------------------------------------------------------------------------
+def _steps(run: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for s in run.get("steps") or []:
+        if not isinstance(s, dict) or not s.get("id"):
+            continue
+        item = ITEMS.get(str(s["id"]))
+        evidence = s.get("evidence")
+        out.append({
+            "id": str(s["id"]), "table": s.get("table") or None, "status": str(s.get("status") or "unknown"),
+            "reason": s.get("reason") or "", "duration_s": num(s.get("duration_s")), "started": s.get("started"),
+            "text": s.get("text") or (item.text if item else ""),
+            "section": s.get("section") or (item.section if item else "Other steps"),
+            "evidence": evidence if isinstance(evidence, dict) else ({"value": evidence} if evidence else {}),
+            "statements": [st for st in s.get("statements") or [] if isinstance(st, dict)],
+        })
+    return out
+
+
+def _table_names(run: dict[str, Any], steps: list[dict[str, Any]]) -> list[str]:
+    names = [str(t) for t in (run.get("tables") or {})]
+    for s in steps:
+        if s["table"] and s["table"] not in names:
+            names.append(s["table"])
+    return names
+
+
+def _row(step: dict[str, Any]) -> dict[str, Any]:
+    not_run = step["status"] == NOT_RUN
+    return {**step, "label": status_label(step["status"]),
+            "duration": "—" if not_run else fmt_duration(step["duration_s"]), "not_run": not_run}
+
+
+def _not_run(item_id: str, table: str | None) -> dict[str, Any]:
+    return {"id": item_id, "table": table, "status": "not-run", "label": status_label("not-run"),
+            "reason": "No result in this run.",
+            "duration": "—", "evidence": {}, "statements": [], "not_run": True}
+
+
+def checklist_sections(steps: list[dict[str, Any]], tables: list[str]) -> list[dict[str, Any]]:
+    """Every checklist item in ORDER, grouped by section, with one row per result (per table)."""
+    by_id: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in steps:
+        by_id[s["id"]].append(s)
+    sections: list[dict[str, Any]] = []
+    for item_id in ORDER:
+        item = ITEMS[item_id]
+        results = by_id.pop(item_id, [])
+        results.sort(key=lambda s: tables.index(s["table"]) if s["table"] in tables else -1)
+        rows = [_row(s) for s in results]
+        if item.per_table:
+            seen = {s["table"] for s in results}
+            rows += [_not_run(item_id, t) for t in tables if t not in seen]
+        if not rows:
+            rows.append(_not_run(item_id, None))
+        if not sections or sections[-1]["name"] != item.section:
+            sections.append({"name": item.section, "items": []})
+        sections[-1]["items"].append({"id": item_id, "text": item.text, "per_table": item.per_table,
+                                      "human": item.human, "mutating": item.mutating, "rows": rows})
+    if by_id:  # steps of ids this checklist does not know (a newer plan module)
+        extra = {"name": "Other steps", "items": []}
+        for item_id, results in by_id.items():
+            extra["items"].append({"id": item_id, "text": results[0]["text"], "per_table": False, "human": False,
+                                   "mutating": False, "rows": [_row(s) for s in results]})
+        sections.append(extra)
+    for sec in sections:
+        sec["counts"] = Counter(r["status"] for it in sec["items"] for r in it["rows"])
+    return sections
+
+
+def success_criteria(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for item_id in (i for i in ORDER if i.startswith("SC-")):
+        results = [s for s in steps if s["id"] == item_id]
+        if results:
+            status = _worst([s["status"] for s in results])
+            reasons = "; ".join(dict.fromkeys(s["reason"] or str(s["evidence"].get("basis") or "") for s in results
+                                              if s["reason"] or s["evidence"].get("basis")))
+            verdict = SC_VERDICTS.get(status, status_label(status))
+        else:
+            status, reasons, verdict = "not-evaluated", "", "Not evaluated"
+        out.append({"id": item_id, "text": ITEMS[item_id].text, "status": status, "verdict": verdict,
+                    "reason": reasons})
+    return out
+
+
+def server_versions(facts: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key in ("server_versions", "server_version", "versions"):
+        v = facts.get(key)
+        if isinstance(v, dict):
+            out.update({str(k): str(x) for k, x in v.items() if x not in (None, "")})
+        elif v not in (None, ""):
+            out.setdefault("active", str(v))
+    repl = facts.get("replication")
+    if isinstance(repl, dict):
+        for site in ("active", "passive"):
+            settings = (repl.get(site) or {}).get("settings") if isinstance(repl.get(site), dict) else None
+            if isinstance(settings, dict) and settings.get("server_version"):
+                out.setdefault(site, str(settings["server_version"]))
+    return out
+
+
+def summary(run: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
+    facts = run.get("facts") or {}
+    started, finished = num(run.get("started")), num(run.get("finished"))
+    duration = finished - started if started is not None and finished is not None else None
+    counts = Counter(s["status"] for s in steps if s["status"] != NOT_RUN)  # not-run rows are counted apart
+    status = run.get("status") or ("failed" if counts.get("failed") else "passed")
+    return {
+        "plan": run.get("plan") or "plan", "module": run.get("module"), "mode": run.get("mode") or "unknown",
+        "status": status, "unfinished": status in UNFINISHED, "headline": run.get("headline") or "",
+        "run_id": run.get("run_id"), "host": run.get("host"), "executed_by": facts.get("executed_by"),
+        "role": database_role(facts), "started": fmt_ts(started), "finished": fmt_ts(finished),
+        "duration": fmt_duration(duration), "duration_s": duration, "versions": server_versions(facts),
+        "counts": sorted(counts.items(), key=lambda kv: SEVERITY.index(kv[0]) if kv[0] in SEVERITY else 99),
+        "results": sum(counts.values()),
+    }
+
+
+# -- notes and observations ------------------------------------------------------------------
+def derived_notes(run: dict[str, Any], steps: list[dict[str, Any]], summ: dict[str, Any],
+                  tables: list[dict[str, Any]], sections: list[dict[str, Any]]) -> dict[str, Any]:
+    issues = []
+    for s in steps:
+        where = f" ({s['table']})" if s["table"] else ""
+        if s["status"] == "failed":
+            issues.append(f"{s['id']}{where} failed: {s['reason'] or 'no reason recorded'}")
+        elif s["status"] == "blocked":
+            issues.append(f"{s['id']}{where} {s['reason'] or 'blocked'}")
+        elif s["status"] == "warning":
+            issues.append(f"{s['id']}{where} warning: {s['reason'] or 'no reason recorded'}")
+        elif s["status"] == "interrupted":
+            issues.append(f"{s['id']}{where} interrupted: {s['reason']}")
+    unattested = [f"{s['id']}{' (' + s['table'] + ')' if s['table'] else ''}" for s in steps
+                  if s["status"] == "needs-attestation"]
+    not_run = [it["id"] for sec in sections for it in sec["items"] if all(r["not_run"] for r in it["rows"])]
+
+    perf, recs = [], []
+    for t in tables:
+        if t["timings"]:
+            phases = ", ".join(f"{k} {fmt_duration(v)}" for k, v in t["timings"].items() if num(v) is not None)
+            perf.append(f"{t['name']}: phase timings — {phases}.")
+        rate = next((k["value"] for k in t["kpis"] if k["key"] == "rate"), None)
+        if rate:
+            perf.append(f"{t['name']}: backfill copied {fmt(t['rows_copied'])} rows at {rate}.")
+        if t["pacing"]:
+            perf.append(f"{t['name']}: {t['pacing']}.")
+        if t["lock_hold_ms"] is not None:
+            perf.append(f"{t['name']}: the swap held its exclusive lock for {fmt(t['lock_hold_ms'])} ms"
+                        f" ({fmt(t['swap_attempts'])} attempt(s)).")
+        if t["lag"]:
+            peak = max((num(x.get("lag_bytes")) or 0) for x in t["lag"])
+            pauses = sum(1 for x in t["lag"] if x.get("paused"))
+            perf.append(f"{t['name']}: peak replication lag {fmt(peak)} bytes over {len(t['lag'])} samples"
+                        f"{f', {pauses} paused samples' if pauses else ''}.")
+        b = t["batch"]
+        if b:
+            perf.append(f"{t['name']}: median batch time {b['median_seconds']:.3f} s over {b['batches']} batch(es),"
+                        f" {fmt(round(b['rows_per_second']))} rows/s.")
+            if b["far"]:
+                recs.append(f"{t['name']}: the median batch took {b['median_seconds']:.3f} s, far from the "
+                            f"{TARGET_BATCH_SECONDS} s target; a batch_size of about {b['suggested']:,} rows "
+                            f"(configured: {fmt(b['batch_size'])}) would reach it at the measured rate.")
+        if num(t["swap_attempts"]) and (num(t["swap_attempts"]) or 0) > 1:
+            recs.append(f"{t['name']}: the swap needed {fmt(t['swap_attempts'])} attempts (lock contention); "
+                        "schedule the swap at a quieter time or end long transactions first.")
+        if t["reconciliation"]["mismatches"]:
+            recs.append(f"{t['name']}: {t['reconciliation']['mismatches']} reconciliation segment(s) differ; "
+                        "investigate before sign-off.")
+    failed = [s for s in steps if s["status"] == "failed"]
+    if failed:
+        recs.append("Resolve the failure of " + ", ".join(sorted({s["id"] for s in failed}))
+                    + " and run the plan again (the migration resumes where it stopped).")
+    if unattested:
+        recs.append("Record the human confirmations still missing: " + ", ".join(unattested)
+                    + " (plan attestations or --attest ID=NAME).")
+    if summ["unfinished"]:
+        recs.insert(0, f"The {summ['status']} run did not get to its end: run the plan again; every step is "
+                       "rerun and the migration continues from the state recorded in the database.")
+    if run.get("mode") == "dry-run":
+        recs.append("This was a dry run: nothing was changed; review the planned SQL, then run with --execute.")
+    if not_run:
+        recs.append(f"{len(not_run)} checklist item(s) have no result in this run: " + ", ".join(not_run) + ".")
+    return {
+        "Migration date": summ["started"].split(" ")[0] if summ["started"] != "—" else "—",
+        "Executed by": summ["executed_by"] or "—", "Database role": summ["role"] or "not recorded",
+        "Duration": summ["duration"], "Issues encountered": issues or ["None recorded."],
+        "Performance observations": perf or ["No performance data was recorded."],
+        "Recommendations": recs or ["None."],
+    }
+
+
+def step_notes(evidence: dict[str, Any]) -> dict[str, Any]:
+    """The evidence of the NOTES step with readable headings (duration_s -> Duration)."""
+    out = {}
+    for key, value in evidence.items():
+        label = re.sub(r"_s$", "", key).replace("_", " ").strip().capitalize() or key
+        out[label] = fmt_duration(value) if key.endswith("_s") and num(value) is not None else value
+    return out
+
+
+# -- writers ----------------------------------------------------------------------------------
+def build_context(run: dict[str, Any]) -> dict[str, Any]:
+    steps = _steps(run)
+    names = _table_names(run, steps)
+    facts = run.get("facts") if isinstance(run.get("facts"), dict) else {}
+    table_facts = run.get("tables") if isinstance(run.get("tables"), dict) else {}
+    sections = checklist_sections(steps, names)
+    summ = summary(run, steps)
+    batch_cfg = next((s["evidence"].get("config", {}).get("batch_size") for s in steps
+                      if s["id"] == "EX-1.2" and isinstance(s["evidence"].get("config"), dict)), None)
+    tables = [table_context(n, table_facts.get(n) if isinstance(table_facts.get(n), dict) else {},
+                            [s for s in steps if s["table"] in (n, None)], batch_cfg, facts) for n in names]
+    notes_step = [s for s in steps if s["id"] == "NOTES" and s["evidence"]]
+    notes = step_notes(notes_step[0]["evidence"]) if notes_step else derived_notes(run, steps, summ, tables, sections)
+    contacts = records(run.get("contacts"))
+    run_facts = {k: v for k, v in facts.items() if k not in ("replication", "lag_samples")}
+    return {
+        "s": summ, "sections": sections, "criteria": success_criteria(steps), "tables": tables,
+        "replication": replication_context(facts, steps, any(t["lag_chart"] and t["lag_from_run"] for t in tables)),
+        "notes": notes,
+        "notes_source": "NOTES step" if notes_step else "derived from this run",
+        "contacts": contacts, "contact_columns": columns(contacts, ["role", "name", "phone", "email", "escalation"]),
+        "run_facts": run_facts, "generated": fmt_ts(dt.datetime.now(dt.UTC).timestamp()),
+        "not_run": sum(1 for sec in sections for it in sec["items"] for r in it["rows"] if r["not_run"]),
+        "order_count": len(ORDER),
+    }
+
+
+def _environment() -> Any:
+    import jinja2
+
+    def load(name: str) -> str:
+        return resources.files("tablemig.report.templates").joinpath(name).read_text(encoding="utf-8")
+
+    env = jinja2.Environment(loader=jinja2.FunctionLoader(load), autoescape=True, undefined=jinja2.ChainableUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(fmt=fmt, ts=fmt_ts, duration=fmt_duration, label=status_label,
+                       columns=lambda rows: columns(rows, []))
+    env.tests.update(
+        records=lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v),
+        scalars=lambda v: isinstance(v, list) and all(x is None or isinstance(x, str | int | float | bool) for x in v),
+        listish=lambda v: isinstance(v, list),
+        long_text=lambda v: isinstance(v, str) and (len(v) > 100 or "\n" in v),
+    )
+    return env
+
+
+def render_html(run: dict[str, Any]) -> str:
+    return _environment().get_template("report.html.j2").render(**build_context(run))
+
+
+def write_html(out: Path, run: dict[str, Any]) -> Path:
+    path = out / "report.html"
+    path.write_text(render_html(run), encoding="utf-8")
+    return path
+
+
+def write_csvs(out: Path, run: dict[str, Any]) -> list[Path]:
+    import json
+
+    import pandas as pd
+
+    def cell(v: Any) -> Any:
+        return json.dumps(v) if isinstance(v, dict | list) else v
+
+    written = []
+    tables = run.get("tables") if isinstance(run.get("tables"), dict) else {}
+    for name, facts in tables.items():
+        if not isinstance(facts, dict):
+            continue
+        for fact, prefix, preferred in (
+                ("distribution", "cutoff_distribution", ["month", "record_count", "kept", "archived", "percentage"]),
+                ("reconciliation", "reconciliation", ["segment", "key_from", "key_to"])):
+            rows = records(facts.get(fact))
+            if not rows:
+                continue
+            cols = columns(rows, preferred)
+            if fact == "reconciliation":  # segment, range, then count/checksum per side, then match
+                rest = [c for c in cols if c not in preferred and c != "match"]
+                cols = [c for c in preferred if c in cols] + rest + (["match"] if "match" in cols else [])
+            frame = pd.DataFrame([{c: cell(r.get(c)) for c in cols} for r in rows], columns=cols, dtype=object)
+            path = out / f"{prefix}_{safe_name(str(name))}.csv"
+            frame.to_csv(path, index=False)
+            written.append(path)
+    return written

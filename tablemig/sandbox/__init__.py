@@ -1,0 +1,1 @@
+"""The embedded sandbox: a throwaway primary and standby on loopback, with demo data."""

@@ -1,0 +1,89 @@
+"""Throwaway PostgreSQL clusters (primary + standby) for tests and demos: `tablemig sandbox`.
+
+`start` prints exactly one JSON object of DSNs on stdout, so scripts can capture it;
+everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError, TablemigError
+from ..pg.connect import redact
+from .cluster import PROVIDERS, start_sandbox, stop_sandbox
+
+
+def _settings(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set expects KEY=VALUE, got {pair!r}", "e.g. --set fsync=on")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    """Start a sandbox and print its DSNs as JSON."""
+    t0 = time.monotonic()
+    sb = start_sandbox(Path(args.dir), subscriber=args.subscriber, pg_bin=args.pg_bin,
+                       provider=args.pg_provider, extra_conf=_settings(args.set or []))
+    print(f"tablemig: sandbox at {sb.root} (PostgreSQL {sb.pg_bin.version} from "
+          f"{sb.pg_bin.source}) started in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    print(json.dumps(sb.as_dict()), flush=True)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Stop and remove a sandbox; does nothing if there is none."""
+    stop_sandbox(Path(args.dir), keep_logs=args.keep_logs)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add the `sandbox` command (with `start` and `stop`) to the tablemig CLI."""
+    p = subparsers.add_parser("sandbox", help="start/stop throwaway PostgreSQL clusters",
+                              description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="sandbox_command", required=True, metavar="ACTION")
+
+    start = sub.add_parser("start", help="start a primary + streaming standby; print DSNs")
+    start.add_argument("--dir", required=True, help="directory to hold the clusters")
+    start.add_argument("--subscriber", action="store_true",
+                       help="also start a separate cluster for logical-replication tests")
+    start.add_argument("--pg-bin", help="PostgreSQL bin directory (default: search)")
+    start.add_argument("--pg-provider", choices=PROVIDERS, default="embedded",
+                       help="where the servers run (default: embedded local processes)")
+    start.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="postgresql.conf setting for every cluster (repeatable)")
+    start.set_defaults(func=cmd_start)
+
+    stop = sub.add_parser("stop", help="stop the sandbox and remove its directories")
+    stop.add_argument("--dir", required=True, help="directory given to start")
+    stop.add_argument("--keep-logs", action="store_true", help="keep DIR/logs/*.log")
+    stop.set_defaults(func=cmd_stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run only the sandbox command, e.g. `python -m tablemig.sandbox.cli start --dir D`."""
+    parser = argparse.ArgumentParser(prog="tablemig")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["sandbox", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args) or 0)
+    except TablemigError as exc:
+        print(f"tablemig: error: {redact(exc.problem)}", file=sys.stderr)
+        if exc.fix:
+            print(f"tablemig: fix: {exc.fix}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

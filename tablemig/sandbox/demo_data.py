@@ -1,0 +1,113 @@
+"""Demo data: `public.orders` (growth-skewed over 36 months) with real dependencies.
+
+Everything is generated server-side with `generate_series`; no row passes through Python.
+`order_items` references only orders of the last 30 days (items of open orders), so its
+foreign key can follow `orders` to the live table after a migration that keeps at least
+the newest ~6 % of rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ..errors import InputError
+from ..pg.connect import connect
+
+DDL = """
+DROP VIEW IF EXISTS {schema}.recent_orders;
+DROP TABLE IF EXISTS {schema}.order_items;
+DROP TABLE IF EXISTS {schema}.orders;
+CREATE TABLE {schema}.orders (
+    id           bigserial,
+    customer_id  bigint NOT NULL,
+    status       text NOT NULL,
+    amount       numeric(12,2) NOT NULL,
+    created_date timestamptz NOT NULL,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    note         text
+);
+"""
+
+INSERT_ORDERS = """
+INSERT INTO {schema}.orders (customer_id, status, amount, created_date, updated_at, note)
+SELECT mod(g::bigint * 7919, 100000) + 1,
+       (ARRAY['new','paid','shipped','delivered','cancelled'])[1 + mod(g, 5)],
+       round((random() * 500)::numeric, 2),
+       ts, ts + interval '1 hour',
+       CASE WHEN mod(g, 10) = 0 THEN repeat($$note $$, 1 + mod(g, 20)::int) END
+  FROM generate_series(1::bigint, %(rows)s) g,
+       -- density grows linearly with time: the newest months hold the most rows
+       LATERAL (SELECT %(end)s::timestamptz
+                       - (%(months)s * interval '1 month') * (1 - sqrt((g - 0.5) / %(rows)s))
+                       AS ts) t
+"""
+
+# Indexes after the load: building them once is much cheaper than maintaining them per row.
+AFTER_LOAD = """
+ALTER TABLE {schema}.orders ADD CONSTRAINT orders_pkey PRIMARY KEY (id);
+CREATE INDEX orders_customer_id_idx ON {schema}.orders (customer_id);
+CREATE INDEX orders_created_date_idx ON {schema}.orders (created_date);
+CREATE TABLE {schema}.order_items (
+    id        bigserial PRIMARY KEY,
+    order_id  bigint NOT NULL REFERENCES {schema}.orders (id) ON DELETE CASCADE,
+    sku       text NOT NULL,
+    quantity  integer NOT NULL CHECK (quantity > 0)
+);
+INSERT INTO {schema}.order_items (order_id, sku, quantity)
+SELECT o.id, 'SKU-' || (o.id % 997), 1 + (o.id % 3)
+  FROM {schema}.orders o, generate_series(1, 1 + (o.id % 3)::int) n
+ WHERE o.created_date >= (SELECT max(created_date) FROM {schema}.orders) - interval '30 days';
+CREATE INDEX order_items_order_id_idx ON {schema}.order_items (order_id);
+CREATE VIEW {schema}.recent_orders AS
+    SELECT id, customer_id, status, amount, created_date
+      FROM {schema}.orders
+     WHERE created_date >= now() - interval '30 days';
+ANALYZE {schema}.orders;
+ANALYZE {schema}.order_items;
+"""
+
+
+def create_demo_data(conn: psycopg.Connection[Any], rows: int, *, schema: str = "public",
+                     months: int = 36, end: str | None = None) -> dict[str, Any]:
+    """(Re)create the demo tables with `rows` orders; returns counts and the elapsed time."""
+    if rows < 1:
+        raise InputError(f"--rows must be at least 1, got {rows}", "give a positive row count")
+    started = time.monotonic()
+    s = sql.Identifier(schema)
+    end_ts = end or "now"
+    with conn.transaction():
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
+        conn.execute(sql.SQL(DDL).format(schema=s))
+        conn.execute("SELECT setseed(0.42)")
+        conn.execute(sql.SQL(INSERT_ORDERS).format(schema=s),
+                     {"rows": rows, "months": months, "end": end_ts})
+        conn.execute(sql.SQL(AFTER_LOAD).format(schema=s))
+    counts = conn.execute(
+        sql.SQL("SELECT (SELECT count(*) FROM {}.orders), (SELECT count(*) FROM {}.order_items)")
+        .format(s, s)
+    ).fetchone()
+    assert counts is not None
+    return {"orders": counts[0], "order_items": counts[1],
+            "seconds": round(time.monotonic() - started, 2)}
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    with connect(args.dsn) as conn:
+        result = create_demo_data(conn, args.rows, schema=args.schema, months=args.months)
+    print(f"created {result['orders']} orders and {result['order_items']} order_items "
+          f"in {args.schema} in {result['seconds']} s")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo-data", help="create the demo orders / order_items / recent_orders")
+    p.add_argument("--dsn", required=True, help="connection string of the active site")
+    p.add_argument("--rows", type=int, default=100_000, help="number of orders (default 100000)")
+    p.add_argument("--months", type=int, default=36, help="months of history (default 36)")
+    p.add_argument("--schema", default="public", help="schema to create the tables in")
+    p.set_defaults(func=_cmd)
