@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 SNIPPET = textwrap.dedent("""
     import json, sys
     import tablemig
-    from tablemig import schema, templating
+    from tablemig.pg import schema, templating
     from tablemig.pg.connect import connect
 
     statements = schema.render_schema()
