@@ -21,8 +21,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ..checklist.wording import fmt, pacing_text
 from ..pg.connect import redact
-from .format import columns, fmt, pacing_text, records, safe_name
+from .format import columns, records, safe_name
 
 WIDTH_IN, HEIGHT_IN, DPI = 7.0, 3.0, 100
 

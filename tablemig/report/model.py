@@ -22,9 +22,10 @@ from typing import Any
 
 from ..checklist.items import ITEMS, ORDER
 from ..checklist.outcome import NOT_RUN, UNFINISHED
+from ..checklist.wording import fmt, fmt_duration, num
 from ..pg.connect import redact
 from .charts import TARGET_BATCH_SECONDS, replication_context, table_context
-from .format import columns, fmt, fmt_duration, fmt_ts, num, plain, records, safe_name
+from .format import columns, fmt_ts, plain, records, safe_name
 from .junit import database_role, write_junit
 
 STATUS_LABELS = {
