@@ -96,7 +96,7 @@ def _outcome(folder: Path, db: FreshDb, mode: str) -> dict[str, Any]:
     run = json.loads((run_dir / "run.json").read_text())
     assert run["mode"] == mode
 
-    def cases(path: Path) -> list[tuple[str | None, ...]]:
+    def cases(path: Path) -> list[tuple[str | None, str | None, str, str | None]]:
         out = []
         for case in ET.parse(path).getroot().iter("testcase"):
             outcome = next((e.tag for e in case if e.tag in ("failure", "error", "skipped")), "passed")

@@ -34,7 +34,7 @@ def _dir(config: pytest.Config, plan: str) -> Path | None:
     worker = getattr(config, "workerinput", None)
     if worker is None:
         return None  # one process: pytest already runs the steps in checklist order
-    d = reports_dir(config) / plan / ".order" / worker["testrunuid"][:12]
+    d = reports_dir(config) / plan / ".order" / str(worker["testrunuid"])[:12]
     d.mkdir(parents=True, exist_ok=True)
     return d
 

@@ -69,6 +69,11 @@ def fmt_ts(ts: Any) -> str:
         return str(ts)
 
 
+def mapping(v: Any) -> dict[str, Any]:
+    """`v` when it is a dict, else an empty one (run data may lack anything)."""
+    return v if isinstance(v, dict) else {}
+
+
 def records(v: Any) -> list[dict[str, Any]]:
     return [x for x in v if isinstance(x, dict)] if isinstance(v, list) else []
 
