@@ -54,8 +54,8 @@ def whole_plan(res: Result) -> list[str]:
     for size in r["whole_plan"]["sizes"]:
         c, p = size["cutoff"], size["plan"]
         out += [f"### {c['total']:,} rows keeping {c['kept_rows']:,} (retention {c['retention']:g})", "",
-                f"The plan module: `{p.get('new_plan', 'tablemig new-plan')}`; "
-                f"`{p['command']}` ended **{p['status']}** in {p['wall_s']:,} s (exit {p['exit_code']}). "
+                f"In a directory of its own: `{p.get('new_plan', 'tablemig new-plan')}`, then "
+                f"`{p['command']}`, which ended **{p['status']}** in {p['wall_s']:,} s (exit {p['exit_code']}). "
                 f"Peak RSS of the plan process and its children: **{p['peak_rss_mb']:.0f} MB** (the pytest "
                 f"process alone: {fmt(p['own_peak_rss_mb'], '.0f')} MB; target ≤ 200 MB). Load average during "
                 f"the plan: {fmt(p['load'].get('min'))}–{fmt(p['load'].get('max'))} "

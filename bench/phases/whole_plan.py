@@ -12,11 +12,13 @@ import json
 import shlex
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from tablemig.db import connect
@@ -39,8 +41,9 @@ LIMITS = {
     "scan_new_standby": "the same read of that table on the standby",
     "scan_pair": "scan_kept and scan_new at the same time on two connections (verify reads its two sides so)",
     "months": "one GROUP BY month count of every row",
-    "count": "the plan's count of the rows on each side of the cutoff and of those without a date, in one "
-             "read of the table: each step that plans the table again reads it so",
+    "plan_reads": "what a plan must read: one read of the table counting its rows, those with a date, those "
+                  "on or after the cutoff and those without a date; and the kept rows' dates walked through "
+                  "the date index, newest first, to the cutoff (each step that plans the table reads so)",
     "dump": "pg_dump --format=custom --table of the table alone",
     "restore": "pg_restore of that dump into an empty database (table, rows, key, indexes)",
     "insert": "one INSERT ... SELECT of the kept rows into a bare table (columns and defaults only)",
@@ -53,7 +56,7 @@ STEP_LIMITS: dict[str, tuple[tuple[str, ...], str]] = {
     "PRE-2.1": (("dump",), "pg_dump of the table"),
     "PRE-2.3": (("restore",), "pg_restore of the table"),
     "EX-1.3": (("months",), "rows per month"),
-    **{step: (("count",), "plans the table") for step in ("PRE-1.2d", "PRE-1.3a", "PRE-1.3b", "PRE-1.3d",
+    **{step: (("plan_reads",), "plans the table") for step in ("PRE-1.2d", "PRE-1.3a", "PRE-1.3b", "PRE-1.3d",
                                                           "PRE-2.4", "PRE-3.1")},
     "EX-2.2": (("insert", "indexes", "scan_pair", "lock_hold"), "load, indexes, verify, the swap's lock hold"),
     "EX-3.2": (("scan_new", "scan_all", "scan_new_standby", "scan_all_standby"),
@@ -91,6 +94,18 @@ def _timed_pair(dsn: str, cut: Cut) -> float:
     return time.perf_counter() - t0
 
 
+def _plan_reads(c: psycopg.Connection[Any], cut: Cut) -> float:
+    """The reads that give a plan its figures: the counts in one pass, the cutoff as the
+    k-th newest date through the date index; seconds."""
+    d, t = sql.Identifier(DATE_COLUMN), sql.Identifier("orders")
+    t0 = time.perf_counter()
+    c.execute(sql.SQL("SELECT count(*), count({d}), count(*) FILTER (WHERE {d} >= %s::timestamptz),"
+                      " count(*) FILTER (WHERE {d} IS NULL) FROM {t}").format(d=d, t=t), (cut.cutoff,)).fetchone()
+    c.execute(sql.SQL("SELECT x.{d} FROM {t} AS x WHERE x.{d} IS NOT NULL ORDER BY x.{d} DESC OFFSET %s LIMIT 1")
+              .format(d=d, t=t), (cut.kept_rows - 1,)).fetchone()
+    return time.perf_counter() - t0
+
+
 def limits(b: Bench, cut: Cut, label: str) -> dict[str, Any]:
     """Every physical limit of LIMITS, measured on a fresh copy (reads first, then the
     copy of the kept rows that the later reads use)."""
@@ -107,11 +122,7 @@ def limits(b: Bench, cut: Cut, label: str) -> dict[str, Any]:
             c.execute(sql.SQL("SELECT date_trunc('month', {d}), count(*) FROM {t} GROUP BY 1").format(
                 d=sql.Identifier(DATE_COLUMN), t=sql.Identifier("orders"))).fetchall()
             got["months"] = round(time.perf_counter() - t0, 3)
-            t0 = time.perf_counter()
-            c.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE {d} >= %s::timestamptz),"
-                              " count(*) FILTER (WHERE {d} IS NULL) FROM {t}").format(
-                d=sql.Identifier(DATE_COLUMN), t=sql.Identifier("orders")), (cut.cutoff,)).fetchone()
-            got["count"] = round(time.perf_counter() - t0, 3)
+            got["plan_reads"] = round(_plan_reads(c, cut), 3)
         dump = b.workdir / f"limits_{label}.dump"
         got.update({f"dump_{k}": v for k, v in physical.pg_dump_table(t.pg_bin.tool("pg_dump"), dsn, TABLE,
                                                                         dump).items()})
@@ -165,11 +176,13 @@ def plan_command(module: Path, active: str, passive: str | None, reports: Path) 
 def run_plan(b: Bench, cut: Cut, label: str) -> dict[str, Any]:
     """The whole plan, executed on a fresh copy; its run.json read back."""
     t = b.target
-    plan_dir = b.workdir / f"plan_{label}"
+    # outside the repository, as a user's plan is (its module, backups and reports)
+    plan_dir = Path(tempfile.gettempdir()) / f"tablemig-bench-{b.workdir.name}-plan_{label}"
     name = f"bench_plan_{label.replace('.', '_')}"
     module = _plan_module(b, cut, plan_dir, name)
     with fresh_copy(b, f"plan_{label}") as (db, facts):
-        cmd = plan_command(module, t.dsn(db), t.standby(db), plan_dir / "reports")
+        # run from the plan's directory, as a DBA runs it
+        cmd = plan_command(Path(module.name), t.dsn(db), t.standby(db), Path("reports"))
         log(f"whole plan {label}: {' '.join(cmd[1:4])} --execute ... (load {facts['loadavg_before']:.2f})")
         fp = engine_fingerprint()
         done = run_child(cmd, plan_dir / "pytest.out", plan_dir / "pytest.err", cwd=plan_dir, sample_every=1.0)
@@ -177,12 +190,14 @@ def run_plan(b: Bench, cut: Cut, label: str) -> dict[str, Any]:
         if not run_json.exists():
             raise RuntimeError(f"the plan wrote no run.json (exit {done.code}):\n{tail(plan_dir / 'pytest.out', 30)}")
         data = json.loads(run_json.read_text())
-    if not b.args.keep_logs:
-        shutil.rmtree(plan_dir / "backups", ignore_errors=True)  # the dumps: the size of the table
+    new_plan = (plan_dir / "new-plan.cmd").read_text()
+    if data.get("status") == "passed" and not b.args.keep_logs:  # the dumps are the size of the table
+        shutil.rmtree(plan_dir, ignore_errors=True)
     steps = [{"id": s["id"], "status": s["status"], "seconds": s.get("duration_s"), "reason": s.get("reason") or ""}
              for s in data["steps"]]
     table = (data.get("tables") or {}).get(TABLE, {})
-    return {"command": shlex.join(["pytest", *cmd[3:]]), "new_plan": (plan_dir / "new-plan.cmd").read_text(),
+    return {"command": shlex.join(["pytest", *cmd[3:]]), "directory": str(plan_dir),  # removed after a passed run
+            "new_plan": new_plan,
             "exit_code": done.code, "status": data.get("status"),
             "wall_s": round(done.seconds, 1), "peak_rss_mb": round(done.peak_rss_mb, 1),
             "own_peak_rss_mb": None if done.own_peak_rss_mb is None else round(done.own_peak_rss_mb, 1),
