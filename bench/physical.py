@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tablemig.db import connect
+from tablemig.pg.connect import connect
 
 from .source import DATE_COLUMN, Cut
 

@@ -33,7 +33,7 @@ def loadavg() -> float:
 
 def tablemig_cli(*args: str) -> list[str]:
     """The real `tablemig` command line, run by this interpreter."""
-    return [sys.executable, "-m", "tablemig.cli", *args]
+    return [sys.executable, "-m", "tablemig.cli.main", *args]
 
 
 def tail(path: Path, n: int = 15) -> str:

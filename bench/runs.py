@@ -15,7 +15,7 @@ from typing import Any
 
 from psycopg import sql
 
-from tablemig.db import connect
+from tablemig.pg.connect import connect
 
 from . import physical
 from .proc import loadavg, log, run_child, tablemig_cli, tail

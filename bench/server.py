@@ -1,4 +1,4 @@
-"""The server under test: a durable `tablemig.sandbox` (primary + streaming standby) the
+"""The server under test: a durable `tablemig.sandbox.cluster` (primary + streaming standby) the
 bench starts itself, or a server given with `--reuse-dsn`; and what the bench does on it
 (database copies, checkpoints, WAL positions, scheduling priority)."""
 
@@ -16,9 +16,9 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tablemig.db import connect
-from tablemig.pgbin import PgBin, find_pg_bin
-from tablemig.sandbox import Sandbox, start_sandbox
+from tablemig.pg.binaries import PgBin, find_pg_bin
+from tablemig.pg.connect import connect
+from tablemig.sandbox.cluster import Sandbox, start_sandbox
 
 from .proc import log
 

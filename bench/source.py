@@ -11,9 +11,9 @@ from typing import Any
 
 from psycopg import sql
 
-from tablemig.db import connect
-from tablemig.names import QualifiedName
-from tablemig.planner import compute_cutoff
+from tablemig.lifecycle.planner import compute_cutoff
+from tablemig.pg.connect import connect
+from tablemig.pg.names import QualifiedName
 
 from .proc import log, run_child, tablemig_cli, tail
 from .server import APP, Target, checkpoint, drop_database, scalar

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from tablemig.db import connect
+from tablemig.pg.connect import connect
 
 from .server import APP, Target, lsn_diff, sessions_gone, wal_lsn
 

@@ -16,8 +16,8 @@ from bench.results import result_path, size_label
 from bench.server import Target
 from bench.summary import MARKER
 from bench.summary import main as summary_main
-from tablemig.db import connect
-from tablemig.pgbin import find_pg_bin
+from tablemig.pg.binaries import find_pg_bin
+from tablemig.pg.connect import connect
 
 # what the smoke measured at 100k rows keeping 10k (docs/benchmarks.md)
 CORE = {"rows_read": 101_919, "blocks": 11_468, "wal_bytes": 2_043_384}

@@ -9,12 +9,12 @@ from typing import Any
 
 from psycopg import sql
 
-from tablemig import state
-from tablemig.backfill import CopyJob, chunk_sql, plan_chunks
-from tablemig.engine import Migration
-from tablemig.executor import Recorder
-from tablemig.names import QualifiedName
-from tablemig.spec import TableSpec
+from tablemig.config.spec import TableSpec
+from tablemig.lifecycle import state
+from tablemig.lifecycle.backfill import CopyJob, chunk_sql, plan_chunks
+from tablemig.lifecycle.driver import Migration
+from tablemig.lifecycle.executor import Recorder
+from tablemig.pg.names import QualifiedName
 
 from ..proc import run_child, tail
 from ..runs import Bench, fresh_copy, migrate_cmd

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tablemig.db import connect
+from tablemig.pg.connect import connect
 
 from .. import physical
 from ..proc import log, run_child, tablemig_cli, tail
