@@ -11,6 +11,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from ..config.settings import BATCH_SIZE, WORKERS, Fixed, argument
 from ..config.spec import TableSpec
 from ..errors import InputError
 from ..lifecycle.driver import Migration
@@ -30,36 +31,15 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-table", help="name of the new table (default <table>_new)")
     p.add_argument("--archive-table", help="name of the archive (default <table>_archive_<YYYYMMDD>)")
     p.add_argument("--archive-mode", choices=["rename", "copy"], default="rename")
-    p.add_argument("--batch-size", type=int, default=10_000)
-    p.add_argument("--workers", type=int, default=1, help="concurrent backfill workers")
-
-
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0 (e.g. 1: work half the time)")
-    return value
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to below 1 (e.g. 0.9: keep 90 %"
-                                         " of the application's writes; 0: no guard)")
-    return value
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="rows per unit of bulk work")
+    p.add_argument("--workers", type=int, default=WORKERS, help="concurrent backfill workers")
 
 
 def _pacing_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nice-ratio", type=_ratio, metavar="R",
+    p.add_argument("--nice-ratio", type=argument("nice_ratio"), metavar="R",
                    help="after each unit of bulk work sleep R times as long as it took (0: no pacing;"
                         " default: migration_config nice_ratio, re-read every 5 s)")
-    p.add_argument("--app-write-share", type=_share, metavar="S",
+    p.add_argument("--app-write-share", type=argument("app_write_share"), metavar="S",
                    help="write guard: rest between units of bulk work so that the application keeps the"
                         " share S of its write rate (0: off; default: migration_config app_write_share,"
                         " 0.9, re-read every 5 s)")
@@ -89,6 +69,12 @@ def from_state(dsn: str, table: str, **overrides: Any) -> Migration:
     return Migration(dsn, spec, **overrides)
 
 
+def _fixed(a: argparse.Namespace) -> Fixed:
+    """The settings the command line fixes for the run (the others follow migration_config)."""
+    return Fixed({"nice_ratio": getattr(a, "nice_ratio", None),
+                  "app_write_share": getattr(a, "app_write_share", None)}, source="the command line:")
+
+
 def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
@@ -108,8 +94,7 @@ def _subscriber_arg(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_migrate(a: argparse.Namespace) -> int:
-    with Migration(a.dsn, _spec(a), subscribers=a.subscriber_dsn, nice_ratio=a.nice_ratio,
-                   app_write_share=a.app_write_share) as mig:
+    with Migration(a.dsn, _spec(a), subscribers=a.subscriber_dsn, fixed=_fixed(a)) as mig:
         final = mig.run(a.until)
         print(file=sys.stderr)
         plan = mig.last_plan
@@ -166,8 +151,7 @@ def _set_paused(a: argparse.Namespace, paused: bool) -> int:
 
 
 def cmd_prune(a: argparse.Namespace) -> int:
-    with from_state(a.dsn, a.table, subscribers=a.subscriber_dsn, nice_ratio=a.nice_ratio,
-                    app_write_share=a.app_write_share) as mig:
+    with from_state(a.dsn, a.table, subscribers=a.subscriber_dsn, fixed=_fixed(a)) as mig:
         n = mig.prune(a.batch_size)
     print(f"pruned: {n} rows deleted from the archive")
     return 0

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..errors import InputError
 from ..pg.names import QualifiedName, derived_name
+from .settings import BATCH_SIZE, WORKERS
 
 ARCHIVE_MODES = ("rename", "copy")
 
@@ -26,9 +27,9 @@ class TableSpec:
     new_table: str | None = None
     archive_table: str | None = None
     archive_mode: str = "rename"
-    batch_size: int = 10_000
+    batch_size: int = BATCH_SIZE  # rows per unit of bulk work (a load chunk holds about this many)
     key: tuple[str, ...] | None = None
-    workers: int = 1
+    workers: int = WORKERS
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -42,7 +43,7 @@ class TableSpec:
             raise InputError(f"archive mode {self.archive_mode!r} is unknown",
                              f"use one of {', '.join(ARCHIVE_MODES)}")
         if self.batch_size < 1:
-            raise InputError(f"batch size {self.batch_size} must be positive", "e.g. 10000")
+            raise InputError(f"batch size {self.batch_size} must be positive", f"e.g. {BATCH_SIZE}")
         if self.workers < 1:
             raise InputError(f"workers {self.workers} must be at least 1", "e.g. 1 or 2")
         if not self.date_column or "\x00" in self.date_column:

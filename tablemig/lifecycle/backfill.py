@@ -223,13 +223,13 @@ def chunk_sql(job: CopyJob, split: str, split_type: str, lo: bool, hi: bool) -> 
 
 
 def plan_chunks(conn: psycopg.Connection[Any], job: CopyJob, split: str, split_type: str,
-                expected_rows: int, min_chunk_rows: int, max_chunks: int = 64,
+                expected_rows: int, batch_size: int, max_chunks: int = 64,
                 min_chunks: int = 1) -> list[Chunk]:
     """Chunk bounds from the split column's histogram (no table read). The recent job on
     the date column uses only the bounds above the cutoff; about `expected_rows /
-    min_chunk_rows` chunks, at least `min_chunks` (the workers) when the histogram has
+    batch_size` chunks, at least `min_chunks` (the workers) when the histogram has
     enough bounds; none of it changes which rows are copied, only how they are cut."""
-    want = max(min_chunks, min(max_chunks, -(-max(expected_rows, 1) // max(min_chunk_rows, 1))))
+    want = max(min_chunks, min(max_chunks, -(-max(expected_rows, 1) // max(batch_size, 1))))
     if want <= 1:
         return [Chunk(None, None)]
     row = conn.execute("SELECT histogram_bounds::text FROM pg_stats WHERE schemaname = %s"
@@ -254,13 +254,13 @@ class ChunkLoader(CopyRun):
     """Runs the chunks of a bulk load (see the module docstring), `workers` at a time."""
 
     def __init__(self, dsn: str, job: CopyJob, table_label: str, checkpoint_key: str, *,
-                 split: str, split_type: str, min_chunk_rows: int, workers: int = 1,
+                 split: str, split_type: str, batch_size: int, workers: int = 1,
                  throttle: Throttle | None = None, progress: Progress | None = None,
                  expected_rows: int | None = None, pace: Pace | None = None) -> None:
         super().__init__(dsn, job, table_label, checkpoint_key, workers=workers, throttle=throttle,
                          progress=progress, expected_rows=expected_rows, pace=pace)
         self.split, self.split_type = split, split_type
-        self.min_chunk_rows = min_chunk_rows
+        self.batch_size = batch_size
         self._todo: list[int] = []
 
     def run(self, conn: psycopg.Connection[Any], checkpoint: dict[str, Any],
@@ -273,7 +273,7 @@ class ChunkLoader(CopyRun):
             chunks = [Chunk.from_json(c) for c in saved["chunks"]]
         else:
             chunks = plan_chunks(conn, self.job, self.split, self.split_type, self.expected or 0,
-                                 self.min_chunk_rows, min_chunks=self.workers)
+                                 self.batch_size, min_chunks=self.workers)
             with conn.pipeline(), conn.transaction():  # one round trip
                 conn.execute(
                     "UPDATE table_migration.migration_state SET checkpoint = jsonb_set(checkpoint,"

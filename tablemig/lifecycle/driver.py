@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..config.settings import Settings
+from ..config.settings import Fixed, Settings
 from ..config.spec import TableSpec
 from ..errors import InputError, TablemigError
 from ..pg.connect import connect, database_timezone
@@ -75,18 +75,19 @@ class Migration(IndexBuild, Verification, AfterSwap):
     def __init__(self, dsn: str, spec: TableSpec, *, recorder: Recorder | None = None,
                  throttle: Throttle | None = None, progress: Progress | None = None,
                  plan_name: str | None = None, subscribers: Sequence[str] = (),
-                 **setting_overrides: Any) -> None:
+                 fixed: Fixed | None = None, **setting_overrides: Any) -> None:
         self.dsn = dsn
         self.spec = spec
         self.recorder = recorder or Recorder()
         self.throttle = throttle
         # the write guard and the nice ratio (tablemig.lifecycle.pacing): from migration_config, or
         # fixed by an override
-        self.pacer = Pacer(dsn, setting_overrides.get("nice_ratio"), setting_overrides.get("app_write_share"),
+        self.fixed = Fixed({**(fixed.values if fixed else {}), **setting_overrides},
+                           source=fixed.source if fixed else "the run's settings:")
+        self.pacer = Pacer(dsn, self.fixed.get("nice_ratio"), self.fixed.get("app_write_share"),
                            label=str(spec.qualified))
         self.progress = progress
         self.plan_name = plan_name
-        self.overrides = setting_overrides
         # The harness's own transactions need not wait for a WAL flush: a server crash can
         # lose only the last of them, all later ones with them (commits are in WAL order),
         # and the rerun resumes from the state that survived. The swap and swap back commit
@@ -151,7 +152,7 @@ class Migration(IndexBuild, Verification, AfterSwap):
         return self._timezone
 
     def _settings(self) -> Settings:
-        return Settings.load(self.conn, **self.overrides)
+        return Settings.load(self.conn, self.fixed)
 
     def _state(self) -> dict[str, Any] | None:
         if not self._schema_seen:  # once there, the schema stays for this run: one query less per step
@@ -376,7 +377,7 @@ class Migration(IndexBuild, Verification, AfterSwap):
             split = plan.date_column if plan.order_by_date and not job.history else plan.key[0]
             loader = ChunkLoader(self.dsn, job, self.table, key, split=split,
                                  split_type=plan.date_type if split == plan.date_column else types[split],
-                                 min_chunk_rows=max(m["batch_size"], 1), workers=self.spec.workers,
+                                 batch_size=max(m["batch_size"], 1), workers=self.spec.workers,
                                  throttle=self.throttle, progress=self.progress,
                                  expected_rows=expected, pace=self.pacer)
             # the state moves on in the transaction that saves the first chunk plan

@@ -174,8 +174,7 @@ class StepContext:
             run.migration = Migration(self.active_dsn, config.spec(), recorder=self.record.recorder,
                                       plan_name=self.plan.name, throttle=self._throttle(run),
                                       subscribers=[d for d in subscribers if d],
-                                      nice_ratio=self.plan.nice_ratio,
-                                      app_write_share=self.plan.app_write_share)
+                                      fixed=self.plan.fixed())
         return run.migration
 
     def passive_is_logical(self) -> bool:
