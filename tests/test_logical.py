@@ -103,12 +103,12 @@ def test_subscriber_follows_the_migration_under_concurrent_writes(logical_sandbo
         result = mig.swap()
         time.sleep(1.0)  # writes continue against the new table
         peers = result.record["peers"]
-        m = mig._state()
+        m = mig.state()
     assert writers.stats.ops and not writers.stats.errors.get("lock_not_available"), writers.stats
-    assert m is not None and m["state"] == "swapped"
+    assert m is not None and m.state == "swapped"
     (peer,) = peers.values()
-    assert peer["gid"] == f"tablemig-swap-{m['table_oid']}" and peer["barrier"]["waited_s"] >= 0
-    archive = m["archive_name"]
+    assert peer["gid"] == f"tablemig-swap-{m.table_oid}" and peer["barrier"]["waited_s"] >= 0
+    archive = m.archive.name
     sites = _caught_up(sb, ["events", archive])
     for table, (pub_fp, sub_fp) in sites.items():
         assert pub_fp == sub_fp, f"{table}: publisher {pub_fp} != subscriber {sub_fp}"
@@ -176,9 +176,9 @@ def test_prepared_swap_left_by_a_crash_is_resolved_by_the_rerun(logical_sandbox:
         (sub,) = mig.subscribers
         sub.finish_swap = lambda *a, **k: None  # type: ignore[method-assign] - the "crash"
         mig.swap()
-        m = mig._state()
+        m = mig.state()
         assert m is not None
-        gid, archive = f"tablemig-swap-{m['table_oid']}", m["archive_name"]
+        gid, archive = f"tablemig-swap-{m.table_oid}", m.archive.name
     with connect(sb.active_dsn) as pub:
         pub.execute("INSERT INTO cr VALUES (777777, now(), 1, 'while prepared')")
     with connect(sb.subscriber_dsn) as s:
@@ -272,9 +272,9 @@ def test_copy_mode_prune_and_cleanup_follow_on_the_subscriber(logical_sandbox: S
         time.sleep(0.2)
         mig.swap()
         time.sleep(0.5)
-        m = mig._state()
+        m = mig.state()
     assert m is not None
-    history, backup = m["archive_name"], m["backup_name"]
+    history, backup = m.archive.name, m.objects.outgoing.name
     sites = _caught_up(sb, ["cp", history, backup])
     assert all(p == s for p, s in sites.values()), sites
     with Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn]) as mig:

@@ -15,10 +15,11 @@ from ..config.settings import BATCH_SIZE, WORKERS, Fixed, argument
 from ..config.spec import TableSpec
 from ..errors import InputError
 from ..lifecycle.driver import Migration
-from ..lifecycle.structure import change_log_name
+from ..lifecycle.state import StateStore, load_all
 from ..pg.connect import connect
 from ..pg.names import QualifiedName
 from ..pg.schema import installed_version
+from ..pg.statements import Direct
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
@@ -51,22 +52,20 @@ def _spec(a: argparse.Namespace) -> TableSpec:
                      workers=a.workers)
 
 
-def from_state(dsn: str, table: str, **overrides: Any) -> Migration:
+def from_state(dsn: str, table: str, **options: Any) -> Migration:
     """A Migration for a table already under way, rebuilt from its state row."""
     name = str(QualifiedName.parse(table))
     with connect(dsn) as conn:
         if installed_version(conn) is None:
             raise InputError(f"no tablemig schema in this database: {name} was never migrated here",
                              "check --dsn (the active site of the migration)")
-        with conn.cursor(row_factory=dict_row) as cur:
-            m = cur.execute("SELECT * FROM table_migration.migration_state WHERE table_name = %s",
-                            (name,)).fetchone()
+        m = StateStore(Direct(conn), name).load()
     if m is None:
         raise InputError(f"{name} has no migration state", "see `tablemig status --dsn ...` for tables under way")
-    spec = TableSpec(name, m["date_column"], cutoff=m["cutoff"], new_table=m["new_name"],
-                     archive_table=m["archive_name"], archive_mode=m["archive_mode"], batch_size=m["batch_size"],
-                     key=tuple(m["key_columns"]))
-    return Migration(dsn, spec, **overrides)
+    spec = TableSpec(name, m.date_column, cutoff=m.cutoff.text, new_table=m.new.name,
+                     archive_table=m.archive.name, archive_mode=m.archive_mode, batch_size=m.batch_size,
+                     key=m.key)
+    return Migration(dsn, spec, **options)
 
 
 def _fixed(a: argparse.Namespace) -> Fixed:
@@ -98,12 +97,11 @@ def cmd_migrate(a: argparse.Namespace) -> int:
         final = mig.run(a.until)
         print(file=sys.stderr)
         plan = mig.last_plan
-        _print({"state": final.get("state"), "cutoff": final.get("cutoff"),
+        _print({"state": final and final.state, "cutoff": final and final.cutoff.text,
                 "cutoff_local": plan.cutoff_local if plan else None, "timezone": plan.timezone if plan else None,
-                "timings": mig.timings, "rows_copied": final.get("rows_copied"),
-                "swap_attempts": final.get("swap_attempts"), "lock_hold_ms": final.get("lock_hold_ms"),
-                **({"inventory": (final.get("swap_record") or {}).get("inventory")}
-                   if final.get("state") == "swapped" else {}),
+                "timings": mig.timings, "rows_copied": final and final.rows_copied,
+                "swap_attempts": final and final.swap_attempts, "lock_hold_ms": final and final.lock_hold_ms,
+                **({"inventory": final.swap_record.inventory} if final and final.state == "swapped" else {}),
                 **mig.pacer.summary()})
     return 0
 
@@ -113,19 +111,19 @@ def cmd_status(a: argparse.Namespace) -> int:
         if installed_version(conn) is None:
             print("no tablemig schema in this database")
             return 0
-        with conn.cursor(row_factory=dict_row) as cur:
-            rows = cur.execute(
-                "SELECT table_name, state, new_name, archive_name, cutoff, rows_copied, rows_to_copy,"
-                " swap_attempts, lock_hold_ms, checkpoint->>'paused' AS paused, updated_at, last_error,"
-                " table_oid FROM table_migration.migration_state WHERE %s::text IS NULL OR table_name = %s"
-                " ORDER BY table_name", (a.table and str(QualifiedName.parse(a.table)),) * 2).fetchall()
-        for r in rows:
+        rows = []
+        for m in load_all(Direct(conn), a.table and str(QualifiedName.parse(a.table))):
             # keys logged by the capture trigger and not replayed yet (the change log lives
             # until the swap; it is empty from the switch to direct capture on)
-            log = change_log_name(int(r.pop("table_oid")))
+            log = m.objects.change_log
             found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (str(log),)).fetchone()
-            r["change_log_backlog"] = (conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-                log.ident())).fetchone() or [None])[0] if found and found[0] else None
+            rows.append({"table_name": m.table, "state": m.state, "new_name": m.new.name,
+                         "archive_name": m.archive.name, "cutoff": m.cutoff.text, "rows_copied": m.rows_copied,
+                         "rows_to_copy": m.rows_to_copy, "swap_attempts": m.swap_attempts,
+                         "lock_hold_ms": m.lock_hold_ms, "paused": m.checkpoint.paused_text,
+                         "updated_at": m.updated_at, "last_error": m.last_error,
+                         "change_log_backlog": (conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                             log.ident())).fetchone() or [None])[0] if found and found[0] else None})
     _print(rows)
     return 0
 

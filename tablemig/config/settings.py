@@ -20,7 +20,8 @@ import psycopg
 
 from ..errors import InputError
 from ..pg.autovacuum import AutovacuumPolicy
-from ..pg.schema import CONFIG_SEED
+from ..pg.schema import CONFIG_SEED, SCHEMA
+from ..pg.statements import Statements, statements
 
 
 @dataclass(frozen=True)
@@ -172,13 +173,15 @@ class Settings:
         return (fixed or Fixed()).apply(cls(**values))
 
     @classmethod
-    def load(cls, conn: psycopg.Connection[Any], fixed: Fixed | None = None) -> Settings:
-        """The settings of `migration_config` (installed), with `fixed` applied."""
-        rows = dict(conn.execute("SELECT config_key, config_value FROM"
-                                 " table_migration.migration_config").fetchall())
+    def load(cls, conn: psycopg.Connection[Any] | Statements, fixed: Fixed | None = None) -> Settings:
+        """The settings of `migration_config` (installed; in a dry run that installs it, its
+        seed), with `fixed` applied."""
+        st = statements(conn)
+        rows: dict[str, str] = dict(st.read("SELECT config_key, config_value FROM table_migration.migration_config",
+                            reads=[SCHEMA], planned=lambda: list(SEED.items())).fetchall())
         s = cls.from_rows(rows, fixed)
         if s.autovacuum_lock_wait != SEED["autovacuum_lock_wait"]:
-            _check_duration(conn, "autovacuum_lock_wait", s.autovacuum_lock_wait)
+            _check_duration(st, "autovacuum_lock_wait", s.autovacuum_lock_wait)
         return s
 
     @classmethod
@@ -210,11 +213,11 @@ class Fixed:
         return replace(settings, **self.values)
 
 
-def _check_duration(conn: psycopg.Connection[Any], key: str, value: str) -> None:
+def _check_duration(st: Statements, key: str, value: str) -> None:
     """Refuse a value the server would not take as a lock_timeout, naming the key."""
     try:
-        with conn.transaction(force_rollback=True):
-            conn.execute("SELECT set_config('lock_timeout', %s, true)", (value,))
+        with st.transaction(force_rollback=True):
+            st.run("SELECT set_config('lock_timeout', %s, true)", (value,))
     except psycopg.errors.DataError as exc:
         raise InputError(f"table_migration.migration_config {key} = {value!r} is not a duration: "
                          f"{exc.diag.message_primary}",

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 
 from ..errors import InputError
-from ..pg.names import QualifiedName, derived_name
+from ..pg.names import QualifiedName
 from .settings import BATCH_SIZE, WORKERS
 
 ARCHIVE_MODES = ("rename", "copy")
@@ -53,15 +52,3 @@ class TableSpec:
     @property
     def qualified(self) -> QualifiedName:
         return QualifiedName.parse(self.table)
-
-    def names(self, today: dt.date | None = None) -> tuple[QualifiedName, QualifiedName,
-                                                          QualifiedName]:
-        """(original, new, archive) names; new and archive stay in the original's schema
-        unless given schema-qualified."""
-        t = self.qualified
-        day = (today or dt.date.today()).strftime("%Y%m%d")
-        new = (QualifiedName.parse(self.new_table, t.schema) if self.new_table
-               else t.sibling(derived_name(t.name, "_new")))
-        archive = (QualifiedName.parse(self.archive_table, t.schema) if self.archive_table
-                   else t.sibling(derived_name(t.name, f"_archive_{day}")))
-        return t, new, archive

@@ -127,7 +127,7 @@ class StepContext:
 
     def executor(self, site: str = "active") -> Executor:
         self.record.recorder.step = self._step_key
-        return Executor(self.connect(site), dry_run=not self.execute, recorder=self.record.recorder,
+        return Executor(self.connect(site), mode="execute" if self.execute else "plan", recorder=self.record.recorder,
                         site=site)
 
     @property
