@@ -136,13 +136,16 @@ def coordinated(peers: Sequence[SwapPeer], m: State, back: bool,
 def swap(ex: Executor, m: State, *, lock_timeout: str, attempts: int, statement_timeout: str,
          long_xact_seconds: float, on_attempt: Callable[[dict[str, Any]], None] | None = None,
          peers: Sequence[SwapPeer] = (), search_path: Sequence[str] = (),
-         guard: OrphanGuard | None = None, autovacuum_policy: AutovacuumPolicy | None = None) -> SwapResult:
+         guard: OrphanGuard | None = None, autovacuum_policy: AutovacuumPolicy | None = None,
+         store: StateStore | None = None) -> SwapResult:
     """Forward swap of the table described by state `m`; `peers` (logical subscribers)
     make the same exchange, committed right after this one (see tablemig.lifecycle.logical).
     `search_path`: the schemas of the mirror function's path (tablemig.pg.search_path).
     `guard`: the orphan check armed by the swap step, repeated first under the lock (a
-    finding rolls the swap back; tablemig.lifecycle.families)."""
+    finding rolls the swap back; tablemig.lifecycle.families). `store`: the run's state store
+    (a dry run keeps there the row it would have written)."""
     names = m.objects
+    store = store or StateStore(ex, m.table)
     t, n, outgoing = names.original, names.new, names.outgoing
     deps = Dependents.read(ex, t)
 
@@ -181,7 +184,7 @@ def swap(ex: Executor, m: State, *, lock_timeout: str, attempts: int, statement_
                    "outgoing": outgoing.name, "fk_validated": []}
         # Last, with every lock held: the peers catch up and prepare their own exchange.
         record["peers"] = {p.name: p.prepare_swap(m, back=False) for p in peers}
-        store_advance(ex, m, record, locked_at)
+        store_advance(store, m, record, locked_at)
         return record
 
     record, used, log = coordinated(peers, m, False, lambda: with_lock_retries(
@@ -198,9 +201,9 @@ def swap(ex: Executor, m: State, *, lock_timeout: str, attempts: int, statement_
     return SwapResult(used, hold, lsn, plain(record), log)
 
 
-def store_advance(ex: Executor, m: State, record: dict[str, Any], locked_at: float) -> None:
+def store_advance(store: StateStore, m: State, record: dict[str, Any], locked_at: float) -> None:
     """The swap's state, in its transaction."""
-    StateStore(ex, m.table).advance(
+    store.advance(
         "swap", "done", details={"renamed": [str(m.live), m.objects.outgoing.name]}, state="swapped",
         swap_record=record, swap_attempts=m.swap_attempts + 1,
         lock_hold_ms=Observed("ms", round((time.perf_counter() - locked_at) * 1000, 1)),
@@ -242,7 +245,8 @@ def run(ctx: RunContext) -> SwapResult:
             sub.link(ex, m.live)
             sub.wait_ready([m.new])
             sub.barrier()
-        result = swap(ex, m, peers=ctx.subscribers, search_path=plan.search_path, guard=guard, **s.swap_options())
+        result = swap(ex, m, peers=ctx.subscribers, search_path=plan.search_path, guard=guard,
+                      store=ctx.store, **s.swap_options())
     except BaseException:
         if guard is not None:
             disarm(ex, m, plan, refs, s)
