@@ -16,7 +16,7 @@ from ...pg.names import QualifiedName
 from ...pg.reconcile import Reconciler
 from ...pg.schema import installed_version
 from ...pg.statements import statements
-from ...plugin.steps import StepContext
+from ..context import StepContext
 
 HEALTH_VIEW = ("CREATE OR REPLACE VIEW table_migration.daily_migration_health AS"
                " SELECT * FROM table_migration.health_check()")

@@ -17,7 +17,7 @@ from ...config.settings import Settings
 from ...pg import probes
 from ...pg.locking import with_lock_retries
 from ...pg.reconcile import Reconciler, Side
-from ...plugin.steps import StepContext
+from ..context import StepContext
 from .backups import latest_backup
 
 

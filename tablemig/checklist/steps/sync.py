@@ -16,7 +16,7 @@ import psycopg
 from ...lifecycle.state import State
 from ...pg import replication
 from ...pg.replication import LagLimit
-from ...plugin.steps import StepContext
+from ..context import StepContext
 from . import sites
 
 
