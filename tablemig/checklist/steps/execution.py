@@ -8,7 +8,6 @@ from psycopg import sql
 
 from ...lifecycle.resume import AFTER_SWAP, note, remaining
 from ...lifecycle.state import State
-from ...lifecycle.structure import create_table_sql
 from ...pg import inventory, probes
 from ...pg.connect import read_snapshot
 from ...pg.names import QualifiedName
@@ -26,6 +25,8 @@ def ex_1_1_deploy_framework(ctx: StepContext) -> None:
     before = installed_version(conn)
     ctx.evidence(installed_version=before, version=SCHEMA_VERSION)
     if not ctx.execute:
+        # in plan mode: recorded, and the steps after it read the schema as installed
+        install_schema(ctx.executor())
         ctx.dry_run(f"would install table_migration schema version {SCHEMA_VERSION}"
                     f" (installed: {before})", sql=render_schema())
         return
@@ -107,9 +108,11 @@ def ex_2_1_create_new_table(ctx: StepContext) -> None:
             ctx.dry_run(f"{note(plan.resumed_state)}: {done}; --execute continues with: "
                         + "; ".join(remaining(plan.resumed_state)), summary=plan.summary())
             return
-        ctx.dry_run(f"would create {plan.new} and the capture trigger on {plan.original}",
-                    sql=[s.as_string() for s in create_table_sql(plan.info, plan.new, "current_user")],
-                    summary=plan.summary())
+        mig.capture()  # in plan mode: the capture's statements recorded, nothing changed
+        names = plan.names
+        ctx.dry_run(f"would create {plan.new}, the change log {names.change_log}, the capture function "
+                    f"{names.capture_function}, its trigger and the truncate guard on {plan.original}",
+                    sql=ctx.recorded_changes(), summary=plan.summary())
         return
     mig.capture()
     m = mig.state()
