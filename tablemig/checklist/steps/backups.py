@@ -22,10 +22,10 @@ from psycopg import sql
 
 from ...config.settings import Settings
 from ...errors import InputError
+from ...lifecycle.objects import CAPTURE_TRIGGER
 from ...lifecycle.planner import TablePlan
 from ...lifecycle.resume import note
 from ...lifecycle.structure import create_table_sql, drop_trigger_sql, sync_function_sql, trigger_sql
-from ...lifecycle.swap import CAPTURE_TRIGGER
 from ...pg import dumps
 from ...pg.client_tools import DUMP_TOOLS, ClientTools, find_client_tools, server_major
 from ...pg.connect import connect, redact
@@ -125,7 +125,7 @@ def backup_log_entries(backup: dict[str, Any]) -> list[tuple[str, dict[str, str]
 
 
 def _backup_dir(ctx: StepContext) -> Path:
-    run = ctx.record.facts.setdefault("backup_run", time.strftime("%Y%m%dT%H%M%S"))
+    run = str(ctx.record.facts.setdefault("backup_run", time.strftime("%Y%m%dT%H%M%S")))
     return Path(ctx.plan.backup_dir).resolve() / ctx.plan.name / run
 
 
