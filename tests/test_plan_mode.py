@@ -12,6 +12,7 @@ from twin import CUTOFF, create_events
 from tablemig.config.spec import TableSpec
 from tablemig.lifecycle.driver import Migration
 from tablemig.lifecycle.executor import Recorder, StatementRecord
+from tablemig.sandbox.demo_data import create_demo_data
 
 
 def _shown(value: Any) -> Any:
@@ -35,6 +36,14 @@ def _statements(recorder: Recorder) -> list[tuple[str, str, Any]]:
         d = s.as_dict()
         return s.kind, _INSPECT.sub(r"\1(oid)", " ".join(s.sql.split())), _shown(d.get("params"))
     return [one(s) for s in recorder.statements]
+
+
+def _same(dry: list[tuple[str, str, Any]], real: list[tuple[str, str, Any]]) -> None:
+    first = next((i for i, (a, b) in enumerate(zip(dry, real, strict=False)) if a != b), None)
+    assert first is None and len(dry) == len(real), (
+        f"the dry run and the execution differ at statement {first} of {len(dry)}/{len(real)}: "
+        f"{dry[first] if first is not None and first < len(dry) else None} != "
+        f"{real[first] if first is not None and first < len(real) else None}")
 
 
 def _run(dsn: str, spec: TableSpec, mode: str, until: str) -> tuple[Recorder, Any]:
@@ -65,8 +74,18 @@ def test_the_dry_run_records_the_statements_the_execution_runs(fresh_db: Any, ar
     changes = [s for s in dry if s[0] == "change"]
     assert any(s[1].startswith("CREATE TRIGGER") for s in changes), "the capture trigger is in the dry run"
     assert any("ALTER TABLE" in s[1] and "RENAME" in s[1] for s in changes), "the swap is in the dry run"
-    first = next((i for i, (a, b) in enumerate(zip(dry, real, strict=False)) if a != b), None)
-    assert first is None and len(dry) == len(real), (
-        f"the dry run and the execution differ at statement {first} of {len(dry)}/{len(real)}: "
-        f"{dry[first] if first is not None and first < len(dry) else None} != "
-        f"{real[first] if first is not None and first < len(real) else None}")
+    _same(dry, real)
+
+
+def test_the_demo_plan_dry_run_records_the_statements_the_execution_runs(fresh_db: Any) -> None:
+    """The demo's orders: a table referenced by a foreign key (the swap arms the orphan
+    check and validates the re-pointed key) and read by a view (recreated by the swap)."""
+    with fresh_db.connect() as conn:
+        create_demo_data(conn, 5_000)
+    spec = TableSpec("public.orders", "created_date", retention=0.1, batch_size=500)
+    planned, would = _run(fresh_db.dsn, spec, "plan", "swapped")
+    executed, final = _run(fresh_db.dsn, spec, "execute", "swapped")
+    assert would is not None and final is not None and would.state == final.state == "swapped"
+    dry, real = _statements(planned), _statements(executed)
+    assert any("VALIDATE CONSTRAINT" in s[1] for s in dry if s[0] == "change"), "the re-pointed key is validated"
+    _same(dry, real)
