@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from plan_compare import run, same, statements
 from site_helpers import own_sandbox
 from twin import CUTOFF, Writers, create_events
 
@@ -280,3 +281,20 @@ def test_copy_mode_prune_and_cleanup_follow_on_the_subscriber(logical_sandbox: S
     assert all(p == s for p, s in sites.values()), sites
     with connect(sb.subscriber_dsn) as sub:
         assert sub.execute("SELECT to_regclass(%s)", (backup,)).fetchone()[0] is None
+
+
+def test_the_dry_run_records_the_statements_the_execution_runs_on_both_sites(logical_sandbox: Sandbox) -> None:
+    """With a logical subscriber, and a key GENERATED ALWAYS AS IDENTITY: the dry run
+    records the subscriber's statements too (its new table, the subscription's refresh, the
+    prepared swap), the same as the execution runs."""
+    sb = logical_sandbox
+    assert sb.subscriber_dsn is not None
+    with connect(sb.active_dsn) as conn:
+        create_events(conn, 5_000, table="ident", identity=True)
+    _subscribe(sb, "ident")
+    spec = TableSpec("public.ident", "d", cutoff=CUTOFF.isoformat(), batch_size=500)
+    planned, would = run(sb.active_dsn, spec, "plan", "swapped", [sb.subscriber_dsn])
+    executed, final = run(sb.active_dsn, spec, "execute", "swapped", [sb.subscriber_dsn])
+    assert would is not None and final is not None and would.state == final.state == "swapped"
+    assert any(s.site == "subscriber" and s.kind == "change" for s in planned.statements)
+    same(statements(planned), statements(executed))
