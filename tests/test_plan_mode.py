@@ -10,6 +10,7 @@ from plan_compare import run, same, statements
 from twin import CUTOFF, create_events
 
 from tablemig.config.spec import TableSpec
+from tablemig.pg.schema import install_schema
 from tablemig.sandbox.demo_data import create_demo_data
 
 
@@ -36,9 +37,11 @@ def test_the_dry_run_records_the_statements_the_execution_runs(fresh_db: Any, ar
 
 def test_the_demo_plan_dry_run_records_the_statements_the_execution_runs(fresh_db: Any) -> None:
     """The demo's orders: a table referenced by a foreign key (the swap arms the orphan
-    check and validates the re-pointed key) and read by a view (recreated by the swap)."""
+    check and validates the re-pointed key) and read by a view (recreated by the swap). The
+    schema is installed beforehand, as EX-1.1 does."""
     with fresh_db.connect() as conn:
         create_demo_data(conn, 5_000)
+        install_schema(conn)
     spec = TableSpec("public.orders", "created_date", retention=0.1, batch_size=500)
     planned, would = run(fresh_db.dsn, spec, "plan", "swapped")
     executed, final = run(fresh_db.dsn, spec, "execute", "swapped")

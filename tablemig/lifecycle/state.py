@@ -355,6 +355,8 @@ class StateStore:
             if installed_version(self.st, as_planned=as_planned) is None:
                 return False
             self._seen[as_planned] = True
+            if not as_planned:  # there in the database: there for the dry run too (one query less)
+                self._seen[True] = True
         return True
 
     def load(self) -> State | None:
