@@ -87,7 +87,7 @@ def test_null_dates_are_reported_and_stay_in_the_archive(fresh_db: Any) -> None:
             plan = mig.plan()
             assert any("20 rows have a NULL d: they are history and stay in the archive" in w for w in plan.warnings)
             mig.run("swapped")
-            archive = mig._state()["archive_name"]
+            archive = mig.state().archive.name
         assert conn.execute("SELECT count(*) FROM t WHERE d IS NULL").fetchone() == (0,)
         assert conn.execute(f"SELECT count(*) FROM {archive} WHERE d IS NULL").fetchone() == (20,)
 
@@ -122,7 +122,7 @@ def test_hostile_and_unusual_names_migrate(fresh_db: Any, name: str) -> None:
         spec = TableSpec(f'"Odd Schema".{q}', "When; it happened", retention=0.1, batch_size=100)
         with Migration(fresh_db.dsn, spec, progress=lambda p: None) as mig:
             mig.run("swapped")
-            m = mig._state()
+            m = mig.state()
         assert conn.execute(f'SELECT count(*) FROM "Odd Schema".{q}').fetchone() == (50,)
-        assert len(m["new_name"].encode()) <= 63 and len(m["archive_name"].encode()) <= 63
+        assert len(m.new.name.encode()) <= 63 and len(m.archive.name.encode()) <= 63
         assert conn.execute("SELECT to_regclass('victim')").fetchone() != (None,)

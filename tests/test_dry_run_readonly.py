@@ -37,7 +37,20 @@ def test_I5_dry_run_of_the_plan_changes_nothing(fresh_db: Any, tmp_path: Path) -
     statuses = {s["id"]: s["status"] for s in run["steps"]}
     assert statuses["EX-1.1"] == "dry-run" and statuses["EX-2.2"] == "dry-run"
     assert statuses["EX-1.3"] == "passed"  # read-only analysis runs in a dry run too
-    assert all(not st["executed"] for s in run["steps"] if s["status"] == "dry-run" for st in s["statements"])
+    # a dry run runs the reads its plan needs, and records every change without running it
+    assert all(not st["executed"] for s in run["steps"] if s["status"] == "dry-run" for st in s["statements"]
+               if st["kind"] == "change")
+    # EX-2.1's dry run lists what the capture creates: the new table (bare, its key comes
+    # after the load), the change log, the capture function, its trigger, the truncate guard
+    ex21 = next(s for s in run["steps"] if s["id"] == "EX-2.1")
+    changes = [st["sql"] for st in ex21["statements"] if st["kind"] == "change"]
+    assert changes == ex21["evidence"]["sql"]
+    created = " ".join(changes)
+    for what in ('CREATE TABLE "public"."orders_new"', '"table_migration"."changes_',
+                 'FUNCTION "table_migration"."capture_', 'CREATE TRIGGER "tablemig_capture"',
+                 '"tablemig_no_truncate"'):
+        assert what in created, (what, changes)
+    assert "PRIMARY KEY" not in " ".join(c for c in changes if c.startswith('CREATE TABLE "public"."orders_new"'))
 
 
 def test_mistyped_flag_is_an_error_not_a_silent_dry_run(tmp_path: Path) -> None:

@@ -169,11 +169,11 @@ def test_identity_column_beside_the_key_changed_before_and_after_the_swap(fresh_
                    swap_max_attempts=30) as mig:
         mig.run("verified")  # the capture writes the new table directly from here on
         change([5, 390, 395])  # a history row and two kept rows
-        m = mig._state()
-        same(m["new_name"], recent)
+        m = mig.state()
+        same(m.new.name, recent)
         mig.swap()
         change([391, 396])
-        same(m["archive_name"])
+        same(m.archive.name)
         same("events", recent)
         assert mig.rollback() == "swapped back"
     same("events")

@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from plan_compare import run, same, statements
 from site_helpers import own_sandbox
 from twin import CUTOFF, Writers, create_events
 
@@ -99,12 +100,12 @@ def test_subscriber_follows_the_migration_under_concurrent_writes(logical_sandbo
         result = mig.swap()
         time.sleep(1.0)  # writes continue against the new table
         peers = result.record["peers"]
-        m = mig._state()
+        m = mig.state()
     assert writers.stats.ops and not writers.stats.errors.get("lock_not_available"), writers.stats
-    assert m is not None and m["state"] == "swapped"
+    assert m is not None and m.state == "swapped"
     (peer,) = peers.values()
-    assert peer["gid"] == f"tablemig-swap-{m['table_oid']}" and peer["barrier"]["waited_s"] >= 0
-    archive = m["archive_name"]
+    assert peer["gid"] == f"tablemig-swap-{m.table_oid}" and peer["barrier"]["waited_s"] >= 0
+    archive = m.archive.name
     sites = _caught_up(sb, ["events", archive])
     for table, (pub_fp, sub_fp) in sites.items():
         assert pub_fp == sub_fp, f"{table}: publisher {pub_fp} != subscriber {sub_fp}"
@@ -172,9 +173,9 @@ def test_prepared_swap_left_by_a_crash_is_resolved_by_the_rerun(logical_sandbox:
         (sub,) = mig.subscribers
         sub.finish_swap = lambda *a, **k: None  # type: ignore[method-assign] - the "crash"
         mig.swap()
-        m = mig._state()
+        m = mig.state()
         assert m is not None
-        gid, archive = f"tablemig-swap-{m['table_oid']}", m["archive_name"]
+        gid, archive = f"tablemig-swap-{m.table_oid}", m.archive.name
     with connect(sb.active_dsn) as pub:
         pub.execute("INSERT INTO cr VALUES (777777, now(), 1, 'while prepared')")
     with connect(sb.subscriber_dsn) as s:
@@ -268,9 +269,9 @@ def test_copy_mode_prune_and_cleanup_follow_on_the_subscriber(logical_sandbox: S
         time.sleep(0.2)
         mig.swap()
         time.sleep(0.5)
-        m = mig._state()
+        m = mig.state()
     assert m is not None
-    history, backup = m["archive_name"], m["backup_name"]
+    history, backup = m.archive.name, m.objects.outgoing.name
     sites = _caught_up(sb, ["cp", history, backup])
     assert all(p == s for p, s in sites.values()), sites
     with Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn]) as mig:
@@ -280,3 +281,20 @@ def test_copy_mode_prune_and_cleanup_follow_on_the_subscriber(logical_sandbox: S
     assert all(p == s for p, s in sites.values()), sites
     with connect(sb.subscriber_dsn) as sub:
         assert sub.execute("SELECT to_regclass(%s)", (backup,)).fetchone()[0] is None
+
+
+def test_the_dry_run_records_the_statements_the_execution_runs_on_both_sites(logical_sandbox: Sandbox) -> None:
+    """With a logical subscriber, and a key GENERATED ALWAYS AS IDENTITY: the dry run
+    records the subscriber's statements too (its new table, the subscription's refresh, the
+    prepared swap), the same as the execution runs."""
+    sb = logical_sandbox
+    assert sb.subscriber_dsn is not None
+    with connect(sb.active_dsn) as conn:
+        create_events(conn, 5_000, table="ident", identity=True)
+    _subscribe(sb, "ident")
+    spec = TableSpec("public.ident", "d", cutoff=CUTOFF.isoformat(), batch_size=500)
+    planned, would = run(sb.active_dsn, spec, "plan", "swapped", [sb.subscriber_dsn])
+    executed, final = run(sb.active_dsn, spec, "execute", "swapped", [sb.subscriber_dsn])
+    assert would is not None and final is not None and would.state == final.state == "swapped"
+    assert any(s.site == "subscriber" and s.kind == "change" for s in planned.statements)
+    same(statements(planned), statements(executed))

@@ -167,14 +167,14 @@ def test_a_check_longer_than_validation_timeout_fails_its_step_and_names_the_que
     with Migration(fresh_db.dsn, TableSpec("public.events", "d", cutoff=CUTOFF.isoformat()),
                    progress=lambda p: None) as mig:
         mig.run("swapped")
-        m = mig._state()
+        m = mig.state()
     assert m is not None
     plan = tmp_path / "slow_plan.py"
-    plan.write_text(TIMEOUT_PLAN.format(cutoff=CUTOFF.isoformat(), archive=m["archive_name"]))
+    plan.write_text(TIMEOUT_PLAN.format(cutoff=CUTOFF.isoformat(), archive=m.archive.name))
     steps, out = _run(plan, fresh_db, tmp_path, "--execute", passive=False)
     post = steps["POST-2"]
     assert post["status"] == "failed", (post, out)
     reason = post["reason"]
     assert reason.startswith("POST-2 (Short-term tasks): ") and "validation_timeout (1s)" in reason, reason
-    assert "LEFT JOIN" in reason and m["archive_name"] in reason, reason  # the query itself
+    assert "LEFT JOIN" in reason and m.archive.name in reason, reason  # the query itself
     assert "raise validation_timeout in the plan" in reason, reason

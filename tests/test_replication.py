@@ -85,14 +85,14 @@ def test_backfill_pauses_on_lag_and_resumes_when_replay_resumes(private_sandbox:
             time.sleep(0.1)
         assert any(s["paused"] for s in throttle.samples), ("the backfill never paused on lag", errors,
                                                             throttle.samples[-3:])
-        copied_while_paused = mig._state()["rows_copied"]
+        copied_while_paused = mig.state().rows_copied
         time.sleep(2)
-        assert mig._state()["rows_copied"] == copied_while_paused, "batches ran while replay was paused"
+        assert mig.state().rows_copied == copied_while_paused, "batches ran while replay was paused"
         assert worker.is_alive()
         standby.execute("SELECT pg_wal_replay_resume()")
         worker.join(120)
         assert not errors, errors
-        assert mig._state()["state"] == "backfilling" and mig._state()["rows_copied"] > copied_while_paused
+        assert mig.state().state == "backfilling" and mig.state().rows_copied > copied_while_paused
         batch_wal = max(s["wal_bytes"] or 0 for s in mig.backfill_samples)
     peak = max(s["lag_bytes"] or 0 for s in throttle.samples)
     assert throttle.pauses and peak > limit.value
@@ -175,10 +175,10 @@ def test_standby_has_the_same_checksums_after_execute_and_failover_rehearsal(fre
     with Migration(fresh_db.dsn, TableSpec("public.orders", "created_date", retention=0.1),
                    progress=lambda p: None) as mig:
         mig.run("swapped")
-        m = mig._state()
+        m = mig.state()
         plan = mig.plan_for_state(m)
     live = QualifiedName("public", "orders")
-    archive = QualifiedName("public", m["archive_name"])
+    archive = QualifiedName("public", m.archive.name)
     types = {c.name: c.type for c in plan.info.columns}
     rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns])
     with fresh_db.connect() as a, connect(fresh_db.passive_dsn) as p:

@@ -49,9 +49,9 @@ def test_rollback_before_swap_leaves_the_original_untouched(fresh_db: Any, stop_
             mig.capture()
         else:
             mig.run(stop_at)
-        assert mig._state()["state"] == stop_at
+        assert mig.state().state == stop_at
         assert mig.rollback() == "capture removed, new table dropped"
-        assert mig._state()["state"] == "rolled_back"
+        assert mig.state().state == "rolled_back"
         time.sleep(0.2)
     assert sum(w.stats.ops.values()) > 0
     _same_as_twin(fresh_db)
@@ -85,10 +85,10 @@ def test_prune_leaves_disjoint_live_and_archive_and_rollback_restores(fresh_db: 
         w.begin_swap()
         mig.swap()
         time.sleep(0.3)
-        archive = mig._state()["archive_name"]
+        archive = mig.state().archive.name
         deleted = mig.prune(batch_size=700)
         assert deleted > 0
-        assert mig._state()["state"] == "pruned"
+        assert mig.state().state == "pruned"
         with fresh_db.connect() as conn:
             overlap = conn.execute(f"SELECT count(*) FROM events JOIN {archive} USING (id)").fetchone()[0]
             assert overlap == 0
@@ -114,8 +114,8 @@ def test_copy_mode_archives_history_into_a_separate_table(fresh_db: Any) -> None
         w.begin_swap()
         mig.swap()
         time.sleep(0.3)
-        m = mig._state()
-    archive, backup = m["archive_name"], m["backup_name"]
+        m = mig.state()
+    archive, backup = m.archive.name, m.objects.outgoing.name
     with fresh_db.connect() as conn:
         # the archive holds exactly the history (as of the swap), the live table the recent rows
         d = diff(conn, "events", "events_twin", f"d >= '{CUTOFF.isoformat()}'")
@@ -128,4 +128,4 @@ def test_copy_mode_archives_history_into_a_separate_table(fresh_db: Any) -> None
     with _mig(fresh_db, archive_mode="copy") as mig:
         mig.prune()
         assert mig.cleanup(approved_by="change board CAB-42") == [f"public.{backup}"]
-        assert mig._state()["state"] == "cleaned"
+        assert mig.state().state == "cleaned"

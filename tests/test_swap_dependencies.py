@@ -257,12 +257,12 @@ def migrated(fresh_db: Any, roles: Roles) -> Iterator[After]:
     with _mig(fresh_db) as mig:
         warnings = mig.plan().warnings
         m = mig.run("swapped")
-        assert m["state"] == "swapped"
+        assert m.state == "swapped"
         with fresh_db.connect() as conn:
             live = _oid(conn, "public.orders")
-            archive = _oid(conn, f"public.{m['archive_name']}")
+            archive = _oid(conn, f"public.{m.archive.name}")
             assert live is not None and archive is not None
-        yield After(before, live, archive, m["archive_name"], mig, warnings)
+        yield After(before, live, archive, m.archive.name, mig, warnings)
 
 
 # -- tests --------------------------------------------------------------------------------
@@ -272,7 +272,7 @@ def test_the_live_table_is_a_new_table_and_the_archive_keeps_every_row(fresh_db:
     with fresh_db.connect() as conn:
         assert _one(conn, f"SELECT count(*) FROM public.{migrated.archive_name}") == b.rows == ROWS
         live_rows = _one(conn, "SELECT count(*) FROM public.orders")
-        cutoff = migrated.mig._state()["cutoff"]
+        cutoff = migrated.mig.state().cutoff.text
         assert live_rows == _one(conn, f"SELECT count(*) FROM public.{migrated.archive_name}"
                                        " WHERE created_date >= %s::timestamptz", (cutoff,))
         assert 0 < live_rows < ROWS
@@ -301,8 +301,8 @@ def test_incoming_foreign_key_points_at_the_live_table_validated_and_enforced(
         confrelid, validated = _fk(conn)
         assert confrelid == migrated.live
         assert validated is True
-        rec = migrated.mig._state()["swap_record"]
-        assert rec["fk_validated"] == ["public.order_items.order_items_order_id_fkey"]
+        rec = migrated.mig.state().swap_record
+        assert rec.fk_validated == ["public.order_items.order_items_order_id_fkey"]
         with pytest.raises(psycopg.errors.ForeignKeyViolation):
             conn.execute("INSERT INTO public.order_items (order_id, sku, quantity) VALUES (-42, 'x', 1)")
         # an order that exists only in the archive is not a valid parent any more
@@ -421,7 +421,7 @@ def test_comment_and_user_trigger_are_carried(fresh_db: Any, migrated: After) ->
         live = _triggers(conn, migrated.live)
         assert live["orders_touch_updated_at"] == "O"
         assert _triggers(conn, migrated.archive) == {"orders_touch_updated_at": "D"}
-        assert migrated.mig._state()["swap_record"]["disabled_triggers"] == ["orders_touch_updated_at"]
+        assert migrated.mig.state().swap_record.disabled_triggers == ["orders_touch_updated_at"]
         ident = _one(conn, "SELECT max(id) FROM public.orders")
         new_stamp, fresh = conn.execute(
             "UPDATE public.orders SET note = 'touched', updated_at = '2000-01-01' WHERE id = %s"
@@ -485,7 +485,7 @@ def test_rollback_after_swap_restores_everything_on_the_original(
         written = _one(conn, "INSERT INTO public.orders (customer_id, status, amount, created_date)"
                              " VALUES (8, 'paid', 1.5, now()) RETURNING id")
     assert migrated.mig.rollback() == "swapped back"
-    assert migrated.mig._state()["state"] == "rolled_back"
+    assert migrated.mig.state().state == "rolled_back"
     with fresh_db.connect() as conn:
         assert _oid(conn, "public.orders") == b.oid
         assert _oid(conn, f"public.{migrated.archive_name}") is None
@@ -539,15 +539,15 @@ def test_identity_table_generated_always(fresh_db: Any) -> None:
     spec = TableSpec("public.ledger", "booked", retention=0.1, batch_size=1000)
     with _mig(fresh_db, spec) as mig:
         m = mig.run("swapped")
-        assert m["state"] == "swapped"
-        archive = m["archive_name"]
+        assert m.state == "swapped"
+        archive = m.archive.name
         with fresh_db.connect() as conn:
             live = _oid(conn, "public.ledger")
             assert live != old_oid and _oid(conn, f"public.{archive}") == old_oid
             assert _one(conn, f"SELECT count(*) FROM public.{archive}") == LEDGER_ROWS - 10
             kept = _one(conn, "SELECT count(*) FROM public.ledger")
             assert kept == _one(conn, f"SELECT count(*) FROM public.{archive} WHERE booked >= %s::date",
-                                (m["cutoff"],))
+                                (m.cutoff.text,))
             assert _one(conn, "SELECT attidentity::text FROM pg_attribute"
                               " WHERE attrelid = 'public.ledger'::regclass AND attname = 'id'") == "a"
             seq = _one(conn, "SELECT pg_get_serial_sequence('public.ledger', 'id')")

@@ -10,11 +10,10 @@ from typing import Any
 from psycopg import sql
 
 from tablemig.config.spec import TableSpec
-from tablemig.lifecycle import state
-from tablemig.lifecycle.backfill import CopyJob, chunk_sql, plan_chunks
+from tablemig.lifecycle.chunks import chunk_sql, plan_chunks
+from tablemig.lifecycle.copying import CopyJob
 from tablemig.lifecycle.driver import Migration
 from tablemig.lifecycle.executor import Recorder
-from tablemig.pg.names import QualifiedName
 
 from ..proc import run_child, tail
 from ..runs import Bench, fresh_copy, migrate_cmd
@@ -33,17 +32,17 @@ def explain(b: Bench) -> dict[str, Any]:
         spec = TableSpec(TABLE, DATE_COLUMN, retention=b.cut.retention, batch_size=b.args.batch_size)
         with Migration(dsn, spec) as mig:
             plan = mig.plan()
-            m = state.load(mig.conn, mig.table)
+            m = mig.state()
             assert m is not None
             types = {col.name: col.type for col in plan.info.columns}
             # the recent rows' job, as the backfill builds it
-            job = CopyJob(plan.original, QualifiedName(m["schema_name"], m["new_name"]), plan.columns,
+            job = CopyJob(plan.original, m.new, plan.columns,
                           plan.order_columns, [types[c] for c in plan.order_columns], plan.date_column,
-                          plan.date_type, m["cutoff"], plan.overriding, plan.key)
-            c = mig.conn
+                          plan.date_type, m.cutoff.text, plan.overriding, plan.key)
+            c = mig.ctx.conn
             split = DATE_COLUMN if plan.order_by_date else plan.key[0]
             split_type = plan.date_type if plan.order_by_date else types[split]
-            chunks = plan_chunks(c, job, split, split_type, b.cut.kept_rows, b.args.batch_size)
+            chunks = plan_chunks(mig.ctx.ex, job, split, split_type, b.cut.kept_rows, b.args.batch_size)
             for name, ch in (("first_chunk", chunks[0]), ("middle_chunk", chunks[len(chunks) // 2])):
                 params = [job.cutoff, *([ch.lo] if ch.lo is not None else []), *([ch.hi] if ch.hi is not None else [])]
                 q = chunk_sql(job, split, split_type, ch.lo is not None, ch.hi is not None)

@@ -81,12 +81,16 @@ class StepContext:
 
     def executor(self, site: str = "active") -> Executor:
         self.record.recorder.step = self._step_key
-        return Executor(self.connect(site), dry_run=not self.execute, recorder=self.record.recorder,
-                        site=site)
+        return Executor(self.connect(site), mode="execute" if self.execute else "plan",
+                        recorder=self.record.recorder, site=site)
 
     @property
     def _step_key(self) -> str:
         return f"{self.item.id}|{self.result.table or ''}"
+
+    def recorded_changes(self) -> list[str]:
+        """The changes this step recorded so far (in a dry run: what --execute would run)."""
+        return [s.sql for s in self.record.recorder.for_step(self._step_key) if s.kind == "change"]
 
     def migration(self) -> Migration:
         m = self.migration_for(self.table.config)
@@ -125,11 +129,13 @@ class StepContext:
         run = self.record.tables[key]
         if run.migration is None:
             subscribers = [self.passive_dsn] if self.passive_is_logical() else []
+            # a dry run's migration is in plan mode: a step that runs a lifecycle step records
+            # its statements, and changes nothing (tablemig.lifecycle.executor)
             run.migration = Migration(self.active_dsn, config.spec(), recorder=self.record.recorder,
+                                      mode="execute" if self.execute else "plan",
                                       plan_name=self.plan.name, throttle=self._throttle(run),
                                       subscribers=[d for d in subscribers if d],
-                                      nice_ratio=self.plan.nice_ratio,
-                                      app_write_share=self.plan.app_write_share)
+                                      fixed=self.plan.fixed())
         return run.migration
 
     def passive_is_logical(self) -> bool:

@@ -11,13 +11,15 @@ from typing import Any
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from ..config.settings import BATCH_SIZE, WORKERS, Fixed, argument
 from ..config.spec import TableSpec
 from ..errors import InputError
 from ..lifecycle.driver import Migration
-from ..lifecycle.structure import change_log_name
+from ..lifecycle.state import StateStore, load_all
 from ..pg.connect import connect
 from ..pg.names import QualifiedName
 from ..pg.schema import installed_version
+from ..pg.statements import Direct
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
@@ -30,36 +32,15 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-table", help="name of the new table (default <table>_new)")
     p.add_argument("--archive-table", help="name of the archive (default <table>_archive_<YYYYMMDD>)")
     p.add_argument("--archive-mode", choices=["rename", "copy"], default="rename")
-    p.add_argument("--batch-size", type=int, default=10_000)
-    p.add_argument("--workers", type=int, default=1, help="concurrent backfill workers")
-
-
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0 (e.g. 1: work half the time)")
-    return value
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to below 1 (e.g. 0.9: keep 90 %"
-                                         " of the application's writes; 0: no guard)")
-    return value
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="rows per unit of bulk work")
+    p.add_argument("--workers", type=int, default=WORKERS, help="concurrent backfill workers")
 
 
 def _pacing_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nice-ratio", type=_ratio, metavar="R",
+    p.add_argument("--nice-ratio", type=argument("nice_ratio"), metavar="R",
                    help="after each unit of bulk work sleep R times as long as it took (0: no pacing;"
                         " default: migration_config nice_ratio, re-read every 5 s)")
-    p.add_argument("--app-write-share", type=_share, metavar="S",
+    p.add_argument("--app-write-share", type=argument("app_write_share"), metavar="S",
                    help="write guard: rest between units of bulk work so that the application keeps the"
                         " share S of its write rate (0: off; default: migration_config app_write_share,"
                         " 0.9, re-read every 5 s)")
@@ -71,22 +52,26 @@ def _spec(a: argparse.Namespace) -> TableSpec:
                      workers=a.workers)
 
 
-def from_state(dsn: str, table: str, **overrides: Any) -> Migration:
+def from_state(dsn: str, table: str, **options: Any) -> Migration:
     """A Migration for a table already under way, rebuilt from its state row."""
     name = str(QualifiedName.parse(table))
     with connect(dsn) as conn:
         if installed_version(conn) is None:
             raise InputError(f"no tablemig schema in this database: {name} was never migrated here",
                              "check --dsn (the active site of the migration)")
-        with conn.cursor(row_factory=dict_row) as cur:
-            m = cur.execute("SELECT * FROM table_migration.migration_state WHERE table_name = %s",
-                            (name,)).fetchone()
+        m = StateStore(Direct(conn), name).load()
     if m is None:
         raise InputError(f"{name} has no migration state", "see `tablemig status --dsn ...` for tables under way")
-    spec = TableSpec(name, m["date_column"], cutoff=m["cutoff"], new_table=m["new_name"],
-                     archive_table=m["archive_name"], archive_mode=m["archive_mode"], batch_size=m["batch_size"],
-                     key=tuple(m["key_columns"]))
-    return Migration(dsn, spec, **overrides)
+    spec = TableSpec(name, m.date_column, cutoff=m.cutoff.text, new_table=m.new.name,
+                     archive_table=m.archive.name, archive_mode=m.archive_mode, batch_size=m.batch_size,
+                     key=m.key)
+    return Migration(dsn, spec, **options)
+
+
+def _fixed(a: argparse.Namespace) -> Fixed:
+    """The settings the command line fixes for the run (the others follow migration_config)."""
+    return Fixed({"nice_ratio": getattr(a, "nice_ratio", None),
+                  "app_write_share": getattr(a, "app_write_share", None)}, source="the command line:")
 
 
 def _print(obj: Any) -> None:
@@ -108,17 +93,15 @@ def _subscriber_arg(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_migrate(a: argparse.Namespace) -> int:
-    with Migration(a.dsn, _spec(a), subscribers=a.subscriber_dsn, nice_ratio=a.nice_ratio,
-                   app_write_share=a.app_write_share) as mig:
+    with Migration(a.dsn, _spec(a), subscribers=a.subscriber_dsn, fixed=_fixed(a)) as mig:
         final = mig.run(a.until)
         print(file=sys.stderr)
         plan = mig.last_plan
-        _print({"state": final.get("state"), "cutoff": final.get("cutoff"),
+        _print({"state": final and final.state, "cutoff": final and final.cutoff.text,
                 "cutoff_local": plan.cutoff_local if plan else None, "timezone": plan.timezone if plan else None,
-                "timings": mig.timings, "rows_copied": final.get("rows_copied"),
-                "swap_attempts": final.get("swap_attempts"), "lock_hold_ms": final.get("lock_hold_ms"),
-                **({"inventory": (final.get("swap_record") or {}).get("inventory")}
-                   if final.get("state") == "swapped" else {}),
+                "timings": mig.timings, "rows_copied": final and final.rows_copied,
+                "swap_attempts": final and final.swap_attempts, "lock_hold_ms": final and final.lock_hold_ms,
+                **({"inventory": final.swap_record.inventory} if final and final.state == "swapped" else {}),
                 **mig.pacer.summary()})
     return 0
 
@@ -128,19 +111,19 @@ def cmd_status(a: argparse.Namespace) -> int:
         if installed_version(conn) is None:
             print("no tablemig schema in this database")
             return 0
-        with conn.cursor(row_factory=dict_row) as cur:
-            rows = cur.execute(
-                "SELECT table_name, state, new_name, archive_name, cutoff, rows_copied, rows_to_copy,"
-                " swap_attempts, lock_hold_ms, checkpoint->>'paused' AS paused, updated_at, last_error,"
-                " table_oid FROM table_migration.migration_state WHERE %s::text IS NULL OR table_name = %s"
-                " ORDER BY table_name", (a.table and str(QualifiedName.parse(a.table)),) * 2).fetchall()
-        for r in rows:
+        rows = []
+        for m in load_all(Direct(conn), a.table and str(QualifiedName.parse(a.table))):
             # keys logged by the capture trigger and not replayed yet (the change log lives
             # until the swap; it is empty from the switch to direct capture on)
-            log = change_log_name(int(r.pop("table_oid")))
+            log = m.objects.change_log
             found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (str(log),)).fetchone()
-            r["change_log_backlog"] = (conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-                log.ident())).fetchone() or [None])[0] if found and found[0] else None
+            rows.append({"table_name": m.table, "state": m.state, "new_name": m.new.name,
+                         "archive_name": m.archive.name, "cutoff": m.cutoff.text, "rows_copied": m.rows_copied,
+                         "rows_to_copy": m.rows_to_copy, "swap_attempts": m.swap_attempts,
+                         "lock_hold_ms": m.lock_hold_ms, "paused": m.checkpoint.paused_text,
+                         "updated_at": m.updated_at, "last_error": m.last_error,
+                         "change_log_backlog": (conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                             log.ident())).fetchone() or [None])[0] if found and found[0] else None})
     _print(rows)
     return 0
 
@@ -166,8 +149,7 @@ def _set_paused(a: argparse.Namespace, paused: bool) -> int:
 
 
 def cmd_prune(a: argparse.Namespace) -> int:
-    with from_state(a.dsn, a.table, subscribers=a.subscriber_dsn, nice_ratio=a.nice_ratio,
-                    app_write_share=a.app_write_share) as mig:
+    with from_state(a.dsn, a.table, subscribers=a.subscriber_dsn, fixed=_fixed(a)) as mig:
         n = mig.prune(a.batch_size)
     print(f"pruned: {n} rows deleted from the archive")
     return 0

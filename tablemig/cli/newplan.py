@@ -11,6 +11,7 @@ import jinja2
 
 from ..checklist.items import ORDER
 from ..config.plan import Contact, TableConfig
+from ..config.settings import BATCH_SIZE
 from ..errors import InputError
 from ..pg.replication import LagLimit
 
@@ -67,7 +68,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--new-table")
     p.add_argument("--archive-table")
     p.add_argument("--archive-mode", choices=["rename", "copy"], default="rename")
-    p.add_argument("--batch-size", type=int, default=10_000)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--max-replication-lag", default="16MB", help="a size (16MB) or a duration (30s)")
     p.add_argument("--name", help="plan name (default: from the output file name)")
     p.add_argument("--output", required=True, help="path of the plan module to write")

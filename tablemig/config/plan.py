@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from ..errors import InputError
 from ..pg.query_timeout import parse_timeout
+from .settings import Fixed
 from .spec import TableSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -116,14 +117,13 @@ class PlanConfig:
         names = [t.spec().qualified for t in self.tables]
         if len(set(names)) != len(names):
             raise InputError(f"plan {self.name} lists a table twice", "list each table once")
-        if self.nice_ratio is not None and not self.nice_ratio >= 0:
-            raise InputError(f"plan {self.name}: nice_ratio {self.nice_ratio!r} is below 0",
-                             "give 0 (no pacing) or more, e.g. 1 to work at most half the time")
-        if self.app_write_share is not None and not 0 <= self.app_write_share < 1:
-            raise InputError(f"plan {self.name}: app_write_share {self.app_write_share!r} is not from 0 to"
-                             " below 1", "give e.g. 0.9 to keep 90 % of the application's writes, or 0"
-                             " for no write guard")
+        self.fixed()  # the pacing values, checked as migration_config's and the command line's are
         object.__setattr__(self, "validation_timeout", parse_timeout(self.validation_timeout))
+
+    def fixed(self) -> Fixed:
+        """The settings this plan fixes for its run (the others follow migration_config)."""
+        return Fixed({"nice_ratio": self.nice_ratio, "app_write_share": self.app_write_share},
+                     source=f"plan {self.name}:")
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 
 from ..errors import InputError
-from ..pg.names import QualifiedName, derived_name
+from ..pg.names import QualifiedName
+from .settings import BATCH_SIZE, WORKERS
 
 ARCHIVE_MODES = ("rename", "copy")
 
@@ -26,9 +26,9 @@ class TableSpec:
     new_table: str | None = None
     archive_table: str | None = None
     archive_mode: str = "rename"
-    batch_size: int = 10_000
+    batch_size: int = BATCH_SIZE  # rows per unit of bulk work (a load chunk holds about this many)
     key: tuple[str, ...] | None = None
-    workers: int = 1
+    workers: int = WORKERS
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -42,7 +42,7 @@ class TableSpec:
             raise InputError(f"archive mode {self.archive_mode!r} is unknown",
                              f"use one of {', '.join(ARCHIVE_MODES)}")
         if self.batch_size < 1:
-            raise InputError(f"batch size {self.batch_size} must be positive", "e.g. 10000")
+            raise InputError(f"batch size {self.batch_size} must be positive", f"e.g. {BATCH_SIZE}")
         if self.workers < 1:
             raise InputError(f"workers {self.workers} must be at least 1", "e.g. 1 or 2")
         if not self.date_column or "\x00" in self.date_column:
@@ -52,15 +52,3 @@ class TableSpec:
     @property
     def qualified(self) -> QualifiedName:
         return QualifiedName.parse(self.table)
-
-    def names(self, today: dt.date | None = None) -> tuple[QualifiedName, QualifiedName,
-                                                          QualifiedName]:
-        """(original, new, archive) names; new and archive stay in the original's schema
-        unless given schema-qualified."""
-        t = self.qualified
-        day = (today or dt.date.today()).strftime("%Y%m%d")
-        new = (QualifiedName.parse(self.new_table, t.schema) if self.new_table
-               else t.sibling(derived_name(t.name, "_new")))
-        archive = (QualifiedName.parse(self.archive_table, t.schema) if self.archive_table
-                   else t.sibling(derived_name(t.name, f"_archive_{day}")))
-        return t, new, archive

@@ -1,5 +1,5 @@
 """Keyset batch copy of the rows `D >= C` from a source to a target table (the rollback
-uses it to make the archive complete again after a prune, see `tablemig.lifecycle.after_swap`).
+uses it to make the archive complete again after a prune, see `tablemig.lifecycle.rollback`).
 
 Each batch is one transaction: find the batch's upper bound (the `batch_size`-th next row
 in `(D, key)` order, through an index on `D`), copy the rows in `(last, upper]` with
@@ -22,16 +22,17 @@ together with its checkpoint, so it is copied again on the rerun.
 
 from __future__ import annotations
 
-import json
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
+from psycopg import sql
 
-from ..pg.connect import connect
-from .backfill import CopyJob, CopyRun, CopyStats, Progress, Throttle, wait_while_paused
+from .copying import WAL_MARK, WAL_SINCE_MARK, CopyJob, CopyRun, CopyStats, Progress, Throttle, forked
+from .executor import Executor, Observed
 from .pacing import Pace
+from .state import Expr, StateStore
 
 MIN_BATCH, MAX_BATCH = 1_000, 500_000
 
@@ -51,15 +52,14 @@ class CopyRange:
         return cls(d.get("lo"), d.get("hi"), d.get("last"), bool(d.get("done")))
 
 
-def split_ranges(conn: psycopg.Connection[Any], job: CopyJob, expected_rows: int,
-                 workers: int) -> list[CopyRange]:
+def split_ranges(ex: Executor, job: CopyJob, expected_rows: int, workers: int) -> list[CopyRange]:
     """Disjoint ranges of roughly equal row counts, one per worker."""
     if workers <= 1 or expected_rows < workers * MIN_BATCH:
         return [CopyRange(None, None)]
     points: list[list[str]] = []
     for i in range(1, workers):
-        row = conn.execute(job.upper_bound_sql(False, False),
-                           [*job.params(None, None), expected_rows * i // workers]).fetchone()
+        row = ex.read(job.upper_bound_sql(False, False),
+                      [*job.params(None, None), expected_rows * i // workers]).fetchone()
         if row and (not points or list(row) != points[-1]):
             points.append([str(v) for v in row])
     bounds: list[list[str] | None] = [None, *points, None]
@@ -69,96 +69,65 @@ def split_ranges(conn: psycopg.Connection[Any], job: CopyJob, expected_rows: int
 class BatchCopier(CopyRun):
     """Runs a CopyJob over checkpointed ranges, with throttling and progress."""
 
-    def __init__(self, dsn: str, job: CopyJob, table_label: str, checkpoint_key: str, *,
+    def __init__(self, ex: Executor, dsn: str, job: CopyJob, table_label: str, checkpoint_key: str, *,
                  batch_size: int, target_seconds: float = 0.5, workers: int = 1,
                  throttle: Throttle | None = None, progress: Progress | None = None,
                  expected_rows: int | None = None, pace: Pace | None = None) -> None:
-        super().__init__(dsn, job, table_label, checkpoint_key, workers=workers, throttle=throttle,
+        super().__init__(ex, dsn, job, table_label, checkpoint_key, workers=workers, throttle=throttle,
                          progress=progress, expected_rows=expected_rows, pace=pace)
         self.batch_size = batch_size
         self.target_seconds = target_seconds
 
-    def run(self, conn: psycopg.Connection[Any], checkpoint: dict[str, Any]) -> CopyStats:
-        """Copy everything not yet copied; `conn` is used for planning the ranges."""
-        saved = checkpoint.get(self.key)
+    def run(self, store: StateStore, saved: dict[str, Any] | None) -> CopyStats:
+        """Copy everything not yet copied (`saved`: the job's ranges saved by an earlier run);
+        the run's connection plans the ranges."""
         if saved and saved.get("ranges"):
             ranges = [CopyRange.from_json(r) for r in saved["ranges"]]
         else:
-            ranges = split_ranges(conn, self.job, self.expected or 0, self.workers)
-            with conn.transaction():
-                self._save(conn, ranges, {})
+            ranges = split_ranges(self.ex, self.job, self.expected or 0, self.workers)
+            with self.ex.transaction():
+                store.set_checkpoint(path=[self.key], value={"ranges": [r.to_json() for r in ranges]})
         todo = [i for i, r in enumerate(ranges) if not r.done]
-        return self._run_all([lambda i=i: self._worker(ranges, i) for i in todo])
-
-    def _save(self, conn: psycopg.Connection[Any], ranges: list[CopyRange],
-              extra: dict[str, Any]) -> None:
-        conn.execute(
-            "UPDATE table_migration.migration_state SET checkpoint = jsonb_set(checkpoint, %s,"
-            " %s::jsonb), updated_at = now() WHERE table_name = %s",
-            ([self.key], json.dumps({"ranges": [r.to_json() for r in ranges], **extra}), self.table))
-
-    def _save_range(self, conn: psycopg.Connection[Any], index: int, rng: CopyRange,
-                    copied: int) -> None:
-        """Each worker writes only its own range, in its own batch transaction, so a
-        checkpoint never records another worker's uncommitted progress."""
-        conn.execute(
-            "UPDATE table_migration.migration_state SET checkpoint = jsonb_set(checkpoint, %s,"
-            " %s::jsonb), rows_copied = rows_copied + %s, updated_at = now()"
-            " WHERE table_name = %s",
-            ([self.key, "ranges", str(index)], json.dumps(rng.to_json()), copied, self.table))
+        return self._run_all([functools.partial(self._worker, ranges, i) for i in todo])
 
     def _worker(self, ranges: list[CopyRange], index: int) -> None:
         try:
-            with connect(self.dsn, application_name="tablemig-backfill") as conn:
+            with forked(self.ex, self.dsn, "tablemig-backfill", f"copy-{index + 1}") as ex:
                 # a parallel plan for a batch's bound query would take CPU from the application
-                conn.execute("SET max_parallel_workers_per_gather = 0")
-                self._copy_range(conn, ranges, index)
+                ex.run("SET max_parallel_workers_per_gather = 0")
+                self._copy_range(ex, ranges, index)
         except BaseException as exc:  # noqa: BLE001 - re-raised by run()
-            with self._lock:
-                self._error = self._error or exc
+            self._failed(exc)
 
-    def _copy_range(self, conn: psycopg.Connection[Any], ranges: list[CopyRange],
-                    index: int) -> None:
+    def _copy_range(self, ex: Executor, ranges: list[CopyRange], index: int) -> None:
         rng = ranges[index]
-        job, size = self.job, self.batch_size
+        job, size, store = self.job, self.batch_size, StateStore(ex, self.table)
         has_hi = rng.hi is not None
         while not rng.done and self._error is None:
-            wait_while_paused(conn, self.table)
-            if self.throttle:
-                self.throttle()
-            if self.pace:
-                self.pace(conn)
+            self._between_units(ex)
             lo = rng.last if rng.last is not None else rng.lo
             t0 = time.perf_counter()
-            with conn.transaction():
-                conn.execute("SET LOCAL synchronous_commit = off")
-                wal0 = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
-                row = conn.execute(job.upper_bound_sql(lo is not None, has_hi),
-                                   [*job.params(lo, rng.hi), size - 1]).fetchone()
+            with ex.transaction():
+                ex.run(sql.SQL("SELECT set_config('synchronous_commit', 'off', true), {}").format(WAL_MARK))
+                row = ex.read(job.upper_bound_sql(lo is not None, has_hi),
+                              [*job.params(lo, rng.hi), size - 1]).fetchone()
                 upper = [str(v) for v in row] if row else rng.hi
                 lock = job.lock_sql(lo is not None, upper is not None)
                 if lock is not None:
-                    conn.execute(lock, job.params(lo, upper))
-                cur = conn.execute(job.copy_sql(lo is not None, upper is not None),
-                                   job.params(lo, upper))
-                copied = max(cur.rowcount, 0)
+                    ex.run(lock, job.params(lo, upper))
+                copied = max(ex.run(job.copy_sql(lo is not None, upper is not None),
+                                    job.params(lo, upper)).rowcount, 0)
                 done = CopyRange(rng.lo, rng.hi, upper, row is None)
-                self._save_range(conn, index, done, copied)
-                wal = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)::bigint",
-                                   (wal0[0] if wal0 else None,)).fetchone()
+                # each worker writes only its own range, in its own batch transaction, so a
+                # checkpoint never records another worker's uncommitted progress
+                wal = store.set_checkpoint(path=[self.key, "ranges", str(index)], value=done.to_json(),
+                                           rows_copied=Expr(sql.SQL("rows_copied + %s"),
+                                                            (Observed("rows", copied),)),
+                                           returning=WAL_SINCE_MARK, planned=0).scalar()
             with self._lock:
                 rng.last, rng.done = done.last, done.done
-                self.stats.rows += copied
-                self.stats.batches += 1
-                self.stats.batch_sizes.append(size)
             elapsed = time.perf_counter() - t0
-            with self._lock:
-                self.stats.samples.append({"t": time.time(), "rows": self.stats.rows,
-                                           "batch_rows": copied, "batch_seconds": elapsed,
-                                           "batch_size": size, "wal_bytes": wal[0] if wal else None})
-            self.progress({"table": self.table, "rows": self.stats.rows,
-                           "expected": self.expected, "batch_seconds": elapsed,
-                           "batch_size": size, "started": self._started})
+            self._report(copied, elapsed, size, wal)
             # Tune towards the target batch time, at most doubling or halving per step.
             if elapsed > 0:
                 floor = min(MIN_BATCH, self.batch_size)  # a smaller configured size is respected

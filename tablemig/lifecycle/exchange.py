@@ -20,7 +20,13 @@ from ..pg.catalog import DependentView, ForeignKey, PublicationRel, Rule, RuleEl
 from ..pg.names import QualifiedName
 from ..pg.sqltext import Fragment
 from .executor import Executor
-from .structure import archive_index_name, not_valid_checks_sql, secondary_indexes, temp_index_name
+from .objects import archive_index_name, temp_index_name
+from .structure import not_valid_checks_sql, secondary_indexes
+
+
+def repointed(table: str, constraint: str) -> str:
+    """A dry run's name for a foreign key the swap re-points (NOT VALID until validated)."""
+    return f"{table}#not-valid:{constraint}"
 
 
 def _repoint_fks(ex: Executor, fks: list[ForeignKey]) -> None:
@@ -30,6 +36,20 @@ def _repoint_fks(ex: Executor, fks: list[ForeignKey]) -> None:
                                                                    sql.Identifier(fk.name)))
         ex.run(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
             fk.table.ident(), sql.Identifier(fk.name), Fragment(body)))
+        ex.creates(repointed(str(fk.table), fk.name))
+
+
+def validate_foreign_keys(ex: Executor, fks: list[dict[str, Any]]) -> list[str]:
+    """VALIDATE re-pointed foreign keys, each in its own transaction (SHARE UPDATE
+    EXCLUSIVE on the referencing table only: writes continue)."""
+    done = []
+    for fk in fks:
+        child = QualifiedName.parse(fk["table"])
+        ex.run(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+            child.ident(), sql.Identifier(fk["name"])))
+        ex.drops(repointed(str(child), fk["name"]))
+        done.append(f"{child}.{fk['name']}")
+    return done
 
 
 def _recreate_views(ex: Executor, views: list[DependentView]) -> None:

@@ -33,16 +33,16 @@ disarmed (triggers dropped, the capture function back to plain direct capture).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from ..errors import TablemigError
-from ..pg.catalog import FAMILY_TRIGGER, TOOL_SCHEMA
+from ..pg.catalog import TOOL_SCHEMA
 from ..pg.names import QualifiedName
 from ..pg.sqltext import Fragment
+from ..pg.statements import Statements
 from ..pg.templating import render
+from .objects import FAMILY_TRIGGER, Objects
 
 SAMPLE = 5  # orphan rows named in an error
 
@@ -80,25 +80,21 @@ SELECT con.conname, n.nspname, c.relname, c.oid, c.relkind = 'p', con.conrelid =
 """
 
 
-def references(conn: psycopg.Connection[Any], table_oid: int) -> list[Reference]:
+def references(st: Statements, table_oid: int) -> list[Reference]:
     """Every foreign key referencing the table (a partitioned table's once)."""
     return [Reference(r[0], QualifiedName(r[1], r[2]), int(r[3]), tuple(r[6]), tuple(r[7]), bool(r[5]),
                       bool(r[4]), bool(r[8]))
-            for r in conn.execute(_REFERENCES, (table_oid,)).fetchall()]
+            for r in st.read(_REFERENCES, (table_oid,)).fetchall()]
 
 
-def trigger_name_taken(conn: psycopg.Connection[Any], ref: Reference) -> bool:
+def trigger_name_taken(st: Statements, ref: Reference) -> bool:
     """Does the referencing table have a trigger of its own named FAMILY_TRIGGER (which
     arming would replace, and disarming drop)?"""
-    return conn.execute(
+    return st.read(
         "SELECT 1 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid"
         " JOIN pg_namespace n ON n.oid = p.pronamespace"
         " WHERE t.tgrelid = %s AND t.tgname = %s AND n.nspname <> %s",
         (ref.child_oid, FAMILY_TRIGGER, TOOL_SCHEMA)).fetchone() is not None
-
-
-def family_log_name(table_oid: int) -> QualifiedName:
-    return QualifiedName("table_migration", f"family_{table_oid}")
 
 
 def _pairs(ref: Reference, left: str, right: str) -> sql.Composable:
@@ -116,27 +112,27 @@ def _texts(columns: tuple[str, ...] | list[str], alias: str) -> sql.Composable:
     return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(alias, c)) for c in columns)
 
 
-def orphans(conn: psycopg.Connection[Any], ref: Reference, new: QualifiedName) -> list[list[str]]:
+def orphans(st: Statements, ref: Reference, new: QualifiedName) -> list[list[str]]:
     """Referencing rows whose referenced row is not in `new` (the new table): a full
-    anti-join, no lock. For a self-reference the referencing rows are `new`'s own."""
+    anti-join, no lock. For a self-reference the referencing rows are `new`'s own. (A dry
+    run, which has no new table, assumes none.)"""
     child = new if ref.self_ref else ref.child
-    rows = conn.execute(sql.SQL(
+    rows = st.read(sql.SQL(
         "SELECT {texts} FROM {child} c WHERE {nn} AND NOT EXISTS (SELECT 1 FROM {new} p WHERE {match})"
         " LIMIT %s").format(texts=_texts(ref.child_columns, "c"), child=child.ident(), nn=_not_null(ref, "c"),
-                            new=new.ident(), match=_pairs(ref, "p", "c")), (SAMPLE,)).fetchall()
+                            new=new.ident(), match=_pairs(ref, "p", "c")), (SAMPLE,), reads=[str(new)]).fetchall()
     return [list(r) for r in rows]
 
 
-def orphans_since_armed(conn: psycopg.Connection[Any], refs: list[Reference], original: QualifiedName,
-                        new: QualifiedName, table_oid: int, key: list[str],
+def orphans_since_armed(st: Statements, refs: list[Reference], objects: Objects, key: list[str],
                         key_types: list[str]) -> dict[str, list[list[str]]]:
     """Under the swap's lock: the orphans among the rows written since the family log was
     armed (see the module docstring). {reference label: sample rows}."""
-    log = family_log_name(table_oid)
+    log, new, original = objects.family_log, objects.new, objects.original
     match = sql.SQL(" AND ").join(sql.SQL("n.{0} = f.{0}").format(sql.Identifier(k)) for k in key)
-    lost = conn.execute(sql.SQL(
+    lost = st.read(sql.SQL(
         "SELECT DISTINCT {texts} FROM {log} f WHERE NOT EXISTS (SELECT 1 FROM {new} n WHERE {match})").format(
-        texts=_texts(key, "f"), log=log.ident(), new=new.ident(), match=match)).fetchall()
+        texts=_texts(key, "f"), log=log.ident(), new=new.ident(), match=match), reads=[str(log)]).fetchall()
     if not lost:
         return {}
     typed = sql.SQL("({})").format(sql.SQL(", ").join(
@@ -149,7 +145,7 @@ def orphans_since_armed(conn: psycopg.Connection[Any], refs: list[Reference], or
         # the referenced rows of the lost keys (in the original, which has them all), then
         # the rows referencing them: a few values, so nested loops over the original's key
         # and the referencing index
-        rows = conn.execute(sql.SQL(
+        rows = st.read(sql.SQL(
             "SELECT {texts} FROM {orig} p JOIN {child} c ON {match} WHERE ({k}) IN ({keys}) LIMIT %s").format(
             texts=_texts(ref.child_columns, "c"), orig=original.ident(), child=child.ident(),
             match=_pairs(ref, "p", "c"), k=sql.SQL(", ").join(sql.Identifier("p", k) for k in key),
@@ -159,11 +155,7 @@ def orphans_since_armed(conn: psycopg.Connection[Any], refs: list[Reference], or
     return found
 
 
-def child_function_name(table_oid: int, child_oid: int) -> QualifiedName:
-    return QualifiedName("table_migration", f"family_{table_oid}_{child_oid}")
-
-
-def child_trigger_sql(refs: list[Reference], original: QualifiedName, table_oid: int, key: list[str],
+def child_trigger_sql(refs: list[Reference], objects: Objects, key: list[str],
                       search_path: tuple[str, ...] | list[str]) -> list[sql.Composable]:
     """The row triggers on the referencing tables (other than the table itself) that log
     the key of the row each new or changed foreign key points at."""
@@ -172,10 +164,10 @@ def child_trigger_sql(refs: list[Reference], original: QualifiedName, table_oid:
     for ref in refs:
         if not ref.self_ref:
             by_child.setdefault(ref.child, []).append(ref)
+    log, original = objects.family_log, objects.original
     for child, group in by_child.items():
-        fn = child_function_name(table_oid, group[0].child_oid)
-        text = render("family_function.sql.j2", function=(fn.schema, fn.name),
-                      log=(family_log_name(table_oid).schema, family_log_name(table_oid).name),
+        fn = objects.family_function(group[0].child_oid)
+        text = render("family_function.sql.j2", function=(fn.schema, fn.name), log=(log.schema, log.name),
                       source=(original.schema, original.name), key=key, search_path=list(search_path),
                       refs=[{"child": list(r.child_columns), "parent": list(r.parent_columns)} for r in group])
         columns = sorted({c for r in group for c in r.child_columns})
@@ -193,15 +185,14 @@ def drop_child_trigger_sql(child: QualifiedName) -> sql.Composable:
     return sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(FAMILY_TRIGGER), child.ident())
 
 
-def disarm_sql(refs: list[Reference], table_oid: int) -> list[sql.Composable]:
+def disarm_sql(refs: list[Reference], objects: Objects) -> list[sql.Composable]:
     """Drop the referencing tables' triggers, their functions and the family log."""
     out: list[sql.Composable] = []
     for ref in refs:
         if not ref.self_ref:
             out.append(drop_child_trigger_sql(ref.child))
-            out.append(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
-                child_function_name(table_oid, ref.child_oid).ident()))
-    out.append(sql.SQL("DROP TABLE IF EXISTS {}").format(family_log_name(table_oid).ident()))
+            out.append(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(objects.family_function(ref.child_oid).ident()))
+    out.append(sql.SQL("DROP TABLE IF EXISTS {}").format(objects.family_log.ident()))
     return out
 
 
@@ -210,19 +201,19 @@ class OrphanGuard:
     """The orphan check of the swap step, armed (see the module docstring)."""
 
     refs: list[Reference]
-    table_oid: int
+    objects: Objects
     key: list[str]
     key_types: list[str]
 
-    def check_locked(self, conn: psycopg.Connection[Any], original: QualifiedName, new: QualifiedName) -> None:
+    def check_locked(self, st: Statements) -> None:
         """Under the swap's lock: raise the refusal if a write made since the full check
         left an orphan."""
-        found = orphans_since_armed(conn, self.refs, original, new, self.table_oid, self.key, self.key_types)
+        found = orphans_since_armed(st, self.refs, self.objects, self.key, self.key_types)
         if found:
-            raise orphan_error(str(original), found, under_lock=True)
+            raise orphan_error(str(self.objects.original), found, under_lock=True)
 
     def disarm_sql(self) -> list[sql.Composable]:
-        return disarm_sql(self.refs, self.table_oid)
+        return disarm_sql(self.refs, self.objects)
 
 
 def orphan_error(table: str, found: dict[str, list[list[str]]], *, under_lock: bool) -> TablemigError:

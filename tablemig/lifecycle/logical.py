@@ -63,18 +63,19 @@ from ..pg.catalog import inspect_table
 from ..pg.connect import connect, redact
 from ..pg.names import QualifiedName
 from ..pg.schema import install_schema
-from . import state
-from .exchange import exchange, exchange_back
-from .executor import Executor, Recorder
+from ..pg.statements import Statements, statements
+from .exchange import exchange, exchange_back, repointed, validate_foreign_keys
+from .executor import Executor, Mode, Observed, Recorder
+from .objects import temp_index_name
+from .state import State
 from .structure import (
     create_table_sql,
+    drop_table_sql,
     index_properties_sql,
     index_sql,
     key_constraint_sql,
     secondary_indexes,
-    temp_index_name,
 )
-from .swap import validate_foreign_keys
 
 
 class BarrierTimeout(TablemigError):
@@ -93,11 +94,12 @@ class Link:
 class Subscriber:
     """One logical subscriber of the active site (a `tablemig.lifecycle.swap.SwapPeer`)."""
 
-    def __init__(self, dsn: str, publisher_dsn: str, *, recorder: Recorder | None = None,
+    def __init__(self, dsn: str, publisher_dsn: str, *, mode: Mode = "execute", recorder: Recorder | None = None,
                  barrier_timeout_s: float = 30.0) -> None:
         self.dsn, self.publisher_dsn = dsn, publisher_dsn
         self.conn = connect(dsn, application_name="tablemig-subscriber")
-        self.ex = Executor(self.conn, recorder=recorder or Recorder(), site="subscriber")
+        self.ex = Executor(self.conn, mode=mode, recorder=recorder or Recorder(), site="subscriber",
+                           connection="subscriber")
         self.barrier_timeout_s = barrier_timeout_s
         self.name = redact(dsn)
         self._link: Link | None = None
@@ -106,24 +108,25 @@ class Subscriber:
         self.conn.close()
 
     # -- discovery and refusals -----------------------------------------------------------
-    def link(self, pub: psycopg.Connection[Any], table: QualifiedName) -> Link:
-        """The one subscription here that receives `table` from this publisher; refuses
-        what tablemig cannot keep exact."""
+    def link(self, publisher: Statements | psycopg.Connection[Any], table: QualifiedName) -> Link:
+        """The one subscription here that receives `table` from this publisher (the active
+        site); refuses what tablemig cannot keep exact."""
         if self._link is not None:
             return self._link
-        local = self.conn.execute("SELECT to_regclass(%s)::oid", (str(table),)).fetchone()
+        ex, pub = self.ex, statements(publisher)
+        local = ex.read("SELECT to_regclass(%s)::oid", (str(table),)).fetchone()
         if not local or local[0] is None:
             raise InputError(f"the subscriber has no table {table}",
                              "create it there (same structure) and subscribe to it, or remove the "
                              "subscriber from the plan")
-        subs = self.conn.execute(
+        subs = ex.read(
             "SELECT s.subname, s.subpublications, s.subslotname, s.subenabled"
             "  FROM pg_subscription s JOIN pg_subscription_rel r ON r.srsubid = s.oid"
             " WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
             "   AND r.srrelid = %s", (local[0],)).fetchall()
         mine = []
         for name, pubs, slot, enabled in subs:
-            row = pub.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND"
+            row = pub.read("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND"
                               " database = current_database() AND slot_type = 'logical'",
                               (slot,)).fetchone()
             if row:
@@ -137,12 +140,12 @@ class Subscriber:
         if not enabled:
             raise InputError(f"subscription {name} is disabled",
                              f"ALTER SUBSCRIPTION {name} ENABLE, let it catch up, and rerun")
-        prepared = self.conn.execute("SELECT current_setting('max_prepared_transactions')::int").fetchone()
+        prepared = ex.read("SELECT current_setting('max_prepared_transactions')::int").fetchone()
         if not prepared or prepared[0] < 1:
             raise InputError("max_prepared_transactions is 0 on the subscriber: the swap commits there with "
                              "two-phase commit so that a crash can never apply changes to the wrong table",
                              "set max_prepared_transactions = 10 on the subscriber and restart it")
-        rows = pub.execute("""
+        rows = pub.read("""
             SELECT p.pubname, p.puballtables, p.pubinsert AND p.pubupdate AND p.pubdelete,
                    r.oid IS NOT NULL, to_jsonb(r) ->> 'prqual', to_jsonb(r) ->> 'prattrs'
               FROM pg_publication p
@@ -151,7 +154,7 @@ class Subscriber:
         listed = []
         for pubname, alltables, dml, explicit, qual, attrs in rows:
             if alltables or not explicit:
-                covers = pub.execute("SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND"
+                covers = pub.read("SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND"
                                      " schemaname = %s AND tablename = %s",
                                      (pubname, table.schema, table.name)).fetchone()
                 if covers:
@@ -170,7 +173,7 @@ class Subscriber:
         if not listed:
             raise InputError(f"no publication of subscription {name} lists {table}",
                              f"ALTER PUBLICATION ... ADD TABLE {table}")
-        ident = pub.execute("SELECT relreplident FROM pg_class WHERE oid = %s::regclass",
+        ident = pub.read("SELECT relreplident FROM pg_class WHERE oid = %s::regclass",
                             (str(table),)).fetchone()
         if ident and ident[0] == "n":
             raise InputError(f"{table} has REPLICA IDENTITY NOTHING: its updates and deletes cannot be "
@@ -179,11 +182,11 @@ class Subscriber:
         self.name = f"subscription {name}"
         return self._link
 
-    def check(self, pub: psycopg.Connection[Any], table: QualifiedName) -> dict[str, Any]:
+    def check(self, pub: Statements | psycopg.Connection[Any], table: QualifiedName) -> dict[str, Any]:
         """Read-only: the link and the subscriber's state, for the dry run and evidence."""
         link = self.link(pub, table)
         # schema-qualified always (regclass::text leaves out a schema on the search path)
-        states = dict(self.conn.execute(
+        states: dict[str, str] = dict(self.ex.read(
             "SELECT format('%%I.%%I', n.nspname, c.relname), r.srsubstate FROM pg_subscription_rel r"
             " JOIN pg_subscription s ON s.oid = r.srsubid JOIN pg_class c ON c.oid = r.srrelid"
             " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE s.subname = %s",
@@ -192,45 +195,49 @@ class Subscriber:
                 "slot": link.slot, "table_states": states}
 
     # -- capture --------------------------------------------------------------------------
-    def attach(self, pub: Executor, m: dict[str, Any]) -> dict[str, Any]:
+    def attach(self, pub: Executor, m: State) -> dict[str, Any]:
         """Steps 1-3 of the capture (module docstring); idempotent."""
-        t = QualifiedName(m["schema_name"], m["original_name"])
-        link = self.link(pub.conn, t)
-        install_schema(self.conn)
-        targets = state.new_tables(m)
-        info = inspect_table(self.conn, t, list(m["key_columns"]))
+        t = m.live
+        link = self.link(pub, t)
+        ex = self.ex
+        install_schema(ex)
+        targets = m.new_tables()
+        info = inspect_table(ex, t, list(m.key))
         for target, tag in targets:
             if self._exists(target):
                 continue
-            user = self.conn.execute("SELECT current_user").fetchone()
-            with self.conn.transaction():
-                for stmt in create_table_sql(info, target, user[0] if user else "", tag=tag):
-                    self.ex.run(stmt)
+            user = ex.scalar("SELECT current_user")
+            with ex.transaction():
+                for stmt in create_table_sql(info, target, str(user or ""), tag=tag):
+                    ex.run(stmt)
                 for idx in secondary_indexes(info):
-                    self.ex.run(index_sql(info, idx, target, temp_index_name(idx, tag), concurrently=False))
+                    ex.run(index_sql(info, idx, target, temp_index_name(idx, tag), concurrently=False))
                     for stmt in [*key_constraint_sql(idx, target, tag), *index_properties_sql(idx, target, tag)]:
-                        self.ex.run(stmt)
+                        ex.run(stmt)
+            ex.creates(str(target))
         for target, _ in targets:
             for pubname in link.publications:
-                member = pub.conn.execute("SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND"
-                                          " schemaname = %s AND tablename = %s",
-                                          (pubname, target.schema, target.name)).fetchone()
+                member = pub.read("SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND"
+                                  " schemaname = %s AND tablename = %s", (pubname, target.schema, target.name),
+                                  reads=[_member(pubname, target)], planned=[(1,)]).fetchone()
                 if not member:
                     pub.run(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
                         sql.Identifier(pubname), target.ident()))
+                    pub.creates(_member(pubname, target))
         if any(self._sub_state(target) is None for target, _ in targets):
-            self.ex.run(sql.SQL("ALTER SUBSCRIPTION {} REFRESH PUBLICATION WITH (copy_data = true)")
-                        .format(sql.Identifier(link.subscription)))
+            ex.run(sql.SQL("ALTER SUBSCRIPTION {} REFRESH PUBLICATION WITH (copy_data = true)")
+                   .format(sql.Identifier(link.subscription)))
+            ex.creates(*(_subscribed(target) for target, _ in targets))
         waited = self.wait_ready([t for t, _ in targets])
         self._control(m, "logical: new table created here, published, subscription refreshed (copy_data = true)")
         return {"subscription": link.subscription, "publications": link.publications,
-                "tables": [str(t) for t, _ in targets], "ready_after_s": waited}
+                "tables": [str(t) for t, _ in targets], "ready_after_s": Observed("s", waited)}
 
     def wait_ready(self, tables: list[QualifiedName]) -> float:
-        """Until the table sync of `tables` is done (state r)."""
+        """Until the table sync of `tables` is done (state r); polled, not recorded."""
         t0 = time.monotonic()
         while True:
-            states = {str(t): self._sub_state(t) for t in tables}
+            states = {str(t): self._sub_state(t, poll=True) for t in tables}
             if all(s == "r" for s in states.values()):
                 return round(time.monotonic() - t0, 3)
             if time.monotonic() - t0 > self.barrier_timeout_s * 4:
@@ -238,24 +245,27 @@ class Subscriber:
                                     "read the subscriber's log (table sync worker errors?) and rerun")
             time.sleep(0.1)
 
-    def _exists(self, table: QualifiedName) -> bool:
-        row = self.conn.execute("SELECT to_regclass(%s) IS NOT NULL", (str(table),)).fetchone()
-        return bool(row and row[0])
+    def _exists(self, table: QualifiedName, *, poll: bool = False) -> bool:
+        read = self.ex.probe if poll else self.ex.read
+        return bool(read("SELECT to_regclass(%s) IS NOT NULL", (str(table),), reads=[str(table)],
+                         planned=[(True,)]).scalar())
 
-    def _sub_state(self, table: QualifiedName) -> str | None:
-        if self._link is None or not self._exists(table):
+    def _sub_state(self, table: QualifiedName, *, poll: bool = False) -> str | None:
+        if self._link is None or not self._exists(table, poll=poll):
             return None
-        row = self.conn.execute(
-            "SELECT r.srsubstate FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid"
-            " WHERE s.subname = %s AND r.srrelid = %s::regclass",
-            (self._link.subscription, str(table))).fetchone()
+        read = self.ex.probe if poll else self.ex.read
+        # a dry run's table is ready once its dry run refreshed the subscription
+        row = read("SELECT r.srsubstate FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid"
+                   " WHERE s.subname = %s AND r.srrelid = %s::regclass", (self._link.subscription, str(table)),
+                   reads=[str(table)],
+                   planned=lambda: [("r",)] if self.ex.created(_subscribed(table)) else []).fetchone()
         return str(row[0]) if row else None
 
-    def _control(self, m: dict[str, Any], note: str) -> None:
-        self.conn.execute(
+    def _control(self, m: State, note: str) -> None:
+        self.ex.run(
             "INSERT INTO table_migration.replication_control (table_name, replication_enabled, notes)"
             " VALUES (%s, false, %s) ON CONFLICT (table_name) DO UPDATE SET notes = EXCLUDED.notes,"
-            " replication_enabled = false", (m["table_name"], note))
+            " replication_enabled = false", (m.table, note))
 
     # -- barrier --------------------------------------------------------------------------
     def barrier(self, timeout_s: float | None = None) -> dict[str, Any]:
@@ -264,20 +274,21 @@ class Subscriber:
         timeout = timeout_s or self.barrier_timeout_s
         assert self._link is not None
         with connect(self.publisher_dsn, application_name="tablemig-barrier") as c:
-            c.execute("SET synchronous_commit = on")
+            pub = Executor(c, mode=self.ex.mode, recorder=self.ex.recorder, connection="barrier")
+            pub.run("SET synchronous_commit = on")
             # A write with synchronous commit flushes all WAL up to it, also the commits of
             # transactions that ended before the active site's locks were taken.
-            wrote = c.execute("UPDATE table_migration.replication_control SET notes = notes").rowcount
-            row = c.execute("SELECT pg_current_wal_flush_lsn()::text" if wrote
-                            else "SELECT pg_current_wal_insert_lsn()::text").fetchone()
-        target = row[0] if row else "0/0"
+            wrote = pub.run("UPDATE table_migration.replication_control SET notes = notes").rowcount != 0
+            target = str(pub.scalar("SELECT pg_current_wal_flush_lsn()::text" if wrote
+                                    else "SELECT pg_current_wal_insert_lsn()::text") or "0/0")
         t0 = time.monotonic()
-        while True:
-            got = self.conn.execute(
+        while True:  # polled, not recorded
+            got = self.ex.probe(
                 "SELECT received_lsn >= %s::pg_lsn, received_lsn::text FROM pg_stat_subscription"
                 " WHERE subname = %s AND relid IS NULL", (target, self._link.subscription)).fetchone()
             if got and got[0]:
-                return {"lsn": target, "received": got[1], "waited_s": round(time.monotonic() - t0, 3)}
+                return {"lsn": Observed("lsn", target), "received": Observed("lsn", got[1]),
+                        "waited_s": Observed("s", round(time.monotonic() - t0, 3))}
             if time.monotonic() - t0 > timeout:
                 raise BarrierTimeout(
                     f"the subscriber has not received {target} after {timeout:.0f} s "
@@ -287,79 +298,76 @@ class Subscriber:
                     "disabled?), then rerun: the migration resumes")
             time.sleep(0.01)
 
-    # -- swap (tablemig.lifecycle.swap.SwapPeer) ----------------------------------------------------
-    @staticmethod
-    def gid(m: dict[str, Any], back: bool) -> str:
-        return f"tablemig-{'swapback' if back else 'swap'}-{m['table_oid']}"
-
-    def prepare_swap(self, m: dict[str, Any], *, back: bool) -> dict[str, Any]:
+    # -- swap (tablemig.lifecycle.swap.SwapPeer) ------------------------------------------
+    def prepare_swap(self, m: State, *, back: bool) -> dict[str, Any]:
         """Steps 2-3 of the swap (module docstring), inside the active site's locks."""
-        schema = m["schema_name"]
-        t = QualifiedName(schema, m["original_name"])
-        n = QualifiedName(schema, m["new_name"])
-        rec = m.get("swap_record") or {}
-        outgoing = QualifiedName(schema, (rec.get("outgoing") if back else None) or (
-            m["backup_name"] if m["archive_mode"] == "copy" else m["archive_name"]))
+        t, n = m.live, m.new
+        outgoing = m.old_table if back else m.objects.outgoing
         try:
             waited = self.barrier()
         except BarrierTimeout as exc:  # the active site rolls back and retries later
             raise psycopg.errors.LockNotAvailable(exc.problem) from None
-        gid = self.gid(m, back)
+        gid = m.objects.swap_gid(back)
         self._finish(gid, commit=False)  # a leftover of an earlier failed attempt
+        ex = self.ex
         # This runs under the active site's locks: an autovacuum here is not waited for
-        autovacuum.clear(self.conn, [t, n, outgoing], f"swap on the subscriber {self.name}")
-        self.conn.execute("BEGIN")
+        autovacuum.clear(ex, [t, n, outgoing], f"swap on the subscriber {self.name}")
+        # a transaction ended by PREPARE TRANSACTION: its statements are changes (a dry run
+        # opens none)
+        ex.run("BEGIN")
         try:
-            self.conn.execute("SET LOCAL lock_timeout = '2s'")
-            info = inspect_table(self.conn, t, list(m["key_columns"]))
+            ex.run("SET LOCAL lock_timeout = '2s'")
+            info = inspect_table(ex, t, list(m.key))
             if back:
-                peer = (rec.get("peers") or {}).get(self.name, {})
-                exchange_back(self.ex, info, t, n, outgoing, peer)
-                self.ex.run(sql.SQL("DROP TABLE {}").format(n.ident()))
+                exchange_back(ex, info, t, n, outgoing, m.swap_record.peer(self.name))
+                ex.run(drop_table_sql(n, if_exists=False))
                 record: dict[str, Any] = {}
             else:
-                record = exchange(self.ex, info, t, n, outgoing)
+                record = exchange(ex, info, t, n, outgoing)
                 record["foreign_keys"] = [{"table": str(fk.table), "name": fk.name} for fk in info.incoming_fks] + [
                     {"table": fk["table"], "name": fk["name"]} for fk in record.pop("self_foreign_keys", [])]
-            self.conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
+            ex.run(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
+            ex.creates(_prepared(gid))
         except BaseException:
             if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                self.conn.execute("ROLLBACK")
+                ex.run("ROLLBACK")
             raise
         return record | {"barrier": waited, "gid": gid}
 
-    def finish_swap(self, m: dict[str, Any], *, back: bool, committed: bool) -> None:
-        self._finish(self.gid(m, back), commit=committed)
+    def finish_swap(self, m: State, *, back: bool, committed: bool) -> None:
+        self._finish(m.objects.swap_gid(back), commit=committed)
         if committed:
             self._control(m, "logical: swapped back" if back else "logical: swapped with the active site")
 
     def _finish(self, gid: str, *, commit: bool) -> bool:
-        row = self.conn.execute("SELECT 1 FROM pg_prepared_xacts WHERE gid = %s AND"
-                                " database = current_database()", (gid,)).fetchone()
+        row = self.ex.read("SELECT 1 FROM pg_prepared_xacts WHERE gid = %s AND database = current_database()",
+                           (gid,), reads=[_prepared(gid)], planned=[(1,)]).fetchone()
         if not row:
             return False
         verb = "COMMIT PREPARED {}" if commit else "ROLLBACK PREPARED {}"
         self.ex.run(sql.SQL(verb).format(sql.Literal(gid)))
+        self.ex.drops(_prepared(gid))
         return True
 
-    def resolve(self, m: dict[str, Any] | None) -> list[str]:
+    def resolve(self, m: State | None) -> list[str]:
         """After a crash: settle prepared swaps from the active site's recorded state."""
         if m is None:
             return []
         done = []
-        swapped = m["state"] in ("swapped", "pruned", "cleaned")
-        for back, commit in ((False, swapped), (True, m["state"] == "rolled_back")):
-            gid = self.gid(m, back)
+        swapped = m.state in ("swapped", "pruned", "cleaned")
+        for back, commit in ((False, swapped), (True, m.state == "rolled_back")):
+            gid = m.objects.swap_gid(back)
             if self._finish(gid, commit=commit):
                 done.append(f"{'committed' if commit else 'rolled back'} {gid}")
         return done
 
-    def validate_foreign_keys(self, m: dict[str, Any]) -> list[str]:
+    def validate_foreign_keys(self, m: State) -> list[str]:
         """VALIDATE the subscriber's own re-pointed foreign keys (idempotent)."""
-        peer = ((m.get("swap_record") or {}).get("peers") or {}).get(self.name, {})
-        todo = [fk for fk in peer.get("foreign_keys", []) if self.conn.execute(
+        peer = m.swap_record.peer(self.name)
+        todo = [fk for fk in peer.get("foreign_keys", []) if self.ex.read(
             "SELECT NOT convalidated FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
-            (fk["table"], fk["name"])).fetchone() in ((True,),)]
+            (fk["table"], fk["name"]), reads=[repointed(fk["table"], fk["name"])],
+            planned=[(True,)]).fetchone() in ((True,),)]
         return validate_foreign_keys(self.ex, todo)
 
     # -- removal --------------------------------------------------------------------------
@@ -371,8 +379,24 @@ class Subscriber:
         if self._link is not None:
             self.barrier()
         for t in present:
-            self.ex.run(sql.SQL("DROP TABLE IF EXISTS {}").format(t.ident()))
+            self.ex.run(drop_table_sql(t))
+            self.ex.drops(str(t))
         return [str(t) for t in present]
+
+
+def _member(publication: str, table: QualifiedName) -> str:
+    """A dry run's name for `table` in `publication`."""
+    return f"{table}#published-in:{publication}"
+
+
+def _subscribed(table: QualifiedName) -> str:
+    """A dry run's name for a subscriber's table refreshed into its subscription."""
+    return f"{table}#subscribed"
+
+
+def _prepared(gid: str) -> str:
+    """A dry run's name for a prepared transaction."""
+    return f"prepared-transaction:{gid}"
 
 
 def is_logical_subscriber(dsn: str) -> bool:

@@ -12,40 +12,40 @@ from psycopg import sql
 from ..config.settings import Settings
 from ..errors import TablemigError
 from ..pg.locking import with_lock_retries
-from ..pg.names import QualifiedName
+from .capture import direct_function_sql
 from .executor import Executor
-from .families import OrphanGuard, Reference, child_trigger_sql, disarm_sql, family_log_name, orphan_error, orphans
+from .families import OrphanGuard, Reference, child_trigger_sql, disarm_sql, orphan_error, orphans
 from .planner import TablePlan
-from .structure import change_log_sql
-from .verify import direct_capture_sql
+from .state import State
+from .structure import change_log_sql, drop_table_sql
 
 
-def arm(ex: Executor, m: dict[str, Any], plan: TablePlan, refs: list[Reference], s: Settings) -> OrphanGuard:
+def arm(ex: Executor, m: State, plan: TablePlan, refs: list[Reference], s: Settings) -> OrphanGuard:
     """Arm the family log (one short transaction), then look for orphans with no lock: an
     orphan refuses the swap before anything changes (and the arming is undone)."""
-    oid = int(m["table_oid"])
-    new = QualifiedName(m["schema_name"], m["new_name"])
-    log = family_log_name(oid)
+    names = m.objects
+    log = names.family_log
     stmts: list[sql.Composable] = [
-        sql.SQL("DROP TABLE IF EXISTS {}").format(log.ident()), change_log_sql(plan.info, log),
-        direct_capture_sql(m, plan, family=log, refs=refs),
-        *child_trigger_sql(refs, plan.original, oid, plan.key, plan.search_path)]
+        drop_table_sql(log), change_log_sql(plan.info, log),
+        direct_function_sql(m, plan, family=log, refs=refs),
+        *child_trigger_sql(refs, names, plan.key, plan.search_path)]
 
     def body(_locked_at: float) -> dict[str, Any]:
         with ex.batched():
             for stmt in stmts:
                 ex.run(stmt)
+        ex.creates(str(log))
         return {}
 
     # SHARE ROW EXCLUSIVE waits for the writers that started before: every later write is
     # logged, every earlier one is visible to the check below
     children = sorted({r.child for r in refs if not r.self_ref})
-    with_lock_retries(ex.conn, f"arming the orphan check of {plan.original}", [plan.original, *children], body,
+    with_lock_retries(ex, f"arming the orphan check of {plan.original}", [plan.original, *children], body,
                       mode="SHARE ROW EXCLUSIVE", **s.lock_options())
     types = {c.name: c.type for c in plan.info.columns}
-    guard = OrphanGuard(refs, oid, plan.key, [types[k] for k in plan.key])
+    guard = OrphanGuard(refs, names, plan.key, [types[k] for k in plan.key])
     try:
-        found = {r.label(): rows for r in refs if (rows := orphans(ex.conn, r, new))}
+        found = {r.label(): rows for r in refs if (rows := orphans(ex, r, names.new))}
         if found:
             raise orphan_error(str(plan.original), found, under_lock=False)
     except BaseException:
@@ -54,12 +54,12 @@ def arm(ex: Executor, m: dict[str, Any], plan: TablePlan, refs: list[Reference],
     return guard
 
 
-def disarm(ex: Executor, m: dict[str, Any], plan: TablePlan, refs: list[Reference], s: Settings) -> None:
+def disarm(ex: Executor, m: State, plan: TablePlan, refs: list[Reference], s: Settings) -> None:
     """Undo the arming (the swap did not happen): plain direct capture again, no trigger on
     the referencing tables, no family log. Best effort, a few attempts (the session that
     kept the swap from its lock may still hold it): what is left armed costs a logged key
     per write of a reference, and a rerun or a rollback undoes it."""
-    stmts = [direct_capture_sql(m, plan), *disarm_sql(refs, int(m["table_oid"]))]
+    stmts = [direct_function_sql(m, plan), *disarm_sql(refs, m.objects)]
 
     def body(_locked_at: float) -> dict[str, Any]:
         # the table in SHARE ROW EXCLUSIVE (no writer of it runs the function being
@@ -72,5 +72,5 @@ def disarm(ex: Executor, m: dict[str, Any], plan: TablePlan, refs: list[Referenc
     with contextlib.suppress(psycopg.Error, TablemigError):
         if ex.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             ex.conn.rollback()
-        with_lock_retries(ex.conn, f"disarming the orphan check of {plan.original}", [plan.original], body,
+        with_lock_retries(ex, f"disarming the orphan check of {plan.original}", [plan.original], body,
                           mode="SHARE ROW EXCLUSIVE", **(s.lock_options() | {"attempts": min(3, s.swap_max_attempts)}))

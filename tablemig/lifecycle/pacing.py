@@ -38,7 +38,7 @@ from typing import Any
 
 import psycopg
 
-from ..config.settings import Settings
+from ..config.settings import Fixed, Settings
 from ..errors import InputError
 from ..pg.connect import connect
 from .write_guard import WriteGuard
@@ -86,10 +86,11 @@ class Pacer:
                  sleep: Callable[[float], None] = time.sleep, counter: Callable[[], int] | None = None) -> None:
         self.dsn = dsn
         self._clock, self._sleep, self._fixed_counter = clock, sleep, counter
-        self.ratio = max(0.0, ratio or 0.0)
-        self.fixed = ratio is not None
-        self.guard = WriteGuard(Settings.app_write_share if share is None else share)
-        self.share_fixed = share is not None
+        # given values are fixed for the run; the others follow migration_config
+        self.fixed = Fixed({"nice_ratio": ratio, "app_write_share": share}, source="pacing")
+        initial = self.fixed.apply(Settings())
+        self.ratio = initial.nice_ratio
+        self.guard = WriteGuard(initial.app_write_share)
         self.reload_s = reload_s
         self.label = label
         self.slept_s = 0.0  # by the nice ratio
@@ -110,10 +111,7 @@ class Pacer:
         """A paced step begins on `conn` (its first unit is timed from now) with the
         configured settings; the guard's window begins with the first step."""
         if settings is not None:
-            if not self.fixed:
-                self.ratio = max(0.0, settings.nice_ratio)
-            if not self.share_fixed:
-                self.guard.share = settings.app_write_share
+            self._take(self.fixed.apply(settings))
             self._loaded = self._clock()
         with self._lock:
             self._busy = 0
@@ -124,19 +122,20 @@ class Pacer:
 
     def _reload(self) -> None:
         with self._lock:
-            if (self.fixed and self.share_fixed) or self._clock() - self._loaded < self.reload_s:
-                return
+            if len(self.fixed.values) == 2 or self._clock() - self._loaded < self.reload_s:
+                return  # both fixed: nothing to re-read
             self._loaded = self._clock()
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = connect(self.dsn, application_name="tablemig-pacer")
-                s = Settings.load(self._conn)
+                s = Settings.load(self._conn, self.fixed)
             except (psycopg.Error, InputError):
                 return  # keep what is in force (a bad value is refused when the next step starts)
-            if not self.fixed:
-                self.ratio = s.nice_ratio
-            if not self.share_fixed:
-                self.guard.share = s.app_write_share
+            self._take(s)
+
+    def _take(self, s: Settings) -> None:
+        self.ratio = s.nice_ratio
+        self.guard.share = s.app_write_share
 
     # -- the counter ----------------------------------------------------------------------
     def _read(self, conn: psycopg.Connection[Any] | None) -> None:

@@ -8,20 +8,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from ..config.spec import TableSpec
 from ..errors import InputError
-from ..pg.catalog import FAMILY_TRIGGER, TOOL_TRIGGERS, TableInfo, inspect_table, resolve
-from ..pg.cutoff import DATE_TYPES, base_types, read_cutoff, show_cutoff
-from ..pg.names import QualifiedName, derived_name, quote_ident
-from ..pg.schema import SCHEMA, install_schema, installed_version
+from ..pg.catalog import TableInfo, inspect_table, resolve
+from ..pg.cutoff import DATE_TYPES, base_types, compute_cutoff, read_cutoff, show_cutoff
+from ..pg.names import QualifiedName, quote_ident
 from ..pg.search_path import trigger_path
 from ..pg.sqltext import Fragment
-from . import state
+from ..pg.statements import Statements
 from .families import Reference, references, trigger_name_taken
-from .resume import AFTER_SWAP, remaining
+from .objects import FAMILY_TRIGGER, TOOL_TRIGGERS, Objects, archive_name, backup_name, new_name
+from .resume import remaining
+from .state import AFTER_SWAP, State
 from .structure import not_valid_checks
 
 
@@ -46,6 +46,7 @@ class TablePlan:
     resumed_state: str | None = None
     # the tables that hold every row of the original now (empty: the original itself)
     data_tables: list[QualifiedName] = field(default_factory=list)
+    objects: Objects | None = None  # the names of what the migration creates
 
     @property
     def swapped(self) -> bool:
@@ -86,8 +87,10 @@ class TablePlan:
     def order_columns(self) -> list[str]:
         return ([self.date_column] if self.order_by_date else []) + self.key
 
-    def function_name(self, role: str) -> QualifiedName:
-        return QualifiedName(SCHEMA, f"{role}_{self.info.oid}")
+    @property
+    def names(self) -> Objects:
+        """What the migration creates, by name (tablemig.lifecycle.objects)."""
+        return self.objects or Objects(self.original, self.new, self.archive, self.backup, self.info.oid)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -129,53 +132,42 @@ def dependencies(info: TableInfo) -> dict[str, Any]:
     }
 
 
-def _scalar(conn: psycopg.Connection[Any], query: sql.Composable | str,
-            params: tuple[Any, ...] = ()) -> Any:
-    row = conn.execute(query, params).fetchone()
-    return row[0] if row else None
+def _scalar(st: Statements, query: sql.Composable | str, params: tuple[Any, ...] = ()) -> Any:
+    return st.read(query, params).scalar()
 
 
-def compute_cutoff(conn: psycopg.Connection[Any], table: QualifiedName, column: str,
-                   fraction: float) -> str:
-    """`table_migration.cutoff_value`, also in a dry run: without the schema installed,
-    it is installed in a transaction that is rolled back, so nothing changes."""
-    query = "SELECT table_migration.cutoff_value(%s::regclass, %s::name, %s::numeric)"
-    params = (str(table), column, fraction)
-    try:
-        if installed_version(conn) is not None:
-            return str(_scalar(conn, query, params))
-        with conn.transaction(force_rollback=True):
-            install_schema(conn)
-            return str(_scalar(conn, query, params))
-    except psycopg.errors.RaiseException as exc:  # pragma: no cover - mapped below
-        raise InputError(str(exc.diag.message_primary), exc.diag.message_hint or "") from None
-    except psycopg.Error as exc:
-        raise InputError(f"cutoff for {table}.{column}: {exc.diag.message_primary}",
-                         exc.diag.message_hint or "check the column and the retention") from None
-
-
-def _name_taken(conn: psycopg.Connection[Any], name: QualifiedName) -> str | None:
-    row = conn.execute("SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+def _name_taken(st: Statements, name: QualifiedName) -> str | None:
+    row = st.read("SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
                        " WHERE n.nspname = %s AND c.relname = %s", (name.schema, name.name)).fetchone()
     return row[0] if row else None
 
 
-def build_plan(conn: psycopg.Connection[Any], spec: TableSpec, today: dt.date | None = None, *,
+def planned_names(spec: TableSpec, today: dt.date | None = None) -> tuple[QualifiedName, QualifiedName,
+                                                                         QualifiedName]:
+    """(original, new, archive) names; new and archive stay in the original's schema
+    unless given schema-qualified (tablemig.lifecycle.objects makes the defaults)."""
+    t = spec.qualified
+    day = (today or dt.date.today()).strftime("%Y%m%d")
+    new = QualifiedName.parse(spec.new_table, t.schema) if spec.new_table else new_name(t)
+    archive = QualifiedName.parse(spec.archive_table, t.schema) if spec.archive_table else archive_name(t, day)
+    return t, new, archive
+
+
+def build_plan(st: Statements, spec: TableSpec, existing: State | None, today: dt.date | None = None, *,
                timezone: Callable[[], str] | None = None) -> TablePlan:
-    """Plan one table. Raises InputError for bad input; collects blockers otherwise.
-    `timezone` gives the database's own TimeZone, in which a cutoff without an offset is
-    read (tablemig.pg.cutoff)."""
-    original, new, archive = spec.names(today)
-    resolve(conn, original)
-    existing = (state.load(conn, str(original)) if installed_version(conn) is not None else None)
-    if existing and existing["state"] in ("rolled_back", "cleaned"):
+    """Plan one table (`existing`: its state row, if a migration is under way). Raises
+    InputError for bad input; collects blockers otherwise. `timezone` gives the database's
+    own TimeZone, in which a cutoff without an offset is read (tablemig.pg.cutoff)."""
+    original, new, archive = planned_names(spec, today)
+    resolve(st, original)
+    if existing and existing.finished:
         existing = None
-    if existing and existing["state"] in AFTER_SWAP:
-        return plan_after_swap(conn, spec, existing)
+    if existing and existing.swapped:
+        return plan_after_swap(st, spec, existing)
     if not existing:
-        _same_schema(conn, spec, original, new, archive)
-    info = inspect_table(conn, original, list(spec.key) if spec.key else None)
-    bases = base_types(conn, info.oid)
+        _same_schema(st, spec, original, new, archive)
+    info = inspect_table(st, original, list(spec.key) if spec.key else None)
+    bases = base_types(st, info.oid)
     col = info.column(spec.date_column)
     if col is None:
         raise InputError(f"column {spec.date_column!r} does not exist in {original}",
@@ -194,77 +186,74 @@ def build_plan(conn: psycopg.Connection[Any], spec: TableSpec, today: dt.date | 
         raise InputError(f"{original} is UNLOGGED: its rows do not replicate",
                          "make it a logged table first (ALTER TABLE ... SET LOGGED)")
     if existing:
-        cut = show_cutoff(conn, existing["cutoff"], date_type, timezone)
-        new = QualifiedName(existing["schema_name"], existing["new_name"])
-        archive = QualifiedName(existing["schema_name"], existing["archive_name"])
+        cut = show_cutoff(st, existing.cutoff.text, date_type, timezone)
+        new, archive = existing.new, existing.archive
     elif spec.cutoff is not None:
-        cut = read_cutoff(conn, spec.cutoff, date_type, timezone)
+        cut = read_cutoff(st, spec.cutoff, date_type, timezone)
     else:
         assert spec.retention is not None
-        cut = show_cutoff(conn, compute_cutoff(conn, original, spec.date_column, spec.retention),
+        cut = show_cutoff(st, compute_cutoff(st, original, spec.date_column, spec.retention),
                           date_type, timezone)
     d = sql.Identifier(spec.date_column)
-    counts = conn.execute(
+    counts = st.read(
         sql.SQL("SELECT count(*), count(*) FILTER (WHERE {d} >= %s::{t}),"
                 " count(*) FILTER (WHERE {d} IS NULL) FROM {tbl}")
         .format(d=d, t=Fragment(date_type), tbl=original.ident()), (cut.value,)).fetchone()
     assert counts is not None
     total, keep, nulls = (int(x) for x in counts)
-    backup = (original.sibling(derived_name(original.name, "_backup"))
-              if spec.archive_mode == "copy" else None)
+    backup = backup_name(original) if spec.archive_mode == "copy" else None
     order_by_date = _leads_with(info, spec.date_column)
-    path = trigger_path(conn, info.oid)
+    path = trigger_path(st, info.oid)
     plan = TablePlan(spec, info, original, new, archive, backup, spec.date_column, date_type,
                      cut.value, total, keep, total - keep, nulls, order_by_date,
-                     resumed_state=existing["state"] if existing else None, search_path=path.schemas,
+                     resumed_state=existing.state if existing else None, search_path=path.schemas,
                      cutoff_local=cut.local, timezone=cut.timezone,
-                     references=references(conn, info.oid))
+                     references=references(st, info.oid),
+                     objects=existing.objects if existing else None)
     if path.problem():
         plan.blockers.append(f"{path.problem()}; revoke CREATE on those schemas from those roles, or give the "
                              "functions the table's expressions call their own search_path (ALTER FUNCTION ... "
                              "SET search_path = ...), or run tablemig as the table's owner")
-    _check(conn, plan, existing is not None)
+    _check(st, plan, existing is not None)
     return plan
 
 
-def plan_after_swap(conn: psycopg.Connection[Any], spec: TableSpec, m: dict[str, Any], *,
-                    count: bool = True) -> TablePlan:
+def plan_after_swap(st: Statements, spec: TableSpec, m: State, *, count: bool = True) -> TablePlan:
     """The plan of a table whose swap is done (state swapped or pruned): the live table is
     the new one, the original is the archive. Counts (unless `count` is false) are over
     every row of the original as it is now (`TablePlan.sources`)."""
-    live = state.live_table(m)
-    info = inspect_table(conn, live, list(m["key_columns"]))
-    old = state.old_table(m)
-    data = [old] if m["state"] == "swapped" else [live, old]
+    live = m.live
+    info = inspect_table(st, live, list(m.key))
+    old = m.old_table
+    data = [old] if m.state == "swapped" else [live, old]
     total = keep = nulls = 0
     if count:
-        d, t = sql.Identifier(m["date_column"]), Fragment(m["date_type"])
+        d, t = sql.Identifier(m.date_column), Fragment(m.date_type)
         for table in data:
-            row = conn.execute(sql.SQL("SELECT count(*), count(*) FILTER (WHERE {d} >= %s::{t}),"
-                                       " count(*) FILTER (WHERE {d} IS NULL) FROM {tbl}")
-                               .format(d=d, t=t, tbl=table.ident()), (m["cutoff"],)).fetchone()
+            row = st.read(sql.SQL("SELECT count(*), count(*) FILTER (WHERE {d} >= %s::{t}),"
+                                  " count(*) FILTER (WHERE {d} IS NULL) FROM {tbl}")
+                          .format(d=d, t=t, tbl=table.ident()), (m.cutoff.text,)).fetchone()
             assert row is not None
             total, keep, nulls = total + int(row[0]), keep + int(row[1]), nulls + int(row[2])
-    schema = m["schema_name"]
-    return TablePlan(spec, info, live, QualifiedName(schema, m["new_name"]), QualifiedName(schema, m["archive_name"]),
-                     QualifiedName(schema, m["backup_name"]) if m.get("backup_name") else None,
-                     m["date_column"], m["date_type"], m["cutoff"], total, keep, total - keep, nulls,
-                     _leads_with(info, m["date_column"]), resumed_state=m["state"], data_tables=data,
-                     search_path=trigger_path(conn, info.oid).schemas, references=references(conn, info.oid))
+    return TablePlan(spec, info, live, m.new, m.archive, m.objects.backup,
+                     m.date_column, m.date_type, m.cutoff.text, total, keep, total - keep, nulls,
+                     _leads_with(info, m.date_column), resumed_state=m.state, data_tables=data,
+                     search_path=trigger_path(st, info.oid).schemas, references=references(st, info.oid),
+                     objects=m.objects)
 
 
 def _leads_with(info: TableInfo, column: str) -> bool:
     return any(i.valid and _leading_column(i.definition) == column for i in info.indexes)
 
 
-def _same_schema(conn: psycopg.Connection[Any], spec: TableSpec, original: QualifiedName,
+def _same_schema(st: Statements, spec: TableSpec, original: QualifiedName,
                  new: QualifiedName, archive: QualifiedName) -> None:
     """The new table and the archive live in the table's schema: the swap renames them in
     place (a rename cannot move a table to another schema)."""
     for label, name in (("new table", new), ("archive", archive)):
         if name.schema == original.schema:
             continue
-        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (name.schema,)).fetchone()
+        found = st.read("SELECT 1 FROM pg_namespace WHERE nspname = %s", (name.schema,)).fetchone()
         why = (f"schema {quote_ident(name.schema)} does not exist" if found is None
                else f"it is not the schema of {original}")
         raise InputError(
@@ -281,7 +270,7 @@ def _leading_column(indexdef: str) -> str | None:
     return first.strip('"') if first else None
 
 
-def _check(conn: psycopg.Connection[Any], plan: TablePlan, resuming: bool) -> None:
+def _check(st: Statements, plan: TablePlan, resuming: bool) -> None:
     info, b, w = plan.info, plan.blockers, plan.warnings
     if plan.keep_rows == 0:
         raise InputError(f"cutoff {plan.cutoff} keeps no rows of {plan.original}",
@@ -293,7 +282,7 @@ def _check(conn: psycopg.Connection[Any], plan: TablePlan, resuming: bool) -> No
     if not resuming:
         for label, name in (("new", plan.new), ("archive", plan.archive),
                             ("backup", plan.backup)):
-            if name is not None and _name_taken(conn, name):
+            if name is not None and _name_taken(st, name):
                 raise InputError(f"the {label} table name {name} is already taken",
                                  f"drop or rename {name}, or give another {label}-table name")
     if plan.null_dated_rows:
@@ -313,18 +302,18 @@ def _check(conn: psycopg.Connection[Any], plan: TablePlan, resuming: bool) -> No
             w.append(f"index {i.name} is in tablespace {i.tablespace}: its copy is built in the "
                      "database's default tablespace (ALTER INDEX ... SET TABLESPACE after the swap)")
     for ref in plan.references:
-        if ref.partitioned and conn.info.server_version < 180000:
+        if ref.partitioned and st.conn.info.server_version < 180000:
             b.append(f"foreign key {ref.name} of the partitioned table {ref.child} references {plan.original}: "
                      "the swap re-points it NOT VALID (validated afterwards, without blocking writes), which "
                      "PostgreSQL before 18 refuses on a partitioned table, and adding it validated would scan "
                      f"{ref.child} under the swap's lock; drop {ref.name} before the migration and add it "
                      "again afterwards, or migrate on PostgreSQL 18")
             continue
-        if not ref.self_ref and trigger_name_taken(conn, ref):
+        if not ref.self_ref and trigger_name_taken(st, ref):
             b.append(f"trigger {FAMILY_TRIGGER} on {ref.child} has the name of the trigger tablemig puts on the "
                      f"tables referencing {plan.original} during the swap step; rename it (ALTER TRIGGER "
                      f"{FAMILY_TRIGGER} ON {ref.child} RENAME TO ...)")
-        lost = _orphans_after_swap(conn, plan, ref)
+        lost = _orphans_after_swap(st, plan, ref)
         if lost:
             what = (f"{lost} kept rows of {plan.original} reference rows of it that will be archived"
                     if ref.self_ref else f"{lost} rows of {ref.child} reference {plan.original} rows that "
@@ -344,7 +333,7 @@ def _check(conn: psycopg.Connection[Any], plan: TablePlan, resuming: bool) -> No
         if v.kind == "m":
             w.append(f"materialized view {v.name} is rebuilt WITH DATA inside the swap: the lock "
                      "is held while it is computed from the kept rows")
-            deps = _scalar(conn, "SELECT count(*) FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid"
+            deps = _scalar(st, "SELECT count(*) FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid"
                                  " WHERE d.refobjid = %s AND r.ev_class <> %s", (v.oid, v.oid))
             if deps:
                 b.append(f"materialized view {v.name} has dependent views; the swap cannot "
@@ -366,9 +355,9 @@ def _check(conn: psycopg.Connection[Any], plan: TablePlan, resuming: bool) -> No
                  f"{plan.backup} until cleanup")
 
 
-def missing_privileges(conn: psycopg.Connection[Any], plan: TablePlan) -> list[str]:
+def missing_privileges(st: Statements, plan: TablePlan) -> list[str]:
     """What the current role lacks to carry out the migration (empty: nothing)."""
-    row = conn.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    row = st.read("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
     assert row is not None
     if row[1]:
         return []
@@ -377,17 +366,17 @@ def missing_privileges(conn: psycopg.Connection[Any], plan: TablePlan) -> list[s
         [("table with a rule writing the table", r.relation) for r in plan.info.rules_elsewhere]
     out = []
     for kind, name in owned:
-        ok = conn.execute("SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c"
+        ok = st.read("SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c"
                           " WHERE c.oid = %s::regclass", (str(name),)).fetchone()
         if not (ok and ok[0]):
             out.append(f"not the owner (or a member of the owner role) of {kind} {name}")
-    create = conn.execute("SELECT has_schema_privilege(%s, 'CREATE')", (plan.original.schema,)).fetchone()
+    create = st.read("SELECT has_schema_privilege(%s, 'CREATE')", (plan.original.schema,)).fetchone()
     if not (create and create[0]):
         out.append(f"no CREATE privilege on schema {plan.original.schema}")
     return out
 
 
-def _orphans_after_swap(conn: psycopg.Connection[Any], plan: TablePlan, ref: Reference) -> int:
+def _orphans_after_swap(st: Statements, plan: TablePlan, ref: Reference) -> int:
     """Rows referencing the table (another table's, or the kept rows of the table itself)
     whose referenced row will not be in the live table after the swap."""
     join = sql.SQL(" AND ").join(
@@ -402,4 +391,4 @@ def _orphans_after_swap(conn: psycopg.Connection[Any], plan: TablePlan, ref: Ref
         "SELECT 1 FROM {parent} p WHERE {join} AND p.{d} >= %s::{t})").format(
         child=ref.child.ident(), parent=plan.original.ident(), join=join, notnull=notnull, kept=kept,
         d=d, t=t)
-    return int(_scalar(conn, query, ((plan.cutoff,) if ref.self_ref else ()) + (plan.cutoff,)))
+    return int(_scalar(st, query, ((plan.cutoff,) if ref.self_ref else ()) + (plan.cutoff,)))

@@ -42,16 +42,26 @@ never a scan of T.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-import psycopg
 from psycopg import sql
 
+from ..config.settings import Settings
+from ..pg.locking import with_lock_retries
 from ..pg.names import QualifiedName
 from ..pg.sqltext import Fragment
+from ..pg.statements import Statements
+from .capture import direct_function_sql
+from .context import RunContext
+from .executor import Observed
+from .planner import TablePlan
+from .state import State
 from .structure import change_id_column
+from .subscribers import attach
+
+SETTLE_ROUNDS = 5  # write guard: rests in the replay, each followed by a drain of what it logged
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,9 @@ class Target:
 
 @dataclass
 class Replayer:
+    """Drains the change log into the targets (see the module docstring). A dry run has an
+    empty log: each drain finds nothing to replay."""
+
     source: QualifiedName
     log: QualifiedName
     targets: list[Target]
@@ -82,24 +95,27 @@ class Replayer:
             return sql.SQL("({d} < %s::{t} OR {d} IS NULL)").format(d=d, t=t)
         return sql.SQL("{} >= %s::{}").format(d, t)
 
-    def backlog(self, conn: psycopg.Connection[Any]) -> int:
-        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self.log.ident())).fetchone()
-        return int(row[0]) if row else 0
+    def backlog(self, st: Statements) -> int:
+        """The log rows not replayed yet."""
+        return int(st.read(sql.SQL("SELECT count(*) FROM {}").format(self.log.ident()), reads=[str(self.log)],
+                           planned=[(0,)]).scalar() or 0)
 
-    def batch(self, conn: psycopg.Connection[Any], limit: int | None) -> int:
+    def batch(self, st: Statements, limit: int | None) -> int:
         """Replay up to `limit` log rows (all when None) in the caller's transaction, which
         must be REPEATABLE READ (or hold a lock that keeps writers out). Returns the log
         rows processed."""
         keys = sql.SQL(", ").join(map(sql.Identifier, self.key))
         cid = sql.Identifier(change_id_column(self.key))
-        conn.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+        st.run("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+        reads = [str(self.log)]
         if limit is None:
-            row = conn.execute(sql.SQL("SELECT max({}), count(*) FROM {}").format(
-                cid, self.log.ident())).fetchone()
+            row = st.read(sql.SQL("SELECT max({}), count(*) FROM {}").format(cid, self.log.ident()),
+                          reads=reads, planned=[(None, 0)]).fetchone()
         else:
-            row = conn.execute(sql.SQL(
+            row = st.read(sql.SQL(
                 "SELECT max(s.{id}), count(*) FROM (SELECT {id} FROM {log} ORDER BY {id}"
-                " LIMIT %s) s").format(id=cid, log=self.log.ident()), (limit,)).fetchone()
+                " LIMIT %s) s").format(id=cid, log=self.log.ident()), (limit,), reads=reads,
+                planned=[(None, 0)]).fetchone()
         if not row or row[0] is None:
             return 0
         upto, count = int(row[0]), int(row[1])
@@ -110,19 +126,19 @@ class Replayer:
         tcols = sql.SQL(", ").join(sql.Identifier("t", c) for c in self.columns)
         tmatch = sql.SQL(" AND ").join(sql.SQL("t.{0} = c.{0}").format(sql.Identifier(k)) for k in self.key)
         for target in self.targets:
-            conn.execute(sql.SQL("DELETE FROM {tgt} x USING ({changed}) c WHERE {match}").format(
+            st.run(sql.SQL("DELETE FROM {tgt} x USING ({changed}) c WHERE {match}").format(
                 tgt=target.table.ident(), changed=changed, match=match), (upto,))
-            conn.execute(sql.SQL(
+            st.run(sql.SQL(
                 "INSERT INTO {tgt} ({cols}){ovr} SELECT {tcols} FROM ({changed}) c"
                 " JOIN {src} t ON {tmatch} WHERE {filter}").format(
                 tgt=target.table.ident(), cols=cols, tcols=tcols, changed=changed,
                 src=self.source.ident(), tmatch=tmatch, filter=self._filter(target.history),
                 ovr=sql.SQL(" OVERRIDING SYSTEM VALUE" if self.overriding else "")),
                 (upto, self.cutoff))
-        conn.execute(sql.SQL("DELETE FROM {} WHERE {} <= %s").format(self.log.ident(), cid), (upto,))
+        st.run(sql.SQL("DELETE FROM {} WHERE {} <= %s").format(self.log.ident(), cid), (upto,))
         return count
 
-    def drain(self, conn: psycopg.Connection[Any], *, pause: Callable[[], None] | None = None,
+    def drain(self, st: Statements, *, pause: Callable[[], None] | None = None,
               max_rounds: int = 10_000, flush: bool = False) -> tuple[int, int]:
         """Replay batches (each its own REPEATABLE READ transaction) until one finds fewer
         than `switch_below` log rows. Returns (log rows replayed, batches). Commits are
@@ -133,21 +149,16 @@ class Replayer:
             pause()
         # a log already below switch_below is left to the switch's final batch: one count
         # instead of a transaction that would replay the same rows a moment earlier
-        row = conn.execute(sql.SQL("SELECT count(*) FROM (SELECT FROM {} LIMIT %s) s").format(
-            self.log.ident()), (self.switch_below,)).fetchone()
-        if row is not None and row[0] < self.switch_below:
+        below = st.read(sql.SQL("SELECT count(*) FROM (SELECT FROM {} LIMIT %s) s").format(self.log.ident()),
+                        (self.switch_below,), reads=[str(self.log)], planned=[(0,)]).scalar()
+        if below is not None and below < self.switch_below:
             return 0, 0
         while rounds < max_rounds:
             if pause and rounds:
                 pause()
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ;"
-                         f" SET LOCAL synchronous_commit = {'local' if flush else 'off'}")
-            try:
-                n = self.batch(conn, self.limit)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            with st.transaction(isolation="REPEATABLE READ"):
+                st.run("SELECT set_config('synchronous_commit', %s, true)", ("local" if flush else "off",))
+                n = self.batch(st, self.limit)
             total += n
             rounds += 1
             if n < self.switch_below:
@@ -155,7 +166,64 @@ class Replayer:
         return total, rounds
 
 
-def log_exists(conn: psycopg.Connection[Any], log: QualifiedName) -> bool:
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (str(log),)).fetchone()
-    return bool(row and row[0])
+def log_exists(st: Statements, log: QualifiedName) -> bool:
+    """Is the change log there (the switch to direct capture empties it; the swap drops it)?"""
+    return bool(st.read("SELECT to_regclass(%s) IS NOT NULL", (str(log),), reads=[str(log)],
+                        planned=[(True,)]).scalar())
 
+
+def replayer(m: State, plan: TablePlan, s: Settings) -> Replayer:
+    targets = [Target(table, history=tag == "h") for table, tag in m.new_tables()]
+    return Replayer(plan.original, m.objects.change_log, targets, list(m.key), plan.columns, m.date_column,
+                    m.date_type, m.cutoff.text, plan.overriding, limit=s.replay_batch, switch_below=s.switch_below)
+
+
+def run(ctx: RunContext, settings: Settings | None = None) -> None:
+    """Drain the change log into N while writes continue, then switch the trigger to
+    direct capture in one short transaction that locks out T's writers (see the module
+    docstring). Idempotent: nothing to do once switched."""
+    t0 = time.perf_counter()
+    m = ctx.require("indexed", "verified")
+    attach(ctx)
+    ex = ctx.ex
+    if m.checkpoint.switched or not log_exists(ex, m.objects.change_log):
+        return  # switched by an earlier run (the log is dropped by the swap)
+    plan = ctx.current_plan()
+    s = settings or ctx.settings()
+    rep = replayer(m, plan, s)
+    flush = ctx.throttle is not None
+    # not paced (nice_ratio): the replay's work follows the application's write rate,
+    # and slowing it down only lengthens the capture and the switch's final batch
+    replayed, rounds = rep.drain(ex, pause=ctx.pause, flush=flush)
+    # The write guard settles its debt here, while the trigger only logs keys (its
+    # cheapest mode), and the log that grew meanwhile is drained again: a rest after the
+    # switch would cost the application the direct capture's second write of every row,
+    # so verify's checksums and the swap follow the switch without rests.
+    for _ in range(SETTLE_ROUNDS):
+        if ctx.settle(between_steps=False) < 0.05:
+            break
+        more, batches = rep.drain(ex, pause=ctx.pause, flush=flush)
+        replayed, rounds = replayed + more, rounds + batches
+    final: dict[str, int] = {}
+    # rendered before the lock: the lock is held only while statements run
+    direct = direct_function_sql(m, plan)
+
+    def switch(_locked_at: float) -> dict[str, object]:
+        final["rows"] = rep.batch(ex, None)
+        ex.run(direct)
+        # the emptied log stays until the swap drops it: a DROP here would make this
+        # commit wait for a WAL flush (a transaction that drops files always does)
+        ctx.store.set_checkpoint({"switched": True})
+        return {}
+
+    result, attempts, _ = with_lock_retries(
+        ex, f"switch to direct capture on {ctx.table}", [plan.original], switch,
+        mode="SHARE ROW EXCLUSIVE", **s.lock_options())
+    hold = result.get("lock_hold_ms")
+    ctx.store.log("replay", "switched", rows=Observed("rows", replayed + final.get("rows", 0)),
+                  duration_ms=Observed("ms", (time.perf_counter() - t0) * 1000),
+                  details={"batches": Observed("count", rounds),
+                           "replayed_under_lock": Observed("rows", final.get("rows", 0)),
+                           "lock_hold_ms": Observed("ms", hold), "attempts": attempts})
+    ctx.results.switch_lock_hold_ms = float(hold) if isinstance(hold, int | float) else None
+    ctx.timed("replay", t0)

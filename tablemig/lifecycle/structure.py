@@ -13,24 +13,13 @@ from collections.abc import Sequence
 from psycopg import sql
 
 from ..errors import InputError
-from ..pg.catalog import GUARD_TRIGGER, Index, TableInfo
-from ..pg.names import QualifiedName, derived_name
+from ..pg.catalog import Index, TableInfo
+from ..pg.names import QualifiedName
 from ..pg.sqltext import Fragment
 from ..pg.templating import render
+from .objects import GUARD_TRIGGER, REFUSE_TRUNCATE, temp_index_name
 
 _RELOPTION = re.compile(r"^([a-z_][a-z0-9_.]*)=(.*)$")
-TRIGGER_PREFIX = "tablemig_"
-
-
-def temp_index_name(index: Index, tag: str = "n") -> str:
-    """Name of the copy of `index` on the new table (tag n) until the swap, or on the
-    history copy of archive mode copy (tag h)."""
-    return derived_name(index.name, f"_{tag}{index.oid}")
-
-
-def archive_index_name(index: Index) -> str:
-    """Name the original index takes on the archive after the swap."""
-    return derived_name(index.name, f"_a{index.oid}")
 
 
 def index_sql(info: TableInfo, index: Index, target: QualifiedName, name: str, *,
@@ -176,11 +165,6 @@ def key_constraint_sql(index: Index, target: QualifiedName, tag: str = "n") -> l
         target.ident(), sql.Identifier(tmp), sql.SQL(kind), sql.Identifier(tmp), sql.SQL(timing))]
 
 
-def deferrable_constraints(info: TableInfo) -> list[Index]:
-    """The table's deferrable PRIMARY KEY / UNIQUE constraints (as their indexes)."""
-    return [i for i in info.indexes if i.deferrable and i.constraint_type in ("p", "u") and i.valid]
-
-
 def deferrable_key(info: TableInfo) -> bool:
     """True when `ON CONFLICT (key)` cannot be used on a copy of the table: a unique index
     that such a clause would infer as its arbiter (plain, no predicate, on exactly the key
@@ -188,11 +172,6 @@ def deferrable_key(info: TableInfo) -> bool:
     key = set(info.key_columns)
     return any(i.unique and not i.immediate and i.arbiter_shape and set(i.columns) == key
                for i in info.indexes)
-
-
-def change_log_name(table_oid: int) -> QualifiedName:
-    """The change log of a table while its capture runs in log mode."""
-    return QualifiedName("table_migration", f"changes_{table_oid}")
 
 
 def change_id_column(key: Sequence[str]) -> str:
@@ -252,17 +231,11 @@ def sync_function_sql(info: TableInfo, function: QualifiedName, mode: str,
                   family=(family.schema, family.name) if family else None,
                   source=(source.schema, source.name) if source else None,
                   self_refs=[{"child": list(c), "parent": list(p)} for c, p in self_refs])
-    return sql.SQL(text)  # type: ignore[arg-type] - rendered with the quoting filters
-
-
-def deferred_names(info: TableInfo, schema: str, tag: str) -> list[QualifiedName]:
-    """The names the deferrable constraints of `info` have on one of its copies: tag "n" the
-    new table, "h" the history copy (until the swap), "a" the original after the swap."""
-    return [QualifiedName(schema, archive_index_name(i) if tag == "a" else temp_index_name(i, tag))
-            for i in deferrable_constraints(info)]
+    return sql.SQL(text)  # rendered with the quoting filters
 
 
 def trigger_sql(table: QualifiedName, trigger: str, function: QualifiedName) -> list[sql.Composable]:
+    """The row trigger `trigger` on `table` calling `function` (capture, mirror, prune)."""
     return [
         sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW"
                 " EXECUTE FUNCTION {}()").format(sql.Identifier(trigger), table.ident(),
@@ -270,12 +243,22 @@ def trigger_sql(table: QualifiedName, trigger: str, function: QualifiedName) -> 
     ]
 
 
+def drop_function_sql(function: QualifiedName) -> sql.Composable:
+    return sql.SQL("DROP FUNCTION IF EXISTS {}()").format(function.ident())
+
+
+def drop_table_sql(table: QualifiedName, *, if_exists: bool = True) -> sql.Composable:
+    return sql.SQL("DROP TABLE {}{}").format(sql.SQL("IF EXISTS " if if_exists else ""), table.ident())
+
+
 def truncate_guard_sql(table: QualifiedName) -> sql.Composable:
+    """The statement trigger refusing TRUNCATE (row triggers never see one)."""
     return sql.SQL("CREATE TRIGGER {} BEFORE TRUNCATE ON {} FOR EACH STATEMENT"
-                   " EXECUTE FUNCTION table_migration.refuse_truncate()").format(
-        sql.Identifier(GUARD_TRIGGER), table.ident())
+                   " EXECUTE FUNCTION {}()").format(sql.Identifier(GUARD_TRIGGER), table.ident(),
+                                                    REFUSE_TRUNCATE.ident())
 
 
 def drop_trigger_sql(table: QualifiedName, trigger: str) -> sql.Composable:
+    """DROP TRIGGER IF EXISTS."""
     return sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger),
                                                              table.ident())

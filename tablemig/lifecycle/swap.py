@@ -11,7 +11,7 @@ lossless until prune. Last, still under the lock, the live table's inventory is 
 with the original's (`tablemig.pg.inventory`): any difference but the name rolls the swap
 back, naming the property, and the swap record keeps the comparison for the audit.
 
-Backward (`swap_back`): the same exchange in the other direction, used by rollback.
+Backward (`swap_back`, in tablemig.lifecycle.rollback): the same exchange in the other direction.
 
 Locks are taken in a fixed order (the table, the other table, referencing tables, views),
 each attempt waiting at most `lock_timeout` and retried a bounded number of times
@@ -32,24 +32,25 @@ from psycopg import sql
 from ..errors import TablemigError
 from ..pg import inventory
 from ..pg.autovacuum import AutovacuumPolicy
-from ..pg.catalog import CAPTURE_TRIGGER, GUARD_TRIGGER, MIRROR_TRIGGER, PRUNE_TRIGGER, TableInfo, inspect_table
-from ..pg.locking import with_lock_retries
+from ..pg.catalog import TableInfo, inspect_table
+from ..pg.locking import blockers, with_lock_retries
 from ..pg.names import QualifiedName
-from . import state
-from .exchange import exchange, exchange_back, move_publications
-from .executor import Executor
-from .families import OrphanGuard
+from ..pg.statements import Statements
+from .context import RunContext
+from .exchange import exchange, move_publications, validate_foreign_keys
+from .executor import Executor, Observed, plain
+from .families import OrphanGuard, references
+from .objects import CAPTURE_TRIGGER, GUARD_TRIGGER, MIRROR_TRIGGER, deferred_names
+from .orphan_guard import arm, disarm
+from .state import Expr, State, StateStore
 from .structure import (
-    change_log_name,
-    deferred_names,
+    drop_function_sql,
+    drop_table_sql,
     drop_trigger_sql,
     sync_function_sql,
     trigger_sql,
     truncate_guard_sql,
 )
-
-__all__ = ["CAPTURE_TRIGGER", "GUARD_TRIGGER", "MIRROR_TRIGGER", "PRUNE_TRIGGER", "Dependents",
-           "SwapPeer", "SwapResult", "swap", "swap_back", "validate_foreign_keys"]
 
 
 @dataclass
@@ -74,8 +75,8 @@ class Dependents:
     rules: frozenset[QualifiedName] = frozenset()
 
     @classmethod
-    def read(cls, conn: psycopg.Connection[Any], table: QualifiedName) -> Dependents:
-        rows = conn.execute("""
+    def read(cls, st: Statements, table: QualifiedName) -> Dependents:
+        rows = st.read("""
             SELECT 'f', n.nspname, c.relname FROM pg_constraint con
               JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE con.confrelid = %s::regclass AND con.contype = 'f' AND con.conrelid <> con.confrelid
@@ -111,14 +112,16 @@ class SwapPeer(Protocol):
 
     name: str
 
-    def prepare_swap(self, m: dict[str, Any], *, back: bool) -> dict[str, Any]: ...
+    def prepare_swap(self, m: State, *, back: bool) -> dict[str, Any]: ...
 
-    def finish_swap(self, m: dict[str, Any], *, back: bool, committed: bool) -> None: ...
+    def finish_swap(self, m: State, *, back: bool, committed: bool) -> None: ...
 
 
-def _coordinated(peers: Sequence[SwapPeer], m: dict[str, Any], back: bool,
-                 run: Callable[[], tuple[dict[str, Any], int, list[dict[str, Any]]]],
-                 ) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
+def coordinated(peers: Sequence[SwapPeer], m: State, back: bool,
+                run: Callable[[], tuple[dict[str, Any], int, list[dict[str, Any]]]],
+                ) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
+    """`run` the locked transaction of this site; then the peers commit their prepared
+    part (or roll it back if this site's failed)."""
     try:
         out = run()
     except BaseException:
@@ -130,32 +133,29 @@ def _coordinated(peers: Sequence[SwapPeer], m: dict[str, Any], back: bool,
     return out
 
 
-def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
-         statement_timeout: str, long_xact_seconds: float,
-         on_attempt: Callable[[dict[str, Any]], None] | None = None,
+def swap(ex: Executor, m: State, *, lock_timeout: str, attempts: int, statement_timeout: str,
+         long_xact_seconds: float, on_attempt: Callable[[dict[str, Any]], None] | None = None,
          peers: Sequence[SwapPeer] = (), search_path: Sequence[str] = (),
-         guard: OrphanGuard | None = None, autovacuum_policy: AutovacuumPolicy | None = None) -> SwapResult:
-    """Forward swap of the table described by state row `m`; `peers` (logical subscribers)
+         guard: OrphanGuard | None = None, autovacuum_policy: AutovacuumPolicy | None = None,
+         store: StateStore | None = None) -> SwapResult:
+    """Forward swap of the table described by state `m`; `peers` (logical subscribers)
     make the same exchange, committed right after this one (see tablemig.lifecycle.logical).
     `search_path`: the schemas of the mirror function's path (tablemig.pg.search_path).
     `guard`: the orphan check armed by the swap step, repeated first under the lock (a
-    finding rolls the swap back; tablemig.lifecycle.families)."""
-    conn = ex.conn
-    schema = m["schema_name"]
-    t = QualifiedName(schema, m["original_name"])
-    n = QualifiedName(schema, m["new_name"])
-    a = QualifiedName(schema, m["archive_name"])
-    outgoing = QualifiedName(schema, m["backup_name"]) if m["archive_mode"] == "copy" else a
-    deps = Dependents.read(conn, t)
+    finding rolls the swap back; tablemig.lifecycle.families). `store`: the run's state store
+    (a dry run keeps there the row it would have written)."""
+    names = m.objects
+    store = store or StateStore(ex, m.table)
+    t, n, outgoing = names.original, names.new, names.outgoing
+    deps = Dependents.read(ex, t)
 
     def body(locked_at: float) -> dict[str, Any]:
-        info = inspect_table(conn, t, list(m["key_columns"]))  # under the lock: current
+        info = inspect_table(ex, t, list(m.key))  # under the lock: current
         if not deps.covers(info):
             raise psycopg.errors.LockNotAvailable("dependencies changed while locking")
         if guard is not None:  # before anything changes: an orphan rolls this transaction back
-            guard.check_locked(conn, t, n)
-        fn = QualifiedName("table_migration", f"mirror_{m['table_oid']}")
-        mirror = sync_function_sql(info, fn, "mirror", outgoing, search_path=search_path,
+            guard.check_locked(ex)
+        mirror = sync_function_sql(info, names.mirror_function, "mirror", outgoing, search_path=search_path,
                                    defer=deferred_names(info, outgoing.schema, "a"))
         with ex.batched():  # the DDL in as few round trips as its reads allow
             if guard is not None:
@@ -163,22 +163,20 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
                     ex.run(stmt)
             ex.run(drop_trigger_sql(t, CAPTURE_TRIGGER))
             ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
-            ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
-                QualifiedName("table_migration", f"capture_{m['table_oid']}").ident()))
+            ex.run(drop_function_sql(names.capture_function))
             # the change log, emptied by the switch to direct capture (this commit is durable anyway)
-            ex.run(sql.SQL("DROP TABLE IF EXISTS {}").format(change_log_name(int(m["table_oid"])).ident()))
+            ex.run(drop_table_sql(names.change_log))
             record = exchange(ex, info, t, n, outgoing)
             if not peers:  # a managed subscriber keeps both tables published (see tablemig.lifecycle.logical)
                 move_publications(ex, info.publication_rels, outgoing, t)
             ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(outgoing.ident(), sql.Literal(
-                f"tablemig: original {t} (all rows) before the swap; cutoff {m['cutoff']} on "
-                f"{m['date_column']}")))
+                f"tablemig: original {t} (all rows) before the swap; cutoff {m.cutoff} on {m.date_column}")))
             ex.run(mirror)
-            for stmt in trigger_sql(t, MIRROR_TRIGGER, fn):
+            for stmt in trigger_sql(t, MIRROR_TRIGGER, names.mirror_function):
                 ex.run(stmt)
             ex.run(truncate_guard_sql(t))
         before = inventory.of(info)
-        record["inventory"] = _same_inventory(conn, before, t, n, m)
+        record["inventory"] = _same_inventory(ex, before, t, n, m)
         record["inventory_before"] = before  # for the checks after it (EX-4.1, RB-1)
         record |= {"foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks]
                    + record.pop("self_foreign_keys", []),
@@ -186,32 +184,39 @@ def swap(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
                    "outgoing": outgoing.name, "fk_validated": []}
         # Last, with every lock held: the peers catch up and prepare their own exchange.
         record["peers"] = {p.name: p.prepare_swap(m, back=False) for p in peers}
-        state.advance(conn, str(t), "swap", "done", details={"renamed": [str(t), outgoing.name]},
-                      state="swapped", swap_record=record, swap_attempts=m.get("swap_attempts", 0) + 1,
-                      lock_hold_ms=round((time.perf_counter() - locked_at) * 1000, 1),
-                      swap_lsn=ex.scalar("SELECT pg_current_wal_insert_lsn()::text"))
+        store_advance(store, m, record, locked_at)
         return record
 
-    record, used, log = _coordinated(peers, m, False, lambda: with_lock_retries(
-        conn, f"swap of {t}", deps.lock_list(t, n), body, lock_timeout=lock_timeout,
+    record, used, log = coordinated(peers, m, False, lambda: with_lock_retries(
+        ex, f"swap of {t}", deps.lock_list(t, n), body, lock_timeout=lock_timeout,
         attempts=attempts, statement_timeout=statement_timeout,
         long_xact_seconds=long_xact_seconds, on_attempt=on_attempt, watch=sorted(deps.matviews),
         durable=True, autovacuum_policy=autovacuum_policy))
     hold = record.pop("lock_hold_ms")
     # the LSN after the swap's commit, for the standbys to reach
-    lsn = str(conn.execute("UPDATE table_migration.migration_state SET lock_hold_ms = %s, swap_attempts = %s,"
-                           " swap_lsn = pg_current_wal_insert_lsn(), updated_at = now()"
-                           " WHERE table_name = %s RETURNING swap_lsn::text", (hold, used, str(t))).fetchone()[0])
-    return SwapResult(used, hold, lsn, record, log)
+    lsn = str(ex.run("UPDATE table_migration.migration_state SET lock_hold_ms = %s, swap_attempts = %s,"
+                     " swap_lsn = pg_current_wal_insert_lsn(), updated_at = now()"
+                     " WHERE table_name = %s RETURNING swap_lsn::text", (Observed("ms", hold), used, m.table),
+                     planned=[("0/0",)]).scalar())
+    return SwapResult(used, hold, lsn, plain(record), log)
 
 
-def _same_inventory(conn: psycopg.Connection[Any], before: inventory.Inventory, t: QualifiedName,
-                    n: QualifiedName, m: dict[str, Any]) -> str:
+def store_advance(store: StateStore, m: State, record: dict[str, Any], locked_at: float) -> None:
+    """The swap's state, in its transaction."""
+    store.advance(
+        "swap", "done", details={"renamed": [str(m.live), m.objects.outgoing.name]}, state="swapped",
+        swap_record=record, swap_attempts=m.swap_attempts + 1,
+        lock_hold_ms=Observed("ms", round((time.perf_counter() - locked_at) * 1000, 1)),
+        swap_lsn=Expr(sql.SQL("pg_current_wal_insert_lsn()")))
+
+
+def _same_inventory(ex: Executor, before: inventory.Inventory, t: QualifiedName, n: QualifiedName,
+                    m: State) -> str:
     """Under the swap's lock: the live table's inventory must be the original's (`before`,
     read under the same lock) but for the name. A difference raises, which rolls the swap
-    back: nothing changes, and the error names each property."""
-    diffs = inventory.differences(before, inventory.read(conn, t, list(m["key_columns"])),
-                                  pending_validation=True)
+    back: nothing changes, and the error names each property. (In a dry run the name still
+    holds the original: no difference.)"""
+    diffs = inventory.differences(before, inventory.read(ex, t, list(m.key)), pending_validation=True)
     if diffs:
         raise TablemigError(
             f"swap of {t}: the live table would differ from the original ({'; '.join(diffs)}); "
@@ -222,54 +227,57 @@ def _same_inventory(conn: psycopg.Connection[Any], before: inventory.Inventory, 
     return inventory.summary(diffs)
 
 
-def swap_back(ex: Executor, m: dict[str, Any], *, lock_timeout: str, attempts: int,
-              statement_timeout: str, long_xact_seconds: float,
-              peers: Sequence[SwapPeer] = (), autovacuum_policy: AutovacuumPolicy | None = None) -> SwapResult:
-    """Undo a swap: the archive (kept current by the mirror trigger) becomes `T` again and
-    the new table is dropped. Lossless while the mirror trigger was in place."""
-    conn = ex.conn
-    schema = m["schema_name"]
-    t = QualifiedName(schema, m["original_name"])
-    rec = m["swap_record"] or {}
-    outgoing = QualifiedName(schema, rec.get("outgoing") or m["archive_name"])
-    n = QualifiedName(schema, m["new_name"])
-    deps = Dependents.read(conn, t)
-
-    def body(locked_at: float) -> dict[str, Any]:
-        info = inspect_table(conn, t, list(m["key_columns"]))
-        if not deps.covers(info):
-            raise psycopg.errors.LockNotAvailable("dependencies changed while locking")
-        with ex.batched():
-            ex.run(drop_trigger_sql(t, MIRROR_TRIGGER))
-            ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
-            ex.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
-                QualifiedName("table_migration", f"mirror_{m['table_oid']}").ident()))
-            exchange_back(ex, info, t, n, outgoing, rec)
-            if not peers:
-                move_publications(ex, info.publication_rels, n, t)
-            ex.run(sql.SQL("DROP TABLE {}").format(n.ident()))
-        for p in peers:
-            p.prepare_swap(m, back=True)
-        state.advance(conn, str(t), "rollback", "swapped back", state="rolled_back")
-        return {"foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks]}
-
-    record, used, log = _coordinated(peers, m, True, lambda: with_lock_retries(
-        conn, f"swap back of {t}", deps.lock_list(t, outgoing), body,
-        lock_timeout=lock_timeout, attempts=attempts, statement_timeout=statement_timeout,
-        long_xact_seconds=long_xact_seconds, watch=sorted(deps.matviews), report_seen=True,
-        durable=True, autovacuum_policy=autovacuum_policy))
-    hold = record.pop("lock_hold_ms")
-    return SwapResult(used, hold, str(ex.scalar("SELECT pg_current_wal_insert_lsn()::text")),
-                      record, log)
+def run(ctx: RunContext) -> SwapResult:
+    """The swap step: the orphan check armed (when foreign keys reference the table), the
+    subscribers caught up, then the swap; resumes (returns the recorded result) once swapped."""
+    m = ctx.require("verified", "swapped")
+    if m.state == "swapped":
+        return ctx.results.swap or SwapResult(m.swap_attempts, float(m.lock_hold_ms or 0), str(m.swap_lsn),
+                                              m.swap_record.as_json())
+    t0 = time.perf_counter()
+    s = ctx.settings()
+    plan = ctx.current_plan()
+    ex = ctx.ex
+    refs = references(ex, m.table_oid)
+    guard = arm(ex, m, plan, refs, s) if refs else None
+    try:
+        for sub in ctx.subscribers:  # caught up before the locks: the barrier under them is short
+            sub.link(ex, m.live)
+            sub.wait_ready([m.new])
+            sub.barrier()
+        result = swap(ex, m, peers=ctx.subscribers, search_path=plan.search_path, guard=guard,
+                      store=ctx.store, **s.swap_options())
+    except BaseException:
+        if guard is not None:
+            disarm(ex, m, plan, refs, s)
+        raise
+    ctx.results.swap = result
+    ctx.timed("swap", t0)
+    last = result.attempt_log[-1] if result.attempt_log else None
+    if last is not None and not last["blockers"]:
+        # for the audit: old transactions seen right after (asked after the swap, so the
+        # query's milliseconds stay out of the swap)
+        last["blockers"] = blockers(ex, [m.live], s.long_transaction_seconds)
+    return result
 
 
-def validate_foreign_keys(ex: Executor, fks: list[dict[str, Any]]) -> list[str]:
-    """VALIDATE re-pointed foreign keys, each in its own transaction (SHARE UPDATE
-    EXCLUSIVE on the referencing table only: writes continue)."""
-    done = []
-    for fk in fks:
-        child = QualifiedName.parse(fk["table"])
-        ex.run(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
-            child.ident(), sql.Identifier(fk["name"])))
-        done.append(f"{child}.{fk['name']}")
+def validate(ctx: RunContext) -> list[str]:
+    """VALIDATE the re-pointed foreign keys (after the swap; idempotent)."""
+    t0 = time.perf_counter()
+    m = ctx.state()
+    if not m or not m.swapped:
+        return []
+    rec = m.swap_record
+    todo = [fk for fk in rec.foreign_keys if f"{fk['table']}.{fk['name']}" not in rec.fk_validated]
+    done = validate_foreign_keys(ctx.ex, todo)
+    for sub in ctx.subscribers:
+        sub.link(ctx.ex, m.live)
+        done += [f"subscriber: {fk}" for fk in sub.validate_foreign_keys(m)]
+    if done:
+        with ctx.ex.transaction():
+            ctx.store.update(swap_record=rec.validated(done))
+    ctx.timed("validate_fks", t0)
     return done
+
+
+__all__ = ["Dependents", "SwapPeer", "SwapResult", "coordinated", "run", "swap", "validate", "validate_foreign_keys"]

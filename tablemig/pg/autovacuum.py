@@ -29,6 +29,7 @@ import psycopg
 
 from ..errors import LockNotAcquired
 from .names import QualifiedName
+from .statements import Statements, statements
 
 WRAPAROUND_MARK = "(to prevent wraparound)"
 ANNOUNCE_EVERY_S = 30.0
@@ -77,7 +78,7 @@ class Vacuum:
                 "seconds": round(self.seconds, 1), "progress": self.progress()}
 
 
-def holding(conn: psycopg.Connection[Any], tables: list[QualifiedName]) -> list[Vacuum]:
+def holding(conn: psycopg.Connection[Any] | Statements, tables: list[QualifiedName]) -> list[Vacuum]:
     """Autovacuum workers of this database holding a lock on one of `tables`.
 
     A role without pg_read_all_stats (pg_monitor) sees neither the backend type nor the
@@ -85,7 +86,7 @@ def holding(conn: psycopg.Connection[Any], tables: list[QualifiedName]) -> list[
     then taken for the autovacuum worker it must be, and it is anti-wraparound when the
     table is older than its autovacuum_freeze_max_age (or the multixact one), as the
     server decides when it launches the worker."""
-    rows = conn.execute("""
+    rows = statements(conn).read("""
         SELECT a.pid, min(a.query), extract(epoch FROM now() - min(a.xact_start))::float8,
                min(coalesce(p.phase, 'analyze: ' || z.phase)),
                min(coalesce(p.heap_blks_total, z.sample_blks_total)),
@@ -117,15 +118,16 @@ def holding(conn: psycopg.Connection[Any], tables: list[QualifiedName]) -> list[
     return out
 
 
-def cancel(conn: psycopg.Connection[Any], vacuums: list[Vacuum]) -> tuple[list[int], str]:
+def cancel(conn: psycopg.Connection[Any] | Statements, vacuums: list[Vacuum]) -> tuple[list[int], str]:
     """pg_cancel_backend for each ordinary autovacuum: (pids cancelled, why not, if refused)."""
+    st = statements(conn)
     done: list[int] = []
     for v in vacuums:
         if v.wraparound:
             continue
         try:
-            with conn.transaction():
-                row = conn.execute("SELECT pg_cancel_backend(%s)", (v.pid,)).fetchone()
+            with st.transaction():
+                row = st.run("SELECT pg_cancel_backend(%s)", (v.pid,), planned=[(False,)]).fetchone()
         except psycopg.errors.InsufficientPrivilege as exc:
             return done, " ".join(x for x in (exc.diag.message_primary, exc.diag.message_detail) if x)
         if row and row[0]:
@@ -133,7 +135,7 @@ def cancel(conn: psycopg.Connection[Any], vacuums: list[Vacuum]) -> tuple[list[i
     return done, ""
 
 
-def wait_gone(conn: psycopg.Connection[Any], tables: list[QualifiedName], pids: list[int],
+def wait_gone(conn: psycopg.Connection[Any] | Statements, tables: list[QualifiedName], pids: list[int],
               timeout_s: float = 10.0) -> None:
     """Until the cancelled workers let go of the tables (they stop at their next check)."""
     deadline = time.monotonic() + timeout_s
@@ -141,18 +143,19 @@ def wait_gone(conn: psycopg.Connection[Any], tables: list[QualifiedName], pids: 
         time.sleep(0.05)
 
 
-def setting_ms(conn: psycopg.Connection[Any], name: str, value: str | None = None) -> float:
+def setting_ms(conn: psycopg.Connection[Any] | Statements, name: str, value: str | None = None) -> float:
     """A duration setting in milliseconds: the server's current `name`, or `value` read as
     the server reads that setting (so "200ms", "2s" and a bare number mean what they do there)."""
-    with conn.transaction(force_rollback=True):
+    st = statements(conn)
+    with st.transaction(force_rollback=True):
         if value is not None:
-            conn.execute("SELECT set_config(%s, %s, true)", (name, value))
-        row = conn.execute("SELECT setting::float8 * CASE unit WHEN 's' THEN 1000 WHEN 'min' THEN 60000"
+            st.run("SELECT set_config(%s, %s, true)", (name, value))
+        row = st.read("SELECT setting::float8 * CASE unit WHEN 's' THEN 1000 WHEN 'min' THEN 60000"
                            " ELSE 1 END FROM pg_settings WHERE name = %s", (name,)).fetchone()
     return float(row[0]) if row else 0.0
 
 
-def wait_for_wraparound(conn: psycopg.Connection[Any], tables: list[QualifiedName], what: str,
+def wait_for_wraparound(conn: psycopg.Connection[Any] | Statements, tables: list[QualifiedName], what: str,
                         limit_s: float, on_progress: Callable[[Vacuum], None] | None = None
                         ) -> tuple[float, list[Vacuum]]:
     """Wait (queueing no lock request) until no anti-wraparound vacuum holds `tables`, at most
@@ -174,7 +177,7 @@ def wait_for_wraparound(conn: psycopg.Connection[Any], tables: list[QualifiedNam
         time.sleep(min(1.0, max(0.05, limit_s - waited)))
 
 
-def clear(conn: psycopg.Connection[Any], tables: list[QualifiedName], what: str) -> list[int]:
+def clear(conn: psycopg.Connection[Any] | Statements, tables: list[QualifiedName], what: str) -> list[int]:
     """Before taking locks where no wait is allowed (a subscriber's part of the swap, under
     the active site's locks): cancel the ordinary autovacuum workers holding `tables`, when
     the role may; an anti-wraparound one fails the attempt, named. Returns the pids cancelled."""

@@ -13,22 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from ..errors import InputError
 from .names import QualifiedName
+from .schema import SCHEMA
+from .statements import Statements, statements
 
-# The triggers tablemig itself puts on a table. They are told from the user's by their exact
-# name *and* their function living in the table_migration schema: a user trigger that merely
-# shares the prefix (or even one of these names) is the user's and is carried over.
-CAPTURE_TRIGGER = "tablemig_capture"
-MIRROR_TRIGGER = "tablemig_mirror"
-GUARD_TRIGGER = "tablemig_no_truncate"
-PRUNE_TRIGGER = "tablemig_prune"
-TOOL_TRIGGERS = (CAPTURE_TRIGGER, MIRROR_TRIGGER, GUARD_TRIGGER, PRUNE_TRIGGER)
-# on the tables referencing the table, while the swap step runs (tablemig.lifecycle.families)
-FAMILY_TRIGGER = "tablemig_family"
-TOOL_SCHEMA = "table_migration"
+# The triggers tablemig itself puts on a table (named in tablemig.lifecycle.objects) are told
+# from the user's by their function living in tablemig's own schema: a user trigger that
+# merely shares a name or the prefix is the user's and is carried over.
+TOOL_SCHEMA = SCHEMA
 
 
 @dataclass(frozen=True)
@@ -206,22 +200,21 @@ class TableInfo:
         return [c for c in self.columns if not c.generated]
 
 
-def resolve(conn: psycopg.Connection[Any], name: QualifiedName) -> int:
+def resolve(conn: psycopg.Connection[Any] | Statements, name: QualifiedName) -> int:
     """The table's OID, or an InputError saying what the name is instead."""
-    return _resolve(conn, name)[0]
+    return _resolve(statements(conn), name)[0]
 
 
-def _resolve(conn: psycopg.Connection[Any], name: QualifiedName) -> tuple[int, bool]:
+def _resolve(st: Statements, name: QualifiedName) -> tuple[int, bool]:
     """resolve(), and whether this session has the inspection prepared already."""
-    row = conn.execute(
+    row = st.read(
         "SELECT c.oid, c.relkind,"
         " EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid OR inhparent = c.oid),"
         " EXISTS (SELECT 1 FROM pg_prepared_statements WHERE name = %s)"
         " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = %s AND c.relname = %s", (_INSPECT_NAME, name.schema, name.name)).fetchone()
     if row is None:
-        schema = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
-                              (name.schema,)).fetchone()
+        schema = st.read("SELECT 1 FROM pg_namespace WHERE nspname = %s", (name.schema,)).fetchone()
         if schema is None:
             raise InputError(f"schema {name.schema!r} does not exist (table {name})",
                              "check the schema name; quote mixed-case names: \"Sales\".\"Invoice\"")
@@ -253,8 +246,6 @@ _ACL = """
                    a.privilege_type, a.is_grantable
               FROM pg_class c, aclexplode(c.relacl) a
              WHERE c.oid = {oid} AND a.grantee <> c.relowner) g"""
-
-_TOOL_TRIGGERS_ARRAY = "{" + ",".join((*TOOL_TRIGGERS, FAMILY_TRIGGER)) + "}"
 
 # Publication row filters and column lists exist from PostgreSQL 15 on: they are read through
 # to_jsonb (pg_publication_tables.rowfilter, pg_publication_rel.prattrs), so the statement
@@ -348,8 +339,7 @@ SELECT
            obj_description(t.oid, 'pg_trigger') AS comment
       FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
      WHERE t.tgrelid = %(oid)s AND NOT t.tgisinternal
-       AND NOT (t.tgname = ANY ('{_TOOL_TRIGGERS_ARRAY}'::name[])
-                AND EXISTS (SELECT 1 FROM pg_namespace WHERE oid = p.pronamespace AND nspname = '{TOOL_SCHEMA}'))
+       AND NOT EXISTS (SELECT 1 FROM pg_namespace WHERE oid = p.pronamespace AND nspname = '{TOOL_SCHEMA}')
     ) x) AS trig,
  (SELECT coalesce(json_agg(x ORDER BY x.rulename), '[]') FROM (
     SELECT rulename, pg_get_ruledef(oid) AS def, ev_enabled, obj_description(oid, 'pg_rewrite') AS comment
@@ -419,25 +409,22 @@ _RESTORE_PATH = ("SELECT set_config('search_path', current_setting('tablemig.sav
                  " set_config('plan_cache_mode', current_setting('tablemig.saved_plan_cache_mode'), false)")
 
 
-def _inspect_row(conn: psycopg.Connection[Any], oid: int, prepared: bool) -> dict[str, Any]:
+def _inspect_row(st: Statements, oid: int, prepared: bool) -> dict[str, Any]:
     """The inspection's one row for `oid`, in one round trip (preparing it if needed)."""
-    statements = [_EMPTY_PATH, *([] if prepared else [_PREPARE]),
-                  f"EXECUTE {_INSPECT_NAME}({int(oid)})", _RESTORE_PATH]
-    cur = conn.cursor(row_factory=dict_row)
-    cur.execute(";\n".join(statements))
-    while not (cur.description and cur.description[0].name == "base"):
-        cur.nextset()
-    row = cur.fetchone()
-    assert row is not None
-    return row
+    statements_ = [_EMPTY_PATH, *([] if prepared else [_PREPARE]),
+                   f"EXECUTE {_INSPECT_NAME}({int(oid)})", _RESTORE_PATH]
+    rows = st.read(";\n".join(statements_)).result_set("base")
+    assert rows
+    return rows[0]
 
 
-def inspect_table(conn: psycopg.Connection[Any], name: QualifiedName,
+def inspect_table(conn: psycopg.Connection[Any] | Statements, name: QualifiedName,
                   key_override: list[str] | None = None) -> TableInfo:
     """Everything the planner needs to know about `name`, read in one snapshot by one
     statement (it also runs under the swap's lock: one round trip instead of fifteen)."""
-    oid, prepared = _resolve(conn, name)
-    r = _inspect_row(conn, oid, prepared)
+    st = statements(conn)
+    oid, prepared = _resolve(st, name)
+    r = _inspect_row(st, oid, prepared)
     base, idx = r["base"], r["idx"]
     columns = [Column(c["attname"], c["type"], c["attnotnull"], c["generated"],
                       c["attidentity"], c["default"], c["stattarget"], tuple(c["options"]),

@@ -22,7 +22,10 @@ import psycopg
 from psycopg import sql
 
 from ..errors import InputError
+from .names import QualifiedName
+from .schema import install_schema
 from .sqltext import Fragment
+from .statements import Statements, statements
 
 DATE_TYPES = ("date", "timestamp without time zone", "timestamp with time zone")
 TIMESTAMPTZ = "timestamp with time zone"
@@ -41,9 +44,9 @@ SELECT DISTINCT ON (d.attnum) a.attname, format_type(d.typ, NULL)
 """
 
 
-def base_types(conn: psycopg.Connection[Any], table_oid: int) -> dict[str, str]:
+def base_types(conn: psycopg.Connection[Any] | Statements, table_oid: int) -> dict[str, str]:
     """{column: its base type without precision} (a domain's own base type, recursively)."""
-    return {r[0]: r[1] for r in conn.execute(_BASE_TYPES, (table_oid, table_oid)).fetchall()}
+    return {r[0]: r[1] for r in statements(conn).read(_BASE_TYPES, (table_oid, table_oid)).fetchall()}
 
 
 @dataclass(frozen=True)
@@ -60,39 +63,65 @@ class Cutoff:
         return f"{self.local} ({self.timezone})" if self.local else self.value
 
 
-def _in_zone(conn: psycopg.Connection[Any], text: str, zone: str) -> str:
-    with conn.transaction():
-        conn.execute("SELECT set_config('TimeZone', %s, true)", (zone,))
-        row = conn.execute("SELECT %s::timestamptz::text", (text,)).fetchone()
+def _in_zone(st: Statements, text: str, zone: str) -> str:
+    # the zone for this transaction only, rolled back: a read in a dry run too
+    with st.transaction(force_rollback=True):
+        st.run("SELECT set_config('TimeZone', %s, true)", (zone,))
+        row = st.read("SELECT %s::timestamptz::text", (text,)).fetchone()
     assert row is not None
     return str(row[0])
 
 
-def read_cutoff(conn: psycopg.Connection[Any], text: str, date_type: str,
+def read_cutoff(conn: psycopg.Connection[Any] | Statements, text: str, date_type: str,
                 timezone: Callable[[], str] | None) -> Cutoff:
     """A cutoff given by the user, read in the database's TimeZone when it is a timestamptz
     without an offset (`timezone` gives that zone; None: the connection's own)."""
+    st = statements(conn)
     try:
         if date_type == TIMESTAMPTZ and timezone is not None:
             zone = timezone()
-            local = _in_zone(conn, text, zone)
-            return Cutoff(_cast(conn, local, date_type), local, zone)
-        return show_cutoff(conn, _cast(conn, text, date_type), date_type, timezone)
+            local = _in_zone(st, text, zone)
+            return Cutoff(_cast(st, local, date_type), local, zone)
+        return show_cutoff(st, _cast(st, text, date_type), date_type, timezone)
     except psycopg.Error as exc:
         raise InputError(f"cutoff {text!r} is not a valid {date_type}: {exc.diag.message_primary}",
                          "give e.g. '2024-01-01' or '2024-01-01 00:00:00+00'") from None
 
 
-def show_cutoff(conn: psycopg.Connection[Any], value: str, date_type: str,
+def show_cutoff(conn: psycopg.Connection[Any] | Statements, value: str, date_type: str,
                 timezone: Callable[[], str] | None) -> Cutoff:
     """A resolved cutoff (`value`, as stored), with its local form for a timestamptz."""
     if date_type != TIMESTAMPTZ or timezone is None:
         return Cutoff(value)
     zone = timezone()
-    return Cutoff(value, _in_zone(conn, value, zone), zone)
+    return Cutoff(value, _in_zone(statements(conn), value, zone), zone)
 
 
-def _cast(conn: psycopg.Connection[Any], text: str, date_type: str) -> str:
-    row = conn.execute(sql.SQL("SELECT %s::{}::text").format(Fragment(date_type)), (text,)).fetchone()
+def _cast(st: Statements, text: str, date_type: str) -> str:
+    row = st.read(sql.SQL("SELECT %s::{}::text").format(Fragment(date_type)), (text,)).fetchone()
     assert row is not None
     return str(row[0])
+
+
+def compute_cutoff(conn: psycopg.Connection[Any] | Statements, table: QualifiedName, column: str,
+                   fraction: float) -> str:
+    """The cutoff keeping the newest `fraction` of `table`'s rows by `column`: the one
+    implementation, `table_migration.cutoff_value` (its rules for ties and NULLs are there).
+    Also without the schema installed (a dry run, a benchmark): then it is installed in a
+    transaction that is rolled back, so nothing changes."""
+    st = statements(conn)
+    query = "SELECT table_migration.cutoff_value(%s::regclass, %s::name, %s::numeric)"
+    params = (str(table), column, fraction)
+    try:
+        # the function as the database has it now (a dry run's own "installation" is not real)
+        if st.read("SELECT to_regprocedure('table_migration.cutoff_value(regclass,name,numeric)')"
+                   " IS NOT NULL").scalar():
+            return str(st.read(query, params).scalar())
+        with st.transaction(force_rollback=True):
+            install_schema(st)
+            return str(st.read(query, params).scalar())
+    except psycopg.errors.RaiseException as exc:  # pragma: no cover - mapped below
+        raise InputError(str(exc.diag.message_primary), exc.diag.message_hint or "") from None
+    except psycopg.Error as exc:
+        raise InputError(f"cutoff for {table}.{column}: {exc.diag.message_primary}",
+                         exc.diag.message_hint or "check the column and the retention") from None

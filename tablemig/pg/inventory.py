@@ -25,6 +25,7 @@ import psycopg
 
 from .catalog import TableInfo, inspect_table
 from .names import QualifiedName
+from .statements import Statements
 
 Inventory = dict[str, dict[str, dict[str, Any]]]
 
@@ -90,7 +91,7 @@ def of(info: TableInfo) -> Inventory:
     return inv
 
 
-def read(conn: psycopg.Connection[Any], table: QualifiedName,
+def read(conn: psycopg.Connection[Any] | Statements, table: QualifiedName,
          key: list[str] | None = None) -> Inventory:
     """The inventory of `table` as the catalog shows it now (one statement)."""
     return of(inspect_table(conn, table, key))

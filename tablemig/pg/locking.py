@@ -25,14 +25,15 @@ from ..errors import LockNotAcquired
 from . import autovacuum
 from .autovacuum import AutovacuumPolicy
 from .names import QualifiedName
+from .statements import Statements, statements
 
 
-def blockers(conn: psycopg.Connection[Any], tables: list[QualifiedName],
+def blockers(conn: psycopg.Connection[Any] | Statements, tables: list[QualifiedName],
              older_than_s: float) -> list[dict[str, Any]]:
     """Sessions holding locks on `tables` (autovacuum workers included), and client
     transactions older than `older_than_s` (they would make the swap's ACCESS EXCLUSIVE
     request wait). Only sessions of this database: relation OIDs in pg_locks are per database."""
-    rows = conn.execute("""
+    rows = statements(conn).read("""
         SELECT pid, usename, application_name, state, xact_seconds, query, holds_lock, backend_type
           FROM (SELECT a.pid, a.usename, a.application_name, a.state, a.backend_type,
                        round(extract(epoch FROM now() - a.xact_start)::numeric, 1) AS xact_seconds,
@@ -70,7 +71,7 @@ def _who(found: list[dict[str, Any]]) -> str:
 class _Autovacuum:
     """What one run of `with_lock_retries` does about autovacuum workers (see tablemig.pg.autovacuum)."""
 
-    def __init__(self, conn: psycopg.Connection[Any], what: str, tables: list[QualifiedName],
+    def __init__(self, conn: Statements, what: str, tables: list[QualifiedName],
                  policy: AutovacuumPolicy) -> None:
         self.conn, self.what, self.tables, self.policy = conn, what, tables, policy
         self.wraparound_left = policy.wraparound_wait_s
@@ -135,7 +136,7 @@ class _Autovacuum:
         return None
 
 
-def with_lock_retries(conn: psycopg.Connection[Any], what: str, tables: list[QualifiedName],
+def with_lock_retries(conn: psycopg.Connection[Any] | Statements, what: str, tables: list[QualifiedName],
                       body: Callable[[float], dict[str, Any]], *, lock_timeout: str,
                       attempts: int, statement_timeout: str = "30s",
                       long_xact_seconds: float = 60, base_delay: float = 0.2,
@@ -157,24 +158,25 @@ def with_lock_retries(conn: psycopg.Connection[Any], what: str, tables: list[Qua
     session's setting (the swap: it must survive a server crash once reported, and precede
     a subscriber's COMMIT PREPARED); `rehearse` rolls the transaction back instead of
     committing (a rehearsal that proves statements run and changes nothing)."""
+    st = statements(conn)
     log: list[dict[str, Any]] = []
     watched = tables + (watch or [])
-    vacuums = _Autovacuum(conn, what, watched, autovacuum_policy or AutovacuumPolicy())
+    vacuums = _Autovacuum(st, what, watched, autovacuum_policy or AutovacuumPolicy())
     timeout = lock_timeout
     for attempt in range(1, attempts + 1):
         # With report_seen (the swap) every attempt records the sessions seen before it, also
         # old transactions that do not block; otherwise (the query costs milliseconds) only
         # a failed attempt asks, after the fact: the holder of a lock it waited for is still there.
-        seen = blockers(conn, watched, long_xact_seconds) if report_seen else None
+        seen = blockers(st, watched, long_xact_seconds) if report_seen else None
         t0 = time.perf_counter()
         try:
-            with conn.transaction(force_rollback=rehearse):
-                with conn.pipeline():  # the timeouts and the lock in one round trip
-                    conn.execute("SELECT set_config('lock_timeout', %s, true),"
-                                 " set_config('statement_timeout', %s, true)"
-                                 + (", set_config('synchronous_commit', 'on', true)" if durable else ""),
-                                 (timeout, statement_timeout))
-                    conn.execute(sql.SQL("LOCK TABLE {} IN {} MODE").format(
+            with st.transaction(force_rollback=rehearse):
+                with st.pipeline():  # the timeouts and the lock in one round trip
+                    st.run(sql.SQL("SELECT set_config('lock_timeout', %s, true),"
+                                   " set_config('statement_timeout', %s, true)"
+                                   + (", set_config('synchronous_commit', 'on', true)" if durable else "")),
+                           (timeout, statement_timeout))
+                    st.run(sql.SQL("LOCK TABLE {} IN {} MODE").format(
                         sql.SQL(", ").join(t.ident() for t in tables), sql.SQL(mode)))
                 locked_at = time.perf_counter()
                 result = body(locked_at)
@@ -189,7 +191,7 @@ def with_lock_retries(conn: psycopg.Connection[Any], what: str, tables: list[Qua
         except psycopg.errors.LockNotAvailable:
             wait_ms = round((time.perf_counter() - t0) * 1000, 1)
             if seen is None:
-                seen = blockers(conn, watched, long_xact_seconds)
+                seen = blockers(st, watched, long_xact_seconds)
             entry = {"attempt": attempt, "outcome": "lock_timeout", "wait_ms": wait_ms, "blockers": seen}
             if timeout != lock_timeout:
                 entry["lock_timeout"] = timeout

@@ -45,7 +45,7 @@ class TimedCursor(EscapingCursor[Any]):
     def execute(self, query: Query, params: Params | None = None, *, prepare: bool | None = None,
                 binary: bool | None = None) -> Self:
         try:
-            return super().execute(query, params, prepare=prepare, binary=binary)  # type: ignore[arg-type, misc]
+            return super().execute(query, params, prepare=prepare, binary=binary)
         except psycopg.errors.QueryCanceled as exc:
             if "statement timeout" not in (exc.diag.message_primary or ""):
                 raise  # cancelled for another reason (pg_cancel_backend, Ctrl-C)

@@ -22,6 +22,9 @@ from psycopg import sql
 
 from .names import QualifiedName
 from .sqltext import Fragment
+from .statements import Statements, statements
+
+DB = psycopg.Connection[Any] | Statements
 
 
 @dataclass(frozen=True)
@@ -95,19 +98,20 @@ class Reconciler:
             return sql.SQL("lpad(to_hex(hash_record_extended(ROW({}), 0)), 16, '0')").format(cols)
         return sql.SQL("md5(ROW({})::text)").format(cols)
 
-    def choose_hash(self, conn: psycopg.Connection[Any], table: QualifiedName) -> None:
+    def choose_hash(self, conn: DB, table: QualifiedName) -> None:
         if self.binary_hash is not None:
             return
+        st = statements(conn)
         self.binary_hash = False
-        if conn.info.server_version < 140000:
+        if st.conn.info.server_version < 140000:
             return
         probe = sql.SQL("SELECT hash_record_extended(ROW({}), 0) FROM {} LIMIT 1").format(
             sql.SQL(", ").join(map(sql.Identifier, self.columns)), table.ident())
         try:
             # outside a transaction the probe needs none of its own (a failure changes nothing)
-            with (conn.transaction() if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
-                  or not conn.autocommit else contextlib.nullcontext()):
-                conn.execute(probe)
+            with (st.transaction() if st.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+                  or not st.conn.autocommit else contextlib.nullcontext()):
+                st.read(probe, reads=[str(table)])
             self.binary_hash = True
         except psycopg.Error:
             pass
@@ -137,41 +141,45 @@ class Reconciler:
             params.extend(hi)
         return (sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")), params
 
-    def boundaries(self, conn: psycopg.Connection[Any], side: Side, segments: int) -> list[list[str]]:
+    def boundaries(self, conn: DB, side: Side, segments: int) -> list[list[str]]:
         """Keys splitting `side` into about `segments` equal parts (one ordered key scan).
         The row count only sizes the segments, so the planner's estimate does when there is one."""
-        self.choose_hash(conn, side.table)
+        st = statements(conn)
+        self.choose_hash(st, side.table)
         where, params = side.where()
-        est = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                           (str(side.table),)).fetchone()
+        reads = [str(side.table)]
+        est = st.read("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                      (str(side.table),), reads=reads, planned=[(0,)]).fetchone()
         if est and est[0] > 0 and not side.date_column:
             n = int(est[0])
         else:
-            total = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
-                side.table.ident(), where), params).fetchone()
+            total = st.read(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+                side.table.ident(), where), params, reads=reads, planned=[(0,)]).fetchone()
             n = int(total[0]) if total else 0
         step = max(1, -(-n // max(segments, 1)))
         texts = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in self.key)
-        rows = conn.execute(sql.SQL(
+        rows = st.read(sql.SQL(
             "SELECT {texts} FROM (SELECT {key}, row_number() OVER (ORDER BY {key}) AS rn"
             " FROM {t} WHERE {w}) s WHERE rn %% %s = 1 AND rn > 1 ORDER BY rn").format(
             texts=texts, key=self.key_list(), t=side.table.ident(), w=where),
-            [*params, step]).fetchall()
+            [*params, step], reads=reads).fetchall()
         return [[str(v) for v in r] for r in rows]
 
-    def stats_boundaries(self, conn: psycopg.Connection[Any], side: Side, segments: int) -> list[list[str]] | None:
+    def stats_boundaries(self, conn: DB, side: Side, segments: int) -> list[list[str]] | None:
         """Like `boundaries`, from the key's `pg_stats` histogram instead of a scan of the
-        key (one-column keys of an analyzed table, no filter); None when there is none.
+        key (one-column keys of an analyzed table, no filter); None when there is none (a
+        dry run: the table it would have made has no statistics yet).
         Segments only localise repairs: uneven ones change no result."""
         if len(self.key) != 1 or side.date_column or segments <= 1:
             return None
-        self.choose_hash(conn, side.table)
-        row = conn.execute("SELECT histogram_bounds::text FROM pg_stats WHERE schemaname = %s"
-                           " AND tablename = %s AND attname = %s",
-                           (side.table.schema, side.table.name, self.key[0])).fetchone()
+        st = statements(conn)
+        self.choose_hash(st, side.table)
+        row = st.read("SELECT histogram_bounds::text FROM pg_stats WHERE schemaname = %s"
+                      " AND tablename = %s AND attname = %s",
+                      (side.table.schema, side.table.name, self.key[0]), reads=[str(side.table)]).fetchone()
         if not row or row[0] is None:
             return None
-        vals = [str(r[0]) for r in conn.execute(sql.SQL(
+        vals = [str(r[0]) for r in st.read(sql.SQL(
             "SELECT v::text FROM (SELECT DISTINCT u.b AS v FROM unnest(%s::text::{}[]) AS u(b)) s"
             " ORDER BY s.v").format(Fragment(self.key_types[0])), (row[0],)).fetchall()]
         if len(vals) < 3:
@@ -201,11 +209,11 @@ class Reconciler:
         result, accumulated in 128 bits): faster than summing numerics."""
         return sql.SQL("coalesce(sum({}), 0)").format(self.hash64())
 
-    def _side_sums(self, conn: psycopg.Connection[Any], side: Side, seg_expr: sql.Composable,
+    def _side_sums(self, conn: Statements, side: Side, seg_expr: sql.Composable,
                    seg_params: list[Any]) -> dict[int, tuple[int, str]]:
         return self._sums(conn, [side], seg_expr, seg_params)[0]
 
-    def _sums(self, conn: psycopg.Connection[Any], sides: list[Side], seg_expr: sql.Composable,
+    def _sums(self, conn: Statements, sides: list[Side], seg_expr: sql.Composable,
               seg_params: list[Any]) -> list[dict[int, tuple[int, str]]]:
         """Per-segment (count, checksum) of each side, in one statement (one snapshot)."""
         parts: list[sql.Composable] = []
@@ -217,21 +225,22 @@ class Reconciler:
                                                        t=side.table.ident(), w=where))
             params.extend([*seg_params, *wparams])
         out: list[dict[int, tuple[int, str]]] = [{} for _ in sides]
-        for side_no, seg, count, total in conn.execute(sql.SQL(" UNION ALL ").join(parts), params).fetchall():
+        # a dry run reads no table it would have made: empty on both sides, which match
+        for side_no, seg, count, total in conn.read(sql.SQL(" UNION ALL ").join(parts), params,
+                                                    reads=[str(s.table) for s in sides]).fetchall():
             out[side_no][int(seg)] = (int(count), str(total))
         return out
 
-    def _sums_on_two(self, conn: psycopg.Connection[Any], peer: psycopg.Connection[Any],
+    def _sums_on_two(self, conn: Statements, peer: Statements,
                      items: list[tuple[str, Side]], seg_expr: sql.Composable, seg_params: list[Any],
                      found: dict[str, dict[int, tuple[int, str]]]) -> None:
         """The two sides at once: the first on `conn` (in a REPEATABLE READ transaction),
         the second on `peer` in the snapshot `conn` exports."""
-        snap = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        snap = conn.read("SELECT pg_export_snapshot()").fetchone()
         assert snap is not None
-        peer.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         errors: list[BaseException] = []
-        try:
-            peer.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(str(snap[0]))))
+        with peer.transaction(isolation="REPEATABLE READ READ ONLY"):
+            peer.read(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(str(snap[0]))))
 
             def other() -> None:
                 try:
@@ -242,42 +251,37 @@ class Reconciler:
             t.start()
             found[items[0][0]] = self._side_sums(conn, items[0][1], seg_expr, seg_params)
             t.join()
-        finally:
-            peer.execute("COMMIT" if peer.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
-                         else "ROLLBACK")
         if errors:
             raise errors[0]
 
-    def checksums(self, conn: psycopg.Connection[Any], sides: dict[str, Side],
-                  bounds: list[list[str]], peer: psycopg.Connection[Any] | None = None) -> list[Segment]:
+    def checksums(self, conn: DB, sides: dict[str, Side],
+                  bounds: list[list[str]], peer: DB | None = None) -> list[Segment]:
         """Per-segment count and checksum of each side, all in one snapshot. With `peer`
         (an idle second connection) the second side is summed at the same time on it, in
         the snapshot exported by `conn` (`SET TRANSACTION SNAPSHOT`): still one snapshot."""
         segs = [Segment(i, bounds[i - 1] if i else None, bounds[i] if i < len(bounds) else None)
                 for i in range(len(bounds) + 1)]
+        st = statements(conn)
         for side in sides.values():
-            self.choose_hash(conn, side.table)
+            self.choose_hash(st, side.table)
         seg_expr, seg_params = self.segment_expr(bounds)
-        own_tx = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        own_tx = st.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         items = list(sides.items())
         found: dict[str, dict[int, tuple[int, str]]] = {}
         if not (own_tx and peer is not None and len(items) == 2):
             # one statement reads every side: one snapshot, no transaction of its own
-            sums = self._sums(conn, [side for _, side in items], seg_expr, seg_params)
+            sums = self._sums(st, [side for _, side in items], seg_expr, seg_params)
             found = {name: part for (name, _), part in zip(items, sums, strict=True)}
         else:
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            try:
-                self._sums_on_two(conn, peer, items, seg_expr, seg_params, found)
-            finally:
-                conn.execute("COMMIT")
+            with st.transaction(isolation="REPEATABLE READ READ ONLY"):
+                self._sums_on_two(st, statements(peer), items, seg_expr, seg_params, found)
         for name, _ in items:
             for s in segs:
                 c, h = found[name].get(s.index, (0, "0"))
                 s.counts[name], s.sums[name] = c, h
         return segs
 
-    def differing_keys(self, conn: psycopg.Connection[Any], source: Side, target: Side,
+    def differing_keys(self, conn: DB, source: Side, target: Side,
                        seg: Segment, limit: int = 100_000) -> list[list[str]]:
         """Keys whose row differs (missing, extra or changed) between the sides in `seg`."""
         rng, rparams = self.key_range(seg.lo, seg.hi)
@@ -291,10 +295,11 @@ class Reconciler:
             " WHERE s.h IS DISTINCT FROM t.h LIMIT %s").format(
             key=self.key_list(), h=self._row_hash(), st=source.table.ident(), sw=sw, rng=rng,
             tt=target.table.ident(), tw=tw, texts=texts)
-        rows = conn.execute(query, [*sparams, *rparams, *tparams, *rparams, limit]).fetchall()
+        rows = statements(conn).read(query, [*sparams, *rparams, *tparams, *rparams, limit],
+                                     reads=[str(source.table), str(target.table)]).fetchall()
         return [[str(v) for v in r] for r in rows]
 
-    def repair(self, conn: psycopg.Connection[Any], source: Side, target: Side,
+    def repair(self, conn: DB, source: Side, target: Side,
                keys: list[list[str]], overriding: bool) -> int:
         """Make `target` hold exactly the `source` version of each key (one transaction).
         `FOR SHARE` holds off writers of those few rows until the repair commits, so the
@@ -305,10 +310,11 @@ class Reconciler:
         sw, sparams = source.where()
         cols = sql.SQL(", ").join(map(sql.Identifier, self.write_columns))
         ovr = sql.SQL(" OVERRIDING SYSTEM VALUE" if overriding else "")
-        with conn.transaction():
+        st = statements(conn)
+        with st.transaction():
             for k in keys:
-                conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(target.table.ident(), match), k)
-                conn.execute(sql.SQL(
+                st.run(sql.SQL("DELETE FROM {} WHERE {}").format(target.table.ident(), match), k)
+                st.run(sql.SQL(
                     "INSERT INTO {tt} ({cols}){ovr} SELECT {cols} FROM {st} WHERE {m} AND {sw}"
                     " FOR SHARE").format(tt=target.table.ident(), cols=cols, ovr=ovr,
                                              st=source.table.ident(), m=match, sw=sw),

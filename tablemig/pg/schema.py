@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 from ..errors import InputError
+from .statements import Statements, statements
 from .templating import render, template_names
 
 SCHEMA = "table_migration"
@@ -58,27 +59,36 @@ class InstallResult:
     statements: list[str]
 
 
-def installed_version(conn: psycopg.Connection[Any]) -> int | None:
-    row = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.schema_info",)
-    ).fetchone()
-    if not row or not row[0]:
+SCHEMA_INFO = f"{SCHEMA}.schema_info"
+
+
+def installed_version(conn: psycopg.Connection[Any] | Statements, *, as_planned: bool = True) -> int | None:
+    """The installed schema version (None: not installed). In a dry run that installed it,
+    the version it would have installed (unless not `as_planned`: the database's)."""
+    st = statements(conn)
+    reads = [SCHEMA] if as_planned else []
+    found = st.read("SELECT to_regclass(%s) IS NOT NULL", (SCHEMA_INFO,), reads=reads,
+                    planned=[(True,)]).scalar()
+    if not found:
         return None
-    v = conn.execute(f"SELECT max(version) FROM {SCHEMA}.schema_info").fetchone()  # noqa: S608
-    return int(v[0]) if v and v[0] is not None else None
+    v = st.read(f"SELECT max(version) FROM {SCHEMA}.schema_info", reads=reads,  # noqa: S608
+                planned=[(SCHEMA_VERSION,)]).scalar()
+    return int(v) if v is not None else None
 
 
 def render_schema() -> list[str]:
     """The SQL of every schema template, rendered (for review and for install)."""
-    ctx = {"schema": SCHEMA, "version": SCHEMA_VERSION, "config_seed": CONFIG_SEED}
+    ctx = {"schema": SCHEMA, "version": SCHEMA_VERSION, "config_seed": CONFIG_SEED,
+           "batch_size": dict((k, v) for k, v, _ in CONFIG_SEED)["batch_size"]}
     return [render(name, **ctx) for name in template_names("schema")]
 
 
-def install_schema(conn: psycopg.Connection[Any]) -> InstallResult:
+def install_schema(conn: psycopg.Connection[Any] | Statements) -> InstallResult:
     """Install or upgrade the schema in one transaction, serialised by an advisory lock."""
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('tablemig.pg.schema'))")
-        before = installed_version(conn)
+    st = statements(conn)
+    with st.transaction():
+        st.run("SELECT pg_advisory_xact_lock(hashtext('tablemig.pg.schema'))")
+        before = installed_version(st)
         if before == SCHEMA_VERSION:
             return InstallResult("unchanged", before, SCHEMA_VERSION, [])
         if before is not None and before > SCHEMA_VERSION:
@@ -87,16 +97,14 @@ def install_schema(conn: psycopg.Connection[Any]) -> InstallResult:
                 f"(knows version {SCHEMA_VERSION})",
                 "upgrade tablemig to the version that installed the schema",
             )
-        statements = render_schema()
-        for text in statements:
-            conn.execute(text.encode())  # type: ignore[arg-type]
-        conn.execute(
-            f"INSERT INTO {SCHEMA}.schema_info (version) VALUES (%s)"  # noqa: S608
-            " ON CONFLICT (version) DO NOTHING",
-            (SCHEMA_VERSION,),
-        )
+        statements_ = render_schema()
+        for text in statements_:
+            st.run(text)
+        st.run(f"INSERT INTO {SCHEMA}.schema_info (version) VALUES (%s)"  # noqa: S608
+               " ON CONFLICT (version) DO NOTHING", (SCHEMA_VERSION,))
+        st.creates(SCHEMA)
     return InstallResult("installed" if before is None else "upgraded", before,
-                         SCHEMA_VERSION, statements)
+                         SCHEMA_VERSION, statements_)
 
 
 def _cmd_install(args: argparse.Namespace) -> int:

@@ -35,6 +35,8 @@ from typing import Any
 
 import psycopg
 
+from .statements import Statements, statements
+
 # The user functions the table's expressions call (directly, or as the code of an operator),
 # found through pg_depend: the expressions of indexes, constraints, defaults and generated
 # columns, policies, and the constraints of the domains among the column types.
@@ -103,20 +105,21 @@ class TriggerPath:
                 f"can create objects that would run with the privileges of the migrating role ({who})")
 
 
-def trigger_path(conn: psycopg.Connection[Any], table_oid: int) -> TriggerPath:
+def trigger_path(conn: psycopg.Connection[Any] | Statements, table_oid: int) -> TriggerPath:
     """The path schemas for the table `table_oid` (empty when its expressions call no user
     function that resolves names), and who could abuse them."""
-    rows = conn.execute(_FUNCTIONS, {"oid": table_oid}).fetchall()
+    st = statements(conn)
+    rows = st.read(_FUNCTIONS, {"oid": table_oid}).fetchall()
     if not rows:
         return TriggerPath((), {})
-    table = conn.execute("SELECT n.nspname, pg_get_userbyid(c.relowner), current_user FROM pg_class c"
+    table = st.read("SELECT n.nspname, pg_get_userbyid(c.relowner), current_user FROM pg_class c"
                          " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s", (table_oid,)).fetchone()
     assert table is not None
     schemas = tuple(dict.fromkeys([table[0], *sorted({r[0] for r in rows})]))
     trusted = sorted({table[1], table[2], *(r[1] for r in rows)})
     unsafe = {}
     for s in schemas:
-        roles = [r[0] for r in conn.execute(_UNSAFE, {"schema": s, "trusted": trusted}).fetchall()]
+        roles = [r[0] for r in st.read(_UNSAFE, {"schema": s, "trusted": trusted}).fetchall()]
         if roles:
             unsafe[s] = roles
     return TriggerPath(schemas, unsafe)

@@ -53,7 +53,7 @@ def _num(v: Any) -> float | None:
 
 def _when(v: Any) -> dt.datetime | None:
     """A month or a cutoff as a naive UTC datetime (matplotlib plots naive datetimes as given)."""
-    import pandas as pd  # type: ignore[import-untyped]
+    import pandas as pd
 
     if v is None or v == "":
         return None

@@ -343,7 +343,7 @@ def write_html(out: Path, run: dict[str, Any]) -> Path:
 def write_csvs(out: Path, run: dict[str, Any]) -> list[Path]:
     import json
 
-    import pandas as pd  # type: ignore[import-untyped]
+    import pandas as pd
 
     def cell(v: Any) -> Any:
         return json.dumps(v) if isinstance(v, dict | list) else v

@@ -162,7 +162,8 @@ def _account(state: dict[str, Any]) -> RunAs:
 
 def _read_state(root: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((root / STATE_FILE).read_text())
+        state: dict[str, Any] = json.loads((root / STATE_FILE).read_text())
+        return state
     except (OSError, ValueError):
         return None
 

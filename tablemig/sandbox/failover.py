@@ -46,7 +46,7 @@ def rehearse(sb: Sandbox, active_dsn: str, live: QualifiedName, archive: Qualifi
         info = _start(sb.root, info, sb.pg_bin, sb.run_as, state)
         params = conninfo_to_dict(active_dsn)
         params.update(host="127.0.0.1", port=str(info.port))
-        dsn = make_conninfo(**params)
+        dsn = make_conninfo("", **params)
         # the copy is a standby of the active site until promoted: compared as one while the
         # application may write (tablemig.pg.site_compare), not by counts read at two moments
         with connect(active_dsn) as a, connect(dsn) as copy:

@@ -22,10 +22,10 @@ from psycopg import sql
 
 from ...config.settings import Settings
 from ...errors import InputError
+from ...lifecycle.objects import CAPTURE_TRIGGER
 from ...lifecycle.planner import TablePlan
 from ...lifecycle.resume import note
 from ...lifecycle.structure import create_table_sql, drop_trigger_sql, sync_function_sql, trigger_sql
-from ...lifecycle.swap import CAPTURE_TRIGGER
 from ...pg import dumps
 from ...pg.client_tools import DUMP_TOOLS, ClientTools, find_client_tools, server_major
 from ...pg.connect import connect, redact
@@ -125,7 +125,7 @@ def backup_log_entries(backup: dict[str, Any]) -> list[tuple[str, dict[str, str]
 
 
 def _backup_dir(ctx: StepContext) -> Path:
-    run = ctx.record.facts.setdefault("backup_run", time.strftime("%Y%m%dT%H%M%S"))
+    run = str(ctx.record.facts.setdefault("backup_run", time.strftime("%Y%m%dT%H%M%S")))
     return Path(ctx.plan.backup_dir).resolve() / ctx.plan.name / run
 
 
@@ -197,13 +197,14 @@ def pre_2_1_full_backup(ctx: StepContext) -> None:
     ctx.record.facts["backup"] = {"folder": str(folder), "files": files, "checksums": sums,
                                   "pg_dump": tools.describe(), "run": ctx.record.facts.get("run_uid")}
     (folder / MANIFEST).write_text(json.dumps(ctx.record.facts["backup"], indent=2))
-    from ...lifecycle.state import log
+    from ...lifecycle.state import StateStore
     from ...pg.schema import installed_version
+    from ...pg.statements import Direct
 
     log_conn = ctx.connect()
     if installed_version(log_conn) is not None:  # else EX-1.1 records it once the schema exists
         for t, details in backup_log_entries(ctx.record.facts["backup"]):
-            log(log_conn, t, "backup", "done", details=details)
+            StateStore(Direct(log_conn), t).log("backup", "done", details=details)
     ctx.evidence(commands=shown, files=files,
                  schema_dump_leaves_out=[str(QualifiedName(s, n)) for s, n in unreadable])
 
@@ -308,7 +309,7 @@ def pre_2_4_rollback_plan_executable(ctx: StepContext) -> None:
             ctx.evidence(**{str(plan.original): "not rehearsed, blockers: " + "; ".join(plan.blockers)})
             continue
         user = conn.execute("SELECT current_user").fetchone()
-        fn = plan.function_name("capture")
+        fn = plan.names.capture_function
         stmts = [*create_table_sql(plan.info, plan.new, user[0] if user else ""),
                  sync_function_sql(plan.info, fn, "capture", plan.new, date_column=plan.date_column,
                                    date_type=plan.date_type, cutoff=plan.cutoff,

@@ -7,8 +7,7 @@ from typing import Any
 from psycopg import sql
 
 from ...lifecycle.resume import AFTER_SWAP, note, remaining
-from ...lifecycle.state import live_table, old_table
-from ...lifecycle.structure import change_log_name, create_table_sql
+from ...lifecycle.state import State
 from ...pg import inventory, probes
 from ...pg.connect import read_snapshot
 from ...pg.names import QualifiedName
@@ -26,6 +25,8 @@ def ex_1_1_deploy_framework(ctx: StepContext) -> None:
     before = installed_version(conn)
     ctx.evidence(installed_version=before, version=SCHEMA_VERSION)
     if not ctx.execute:
+        # in plan mode: recorded, and the steps after it read the schema as installed
+        install_schema(ctx.executor())
         ctx.dry_run(f"would install table_migration schema version {SCHEMA_VERSION}"
                     f" (installed: {before})", sql=render_schema())
         return
@@ -38,11 +39,12 @@ def ex_1_1_deploy_framework(ctx: StepContext) -> None:
     ctx.evidence(action=result.action, schema=schema[0], data_retention_percentage=value[0])
     # The PRE-2.1 backup was taken before the schema existed: record it in the audit log now,
     # so cleanup (and only cleanup) can find and remove each table's dump.
-    from ...lifecycle.state import log
+    from ...lifecycle.state import StateStore
+    from ...pg.statements import Direct
     from .backups import backup_log_entries, latest_backup
 
     for table, details in backup_log_entries(latest_backup(ctx) or {}):
-        log(conn, table, "backup", "done", details=details)
+        StateStore(Direct(conn), table).log("backup", "done", details=details)
 
 
 def ex_1_2_configure_parameters(ctx: StepContext) -> None:
@@ -98,7 +100,7 @@ def ex_2_1_create_new_table(ctx: StepContext) -> None:
     the same transaction: it must exist before any row is copied, or writes made during the
     copy would be lost (the seed lists it later, in Step 2.3)."""
     mig = ctx.migration()
-    plan = mig.plan() if not ctx.execute else mig._plan or mig.plan()
+    plan = mig.plan() if not ctx.execute else mig.last_plan or mig.plan()
     assert not plan.blockers, "blockers: " + "; ".join(plan.blockers)
     if not ctx.execute:
         if plan.resumed_state:
@@ -106,19 +108,21 @@ def ex_2_1_create_new_table(ctx: StepContext) -> None:
             ctx.dry_run(f"{note(plan.resumed_state)}: {done}; --execute continues with: "
                         + "; ".join(remaining(plan.resumed_state)), summary=plan.summary())
             return
-        ctx.dry_run(f"would create {plan.new} and the capture trigger on {plan.original}",
-                    sql=[s.as_string() for s in create_table_sql(plan.info, plan.new, "current_user")],
-                    summary=plan.summary())
+        mig.capture()  # in plan mode: the capture's statements recorded, nothing changed
+        names = plan.names
+        ctx.dry_run(f"would create {plan.new}, the change log {names.change_log}, the capture function "
+                    f"{names.capture_function}, its trigger and the truncate guard on {plan.original}",
+                    sql=ctx.recorded_changes(), summary=plan.summary())
         return
     mig.capture()
-    m = mig._state()
-    assert m is not None and m["state"] != "planned"
+    m = mig.state()
+    assert m is not None and m.state != "planned"
     if plan.resumed_state:
         ctx.evidence(resumed=note(plan.resumed_state))
     conn = ctx.connect()
     # after the swap the new table is the live one and the original is the archive
-    original, new = ((old_table(m), live_table(m)) if m["state"] in AFTER_SWAP
-                     else (plan.original, QualifiedName(m["schema_name"], m["new_name"])))
+    original, new = ((m.old_table, m.live) if m.state in AFTER_SWAP
+                     else (plan.original, m.new))
     checks = conn.execute("SELECT check_name, status, detail FROM table_migration.validate_table_structure("
                           "%s::regclass, %s::regclass)", (str(original), str(new))).fetchall()
     ctx.evidence(original_table=str(original), new_table=str(new),
@@ -128,11 +132,11 @@ def ex_2_1_create_new_table(ctx: StepContext) -> None:
     errors = [c for c in checks if c[1] == "error"
               and not (c[0] == "primary key" and c[2].endswith("new key (none)"))]
     assert not errors, f"structure errors: {errors}"
-    if m["state"] in AFTER_SWAP:
+    if m.state in AFTER_SWAP:
         return  # the capture trigger is gone: EX-2.3 probes the mirror trigger that replaced it
     # until the replay switches it to direct capture, the trigger logs changed keys
-    log = change_log_name(plan.info.oid)
-    logging = not (m["checkpoint"] or {}).get("switched") and bool(
+    log = plan.names.change_log
+    logging = not m.checkpoint.switched and bool(
         conn.execute("SELECT to_regclass(%s) IS NOT NULL", (str(log),)).fetchone() == (True,))
     probe = probes.trigger_probe(conn, plan.original, log if logging else new, plan.key,
                                  plan.date_column, plan.date_type, plan.cutoff, plan.columns,
@@ -152,7 +156,8 @@ def ex_2_2_execute_migration(ctx: StepContext) -> None:
                         summary=plan.summary(), resumed_state=plan.resumed_state,
                         remaining=remaining(plan.resumed_state))
             return
-        from ...lifecycle.backfill import CopyJob, chunk_sql
+        from ...lifecycle.chunks import chunk_sql
+        from ...lifecycle.copying import CopyJob
         from .scheduling import PLANNING_ROWS_PER_SECOND
 
         types = {c.name: c.type for c in plan.info.columns}
@@ -168,28 +173,29 @@ def ex_2_2_execute_migration(ctx: StepContext) -> None:
                     summary=plan.summary(), estimated_seconds=estimate, estimated_rows=plan.keep_rows,
                     batch_sql=[chunk_sql(job, split, split_type, True, True).as_string()])
         return
-    m = mig._state()
-    ctx.evidence(dry_run_review=(mig._plan.summary() if mig._plan else None),
-                 resumed_from=m["state"] if m else None)
-    if m and m["state"] not in ("rolled_back", "cleaned"):
-        ctx.evidence(resumed=note(m["state"]), remaining=remaining(m["state"]))
+    m = mig.state()
+    ctx.evidence(dry_run_review=(mig.last_plan.summary() if mig.last_plan else None),
+                 resumed_from=m.state if m else None)
+    if m and m.state not in ("rolled_back", "cleaned"):
+        ctx.evidence(resumed=note(m.state), remaining=remaining(m.state))
     final = mig.run("swapped")
+    assert final is not None
     progress = ctx.connect().execute(
         "SELECT table_name, operation, status, operation_time::text, rows_affected"
         " FROM table_migration.generate_migration_report() WHERE table_name = %s"
         " ORDER BY operation_time DESC LIMIT 20", (ctx.result.table,)).fetchall()
     swap = mig.swap_result
-    ctx.table.facts.update(state=final["state"], timings=dict(mig.timings),
-                           swap_attempts=final["swap_attempts"], lock_hold_ms=float(final["lock_hold_ms"] or 0),
-                           rows_copied=final["rows_copied"], throughput=mig.backfill_samples[-200:],
+    ctx.table.facts.update(state=final.state, timings=dict(mig.timings),
+                           swap_attempts=final.swap_attempts, lock_hold_ms=float(final.lock_hold_ms or 0),
+                           rows_copied=final.rows_copied, throughput=mig.backfill_samples[-200:],
                            swap_log=swap.attempt_log if swap else [], pacing=mig.pacer.summary())
     # pacing: what the write guard measured of the application's writes and how long the
     # migration rested for them (tablemig.lifecycle.pacing)
-    ctx.evidence(state=final["state"], timings=mig.timings, rows_copied=final["rows_copied"],
-                 swap_attempts=final["swap_attempts"], lock_hold_ms=final["lock_hold_ms"],
+    ctx.evidence(state=final.state, timings=mig.timings, rows_copied=final.rows_copied,
+                 swap_attempts=final.swap_attempts, lock_hold_ms=final.lock_hold_ms,
                  pacing=mig.pacer.summary(), progress=[list(map(str, r)) for r in progress],
-                 inventory=(final.get("swap_record") or {}).get("inventory"))
-    assert final["state"] in AFTER_SWAP, f"state is {final['state']}"
+                 inventory=final.swap_record.inventory)
+    assert final.state in AFTER_SWAP, f"state is {final.state}"
 
 
 def ex_2_3_change_capture(ctx: StepContext) -> None:
@@ -211,16 +217,16 @@ def ex_2_3_change_capture(ctx: StepContext) -> None:
     if before is not None:
         ctx.evidence(before_swap_probe=before)
         assert before.get("appeared"), f"capture trigger probe failed: {before}"
-    m = mig._state()
+    m = mig.state()
     assert m is not None
-    if m["state"] == "pruned":
+    if m.state == "pruned":
         ctx.evidence(resumed=note("pruned"), mirror_trigger="dropped by prune: live table and archive are "
                                                           "disjoint, nothing is mirrored any more")
-    if m["state"] == "swapped":  # after the swap the mirror trigger is the live capture
+    if m.state == "swapped":  # after the swap the mirror trigger is the live capture
         plan = mig.plan_for_state(m)
-        archive = old_table(m)
-        after = probes.trigger_probe(conn, plan.original, archive, plan.key, m["date_column"], m["date_type"],
-                                     m["cutoff"], plan.columns, plan.overriding)
+        archive = m.old_table
+        after = probes.trigger_probe(conn, plan.original, archive, plan.key, m.date_column, m.date_type,
+                                     m.cutoff.text, plan.columns, plan.overriding)
         ctx.evidence(after_swap_probe=after)
         assert after.get("appeared"), f"mirror trigger probe failed: {after}"
 
@@ -234,14 +240,14 @@ def ex_4_1_data_integrity(ctx: StepContext) -> None:
         ctx.dry_run("would compare counts, date ranges and segment checksums after the swap")
         return
     mig = ctx.migration()
-    m = mig._state()
-    assert m is not None and m["state"] in ("swapped", "pruned"), f"state is {m and m['state']}"
+    m = mig.state()
+    assert m is not None and m.state in ("swapped", "pruned"), f"state is {m and m.state}"
     conn = ctx.connect()
-    live = QualifiedName(m["schema_name"], m["original_name"])
-    archive = old_table(m)
-    if m["state"] == "pruned":
+    live = m.live
+    archive = m.old_table
+    if m.state == "pruned":
         summary = probes.validation_summary(conn, {"New Table (live)": live, "Archive Table": archive},
-                                            m["date_column"])
+                                            m.date_column)
         _pruned_integrity(ctx, m, live, archive, summary)
         _inventory_evidence(ctx, _fidelity(conn, m, live), m)
         return
@@ -250,16 +256,16 @@ def ex_4_1_data_integrity(ctx: StepContext) -> None:
     rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns])
     # the live rows dated from the cutoff on against the archive's, and the live rows the
     # application dated below it after the swap against their copies in the archive
-    new_side = Side(live, m["date_column"], m["date_type"], m["cutoff"])
-    old_side = Side(archive, m["date_column"], m["date_type"], m["cutoff"])
+    new_side = Side(live, m.date_column, m.date_type, m.cutoff.text)
+    old_side = Side(archive, m.date_column, m.date_type, m.cutoff.text)
     bounds = rec.boundaries(conn, new_side, 16)
     with read_snapshot(conn):
         summary = probes.validation_summary(conn, {"New Table (live)": live, "Archive Table": archive},
-                                            m["date_column"])
+                                            m.date_column)
         row = conn.execute(integrity_counts_sql(live, archive, plan.key)).fetchone()
         segs = rec.checksums(conn, {"new": new_side, "original": old_side}, bounds)
-        undated = conn.execute(_undated_copies_sql(rec, live, archive, m["date_column"], m["date_type"]),
-                               (m["cutoff"],)).fetchone()
+        undated = conn.execute(_undated_copies_sql(rec, live, archive, m.date_column, m.date_type),
+                               (m.cutoff.text,)).fetchone()
     assert row is not None
     live_n, history_n, original_n = row
     ctx.table.facts["reconciliation"] = [s.to_row() for s in segs]
@@ -299,12 +305,12 @@ def integrity_counts_sql(live: QualifiedName, archive: QualifiedName, key: list[
         " (SELECT count(*) FROM {a})").format(t=live.ident(), a=archive.ident(), match=match)
 
 
-def _pruned_integrity(ctx: StepContext, m: dict[str, Any], live: QualifiedName, archive: QualifiedName,
+def _pruned_integrity(ctx: StepContext, m: State, live: QualifiedName, archive: QualifiedName,
                       summary: list[dict[str, Any]]) -> None:
     """After prune the archive no longer holds copies of the live rows: the original is the
     live table and the archive together, and no key may be in both."""
     conn = ctx.connect()
-    match = sql.SQL(" AND ").join(sql.SQL("a.{k} = t.{k}").format(k=sql.Identifier(k)) for k in m["key_columns"])
+    match = sql.SQL(" AND ").join(sql.SQL("a.{k} = t.{k}").format(k=sql.Identifier(k)) for k in m.key)
     with conn.transaction():  # one snapshot for the three numbers
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         row = conn.execute(sql.SQL(
@@ -320,19 +326,19 @@ def _pruned_integrity(ctx: StepContext, m: dict[str, Any], live: QualifiedName, 
     assert both == 0, f"{both} keys are in the live table and in the archive after prune"
 
 
-def _fidelity(conn: Any, m: dict[str, Any], table: QualifiedName) -> list[str] | None:
+def _fidelity(conn: Any, m: State, table: QualifiedName) -> list[str] | None:
     """The differences between the original's inventory, recorded by the swap, and `table`'s
     now (None: the swap recorded none)."""
-    before = (m["swap_record"] or {}).get("inventory_before")
+    before = m.swap_record.inventory_before
     if before is None:
         return None
-    return inventory.differences(before, inventory.read(conn, table, list(m["key_columns"])))
+    return inventory.differences(before, inventory.read(conn, table, list(m.key)))
 
 
-def _inventory_evidence(ctx: StepContext, fidelity: list[str] | None, m: dict[str, Any]) -> None:
+def _inventory_evidence(ctx: StepContext, fidelity: list[str] | None, m: State) -> None:
     """EX-4.1's inventory comparison: recorded, and any difference fails the step."""
     ctx.evidence(inventory=inventory.summary(fidelity) if fidelity is not None else "not recorded by the swap",
-                 inventory_at_swap=(m["swap_record"] or {}).get("inventory"))
+                 inventory_at_swap=m.swap_record.inventory)
     assert not fidelity, f"the live table differs from the original: {inventory.summary(fidelity or [])}"
 
 
@@ -346,20 +352,20 @@ def rb_1_immediate_rollback(ctx: StepContext) -> None:
         ctx.not_applicable("rollback not requested (run with --execute --rollback)")
     mig = ctx.migration()
     conn = ctx.connect()
-    m = mig._state()
+    m = mig.state()
     assert m is not None
-    archive = old_table(m)
+    archive = m.old_table
     # the rollback renames the original (kept complete by the mirror trigger) back: the same
     # table, so the same rows; row counts read before and after would differ by the
     # application's writes in between
     before = conn.execute("SELECT %s::regclass::oid", (str(archive),)).fetchone()
     rows_before = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(archive.ident())).fetchone()
     done = mig.rollback()
-    live = QualifiedName(m["schema_name"], m["original_name"])
+    live = m.live
     after = conn.execute("SELECT %s::regclass::oid", (str(live),)).fetchone()
     rows_after = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(live.ident())).fetchone()
     gone = conn.execute("SELECT to_regclass(%s), to_regclass(%s)",
-                        (str(archive), str(QualifiedName(m["schema_name"], m["new_name"])))).fetchone()
+                        (str(archive), str(m.new))).fetchone()
     fidelity = _fidelity(conn, m, live) if done == "swapped back" else None
     ctx.evidence(action=done, rows_before=rows_before and rows_before[0], rows_after=rows_after and rows_after[0],
                  table_oid_before=before and before[0], table_oid_after=after and after[0],

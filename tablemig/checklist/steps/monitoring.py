@@ -11,9 +11,11 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from ...lifecycle.state import load_all
 from ...pg.names import QualifiedName
 from ...pg.reconcile import Reconciler
 from ...pg.schema import installed_version
+from ...pg.statements import statements
 from ..context import StepContext
 
 HEALTH_VIEW = ("CREATE OR REPLACE VIEW table_migration.daily_migration_health AS"
@@ -81,15 +83,12 @@ def post_2_first_week(ctx: StepContext) -> None:
         return
     checked: dict[str, Any] = {}
     for run in ctx.record.tables.values():
-        m = conn.execute("SELECT schema_name, original_name, archive_name, key_columns, state, swap_record"
-                         " FROM table_migration.migration_state WHERE table_name = %s",
-                         (str(run.config.spec().qualified),)).fetchone()
-        if not m or m[4] != "swapped":
-            checked[str(run.config.spec().qualified)] = f"state {m and m[4]}: nothing to compare"
+        table = str(run.config.spec().qualified)
+        m = next(iter(load_all(statements(conn), table)), None)
+        if not m or m.state != "swapped":
+            checked[table] = f"state {m and m.state}: nothing to compare"
             continue
-        live = QualifiedName(m[0], m[1])
-        archive = QualifiedName(m[0], (m[5] or {}).get("outgoing") or m[2])
-        checked[str(live)] = _copies(conn, live, archive, list(m[3]))
+        checked[str(m.live)] = _copies(conn, m.live, m.old_table, list(m.key))
     stats = conn.execute("SELECT funcname, calls, round(total_time::numeric, 2), round(self_time::numeric, 2)"
                          " FROM pg_stat_user_functions WHERE schemaname = 'table_migration'").fetchall()
     track = conn.execute("SELECT current_setting('track_functions')").fetchone()

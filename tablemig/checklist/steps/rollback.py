@@ -14,10 +14,8 @@ from typing import Any
 from psycopg import sql
 
 from ...config.settings import Settings
-from ...lifecycle.state import old_table
 from ...pg import probes
 from ...pg.locking import with_lock_retries
-from ...pg.names import QualifiedName
 from ...pg.reconcile import Reconciler, Side
 from ..context import StepContext
 from .backups import latest_backup
@@ -28,12 +26,13 @@ def rb_2_partial_rollback(ctx: StepContext) -> None:
         ctx.dry_run("after the swap: rehearse restoring recent rows from the original into the new table")
         return
     mig = ctx.migration()
-    m = mig._state()
-    if m is None or m["state"] != "swapped":
-        ctx.not_applicable(f"state is {m and m['state']}: a partial rollback applies after the swap, before prune")
+    m = mig.state()
+    if m is None or m.state != "swapped":
+        ctx.not_applicable(f"state is {m and m.state}: a partial rollback applies after the swap, before prune")
+    assert m is not None
     conn = ctx.connect()
-    live = QualifiedName(m["schema_name"], m["original_name"])
-    archive = old_table(m)
+    live = m.live
+    archive = m.old_table
     plan = mig.plan_for_state(m)
     types = {c.name: c.type for c in plan.info.columns}
     rec = Reconciler(plan.key, [types[k] for k in plan.key], [c.name for c in plan.info.columns], plan.columns)
@@ -52,8 +51,8 @@ def rb_2_partial_rollback(ctx: StepContext) -> None:
         bounds = rec.boundaries(conn, Side(live), 4)
         # rows dated from the cutoff on: a live row dated below it after the swap has its copy
         # in the archive dated the same (the mirror trigger), outside both sides
-        segs = rec.checksums(conn, {"live": Side(live, m["date_column"], m["date_type"], m["cutoff"]),
-                                    "original": Side(archive, m["date_column"], m["date_type"], m["cutoff"])},
+        segs = rec.checksums(conn, {"live": Side(live, m.date_column, m.date_type, m.cutoff.text),
+                                    "original": Side(archive, m.date_column, m.date_type, m.cutoff.text)},
                              bounds)
         return {"rows_restored": restored, "segments_equal": all(s.match for s in segs)}
 

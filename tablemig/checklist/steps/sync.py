@@ -13,9 +13,8 @@ from typing import Any
 
 import psycopg
 
-from ...lifecycle.state import live_table, old_table
+from ...lifecycle.state import State
 from ...pg import replication
-from ...pg.names import QualifiedName
 from ...pg.replication import LagLimit
 from ..context import StepContext
 from . import sites
@@ -25,8 +24,8 @@ def _pair(ctx: StepContext) -> tuple[psycopg.Connection[Any], psycopg.Connection
     return ctx.connect("active"), ctx.connect("passive")
 
 
-def _names(ctx: StepContext) -> dict[str, Any] | None:
-    return ctx.migration()._state() if ctx.execute else None
+def _names(ctx: StepContext) -> State | None:
+    return ctx.migration().state() if ctx.execute else None
 
 
 def ex_3_1_prepare_passive_site(ctx: StepContext) -> None:
@@ -38,7 +37,7 @@ def ex_3_1_prepare_passive_site(ctx: StepContext) -> None:
     m = _names(ctx)
     expected = ["table_migration.migration_state"]
     if m is not None:
-        expected += [str(live_table(m)), str(old_table(m))]
+        expected += [str(m.live), str(m.old_table)]
     found = {name: passive.execute("SELECT to_regclass(%s)::text", (name,)).fetchone()[0]  # type: ignore[index]
              for name in expected}
     ctx.evidence(topology="physical: DDL replicates with the WAL", replayed=replay, objects_on_passive=found)
@@ -58,7 +57,7 @@ def _prepare_subscriber(ctx: StepContext, active: psycopg.Connection[Any]) -> No
     mig = ctx.migration()
     (sub,) = mig.subscribers
     m = _names(ctx)
-    table = QualifiedName(m["schema_name"], m["original_name"]) if m else mig.plan().original
+    table = m.live if m else mig.plan().original
     link = sub.check(active, table)  # refuses unsupported publications, also in the dry run
     ctx.evidence(topology="logical: tablemig applies the DDL on the subscriber and swaps it with two-phase "
                           "commit", **link)
@@ -70,8 +69,8 @@ def _prepare_subscriber(ctx: StepContext, active: psycopg.Connection[Any]) -> No
                     "right after the active site's swap")
         return
     resolved = mig.resolve_subscribers()
-    wanted = [str(live_table(m)), str(old_table(m))] if m["state"] in ("swapped", "pruned", "cleaned") \
-        else [str(QualifiedName(m["schema_name"], m["new_name"]))]
+    wanted = [str(m.live), str(m.old_table)] if m.state in ("swapped", "pruned", "cleaned") \
+        else [str(m.new)]
     states = link["table_states"]
     prepared = sub.conn.execute("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'tablemig-%'").fetchall()
     ctx.evidence(subscribed=states, resolved_prepared=resolved, prepared_left=[r[0] for r in prepared])
@@ -86,16 +85,16 @@ def ex_3_2_replication_health(ctx: StepContext) -> None:
     lag, waited_for_lag = replication.standbys_within(active, limit)  # a burst of WAL is waited out
     ctx.evidence(standbys=lag, max_replication_lag=limit.text, waited_for_lag_s=waited_for_lag)
     mig = ctx.migration()
-    m = mig._state()
-    if (m is None or m["state"] not in ("swapped", "pruned")) and not ctx.execute:
+    m = mig.state()
+    if (m is None or m.state not in ("swapped", "pruned")) and not ctx.execute:
         waited = (replication.wait_for_apply(active, passive) if ctx.passive_is_logical()
                   else replication.wait_for_replay(active, passive))
         ctx.evidence(caught_up=waited)
         ctx.dry_run("after the swap: lag under the limit and the live table and the archive equal on both sites")
         return
-    if m is not None and m["state"] in ("swapped", "pruned"):
+    if m is not None and m.state in ("swapped", "pruned"):
         plan = mig.plan_for_state(m)
-        tables = {"live": live_table(m), "archive": old_table(m)}
+        tables = {"live": m.live, "archive": m.old_table}
     else:  # not swapped (yet): the table as it is
         plan = mig.plan()
         tables = {"live": plan.original}

@@ -12,7 +12,7 @@ from psycopg import sql
 from ...config.settings import Settings
 from ...errors import LockNotAcquired
 from ...lifecycle.resume import AFTER_SWAP
-from ...lifecycle.state import live_table, old_table
+from ...lifecycle.state import State
 from ...pg import probes
 from ...pg.locking import with_lock_retries
 from ...pg.names import QualifiedName
@@ -20,12 +20,12 @@ from ...pg.query_plans import STATEMENT_TIMEOUT, compare
 from ..context import StepContext
 
 
-def _swapped(ctx: StepContext) -> dict[str, Any] | None:
-    m = ctx.migration()._state()
-    return m if m and m["state"] in AFTER_SWAP else None
+def _swapped(ctx: StepContext) -> State | None:
+    m = ctx.migration().state()
+    return m if m and m.state in AFTER_SWAP else None
 
 
-def _after_swap(ctx: StepContext, would: str) -> tuple[dict[str, Any], QualifiedName, QualifiedName] | None:
+def _after_swap(ctx: StepContext, would: str) -> tuple[State, QualifiedName, QualifiedName] | None:
     """(state, live table, original) after the swap; None (recorded as dry-run) before it."""
     m = _swapped(ctx)
     if m is None:
@@ -33,7 +33,7 @@ def _after_swap(ctx: StepContext, would: str) -> tuple[dict[str, Any], Qualified
             ctx.dry_run(f"after the swap: {would}")
             return None
         raise AssertionError("the table is not swapped")
-    return m, live_table(m), old_table(m)
+    return m, m.live, m.old_table
 
 
 TRIGGER_ROUNDS = 5
@@ -50,15 +50,15 @@ def _may_skip_triggers(conn: psycopg.Connection[Any]) -> bool:
         return False
 
 
-def _trigger_overhead(conn: psycopg.Connection[Any], m: dict[str, Any], live: QualifiedName) -> dict[str, Any]:
+def _trigger_overhead(conn: psycopg.Connection[Any], m: State, live: QualifiedName) -> dict[str, Any]:
     """The same update of TRIGGER_ROWS rows with the triggers and without them, each in a
     transaction that is rolled back, interleaved, medians. Rows another session holds are
     skipped (SKIP LOCKED), so the application is never waited for. Without the triggers means
     `session_replication_role = replica` (this session only, no lock); a role that may not set
     it disables the user triggers inside the transaction instead, which takes SHARE ROW
     EXCLUSIVE: through the lock helper (bounded waits, autovacuum handled)."""
-    d = sql.Identifier(m["date_column"])
-    key = sql.SQL(", ").join(map(sql.Identifier, m["key_columns"]))
+    d = sql.Identifier(m.date_column)
+    key = sql.SQL(", ").join(map(sql.Identifier, m.key))
     # rows a rewrite may touch: those satisfying the table's NOT VALID CHECKs (probes.rewritable)
     upd = sql.SQL("UPDATE {t} SET {d} = {d} WHERE ({k}) IN (SELECT {k} FROM {t} WHERE {ok} ORDER BY {k} LIMIT %s"
                   " FOR UPDATE SKIP LOCKED)").format(t=live.ident(), d=d, k=key, ok=probes.rewritable(conn, live))
@@ -115,9 +115,9 @@ def ex_4_2_performance(ctx: StepContext) -> None:
         _after_swap(ctx, "query plans, buffers and timings on the new table against the original; trigger "
                          "overhead")
         return
-    live, original = live_table(m), old_table(m)
+    live, original = m.live, m.old_table
     conn = ctx.connect()
-    found = compare(conn, live, original, m["date_column"], m["date_type"], m["cutoff"])
+    found = compare(conn, live, original, m.date_column, m.date_type, m.cutoff.text)
     overhead = _trigger_overhead(conn, m, live) if ctx.execute else {
         "measured": False, "why": "not measured in a dry run (it writes, in transactions rolled back)"}
     size = conn.execute("SELECT pg_total_relation_size(%s::regclass), pg_total_relation_size(%s::regclass)",
@@ -145,14 +145,14 @@ def ex_4_3_application_testing(ctx: StepContext) -> None:
         return
     m, live, archive = found
     conn = ctx.connect()
-    key = sql.SQL(", ").join(map(sql.Identifier, m["key_columns"]))
+    key = sql.SQL(", ").join(map(sql.Identifier, m.key))
     results: dict[str, Any] = {}
     row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(live.ident())).fetchone()
     results["read"] = {"rows": row and row[0]}
-    for v in (m["swap_record"] or {}).get("views", []):
+    for v in m.swap_record.views:
         n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(QualifiedName.parse(v).ident())).fetchone()
         results.setdefault("views", {})[v] = n and n[0]
-    match = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in m["key_columns"])
+    match = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in m.key)
     rules = [r for (r,) in conn.execute("SELECT rulename FROM pg_rewrite WHERE ev_class = %s::regclass"
                                         " AND rulename <> '_RETURN' ORDER BY rulename", (str(live),)).fetchall()]
 
@@ -166,7 +166,7 @@ def ex_4_3_application_testing(ctx: StepContext) -> None:
             k=key, t=live.ident(), ok=probes.rewritable(conn, live))).fetchone()
         assert first is not None
         conn.execute(sql.SQL("UPDATE {} SET {d} = {d} WHERE {m}").format(
-            live.ident(), d=sql.Identifier(m["date_column"]), m=match), first)
+            live.ident(), d=sql.Identifier(m.date_column), m=match), first)
         mirrored = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(archive.ident(), match),
                                 first).fetchone()
         conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(live.ident(), match), first)
@@ -219,5 +219,5 @@ def ex_4_3_application_testing(ctx: StepContext) -> None:
     ctx.evidence(**results)
     assert errors["duplicate_key"].startswith("refused")
     wt = results["write_through_triggers"]
-    if m["state"] == "swapped":
+    if m.state == "swapped":
         assert wt["in_archive_after_update"] == 1 and wt["in_archive_after_delete"] == 0

@@ -1,0 +1,132 @@
+"""The prune step: after the swap (and the validation window), delete from the archive the
+rows that live in T; from then on T and the archive are disjoint halves of the original.
+
+The mirror trigger is first replaced, in one transaction, by a prune guard (deletes reach
+the archive; keys that exist in the archive are refused), the copies are deleted in keyset
+batches, then the guard is dropped and the state becomes `pruned`. Resumable; a rollback
+during or after it goes through tablemig.lifecycle.rollback's restore path.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from psycopg import sql
+
+from ..pg.locking import with_lock_retries
+from ..pg.names import QualifiedName
+from ..pg.sqltext import Fragment
+from ..pg.statements import Statements
+from .context import RunContext
+from .executor import Observed
+from .objects import GUARD_TRIGGER, MIRROR_TRIGGER, PRUNE_TRIGGER
+from .planner import TablePlan, plan_after_swap
+from .state import State
+from .structure import drop_function_sql, drop_trigger_sql, sync_function_sql, trigger_sql
+
+
+def plan_for_state(ctx: RunContext, m: State) -> TablePlan:
+    """A plan for the live table as it is after the swap, without counting rows."""
+    return plan_after_swap(ctx.ex, ctx.spec, m, count=False)
+
+
+def run(ctx: RunContext, batch_size: int | None = None) -> int:
+    """Prune (see the module docstring); returns the archive rows deleted."""
+    t0 = time.perf_counter()
+    m = ctx.require("swapped", "pruned")
+    if m.state == "pruned":
+        return 0
+    s = ctx.settings()
+    ex = ctx.ex
+    ctx.pacer.start(ctx.conn, s)
+    t, a = m.live, m.old_table
+    plan = ctx.last_plan or plan_for_state(ctx, m)
+    names = m.objects
+    copy_mode = m.archive_mode == "copy"
+    if not m.checkpoint.prune_started and not copy_mode:
+        # the archive's foreign keys to itself: archived rows may reference rows that are
+        # live now, whose copies the prune deletes; dropped (rollback adds them back)
+        self_fks = self_references(ex, a)
+
+        def start(_locked_at: float) -> dict[str, Any]:
+            for name, _ in self_fks:
+                ex.run(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(a.ident(), sql.Identifier(name)))
+            ex.run(drop_trigger_sql(t, MIRROR_TRIGGER))
+            ex.run(drop_function_sql(names.mirror_function))
+            ex.run(sync_function_sql(plan.info, names.prune_function, "prune", a, search_path=plan.search_path))
+            for stmt in trigger_sql(t, PRUNE_TRIGGER, names.prune_function):
+                ex.run(stmt)
+            ctx.store.set_checkpoint({"prune_started": True, "archive_self_fks": [list(f) for f in self_fks]})
+            ctx.store.log("prune", "started")
+            return {}
+        with_lock_retries(ex, f"prune of {t}", [t], start, mode="SHARE ROW EXCLUSIVE", **s.lock_options())
+        m = ctx.state() or m
+    deleted = 0 if copy_mode else _delete_archived_copies(ctx, m, t, a, batch_size or m.batch_size)
+
+    def finish(_locked_at: float) -> dict[str, Any]:
+        for trg in (PRUNE_TRIGGER, MIRROR_TRIGGER, GUARD_TRIGGER):
+            ex.run(drop_trigger_sql(t, trg))
+        for fn in (names.prune_function, names.mirror_function):
+            ex.run(drop_function_sql(fn))
+        ctx.store.update(state="pruned")
+        ex.run(sql.SQL(
+            "UPDATE table_migration.migration_state SET checkpoint = checkpoint || jsonb_build_object("
+            "'archive_rows_at_prune', (SELECT count(*) FROM {})) WHERE table_name = %s").format(a.ident()),
+            (ctx.table,))
+        ctx.store.log("prune", "done", rows=Observed("rows", deleted))
+        return {}
+    with_lock_retries(ex, f"prune of {t}", [t], finish, mode="SHARE ROW EXCLUSIVE", **s.lock_options())
+    ctx.timed("prune", t0)
+    return deleted
+
+
+def _delete_archived_copies(ctx: RunContext, m: State, t: QualifiedName, a: QualifiedName, batch: int) -> int:
+    ex = ctx.ex
+    key = [sql.Identifier(k) for k in m.key]
+    klist = sql.SQL(", ").join(key)
+    texts = sql.SQL(", ").join(sql.SQL("src.{}::text").format(k) for k in key)
+    src_order = sql.SQL(", ").join(sql.SQL("src.{}").format(k) for k in key)
+    match = sql.SQL(" AND ").join(sql.SQL("a.{0} = b.{0}").format(k) for k in key)
+    last = m.checkpoint.prune_last
+    total = 0
+    typed = sql.SQL(", ").join(sql.SQL("%s::{}").format(Fragment(_type_of(ex, t, k))) for k in m.key)
+    above = sql.SQL("({}) > ({})").format(klist, typed)
+    upto = sql.SQL("({}) <= ({})").format(klist, typed)
+    while True:
+        ctx.pause()
+        ctx.pacer(ctx.conn)
+        with ex.transaction():
+            bound = ex.read(sql.SQL(  # ORDER BY the typed columns, not the ::text outputs
+                "SELECT {} FROM {} AS src WHERE {} ORDER BY {} OFFSET %s LIMIT 1").format(
+                texts, t.ident(), above if last else sql.SQL("true"), src_order),
+                [*(last or []), batch - 1]).fetchone()
+            upper = [str(v) for v in bound] if bound else None
+            conds = ([above] if last else []) + ([upto] if upper else [])
+            where = sql.SQL(" AND ").join(conds) if conds else sql.SQL("true")
+            total += max(ex.run(sql.SQL(
+                "DELETE FROM {a} a USING (SELECT {k} FROM {t} WHERE {w}) b WHERE {m}").format(
+                a=a.ident(), k=klist, t=t.ident(), w=where, m=match),
+                [*(last or []), *(upper or [])]).rowcount, 0)
+            last = upper or last
+            ctx.store.set_checkpoint({"prune_last": last, "prune_done": bound is None})
+        if bound is None:
+            break
+    return total
+
+
+def _type_of(st: Statements, table: QualifiedName, column: str) -> str:
+    return str(st.read("SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+                       " WHERE attrelid = %s::regclass AND attname = %s", (str(table), column)).scalar())
+
+
+def self_references(st: Statements, table: QualifiedName) -> list[tuple[str, str]]:
+    """(name, definition) of `table`'s foreign keys to itself, the definitions
+    schema-qualified (read with an empty search_path)."""
+    with st.transaction():
+        st.read("SELECT set_config('search_path', '', true)")  # for this read only
+        rows = st.read("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+                       " WHERE conrelid = %s::regclass AND contype = 'f' AND confrelid = conrelid"
+                       " ORDER BY conname", (str(table),)).fetchall()
+    return [(str(r[0]), str(r[1])) for r in rows]
+
