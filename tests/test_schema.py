@@ -334,7 +334,8 @@ def test_health_check_on_the_active(db: Any, passive_dsn: str | None) -> None:
     if passive_dsn is not None:  # the sandbox's standby streams from this server
         lag = [r for r in rows if r[0] == "replication_lag"]
         assert lag, rows
-        assert lag[0][4] == "00:05:00"  # alert_replication_lag, as an interval
+        # max_replication_lag as configured, alert_replication_lag as an interval
+        assert lag[0][4] == "max_replication_lag 16MB; alert_replication_lag 00:05:00"
         assert lag[0][5].startswith("standby ")
     # an unrepaired capture failure is an alert
     conn.execute("INSERT INTO table_migration.capture_failures (table_name, operation, message)"

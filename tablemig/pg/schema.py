@@ -17,7 +17,9 @@ from ..errors import InputError
 from .templating import render, template_names
 
 SCHEMA = "table_migration"
-SCHEMA_VERSION = 3  # 2: the app_write_share seed (the write guard); 3: date domains, the autovacuum settings
+# 2: the app_write_share seed (the write guard); 3: date domains, the autovacuum settings;
+# 4: health_check() judges replication lag against max_replication_lag too (lag_limit())
+SCHEMA_VERSION = 4
 
 # (key, default value, description). Values a DBA changed are never overwritten.
 CONFIG_SEED: list[tuple[str, str, str]] = [
