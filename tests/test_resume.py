@@ -212,7 +212,7 @@ def test_plan_resumes_from_any_recorded_state(fresh_db: Any, tmp_path: Path, unt
         create_events(conn, 20_000)
     ok(*migrate_args(fresh_db.dsn, "--until", "swapped" if until == "pruned" else until))
     if until == "pruned":
-        ok("prune", "--dsn", fresh_db.dsn, "--table", "public.events")
+        ok("prune", "--execute", "--dsn", fresh_db.dsn, "--table", "public.events")
     plan = _plan(tmp_path, f"from_{until}")
     rc, out, result = _plan_to_end(plan, fresh_db, tmp_path, "dry")
     assert rc == 0, out[-3000:]

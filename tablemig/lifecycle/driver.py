@@ -246,7 +246,8 @@ class Migration(IndexBuild, Verification, AfterSwap):
         if m and m["state"] not in ("rolled_back", "cleaned"):
             if m["plan_name"] and self.plan_name and m["plan_name"] != self.plan_name:
                 raise InputError(f"{self.table} is mid-migration (state {m['state']}) by plan {m['plan_name']!r}",
-                                 f"finish or roll back that plan first (tablemig rollback --table {self.table})")
+                                 "finish or roll back that plan first "
+                                 f"(tablemig rollback --execute --table {self.table})")
             found = self.conn.execute("SELECT to_regclass(%s)::oid", (str(state.old_table(m)),)).fetchone() \
                 if plan.swapped else (plan.info.oid,)
             original_oid = found[0] if found else None
