@@ -19,6 +19,7 @@ import psycopg
 from psycopg import sql
 
 from ..pg.connect import redact
+from ..pg.sqltext import bound_text
 
 
 @dataclass
@@ -99,7 +100,9 @@ class Executor:
     def run(self, query: sql.Composable | str, params: Any = None, *, mutating: bool = True,
             record: bool = True) -> psycopg.Cursor[Any] | None:
         text = self.text(query)
-        rec = StatementRecord(self.recorder.step, self.site, redact(text),
+        # recorded with its values written in (passwords redacted), as a DBA would rerun it
+        shown = text if params is None else bound_text(self.conn, query, params)
+        rec = StatementRecord(self.recorder.step, self.site, redact(shown),
                               not (self.dry_run and mutating), time.time())
         if self.dry_run and mutating:
             self.recorder.add(rec)
