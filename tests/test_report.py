@@ -156,12 +156,15 @@ REFERENCE_ATTRS = {"src", "href", "srcset", "xlink:href", "action", "formaction"
 
 
 def external_references(doc: Node) -> list[str]:
-    """Every src/href/srcset/url(...) that is not a data: URI, and anything naming http(s): or //."""
+    """Every src/href/srcset/url(...) that is neither a data: URI nor an anchor in the page, and
+    anything naming http(s): or //."""
     found = []
     for n in doc.iter():
         for name, value in n.attrs.items():
             if name in REFERENCE_ATTRS:
                 v = value.strip()
+                if v.startswith("#") and not re.search(r"https?:|//", v):  # a link within the page
+                    continue
                 if not v.startswith("data:") or re.search(r"https?:|^//", v):
                     found.append(f"<{n.tag} {name}={v[:80]!r}>")
             if name == "style":
@@ -238,14 +241,17 @@ def test_report_html_in_headless_chromium(executed: Run) -> None:
         if s["id"].startswith("SC-"):
             assert verdicts[s["id"]] == s["status"]
 
-    # charts: data: PNGs with a size; at least the cutoff distribution and the backfill progress
+    # charts: data: PNGs with a size; the cutoff distribution, and the backfill progress only
+    # when it has enough batches to draw a line through (fewer are said in a sentence)
     images = [n for n in doc.iter() if n.tag == "img"]
-    assert len(images) >= 2, executed.why()
+    assert images, executed.why()
     for img in images:
         width, height = png_size(img.attrs["src"])
         assert width > 0 and height > 0
     alts = " ".join(img.attrs.get("alt", "") for img in images)
-    assert "Rows per month" in alts and "Backfill progress" in alts
+    assert "Rows per month" in alts
+    samples = len(data["tables"]["public.orders"].get("throughput") or [])
+    assert ("Backfill progress" in alts) == (samples >= 3), (samples, alts)
 
     # self-contained: nothing refers to anything outside the file
     assert external_references(doc) == []

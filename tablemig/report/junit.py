@@ -28,7 +28,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from .. import version
 from ..checklist.items import ITEMS
+from ..checklist.outcome import verdict
 
 SKIPPED = ("blocked", "not-applicable", "needs-attestation", "deferred", "not-run")
 ERRORS = ("interrupted", "running")
@@ -150,7 +152,8 @@ def junit_tree(run: dict[str, Any]) -> ET.ElementTree:
     meta = {"plan": plan, "module": run.get("module"), "mode": run.get("mode"), "run_id": run.get("run_id"),
             "executed_by": facts.get("executed_by"), "database_role": database_role(facts),
             "host": run.get("host"), "started": _iso(started), "finished": _iso(finished),
-            "status": run.get("status")}
+            "status": run.get("status"), "verdict": verdict(run),
+            "tablemig_version": (run.get("tool") or {}).get("version") or version()}
     for name, value in meta.items():
         if value not in (None, ""):
             _property(props, name, value)

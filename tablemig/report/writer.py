@@ -24,6 +24,7 @@ from ..checklist.items import ITEMS, ORDER
 from ..checklist.outcome import UNFINISHED, complete, headline
 from ..pg.connect import redact
 from ..plugin.sites import reports_dir
+from .record import stamped
 
 OUTCOME = pytest.StashKey[dict[str, Any]]()
 STALE_AFTER_S = 3600
@@ -125,6 +126,7 @@ def finish_run(base: Path, parts: list[dict[str, Any]], config: pytest.Config | 
     data.update(complete(data["steps"], data.pop("expected", []),
                          interrupted=interrupted or bool(data.get("interrupted"))))
     data["headline"] = headline(data)
+    data = stamped(data)
     (out / "run.json").write_text(_dumps(data))
     if config is not None:
         config.stash[OUTCOME] = {"status": data["status"], "headline": data["headline"], "dir": str(out)}
