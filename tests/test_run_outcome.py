@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from tablemig.checklist.figures import backfill_figures, recommendation
 from tablemig.checklist.items import ITEMS, ORDER
 from tablemig.checklist.outcome import close_unfinished, complete, headline, verdict
+from tablemig.checklist.record import StepResult
 from tablemig.checklist.steps.summary import placeholders
-from tablemig.plugin.steps import StepResult
-from tablemig.report.figures import backfill_figures, recommendation
 from tablemig.report.junit import junit_tree
 from tablemig.report.model import render_html
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..report.format import fmt_duration, pacing_text
+from ..checklist.wording import fmt_duration, pacing_text
 from .conventions import fmt_count
 
 

@@ -4,21 +4,12 @@ all show these same numbers (no two computations of one rate can disagree)."""
 
 from __future__ import annotations
 
-import math
 import statistics
 from typing import Any
 
+from .wording import num as _num
+
 TARGET_BATCH_SECONDS = 0.5  # the backfill tunes its batches towards this batch time
-
-
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _two_digits(x: float) -> int:
