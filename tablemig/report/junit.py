@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import xml.etree.ElementTree as ET
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,10 @@ def junit_tree(run: dict[str, Any]) -> ET.ElementTree:
     for name, value in meta.items():
         if value not in (None, ""):
             _property(props, name, value)
+    # the steps per status (JUnit itself knows only passed, failed, skipped and errors): the
+    # same counts as pytest's terminal and the report
+    for status, n in sorted(Counter(str(s.get("status")) for s in steps).items()):
+        _property(props, f"steps_{status.replace('-', '_')}", n)
 
     for s in steps:
         sid, table, status = str(s["id"]), s.get("table"), str(s.get("status") or "unknown")
