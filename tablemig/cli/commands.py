@@ -6,7 +6,6 @@ without `--execute` (`tablemig.cli.conventions.confirmed`)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from psycopg import sql
@@ -146,7 +145,6 @@ def cmd_migrate(a: argparse.Namespace) -> int:
     with Migration(dsn, spec, subscribers=a.subscriber_dsn, nice_ratio=a.nice_ratio,
                    app_write_share=a.app_write_share) as mig:
         final = mig.run(a.until)
-        print(file=sys.stderr)  # end the progress line
         plan = mig.last_plan
         result = {"table": mig.table, "state": final.get("state"), "cutoff": final.get("cutoff"),
                   "cutoff_local": plan.cutoff_local if plan else None, "timezone": plan.timezone if plan else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -57,13 +58,37 @@ def _line(text: str) -> str:
 
 
 def _error(problem: str, fix: str) -> None:
-    print(file=sys.stderr)  # end a progress line
     print(f"tablemig: error: {_line(problem)}", file=sys.stderr)
     if fix:
         print(f"tablemig: fix: {_line(fix)}", file=sys.stderr)
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """The current `sys.stderr` at each record (a caller may have replaced it since)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.setStream(sys.stderr)
+        super().emit(record)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its progress (phases, rows, rate, ETA, pauses, rests) goes to stderr
+    as log lines, its result to stdout."""
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter("tablemig: %(message)s"))
+    logger = logging.getLogger("tablemig")
+    logger.addHandler(handler)
+    level = logger.level
+    if level == logging.NOTSET or level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        return _main(argv)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _command(argv)
     parser = build_parser()

@@ -4,7 +4,6 @@ row and the step plumbing used here."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from psycopg import sql
@@ -54,7 +53,7 @@ class AfterSwap(StepHost):
         reach the archive; keys that exist in the archive are refused), the copies are
         deleted in batches, then the guard is dropped and the state becomes `pruned`.
         Resumable; a rollback during or after it goes through `rollback()`'s restore path."""
-        t0 = time.perf_counter()
+        t0 = self._begin("prune")
         m = self._require("swapped", "pruned")
         if m["state"] == "pruned":
             return 0

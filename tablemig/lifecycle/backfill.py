@@ -18,7 +18,7 @@ The keyset batch copy used by the restore after prune is in `tablemig.lifecycle.
 
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +33,8 @@ from ..pg.names import QualifiedName
 from ..pg.sqltext import Fragment
 from . import state
 from .pacing import Pace
+
+log = logging.getLogger("tablemig.backfill")
 
 Throttle = Callable[[], None]
 Progress = Callable[[dict[str, Any]], None]
@@ -167,7 +169,7 @@ class CopyRun:
         self.workers = workers
         self.throttle = throttle  # the replication-lag throttle (it needs each unit's WAL flushed)
         self.pace = pace  # the write guard and nice ratio (tablemig.lifecycle.pacing)
-        self.progress = progress or _print_progress
+        self.progress = progress or ProgressLog()
         self.expected = expected_rows
         self.stats = CopyStats()
         self._started = time.time()
@@ -354,7 +356,7 @@ def wait_while_paused(conn: psycopg.Connection[Any], table: str, poll_s: float =
         if not (row and row[0]):
             return
         if not announced:
-            print(f"\n[tablemig] {table}: paused; waiting for `tablemig resume`", file=sys.stderr, flush=True)
+            log.info("%s: paused; waiting for `tablemig resume`", table)
             announced = True
         time.sleep(poll_s)
 
@@ -365,14 +367,25 @@ def _json(value: Any) -> str:
     return json.dumps(value)
 
 
-def _print_progress(p: dict[str, Any]) -> None:
-    rate_elapsed = max(time.time() - p["started"], 1e-6)
-    rate = p["rows"] / rate_elapsed
-    expected = p.get("expected") or 0
-    eta = (expected - p["rows"]) / rate if rate > 0 and expected > p["rows"] else 0
-    end = "\n" if expected and p["rows"] >= expected else ""
-    print(f"\r[tablemig] {p['table']}: {p['rows']:,}/{expected:,} rows, {rate:,.0f} rows/s, "
-          f"batch {p['batch_size']:,}, ETA {eta:,.0f} s   ", end=end, file=sys.stderr, flush=True)
+class ProgressLog:
+    """The copy's progress as log lines (rows done of expected, rate, ETA): the first batch,
+    then at most one line every `every_s` seconds, and the last one."""
+
+    def __init__(self, every_s: float = 2.0) -> None:
+        self.every_s = every_s
+        self._last = 0.0
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        now = time.time()
+        expected = p.get("expected") or 0
+        done = bool(expected) and p["rows"] >= expected
+        if self._last and now - self._last < self.every_s and not done:
+            return
+        self._last = now
+        rate = p["rows"] / max(now - p["started"], 1e-6)
+        eta = (expected - p["rows"]) / rate if rate > 0 and expected > p["rows"] else 0
+        log.info("%s: %s/%s rows, %s rows/s, batch %s, ETA %s s", p["table"], f"{p['rows']:,}", f"{expected:,}",
+                 f"{rate:,.0f}", f"{p['batch_size']:,}", f"{eta:,.0f}")
 
 
 __all__ = ["Chunk", "ChunkLoader", "CopyJob", "CopyStats", "chunk_sql", "plan_chunks", "state"]

@@ -19,6 +19,7 @@ and cleanup in `tablemig.lifecycle.after_swap` (mixins of `Migration`).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -56,6 +57,12 @@ from .structure import (
 )
 from .swap import CAPTURE_TRIGGER, SwapResult, swap, validate_foreign_keys
 from .verify import Verification, VerifyResult
+
+log = logging.getLogger("tablemig.migration")
+# the phases logged as they start and end, in the words `tablemig status` uses
+PHASE_WORDS = {"capture": "capture", "backfill": "backfill", "index": "index build",
+               "replay": "replay", "verify": "verify", "swap": "swap", "validate_fks": "foreign key validation",
+               "prune": "prune"}
 
 
 class Migration(IndexBuild, Verification, AfterSwap):
@@ -170,8 +177,16 @@ class Migration(IndexBuild, Verification, AfterSwap):
         rows = (plan.keep_rows or 0) + (plan.archive_rows if m["archive_mode"] == "copy" else 0)
         return rows < self.parallel_min_rows
 
+    def _begin(self, phase: str) -> float:
+        """Log the start of a phase; its clock (for `_timed`)."""
+        log.info("%s: %s: started", self.table, PHASE_WORDS.get(phase, phase))
+        return time.perf_counter()
+
     def _timed(self, name: str, t0: float) -> None:
-        self.timings[name] = round(self.timings.get(name, 0) + time.perf_counter() - t0, 3)
+        took = time.perf_counter() - t0
+        self.timings[name] = round(self.timings.get(name, 0) + took, 3)
+        if name in PHASE_WORDS:
+            log.info("%s: %s: done in %.2f s", self.table, PHASE_WORDS[name], took)
 
     def _settle(self, *, between_steps: bool = True) -> float:
         """The write guard's rest, if the application is owed one; between steps it is
@@ -255,6 +270,7 @@ class Migration(IndexBuild, Verification, AfterSwap):
                 raise InputError(f"state of {self.table} belongs to another table (oid "
                                  f"{m['table_oid']})", "inspect table_migration.migration_state")
             return  # resuming: capture is already in place
+        log.info("%s: capture: started", self.table)
         info = plan.info
         capture_fn = plan.function_name("capture")
         # every statement is composed before the lock is taken: the lock is held only while
@@ -359,7 +375,7 @@ class Migration(IndexBuild, Verification, AfterSwap):
     def backfill(self) -> None:
         """Bulk load T[D >= C] into the bare N (and, copy mode, the rest into H) in a few
         large chunks (see tablemig/lifecycle/backfill.py, ChunkLoader)."""
-        t0 = time.perf_counter()
+        t0 = self._begin("backfill")
         m = self._require("capturing", "backfilling")
         self._require_change_log(m, "loading")
         moved: list[bool] = [] if m["state"] == "capturing" else [True]
@@ -397,7 +413,7 @@ class Migration(IndexBuild, Verification, AfterSwap):
         if m["state"] == "swapped":
             return self.swap_result or SwapResult(m["swap_attempts"], float(m["lock_hold_ms"] or 0),
                                                   str(m["swap_lsn"]), m["swap_record"] or {})
-        t0 = time.perf_counter()
+        t0 = self._begin("swap")
         s = self._settings()
         plan = self._plan or self.plan()
         refs = references(self.conn, int(m["table_oid"]))
@@ -426,7 +442,7 @@ class Migration(IndexBuild, Verification, AfterSwap):
     @records_failure("validate_fks")
     def validate_foreign_keys(self) -> list[str]:
         """VALIDATE the re-pointed foreign keys (after the swap; idempotent)."""
-        t0 = time.perf_counter()
+        t0 = self._begin("validate_fks")
         m = self._state()
         if not m or m["state"] not in ("swapped", "pruned"):
             return []

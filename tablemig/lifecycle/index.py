@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -146,7 +145,7 @@ class IndexBuild(StepHost):
         while the trigger logs keys, only the harness writes N. Several build at once on
         large tables. A build interrupted by a crash leaves nothing (CREATE INDEX is
         transactional); built ones are kept on a rerun."""
-        t0 = time.perf_counter()
+        t0 = self._begin("index")
         m = self._require("backfilling", "indexed")
         if m["state"] == "indexed":
             return

@@ -37,6 +37,7 @@ class StepHost:
     _state: Callable[[], dict[str, Any] | None]
     _lock: Callable[[int], None]
     _timed: Callable[[str, float], None]
+    _begin: Callable[[str], float]
     _settle: Callable[..., float]
     _small: Callable[[dict[str, Any], TablePlan], bool]
 

@@ -71,7 +71,7 @@ class Verification(StepHost):
         """Drain the change log into N while writes continue, then switch the trigger to
         direct capture in one short transaction that locks out T's writers (see
         tablemig/lifecycle/replay.py). Idempotent: nothing to do once the log is gone."""
-        t0 = time.perf_counter()
+        t0 = self._begin("replay")
         m = self._require("indexed", "verified")
         self._attach_subscribers()
         log = change_log_name(int(m["table_oid"]))
@@ -232,7 +232,7 @@ class Verification(StepHost):
                 stack.callback(_close_when_open, pending)
             try:
                 self.replay(s)
-                t0 = time.perf_counter()
+                t0 = self._begin("verify")
                 repaired, results = self._compare(m0, s, max_rounds, pending.result() if pending else None)
             except BaseException:
                 with contextlib.suppress(BaseException):  # the first error is the one reported

@@ -101,4 +101,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     bad = outcome.status != "passed"
     terminalreporter.write_sep("=", f"tablemig: {outcome.headline}", red=bad, green=not bad, bold=True)
+    for line in outcome.lines:
+        terminalreporter.write_line(f"tablemig: {line}")
     terminalreporter.write_line(f"tablemig: report {outcome.dir}/report.html")
