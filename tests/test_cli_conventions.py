@@ -210,3 +210,26 @@ def test_execute_on_a_terminal_asks_first(demo: Any) -> None:
                                        "public.orders"], None)
         assert rc == 0 and out.startswith("rollback: swapped back") and "proceed?" not in err, err
         assert snapshot(conn, ("orders",))["data"] == before["data"]
+
+
+def test_a_plan_never_executes_on_a_sandbox_by_accident(tmp_path: Any) -> None:
+    """`--execute` without `--active-dsn` (or TABLEMIG_ACTIVE_DSN) is refused before any server
+    starts: it would change a throwaway sandbox, not the user's database. `--sandbox` asks
+    for that on purpose, and such a run says so in its header."""
+    from pathlib import Path
+
+    plan = Path(__file__).resolve().parent.parent / "plans" / "orders_migration.py"
+    cmd = [sys.executable, "-m", "pytest", str(plan), "-q", "-p", "no:cacheprovider", "--reports-dir",
+           str(tmp_path / "reports")]
+    refused = subprocess.run([*cmd, "--execute"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                             env=CLEAN)
+    assert refused.returncode == pytest.ExitCode.USAGE_ERROR, refused.stdout + refused.stderr
+    assert "error: --execute without --active-dsn (or TABLEMIG_ACTIVE_DSN)" in refused.stderr
+    assert "fix: give --active-dsn (and --passive-dsn), or add --sandbox" in refused.stderr
+    assert "Traceback" not in refused.stderr + refused.stdout
+    assert not (tmp_path / "reports").exists()  # nothing ran
+    # the header of a run on purpose (collect only: no server is needed to read it)
+    header = subprocess.run([c for c in cmd if c != "-q"] + ["--execute", "--sandbox", "--collect-only"],
+                            capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path, env=CLEAN)
+    assert "active site: EMBEDDED SANDBOX" in header.stdout, header.stdout + header.stderr

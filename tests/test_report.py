@@ -73,7 +73,7 @@ def run_plan(work: Path, *args: str) -> Run:
 def executed(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """One real executed run of the demo plan on its own embedded sandbox."""
     work = tmp_path_factory.mktemp("executed")
-    return run_plan(work, "--execute", f"--junitxml={work / 'pytest-junit.xml'}")
+    return run_plan(work, "--execute", "--sandbox", f"--junitxml={work / 'pytest-junit.xml'}")
 
 
 @pytest.fixture(scope="module")
