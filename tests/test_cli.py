@@ -88,3 +88,30 @@ def test_cli_errors_name_the_problem_and_the_fix(fresh_db: Any) -> None:
     assert proc.returncode == 2 and "not a date or timestamp" in proc.stderr
     proc = tablemig("plan", *_spec(fresh_db)[:-1], "1.5", check=False)
     assert proc.returncode == 2 and "out of range" in proc.stderr
+
+
+def test_status_names_the_phase_and_watches(fresh_db: Any) -> None:
+    """The stored state names the step last finished; status says what comes next, and that it
+    runs while a tablemig run holds the table (its advisory lock): after the backfill that is the
+    index build, never "backfilling". --watch refreshes (JSON Lines with --json)."""
+    from tablemig.lifecycle.state import LOCK_CLASS
+
+    with fresh_db.connect() as conn:
+        create_demo_data(conn, 5_000)
+        oid = conn.execute("SELECT 'public.orders'::regclass::oid::bigint").fetchone()[0]
+    tablemig("migrate", "--execute", *_spec(fresh_db), "--until", "backfilling")
+    [row] = json.loads(tablemig("status", "--json", "--dsn", fresh_db.dsn).stdout)
+    assert row["state"] == "backfilling" and row["running"] is False and row["paused"] is False
+    assert row["phase"].startswith("index build next") and row["rows_copied"] == row["rows_to_copy"] == 500
+    with fresh_db.connect() as holder:  # what a running `migrate` holds on the table
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_CLASS, oid & 0x7FFFFFFF))
+        text = tablemig("status", "--dsn", fresh_db.dsn).stdout
+        assert "index build (running)" in text and "backfill (running)" not in text, text
+        watched = tablemig("status", "--dsn", fresh_db.dsn, "--json", "--watch", "0.2", "--count", "3").stdout
+    lines = [json.loads(x) for x in watched.splitlines()]
+    assert len(lines) == 3 and all(x["tables"][0]["phase"] == "index build (running)" for x in lines)
+    assert lines[1]["tables"][0]["rows_per_second"] == 0  # nothing copied between two refreshes
+    text = tablemig("status", "--dsn", fresh_db.dsn, "--watch", "0.2", "--count", "2").stdout
+    assert text.count("\n-- ") + text.startswith("-- ") == 2 and "index build next" in text, text
+    bad = tablemig("status", "--dsn", fresh_db.dsn, "--watch", "0", check=False)
+    assert bad.returncode == 2 and "fix: give seconds" in bad.stderr and "Traceback" not in bad.stderr

@@ -8,13 +8,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from psycopg import sql
 from psycopg.rows import dict_row
 
 from ..config.spec import TableSpec
 from ..errors import InputError, TablemigError
 from ..lifecycle.driver import Migration
-from ..lifecycle.structure import change_log_name
 from ..pg.connect import connect
 from ..pg.names import QualifiedName
 from ..pg.schema import installed_version
@@ -158,28 +156,6 @@ def cmd_migrate(a: argparse.Namespace) -> int:
     return OK
 
 
-def cmd_status(a: argparse.Namespace) -> int:
-    with connect(dsn_of(a)) as conn:
-        if installed_version(conn) is None:
-            emit(a, [], "no tablemig schema in this database: no migration was started here")
-            return OK
-        with conn.cursor(row_factory=dict_row) as cur:
-            rows = cur.execute(
-                "SELECT table_name, state, new_name, archive_name, cutoff, rows_copied, rows_to_copy,"
-                " swap_attempts, lock_hold_ms, checkpoint->>'paused' AS paused, updated_at, last_error,"
-                " table_oid FROM table_migration.migration_state WHERE %s::text IS NULL OR table_name = %s"
-                " ORDER BY table_name", (a.table and str(QualifiedName.parse(a.table)),) * 2).fetchall()
-        for r in rows:
-            # keys logged by the capture trigger and not replayed yet (the change log lives
-            # until the swap; it is empty from the switch to direct capture on)
-            log = change_log_name(int(r.pop("table_oid")))
-            found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (str(log),)).fetchone()
-            r["change_log_backlog"] = (conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-                log.ident())).fetchone() or [None])[0] if found and found[0] else None
-    emit(a, rows, lambda: describe.status_text(rows))
-    return OK
-
-
 def _set_paused(a: argparse.Namespace, paused: bool) -> int:
     name = str(QualifiedName.parse(a.table))
     with connect(dsn_of(a)) as conn:
@@ -252,11 +228,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _subscriber_arg(p)
     add_execute(p, "migrate the table")
     p.set_defaults(func=cmd_migrate)
-    p = sub.add_parser("status", help="state of the migrations in a database")
-    add_dsn(p)
-    p.add_argument("--table")
-    add_json(p)
-    p.set_defaults(func=cmd_status)
     for name, paused in (("pause", True), ("resume", False)):
         p = sub.add_parser(name, help=f"{name} the batches of a table's backfill or prune")
         _table_args(p)

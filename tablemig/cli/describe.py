@@ -121,7 +121,13 @@ def status_text(rows: list[dict[str, Any]]) -> str:
         progress = (f"{fmt_count(done)} of {fmt_count(total)}" + (f" ({done / total:.0%})" if total else "")
                     if total is not None else fmt_count(done))
         paused = str(r.get("paused")).lower() == "true"
+        rate = r.get("rows_per_second")
         blocks.append(f"{r['table_name']}: {r['state']}{' (PAUSED: tablemig resume)' if paused else ''}\n" + _lines([
+            ("phase", r.get("phase")),
+            ("rate", f"{fmt_count(rate)} rows/s" if rate is not None else None),
+            ("ETA", fmt_duration(r["eta_seconds"]) if r.get("eta_seconds") is not None else None),
+            ("passive lag", f"{fmt_count(r['passive_lag_bytes'])} bytes"
+             if r.get("passive_lag_bytes") is not None else None),
             ("cutoff", r.get("cutoff")),
             ("new table", r.get("new_name")),
             ("archive", r.get("archive_name")),

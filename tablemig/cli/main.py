@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "tablemig.sandbox.demo_data",
     "tablemig.pg.schema",
     "tablemig.cli.commands",
+    "tablemig.cli.status",
     "tablemig.cli.health",
     "tablemig.cli.newplan",
 ]
