@@ -274,6 +274,46 @@ def test_report_html_in_headless_chromium(executed: Run) -> None:
     assert png_dimensions(shot.read_bytes()) == (1400, 3000)
 
 
+def _leaves(value: Any) -> list[str]:
+    """The string values in nested evidence, in order."""
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _leaves(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in _leaves(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_report_printed_to_pdf_carries_every_evidence(executed: Run) -> None:
+    """Printed to PDF by Chromium, report.html is a complete sign-off copy: every step's
+    evidence (collapsed on screen) and its SQL are in the PDF's text."""
+    from pypdf import PdfReader
+
+    binary = chromium_binary()
+    pdf = executed.dir / "report.pdf"
+    made = chromium(binary, "--no-pdf-header-footer", f"--print-to-pdf={pdf}", (executed.dir / "report.html").as_uri())
+    assert pdf.is_file() and pdf.stat().st_size > 0, made.stderr[-2000:]
+    # compared without whitespace: the PDF's lines break where the page does
+    text = re.sub(r"\s+", "", "".join(page.extract_text() for page in PdfReader(pdf).pages))
+    data = executed.data
+
+    def found(value: str) -> bool:
+        return re.sub(r"\s+", "", value) in text
+
+    missing = []
+    for step in data["steps"]:
+        where = f"{step['id']} {step['table'] or ''}"
+        evidence = step.get("evidence") or {}
+        missing += [f"{where}: key {k}" for k in evidence if not found(str(k))]
+        leaf = next((v for v in _leaves(evidence) if 6 <= len(v) <= 80 and "\n" not in v), None)
+        if leaf is not None and not found(leaf):
+            missing.append(f"{where}: value {leaf!r}")
+        for st in (step.get("statements") or [])[:3]:
+            if not found(st["sql"][:60]):
+                missing.append(f"{where}: SQL {st['sql'][:60]!r}")
+    assert not missing, missing[:20]
+    assert any(step.get("evidence") for step in data["steps"])
+
+
 def test_report_html_tables_and_sections(executed: Run) -> None:
     doc = parse_html((executed.dir / "report.html").read_text())
     data = executed.data
