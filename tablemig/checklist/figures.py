@@ -34,7 +34,7 @@ def backfill_figures(facts: dict[str, Any], configured_batch: Any = None) -> dic
     samples = [s for s in facts.get("throughput") or [] if isinstance(s, dict)]
     batches = [(b, secs) for s in samples
                if (b := _num(s.get("batch_rows"))) and b > 0 and (secs := _num(s.get("batch_seconds"))) and secs > 0]
-    timings = facts.get("timings") if isinstance(facts.get("timings"), dict) else {}
+    timings: dict[str, Any] = facts["timings"] if isinstance(facts.get("timings"), dict) else {}
     copied, seconds = _num(facts.get("rows_copied")), _num(timings.get("backfill"))
     if copied and seconds:
         rate, basis = copied / seconds, "rows copied over the backfill's time"

@@ -301,7 +301,7 @@ def table_outcomes(names: list[str], table_facts: dict[str, Any], steps: list[di
     database's time zone), rows kept and archived, the archive's name, the swap's lock hold."""
     out = []
     for name in names:
-        f = table_facts.get(name) if isinstance(table_facts.get(name), dict) else {}
+        f = mapping(table_facts.get(name))
         mine = [s for s in steps if s["table"] == name]
 
         def fact(key: str, f: dict[str, Any] = f, mine: list[dict[str, Any]] = mine) -> Any:

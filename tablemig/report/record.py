@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import version
 from ..checklist.outcome import verdict
-from .format import num
+from ..checklist.wording import num
 
 # 2: schema_version, tool, verdict, started_at / finished_at (ISO 8601, UTC) on the run and
 # started_at on each step; 1 (no schema_version field): the layout before

@@ -46,10 +46,10 @@ def _table_line(o: dict[str, Any], mode: str) -> str:
 def summary_lines(run: dict[str, Any], out: Path | None = None) -> list[str]:
     """The run's end in lines of text, without a prefix."""
     steps = [s for s in run.get("steps") or [] if isinstance(s, dict) and s.get("id")]
-    rows = [{"id": str(s["id"]), "table": s.get("table") or None, "status": str(s.get("status")),
+    rows: list[dict[str, Any]] = [{"id": str(s["id"]), "table": s.get("table") or None, "status": str(s.get("status")),
              "evidence": mapping(s.get("evidence")), "reason": s.get("reason") or ""} for s in steps]
     mode = str(run.get("mode") or "unknown")
-    names = list(dict.fromkeys([*mapping(run.get("tables")), *(r["table"] for r in rows if r["table"])]))
+    names = list(dict.fromkeys([*mapping(run.get("tables")), *(str(r["table"]) for r in rows if r["table"])]))
     lines = [f"verdict: {verdict(run).upper()} ({mode})"]
     lines += [_table_line(o, mode) for o in table_outcomes(names, mapping(run.get("tables")), rows, mode)]
     lines.append(f"steps: {counts_text(step_counts(run))}")
