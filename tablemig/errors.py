@@ -16,6 +16,10 @@ class InputError(TablemigError):
     """Bad input: nothing was changed."""
 
 
+class ConnectionFailed(InputError):
+    """The server could not be reached (or refused the login); nothing was changed."""
+
+
 class LockNotAcquired(TablemigError):
     """The swap could not get its locks within the bounded attempts; nothing was changed."""
 

@@ -25,14 +25,14 @@ T = TypeVar("T")
 
 
 def migrate_args(dsn: str, *extra: str, batch: int = 500, table: str = "public.events") -> list[str]:
-    return ["migrate", "--dsn", dsn, "--table", table, "--date-column", "d", "--cutoff", CUTOFF.isoformat(),
-            "--batch-size", str(batch), *extra]
+    return ["migrate", "--execute", "--json", "--dsn", dsn, "--table", table, "--date-column", "d", "--cutoff",
+            CUTOFF.isoformat(), "--batch-size", str(batch), *extra]
 
 
 def tablemig(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the CLI to completion (bounded)."""
     return subprocess.run([sys.executable, "-m", "tablemig.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def ok(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -56,7 +56,7 @@ class Harness:
         self.out_path, self.err_path = workdir / "harness.out", workdir / "harness.err"
         self._out, self._err = open(self.out_path, "w"), open(self.err_path, "w")  # noqa: SIM115
         self.proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=self._out, stderr=self._err,
-                                     cwd=workdir)
+                                     cwd=workdir, stdin=subprocess.DEVNULL)
 
     @property
     def pid(self) -> int:

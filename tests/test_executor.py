@@ -40,3 +40,20 @@ def test_an_error_in_a_batch_fails_the_transaction_and_is_recorded(fresh_db: Any
         assert conn.execute("SELECT to_regclass('c1'), to_regclass('c2')").fetchone() == (None, None)
     assert "one of the 3 statements sent together failed" in (rec.statements[-1].error or "")
     assert "no_such_table" in (rec.statements[-1].error or "")
+
+
+def test_recorded_sql_carries_its_values_and_no_password(fresh_db: Any) -> None:
+    """What the record shows is what a DBA could rerun: the bound values written in as
+    literals (never %s), and a password inside a value redacted."""
+    from psycopg import sql
+
+    rec = Recorder()
+    with fresh_db.connect() as conn:
+        ex = Executor(conn, recorder=rec)
+        ex.run("CREATE TABLE v1 (d date, note text)")
+        ex.run(sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(sql.Identifier("v1")),
+               ("2024-01-31", "it's host=h password=hunter2 dbname=x"))
+        assert conn.execute("SELECT note FROM v1").fetchone()[0].endswith("password=hunter2 dbname=x")
+    shown = rec.statements[-1].sql
+    assert "%s" not in shown and "'2024-01-31'" in shown and "it''s" in shown, shown
+    assert "hunter2" not in shown and "password=***" in shown, shown

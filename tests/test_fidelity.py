@@ -33,7 +33,7 @@ MIGRATED = [c.name for c in CASES if c.refused is None]
 
 def _tablemig(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tablemig.cli.main", *args], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, stdin=subprocess.DEVNULL)
 
 
 def _inventory(conn: psycopg.Connection[Any], case: Case) -> inventory.Inventory:
@@ -57,18 +57,18 @@ def test_I8_cli_migrate_and_rollback_carry_every_property(module_db: FreshDb, na
         before = _inventory(conn, case)
         if case.refused:
             catalog = snapshot(conn)
-            proc = _tablemig("migrate", *spec)
+            proc = _tablemig("migrate", "--execute", "--json", *spec)
             assert proc.returncode != 0 and case.refused in proc.stderr, proc.stderr
             assert snapshot(conn) == catalog, "a refused migration changed the catalog"
             return
-        proc = _tablemig("migrate", *spec)
+        proc = _tablemig("migrate", "--execute", "--json", *spec)
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["inventory"] == IDENTICAL
         use(conn, case)
         assert inventory.differences(before, _inventory(conn, case)) == []
         case.check(conn)
         assert mirror_holds(conn, _archive(conn, case)) == 0
-        proc = _tablemig("rollback", "--dsn", module_db.dsn, "--table", case.table)
+        proc = _tablemig("rollback", "--execute", "--dsn", module_db.dsn, "--table", case.table)
         assert proc.returncode == 0 and "swapped back" in proc.stdout, proc.stderr
         assert inventory.differences(before, _inventory(conn, case)) == []
         case.check(conn)
@@ -83,10 +83,10 @@ def test_I8_swap_refuses_what_changed_on_the_original_during_the_migration(modul
     with module_db.connect() as conn:
         create(conn, case)
         before = _inventory(conn, case)
-        assert _tablemig("migrate", *spec, "--until", "verified").returncode == 0
+        assert _tablemig("migrate", "--execute", "--json", *spec, "--until", "verified").returncode == 0
         use(conn, case)
         conn.execute("COMMENT ON COLUMN t.v IS 'said during the migration'")
-        proc = _tablemig("migrate", *spec)
+        proc = _tablemig("migrate", "--execute", "--json", *spec)
         assert proc.returncode != 0, proc.stdout
         assert "columns v: comment 'said during the migration' before, None after" in proc.stderr, proc.stderr
         assert "nothing was changed" in proc.stderr and "Traceback" not in proc.stderr
@@ -95,7 +95,7 @@ def test_I8_swap_refuses_what_changed_on_the_original_during_the_migration(modul
         assert inventory.differences(before, _inventory(conn, case)) == [
             "columns v: comment None before, 'said during the migration' after"]
         conn.execute("COMMENT ON COLUMN t_new.v IS 'said during the migration'")
-        proc = _tablemig("migrate", *spec)
+        proc = _tablemig("migrate", "--execute", "--json", *spec)
         assert proc.returncode == 0 and json.loads(proc.stdout)["inventory"] == IDENTICAL, proc.stderr
 
 

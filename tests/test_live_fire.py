@@ -187,7 +187,14 @@ def new_plan(wheel: Any, s: Site) -> Path:
                     "--cutoff", CUTOFF.isoformat(), "--batch-size", "300", "--max-replication-lag", "64MB",
                     "--output", f"{PLAN}.py", cwd=s.work)
     assert "checklist steps" in out.stdout, out.stdout
-    return s.work / f"{PLAN}.py"
+    plan = s.work / f"{PLAN}.py"
+    # as its operator would: the template's placeholder contacts (a CONTACTS warning) replaced
+    # by people who can be reached
+    source = plan.read_text()
+    assert "'[Name]'" in source
+    plan.write_text(source.replace("'[Name]'", "'Ana Ruiz'").replace("'[Phone]'", "'+34 600 100 200'")
+                    .replace("'[Email]'", "'ana.ruiz@shop.es'"))
+    return plan
 
 
 # -- the load -----------------------------------------------------------------------------------

@@ -154,9 +154,9 @@ def test_rollback_after_swap_and_before_swap_on_the_subscriber(logical_sandbox: 
         mig.run("verified")
     with connect(sb.subscriber_dsn) as sub:
         assert sub.execute("SELECT to_regclass('rb_new') IS NOT NULL").fetchone()[0]
-    out = subprocess.run([sys.executable, "-m", "tablemig.cli.main", "rollback", "--dsn", sb.active_dsn, "--table",
-                          "public.rb", "--subscriber-dsn", sb.subscriber_dsn], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-m", "tablemig.cli.main", "rollback", "--execute", "--dsn", sb.active_dsn,
+                          "--table", "public.rb", "--subscriber-dsn", sb.subscriber_dsn], capture_output=True,
+                         text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert out.returncode == 0 and "new table dropped" in out.stdout, out.stderr
     with connect(sb.subscriber_dsn) as sub:
         assert sub.execute("SELECT to_regclass('rb_new')").fetchone()[0] is None

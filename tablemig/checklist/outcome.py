@@ -10,6 +10,10 @@ without a result are added as `not-run`. The verdict, worst first:
 * `incomplete`: selected steps did not run for another reason (a crashed worker, `-x`);
 * `passed`.
 
+The verdict in words (`verdict`) never flatters: a bare "passed" only when every step
+passed, was attested or does not apply; otherwise "passed with 5 sign-offs pending and
+3 warnings" (and the steps only planned in a dry run).
+
 Interrupted and incomplete runs make pytest exit with a non-zero status. A run killed
 outright (SIGKILL) writes nothing: its next run starts from the migration's recorded state
 and writes its own report.
@@ -18,6 +22,7 @@ and writes its own report.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from .items import ITEMS, ORDER
@@ -78,9 +83,32 @@ def complete(steps: list[dict[str, Any]], expected: list[list[Any]], *, interrup
             "not_run": sum(1 for s in steps if s["status"] == NOT_RUN)}
 
 
+# what keeps a run that did not fail from a bare "passed", in the order the verdict names them
+QUALIFIERS = (("needs-attestation", "sign-off", "sign-offs", "pending"), ("warning", "warning", "warnings", ""),
+              ("blocked", "step", "steps", "blocked"), ("deferred", "step", "steps", "deferred"),
+              ("dry-run", "step", "steps", "only planned (dry run)"))
+
+
+def _plural(n: int, one: str, many: str, after: str) -> str:
+    return f"{n} {one if n == 1 else many}{' ' + after if after else ''}"
+
+
+def verdict(run: dict[str, Any]) -> str:
+    """The run's verdict in words: its status, and for a run that did not fail what is still
+    open, e.g. "passed with 5 sign-offs pending and 3 warnings"."""
+    status = str(run.get("status") or "unknown")
+    if status != "passed":
+        return status
+    counts = Counter(str(s.get("status")) for s in run.get("steps") or [] if isinstance(s, dict))
+    open_ = [_plural(counts[key], one, many, after) for key, one, many, after in QUALIFIERS if counts[key]]
+    if not open_:
+        return "passed"
+    return "passed with " + (", ".join(open_[:-1]) + " and " + open_[-1] if len(open_) > 1 else open_[0])
+
+
 def headline(run: dict[str, Any]) -> str:
     """One line for the terminal and the report: the verdict and what did not run."""
-    status = str(run.get("status") or "unknown").upper()
+    status = verdict(run).upper()
     parts = [f"run {status}" + (" during " + ", ".join(run["interrupted_at"]) if run.get("interrupted_at") else "")]
     if run.get("not_run"):
         n = run["not_run"]

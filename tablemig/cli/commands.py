@@ -1,39 +1,60 @@
-"""Operational sub-commands: plan, migrate, status, health, pause/resume, prune, rollback,
-cleanup. Each is a thin adapter over `tablemig.lifecycle.driver.Migration`."""
+"""Operational sub-commands: plan, migrate, status, pause/resume, prune, rollback, cleanup
+(`health` is in `tablemig.cli.health`). Each is a thin adapter over
+`tablemig.lifecycle.driver.Migration`. `migrate`, `prune` and `rollback` change nothing
+without `--execute` (`tablemig.cli.conventions.confirmed`)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
-
-from psycopg import sql
-from psycopg.rows import dict_row
 
 from ..config.settings import BATCH_SIZE, WORKERS, Fixed, argument
 from ..config.spec import TableSpec
-from ..errors import InputError
+from ..errors import InputError, TablemigError
 from ..lifecycle.driver import Migration
-from ..lifecycle.state import StateStore, load_all
+from ..lifecycle.state import State, StateStore
 from ..pg.connect import connect
 from ..pg.names import QualifiedName
 from ..pg.schema import installed_version
 from ..pg.statements import Direct
+from . import describe
+from .conventions import (
+    CHECK_FAILED,
+    OK,
+    add_dsn,
+    add_execute,
+    add_json,
+    confirmed,
+    cutoff,
+    dsn_of,
+    emit,
+    fraction,
+    must_describe,
+    positive_int,
+)
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dsn", required=True, help="connection string of the active site")
+    add_dsn(p)
     p.add_argument("--table", required=True, help="table as SQL writes it: public.orders, \"Sales\".\"Invoice\"")
     p.add_argument("--date-column", required=True, help="the column that dates each row")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--retention", type=float, help="fraction of rows to keep live, e.g. 0.1")
-    g.add_argument("--cutoff", help="keep rows with date >= this timestamp")
+    g.add_argument("--retention", type=fraction, help="fraction of rows to keep live, e.g. 0.1")
+    g.add_argument("--cutoff", type=cutoff, help="keep rows with date >= this ISO 8601 date or timestamp")
     p.add_argument("--new-table", help="name of the new table (default <table>_new)")
     p.add_argument("--archive-table", help="name of the archive (default <table>_archive_<YYYYMMDD>)")
     p.add_argument("--archive-mode", choices=["rename", "copy"], default="rename")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="rows per unit of bulk work")
-    p.add_argument("--workers", type=int, default=WORKERS, help="concurrent backfill workers")
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, help="rows per unit of bulk work")
+    p.add_argument("--workers", type=positive_int, default=WORKERS, help="concurrent backfill workers")
+    add_json(p)
+
+
+def _table_args(p: argparse.ArgumentParser) -> None:
+    add_dsn(p)
+    p.add_argument("--table", required=True, help="table as SQL writes it: public.orders")
+    add_json(p)
+
+
 
 
 def _pacing_args(p: argparse.ArgumentParser) -> None:
@@ -52,8 +73,8 @@ def _spec(a: argparse.Namespace) -> TableSpec:
                      workers=a.workers)
 
 
-def from_state(dsn: str, table: str, **options: Any) -> Migration:
-    """A Migration for a table already under way, rebuilt from its state row."""
+def load_state(dsn: str, table: str) -> State:
+    """The migration state of a table already under way; refused when there is none."""
     name = str(QualifiedName.parse(table))
     with connect(dsn) as conn:
         if installed_version(conn) is None:
@@ -61,8 +82,19 @@ def from_state(dsn: str, table: str, **options: Any) -> Migration:
                              "check --dsn (the active site of the migration)")
         m = StateStore(Direct(conn), name).load()
     if m is None:
-        raise InputError(f"{name} has no migration state", "see `tablemig status --dsn ...` for tables under way")
-    spec = TableSpec(name, m.date_column, cutoff=m.cutoff.text, new_table=m.new.name,
+        raise InputError(f"{name} has no migration state", "see `tablemig status` for tables under way")
+    return m
+
+
+def state_row(dsn: str, table: str) -> dict[str, Any]:
+    """The migration state row (as migration_state holds it) of a table already under way."""
+    return load_state(dsn, table).row()
+
+
+def from_state(dsn: str, table: str, **options: Any) -> Migration:
+    """A Migration for a table already under way, rebuilt from its state row."""
+    m = load_state(dsn, table)
+    spec = TableSpec(m.table, m.date_column, cutoff=m.cutoff.text, new_table=m.new.name,
                      archive_table=m.archive.name, archive_mode=m.archive_mode, batch_size=m.batch_size,
                      key=m.key)
     return Migration(dsn, spec, **options)
@@ -74,14 +106,11 @@ def _fixed(a: argparse.Namespace) -> Fixed:
                   "app_write_share": getattr(a, "app_write_share", None)}, source="the command line:")
 
 
-def _print(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
-
-
 def cmd_plan(a: argparse.Namespace) -> int:
-    with Migration(a.dsn, _spec(a)) as mig:
-        _print(mig.plan().summary())
-    return 0
+    with Migration(dsn_of(a), _spec(a)) as mig:
+        summary = mig.plan().summary()
+    emit(a, summary, lambda: describe.plan_text(summary))
+    return CHECK_FAILED if summary["blockers"] else OK
 
 
 _SUBSCRIBER_HELP = ("a logical-replication subscriber of the active site that receives the table "
@@ -93,119 +122,119 @@ def _subscriber_arg(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_migrate(a: argparse.Namespace) -> int:
-    with Migration(a.dsn, _spec(a), subscribers=a.subscriber_dsn, fixed=_fixed(a)) as mig:
+    dsn, spec = dsn_of(a), _spec(a)
+    if must_describe(a):
+        with Migration(dsn, spec) as mig:
+            summary = mig.plan().summary()
+        if summary["blockers"]:  # what the migration itself would refuse with
+            raise TablemigError(f"{summary['table']} has blockers: " + "; ".join(summary["blockers"]),
+                                "resolve them (`tablemig plan` lists them) and rerun")
+        if not confirmed(a, describe.migrate_intent(summary, a.until), summary):
+            return OK
+    with Migration(dsn, spec, subscribers=a.subscriber_dsn, fixed=_fixed(a)) as mig:
         final = mig.run(a.until)
-        print(file=sys.stderr)
         plan = mig.last_plan
-        _print({"state": final and final.state, "cutoff": final and final.cutoff.text,
-                "cutoff_local": plan.cutoff_local if plan else None, "timezone": plan.timezone if plan else None,
-                "timings": mig.timings, "rows_copied": final and final.rows_copied,
-                "swap_attempts": final and final.swap_attempts, "lock_hold_ms": final and final.lock_hold_ms,
-                **({"inventory": final.swap_record.inventory} if final and final.state == "swapped" else {}),
-                **mig.pacer.summary()})
-    return 0
-
-
-def cmd_status(a: argparse.Namespace) -> int:
-    with connect(a.dsn) as conn:
-        if installed_version(conn) is None:
-            print("no tablemig schema in this database")
-            return 0
-        rows = []
-        for m in load_all(Direct(conn), a.table and str(QualifiedName.parse(a.table))):
-            # keys logged by the capture trigger and not replayed yet (the change log lives
-            # until the swap; it is empty from the switch to direct capture on)
-            log = m.objects.change_log
-            found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (str(log),)).fetchone()
-            rows.append({"table_name": m.table, "state": m.state, "new_name": m.new.name,
-                         "archive_name": m.archive.name, "cutoff": m.cutoff.text, "rows_copied": m.rows_copied,
-                         "rows_to_copy": m.rows_to_copy, "swap_attempts": m.swap_attempts,
-                         "lock_hold_ms": m.lock_hold_ms, "paused": m.checkpoint.paused_text,
-                         "updated_at": m.updated_at, "last_error": m.last_error,
-                         "change_log_backlog": (conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-                             log.ident())).fetchone() or [None])[0] if found and found[0] else None})
-    _print(rows)
-    return 0
-
-
-def cmd_health(a: argparse.Namespace) -> int:
-    """For cron: prints every check; exit 1 when any is an alert."""
-    with connect(a.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute("SELECT * FROM table_migration.health_check()").fetchall()
-    _print(rows)
-    return 1 if any(r["status"] == "alert" for r in rows) else 0
+        swapped = final is not None and final.state == "swapped"
+        result = {"table": mig.table, "state": final and final.state, "cutoff": final and final.cutoff.text,
+                  "cutoff_local": plan.cutoff_local if plan else None, "timezone": plan.timezone if plan else None,
+                  "new_table": plan and str(plan.new), "archive_table": plan and str(plan.archive),
+                  "timings": mig.timings, "rows_copied": final and final.rows_copied,
+                  "swap_attempts": final and final.swap_attempts, "lock_hold_ms": final and final.lock_hold_ms,
+                  **({"inventory": final.swap_record.inventory} if final is not None and swapped else {}),
+                  "pacing": mig.pacer.summary(), **mig.pacer.summary()}
+    emit(a, result, lambda: describe.migrate_result(result))
+    return OK
 
 
 def _set_paused(a: argparse.Namespace, paused: bool) -> int:
     name = str(QualifiedName.parse(a.table))
-    with connect(a.dsn) as conn:
+    with connect(dsn_of(a)) as conn:
+        if installed_version(conn) is None:
+            raise InputError(f"no tablemig schema in this database: {name} was never migrated here",
+                             "check --dsn (the active site of the migration); `tablemig status` lists the "
+                             "migrations of a database")
         cur = conn.execute("UPDATE table_migration.migration_state SET checkpoint = checkpoint ||"
                            " jsonb_build_object('paused', %s::boolean), updated_at = now() WHERE table_name = %s",
                            (paused, name))
         if cur.rowcount == 0:
             raise InputError(f"{name} has no migration state", "see `tablemig status`")
-    print(f"{name}: {'paused (batches wait until resume)' if paused else 'resumed'}")
-    return 0
+    emit(a, {"table": name, "paused": paused},
+         f"{name}: {'paused (batches wait until resume)' if paused else 'resumed'}")
+    return OK
+
+
+def _intent_data(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: m.get(k) for k in ("table_name", "state", "archive_mode", "new_name", "archive_name", "cutoff",
+                                  "rows_copied")}
 
 
 def cmd_prune(a: argparse.Namespace) -> int:
-    with from_state(a.dsn, a.table, subscribers=a.subscriber_dsn, fixed=_fixed(a)) as mig:
+    dsn = dsn_of(a)
+    m = state_row(dsn, a.table)
+    if m["state"] not in ("swapped", "pruned"):
+        raise InputError(f"{m['table_name']} is in state {m['state']}; prune needs swapped",
+                         "finish the migration first (tablemig migrate --execute), or roll it back")
+    if must_describe(a) and not confirmed(a, describe.prune_intent(m, a.batch_size), _intent_data(m)):
+        return OK
+    with from_state(dsn, a.table, subscribers=a.subscriber_dsn, fixed=_fixed(a)) as mig:
         n = mig.prune(a.batch_size)
-    print(f"pruned: {n} rows deleted from the archive")
-    return 0
+    emit(a, {"table": m["table_name"], "state": "pruned", "rows_deleted": n},
+         f"pruned: {n} rows deleted from the archive")
+    return OK
 
 
 def cmd_rollback(a: argparse.Namespace) -> int:
-    with from_state(a.dsn, a.table, subscribers=a.subscriber_dsn) as mig:
-        print(f"rollback: {mig.rollback()}")
-    return 0
+    dsn = dsn_of(a)
+    m = state_row(dsn, a.table)
+    if m["state"] == "cleaned":
+        raise InputError(f"{m['table_name']} was cleaned up after approval; the original is gone",
+                         "restore from the backup (RB-3 full rollback)")
+    if must_describe(a) and not confirmed(a, describe.rollback_intent(m), _intent_data(m)):
+        return OK
+    with from_state(dsn, a.table, subscribers=a.subscriber_dsn) as mig:
+        done = mig.rollback()
+    emit(a, {"table": m["table_name"], "state": "rolled_back", "done": done}, f"rollback: {done}")
+    return OK
 
 
 def cmd_cleanup(a: argparse.Namespace) -> int:
-    with from_state(a.dsn, a.table, subscribers=a.subscriber_dsn) as mig:
+    with from_state(dsn_of(a), a.table, subscribers=a.subscriber_dsn) as mig:
         dropped = mig.cleanup(a.approved_by)
-    print(f"cleaned up (approved by {a.approved_by}); dropped: {', '.join(dropped) or 'nothing'}")
-    return 0
+    emit(a, {"table": mig.table, "approved_by": a.approved_by, "dropped": dropped},
+         f"cleaned up (approved by {a.approved_by}); dropped: {', '.join(dropped) or 'nothing'}")
+    return OK
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("plan", help="show the plan for one table (read-only)")
+    p = sub.add_parser("plan", help="show the plan for one table (read-only); exit 1 when something blocks it")
     _spec_args(p)
     p.set_defaults(func=cmd_plan)
-    p = sub.add_parser("migrate", help="migrate one table (resumes where it stopped)")
+    p = sub.add_parser("migrate", help="migrate one table (resumes where it stopped); needs --execute")
     _spec_args(p)
     _pacing_args(p)
     p.add_argument("--until", default="swapped",
                    choices=["capturing", "backfilling", "indexed", "verified", "swapped"])
     _subscriber_arg(p)
+    add_execute(p, "migrate the table")
     p.set_defaults(func=cmd_migrate)
-    p = sub.add_parser("status", help="state of the migrations in a database")
-    p.add_argument("--dsn", required=True)
-    p.add_argument("--table")
-    p.set_defaults(func=cmd_status)
-    p = sub.add_parser("health", help="table_migration.health_check(); exit 1 on an alert (for cron)")
-    p.add_argument("--dsn", required=True)
-    p.set_defaults(func=cmd_health)
     for name, paused in (("pause", True), ("resume", False)):
         p = sub.add_parser(name, help=f"{name} the batches of a table's backfill or prune")
-        p.add_argument("--dsn", required=True)
-        p.add_argument("--table", required=True)
+        _table_args(p)
         p.set_defaults(func=lambda a, paused=paused: _set_paused(a, paused))
-    p = sub.add_parser("prune", help="after the swap: delete the archive's copies of live rows")
-    p.add_argument("--dsn", required=True)
-    p.add_argument("--table", required=True)
-    p.add_argument("--batch-size", type=int)
+    p = sub.add_parser("prune", help="after the swap: delete the archive's copies of live rows; needs --execute")
+    _table_args(p)
+    p.add_argument("--batch-size", type=positive_int)
     _pacing_args(p)
     _subscriber_arg(p)
+    add_execute(p, "delete the copies")
     p.set_defaults(func=cmd_prune)
-    p = sub.add_parser("rollback", help="undo the migration of a table from any state")
-    p.add_argument("--dsn", required=True)
-    p.add_argument("--table", required=True)
+    p = sub.add_parser("rollback", help="undo the migration of a table from any state; needs --execute")
+    _table_args(p)
     _subscriber_arg(p)
+    add_execute(p, "roll back")
     p.set_defaults(func=cmd_rollback)
     p = sub.add_parser("cleanup", help="after recorded business approval: drop what only served the migration")
-    p.add_argument("--dsn", required=True)
-    p.add_argument("--table", required=True)
+    _table_args(p)
     p.add_argument("--approved-by", required=True, help="who approved (recorded in the audit log)")
     _subscriber_arg(p)
     p.set_defaults(func=cmd_cleanup)

@@ -1,21 +1,25 @@
 """The `tablemig` command line: thin adapters over the library.
 
 Each sub-command lives in the module that does the work; that module exposes
-`register(subparsers)` and sets `func` on its parser. Errors print the problem and the fix
-and exit 2; nothing is ever half-done by the CLI itself.
+`register(subparsers)` and sets `func` on its parser. Expected errors print an `error:` and a
+`fix:` line, never a traceback; the exit codes are in `tablemig.cli.conventions` (and, for
+`health`, the monitoring plugins' codes in `tablemig.cli.health`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
 import psycopg
 
-from ..errors import TablemigError
+from .. import version
+from ..errors import ConnectionFailed, TablemigError
 from ..pg.connect import redact
+from .conventions import INTERRUPTED, REFUSED, UNREACHABLE, Parser, UsageError
 
 # Modules that contribute sub-commands, in the order `--help` lists them.
 COMMAND_MODULES = [
@@ -23,38 +27,98 @@ COMMAND_MODULES = [
     "tablemig.sandbox.demo_data",
     "tablemig.pg.schema",
     "tablemig.cli.commands",
+    "tablemig.cli.status",
+    "tablemig.cli.health",
     "tablemig.cli.newplan",
 ]
+# Commands whose every error is "unknown" (3) to a monitoring system, not "bad input" (2),
+# which it would read as CRITICAL.
+UNKNOWN_ON_ERROR = {"health": 3}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tablemig", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = Parser(prog="tablemig", description=__doc__.splitlines()[0],
+                    epilog="exit codes: 0 done, 1 a check found a problem, 2 bad input or refused (nothing "
+                           "changed), 3 server unreachable or connection lost, 130 interrupted; health: 0 OK, "
+                           "1 WARNING, 2 CRITICAL, 3 UNKNOWN")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    parser.set_defaults(commands=frozenset(sub.choices))
     return parser
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _line(text: str) -> str:
+    """One line (a server's message may span several), without passwords."""
+    return " ".join(redact(text).split())
+
+
+def _error(problem: str, fix: str) -> None:
+    print(f"tablemig: error: {_line(problem)}", file=sys.stderr)
+    if fix:
+        print(f"tablemig: fix: {_line(fix)}", file=sys.stderr)
+
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """The current `sys.stderr` at each record (a caller may have replaced it since)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.setStream(sys.stderr)
+        super().emit(record)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command; its progress (phases, rows, rate, ETA, pauses, rests) goes to stderr
+    as log lines, its result to stdout."""
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter("tablemig: %(message)s"))
+    logger = logging.getLogger("tablemig")
+    logger.addHandler(handler)
+    level = logger.level
+    if level == logging.NOTSET or level > logging.INFO:
+        logger.setLevel(logging.INFO)
     try:
+        return _main(argv)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _command(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
         rc = args.func(args)
+    except UsageError as exc:
+        # arguments no sub-command knows are refused by the top parser: point to the sub-command's help
+        known = command is not None and exc.command is None and command in parser.get_default("commands")
+        _error(exc.problem, f"see `tablemig {command} --help`" if known else exc.fix)
+        return UNKNOWN_ON_ERROR.get(exc.command or command or "", REFUSED)
+    except ConnectionFailed as exc:
+        _error(exc.problem, exc.fix)
+        return UNREACHABLE
     except TablemigError as exc:
-        print(file=sys.stderr)  # end a progress line
-        print(f"tablemig: error: {redact(exc.problem)}", file=sys.stderr)
-        if exc.fix:
-            print(f"tablemig: fix: {exc.fix}", file=sys.stderr)
-        return 2
+        _error(exc.problem, exc.fix)
+        return UNKNOWN_ON_ERROR.get(command or "", REFUSED)
     except psycopg.OperationalError as exc:
-        print(f"tablemig: error: the connection to the server was lost: {redact(str(exc)).strip()}",
-              file=sys.stderr)
-        print("tablemig: fix: nothing is half-done (every step commits with its checkpoint); when the "
-              "server is back, rerun the same command to resume", file=sys.stderr)
-        return 3
+        _error(f"the connection to the server was lost: {str(exc).strip()}",
+               "nothing is half-done (every step commits with its checkpoint); when the server is back, "
+               "rerun the same command to resume")
+        return UNREACHABLE
+    except psycopg.errors.InsufficientPrivilege as exc:
+        _error(f"permission denied: {str(exc).strip()}",
+               "connect as the table's owner or a role with the privileges the message names")
+        return UNKNOWN_ON_ERROR.get(command or "", REFUSED)
     except KeyboardInterrupt:
-        print("tablemig: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        print("\ntablemig: interrupted; rerun the same command to resume", file=sys.stderr)
+        return INTERRUPTED
     return int(rc or 0)
 
 

@@ -14,6 +14,7 @@ from ..config.plan import Contact, TableConfig
 from ..config.settings import BATCH_SIZE
 from ..errors import InputError
 from ..pg.replication import LagLimit
+from .conventions import add_json, cutoff, emit, fraction, positive_int
 
 PLACEHOLDER_CONTACTS = [
     Contact("DBA Lead", "[Name]", "[Phone]", "[Email]", "Primary"),
@@ -54,7 +55,8 @@ def _cmd(a: argparse.Namespace) -> int:
     compile(source, str(out), "exec")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(source)
-    print(f"wrote {out}: plan {name!r} for {table.qualified} ({len(ORDER)} checklist steps)")
+    emit(a, {"path": str(out), "plan": name, "table": str(table.qualified), "steps": len(ORDER)},
+         f"wrote {out}: plan {name!r} for {table.qualified} ({len(ORDER)} checklist steps)")
     return 0
 
 
@@ -63,14 +65,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--table", required=True, help="as SQL writes it: public.orders, \"Sales\".\"Invoice\"")
     p.add_argument("--date-column", required=True)
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--retention", type=float, help="fraction of rows to keep live, e.g. 0.1")
-    g.add_argument("--cutoff", help="keep rows with date >= this timestamp")
+    g.add_argument("--retention", type=fraction, help="fraction of rows to keep live, e.g. 0.1")
+    g.add_argument("--cutoff", type=cutoff, help="keep rows with date >= this ISO 8601 date or timestamp")
     p.add_argument("--new-table")
     p.add_argument("--archive-table")
     p.add_argument("--archive-mode", choices=["rename", "copy"], default="rename")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
     p.add_argument("--max-replication-lag", default="16MB", help="a size (16MB) or a duration (30s)")
     p.add_argument("--name", help="plan name (default: from the output file name)")
     p.add_argument("--output", required=True, help="path of the plan module to write")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    add_json(p)
     p.set_defaults(func=_cmd)

@@ -4,8 +4,6 @@ Rows changed meanwhile are logged by the capture trigger and corrected by the re
 
 from __future__ import annotations
 
-import time
-
 from .chunks import ChunkLoader
 from .context import RunContext
 from .copying import CopyJob
@@ -54,7 +52,7 @@ def require_change_log(ctx: RunContext, m: State, doing: str) -> None:
 
 def run(ctx: RunContext) -> None:
     """Load every chunk not loaded yet (a rerun resumes at the chunks not done)."""
-    t0 = time.perf_counter()
+    t0 = ctx.begin("backfill")
     m = ctx.require("capturing", "backfilling")
     require_change_log(ctx, m, "loading")
     moved: list[bool] = [] if m.state == "capturing" else [True]

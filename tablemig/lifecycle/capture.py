@@ -85,11 +85,11 @@ def run(ctx: RunContext) -> None:
     # the table lock is keyed by the original's OID, which after the swap is the archive's
     m = ctx.state()
     ctx.lock(m.table_oid if m is not None and not m.finished else plan.info.oid)
-    t0 = time.perf_counter()
     m = ctx.state()
     if m and not m.finished:
         _resuming(ctx, m, plan)
         return
+    t0 = ctx.begin("capture")
     names = plan.names
     info = plan.info
     # every statement is composed before the lock is taken: the lock is held only while

@@ -10,6 +10,7 @@ the driver (`tablemig.lifecycle.driver`) decides their order.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,12 @@ from .logical import Subscriber
 from .pacing import Pacer
 from .planner import TablePlan, build_plan
 from .state import State, StateStore
+
+log = logging.getLogger("tablemig.migration")
+# the phases logged as they start and end, in the words `tablemig status` uses
+PHASE_WORDS = {"capture": "capture", "backfill": "backfill", "index": "index build",
+               "replay": "replay", "verify": "verify", "swap": "swap",
+               "validate_fks": "foreign key validation", "prune": "prune"}
 
 if TYPE_CHECKING:
     from .analyze import Analysis
@@ -149,9 +156,18 @@ class RunContext:
             self._locked_oid = oid
 
     # -- timing and pacing ----------------------------------------------------------------
+    def begin(self, phase: str) -> float:
+        """Log the start of a phase (not in plan mode: nothing starts); its clock, for `timed`."""
+        if not self.planning:
+            log.info("%s: %s: started", self.table, PHASE_WORDS.get(phase, phase))
+        return time.perf_counter()
+
     def timed(self, name: str, t0: float) -> None:
-        """Add the time since `t0` to the step time `name`."""
-        self.timings[name] = round(self.timings.get(name, 0) + time.perf_counter() - t0, 3)
+        """Add the time since `t0` to the step time `name`; log the end of a phase."""
+        took = time.perf_counter() - t0
+        self.timings[name] = round(self.timings.get(name, 0) + took, 3)
+        if name in PHASE_WORDS and not self.planning:
+            log.info("%s: %s: done in %.2f s", self.table, PHASE_WORDS[name], took)
 
     def settle(self, *, between_steps: bool = True) -> float:
         """The write guard's rest, if the application is owed one; between steps it is

@@ -7,7 +7,7 @@ how to copy them), the run of its workers (`CopyRun`), its statistics, the pause
 
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +24,8 @@ from ..pg.statements import Statements
 from .executor import Executor
 from .pacing import Pace
 from .state import TABLE
+
+log = logging.getLogger("tablemig.backfill")
 
 Throttle = Callable[[], None]
 Progress = Callable[[dict[str, Any]], None]
@@ -162,7 +164,7 @@ class CopyRun:
         self.workers = workers
         self.throttle = throttle  # the replication-lag throttle (it needs each unit's WAL flushed)
         self.pace = pace  # the write guard and nice ratio (tablemig.lifecycle.pacing)
-        self.progress = progress or print_progress
+        self.progress = progress or ProgressLog()
         self.expected = expected_rows
         self.stats = CopyStats()
         self._started = time.time()
@@ -241,17 +243,27 @@ def wait_while_paused(st: Statements | Executor, table: str, poll_s: float = 1.0
         if not paused:
             return
         if not announced:
-            print(f"\n[tablemig] {table}: paused; waiting for `tablemig resume`", file=sys.stderr, flush=True)
+            log.info("%s: paused; waiting for `tablemig resume`", table)
             announced = True
         time.sleep(poll_s)
 
 
-def print_progress(p: dict[str, Any]) -> None:
-    """The default progress line on stderr (rows, rate, ETA)."""
-    rate_elapsed = max(time.time() - p["started"], 1e-6)
-    rate = p["rows"] / rate_elapsed
-    expected = p.get("expected") or 0
-    eta = (expected - p["rows"]) / rate if rate > 0 and expected > p["rows"] else 0
-    end = "\n" if expected and p["rows"] >= expected else ""
-    print(f"\r[tablemig] {p['table']}: {p['rows']:,}/{expected:,} rows, {rate:,.0f} rows/s, "
-          f"batch {p['batch_size']:,}, ETA {eta:,.0f} s   ", end=end, file=sys.stderr, flush=True)
+class ProgressLog:
+    """The copy's progress as log lines (rows done of expected, rate, ETA): the first batch,
+    then at most one line every `every_s` seconds, and the last one."""
+
+    def __init__(self, every_s: float = 2.0) -> None:
+        self.every_s = every_s
+        self._last = 0.0
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        now = time.time()
+        expected = p.get("expected") or 0
+        done = bool(expected) and p["rows"] >= expected
+        if self._last and now - self._last < self.every_s and not done:
+            return
+        self._last = now
+        rate = p["rows"] / max(now - p["started"], 1e-6)
+        eta = (expected - p["rows"]) / rate if rate > 0 and expected > p["rows"] else 0
+        log.info("%s: %s/%s rows, %s rows/s, batch %s, ETA %s s", p["table"], f"{p['rows']:,}", f"{expected:,}",
+                 f"{rate:,.0f}", f"{p['batch_size']:,}", f"{eta:,.0f}")

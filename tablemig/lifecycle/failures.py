@@ -27,7 +27,7 @@ def how_to_go_on(table: str, at: str) -> str:
     """What to do after a failure with the migration in state `at`."""
     return (f"the migration of {table} stands at state {at} (recorded in table_migration.migration_state."
             f"last_error): fix the cause and rerun the same command or plan to resume, or undo it: "
-            f"tablemig rollback --dsn DSN --table {table}")
+            f"tablemig rollback --execute --dsn DSN --table {table}")
 
 
 def _record(ctx: RunContext, step: str, exc: BaseException) -> TablemigError | None:

@@ -226,4 +226,4 @@ def orphan_error(table: str, found: dict[str, list[list[str]]], *, under_lock: b
         f"swap of {table} refused, nothing was changed: rows referencing {table} would lose the row they "
         f"reference, which stays in the archive ({when}): {rows}",
         "delete or re-point those rows, or date the rows they reference on or after the cutoff, then rerun "
-        f"to resume; or undo the migration: tablemig rollback --table {table}")
+        f"to resume; or undo the migration: tablemig rollback --execute --table {table}")

@@ -30,7 +30,7 @@ final batch under its lock), verify and the swap.
 
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +42,8 @@ from ..config.settings import Fixed, Settings
 from ..errors import InputError
 from ..pg.connect import connect
 from .write_guard import WriteGuard
+
+log = logging.getLogger("tablemig.pacing")
 
 Pace = Callable[[psycopg.Connection[Any] | None], None]
 
@@ -225,9 +227,8 @@ class Pacer:
                 break
             if owed >= ANNOUNCE_S and self.label and now - self._announced >= 30:
                 self._announced = now
-                print(f"\n[tablemig] {self.label}: yielding to the application's writes "
-                      f"({self.guard.rate or 0:,.0f}/s; keeping {self.guard.share * 100:g} % of them):"
-                      f" resting {owed:,.1f} s", file=sys.stderr, flush=True)
+                log.info("%s: yielding to the application's writes (%s/s; keeping %g %% of them): resting %.1f s",
+                         self.label, f"{self.guard.rate or 0:,.0f}", self.guard.share * 100, owed)
             before = self._clock()
             self._sleep(min(wait, SLICE_S))
             slept = self._clock() - before

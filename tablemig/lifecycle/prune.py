@@ -9,7 +9,6 @@ during or after it goes through tablemig.lifecycle.rollback's restore path.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from psycopg import sql
@@ -33,7 +32,7 @@ def plan_for_state(ctx: RunContext, m: State) -> TablePlan:
 
 def run(ctx: RunContext, batch_size: int | None = None) -> int:
     """Prune (see the module docstring); returns the archive rows deleted."""
-    t0 = time.perf_counter()
+    t0 = ctx.begin("prune")
     m = ctx.require("swapped", "pruned")
     if m.state == "pruned":
         return 0

@@ -182,7 +182,7 @@ def run(ctx: RunContext, settings: Settings | None = None) -> None:
     """Drain the change log into N while writes continue, then switch the trigger to
     direct capture in one short transaction that locks out T's writers (see the module
     docstring). Idempotent: nothing to do once switched."""
-    t0 = time.perf_counter()
+    t0 = ctx.begin("replay")
     m = ctx.require("indexed", "verified")
     attach(ctx)
     ex = ctx.ex

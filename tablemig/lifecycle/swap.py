@@ -234,7 +234,7 @@ def run(ctx: RunContext) -> SwapResult:
     if m.state == "swapped":
         return ctx.results.swap or SwapResult(m.swap_attempts, float(m.lock_hold_ms or 0), str(m.swap_lsn),
                                               m.swap_record.as_json())
-    t0 = time.perf_counter()
+    t0 = ctx.begin("swap")
     s = ctx.settings()
     plan = ctx.current_plan()
     ex = ctx.ex
@@ -263,7 +263,7 @@ def run(ctx: RunContext) -> SwapResult:
 
 def validate(ctx: RunContext) -> list[str]:
     """VALIDATE the re-pointed foreign keys (after the swap; idempotent)."""
-    t0 = time.perf_counter()
+    t0 = ctx.begin("validate_fks")
     m = ctx.state()
     if not m or not m.swapped:
         return []

@@ -6,7 +6,6 @@ keeps N equal and both sides can be read in one snapshot."""
 from __future__ import annotations
 
 import contextlib
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,7 +108,7 @@ def run(ctx: RunContext, max_rounds: int = 3) -> VerifyResult:
             stack.callback(_close_when_open, pending)
         try:
             replay.run(ctx, s)
-            t0 = time.perf_counter()
+            t0 = ctx.begin("verify")
             peer = ctx.ex.fork(pending.result(), "verify") if pending else None
             repaired, results = _compare(ctx, m0, s, max_rounds, peer)
         except BaseException:

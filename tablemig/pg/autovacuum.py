@@ -19,7 +19,7 @@ helper (tablemig.pg.locking), after an attempt failed:
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +30,8 @@ import psycopg
 from ..errors import LockNotAcquired
 from .names import QualifiedName
 from .statements import Statements, statements
+
+log = logging.getLogger("tablemig.autovacuum")
 
 WRAPAROUND_MARK = "(to prevent wraparound)"
 ANNOUNCE_EVERY_S = 30.0
@@ -170,8 +172,8 @@ def wait_for_wraparound(conn: psycopg.Connection[Any] | Statements, tables: list
         if waited >= next_notice:
             next_notice = waited + ANNOUNCE_EVERY_S
             for v in running:
-                print(f"[tablemig] {what}: waiting for the anti-wraparound autovacuum {v.describe()} "
-                      f"(at most {limit_s:.0f} s)", file=sys.stderr, flush=True)
+                log.warning("%s: waiting for the anti-wraparound autovacuum %s (at most %.0f s)", what,
+                            v.describe(), limit_s)
                 if on_progress:
                     on_progress(v)
         time.sleep(min(1.0, max(0.05, limit_s - waited)))

@@ -12,8 +12,8 @@ prune, rollback, and the rehearsals of EX-4.2 and RB-2.
 
 from __future__ import annotations
 
+import logging
 import random
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +26,8 @@ from . import autovacuum
 from .autovacuum import AutovacuumPolicy
 from .names import QualifiedName
 from .statements import Statements, statements
+
+log = logging.getLogger("tablemig.locking")
 
 
 def blockers(conn: psycopg.Connection[Any] | Statements, tables: list[QualifiedName],
@@ -107,8 +109,8 @@ class _Autovacuum:
             pids, self.refused = autovacuum.cancel(self.conn, found)
             if pids:
                 entry["autovacuum_cancelled"] = pids
-                print(f"[tablemig] {self.what}: cancelled the autovacuum holding the lock "
-                      f"({'; '.join(v.describe() for v in found)})", file=sys.stderr, flush=True)
+                log.warning("%s: cancelled the autovacuum holding the lock (%s)", self.what,
+                            "; ".join(v.describe() for v in found))
                 autovacuum.wait_gone(self.conn, self.tables, pids)
                 return lock_timeout
             if self.refused:
@@ -119,9 +121,9 @@ class _Autovacuum:
             # the server cancels an ordinary autovacuum for a waiter after deadlock_timeout
             entry["next_attempt_lock_timeout"] = self.policy.lock_wait
             why = "this role may not cancel it" if self.refused else "autovacuum_cancel is off"
-            print(f"[tablemig] {self.what}: an autovacuum holds the lock and {why}: "
-                  f"the next attempt waits up to {self.policy.lock_wait} (deadlock_timeout is "
-                  f"{deadlock_ms:.0f} ms), so that the server cancels it", file=sys.stderr, flush=True)
+            log.warning("%s: an autovacuum holds the lock and %s: the next attempt waits up to %s "
+                        "(deadlock_timeout is %.0f ms), so that the server cancels it", self.what, why,
+                        self.policy.lock_wait, deadlock_ms)
             return self.policy.lock_wait
         entry["autovacuum_left_running"] = (f"autovacuum_lock_wait {self.policy.lock_wait} does not exceed "
                                             f"deadlock_timeout ({deadlock_ms:.0f} ms)")

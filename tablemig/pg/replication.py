@@ -7,8 +7,8 @@ below half of it (hysteresis), recording every sample for the report.
 
 from __future__ import annotations
 
+import logging
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +20,8 @@ from psycopg.rows import dict_row
 
 from ..errors import InputError
 from .connect import connect
+
+log = logging.getLogger("tablemig.replication")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|bytes|kb|mb|gb|tb)\s*$", re.I)
 _TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|seconds?|min|mins|minutes?|h|hours?)\s*$", re.I)
@@ -225,14 +227,13 @@ class LagThrottle:
             if not self.limit.exceeded(lag_b, lag_s):
                 return
             started = time.time()
-            print(f"\n[tablemig] passive lags {lag_b} bytes / {lag_s} s > {self.limit.text}: pausing",
-                  file=sys.stderr, flush=True)
+            log.warning("passive lags %s bytes / %s s > %s: pausing the copy", lag_b, lag_s, self.limit.text)
             while not self.limit.below_resume_mark(lag_b, lag_s):
                 time.sleep(self.poll_s)
                 lag_b, lag_s = self._lag()
                 self.samples.append({"t": time.time(), "lag_bytes": lag_b, "lag_seconds": lag_s, "paused": True})
             self.pauses.append({"start": started, "end": time.time()})
-            print(f"[tablemig] lag {lag_b} bytes: resuming", file=sys.stderr, flush=True)
+            log.info("passive lag %s bytes after %.1f s: resuming the copy", lag_b, time.time() - started)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -18,7 +18,9 @@ from .statements import Statements, statements
 from .templating import render, template_names
 
 SCHEMA = "table_migration"
-SCHEMA_VERSION = 3  # 2: the app_write_share seed (the write guard); 3: date domains, the autovacuum settings
+# 2: the app_write_share seed (the write guard); 3: date domains, the autovacuum settings;
+# 4: health_check() judges replication lag against max_replication_lag too (lag_limit())
+SCHEMA_VERSION = 4
 
 # (key, default value, description). Values a DBA changed are never overwritten.
 CONFIG_SEED: list[tuple[str, str, str]] = [
@@ -108,23 +110,32 @@ def install_schema(conn: psycopg.Connection[Any] | Statements) -> InstallResult:
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
-    from .connect import connect
+    import os
+
+    from ..cli.conventions import emit
+    from .connect import connect, resolve_dsn
 
     if args.print_sql:
-        print("\n".join(render_schema()))
+        sql_text = "\n".join(render_schema())
+        emit(args, {"version": SCHEMA_VERSION, "statements": render_schema()}, sql_text)
         return 0
-    if not args.dsn:
-        raise InputError("install-schema needs --dsn (the active site)",
-                         "give --dsn, or --print-sql to only print the SQL")
-    with connect(args.dsn) as conn:
+    dsn = resolve_dsn(args.dsn, os.environ)
+    if not dsn:
+        raise InputError("install-schema needs a database: no --dsn, TABLEMIG_DSN or PGHOST/PGDATABASE given",
+                         "give --dsn (the active site), or --print-sql to only print the SQL")
+    with connect(dsn) as conn:
         result = install_schema(conn)
     prev = "" if result.previous_version is None else f" (was {result.previous_version})"
-    print(f"{SCHEMA} schema {result.action}: version {result.version}{prev}")
+    emit(args, {"action": result.action, "previous_version": result.previous_version, "version": result.version},
+         f"{SCHEMA} schema {result.action}: version {result.version}{prev}")
     return 0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ..cli.conventions import DSN_HELP, add_json
+
     p = sub.add_parser("install-schema", help="install or upgrade the table_migration schema")
-    p.add_argument("--dsn", help="connection string of the active site")
+    p.add_argument("--dsn", help=DSN_HELP)
     p.add_argument("--print-sql", action="store_true", help="print the SQL instead of running it")
+    add_json(p)
     p.set_defaults(func=_cmd_install)

@@ -51,6 +51,19 @@ class EscapingCursor(psycopg.Cursor[Row]):
         return super().execute(cast(Any, query), params, prepare=prepare, binary=binary)
 
 
+def bound_text(conn: psycopg.Connection[Any], query: sql.Composable | str, params: Params) -> str:
+    """The statement with its parameters written in as literals, as psql would take it: for
+    the record of what ran (never executed; the server gets the parameters apart). Quoting is
+    the client-side binding of psycopg (its adapters, the connection's encoding)."""
+    text: Query = render(query, conn) if isinstance(query, sql.Composable) else query
+    try:
+        return psycopg.ClientCursor(conn).mogrify(text, params)
+    except (psycopg.Error, TypeError, ValueError, KeyError, IndexError) as exc:
+        # a value no client-side adapter knows: the statement and its values apart
+        shown = query.as_string(conn) if isinstance(query, sql.Composable) else query
+        return f"{shown}\n-- parameters ({type(exc).__name__}): {params!r}"
+
+
 def dollar_quote(body: str, stem: str = "tablemig") -> str:
     """`body` between dollar quotes whose tag occurs nowhere in it (nor across its end:
     a body ending in `$tablemig` would close early against the closing `$`)."""

@@ -28,6 +28,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--passive-dsn", default=None,
                 help="passive site (default: $TABLEMIG_PASSIVE_DSN; none with an explicit "
                      "--active-dsn means single-site)")
+    g.addoption("--sandbox", action="store_true",
+                help="with --execute and no --active-dsn: execute on a throwaway embedded sandbox on purpose "
+                     "(without it such a run is refused: it would not touch your database)")
     g.addoption("--reports-dir", default=None, help="where run reports go (default: reports/)")
     g.addoption("--pg-bin", default=None,
                 help="PostgreSQL binaries: the sandbox's server, and the first choice of client tools "
@@ -49,6 +52,18 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--rollback") and not config.getoption("--execute"):
         raise pytest.UsageError("--rollback needs --execute (a dry run never changes anything)")
     cli_attestations(config)  # a malformed --attest is a usage error before anything runs
+    if (config.getoption("--execute") and not config.getoption("--sandbox")
+            and not option_or_env(config, "--active-dsn", "TABLEMIG_ACTIVE_DSN")):
+        raise pytest.UsageError(
+            "error: --execute without --active-dsn (or TABLEMIG_ACTIVE_DSN) would execute the plan on an "
+            "embedded sandbox, not on your database\n"
+            "fix: give --active-dsn (and --passive-dsn), or add --sandbox to execute on a throwaway sandbox "
+            "on purpose")
+
+
+def executes_on_sandbox(config: pytest.Config) -> bool:
+    """The run changes an embedded sandbox, not a database of the user's."""
+    return bool(config.getoption("--execute")) and not option_or_env(config, "--active-dsn", "TABLEMIG_ACTIVE_DSN")
 
 
 def option_or_env(config: pytest.Config, option: str, env: str) -> str | None:
@@ -80,4 +95,6 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     dsn = option_or_env(config, "--active-dsn", "TABLEMIG_ACTIVE_DSN")
     mode = "EXECUTE" if config.getoption("--execute") else "dry run"
     site = redact(dsn) if dsn else "embedded sandbox (primary + streaming standby)"
+    if executes_on_sandbox(config):
+        site = "EMBEDDED SANDBOX (throwaway servers with demo data), not your database"
     return [f"tablemig: {mode}; active site: {site}"]

@@ -4,6 +4,12 @@
   of every table); a failure in set-up fails it without blocking;
 * `NotApplicable` is reported skipped, with its reason ("not-applicable");
 * a step that ends without deciding otherwise has passed (or, skipped, does not apply);
+* pytest's outcome and status word follow the step's status, so that pytest's terminal, its
+  `--junitxml` and the run's junit.xml and report.html give one set of counts: a step that
+  is not applicable, blocked, awaiting attestation or deferred is reported skipped (as in the
+  run's junit.xml); each status other than passed and failed is its own category in the
+  terminal ("3 warning, 5 needs attestation"); every test case carries its status as the
+  property `tablemig_status`;
 * SIGTERM (a CI job cancelled, a service stopped) ends the run like Ctrl-C: the step that was
   running is reported interrupted, and the reports are written.
 
@@ -22,12 +28,44 @@ import pytest
 from ..checklist.context import NotApplicable
 from ..checklist.outcome import RUNNING
 from ..pg.connect import redact
+from ..report.junit import SKIPPED
 from .run import RESULT, record_of
 from .xdist_order import mark_done
+
+STATUS_PROPERTY = "tablemig_status"
+# pytest's category (the summary line's word), letter and verbose word of each status that is
+# neither passed nor failed
+TERMINAL = {
+    "warning": ("warning", "W", "WARNING"),
+    "needs-attestation": ("needs attestation", "A", "NEEDS ATTESTATION"),
+    "attested": ("attested", "a", "ATTESTED"),
+    "not-applicable": ("not applicable", "n", "NOT APPLICABLE"),
+    "blocked": ("blocked", "b", "BLOCKED"),
+    "dry-run": ("dry run", "d", "DRY RUN"),
+    "deferred": ("deferred", "D", "DEFERRED"),
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     _terminate_as_interrupt()
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> tuple[str, str, str] | None:
+    """A step's status as pytest's status (the teardown's report carries it too: not counted)."""
+    if report.when not in ("setup", "call"):
+        return None
+    status = dict(report.user_properties).get(STATUS_PROPERTY)
+    return TERMINAL.get(str(status)) if status is not None and not report.failed else None
+
+
+def _tell(item: pytest.Item, report: pytest.TestReport, status: str, reason: str) -> None:
+    """Give pytest the step's status: its outcome, and the property junit files carry."""
+    if status in SKIPPED and report.passed:
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), 0, f"{status.replace('-', ' ')}: {reason}")
+    prop = (STATUS_PROPERTY, status)
+    report.user_properties.append(prop)
+    item.user_properties.append(prop)  # pytest's --junitxml takes the properties of the last report
 
 
 def _terminate_as_interrupt() -> None:
@@ -69,6 +107,8 @@ def pytest_runtest_makereport(item: pytest.Item,
             result.status = "passed"
     if record.plan is not None:
         mark_done(item.config, record.plan.name, result.id, result.table, result.status)
+    if call.when == "call" or not report.passed:
+        _tell(item, report, result.status, result.reason)
     if call.when == "call":
         result.statements = [
             {"site": s.site, "sql": s.sql, "kind": s.kind, "executed": s.executed, "duration_ms": s.duration_ms,

@@ -22,7 +22,7 @@ import pytest
 from ..checklist.outcome import UNFINISHED, close_unfinished
 from ..checklist.record import RunRecord, run_dict
 from ..report.writer import Finished, dumps, finish_run
-from .options import reports_dir
+from .options import executes_on_sandbox, reports_dir
 from .run import RECORD, run_uid
 
 OUTCOME = pytest.StashKey[Finished]()
@@ -101,4 +101,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     bad = outcome.status != "passed"
     terminalreporter.write_sep("=", f"tablemig: {outcome.headline}", red=bad, green=not bad, bold=True)
+    for line in outcome.lines:
+        terminalreporter.write_line(f"tablemig: {line}")
+    if executes_on_sandbox(config):
+        terminalreporter.write_line("tablemig: EXECUTED ON AN EMBEDDED SANDBOX (throwaway servers with demo data): "
+                                    "no database of yours was changed", yellow=True, bold=True)
     terminalreporter.write_line(f"tablemig: report {outcome.dir}/report.html")

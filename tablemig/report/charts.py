@@ -16,12 +16,12 @@ import base64
 import datetime as dt
 import io
 import re
-import statistics
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..checklist.wording import fmt, pacing_text
+from ..checklist.figures import backfill_figures, rate_text
+from ..checklist.wording import fmt, fmt_duration, pacing_text
 from ..pg.connect import redact
 from .format import columns, mapping, records, safe_name
 
@@ -34,7 +34,9 @@ LINE = "#1f6feb"
 RATE = "#bf8700"
 LAG = "#8250df"
 PAUSED = "#cf222e"
-TARGET_BATCH_SECONDS = 0.5  # the backfill tunes its batches towards this batch time
+# A chart is drawn only when it shows more than its numbers would say in a sentence: a
+# line through one or two samples, or a lag that never left zero, is said in words.
+MIN_POINTS = 3
 KNOWN_TABLE_FACTS = {"cutoff", "cutoff_local", "timezone", "rows_total", "rows_keep", "rows_archive",
                      "distribution", "reconciliation", "throughput", "timings", "swap_log", "lock_hold_ms",
                      "swap_attempts", "state", "rows_copied", "lag_samples", "pacing"}
@@ -257,24 +259,23 @@ def reconciliation(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"sides": sides, "rows": out, "mismatches": sum(1 for r in out if not r["match"])}
 
 
-def batch_recommendation(samples: list[dict[str, Any]], configured: Any = None) -> dict[str, Any] | None:
-    """Median batch time of the backfill and, when it is far from the 0.5 s target (outside
-    0.5x..2x), the batch size that would reach it at the measured rate."""
-    full = [(b, secs) for s in samples
-            if (b := _num(s.get("batch_rows"))) and b > 0 and (secs := _num(s.get("batch_seconds"))) and secs > 0]
-    if not full:
+def lag_informative(samples: list[dict[str, Any]]) -> bool:
+    """Whether lag samples make a chart: enough of them, and a lag that was not always zero."""
+    values = [_num(s.get("lag_bytes")) or 0 for s in samples if _num(s.get("t")) is not None]
+    return len(values) >= MIN_POINTS and max(values, default=0) > 0
+
+
+def lag_summary(samples: list[dict[str, Any]]) -> str | None:
+    """The lag samples in one sentence (what a chart would show, or that there is nothing to)."""
+    values = [_num(s.get("lag_bytes")) for s in samples]
+    known = [v for v in values if v is not None]
+    if not known:
         return None
-    median_s = statistics.median(secs for _, secs in full)
-    rate = statistics.median(b / secs for b, secs in full)
-    sizes = [size for s in samples if (size := _num(s.get("batch_size")))]
-    size = _num(configured) or (statistics.median(sizes) if sizes else statistics.median(b for b, _ in full))
-    suggested = rate * TARGET_BATCH_SECONDS
-    if suggested >= 10:
-        digits = len(str(int(suggested))) - 2
-        suggested = round(suggested, -digits)
-    far = not (TARGET_BATCH_SECONDS / 2 <= median_s <= TARGET_BATCH_SECONDS * 2)
-    return {"median_seconds": median_s, "rows_per_second": rate, "batch_size": size, "batches": len(full),
-            "suggested": int(max(suggested, 1)), "far": far}
+    paused = sum(1 for s in samples if s.get("paused"))
+    times = [t for s in samples if (t := _num(s.get("t"))) is not None]
+    span = f" over {fmt_duration(max(times) - min(times))}" if len(times) > 1 else ""
+    return (f"{len(samples)} lag sample{'' if len(samples) == 1 else 's'}{span}: peak {fmt(max(known))} bytes"
+            + (f", {paused} while the backfill paused for it" if paused else ", never paused"))
 
 
 def table_context(name: str, facts: dict[str, Any], steps: list[dict[str, Any]],
@@ -303,10 +304,9 @@ def table_context(name: str, facts: dict[str, Any], steps: list[dict[str, Any]],
             kpis.append({"label": f"Cutoff ({facts.get('timezone')})", "value": str(facts["cutoff_local"]),
                          "key": "cutoff_local"})
     timings = mapping(facts.get("timings"))
-    copied, backfill_s = _num(facts.get("rows_copied")), _num(timings.get("backfill"))
-    if copied and backfill_s:
-        kpis.append({"label": "Backfill rate", "value": f"{fmt(round(copied / backfill_s))} rows/s",
-                     "key": "rate"})
+    ctx["figures"] = backfill_figures(facts, configured_batch)
+    if ctx["figures"]:
+        kpis.append({"label": "Backfill rate", "value": rate_text(ctx["figures"]), "key": "rate"})
     ctx["kpis"] = kpis
     ctx["timings"] = timings
 
@@ -314,7 +314,7 @@ def table_context(name: str, facts: dict[str, Any], steps: list[dict[str, Any]],
     ctx["distribution"] = dist
     ctx["distribution_columns"] = columns(dist, ["month", "record_count", "kept", "archived", "percentage"])
     ctx["distribution_chart"] = chart("cutoff distribution", charts.distribution_chart, dist, facts.get("cutoff"),
-                                      f"{name}: rows per month") if dist else None
+                                      f"{name}: rows per month") if len(dist) >= 2 else None
 
     ctx["reconciliation"] = reconciliation(records(facts.get("reconciliation")))
 
@@ -328,11 +328,11 @@ def table_context(name: str, facts: dict[str, Any], steps: list[dict[str, Any]],
     t0 = min(starts) if starts else None
     ctx["throughput"] = throughput
     ctx["throughput_chart"] = chart("throughput", charts.throughput_chart, throughput, t0,
-                                    f"{name}: backfill progress") if throughput else None
+                                    f"{name}: backfill progress") if len(throughput) >= MIN_POINTS else None
     ctx["lag"] = lag
+    ctx["lag_summary"] = lag_summary(lag)
     ctx["lag_chart"] = chart("replication lag", charts.lag_chart, lag, t0, _limit_bytes(steps, facts),
-                             f"{name}: replication lag during the backfill") if lag else None
-    ctx["batch"] = batch_recommendation(throughput, configured_batch)
+                             f"{name}: replication lag during the backfill") if lag_informative(lag) else None
     ctx["swap_log"] = records(facts.get("swap_log"))
     ctx["swap_columns"] = columns(ctx["swap_log"], ["attempt", "outcome", "wait_ms", "hold_ms", "blockers"])
     ctx["lock_hold_ms"] = facts.get("lock_hold_ms")
@@ -352,7 +352,8 @@ def replication_context(facts: dict[str, Any], steps: list[dict[str, Any]],
     lag = lag_samples({"lag_samples": raw}) if isinstance(raw, list) and not lag_shown else []
     if not isinstance(snap, dict) and not lag:
         return None
-    ctx: dict[str, Any] = {"settings": [], "sites": [], "other": {}, "lag_chart": None, "error": None}
+    ctx: dict[str, Any] = {"settings": [], "sites": [], "other": {}, "lag_chart": None, "lag_summary": None,
+                           "error": None}
     if isinstance(snap, dict):
         sites = [s for s in ("active", "passive") if isinstance(snap.get(s), dict)]
         names: list[str] = []
@@ -368,7 +369,8 @@ def replication_context(facts: dict[str, Any], steps: list[dict[str, Any]],
             if rest:
                 ctx["other"][f"{s} site"] = rest
         ctx["other"].update({k: v for k, v in snap.items() if k not in sites})
-    if lag:
+    ctx["lag_summary"] = lag_summary(lag)
+    if lag_informative(lag):
         try:
             ctx["lag_chart"] = lag_chart(lag, None, _limit_bytes(steps, facts), "replication lag")
         except Exception as exc:  # noqa: BLE001 - a chart must never cost the report

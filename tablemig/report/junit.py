@@ -25,10 +25,13 @@ from __future__ import annotations
 import datetime as dt
 import re
 import xml.etree.ElementTree as ET
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from .. import version
 from ..checklist.items import ITEMS
+from ..checklist.outcome import verdict
 from .format import mapping
 
 SKIPPED = ("blocked", "not-applicable", "needs-attestation", "deferred", "not-run")
@@ -151,10 +154,15 @@ def junit_tree(run: dict[str, Any]) -> ET.ElementTree:
     meta = {"plan": plan, "module": run.get("module"), "mode": run.get("mode"), "run_id": run.get("run_id"),
             "executed_by": facts.get("executed_by"), "database_role": database_role(facts),
             "host": run.get("host"), "started": _iso(started), "finished": _iso(finished),
-            "status": run.get("status")}
+            "status": run.get("status"), "verdict": verdict(run),
+            "tablemig_version": (run.get("tool") or {}).get("version") or version()}
     for name, value in meta.items():
         if value not in (None, ""):
             _property(props, name, value)
+    # the steps per status (JUnit itself knows only passed, failed, skipped and errors): the
+    # same counts as pytest's terminal and the report
+    for status, n in sorted(Counter(str(s.get("status")) for s in steps).items()):
+        _property(props, f"steps_{status.replace('-', '_')}", n)
 
     for s in steps:
         sid, table, status = str(s["id"]), s.get("table"), str(s.get("status") or "unknown")

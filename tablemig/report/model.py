@@ -20,11 +20,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .. import version
+from ..checklist.figures import batch_text, recommendation
 from ..checklist.items import ITEMS, ORDER
-from ..checklist.outcome import NOT_RUN, UNFINISHED
+from ..checklist.outcome import NOT_RUN, UNFINISHED, verdict
 from ..checklist.wording import fmt, fmt_duration, num
 from ..pg.connect import redact
-from .charts import TARGET_BATCH_SECONDS, replication_context, table_context
+from .charts import replication_context, table_context
 from .format import columns, fmt_ts, mapping, plain, records, safe_name
 from .junit import database_role, write_junit
 
@@ -109,12 +111,13 @@ def _table_names(run: dict[str, Any], steps: list[dict[str, Any]]) -> list[str]:
 
 def _row(step: dict[str, Any]) -> dict[str, Any]:
     not_run = step["status"] == NOT_RUN
-    return {**step, "label": status_label(step["status"]),
+    return {**step, "label": status_label(step["status"]), "anchor": _anchor(step["id"], step["table"]),
             "duration": "—" if not_run else fmt_duration(step["duration_s"]), "not_run": not_run}
 
 
 def _not_run(item_id: str, table: str | None) -> dict[str, Any]:
     return {"id": item_id, "table": table, "status": "not-run", "label": status_label("not-run"),
+            "anchor": _anchor(item_id, table),
             "reason": "No result in this run.",
             "duration": "—", "evidence": {}, "statements": [], "not_run": True}
 
@@ -136,11 +139,11 @@ def checklist_sections(steps: list[dict[str, Any]], tables: list[str]) -> list[d
         if not rows:
             rows.append(_not_run(item_id, None))
         if not sections or sections[-1]["name"] != item.section:
-            sections.append({"name": item.section, "items": []})
+            sections.append({"name": item.section, "anchor": "sec-" + safe_name(item.section).lower(), "items": []})
         sections[-1]["items"].append({"id": item_id, "text": item.text, "per_table": item.per_table,
                                       "human": item.human, "mutating": item.mutating, "rows": rows})
     if by_id:  # steps of ids this checklist does not know (a newer plan module)
-        extra: dict[str, Any] = {"name": "Other steps", "items": []}
+        extra: dict[str, Any] = {"name": "Other steps", "anchor": "sec-other", "items": []}
         for item_id, results in by_id.items():
             extra["items"].append({"id": item_id, "text": results[0]["text"], "per_table": False, "human": False,
                                    "mutating": False, "rows": [_row(s) for s in results]})
@@ -189,9 +192,14 @@ def summary(run: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
     duration = finished - started if started is not None and finished is not None else None
     counts = Counter(s["status"] for s in steps if s["status"] != NOT_RUN)  # not-run rows are counted apart
     status = run.get("status") or ("failed" if counts.get("failed") else "passed")
+    said = verdict({"status": status, "steps": steps})
     return {
         "plan": run.get("plan") or "plan", "module": run.get("module"), "mode": run.get("mode") or "unknown",
         "status": status, "unfinished": status in UNFINISHED, "headline": run.get("headline") or "",
+        # a run that passed with something still open is not shown as a plain pass
+        "verdict": said, "verdict_class": status if said == status else "passed-with",
+        # the version that wrote run.json (a report rendered again later says which made the run)
+        "tool_version": (run.get("tool") or {}).get("version") or version(),
         "run_id": run.get("run_id"), "host": run.get("host"), "executed_by": facts.get("executed_by"),
         "role": database_role(facts), "started": fmt_ts(started), "finished": fmt_ts(finished),
         "duration": fmt_duration(duration), "duration_s": duration, "versions": server_versions(facts),
@@ -223,9 +231,12 @@ def derived_notes(run: dict[str, Any], steps: list[dict[str, Any]], summ: dict[s
         if t["timings"]:
             phases = ", ".join(f"{k} {fmt_duration(v)}" for k, v in t["timings"].items() if num(v) is not None)
             perf.append(f"{t['name']}: phase timings — {phases}.")
-        rate = next((k["value"] for k in t["kpis"] if k["key"] == "rate"), None)
-        if rate:
-            perf.append(f"{t['name']}: backfill copied {fmt(t['rows_copied'])} rows at {rate}.")
+        fig = t["figures"]
+        if fig:
+            perf.append(f"{t['name']}: backfill copied {fmt(t['rows_copied'])} rows; {batch_text(fig)}.")
+            advice = recommendation(fig)
+            if advice:
+                recs.append(f"{t['name']}: {advice}.")
         if t["pacing"]:
             perf.append(f"{t['name']}: {t['pacing']}.")
         if t["lock_hold_ms"] is not None:
@@ -236,14 +247,6 @@ def derived_notes(run: dict[str, Any], steps: list[dict[str, Any]], summ: dict[s
             pauses = sum(1 for x in t["lag"] if x.get("paused"))
             perf.append(f"{t['name']}: peak replication lag {fmt(peak)} bytes over {len(t['lag'])} samples"
                         f"{f', {pauses} paused samples' if pauses else ''}.")
-        b = t["batch"]
-        if b:
-            perf.append(f"{t['name']}: median batch time {b['median_seconds']:.3f} s over {b['batches']} batch(es),"
-                        f" {fmt(round(b['rows_per_second']))} rows/s.")
-            if b["far"]:
-                recs.append(f"{t['name']}: the median batch took {b['median_seconds']:.3f} s, far from the "
-                            f"{TARGET_BATCH_SECONDS} s target; a batch_size of about {b['suggested']:,} rows "
-                            f"(configured: {fmt(b['batch_size'])}) would reach it at the measured rate.")
         if num(t["swap_attempts"]) and (num(t["swap_attempts"]) or 0) > 1:
             recs.append(f"{t['name']}: the swap needed {fmt(t['swap_attempts'])} attempts (lock contention); "
                         "schedule the swap at a quieter time or end long transactions first.")
@@ -282,6 +285,70 @@ def step_notes(evidence: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# -- what an auditor signs: the outcome per table, what is still open, the contents ----------
+def _found(value: Any, key: str, depth: int = 0) -> Any:
+    """The first value of `key` in nested evidence (dicts only, three levels)."""
+    if not isinstance(value, dict) or depth > 2:
+        return None
+    if value.get(key) not in (None, ""):
+        return value[key]
+    return next((v for x in value.values() if (v := _found(x, key, depth + 1)) is not None), None)
+
+
+def table_outcomes(names: list[str], table_facts: dict[str, Any], steps: list[dict[str, Any]],
+                   mode: str) -> list[dict[str, Any]]:
+    """Per table what the run did to it: its state, the cutoff (with its offset in the
+    database's time zone), rows kept and archived, the archive's name, the swap's lock hold."""
+    out = []
+    for name in names:
+        f = mapping(table_facts.get(name))
+        mine = [s for s in steps if s["table"] == name]
+
+        def fact(key: str, f: dict[str, Any] = f, mine: list[dict[str, Any]] = mine) -> Any:
+            return f.get(key) if f.get(key) not in (None, "") else next(
+                (v for s in mine if (v := _found(s["evidence"], key)) is not None), None)
+
+        cutoff, local = fact("cutoff"), fact("cutoff_local")
+        state = f.get("state") or ("unchanged (dry run)" if mode == "dry-run" else "not migrated in this run")
+        out.append({
+            "name": name, "anchor": f"table-{safe_name(name)}", "state": state,
+            "status": _worst([s["status"] for s in mine]) if mine else "not-run",
+            "cutoff": local or cutoff, "cutoff_utc": cutoff if local and str(local) != str(cutoff) else None,
+            "timezone": fact("timezone") if local else None,
+            "rows_keep": fact("rows_keep"), "rows_archive": fact("rows_archive"),
+            "archive": fact("archive_table"), "new_table": fact("new_table"),
+            "lock_hold_ms": f.get("lock_hold_ms"), "swap_attempts": f.get("swap_attempts"),
+        })
+    return out
+
+
+def _open(step: dict[str, Any]) -> dict[str, Any]:
+    """A step still open for sign-off (or doubtful): what it is and what it needs."""
+    return {"id": step["id"], "table": step["table"], "text": step["text"], "reason": step["reason"],
+            "anchor": _anchor(step["id"], step["table"])}
+
+
+def _anchor(item_id: str, table: str | None) -> str:
+    return safe_name(f"step-{item_id}-{table or ''}").rstrip("_")
+
+
+def contents(sections: list[dict[str, Any]], tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The table of contents: (anchor, title, sub-entries)."""
+    return [
+        {"anchor": "summary", "title": "Verdict and outcome per table", "sub": []},
+        {"anchor": "open-items", "title": "Pending sign-offs and warnings", "sub": []},
+        {"anchor": "success-criteria", "title": "Success criteria", "sub": []},
+        {"anchor": "checklist", "title": "Checklist",
+         "sub": [{"anchor": sec["anchor"], "title": sec["name"]} for sec in sections]},
+        {"anchor": "tables", "title": "Tables",
+         "sub": [{"anchor": f"table-{t['safe']}", "title": t["name"]} for t in tables]},
+        {"anchor": "replication", "title": "Replication configuration", "sub": []},
+        {"anchor": "notes", "title": "Notes and observations", "sub": []},
+        {"anchor": "contacts", "title": "Emergency contacts", "sub": []},
+        {"anchor": "run-details", "title": "Run details", "sub": []},
+    ]
+
+
 # -- writers ----------------------------------------------------------------------------------
 def build_context(run: dict[str, Any]) -> dict[str, Any]:
     steps = _steps(run)
@@ -298,9 +365,14 @@ def build_context(run: dict[str, Any]) -> dict[str, Any]:
     notes = step_notes(notes_step[0]["evidence"]) if notes_step else derived_notes(run, steps, summ, tables, sections)
     contacts = records(run.get("contacts"))
     run_facts = {k: v for k, v in facts.items() if k not in ("replication", "lag_samples")}
+    replication = replication_context(facts, steps, any(t["lag_chart"] and t["lag_from_run"] for t in tables))
     return {
+        "outcomes": table_outcomes(names, table_facts, steps, summ["mode"]),
+        "pending": [_open(s) for s in steps if s["status"] == "needs-attestation"],
+        "warnings": [_open(s) for s in steps if s["status"] == "warning"],
+        "toc": contents(sections, tables),
         "s": summ, "sections": sections, "criteria": success_criteria(steps), "tables": tables,
-        "replication": replication_context(facts, steps, any(t["lag_chart"] and t["lag_from_run"] for t in tables)),
+        "replication": replication,
         "notes": notes,
         "notes_source": "NOTES step" if notes_step else "derived from this run",
         "contacts": contacts, "contact_columns": columns(contacts, ["role", "name", "phone", "email", "escalation"]),

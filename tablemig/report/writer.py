@@ -19,15 +19,18 @@ from ..checklist.criteria import evaluate
 from ..checklist.items import ORDER
 from ..checklist.outcome import complete, headline
 from ..pg.connect import redact
+from .record import stamped
 
 
 @dataclass(frozen=True)
 class Finished:
-    """A written run: its verdict, its headline and its directory."""
+    """A written run: its verdict, its headline, its directory and its end in lines of text
+    (per table what happened, the step counts; a dry run: what it would do)."""
 
     status: str
     headline: str
     dir: Path
+    lines: tuple[str, ...] = ()
 
 
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -61,6 +64,7 @@ def finish_run(base: Path, parts: list[dict[str, Any]], *, interrupted: bool = F
     data.update(complete(data["steps"], data.pop("expected", []),
                          interrupted=interrupted or bool(data.get("interrupted"))))
     data["headline"] = headline(data)
+    data = stamped(data)
     (out / "run.json").write_text(dumps(data))
     latest = base / "latest"
     if latest.is_symlink() or latest.exists():
@@ -72,7 +76,13 @@ def finish_run(base: Path, parts: list[dict[str, Any]], *, interrupted: bool = F
         render_reports(out, data)
     except ImportError:
         pass
-    return Finished(data["status"], data["headline"], out)
+    try:
+        from .terminal import summary_lines
+
+        lines = tuple(summary_lines(data))
+    except ImportError:
+        lines = ()
+    return Finished(data["status"], data["headline"], out, lines)
 
 
 def dumps(data: Any) -> str:

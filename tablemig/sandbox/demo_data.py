@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ..cli.conventions import add_dsn, add_json, dsn_of, emit, positive_int
 from ..errors import InputError
 from ..pg.connect import connect
 
@@ -97,17 +98,18 @@ def create_demo_data(conn: psycopg.Connection[Any], rows: int, *, schema: str = 
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    with connect(args.dsn) as conn:
+    with connect(dsn_of(args)) as conn:
         result = create_demo_data(conn, args.rows, schema=args.schema, months=args.months)
-    print(f"created {result['orders']} orders and {result['order_items']} order_items "
-          f"in {args.schema} in {result['seconds']} s")
+    emit(args, {**result, "schema": args.schema}, f"created {result['orders']} orders and {result['order_items']} "
+         f"order_items in {args.schema} in {result['seconds']} s")
     return 0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo-data", help="create the demo orders / order_items / recent_orders")
-    p.add_argument("--dsn", required=True, help="connection string of the active site")
+    add_dsn(p)
     p.add_argument("--rows", type=int, default=100_000, help="number of orders (default 100000)")
-    p.add_argument("--months", type=int, default=36, help="months of history (default 36)")
+    p.add_argument("--months", type=positive_int, default=36, help="months of history (default 36)")
     p.add_argument("--schema", default="public", help="schema to create the tables in")
+    add_json(p)
     p.set_defaults(func=_cmd)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import statistics
+import re
+from typing import Any
 
 import pytest
 
 from ..context import StepContext
 from ..criteria import evaluate
+from ..figures import backfill_figures, batch_text, recommendation
 from ..record import result_dict
 from ..wording import pacing_text
 
@@ -45,16 +47,17 @@ def notes_and_observations(ctx: StepContext) -> None:
         t = run.facts.get("timings") or (run.migration.timings if run.migration else {})
         if t:
             perf.append(f"{name}: " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()))
-        samples = [s for s in run.facts.get("throughput", []) if s.get("batch_seconds")]
-        if run.migration is not None and not samples:
-            samples = run.migration.backfill_samples
-        if samples:
-            secs = statistics.median(s["batch_seconds"] for s in samples)
-            size = statistics.median(s["batch_size"] for s in samples)
-            rate = size / secs if secs else 0
-            perf.append(f"{name}: median batch {size:.0f} rows in {secs:.3f} s ({rate:,.0f} rows/s)")
-            if secs < 0.1 or secs > 2:
-                recs.append(f"{name}: a batch size of about {int(rate * 0.5):,} rows would take ~0.5 s per batch")
+        facts = dict(run.facts)
+        if run.migration is not None:
+            facts.setdefault("throughput", run.migration.backfill_samples)
+            facts.setdefault("timings", dict(run.migration.timings))
+        # the figures the report shows, from the one computation of them
+        fig = backfill_figures(facts, next((t.batch_size for t in ctx.plan.tables if str(t.qualified) == name), None))
+        if fig:
+            perf.append(f"{name}: {batch_text(fig)}")
+            advice = recommendation(fig)
+            if advice:
+                recs.append(f"{name}: {advice}")
         pacing = pacing_text(run.facts.get("pacing") or (run.migration.pacer.summary() if run.migration else None))
         if pacing:
             perf.append(f"{name}: {pacing}")
@@ -69,8 +72,31 @@ def notes_and_observations(ctx: StepContext) -> None:
                  recommendations=recs)
 
 
+# what a plan template or an example leaves in a contact: "[Name]", an empty field, an
+# address at a domain reserved for documentation (RFC 2606)
+_BRACKETED = re.compile(r"^\s*\[[^\]]*\]\s*$")
+_RESERVED = re.compile(r"@(?:[\w.-]+\.)?(?:example\.(?:com|net|org)|example|test|invalid|localhost)\s*$", re.I)
+
+
+def placeholders(contact: dict[str, Any]) -> list[str]:
+    """The fields of a contact that are placeholders, not a way to reach someone."""
+    found = []
+    for field in ("name", "phone", "email"):
+        value = str(contact.get(field) or "")
+        if not value.strip() or _BRACKETED.match(value) or (field == "email" and _RESERVED.search(value)):
+            found.append(f"{field} {value.strip()!r}" if value.strip() else f"{field} empty")
+    return found
+
+
 def emergency_contacts(ctx: StepContext) -> None:
     contacts = [c.__dict__ for c in ctx.plan.contacts]
     ctx.evidence(contacts=contacts)
     if not contacts:
         ctx.warn("no emergency contacts in the plan")
+        return
+    unreachable = [f"{c.get('role') or 'contact'}: {', '.join(found)}" for c in contacts if (found := placeholders(c))]
+    if unreachable:
+        ctx.evidence(placeholders=unreachable)
+        ctx.warn(f"{len(unreachable)} of {len(contacts)} emergency contacts are placeholders, not people who can "
+                 f"be reached: {'; '.join(unreachable)}; put real names, phones and e-mail addresses in the "
+                 "plan's contacts")
