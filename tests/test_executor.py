@@ -54,6 +54,6 @@ def test_recorded_sql_carries_its_values_and_no_password(fresh_db: Any) -> None:
         ex.run(sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(sql.Identifier("v1")),
                ("2024-01-31", "it's host=h password=hunter2 dbname=x"))
         assert conn.execute("SELECT note FROM v1").fetchone()[0].endswith("password=hunter2 dbname=x")
-    shown = rec.statements[-1].sql
+    shown = rec.statements[-1].text
     assert "%s" not in shown and "'2024-01-31'" in shown and "it''s" in shown, shown
     assert "hunter2" not in shown and "password=***" in shown, shown

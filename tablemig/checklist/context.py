@@ -90,7 +90,7 @@ class StepContext:
 
     def recorded_changes(self) -> list[str]:
         """The changes this step recorded so far (in a dry run: what --execute would run)."""
-        return [s.sql for s in self.record.recorder.for_step(self._step_key) if s.kind == "change"]
+        return [s.text for s in self.record.recorder.for_step(self._step_key) if s.kind == "change"]
 
     def migration(self) -> Migration:
         m = self.migration_for(self.table.config)

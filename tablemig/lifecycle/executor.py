@@ -45,6 +45,7 @@ from psycopg import sql
 from psycopg.types.json import Json, Jsonb
 
 from ..pg.connect import redact
+from ..pg.sqltext import bound_text
 from ..pg.statements import Planned, Query, Result, planned_rows
 
 Mode = Literal["plan", "execute"]
@@ -75,6 +76,12 @@ class StatementRecord:
     rows: int | None = None
     error: str | None = None
     batch: int | None = None  # sent with this many statements in one round trip (duration: its share)
+    shown: str | None = None  # with parameters: the statement with its values written in, as psql takes it
+
+    @property
+    def text(self) -> str:
+        """What a reader sees: the statement with its values (passwords redacted)."""
+        return self.shown or self.sql
 
     def as_dict(self) -> dict[str, Any]:
         """For the report (JSON)."""
@@ -165,9 +172,12 @@ class Executor:
 
     # -- statements -----------------------------------------------------------------------
     def _record(self, query: Query, params: Any, kind: Kind, executed: bool) -> StatementRecord:
+        # `sql` and `params` apart (a dry run is compared with its execution by them), and the
+        # statement with its values written in for the reader
+        shown = None if params is None else redact(bound_text(self.conn, query, _sent(params)))
         return StatementRecord(self.recorder.step, self.site, redact(self.text(query)), executed, time.time(),
                                kind=kind, params=None if params is None else _shown(params),
-                               connection=self.connection)
+                               connection=self.connection, shown=shown)
 
     def run(self, query: Query, params: Any = None, *, planned: Planned = None) -> Result:
         """A change (see the module docstring); in plan mode recorded, not run."""

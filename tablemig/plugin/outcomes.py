@@ -111,7 +111,7 @@ def pytest_runtest_makereport(item: pytest.Item,
         _tell(item, report, result.status, result.reason)
     if call.when == "call":
         result.statements = [
-            {"site": s.site, "sql": s.sql, "kind": s.kind, "executed": s.executed, "duration_ms": s.duration_ms,
+            {"site": s.site, "sql": s.text, "kind": s.kind, "executed": s.executed, "duration_ms": s.duration_ms,
              "rows": s.rows, "error": s.error, **({"sent_with": s.batch} if s.batch else {})}
             for s in record.recorder.for_step(f"{result.id}|{result.table or ''}")]
     return report
