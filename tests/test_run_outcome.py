@@ -7,7 +7,7 @@ from typing import Any
 
 from tablemig.checklist.items import ITEMS, ORDER
 from tablemig.checklist.outcome import close_unfinished, complete, headline
-from tablemig.plugin.steps import StepResult
+from tablemig.checklist.record import StepResult
 from tablemig.report.junit import junit_tree
 from tablemig.report.model import render_html
 

@@ -2,7 +2,8 @@
 
 `human` items are confirmed by a person (an attestation) in addition to whatever evidence
 the harness can gather; `mutating` items change the database and only act with --execute;
-`per_table` items run once for each table of the plan.
+`per_table` items run once for each table of the plan. `TEST_NAMES` names the test of
+each item: the plugin generates one test per item under that name.
 """
 
 from __future__ import annotations
@@ -116,3 +117,61 @@ _ITEMS = [
 
 ITEMS: dict[str, Item] = {i.id: i for i in _ITEMS}
 ORDER: list[str] = [i.id for i in _ITEMS]
+
+# The test of each item as pytest's node ids, `-k` and JUnit show it (per-table items get
+# the table as parameter: `test_pre_1_1c_passive_in_sync[public.orders]`). CI histories and
+# auditors' references follow these names: never rename one.
+TEST_NAMES: dict[str, str] = {
+    "PRE-1.1a": "test_pre_1_1a_only_one_site_active",
+    "PRE-1.1b": "test_pre_1_1b_replication_lag",
+    "PRE-1.1c": "test_pre_1_1c_passive_in_sync",
+    "PRE-1.1d": "test_pre_1_1d_replication_configuration",
+    "PRE-1.2a": "test_pre_1_2a_disk_space",
+    "PRE-1.2b": "test_pre_1_2b_backup_space",
+    "PRE-1.2c": "test_pre_1_2c_cpu_and_memory",
+    "PRE-1.2d": "test_pre_1_2d_network_bandwidth",
+    "PRE-1.3a": "test_pre_1_3a_affected_tables",
+    "PRE-1.3b": "test_pre_1_3b_foreign_keys",
+    "PRE-1.3c": "test_pre_1_3c_application_dependencies",
+    "PRE-1.3d": "test_pre_1_3d_views_procedures_triggers",
+    "PRE-2.1": "test_pre_2_1_full_backup",
+    "PRE-2.2": "test_pre_2_2_restore_point",
+    "PRE-2.3": "test_pre_2_3_test_restore",
+    "PRE-2.4": "test_pre_2_4_rollback_plan_executable",
+    "PRE-3.1": "test_pre_3_1_maintenance_window",
+    "PRE-3.2": "test_pre_3_2_notify_stakeholders",
+    "PRE-3.3": "test_pre_3_3_monitoring_dashboard",
+    "PRE-3.4": "test_pre_3_4_alerting_thresholds",
+    "EX-1.1": "test_ex_1_1_deploy_framework",
+    "EX-1.2": "test_ex_1_2_configure_parameters",
+    "EX-1.3": "test_ex_1_3_analyze_tables",
+    "EX-2.1": "test_ex_2_1_create_new_table",
+    "EX-2.2": "test_ex_2_2_execute_migration",
+    "EX-2.3": "test_ex_2_3_change_capture",
+    "EX-3.1": "test_ex_3_1_prepare_passive_site",
+    "EX-3.2": "test_ex_3_2_replication_health",
+    "EX-3.3": "test_ex_3_3_reenable_replication",
+    "EX-4.1": "test_ex_4_1_data_integrity",
+    "EX-4.2": "test_ex_4_2_performance",
+    "EX-4.3": "test_ex_4_3_application_testing",
+    "EX-5.1": "test_ex_5_1_health_monitoring",
+    "EX-5.2": "test_ex_5_2_alerts",
+    "POST-1": "test_post_1_first_24_hours",
+    "POST-2": "test_post_2_first_week",
+    "POST-3": "test_post_3_first_month",
+    "RB-1": "test_rb_1_immediate_rollback",
+    "RB-2": "test_rb_2_partial_rollback",
+    "RB-3": "test_rb_3_full_rollback",
+    "SC-1": "test_sc_1_success_criterion",
+    "SC-2": "test_sc_2_success_criterion",
+    "SC-3": "test_sc_3_success_criterion",
+    "SC-4": "test_sc_4_success_criterion",
+    "SC-5": "test_sc_5_success_criterion",
+    "SC-6": "test_sc_6_success_criterion",
+    "SC-7": "test_sc_7_success_criterion",
+    "SC-8": "test_sc_8_success_criterion",
+    "NOTES": "test_notes_and_observations",
+    "CONTACTS": "test_contacts_emergency_contacts",
+}
+
+assert list(TEST_NAMES) == ORDER, "every checklist item needs exactly one test name, in order"

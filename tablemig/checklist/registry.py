@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..plugin.steps import StepContext
+from .context import StepContext
 from .items import ORDER
 from .steps import assessment, backups, execution, monitoring, rollback, scheduling, summary, sync, validation
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import jinja2
 
-from ..checklist.items import ITEMS, ORDER
+from ..checklist.items import ORDER
 from ..config.plan import Contact, TableConfig
 from ..errors import InputError
 from ..pg.replication import LagLimit
@@ -22,19 +22,12 @@ PLACEHOLDER_CONTACTS = [
 ]
 
 
-def _slug(item_id: str) -> str:
-    from ..checklist.registry import STEPS
-
-    fn = STEPS[item_id].__name__
-    base = item_id.lower().replace("-", "_").replace(".", "_")
-    return fn if fn.startswith(base) else f"{base}_{fn}"
-
-
 def render_plan(*, name: str, tables: list[TableConfig], path: str, title: str = "",
                 max_replication_lag: str = "16MB", contacts: list[Contact] | None = None,
                 demo_rows: int = 0, notifiers: list[dict[str, str]] | None = None, window: str = "None",
                 require_attestations: bool = False, backup_dir: str = "backups") -> str:
-    """The source of a plan module (every checklist item, in order)."""
+    """The source of a short-form plan module: `PLAN` only (the plugin runs every checklist
+    item, in order)."""
     LagLimit.parse(max_replication_lag)
     for t in tables:
         t.spec()  # validates names, retention, mode
@@ -42,12 +35,11 @@ def render_plan(*, name: str, tables: list[TableConfig], path: str, title: str =
                              autoescape=False)  # noqa: S701 - Python source, values go through repr
     env.filters["pyrepr"] = repr
     template = env.from_string(resources.files("tablemig.cli.templates").joinpath("plan.py.j2").read_text())
-    steps = [{"id": i, "text": ITEMS[i].text, "slug": _slug(i)} for i in ORDER]
     return template.render(name=name, title=title or ", ".join(t.table for t in tables), path=path,
                            tables=tables, max_replication_lag=max_replication_lag,
                            contacts=contacts if contacts is not None else PLACEHOLDER_CONTACTS,
                            demo_rows=demo_rows, notifiers=notifiers or [], window=window,
-                           require_attestations=require_attestations, backup_dir=backup_dir, steps=steps)
+                           require_attestations=require_attestations, backup_dir=backup_dir)
 
 
 def _cmd(a: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""A migration plan, declared at the top of a plan module, and the `step` decorator.
+"""A migration plan, declared at the top of a plan module, and the decorators of what a DBA
+adds to the checklist's items.
 
     PLAN = PlanConfig(
         name="orders_migration",
@@ -6,10 +7,13 @@
         ...
     )
 
-    @step("EX-1.1")
-    def test_deploy_framework(ctx: StepContext) -> None: ...
+    @after("EX-4.1")                      # optional: a check of your own after an item
+    def no_order_lost(ctx: StepContext) -> None: ...
 
-Each test function is one checklist item (its id and text come from `checklist.py`).
+The pytest plugin runs every checklist item for such a module (`tablemig.plugin.collection`).
+The long form, one `@step(ID)` test function per item the module runs, is still accepted.
+The decorators only record; the plugin checks their item ids when it collects the module.
+See docs/plans.md.
 """
 
 from __future__ import annotations
@@ -17,16 +21,21 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
-
-from ..checklist.items import ITEMS
 from ..errors import InputError
 from ..pg.query_timeout import parse_timeout
 from .spec import TableSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
+# a DBA's function: called with the item's `tablemig.checklist.context.StepContext`
+Check = Callable[[Any], None]
+C = TypeVar("C", bound=Check)
+
+# attributes the decorators set on a function, read by the plugin
+ITEM = "tablemig_item"  # long form: the checklist item the test function carries out
+ADDITIONS = "tablemig_additions"  # the function's @after / @replace, as Addition objects
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,9 @@ class PlanConfig:
     # statement_timeout of every query the steps check with (counts, checksums, the two sites'
     # comparison); a query cancelled by it fails its step and names itself. '0': no limit
     validation_timeout: str = "30min"
+    # `--rehearse`: the schema to load (plain SQL or a pg_dump archive; relative to the plan
+    # module) instead of dumping the active site's
+    rehearsal_schema: str | None = None
 
     def __post_init__(self) -> None:
         if not self.tables:
@@ -115,19 +127,68 @@ class PlanConfig:
                              " below 1", "give e.g. 0.9 to keep 90 % of the application's writes, or 0"
                              " for no write guard")
         object.__setattr__(self, "validation_timeout", parse_timeout(self.validation_timeout))
-        for item in self.attestations:
-            if item not in ITEMS:
-                raise InputError(f"attestation for unknown checklist item {item!r}",
-                                 "use an id from the checklist, e.g. PRE-3.2")
+
+
+@dataclass(frozen=True)
+class Addition:
+    """What a DBA adds to one checklist item: `after` (a check run after the item's step, in
+    the same test) or `replace` (a function that carries out the item instead of the step)."""
+
+    kind: str  # "after" or "replace"
+    item_id: str
+    function: Check
+
+    @property
+    def where(self) -> str:
+        """`no_order_lost (orders_migration.py:31)`: for messages and the evidence."""
+        code = getattr(self.function, "__code__", None)
+        name = getattr(self.function, "__qualname__", repr(self.function))
+        return f"{name} ({Path(code.co_filename).name}:{code.co_firstlineno})" if code else name
+
+
+def after(item_id: str) -> Callable[[C], C]:
+    """Run the decorated function after the checklist item `item_id` (per table for a
+    per-table item), with the item's `ctx`. A failed assertion fails the item, which blocks
+    the later steps like any failure; `ctx.evidence(...)` adds to the item's evidence."""
+    return _addition("after", item_id)
+
+
+def replace(item_id: str) -> Callable[[C], C]:
+    """Carry out the checklist item `item_id` with the decorated function instead of the
+    library's step (`tablemig.checklist.registry.STEPS[item_id]`, which it may still call)."""
+    return _addition("replace", item_id)
+
+
+def _addition(kind: str, item_id: str) -> Callable[[C], C]:
+    def wrap(fn: C) -> C:
+        _refuse_hiding(fn)
+        setattr(fn, ADDITIONS, [*getattr(fn, ADDITIONS, []), Addition(kind, item_id, fn)])
+        setattr(fn, "__test__", False)  # noqa: B010 - never collected as a test of its own, whatever its name
+        return fn
+
+    return wrap
+
+
+def _refuse_hiding(fn: Check) -> None:
+    """A second decorated function of the same name would silently hide the first one."""
+    name = getattr(fn, "__name__", "")
+    earlier = getattr(fn, "__globals__", {}).get(name)
+    if earlier is None or earlier is fn or not getattr(earlier, ADDITIONS, None):
+        return
+    code, earlier_code = getattr(fn, "__code__", None), getattr(earlier, "__code__", None)
+    if code and earlier_code and (code.co_filename, code.co_firstlineno) == (
+            earlier_code.co_filename, earlier_code.co_firstlineno):
+        return  # the same definition, run again (the module reloaded)
+    raise InputError(f"{getattr(fn, '__module__', '')} has two functions named {name} with @after or @replace: "
+                     "the second would hide the first", "give each function its own name")
 
 
 def step(item_id: str) -> Callable[[F], F]:
-    """Mark a test function as the checklist item `item_id`."""
-    if item_id not in ITEMS:
-        raise InputError(f"unknown checklist item {item_id!r}", "use an id from tablemig.checklist.items")
+    """Long form: mark a test function as the checklist item `item_id`. A module with such
+    functions runs only those items (see docs/plans.md)."""
 
     def wrap(fn: F) -> F:
-        marked = pytest.mark.tablemig_step(item_id)(fn)
-        return marked  # type: ignore[no-any-return]
+        setattr(fn, ITEM, item_id)
+        return fn
 
     return wrap

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from ..checklist.items import ITEMS, ORDER
+from .options import reports_dir
 
 WAIT_LIMIT_S = 24 * 3600
 BAD = ("failed", "blocked")
@@ -33,9 +34,7 @@ def _dir(config: pytest.Config, plan: str) -> Path | None:
     worker = getattr(config, "workerinput", None)
     if worker is None:
         return None  # one process: pytest already runs the steps in checklist order
-    from .sites import reports_dir
-
-    d = reports_dir(config) / plan / ".order" / worker["testrunuid"][:12]
+    d = reports_dir(config) / plan / ".order" / str(worker["testrunuid"])[:12]
     d.mkdir(parents=True, exist_ok=True)
     return d
 

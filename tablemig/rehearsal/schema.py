@@ -99,7 +99,7 @@ def dump_schema(tools: ClientTools, source_dsn: str, out: Path) -> str:
     if proc.returncode != 0:
         raise InputError(f"pg_dump --schema-only of the active site failed: {redact(proc.stderr.strip())}",
                          "check the role's privileges (it must read every object's definition), or name a "
-                         "schema file for the rehearsal (REHEARSAL_SCHEMA in the plan module, or --rehearse-schema)")
+                         "schema file for the rehearsal (rehearsal_schema in the plan, or --rehearse-schema)")
     return redact(" ".join(cmd[:-2] + ["--dbname", source_dsn]))
 
 

@@ -21,8 +21,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ..checklist.wording import fmt, pacing_text
 from ..pg.connect import redact
-from .format import columns, fmt, pacing_text, records, safe_name
+from .format import columns, mapping, records, safe_name
 
 WIDTH_IN, HEIGHT_IN, DPI = 7.0, 3.0, 100
 
@@ -52,14 +53,15 @@ def _num(v: Any) -> float | None:
 
 def _when(v: Any) -> dt.datetime | None:
     """A month or a cutoff as a naive UTC datetime (matplotlib plots naive datetimes as given)."""
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped]
 
     if v is None or v == "":
         return None
     ts = pd.to_datetime(str(v), utc=True, errors="coerce")
     if ts is None or pd.isna(ts):
         return None
-    return ts.tz_convert(None).to_pydatetime()
+    when: dt.datetime = ts.tz_convert(None).to_pydatetime()
+    return when
 
 
 def _figure() -> tuple[Any, Any]:
@@ -116,9 +118,9 @@ def distribution_chart(rows: Sequence[dict[str, Any]], cutoff: Any, title: str) 
     cut = _when(cutoff)
     if cut is not None:
         ax.axvline(cut, color=CUTOFF, linestyle="--", linewidth=1.4, label=f"cutoff {cut:%Y-%m-%d}")
-    locator = AutoDateLocator(maxticks=12)
+    locator = AutoDateLocator(maxticks=12)  # type: ignore[no-untyped-call]
     ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
     ax.yaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
     _thousands(ax)
     ax.set_ylabel("rows per month", fontsize=8)
@@ -264,7 +266,7 @@ def batch_recommendation(samples: list[dict[str, Any]], configured: Any = None) 
         return None
     median_s = statistics.median(secs for _, secs in full)
     rate = statistics.median(b / secs for b, secs in full)
-    sizes = [_num(s.get("batch_size")) for s in samples if _num(s.get("batch_size"))]
+    sizes = [size for s in samples if (size := _num(s.get("batch_size")))]
     size = _num(configured) or (statistics.median(sizes) if sizes else statistics.median(b for b, _ in full))
     suggested = rate * TARGET_BATCH_SECONDS
     if suggested >= 10:
@@ -284,7 +286,8 @@ def table_context(name: str, facts: dict[str, Any], steps: list[dict[str, Any]],
 
     def chart(label: str, fn: Any, *args: Any) -> str | None:
         try:
-            return fn(*args)
+            drawn: str | None = fn(*args)
+            return drawn
         except Exception as exc:  # noqa: BLE001 - a chart must never cost the report
             ctx["chart_errors"].append(f"{label}: {type(exc).__name__}: {redact(str(exc))}")
             return None
@@ -299,7 +302,7 @@ def table_context(name: str, facts: dict[str, Any], steps: list[dict[str, Any]],
         if key == "cutoff" and facts.get("cutoff_local"):  # with its offset in the database's time zone
             kpis.append({"label": f"Cutoff ({facts.get('timezone')})", "value": str(facts["cutoff_local"]),
                          "key": "cutoff_local"})
-    timings = facts.get("timings") if isinstance(facts.get("timings"), dict) else {}
+    timings = mapping(facts.get("timings"))
     copied, backfill_s = _num(facts.get("rows_copied")), _num(timings.get("backfill"))
     if copied and backfill_s:
         kpis.append({"label": "Backfill rate", "value": f"{fmt(round(copied / backfill_s))} rows/s",

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checklist.items import ITEMS
+from .format import mapping
 
 SKIPPED = ("blocked", "not-applicable", "needs-attestation", "deferred", "not-run")
 ERRORS = ("interrupted", "running")
@@ -169,8 +170,7 @@ def junit_tree(run: dict[str, Any]) -> ET.ElementTree:
         _property(cprops, "status", status)
         if s.get("reason"):
             _property(cprops, "reason", s["reason"])
-        evidence = s.get("evidence") if isinstance(s.get("evidence"), dict) else {}
-        flat = _flatten(evidence)
+        flat = _flatten(mapping(s.get("evidence")))
         for name, value in flat[:MAX_PROPERTIES]:
             _property(cprops, name, value)
         if len(flat) > MAX_PROPERTIES:

@@ -1,4 +1,4 @@
-"""The reports of a plan run, written next to `run.json` by `report_writer.finish_run`:
+"""The reports of a plan run, written next to `run.json` by `tablemig.report.writer.finish_run`:
 
 * `report.html` — one self-contained page for auditors (inline CSS, charts as `data:` PNGs,
   no external reference), rendered from `tablemig/report/templates/report.html.j2`;
@@ -22,9 +22,10 @@ from typing import Any
 
 from ..checklist.items import ITEMS, ORDER
 from ..checklist.outcome import NOT_RUN, UNFINISHED
+from ..checklist.wording import fmt, fmt_duration, num
 from ..pg.connect import redact
 from .charts import TARGET_BATCH_SECONDS, replication_context, table_context
-from .format import columns, fmt, fmt_duration, fmt_ts, num, plain, records, safe_name
+from .format import columns, fmt_ts, mapping, plain, records, safe_name
 from .junit import database_role, write_junit
 
 STATUS_LABELS = {
@@ -139,7 +140,7 @@ def checklist_sections(steps: list[dict[str, Any]], tables: list[str]) -> list[d
         sections[-1]["items"].append({"id": item_id, "text": item.text, "per_table": item.per_table,
                                       "human": item.human, "mutating": item.mutating, "rows": rows})
     if by_id:  # steps of ids this checklist does not know (a newer plan module)
-        extra = {"name": "Other steps", "items": []}
+        extra: dict[str, Any] = {"name": "Other steps", "items": []}
         for item_id, results in by_id.items():
             extra["items"].append({"id": item_id, "text": results[0]["text"], "per_table": False, "human": False,
                                    "mutating": False, "rows": [_row(s) for s in results]})
@@ -285,13 +286,13 @@ def step_notes(evidence: dict[str, Any]) -> dict[str, Any]:
 def build_context(run: dict[str, Any]) -> dict[str, Any]:
     steps = _steps(run)
     names = _table_names(run, steps)
-    facts = run.get("facts") if isinstance(run.get("facts"), dict) else {}
-    table_facts = run.get("tables") if isinstance(run.get("tables"), dict) else {}
+    facts = mapping(run.get("facts"))
+    table_facts = mapping(run.get("tables"))
     sections = checklist_sections(steps, names)
     summ = summary(run, steps)
     batch_cfg = next((s["evidence"].get("config", {}).get("batch_size") for s in steps
                       if s["id"] == "EX-1.2" and isinstance(s["evidence"].get("config"), dict)), None)
-    tables = [table_context(n, table_facts.get(n) if isinstance(table_facts.get(n), dict) else {},
+    tables = [table_context(n, mapping(table_facts.get(n)),
                             [s for s in steps if s["table"] in (n, None)], batch_cfg, facts) for n in names]
     notes_step = [s for s in steps if s["id"] == "NOTES" and s["evidence"]]
     notes = step_notes(notes_step[0]["evidence"]) if notes_step else derived_notes(run, steps, summ, tables, sections)
@@ -329,7 +330,8 @@ def _environment() -> Any:
 
 
 def render_html(run: dict[str, Any]) -> str:
-    return _environment().get_template("report.html.j2").render(**build_context(run))
+    html: str = _environment().get_template("report.html.j2").render(**build_context(run))
+    return html
 
 
 def write_html(out: Path, run: dict[str, Any]) -> Path:
@@ -341,13 +343,13 @@ def write_html(out: Path, run: dict[str, Any]) -> Path:
 def write_csvs(out: Path, run: dict[str, Any]) -> list[Path]:
     import json
 
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped]
 
     def cell(v: Any) -> Any:
         return json.dumps(v) if isinstance(v, dict | list) else v
 
     written = []
-    tables = run.get("tables") if isinstance(run.get("tables"), dict) else {}
+    tables = mapping(run.get("tables"))
     for name, facts in tables.items():
         if not isinstance(facts, dict):
             continue

@@ -17,7 +17,7 @@ from ...pg import replication
 from ...pg.connect import server_identity
 from ...pg.dependencies import scan_functions
 from ...pg.replication import LagLimit
-from ...plugin.steps import NotApplicable, StepContext
+from ..context import NotApplicable, StepContext
 from . import sites
 
 

@@ -32,7 +32,7 @@ from ...pg.connect import connect, redact
 from ...pg.locking import with_lock_retries
 from ...pg.names import QualifiedName
 from ...pg.reconcile import Reconciler, Side
-from ...plugin.steps import StepContext
+from ..context import StepContext
 
 
 def client_tools(ctx: StepContext, needs: Sequence[str] = DUMP_TOOLS, at_least: int = 0) -> ClientTools:

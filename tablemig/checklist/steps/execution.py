@@ -15,7 +15,7 @@ from ...pg.names import QualifiedName
 from ...pg.reconcile import Reconciler, Side
 from ...pg.schema import SCHEMA_VERSION, install_schema, installed_version, render_schema
 from ...pg.sqltext import Fragment
-from ...plugin.steps import StepContext
+from ..context import StepContext
 
 
 # -- Execution · Phase 1 ----------------------------------------------------------------------

@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 from ...pg.names import QualifiedName
 from ...pg.reconcile import Reconciler
 from ...pg.schema import installed_version
-from ...plugin.steps import StepContext
+from ..context import StepContext
 
 HEALTH_VIEW = ("CREATE OR REPLACE VIEW table_migration.daily_migration_health AS"
                " SELECT * FROM table_migration.health_check()")

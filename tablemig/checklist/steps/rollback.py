@@ -19,7 +19,7 @@ from ...pg import probes
 from ...pg.locking import with_lock_retries
 from ...pg.names import QualifiedName
 from ...pg.reconcile import Reconciler, Side
-from ...plugin.steps import StepContext
+from ..context import StepContext
 from .backups import latest_backup
 
 

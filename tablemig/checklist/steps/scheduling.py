@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 from ...pg.schema import CONFIG_SEED, installed_version, render_schema
-from ...plugin.steps import StepContext
 from .. import notify
+from ..context import StepContext
 
 # A conservative planning rate for this kind of hardware; the report shows the measured one.
 PLANNING_ROWS_PER_SECOND = 150_000

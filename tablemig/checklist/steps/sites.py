@@ -16,7 +16,7 @@ from ...pg.names import QualifiedName
 from ...pg.reconcile import Reconciler
 from ...pg.replication import LagLimit
 from ...pg.site_compare import Pair, SiteDiff, compare
-from ...plugin.steps import StepContext
+from ..context import StepContext
 
 
 def reconciler(plan: TablePlan) -> Reconciler:

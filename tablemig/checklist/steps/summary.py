@@ -7,17 +7,17 @@ import statistics
 
 import pytest
 
-from ...plugin.steps import StepContext
-from ...report.format import pacing_text
-from ...report.writer import _result_dict
+from ..context import StepContext
 from ..criteria import evaluate
+from ..record import result_dict
+from ..wording import pacing_text
 
 
 def success_criterion(ctx: StepContext) -> None:
     if getattr(ctx.request.config, "workerinput", None) is not None:
         ctx.defer("evaluated when the workers' results are merged (pytest -n)")
         return
-    steps = [_result_dict(r) for r in ctx.record.results if r is not ctx.result]
+    steps = [result_dict(r) for r in ctx.record.results if r is not ctx.result]
     status, reason = evaluate(ctx.item.id, steps, "execute" if ctx.execute else "dry-run")
     ctx.evidence(criterion=ctx.item.text, verdict=status, basis=reason)
     if status == "needs-attestation":

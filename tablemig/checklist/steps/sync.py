@@ -17,7 +17,7 @@ from ...lifecycle.state import live_table, old_table
 from ...pg import replication
 from ...pg.names import QualifiedName
 from ...pg.replication import LagLimit
-from ...plugin.steps import StepContext
+from ..context import StepContext
 from . import sites
 
 

@@ -17,7 +17,7 @@ from ...pg import probes
 from ...pg.locking import with_lock_retries
 from ...pg.names import QualifiedName
 from ...pg.query_plans import STATEMENT_TIMEOUT, compare
-from ...plugin.steps import StepContext
+from ..context import StepContext
 
 
 def _swapped(ctx: StepContext) -> dict[str, Any] | None:

@@ -1,7 +1,7 @@
-"""The sites of a rehearsal: registered by `tablemig.plugin.rehearse` only with `--rehearse`.
+"""The sites of a rehearsal: registered by `tablemig.plugin.fixtures` only with `--rehearse`.
 
 Registered after every plugin of the entry points, its fixtures take the place of those of
-`tablemig.plugin.sites` (pytest uses the last registered of equal visibility):
+`tablemig.plugin.fixtures` (pytest uses the last registered of equal visibility):
 
 * `sandbox`: the rehearsal sandbox — a throwaway primary and streaming standby, durable
   (fsync, full page writes and synchronous commit on, as a production server), loaded with the
@@ -31,11 +31,12 @@ from ..config.plan import PlanConfig
 from ..pg.client_tools import server_major
 from ..pg.connect import connect
 from ..pg.replication import wait_for_replay
-from ..rehearsal.prepare import PlanTable, Scale, prepare
+from ..rehearsal.prepare import PlanTable, prepare
 from ..rehearsal.schema import rehearsal_binaries
 from ..sandbox.cluster import Sandbox
 from ..sandbox.shared import reap_stale, shared_sandbox
-from .steps import RECORD
+from .options import rehearsal_scale
+from .run import RECORD
 
 DURABLE = {"fsync": "on", "full_page_writes": "on", "synchronous_commit": "on"}
 PREPARED = "rehearsal.json"
@@ -58,21 +59,16 @@ def _plan(config: pytest.Config) -> tuple[PlanConfig, str]:
     return record.plan, record.module
 
 
-def schema_file(config: pytest.Config, module: str) -> Path | None:
-    """--rehearse-schema, else the plan module's REHEARSAL_SCHEMA (relative to the module)."""
+def schema_file(config: pytest.Config, plan: PlanConfig, module: str) -> Path | None:
+    """--rehearse-schema, else the plan's `rehearsal_schema` (relative to the plan module)."""
     given = config.getoption("--rehearse-schema")
     if given:
         return Path(given).absolute()
-    mod = sys.modules.get(module)
-    named = getattr(mod, "REHEARSAL_SCHEMA", None)
-    if not named:
+    if not plan.rehearsal_schema:
         return None
-    path = Path(str(named))
+    path = Path(plan.rehearsal_schema)
+    mod = sys.modules.get(module)
     return path if path.is_absolute() else Path(str(getattr(mod, "__file__", "."))).parent / path
-
-
-def scale(config: pytest.Config) -> Scale:
-    return Scale(rows=config.getoption("--rehearse-rows"), fraction=config.getoption("--rehearse-fraction"))
 
 
 def _ensure_demo_data(dsn: str, rows: int) -> None:
@@ -128,8 +124,8 @@ def sandbox(request: pytest.FixtureRequest, sandbox: Sandbox | None) -> Iterator
         major = server_major(conn.info.server_version)
     server = rehearsal_binaries(major, config.getoption("--pg-bin"))
     tables = [PlanTable(t.spec().qualified, t.spec().date_column) for t in plan.tables]
-    wanted = scale(config)
-    schema = schema_file(config, module)
+    wanted = rehearsal_scale(config)
+    schema = schema_file(config, plan, module)
     root, key = _root_and_key(config)
     with shared_sandbox(root, key, pg_bin=str(server.bindir), extra_conf=DURABLE) as rehearsal:
 

@@ -1,9 +1,13 @@
-"""The pytest plugin (registered by entry point): options, the sandbox and site fixtures.
+"""The sandbox and the sites, as fixtures: `sandbox`, `active_dsn`, `passive_dsn`, `active`,
+`passive` (plan modules and tests use them alike).
 
 Without `--active-dsn` (or `TABLEMIG_ACTIVE_DSN`) the session starts an embedded sandbox:
 a primary and a streaming standby on loopback, shared by every xdist worker of the run,
 stopped and removed when the session ends (also after failures and Ctrl-C); when tests
 failed, the server logs are copied to `<reports-dir>/sandbox-logs/` first.
+
+With `--rehearse`, `tablemig.plugin.rehearsal_fixtures` is registered as well: its `sandbox`,
+`active_dsn` and `passive_dsn` take the place of these ones.
 """
 
 from __future__ import annotations
@@ -19,48 +23,18 @@ from typing import Any
 import psycopg
 import pytest
 
-from ..pg.connect import connect, redact
+from ..pg.connect import connect
 from ..sandbox.cluster import Sandbox
 from ..sandbox.shared import reap_stale, shared_sandbox
-
-EXECUTE_HELP = "apply the plan (without it, a plan module is a dry run that changes nothing)"
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    g = parser.getgroup("tablemig", "tablemig migration plans")
-    g.addoption("--execute", action="store_true", help=EXECUTE_HELP)
-    g.addoption("--rollback", action="store_true",
-                help="with --execute: run the rollback steps (RB-1) after the migration")
-    g.addoption("--active-dsn", default=None,
-                help="active site (default: $TABLEMIG_ACTIVE_DSN, else an embedded sandbox)")
-    g.addoption("--passive-dsn", default=None,
-                help="passive site (default: $TABLEMIG_PASSIVE_DSN; none with an explicit "
-                     "--active-dsn means single-site)")
-    g.addoption("--reports-dir", default=None, help="where run reports go (default: reports/)")
-    g.addoption("--pg-bin", default=None,
-                help="PostgreSQL binaries: the sandbox's server, and the first choice of client tools "
-                     "(pg_dump, pg_restore) when at least as new as the server")
-    g.addoption("--pg-provider", default="embedded", choices=["embedded", "docker"],
-                help="how the sandbox gets its servers")
-    g.addoption("--sandbox-subscriber", action="store_true",
-                help="the sandbox also starts a logical-replication subscriber cluster")
-    g.addoption("--attest", action="append", default=[], metavar="ID=NAME",
-                help="record that NAME confirmed the human checklist item ID")
-    g.addoption("--require-attestations", action="store_true",
-                help="with --execute, an unattested human item fails and blocks later steps")
-    g.addoption("--table", action="append", default=[], metavar="NAME",
-                help="only these tables of the plan (as SQL writes them: public.orders)")
-
-
-def _option_or_env(config: pytest.Config, option: str, env: str) -> str | None:
-    value = config.getoption(option)
-    return value if value else os.environ.get(env) or None
+from .options import option_or_env, rehearsing, reports_dir
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "tablemig_step(id): a checklist step of a plan")
-    if config.getoption("--rollback") and not config.getoption("--execute"):
-        raise pytest.UsageError("--rollback needs --execute (a dry run never changes anything)")
+    if rehearsing(config):
+        from . import rehearsal_fixtures
+
+        # registered after every entry point: its fixtures replace these ones
+        config.pluginmanager.register(rehearsal_fixtures, "tablemig-rehearsal-fixtures")
 
 
 def _sandbox_root(config: pytest.Config) -> tuple[Path, str]:
@@ -83,7 +57,7 @@ def _sandbox_root(config: pytest.Config) -> tuple[Path, str]:
 def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox | None]:
     """The embedded sandbox, or None when an explicit active DSN is given."""
     config = request.config
-    if _option_or_env(config, "--active-dsn", "TABLEMIG_ACTIVE_DSN"):
+    if option_or_env(config, "--active-dsn", "TABLEMIG_ACTIVE_DSN"):
         yield None
         return
     root, key = _sandbox_root(config)
@@ -104,14 +78,9 @@ def _keep_logs(sb: Sandbox, dest: Path) -> None:
             shutil.copy(info.logfile, dest / f"{name}.log")
 
 
-def reports_dir(config: pytest.Config) -> Path:
-    chosen = config.getoption("--reports-dir", default=None)
-    return Path(chosen) if chosen else Path(str(config.rootpath)) / "reports"
-
-
 @pytest.fixture(scope="session")
 def active_dsn(request: pytest.FixtureRequest, sandbox: Sandbox | None) -> str:
-    dsn = _option_or_env(request.config, "--active-dsn", "TABLEMIG_ACTIVE_DSN")
+    dsn = option_or_env(request.config, "--active-dsn", "TABLEMIG_ACTIVE_DSN")
     if dsn:
         return dsn
     assert sandbox is not None
@@ -121,7 +90,7 @@ def active_dsn(request: pytest.FixtureRequest, sandbox: Sandbox | None) -> str:
 @pytest.fixture(scope="session")
 def passive_dsn(request: pytest.FixtureRequest, sandbox: Sandbox | None) -> str | None:
     """The passive site; None means single-site (explicit active DSN, no passive)."""
-    dsn = _option_or_env(request.config, "--passive-dsn", "TABLEMIG_PASSIVE_DSN")
+    dsn = option_or_env(request.config, "--passive-dsn", "TABLEMIG_PASSIVE_DSN")
     if dsn:
         return dsn
     return sandbox.passive_dsn if sandbox is not None else None
@@ -142,10 +111,3 @@ def passive(passive_dsn: str | None) -> Iterator[psycopg.Connection[Any] | None]
         return
     with connect(passive_dsn) as conn:
         yield conn
-
-
-def pytest_report_header(config: pytest.Config) -> list[str]:
-    dsn = _option_or_env(config, "--active-dsn", "TABLEMIG_ACTIVE_DSN")
-    mode = "EXECUTE" if config.getoption("--execute") else "dry run"
-    site = redact(dsn) if dsn else "embedded sandbox (primary + streaming standby)"
-    return [f"tablemig: {mode}; active site: {site}"]

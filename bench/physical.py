@@ -1,0 +1,122 @@
+"""Physical limits: the least work that does what a step of the migration does, measured on
+the same data and server. Each function returns its seconds (and what it did); none of them
+is part of tablemig."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from tablemig.pg.connect import connect
+
+from .source import DATE_COLUMN, Cut
+
+BARE = "kept"
+
+
+@dataclass(frozen=True)
+class Index:
+    """A plain-column index of the original, rebuilt the same way on the bare copy."""
+
+    columns: tuple[str, ...]
+    unique: bool
+    primary: bool
+
+
+def simple_indexes(conn: psycopg.Connection[Any], table: str) -> list[Index]:
+    """The indexes of `table` that are plain column lists (the demo table's: its key, the
+    customer and the date); expression and partial indexes are left out."""
+    rows = conn.execute(
+        "SELECT i.indisprimary, i.indisunique,"
+        " array(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY k(n, o)"
+        "       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o)"
+        " FROM pg_index i WHERE i.indrelid = %s::regclass AND i.indexprs IS NULL AND i.indpred IS NULL"
+        " AND 0 <> ALL (i.indkey) ORDER BY i.indisprimary DESC, i.indexrelid", (table,)).fetchall()
+    return [Index(tuple(r[2]), bool(r[1]), bool(r[0])) for r in rows]
+
+
+def _timed(conn: psycopg.Connection[Any], stmt: sql.Composed | sql.SQL, params: tuple[Any, ...] | None = None
+           ) -> float:
+    t0 = time.perf_counter()
+    conn.execute(stmt, params)
+    return time.perf_counter() - t0
+
+
+def copy_kept(conn: psycopg.Connection[Any], cut: Cut, table: str = "orders") -> dict[str, float]:
+    """The physical limit of the load and the index build: one INSERT ... SELECT of the kept
+    rows into a bare table (columns and defaults only), then the original's indexes built
+    on it one after the other (the key as a primary key). Seconds per statement."""
+    src, bare = sql.Identifier(table), sql.Identifier(BARE)
+    steps = {"create": _timed(conn, sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(bare, src))}
+    steps["insert"] = _timed(conn, sql.SQL("INSERT INTO {} SELECT * FROM {} WHERE {} >= %s::timestamptz").format(
+        bare, src, sql.Identifier(DATE_COLUMN)), (cut.cutoff,))
+    for ix in simple_indexes(conn, table):
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in ix.columns)
+        if ix.primary:
+            stmt = sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(bare, cols)
+            name = "primary_key"
+        else:
+            stmt = sql.SQL("CREATE {}INDEX ON {} ({})").format(sql.SQL("UNIQUE " if ix.unique else ""), bare, cols)
+            name = "index_" + "_".join(ix.columns)
+        steps[name] = _timed(conn, stmt)
+    return {k: round(v, 4) for k, v in steps.items()}
+
+
+def naive(conn: psycopg.Connection[Any], cut: Cut) -> dict[str, float]:
+    """What a migration avoids: DELETE of the history, then VACUUM FULL (which holds an
+    ACCESS EXCLUSIVE lock for its whole run)."""
+    d = sql.Identifier(DATE_COLUMN)
+    return {"delete": round(_timed(conn, sql.SQL("DELETE FROM orders WHERE {} < %s::timestamptz").format(d),
+                                   (cut.cutoff,)), 4),
+            "vacuum_full": round(_timed(conn, sql.SQL("VACUUM FULL orders")), 4)}
+
+
+def hash_scan(dsn: str, table: str, cut: Cut | None = None) -> dict[str, Any]:
+    """One read of the rows of `table` (those on or after the cutoff with `cut`) with the
+    row hash tablemig's comparisons use (hash_record_extended of the whole row, summed):
+    the physical limit of every step that checksums rows."""
+    with connect(dsn, application_name="tablemig-bench-scan") as c:
+        cols = [r[0] for r in c.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
+            " AND NOT attisdropped ORDER BY attnum", (table,)).fetchall()]
+        row = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(x) for x in cols))
+        q = sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended({}, 0)), 0) FROM {}").format(
+            row, sql.Identifier(*table.split(".")))
+        params: tuple[Any, ...] | None = None
+        if cut is not None:
+            q = sql.SQL("{} WHERE {} >= %s::timestamptz").format(q, sql.Identifier(DATE_COLUMN))
+            params = (cut.cutoff,)
+        t0 = time.perf_counter()
+        res = c.execute(q, params).fetchone()
+        seconds = time.perf_counter() - t0
+    assert res is not None
+    return {"seconds": round(seconds, 4), "rows": int(res[0])}
+
+
+def _client(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def pg_dump_table(pg_dump: Path, dsn: str, table: str, out: Path) -> dict[str, Any]:
+    """`pg_dump --format=custom --table=T`, as PRE-2.1 runs it for the table (without the
+    database's schema, which PRE-2.1 also dumps, and the row checksums it records)."""
+    seconds = _client([str(pg_dump), "--format=custom", f"--file={out}", f"--table={table}", "--dbname", dsn])
+    return {"seconds": round(seconds, 3), "bytes": out.stat().st_size}
+
+
+def pg_restore_table(pg_restore: Path, dsn: str, dump: Path) -> dict[str, Any]:
+    """`pg_restore` of that dump into an empty database: the table, its rows, its key and
+    indexes (PRE-2.3 also restores the database's schema first and compares checksums)."""
+    seconds = _client([str(pg_restore), "--no-owner", "--no-privileges", "--exit-on-error", "--dbname", dsn,
+                       str(dump)])
+    return {"seconds": round(seconds, 3)}
