@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,13 +31,17 @@ from conftest import FreshDb, new_database
 from tablemig.cli.newplan import render_plan
 from tablemig.config.plan import TableConfig
 from tablemig.errors import InputError
+from tablemig.pg.connect import connect
 from tablemig.pg.names import QualifiedName
 from tablemig.rehearsal.prepare import PlanTable, Scale, prepare
 from tablemig.rehearsal.schema import rehearsal_binaries
+from tablemig.sandbox.cluster import Sandbox
+from tablemig.sandbox.demo_data import create_demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
 INVOICES = QualifiedName("shop", "invoices")
 SOURCE_TABLES = ("shop.segments", "shop.customers", "shop.invoices", "shop.invoice_lines")
+DEMO_TABLES = ("public.orders", "public.order_items")
 
 SHOP = """
 CREATE SCHEMA shop;
@@ -246,20 +255,108 @@ def _assert_rehearsal_reported(proc: subprocess.CompletedProcess[str], run: dict
     assert "duration estimated at production size" in proc.stdout
 
 
-def test_rehearse_runs_the_demo_plan_end_to_end(tmp_path: Path) -> None:
-    """`pytest plans/orders_migration.py --rehearse`: the embedded sandbox with the demo data is
-    the active site, the plan runs on a second (durable) sandbox with a fifth of its rows, and
-    the run is reported as a rehearsal everywhere."""
-    proc, run = _rehearse(ROOT / "plans" / "orders_migration.py", tmp_path, "--rehearse-rows", "20000")
+class DemoWriter(threading.Thread):
+    """The application of the demo schema, writing to the rehearsal's primary while the plan
+    runs: new orders, updates, deletes of orders without items, history rows moved above the
+    cutoff (before the swap the live table still holds them). Each operation is one
+    transaction; it stops when told or when the rehearsal's sandbox goes away."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.stop = dsn, threading.Event()
+        self.done: dict[str, int] = {"insert": 0, "update": 0, "delete": 0, "date_up": 0}
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        rnd = random.Random(11)
+        ops = {
+            "insert": ("INSERT INTO public.orders (customer_id, status, amount, created_date, note)"
+                       " VALUES (%(k)s, 'new', 9.99, now(), 'rehearsal write')"),
+            "update": ("UPDATE public.orders SET amount = amount + 1, updated_at = now()"
+                       " WHERE id = (SELECT max(id) FROM public.orders) - %(k)s"),
+            "delete": ("DELETE FROM public.orders o WHERE o.id = (SELECT max(id) FROM public.orders) - %(k)s"
+                       " AND NOT EXISTS (SELECT FROM public.order_items i WHERE i.order_id = o.id)"),
+            "date_up": "UPDATE public.orders SET created_date = now() WHERE id = %(k)s",
+        }
+        try:
+            with connect(self.dsn, application_name="rehearsal-writer") as conn:
+                while not self.stop.is_set():
+                    op = rnd.choice(list(ops))
+                    try:
+                        conn.execute(ops[op], {"k": rnd.randint(1, 500)})
+                        self.done[op] += 1
+                    except psycopg.errors.UndefinedTable:
+                        continue  # between the swap's rename and the new table's: the name is taken again
+                    time.sleep(0.002)
+        except psycopg.OperationalError:
+            pass  # the rehearsal ended and its sandbox stopped
+        except psycopg.Error as exc:
+            self.errors.append(str(exc))
+
+
+def _rehearsal_sandbox(root: Path, proc: subprocess.Popen[str], timeout_s: float = 600) -> Sandbox | None:
+    """The rehearsal's sandbox once it is prepared (its record is written after the load and
+    the standby's catch-up), or None if the rehearsal ended first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        marks = sorted(root.glob("rehearsal-*/rehearsal.json"))
+        if marks:
+            return Sandbox.load(marks[0].parent)
+        time.sleep(0.2)
+    return None
+
+
+def test_rehearse_the_demo_plan_against_a_sandbox_production_under_writes(fresh_db: FreshDb,
+                                                                          tmp_path: Path) -> None:
+    """`pytest plans/orders_migration.py --rehearse --active-dsn PRODUCTION`: production is a
+    database holding the demo data; the whole plan runs with --execute on the rehearsal's own
+    primary and standby while an application writes there, passes, is reported as a rehearsal
+    everywhere, and production is left exactly as it was (rows, catalog, sequences)."""
+    with fresh_db.connect() as prod:
+        create_demo_data(prod, 30_000)
+        before = snapshot(prod, DEMO_TABLES)
+    # a directory the server's user can traverse (pytest's temporary ones are private to root)
+    root = Path(tempfile.mkdtemp(prefix="tablemig-rehearsal-test-"))
+    root.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TABLEMIG_ACTIVE", "TABLEMIG_PASSIVE"))}
+    env["TABLEMIG_SANDBOX_ROOT"] = str(root)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", str(ROOT / "plans" / "orders_migration.py"),
+                             "-p", "no:cacheprovider", "--rehearse", "--active-dsn", fresh_db.dsn,
+                             "--rehearse-rows", "20000", "--reports-dir", str(tmp_path / "reports")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env)
+    writer: DemoWriter | None = None
+    try:
+        rehearsal = _rehearsal_sandbox(root, proc)
+        if rehearsal is not None:
+            assert rehearsal.active_dsn != fresh_db.dsn
+            writer = DemoWriter(rehearsal.active_dsn)
+            writer.start()
+        stdout, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if writer is not None:
+            writer.stop.set()
+            writer.join(timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, "")
+    assert proc.returncode == 0, stdout[:3000] + "\n...\n" + stdout[-3000:]
+    runs = sorted((tmp_path / "reports").glob("*/latest/run.json"))
+    assert runs, stdout[-4000:]
+    run = json.loads(runs[-1].read_text())
     out = tmp_path / "reports" / "orders_migration" / run["run_id"]
-    _assert_rehearsal_reported(proc, run, out)
-    rehearsal = run["facts"]["rehearsal"]
-    assert rehearsal["tables"]["public.orders"]["rows"] == 20000
-    assert rehearsal["tables"]["public.orders"]["source_rows"] == pytest.approx(100_000, rel=0.05)
-    assert rehearsal["tables"]["public.order_items"]["plan_table"] is False
+    _assert_rehearsal_reported(done, run, out)
+    assert writer is not None and not writer.errors, writer and writer.errors
+    assert all(n > 0 for n in writer.done.values()), writer.done
+    rehearsal_facts = run["facts"]["rehearsal"]
+    assert rehearsal_facts["tables"]["public.orders"]["rows"] == 20000
+    assert rehearsal_facts["tables"]["public.orders"]["source_rows"] == pytest.approx(30_000, rel=0.05)
+    assert rehearsal_facts["tables"]["public.order_items"]["plan_table"] is False
     steps = {s["id"]: s for s in run["steps"]}
     assert steps["EX-2.2"]["status"] == "passed" and steps["EX-4.1"]["status"] == "passed"
-    assert run["tables"]["public.orders"]["rows_total"] == 20000
+    assert run["mode"] == "rehearsal" and "execute" not in run["run_id"]
+    with fresh_db.connect() as prod:
+        assert snapshot(prod, DEMO_TABLES) == before, "production was changed"
 
 
 def test_rehearse_a_schema_with_foreign_keys_both_ways(shop_db: FreshDb, tmp_path: Path) -> None:
