@@ -5,6 +5,13 @@ bodies listed as unverified with the reason."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from conftest import FreshDb
@@ -91,3 +98,52 @@ def test_the_framework_schema_checks_against_an_empty_database(fresh_db: FreshDb
         verdicts = StatementCheck(conn).check([("EX-1.1", text) for text in render_schema()])
     assert not [v.as_dict() for v in verdicts if v.status == MISSING]
     assert any(v.status == VERIFIED for v in verdicts) and any("PL/pgSQL" in v.reason for v in verdicts)
+
+
+PLAN_WITH_STATEMENT = '''
+from tablemig.checklist.context import StepContext
+from tablemig.config.plan import PlanConfig, TableConfig, after
+
+PLAN = PlanConfig(name="{name}", tables=[TableConfig("public.orders", date_column="created_date", retention=0.1)],
+                  demo_rows=3000)
+
+
+@after("EX-1.2")
+def stamp_orders(ctx: StepContext) -> None:
+    """A statement of the plan's own, recorded (not run) in a dry run."""
+    ctx.executor().run("UPDATE public.orders SET {column} = now() WHERE id = %s", (1,))
+'''
+
+
+def _dry_run(tmp_path: Path, name: str, column: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    plan = tmp_path / f"{name}.py"
+    plan.write_text(PLAN_WITH_STATEMENT.format(name=name, column=column))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TABLEMIG_ACTIVE", "TABLEMIG_PASSIVE"))}
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(plan), "-p", "no:cacheprovider",
+                           "--reports-dir", str(tmp_path / "reports")], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path, env=env)
+    run = json.loads((tmp_path / "reports" / name / "latest" / "run.json").read_text())
+    return proc, run
+
+
+def test_a_dry_run_fails_on_a_statement_naming_a_missing_column(tmp_path: Path) -> None:
+    """The plan's statement names a column the table lacks: the dry run fails at that item,
+    naming the statement and the column; with the right column the same plan passes, and the
+    report's Statements section lists each statement with its verdict."""
+    proc, run = _dry_run(tmp_path, "typo_plan", "shipped_on")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    step = next(s for s in run["steps"] if s["id"] == "EX-1.2")
+    assert step["status"] == "failed", step
+    assert "EX-1.2: statement 'UPDATE public.orders SET shipped_on" in step["reason"]
+    assert "column shipped_on of public.orders" in step["reason"]
+    [check] = [c for c in step["statement_checks"] if c["status"] == MISSING]
+    assert check["missing"] == ["column shipped_on of public.orders"] and check["item"] == "EX-1.2"
+    html = (tmp_path / "reports" / "typo_plan" / "latest" / "report.html").read_text()
+    assert 'id="statements"' in html and "shipped_on" in html
+
+    proc, run = _dry_run(tmp_path, "good_plan", "updated_at")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    checks = [c for s in run["steps"] for c in s.get("statement_checks", [])]
+    assert {c["status"] for c in checks} == {VERIFIED, UNVERIFIED}, "the schema's PL/pgSQL bodies are unverified"
+    assert any(c["item"] == "EX-1.2" and "updated_at" in c["sql"] and c["status"] == VERIFIED for c in checks)
+    assert all(c["reason"] for c in checks if c["status"] == UNVERIFIED)

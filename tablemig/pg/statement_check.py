@@ -82,9 +82,11 @@ def _split_name(text: str) -> tuple[str, str]:
 class StatementCheck:
     """Checks statements in plan order against one database; remembers what they create."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any],
+                 created: dict[tuple[str, str], frozenset[str]] | None = None) -> None:
         self.conn = conn
-        self.created: dict[tuple[str, str], frozenset[str]] = {}  # (schema or "", name) -> columns
+        # (schema or "", name) -> columns: what earlier statements create (shared across steps)
+        self.created = created if created is not None else {}
         self._relations: dict[tuple[str, str], frozenset[str] | None] = {}
         self._functions: dict[tuple[str, str], bool] = {}
         self._types: dict[tuple[str, str], bool] = {}
@@ -173,12 +175,18 @@ class StatementCheck:
                            + ", ".join(missing), missing)
         if plpgsql:
             return Verdict(item, text, UNVERIFIED, "a PL/pgSQL body: the server checks it only when it runs")
+        if self._routine(tree):
+            return Verdict(item, text, UNVERIFIED, "a function body given as a string is not parsed here "
+                           "(the server checks a LANGUAGE sql body when it creates the function)")
         return Verdict(item, text, VERIFIED)
 
     @staticmethod
-    def _plpgsql(tree: exp.Expression) -> bool:
-        if not isinstance(tree, exp.Create) or str(tree.args.get("kind", "")).upper() not in ("FUNCTION",
-                                                                                              "PROCEDURE"):
+    def _routine(tree: exp.Expression) -> bool:
+        return isinstance(tree, exp.Create) and str(tree.args.get("kind", "")).upper() in ("FUNCTION", "PROCEDURE")
+
+    @classmethod
+    def _plpgsql(cls, tree: exp.Expression) -> bool:
+        if not cls._routine(tree):
             return False
         lang = tree.find(exp.LanguageProperty)
         return lang is not None and _name(lang.this).lower() == "plpgsql"
@@ -280,7 +288,11 @@ class StatementCheck:
         for call in tree.find_all(exp.Anonymous):
             name = _name(call.this) if isinstance(call.this, exp.Identifier) else str(call.this).lower()
             parent = call.parent
-            schema = _name(parent.this) if isinstance(parent, exp.Dot) and parent.expression is call else ""
+            schema = ""
+            if isinstance(parent, exp.Dot) and parent.expression is call:
+                schema = _name(parent.this)
+            elif isinstance(parent, exp.Table) and parent.this is call:  # a function in FROM
+                schema = _name(parent.args.get("db"))
             if name in _SEQUENCE_FUNCTIONS and call.expressions and isinstance(call.expressions[0], exp.Literal):
                 seq = _split_name(str(call.expressions[0].this))
                 if self.relation_columns(*seq) is None:
