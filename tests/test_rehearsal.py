@@ -35,7 +35,6 @@ from tablemig.pg.connect import connect
 from tablemig.pg.names import QualifiedName
 from tablemig.rehearsal.prepare import PlanTable, Scale, prepare
 from tablemig.rehearsal.schema import rehearsal_binaries
-from tablemig.sandbox.cluster import Sandbox
 from tablemig.sandbox.demo_data import create_demo_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -294,14 +293,14 @@ class DemoWriter(threading.Thread):
             self.errors.append(str(exc))
 
 
-def _rehearsal_sandbox(root: Path, proc: subprocess.Popen[str], timeout_s: float = 600) -> Sandbox | None:
-    """The rehearsal's sandbox once it is prepared (its record is written after the load and
+def _rehearsal_primary(root: Path, proc: subprocess.Popen[str], timeout_s: float = 600) -> str | None:
+    """The rehearsal's primary once it is prepared (its record is written after the load and
     the standby's catch-up), or None if the rehearsal ended first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
         marks = sorted(root.glob("rehearsal-*/rehearsal.json"))
         if marks:
-            return Sandbox.load(marks[0].parent)
+            return str(json.loads(marks[0].read_text())["sandbox"]["active_dsn"])
         time.sleep(0.2)
     return None
 
@@ -326,10 +325,10 @@ def test_rehearse_the_demo_plan_against_a_sandbox_production_under_writes(fresh_
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env)
     writer: DemoWriter | None = None
     try:
-        rehearsal = _rehearsal_sandbox(root, proc)
-        if rehearsal is not None:
-            assert rehearsal.active_dsn != fresh_db.dsn
-            writer = DemoWriter(rehearsal.active_dsn)
+        primary = _rehearsal_primary(root, proc)
+        if primary is not None:
+            assert primary != fresh_db.dsn
+            writer = DemoWriter(primary)
             writer.start()
         stdout, _ = proc.communicate(timeout=900)
     finally:

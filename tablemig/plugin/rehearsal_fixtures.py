@@ -10,7 +10,9 @@ Registered after every plugin of the entry points, its fixtures take the place o
   source (with the plan's demo data, as a run without `--rehearse` would have);
 * `active_dsn`, `passive_dsn`: the rehearsal sandbox's primary and standby.
 
-xdist workers of one run share the rehearsal sandbox; the first prepares it.
+xdist workers of one run share the rehearsal sandbox; the first prepares it. Once prepared,
+`<sandbox root>/rehearsal-<run>/rehearsal.json` holds the preparation's record, with the
+rehearsal's DSNs under "sandbox": an application's load can be pointed there.
 """
 
 from __future__ import annotations
@@ -134,6 +136,8 @@ def sandbox(request: pytest.FixtureRequest, sandbox: Sandbox | None) -> Iterator
                              schema_file=schema, pg_bin=config.getoption("--pg-bin"))
             with connect(rehearsal.active_dsn) as a, connect(rehearsal.passive_dsn) as p:
                 wait_for_replay(a, p, timeout_s=REPLAY_TIMEOUT_S)  # the plan starts with a standby in step
+            # where an application's load may write while the plan runs (docs/rehearsal.md)
+            record["sandbox"] = {"active_dsn": rehearsal.active_dsn, "passive_dsn": rehearsal.passive_dsn}
             return record
 
         record = _prepared_once(rehearsal, make)
