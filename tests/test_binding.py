@@ -4,12 +4,19 @@ name (resolved when it runs: sees the new table)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from conftest import FreshDb
 from tablemig.pg.binding import NAME, OID, bindings
 from tablemig.pg.names import QualifiedName
 
+ROOT = Path(__file__).resolve().parent.parent
 TABLE = """
 CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, owner text, created_date date NOT NULL);
 CREATE TABLE audit (id serial PRIMARY KEY, note text);
@@ -69,3 +76,20 @@ def test_an_unrelated_object_is_not_listed(fresh_db: FreshDb) -> None:
                      " CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT count(*)::int FROM audit'")
         names = {b.name for b in bindings(conn, QualifiedName("public", "orders"))}
     assert names == {"public.orders_id_seq"}
+
+
+def test_the_dry_run_lists_the_bindings_of_the_demo_table(tmp_path: Path) -> None:
+    """PRE-1.3d's evidence: the demo table's view, incoming foreign key and sequence, each
+    bound by OID, with what the swap does with it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TABLEMIG_ACTIVE", "TABLEMIG_PASSIVE"))}
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "plans" / "orders_migration.py"),
+                           "-p", "no:cacheprovider", "-k", "pre_1_3", "--reports-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    run = json.loads((tmp_path / "r" / "orders_migration" / "latest" / "run.json").read_text())
+    step = next(s for s in run["steps"] if s["id"] == "PRE-1.3d")
+    found = {(b["kind"], b["name"], b["bound_by"]) for b in step["evidence"]["bindings"]}
+    assert {("view", "public.recent_orders", OID),
+            ("foreign key in", "order_items_order_id_fkey on public.order_items", OID),
+            ("owned sequence", "public.orders_id_seq", OID)} <= found, found
+    assert all(b["swap"] for b in step["evidence"]["bindings"])

@@ -149,7 +149,7 @@ class StatementCheck:
     def _check_text(self, item: str, text: str) -> list[Verdict]:
         bare = _PARAM.sub("NULL", text)
         try:
-            trees = [t for t in sqlglot.parse(bare, read="postgres") if t is not None]
+            trees = [t for t in sqlglot.parse(bare, read="postgres") if isinstance(t, exp.Expression)]
         except sqlglot.errors.SqlglotError as exc:
             return [Verdict(item, text, UNVERIFIED, f"sqlglot cannot parse it: {str(exc).splitlines()[0]}")]
         many = len(trees) > 1
