@@ -11,13 +11,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from site_helpers import own_sandbox
 from twin import CUTOFF, Writers, create_events
 
 from tablemig.config.spec import TableSpec
@@ -25,7 +25,7 @@ from tablemig.errors import InputError
 from tablemig.lifecycle.driver import Migration
 from tablemig.pg.connect import connect
 from tablemig.pg.replication import wait_for_apply
-from tablemig.sandbox.cluster import Sandbox, start_sandbox, stop_sandbox
+from tablemig.sandbox.cluster import Sandbox
 
 ROWS = 20_000
 TABLE_DDL = ("CREATE TABLE {t} (id bigint PRIMARY KEY, d timestamptz NOT NULL, v integer NOT NULL,"
@@ -34,12 +34,8 @@ TABLE_DDL = ("CREATE TABLE {t} (id bigint PRIMARY KEY, d timestamptz NOT NULL, v
 
 @pytest.fixture(scope="module")
 def logical_sandbox() -> Iterator[Sandbox]:
-    root = Path("/tmp") / f"tablemig-logical-{uuid.uuid4().hex[:8]}"
-    sb = start_sandbox(root, subscriber=True)
-    try:
+    with own_sandbox("logical") as sb:
         yield sb
-    finally:
-        stop_sandbox(root)
 
 
 def _subscribe(sb: Sandbox, table: str, *, copy: bool = True) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from psycopg import sql
+from site_helpers import pause_replay
 from twin import CUTOFF, create_events
 
 from tablemig.config.spec import TableSpec
@@ -101,20 +102,11 @@ def test_backfill_pauses_on_lag_and_resumes_when_replay_resumes(private_sandbox:
     throttle.close()
 
 
-def _pause_replay(standby: Any) -> None:
-    """Pause replay on `standby` and wait until it has (the pause is only requested: the
-    startup process may replay on until it takes it)."""
-    standby.execute("SELECT pg_wal_replay_pause()")
-    t0 = time.monotonic()
-    while standby.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()[0] != "paused":
-        assert time.monotonic() - t0 < 30, "replay did not pause"
-        time.sleep(0.05)
-
 
 def test_wait_for_replay_times_out_with_a_clear_error(private_sandbox: Sandbox) -> None:
     sb = private_sandbox
     with connect(sb.active_dsn) as a, connect(sb.passive_dsn) as p:
-        _pause_replay(p)
+        pause_replay(p)
         try:
             a.execute("CREATE TABLE IF NOT EXISTS replay_probe (x int)")
             a.execute("INSERT INTO replay_probe VALUES (1)")
@@ -132,7 +124,7 @@ def test_lag_checks_wait_out_a_burst_and_refuse_a_standby_that_stays_behind(priv
         wait_for_replay(a, p)
         rows, waited = standbys_within(a, limit, wait_s=5)
         assert rows and waited < 5 and not limit.exceeded(rows[0]["lag_bytes"], rows[0]["lag_seconds"])
-        _pause_replay(p)
+        pause_replay(p)
         try:
             # a durable commit: the sandbox commits asynchronously, and WAL still in the
             # server's buffers is not yet behind the standby (pg_current_wal_lsn is the write

@@ -13,12 +13,12 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from site_helpers import own_sandbox, pause_replay
 from twin import CUTOFF, Writers, create_events
 
 from tablemig.errors import InputError
@@ -28,7 +28,7 @@ from tablemig.pg.names import QualifiedName
 from tablemig.pg.reconcile import Reconciler
 from tablemig.pg.replication import wait_for_apply, wait_for_replay
 from tablemig.pg.site_compare import Pair, SiteDiff, compare
-from tablemig.sandbox.cluster import Sandbox, start_sandbox, stop_sandbox
+from tablemig.sandbox.cluster import Sandbox
 
 ROWS = 20_000
 REC_COLUMNS = ["id", "d", "v", "payload"]
@@ -36,12 +36,8 @@ REC_COLUMNS = ["id", "d", "v", "payload"]
 
 @pytest.fixture(scope="module")
 def sites() -> Iterator[Sandbox]:
-    root = Path("/tmp") / f"tablemig-sites-{uuid.uuid4().hex[:8]}"
-    sb = start_sandbox(root, subscriber=True)
-    try:
+    with own_sandbox("sites") as sb:
         yield sb
-    finally:
-        stop_sandbox(root)
 
 
 def _rec() -> Reconciler:
@@ -138,19 +134,12 @@ def test_rows_changed_on_the_subscriber_are_divergence_named_by_key(sites: Sandb
     assert "-1000" in d.problem() and "public.drift" in d.problem()
 
 
-def _pause_replay(standby: Any) -> None:
-    standby.execute("SELECT pg_wal_replay_pause()")
-    t0 = time.monotonic()
-    while standby.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()[0] != "paused":
-        assert time.monotonic() - t0 < 30, "replay did not pause"
-        time.sleep(0.05)
-
 
 def test_a_standby_that_stopped_replaying_fails_the_check(sites: Sandbox) -> None:
     table = _published(sites, "stalled")
     with connect(sites.active_dsn) as active, connect(sites.passive_dsn) as standby:
         wait_for_replay(active, standby)
-        _pause_replay(standby)
+        pause_replay(standby)
         try:
             with pytest.raises(InputError, match="has not replayed") as err:
                 _compare_under_writes(sites, "standby", table, checks=1, timeout_s=3)
