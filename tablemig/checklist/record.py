@@ -28,6 +28,8 @@ class StepResult:
     duration_s: float = 0.0
     evidence: dict[str, Any] = field(default_factory=dict)
     statements: list[dict[str, Any]] = field(default_factory=list)
+    # in a dry run: each statement's check against the catalog (tablemig.checklist.statements)
+    statement_checks: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -54,6 +56,8 @@ class RunRecord:
     # the (item id, table) of every selected step: those without a result are "not run"
     expected: list[tuple[str, str | None]] = field(default_factory=list)
     interrupted: bool = False
+    # what the statements checked so far would create (tablemig.checklist.statements)
+    created_objects: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
 
 
 def result_dict(r: StepResult) -> dict[str, Any]:
@@ -61,7 +65,8 @@ def result_dict(r: StepResult) -> dict[str, Any]:
     return {"id": r.id, "table": r.table, "status": r.status, "reason": r.reason,
             "started": r.started, "duration_s": r.duration_s,
             "text": ITEMS[r.id].text, "section": ITEMS[r.id].section,
-            "evidence": r.evidence, "statements": r.statements}
+            "evidence": r.evidence, "statements": r.statements,
+            **({"statement_checks": r.statement_checks} if r.statement_checks else {})}
 
 
 def run_dict(record: RunRecord) -> dict[str, Any]:

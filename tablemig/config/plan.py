@@ -110,6 +110,9 @@ class PlanConfig:
     # statement_timeout of every query the steps check with (counts, checksums, the two sites'
     # comparison); a query cancelled by it fails its step and names itself. '0': no limit
     validation_timeout: str = "30min"
+    # `--rehearse`: the schema to load (plain SQL or a pg_dump archive; relative to the plan
+    # module) instead of dumping the active site's
+    rehearsal_schema: str | None = None
 
     def __post_init__(self) -> None:
         if not self.tables:

@@ -5,6 +5,9 @@ Without `--active-dsn` (or `TABLEMIG_ACTIVE_DSN`) the session starts an embedded
 a primary and a streaming standby on loopback, shared by every xdist worker of the run,
 stopped and removed when the session ends (also after failures and Ctrl-C); when tests
 failed, the server logs are copied to `<reports-dir>/sandbox-logs/` first.
+
+With `--rehearse`, `tablemig.plugin.rehearsal_fixtures` is registered as well: its `sandbox`,
+`active_dsn` and `passive_dsn` take the place of these ones.
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ import pytest
 from ..pg.connect import connect
 from ..sandbox.cluster import Sandbox
 from ..sandbox.shared import reap_stale, shared_sandbox
-from .options import option_or_env, reports_dir
+from .options import option_or_env, rehearsing, reports_dir
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if rehearsing(config):
+        from . import rehearsal_fixtures
+
+        # registered after every entry point: its fixtures replace these ones
+        config.pluginmanager.register(rehearsal_fixtures, "tablemig-rehearsal-fixtures")
 
 
 def _sandbox_root(config: pytest.Config) -> tuple[Path, str]:

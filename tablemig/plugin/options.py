@@ -13,9 +13,14 @@ import pytest
 
 from ..checklist.items import ITEMS
 from ..config.plan import Attestation
+from ..errors import InputError
 from ..pg.connect import redact
+from ..rehearsal.prepare import DEFAULT_ROWS, Scale
 
 EXECUTE_HELP = "apply the plan (without it, a plan module is a dry run that changes nothing)"
+REHEARSAL_MARK = ("REHEARSAL on a clone of the active site's schema with synthetic rows "
+                  "(the active site was only read)")
+REHEARSE_ONLY = ("--rehearse-rows", "--rehearse-fraction", "--rehearse-schema")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,14 +50,39 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="with --execute, an unattested human item fails and blocks later steps")
     g.addoption("--table", action="append", default=[], metavar="NAME",
                 help="only these tables of the plan (as SQL writes them: public.orders)")
+    g.addoption("--rehearse", action="store_true",
+                help="run the plan with --execute on a throwaway sandbox holding the active site's schema and "
+                     "synthetic rows shaped by its statistics; report it as a rehearsal with the duration "
+                     "estimated at production size (the active site is only read)")
+    g.addoption("--rehearse-rows", type=int, default=None, metavar="N",
+                help=f"with --rehearse: rows of the largest plan table in the rehearsal (default {DEFAULT_ROWS}); "
+                     "every table is scaled by the same fraction")
+    g.addoption("--rehearse-fraction", type=float, default=None, metavar="F",
+                help="with --rehearse: the share of every table's rows to make instead (e.g. 0.001)")
+    g.addoption("--rehearse-schema", default=None, metavar="FILE",
+                help="with --rehearse: load this schema (plain SQL or a pg_dump archive) instead of dumping "
+                     "the active site's (a plan may name one as rehearsal_schema)")
 
 
+def rehearsing(config: pytest.Config) -> bool:
+    """Whether this run is a rehearsal (`--rehearse`)."""
+    return bool(config.getoption("--rehearse", default=False))
+
+
+def rehearsal_scale(config: pytest.Config) -> Scale:
+    """The rehearsal's size, from --rehearse-rows or --rehearse-fraction."""
+    return Scale(rows=config.getoption("--rehearse-rows"), fraction=config.getoption("--rehearse-fraction"))
+
+
+@pytest.hookimpl(tryfirst=True)  # --rehearse sets --execute before any plugin reads it
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "tablemig_step(id): a checklist step of a plan")
+    _check_rehearsal(config)
     if config.getoption("--rollback") and not config.getoption("--execute"):
         raise pytest.UsageError("--rollback needs --execute (a dry run never changes anything)")
     cli_attestations(config)  # a malformed --attest is a usage error before anything runs
-    if (config.getoption("--execute") and not config.getoption("--sandbox")
+    # a rehearsal executes on its own sandbox, said as such everywhere (tablemig.rehearsal)
+    if (config.getoption("--execute") and not config.getoption("--sandbox") and not rehearsing(config)
             and not option_or_env(config, "--active-dsn", "TABLEMIG_ACTIVE_DSN")):
         raise pytest.UsageError(
             "error: --execute without --active-dsn (or TABLEMIG_ACTIVE_DSN) would execute the plan on an "
@@ -63,7 +93,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def executes_on_sandbox(config: pytest.Config) -> bool:
     """The run changes an embedded sandbox, not a database of the user's."""
-    return bool(config.getoption("--execute")) and not option_or_env(config, "--active-dsn", "TABLEMIG_ACTIVE_DSN")
+    return (bool(config.getoption("--execute")) and not rehearsing(config)
+            and not option_or_env(config, "--active-dsn", "TABLEMIG_ACTIVE_DSN"))
+
+
+def _check_rehearsal(config: pytest.Config) -> None:
+    if not rehearsing(config):
+        extra = [o for o in REHEARSE_ONLY if config.getoption(o) is not None]
+        if extra:
+            raise pytest.UsageError(f"{', '.join(extra)} need --rehearse")
+        return
+    try:
+        rehearsal_scale(config)
+    except InputError as exc:
+        raise pytest.UsageError(f"--rehearse: {exc.problem} ({exc.fix})") from None
+    config.option.execute = True  # on the rehearsal's own sandbox, never on the active site
 
 
 def option_or_env(config: pytest.Config, option: str, env: str) -> str | None:
@@ -93,6 +137,10 @@ def cli_attestations(config: pytest.Config) -> dict[str, Attestation]:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     dsn = option_or_env(config, "--active-dsn", "TABLEMIG_ACTIVE_DSN")
+    if rehearsing(config):
+        source = redact(dsn) if dsn else "embedded sandbox with the plan's demo data"
+        return [f"tablemig: {REHEARSAL_MARK}; the plan runs with --execute on a throwaway sandbox; "
+                f"source (only read): {source}"]
     mode = "EXECUTE" if config.getoption("--execute") else "dry run"
     site = redact(dsn) if dsn else "embedded sandbox (primary + streaming standby)"
     if executes_on_sandbox(config):

@@ -13,7 +13,9 @@
 * SIGTERM (a CI job cancelled, a service stopped) ends the run like Ctrl-C: the step that was
   running is reported interrupted, and the reports are written.
 
-The statements a step ran (or, in a dry run, would run) are attached to its result.
+The statements a step ran (or, in a dry run, would run) are attached to its result; in a dry
+run each is checked against the catalog (`tablemig.checklist.statements`), and one that names
+a missing object fails the step.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ import pytest
 
 from ..checklist.context import NotApplicable
 from ..checklist.outcome import RUNNING
+from ..checklist.record import StepResult
+from ..checklist.statements import check_statements, missing_message, verdict_dicts
 from ..pg.connect import redact
+from ..pg.statement_check import MISSING
 from ..report.junit import SKIPPED
 from .run import RESULT, record_of
 from .xdist_order import mark_done
@@ -105,13 +110,31 @@ def pytest_runtest_makereport(item: pytest.Item,
             result.reason = result.reason or redact(str(call.excinfo.value) if call.excinfo else "skipped")
         else:
             result.status = "passed"
-    if record.plan is not None:
-        mark_done(item.config, record.plan.name, result.id, result.table, result.status)
-    if call.when == "call" or not report.passed:
-        _tell(item, report, result.status, result.reason)
     if call.when == "call":
         result.statements = [
             {"site": s.site, "sql": s.text, "kind": s.kind, "executed": s.executed, "duration_ms": s.duration_ms,
              "rows": s.rows, "error": s.error, **({"sent_with": s.batch} if s.batch else {})}
             for s in record.recorder.for_step(f"{result.id}|{result.table or ''}")]
+        if not record.execute and result.statements and result.status != "failed":
+            _check_statements(item, report, result)
+    if record.plan is not None:
+        mark_done(item.config, record.plan.name, result.id, result.table, result.status)
+    if call.when == "call" or not report.passed:
+        _tell(item, report, result.status, result.reason)
     return report
+
+
+def _check_statements(item: pytest.Item, report: pytest.TestReport, result: StepResult) -> None:
+    """A dry run's statements checked against the catalog: a missing object fails the step."""
+    dsn = item.funcargs.get("active_dsn") if hasattr(item, "funcargs") else None
+    if not isinstance(dsn, str):
+        return
+    record = record_of(item.config)
+    verdicts = check_statements(dsn, [(result.id, s["sql"]) for s in result.statements if s["site"] == "active"],
+                                record.created_objects)
+    result.statement_checks = verdict_dicts(verdicts, result.table)
+    if any(v.status == MISSING for v in verdicts):
+        result.status, result.reason = "failed", redact(missing_message(verdicts))
+        report.outcome = "failed"
+        report.longrepr = result.reason
+        record.blocked.setdefault(result.table or "*", result.id)

@@ -7,6 +7,8 @@ status.
   are never merged into a later one: they are removed once they are an hour old, as are the
   ordering markers of `tablemig.plugin.xdist_order`.
 * An interrupted or incomplete run never exits with status 0.
+* A rehearsal (`--rehearse`) is marked as one once written (`tablemig.report.rehearsal`), and
+  its duration estimated at production size is printed at the end.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import pytest
 
 from ..checklist.outcome import UNFINISHED, close_unfinished
 from ..checklist.record import RunRecord, run_dict
+from ..report.rehearsal import estimate_lines, mark_run
 from ..report.writer import Finished, dumps, finish_run
-from .options import executes_on_sandbox, reports_dir
+from .options import REHEARSAL_MARK, executes_on_sandbox, rehearsing, reports_dir
 from .run import RECORD, run_uid
 
 OUTCOME = pytest.StashKey[Finished]()
+_ESTIMATE = pytest.StashKey[list[str]]()
 STALE_AFTER_S = 3600
 
 
@@ -42,7 +46,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         record.interrupted = interrupted
         close_unfinished(record.results, interrupted=record.interrupted)
         _write(config, record)
+    if rehearsing(config):
+        _mark_rehearsal(config)
     settle_exit_status(session)
+
+
+def _mark_rehearsal(config: pytest.Config) -> None:
+    outcome = config.stash.get(OUTCOME, None)
+    if outcome is None:
+        return
+    out, run = mark_run(outcome.dir, REHEARSAL_MARK)
+    config.stash[OUTCOME] = Finished(outcome.status, run["headline"], out)
+    config.stash[_ESTIMATE] = estimate_lines(run)
 
 
 def _write(config: pytest.Config, record: RunRecord) -> None:
@@ -107,3 +122,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line("tablemig: EXECUTED ON AN EMBEDDED SANDBOX (throwaway servers with demo data): "
                                     "no database of yours was changed", yellow=True, bold=True)
     terminalreporter.write_line(f"tablemig: report {outcome.dir}/report.html")
+    lines = config.stash.get(_ESTIMATE, None)
+    if lines:
+        terminalreporter.write_sep("-", "tablemig rehearsal: duration estimated at production size")
+        for line in lines:
+            terminalreporter.write_line(line)

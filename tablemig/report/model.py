@@ -97,6 +97,7 @@ def _steps(run: dict[str, Any]) -> list[dict[str, Any]]:
             "section": s.get("section") or (item.section if item else "Other steps"),
             "evidence": evidence if isinstance(evidence, dict) else ({"value": evidence} if evidence else {}),
             "statements": [st for st in s.get("statements") or [] if isinstance(st, dict)],
+            "statement_checks": records(s.get("statement_checks")),
         })
     return out
 
@@ -349,6 +350,16 @@ def contents(sections: list[dict[str, Any]], tables: list[dict[str, Any]]) -> li
     ]
 
 
+# -- statements -------------------------------------------------------------------------------
+def statements_section(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The dry run's statements checked against the catalog (tablemig.checklist.statements):
+    each statement with its item, table and verdict, and the count of each verdict."""
+    rows = [{"item": c.get("item") or s["id"], "table": c.get("table"), "sql": c.get("sql", ""),
+             "status": c.get("status", ""), "reason": c.get("reason", "")}
+            for s in steps for c in s["statement_checks"]]
+    return {"rows": rows, "counts": dict(Counter(r["status"] for r in rows))}
+
+
 # -- writers ----------------------------------------------------------------------------------
 def build_context(run: dict[str, Any]) -> dict[str, Any]:
     steps = _steps(run)
@@ -373,7 +384,7 @@ def build_context(run: dict[str, Any]) -> dict[str, Any]:
         "toc": contents(sections, tables),
         "s": summ, "sections": sections, "criteria": success_criteria(steps), "tables": tables,
         "replication": replication,
-        "notes": notes,
+        "notes": notes, "statements": statements_section(steps),
         "notes_source": "NOTES step" if notes_step else "derived from this run",
         "contacts": contacts, "contact_columns": columns(contacts, ["role", "name", "phone", "email", "escalation"]),
         "run_facts": run_facts, "generated": fmt_ts(dt.datetime.now(dt.UTC).timestamp()),

@@ -14,6 +14,7 @@ from ...config.settings import Settings
 from ...lifecycle.pacing import write_rate
 from ...lifecycle.resume import note
 from ...pg import replication
+from ...pg.binding import bindings
 from ...pg.connect import server_identity
 from ...pg.dependencies import scan_functions
 from ...pg.replication import LagLimit
@@ -224,10 +225,16 @@ def pre_1_3d_views_procedures_triggers(ctx: StepContext) -> None:
                  bound_by_oid=plan.info.bound_functions,
                  rules_writing_the_table=[f"{r.name} on {r.relation}" for r in plan.info.rules_elsewhere],
                  trigger_search_path=["pg_catalog", *plan.search_path, "pg_temp"])
+    bound = bindings(conn, plan.original)
+    ctx.evidence(bindings=[b.as_dict() for b in bound])
     # the schemas the tool's trigger functions need for the table's expressions
     # (tablemig.pg.search_path): refused when others may create objects there
     unsafe = [b for b in plan.blockers if "search_path" in b]
     assert not unsafe, "; ".join(unsafe)
+    stale = [b.name for b in bound if b.kind == "policy elsewhere"]
+    if stale:
+        ctx.warn("policies of other tables read the table and are not rebuilt by the swap (they would read "
+                 "the archive): " + ", ".join(stale) + "; recreate them after the swap")
     unverified = [f["function"] for f in found if f["status"] == "unverified"]
     if unverified:
         ctx.warn(f"could not parse {len(unverified)} function bodies; checked by text search only: "

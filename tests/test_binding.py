@@ -1,0 +1,95 @@
+"""How each class of dependent is bound to a table (`tablemig.pg.binding`), one real-server
+case per class: by OID (follows the rename to the archive unless the swap rebuilds it) or by
+name (resolved when it runs: sees the new table)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FreshDb
+from tablemig.pg.binding import NAME, OID, bindings
+from tablemig.pg.names import QualifiedName
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLE = """
+CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, owner text, created_date date NOT NULL);
+CREATE TABLE audit (id serial PRIMARY KEY, note text);
+CREATE TABLE customers (id bigint PRIMARY KEY);
+"""
+
+CASES = [
+    ("view", "CREATE VIEW recent AS SELECT id FROM orders", "public.recent", OID),
+    ("materialized view", "CREATE MATERIALIZED VIEW totals AS SELECT count(*) FROM orders", "public.totals", OID),
+    ("rule", "CREATE RULE no_delete AS ON DELETE TO orders DO INSTEAD NOTHING", "no_delete on public.orders", OID),
+    ("rule elsewhere", "CREATE RULE copy_audit AS ON INSERT TO audit DO ALSO"
+                       " INSERT INTO orders (created_date) VALUES (current_date)", "copy_audit on public.audit", OID),
+    ("function (BEGIN ATOMIC)", "CREATE FUNCTION order_count() RETURNS bigint LANGUAGE sql"
+                                " BEGIN ATOMIC SELECT count(*) FROM orders; END", "order_count()", OID),
+    ("procedure (BEGIN ATOMIC)", "CREATE PROCEDURE purge() LANGUAGE sql"
+                                 " BEGIN ATOMIC DELETE FROM orders WHERE created_date < '2000-01-01'; END",
+     "purge()", OID),
+    ("SQL function", "CREATE FUNCTION newest() RETURNS date LANGUAGE sql AS 'SELECT max(created_date) FROM orders'",
+     "newest()", NAME),
+    ("PL/pgSQL function", "CREATE FUNCTION touch() RETURNS void LANGUAGE plpgsql AS"
+                          " $$ BEGIN UPDATE orders SET owner = owner WHERE false; END $$", "touch()", NAME),
+    ("trigger", "CREATE FUNCTION keep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;"
+                " CREATE TRIGGER keep_it BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION keep()",
+     "keep_it", OID),
+    ("policy", "CREATE POLICY own ON orders USING (owner = current_user)", "own", OID),
+    ("policy elsewhere", "CREATE POLICY seen ON audit USING (EXISTS (SELECT FROM orders o WHERE o.id = audit.id))",
+     "seen on public.audit", OID),
+    ("publication", "CREATE PUBLICATION orders_pub FOR TABLE orders", "orders_pub", OID),
+    ("foreign key in", "CREATE TABLE items (order_id bigint REFERENCES orders)", "items_order_id_fkey on public.items",
+     OID),
+    ("foreign key out", "ALTER TABLE orders ADD COLUMN customer_id bigint REFERENCES customers",
+     "orders_customer_id_fkey", OID),
+    ("owned sequence", "CREATE SEQUENCE order_numbers OWNED BY orders.id", "public.order_numbers", OID),
+    ("identity sequence", "", "public.orders_id_seq", OID),
+]
+
+
+@pytest.mark.parametrize("kind, ddl, name, bound_by", CASES, ids=[c[0] for c in CASES])
+def test_each_class_of_dependent_is_bound_as_it_is(fresh_db: FreshDb, kind: str, ddl: str, name: str,
+                                                   bound_by: str) -> None:
+    with fresh_db.connect() as conn:
+        conn.execute(TABLE)
+        before = {(b.kind, b.name) for b in bindings(conn, QualifiedName("public", "orders"))}
+        if ddl:
+            conn.execute(ddl)
+        found = [b for b in bindings(conn, QualifiedName("public", "orders")) if (b.kind, b.name) not in before]
+        if not ddl:
+            found = [b for b in bindings(conn, QualifiedName("public", "orders")) if b.kind == kind]
+    assert [(b.kind, b.name, b.bound_by) for b in found] == [(kind, name, bound_by)], [b.as_dict() for b in found]
+    assert found[0].swap
+
+
+def test_an_unrelated_object_is_not_listed(fresh_db: FreshDb) -> None:
+    with fresh_db.connect() as conn:
+        conn.execute(TABLE)
+        conn.execute("CREATE VIEW other AS SELECT id FROM audit;"
+                     " CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT count(*)::int FROM audit'")
+        names = {b.name for b in bindings(conn, QualifiedName("public", "orders"))}
+    assert names == {"public.orders_id_seq"}
+
+
+def test_the_dry_run_lists_the_bindings_of_the_demo_table(tmp_path: Path) -> None:
+    """PRE-1.3d's evidence: the demo table's view, incoming foreign key and sequence, each
+    bound by OID, with what the swap does with it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TABLEMIG_ACTIVE", "TABLEMIG_PASSIVE"))}
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "plans" / "orders_migration.py"),
+                           "-p", "no:cacheprovider", "-k", "pre_1_3", "--reports-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    run = json.loads((tmp_path / "r" / "orders_migration" / "latest" / "run.json").read_text())
+    step = next(s for s in run["steps"] if s["id"] == "PRE-1.3d")
+    found = {(b["kind"], b["name"], b["bound_by"]) for b in step["evidence"]["bindings"]}
+    assert {("view", "public.recent_orders", OID),
+            ("foreign key in", "order_items_order_id_fkey on public.order_items", OID),
+            ("owned sequence", "public.orders_id_seq", OID)} <= found, found
+    assert all(b["swap"] for b in step["evidence"]["bindings"])
