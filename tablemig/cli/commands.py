@@ -139,10 +139,7 @@ def cmd_health(a: argparse.Namespace) -> int:
 def _set_paused(a: argparse.Namespace, paused: bool) -> int:
     name = str(QualifiedName.parse(a.table))
     with connect(a.dsn) as conn:
-        cur = conn.execute("UPDATE table_migration.migration_state SET checkpoint = checkpoint ||"
-                           " jsonb_build_object('paused', %s::boolean), updated_at = now() WHERE table_name = %s",
-                           (paused, name))
-        if cur.rowcount == 0:
+        if not StateStore(Direct(conn), name).set_paused(paused):
             raise InputError(f"{name} has no migration state", "see `tablemig status`")
     print(f"{name}: {'paused (batches wait until resume)' if paused else 'resumed'}")
     return 0
