@@ -21,6 +21,7 @@ import pytest
 
 from ..checklist.context import NotApplicable
 from ..checklist.outcome import RUNNING
+from ..checklist.record import RunRecord, StepResult
 from ..pg.connect import redact
 from .run import RESULT, record_of
 from .xdist_order import mark_done
@@ -53,7 +54,23 @@ def pytest_runtest_makereport(item: pytest.Item,
             return report
         if report.failed:
             result.status, result.reason = "failed", redact(str(call.excinfo.value) if call.excinfo else "")
-    elif call.excinfo is not None and call.excinfo.errisinstance(NotApplicable):
+    else:
+        _call_outcome(item, call, report, result, record)
+    if record.plan is not None:
+        mark_done(item.config, record.plan.name, result.id, result.table, result.status)
+    if call.when == "call":
+        result.statements = [
+            {"site": s.site, "sql": s.sql, "kind": s.kind, "executed": s.executed, "duration_ms": s.duration_ms,
+             "rows": s.rows, "error": s.error, **({"sent_with": s.batch} if s.batch else {})}
+            for s in record.recorder.for_step(f"{result.id}|{result.table or ''}")]
+    return report
+
+
+def _call_outcome(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport,
+                  result: StepResult, record: RunRecord) -> None:
+    """The step's status from its call: not applicable, failed (blocking the steps after
+    it), or passed unless the step decided otherwise."""
+    if call.excinfo is not None and call.excinfo.errisinstance(NotApplicable):
         result.status, result.reason = "not-applicable", str(call.excinfo.value)
         report.outcome = "skipped"
         report.longrepr = (str(item.path), 0, f"not applicable: {call.excinfo.value}")
@@ -67,11 +84,3 @@ def pytest_runtest_makereport(item: pytest.Item,
             result.reason = result.reason or redact(str(call.excinfo.value) if call.excinfo else "skipped")
         else:
             result.status = "passed"
-    if record.plan is not None:
-        mark_done(item.config, record.plan.name, result.id, result.table, result.status)
-    if call.when == "call":
-        result.statements = [
-            {"site": s.site, "sql": s.sql, "kind": s.kind, "executed": s.executed, "duration_ms": s.duration_ms,
-             "rows": s.rows, "error": s.error, **({"sent_with": s.batch} if s.batch else {})}
-            for s in record.recorder.for_step(f"{result.id}|{result.table or ''}")]
-    return report
