@@ -240,14 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         results["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         stop_children()
-        results["total_seconds"] = round(time.perf_counter() - t_total, 1)
-        results["loadavg_at_end"] = loadavg()
-        values: dict[str, float | None] = {}
-        for ph in phases:
-            if ph.name in results:
-                values.update(ph.targets(results[ph.name]))
-        results["targets"] = targets_report(values)
-        write(out_path, results)
+        _finish(results, phases, t_total, out_path)
     if failed or b is None:
         log(f"failed; partial results in {out_path}")
         return 130 if results.get("error") == "interrupted" else 2
@@ -255,12 +248,28 @@ def main(argv: list[str] | None = None) -> int:
     for ph in phases:
         ph.report(results[ph.name], b)
     print(f"\nresults: {out_path} (total {results['total_seconds']:.0f} s)")
-    rc = 0
+    return _exit_status(a, results)
+
+
+def _finish(results: dict[str, Any], phases: list[Phase], t_total: float, out_path: Path) -> None:
+    """The run's totals and the targets of the phases that ran, written to `out_path`."""
+    results["total_seconds"] = round(time.perf_counter() - t_total, 1)
+    results["loadavg_at_end"] = loadavg()
+    values: dict[str, float | None] = {}
+    for ph in phases:
+        if ph.name in results:
+            values.update(ph.targets(results[ph.name]))
+    results["targets"] = targets_report(values)
+    write(out_path, results)
+
+
+def _exit_status(a: argparse.Namespace, results: dict[str, Any]) -> int:
+    """1 when the smoke failed, or with --strict when a target was missed; else 0."""
     if a.smoke and results["smoke"]["verdict"] != "PASS":
-        rc = 1
+        return 1
     if a.strict and any(t["verdict"] == "MISSED" for t in results["targets"].values()):
-        rc = 1
-    return rc
+        return 1
+    return 0
 
 
 def entry() -> None:

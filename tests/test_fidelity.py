@@ -122,6 +122,32 @@ def _attempt(errors: list[str], stage: str, fn: Any, *args: Any) -> Any:
         return None
 
 
+def _check_swapped(conn: psycopg.Connection[Any], case: Case, steps: dict[str, Any],
+                   before: inventory.Inventory, err: list[str]) -> None:
+    """One case after --execute: refused with nothing changed, or swapped faithfully with
+    the archive mirroring the live rows."""
+    ex21, ex41 = steps[f"EX-2.1 {case.table}"], steps.get(f"EX-4.1 {case.table}", {})
+    if case.refused:
+        if ex21["status"] != "failed" or case.refused not in json.dumps(ex21):
+            err.append(f"EX-2.1 did not refuse: {ex21['status']} {ex21.get('reason')}")
+        diffs = inventory.differences(before, _inventory(conn, case))
+        leftover = conn.execute("SELECT to_regclass('t_new')").fetchone()
+        if diffs or leftover != (None,):
+            err.append(f"refused, but changed: {diffs} {leftover}")
+        return
+    said = ex41.get("evidence", {}).get("inventory")
+    if ex41.get("status") != "passed" or said != IDENTICAL:
+        err.append(f"EX-4.1 {ex41.get('status')}: {ex41.get('reason')} {said}")
+    diffs = _attempt(err, "inventory after the swap", inventory.differences, before,
+                     _attempt(err, "read", _inventory, conn, case) or {})
+    if diffs:
+        err.append(f"after the swap: {diffs}")
+    _attempt(err, "check after the swap", case.check, conn)
+    archive = _attempt(err, "archive", _archive, conn, case)
+    if archive and _attempt(err, "mirror", mirror_holds, conn, archive):
+        err.append("the archive lacks live rows")
+
+
 def _plan_outcome(db: FreshDb, tmp: Path) -> dict[str, list[str]]:
     """Every case through one plan: set up, --execute, checks, --execute --rollback,
     checks. Returns the problems found per case (empty: faithful)."""
@@ -138,27 +164,8 @@ def _plan_outcome(db: FreshDb, tmp: Path) -> dict[str, list[str]]:
     steps = _steps(_run_plan(plan, db, tmp, "--execute"))
     with db.connect() as conn:
         for case in CASES:
-            err, ex21, ex41 = errors[case.name], steps[f"EX-2.1 {case.table}"], steps.get(f"EX-4.1 {case.table}", {})
             use(conn, case)
-            if case.refused:
-                if ex21["status"] != "failed" or case.refused not in json.dumps(ex21):
-                    err.append(f"EX-2.1 did not refuse: {ex21['status']} {ex21.get('reason')}")
-                diffs = inventory.differences(before[case.name], _inventory(conn, case))
-                leftover = conn.execute("SELECT to_regclass('t_new')").fetchone()
-                if diffs or leftover != (None,):
-                    err.append(f"refused, but changed: {diffs} {leftover}")
-                continue
-            said = ex41.get("evidence", {}).get("inventory")
-            if ex41.get("status") != "passed" or said != IDENTICAL:
-                err.append(f"EX-4.1 {ex41.get('status')}: {ex41.get('reason')} {said}")
-            diffs = _attempt(err, "inventory after the swap", inventory.differences, before[case.name],
-                             _attempt(err, "read", _inventory, conn, case) or {})
-            if diffs:
-                err.append(f"after the swap: {diffs}")
-            _attempt(err, "check after the swap", case.check, conn)
-            archive = _attempt(err, "archive", _archive, conn, case)
-            if archive and _attempt(err, "mirror", mirror_holds, conn, archive):
-                err.append("the archive lacks live rows")
+            _check_swapped(conn, case, steps, before[case.name], errors[case.name])
     steps = _steps(_run_plan(plan, db, tmp, "--execute", "--rollback"))
     with db.connect() as conn:
         for case in CASES:

@@ -153,10 +153,7 @@ def _set_paused(a: argparse.Namespace, paused: bool) -> int:
             raise InputError(f"no tablemig schema in this database: {name} was never migrated here",
                              "check --dsn (the active site of the migration); `tablemig status` lists the "
                              "migrations of a database")
-        cur = conn.execute("UPDATE table_migration.migration_state SET checkpoint = checkpoint ||"
-                           " jsonb_build_object('paused', %s::boolean), updated_at = now() WHERE table_name = %s",
-                           (paused, name))
-        if cur.rowcount == 0:
+        if not StateStore(Direct(conn), name).set_paused(paused):
             raise InputError(f"{name} has no migration state", "see `tablemig status`")
     emit(a, {"table": name, "paused": paused},
          f"{name}: {'paused (batches wait until resume)' if paused else 'resumed'}")

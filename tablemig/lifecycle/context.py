@@ -189,7 +189,7 @@ class RunContext:
         replication-lag throttle."""
         from .copying import wait_while_paused
 
-        wait_while_paused(self.ex, self.table)
+        wait_while_paused(self.store)
         if self.throttle:
             self.throttle()
 

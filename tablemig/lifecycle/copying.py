@@ -20,10 +20,9 @@ from psycopg import sql
 from ..pg.connect import connect
 from ..pg.names import QualifiedName
 from ..pg.sqltext import Fragment
-from ..pg.statements import Statements
 from .executor import Executor
 from .pacing import Pace
-from .state import TABLE
+from .state import StateStore
 
 log = logging.getLogger("tablemig.backfill")
 
@@ -195,7 +194,7 @@ class CopyRun:
 
     def _between_units(self, ex: Executor) -> None:
         """Before each unit: the pause, the lag throttle, the pacer."""
-        wait_while_paused(ex, self.table)
+        wait_while_paused(StateStore(ex, self.table))
         if self.throttle:
             self.throttle()
         if self.pace:
@@ -229,21 +228,15 @@ def forked(ex: Executor, dsn: str, application_name: str, label: str) -> Iterato
         yield ex.fork(conn, label)
 
 
-def wait_while_paused(st: Statements | Executor, table: str, poll_s: float = 1.0) -> None:
+def wait_while_paused(store: StateStore, poll_s: float = 1.0) -> None:
     """`tablemig pause` sets checkpoint.paused; units of bulk work wait here until
     `tablemig resume`. (A poll, not a statement of the migration: it is not recorded.)"""
     announced = False
-    key = f"{TABLE}[{table}]"
     while True:
-        query = "SELECT (checkpoint->>'paused')::boolean FROM table_migration.migration_state WHERE table_name = %s"
-        if isinstance(st, Executor):
-            paused = st.probe(query, (table,), reads=[key], planned=[(False,)]).scalar()
-        else:
-            paused = st.read(query, (table,)).scalar()
-        if not paused:
+        if not store.paused_now():
             return
         if not announced:
-            log.info("%s: paused; waiting for `tablemig resume`", table)
+            log.info("%s: paused; waiting for `tablemig resume`", store.table)
             announced = True
         time.sleep(poll_s)
 

@@ -59,8 +59,7 @@ def _record(ctx: RunContext, step: str, exc: BaseException) -> TablemigError | N
 
 def _clear(ctx: RunContext) -> None:
     if ctx.store.installed():
-        ctx.ex.run("UPDATE table_migration.migration_state SET last_error = NULL"
-                   " WHERE table_name = %s AND last_error IS NOT NULL", (ctx.table,))
+        ctx.store.clear_error()
 
 
 class Steps:

@@ -50,49 +50,59 @@ def _build(ctx: RunContext, work: Work, workers: int) -> list[str]:
     """Run the CREATE INDEX statements, on `workers` connections at once (CREATE INDEX
     takes SHARE: builds on one table run side by side). Returns the names of the indexes
     whose build found duplicate keys (stale rows of the load)."""
-    dup: list[str] = []
-    lock = threading.Lock()
-    todo = list(work)
-    errors: list[BaseException] = []
+    builds = _Builds(ctx, work)
+    if not (workers > 1 and len(work) > 1):
+        builds.run(ctx.ex)
+    else:
+        threads = [threading.Thread(target=builds.worker, args=(i,), daemon=True)
+                   for i in range(min(workers, len(work)))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    if builds.errors:
+        raise builds.errors[0]
+    return builds.dup
 
-    def run(ex: Executor) -> None:
+
+class _Builds:
+    """The index builds still to run, shared by the workers; what they found."""
+
+    def __init__(self, ctx: RunContext, work: Work) -> None:
+        self.ctx = ctx
+        self.todo = list(work)
+        self.dup: list[str] = []
+        self.errors: list[BaseException] = []
+        self.lock = threading.Lock()
+
+    def run(self, ex: Executor) -> None:
+        """Take the next build until none is left (or a worker failed)."""
         while True:
-            ctx.pacer(ex.conn)  # after the build before (one worker when paced)
-            with lock:
-                if not todo or errors:
+            self.ctx.pacer(ex.conn)  # after the build before (one worker when paced)
+            with self.lock:
+                if not self.todo or self.errors:
                     return
-                _, name, stmt = todo.pop(0)
+                _, name, stmt = self.todo.pop(0)
             try:
                 with ex.transaction():
                     ex.run(stmt)
             except psycopg.errors.UniqueViolation:
-                with lock:
-                    dup.append(name)
+                with self.lock:
+                    self.dup.append(name)
 
-    def worker(number: int) -> None:
+    def worker(self, number: int) -> None:
+        """A thread of its own connection, running builds."""
         try:
-            with forked(ctx.ex, ctx.dsn, "tablemig-index", f"index-{number + 1}") as ex:
+            with forked(self.ctx.ex, self.ctx.dsn, "tablemig-index", f"index-{number + 1}") as ex:
                 # at least 256MB for the sort (a larger server setting is kept); the builds
                 # already use the cores: no extra sort workers
                 ex.run("SELECT set_config('maintenance_work_mem', greatest(setting::bigint,"
                        " 262144)::text || 'kB', false) FROM pg_settings WHERE name = 'maintenance_work_mem'")
                 ex.run("SET max_parallel_maintenance_workers = 0")
-                run(ex)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            with lock:
-                errors.append(exc)
-
-    if not (workers > 1 and len(work) > 1):
-        run(ctx.ex)
-    else:
-        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(min(workers, len(work)))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    if errors:
-        raise errors[0]
-    return dup
+                self.run(ex)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by _build
+            with self.lock:
+                self.errors.append(exc)
 
 
 def _drop_logged_keys(ctx: RunContext, m: State) -> int:

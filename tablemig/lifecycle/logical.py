@@ -114,70 +114,10 @@ class Subscriber:
         if self._link is not None:
             return self._link
         ex, pub = self.ex, statements(publisher)
-        local = ex.read("SELECT to_regclass(%s)::oid", (str(table),)).fetchone()
-        if not local or local[0] is None:
-            raise InputError(f"the subscriber has no table {table}",
-                             "create it there (same structure) and subscribe to it, or remove the "
-                             "subscriber from the plan")
-        subs = ex.read(
-            "SELECT s.subname, s.subpublications, s.subslotname, s.subenabled"
-            "  FROM pg_subscription s JOIN pg_subscription_rel r ON r.srsubid = s.oid"
-            " WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-            "   AND r.srrelid = %s", (local[0],)).fetchall()
-        mine = []
-        for name, pubs, slot, enabled in subs:
-            row = pub.read("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND"
-                              " database = current_database() AND slot_type = 'logical'",
-                              (slot,)).fetchone()
-            if row:
-                mine.append((name, list(pubs), slot, enabled))
-        if len(mine) != 1:
-            raise InputError(f"{len(mine)} subscriptions on the subscriber receive {table} from the active "
-                             f"site (found {[s[0] for s in subs]})",
-                             "the subscriber must receive the table through exactly one subscription "
-                             "whose slot is on the active site")
-        name, pubs, slot, enabled = mine[0]
-        if not enabled:
-            raise InputError(f"subscription {name} is disabled",
-                             f"ALTER SUBSCRIPTION {name} ENABLE, let it catch up, and rerun")
-        prepared = ex.read("SELECT current_setting('max_prepared_transactions')::int").fetchone()
-        if not prepared or prepared[0] < 1:
-            raise InputError("max_prepared_transactions is 0 on the subscriber: the swap commits there with "
-                             "two-phase commit so that a crash can never apply changes to the wrong table",
-                             "set max_prepared_transactions = 10 on the subscriber and restart it")
-        rows = pub.read("""
-            SELECT p.pubname, p.puballtables, p.pubinsert AND p.pubupdate AND p.pubdelete,
-                   r.oid IS NOT NULL, to_jsonb(r) ->> 'prqual', to_jsonb(r) ->> 'prattrs'
-              FROM pg_publication p
-              LEFT JOIN pg_publication_rel r ON r.prpubid = p.oid AND r.prrelid = %s::regclass
-             WHERE p.pubname = ANY(%s)""", (str(table), pubs)).fetchall()
-        listed = []
-        for pubname, alltables, dml, explicit, qual, attrs in rows:
-            if alltables or not explicit:
-                covers = pub.read("SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND"
-                                     " schemaname = %s AND tablename = %s",
-                                     (pubname, table.schema, table.name)).fetchone()
-                if covers:
-                    raise InputError(f"publication {pubname} publishes {table} FOR ALL TABLES or TABLES IN "
-                                     "SCHEMA: it would publish tablemig's own tables and the new table "
-                                     "before the subscriber has them",
-                                     f"list the tables explicitly (CREATE PUBLICATION ... FOR TABLE {table}, ...)")
-                continue
-            if qual or attrs:
-                raise InputError(f"publication {pubname} publishes {table} with a row filter or column list",
-                                 "publish the whole table while it is migrated")
-            if not dml:
-                raise InputError(f"publication {pubname} does not publish insert, update and delete",
-                                 f"ALTER PUBLICATION {pubname} SET (publish = 'insert, update, delete')")
-            listed.append(pubname)
-        if not listed:
-            raise InputError(f"no publication of subscription {name} lists {table}",
-                             f"ALTER PUBLICATION ... ADD TABLE {table}")
-        ident = pub.read("SELECT relreplident FROM pg_class WHERE oid = %s::regclass",
-                            (str(table),)).fetchone()
-        if ident and ident[0] == "n":
-            raise InputError(f"{table} has REPLICA IDENTITY NOTHING: its updates and deletes cannot be "
-                             "published", f"ALTER TABLE {table} REPLICA IDENTITY DEFAULT")
+        name, pubs, slot = _subscription(ex, pub, table)
+        _check_two_phase(ex)
+        listed = _listing_publications(pub, table, name, pubs)
+        _check_replica_identity(pub, table)
         self._link = Link(name, sorted(listed), slot)
         self.name = f"subscription {name}"
         return self._link
@@ -406,6 +346,94 @@ def is_logical_subscriber(dsn: str) -> bool:
                         " WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()))"
                         ).fetchone()
     return bool(row and row[0])
+
+
+
+def _subscription(ex: Executor, pub: Statements, table: QualifiedName) -> tuple[str, list[str], str]:
+    """The one enabled subscription of the subscriber that receives `table` through a slot
+    on the publisher: its name, publications and slot."""
+    local = ex.read("SELECT to_regclass(%s)::oid", (str(table),)).fetchone()
+    if not local or local[0] is None:
+        raise InputError(f"the subscriber has no table {table}",
+                         "create it there (same structure) and subscribe to it, or remove the "
+                         "subscriber from the plan")
+    subs = ex.read(
+        "SELECT s.subname, s.subpublications, s.subslotname, s.subenabled"
+        "  FROM pg_subscription s JOIN pg_subscription_rel r ON r.srsubid = s.oid"
+        " WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        "   AND r.srrelid = %s", (local[0],)).fetchall()
+    mine = []
+    for name, pubs, slot, enabled in subs:
+        row = pub.read("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND"
+                       " database = current_database() AND slot_type = 'logical'",
+                       (slot,)).fetchone()
+        if row:
+            mine.append((name, list(pubs), slot, enabled))
+    if len(mine) != 1:
+        raise InputError(f"{len(mine)} subscriptions on the subscriber receive {table} from the active "
+                         f"site (found {[s[0] for s in subs]})",
+                         "the subscriber must receive the table through exactly one subscription "
+                         "whose slot is on the active site")
+    name, pubs, slot, enabled = mine[0]
+    if not enabled:
+        raise InputError(f"subscription {name} is disabled",
+                         f"ALTER SUBSCRIPTION {name} ENABLE, let it catch up, and rerun")
+    return name, pubs, slot
+
+
+def _check_two_phase(ex: Executor) -> None:
+    prepared = ex.read("SELECT current_setting('max_prepared_transactions')::int").fetchone()
+    if not prepared or prepared[0] < 1:
+        raise InputError("max_prepared_transactions is 0 on the subscriber: the swap commits there with "
+                         "two-phase commit so that a crash can never apply changes to the wrong table",
+                         "set max_prepared_transactions = 10 on the subscriber and restart it")
+
+
+def _listing_publications(pub: Statements, table: QualifiedName, name: str, pubs: list[str]) -> list[str]:
+    """The publications of the subscription that list `table` explicitly, whole, with every
+    change; refuses one that publishes it otherwise."""
+    rows = pub.read("""
+        SELECT p.pubname, p.puballtables, p.pubinsert AND p.pubupdate AND p.pubdelete,
+               r.oid IS NOT NULL, to_jsonb(r) ->> 'prqual', to_jsonb(r) ->> 'prattrs'
+          FROM pg_publication p
+          LEFT JOIN pg_publication_rel r ON r.prpubid = p.oid AND r.prrelid = %s::regclass
+         WHERE p.pubname = ANY(%s)""", (str(table), pubs)).fetchall()
+    listed = []
+    for pubname, alltables, dml, explicit, qual, attrs in rows:
+        if alltables or not explicit:
+            _refuse_implicit(pub, table, pubname)
+            continue
+        if qual or attrs:
+            raise InputError(f"publication {pubname} publishes {table} with a row filter or column list",
+                             "publish the whole table while it is migrated")
+        if not dml:
+            raise InputError(f"publication {pubname} does not publish insert, update and delete",
+                             f"ALTER PUBLICATION {pubname} SET (publish = 'insert, update, delete')")
+        listed.append(pubname)
+    if not listed:
+        raise InputError(f"no publication of subscription {name} lists {table}",
+                         f"ALTER PUBLICATION ... ADD TABLE {table}")
+    return listed
+
+
+def _refuse_implicit(pub: Statements, table: QualifiedName, pubname: str) -> None:
+    """A publication that covers `table` without listing it (FOR ALL TABLES, TABLES IN SCHEMA)."""
+    covers = pub.read("SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND"
+                      " schemaname = %s AND tablename = %s",
+                      (pubname, table.schema, table.name)).fetchone()
+    if covers:
+        raise InputError(f"publication {pubname} publishes {table} FOR ALL TABLES or TABLES IN "
+                         "SCHEMA: it would publish tablemig's own tables and the new table "
+                         "before the subscriber has them",
+                         f"list the tables explicitly (CREATE PUBLICATION ... FOR TABLE {table}, ...)")
+
+
+def _check_replica_identity(pub: Statements, table: QualifiedName) -> None:
+    ident = pub.read("SELECT relreplident FROM pg_class WHERE oid = %s::regclass",
+                     (str(table),)).fetchone()
+    if ident and ident[0] == "n":
+        raise InputError(f"{table} has REPLICA IDENTITY NOTHING: its updates and deletes cannot be "
+                         "published", f"ALTER TABLE {table} REPLICA IDENTITY DEFAULT")
 
 
 __all__ = ["BarrierTimeout", "Link", "Subscriber", "is_logical_subscriber"]

@@ -167,24 +167,8 @@ def build_plan(st: Statements, spec: TableSpec, existing: State | None, today: d
     if not existing:
         _same_schema(st, spec, original, new, archive)
     info = inspect_table(st, original, list(spec.key) if spec.key else None)
-    bases = base_types(st, info.oid)
-    col = info.column(spec.date_column)
-    if col is None:
-        raise InputError(f"column {spec.date_column!r} does not exist in {original}",
-                         f"name a date column of the table: "
-                         f"{', '.join(c.name for c in info.columns if bases.get(c.name) in DATE_TYPES)}")
-    date_type = bases[col.name]
-    if date_type not in DATE_TYPES:
-        raise InputError(f"column {spec.date_column!r} of {original} is of type {col.type}, "
-                         "not a date or timestamp",
-                         "choose a date, timestamp or timestamptz column (or a domain over one)")
-    if info.persistence == "t":
-        raise InputError(f"{original} is a temporary table: it exists only in the session that created it "
-                         "(no other session, tablemig's included, can read its rows) and ends with it",
-                         "temporary tables cannot be migrated; nothing to do")
-    if info.persistence != "p":
-        raise InputError(f"{original} is UNLOGGED: its rows do not replicate",
-                         "make it a logged table first (ALTER TABLE ... SET LOGGED)")
+    date_type = _date_type(st, info, spec, original)
+    _check_persistence(info, original)
     if existing:
         cut = show_cutoff(st, existing.cutoff.text, date_type, timezone)
         new, archive = existing.new, existing.archive
@@ -216,6 +200,33 @@ def build_plan(st: Statements, spec: TableSpec, existing: State | None, today: d
                              "SET search_path = ...), or run tablemig as the table's owner")
     _check(st, plan, existing is not None)
     return plan
+
+
+def _date_type(st: Statements, info: TableInfo, spec: TableSpec, original: QualifiedName) -> str:
+    """The base type of the plan's date column; InputError if it is missing or no date."""
+    bases = base_types(st, info.oid)
+    col = info.column(spec.date_column)
+    if col is None:
+        raise InputError(f"column {spec.date_column!r} does not exist in {original}",
+                         f"name a date column of the table: "
+                         f"{', '.join(c.name for c in info.columns if bases.get(c.name) in DATE_TYPES)}")
+    date_type = bases[col.name]
+    if date_type not in DATE_TYPES:
+        raise InputError(f"column {spec.date_column!r} of {original} is of type {col.type}, "
+                         "not a date or timestamp",
+                         "choose a date, timestamp or timestamptz column (or a domain over one)")
+    return date_type
+
+
+def _check_persistence(info: TableInfo, original: QualifiedName) -> None:
+    """Only a permanent, logged table can be migrated (its rows replicate and outlive a session)."""
+    if info.persistence == "t":
+        raise InputError(f"{original} is a temporary table: it exists only in the session that created it "
+                         "(no other session, tablemig's included, can read its rows) and ends with it",
+                         "temporary tables cannot be migrated; nothing to do")
+    if info.persistence != "p":
+        raise InputError(f"{original} is UNLOGGED: its rows do not replicate",
+                         "make it a logged table first (ALTER TABLE ... SET LOGGED)")
 
 
 def plan_after_swap(st: Statements, spec: TableSpec, m: State, *, count: bool = True) -> TablePlan:
@@ -271,7 +282,23 @@ def _leading_column(indexdef: str) -> str | None:
 
 
 def _check(st: Statements, plan: TablePlan, resuming: bool) -> None:
-    info, b, w = plan.info, plan.blockers, plan.warnings
+    """Raise InputError for a cutoff that keeps or archives nothing and for names taken;
+    collect the blockers and warnings of the plan, in the order a DBA reads them."""
+    _check_rows(plan)
+    if not resuming:
+        _check_names_free(st, plan)
+    _check_dates(plan)
+    _check_indexes(plan)
+    for ref in plan.references:
+        _check_reference(st, plan, ref)
+    for check, definition in not_valid_checks(plan.info):
+        plan.warnings.append(f"CHECK {check} is NOT VALID ({definition}): rows it never checked are copied as "
+                             "they are, and the live table gets it NOT VALID too")
+    _check_views(st, plan)
+    _check_other_objects(plan)
+
+
+def _check_rows(plan: TablePlan) -> None:
     if plan.keep_rows == 0:
         raise InputError(f"cutoff {plan.cutoff} keeps no rows of {plan.original}",
                          "choose an earlier cutoff or a larger retention")
@@ -279,12 +306,17 @@ def _check(st: Statements, plan: TablePlan, resuming: bool) -> None:
         raise InputError(f"cutoff {plan.cutoff} keeps all {plan.total_rows} rows of "
                          f"{plan.original}: nothing would be archived",
                          "choose a later cutoff or a smaller retention")
-    if not resuming:
-        for label, name in (("new", plan.new), ("archive", plan.archive),
-                            ("backup", plan.backup)):
-            if name is not None and _name_taken(st, name):
-                raise InputError(f"the {label} table name {name} is already taken",
-                                 f"drop or rename {name}, or give another {label}-table name")
+
+
+def _check_names_free(st: Statements, plan: TablePlan) -> None:
+    for label, name in (("new", plan.new), ("archive", plan.archive), ("backup", plan.backup)):
+        if name is not None and _name_taken(st, name):
+            raise InputError(f"the {label} table name {name} is already taken",
+                             f"drop or rename {name}, or give another {label}-table name")
+
+
+def _check_dates(plan: TablePlan) -> None:
+    w = plan.warnings
     if plan.null_dated_rows:
         w.append(f"{plan.null_dated_rows} rows have a NULL {plan.date_column}: they are history "
                  f"and stay in the archive {plan.archive}")
@@ -292,7 +324,11 @@ def _check(st: Statements, plan: TablePlan, resuming: bool) -> None:
         w.append(f"no index leads with {plan.date_column}: the backfill walks the key and reads "
                  "the whole table; CREATE INDEX CONCURRENTLY on it first to make the cost follow "
                  "the rows kept")
-    for i in info.indexes:
+
+
+def _check_indexes(plan: TablePlan) -> None:
+    b, w = plan.blockers, plan.warnings
+    for i in plan.info.indexes:
         if i.constraint_type == "x":
             b.append(f"exclusion constraint {i.constraint} cannot be recreated on the new table "
                      "without a full lock; drop it first or migrate another way")
@@ -301,43 +337,53 @@ def _check(st: Statements, plan: TablePlan, resuming: bool) -> None:
         elif i.tablespace:
             w.append(f"index {i.name} is in tablespace {i.tablespace}: its copy is built in the "
                      "database's default tablespace (ALTER INDEX ... SET TABLESPACE after the swap)")
-    for ref in plan.references:
-        if ref.partitioned and st.conn.info.server_version < 180000:
-            b.append(f"foreign key {ref.name} of the partitioned table {ref.child} references {plan.original}: "
-                     "the swap re-points it NOT VALID (validated afterwards, without blocking writes), which "
-                     "PostgreSQL before 18 refuses on a partitioned table, and adding it validated would scan "
-                     f"{ref.child} under the swap's lock; drop {ref.name} before the migration and add it "
-                     "again afterwards, or migrate on PostgreSQL 18")
+
+
+def _check_reference(st: Statements, plan: TablePlan, ref: Reference) -> None:
+    """One foreign key referencing the table (from another table or from itself)."""
+    b, w = plan.blockers, plan.warnings
+    if ref.partitioned and st.conn.info.server_version < 180000:
+        b.append(f"foreign key {ref.name} of the partitioned table {ref.child} references {plan.original}: "
+                 "the swap re-points it NOT VALID (validated afterwards, without blocking writes), which "
+                 "PostgreSQL before 18 refuses on a partitioned table, and adding it validated would scan "
+                 f"{ref.child} under the swap's lock; drop {ref.name} before the migration and add it "
+                 "again afterwards, or migrate on PostgreSQL 18")
+        return
+    if not ref.self_ref and trigger_name_taken(st, ref):
+        b.append(f"trigger {FAMILY_TRIGGER} on {ref.child} has the name of the trigger tablemig puts on the "
+                 f"tables referencing {plan.original} during the swap step; rename it (ALTER TRIGGER "
+                 f"{FAMILY_TRIGGER} ON {ref.child} RENAME TO ...)")
+    lost = _orphans_after_swap(st, plan, ref)
+    if lost:
+        what = (f"{lost} kept rows of {plan.original} reference rows of it that will be archived"
+                if ref.self_ref else f"{lost} rows of {ref.child} reference {plan.original} rows that "
+                "will be archived")
+        b.append(f"{what}, so foreign key {ref.name} cannot follow the live table; "
+                 + (f"choose a cutoff that keeps the rows they reference, or drop {ref.name}" if ref.self_ref
+                    else f"migrate {ref.child} with the same cutoff first, or drop {ref.name}"))
+    if not ref.indexed:
+        w.append(f"no index leads with the referencing columns of {ref.label()}: the swap's orphan check "
+                 f"looks up {ref.child} rows by them, scanning it under the swap's lock if a write "
+                 f"reached a row to be archived meanwhile; CREATE INDEX CONCURRENTLY on "
+                 f"{ref.child} ({', '.join(map(quote_ident, ref.child_columns))}) first")
+
+
+def _check_views(st: Statements, plan: TablePlan) -> None:
+    for v in plan.info.views:
+        if v.kind != "m":
             continue
-        if not ref.self_ref and trigger_name_taken(st, ref):
-            b.append(f"trigger {FAMILY_TRIGGER} on {ref.child} has the name of the trigger tablemig puts on the "
-                     f"tables referencing {plan.original} during the swap step; rename it (ALTER TRIGGER "
-                     f"{FAMILY_TRIGGER} ON {ref.child} RENAME TO ...)")
-        lost = _orphans_after_swap(st, plan, ref)
-        if lost:
-            what = (f"{lost} kept rows of {plan.original} reference rows of it that will be archived"
-                    if ref.self_ref else f"{lost} rows of {ref.child} reference {plan.original} rows that "
-                    "will be archived")
-            b.append(f"{what}, so foreign key {ref.name} cannot follow the live table; "
-                     + (f"choose a cutoff that keeps the rows they reference, or drop {ref.name}" if ref.self_ref
-                        else f"migrate {ref.child} with the same cutoff first, or drop {ref.name}"))
-        if not ref.indexed:
-            w.append(f"no index leads with the referencing columns of {ref.label()}: the swap's orphan check "
-                     f"looks up {ref.child} rows by them, scanning it under the swap's lock if a write "
-                     f"reached a row to be archived meanwhile; CREATE INDEX CONCURRENTLY on "
-                     f"{ref.child} ({', '.join(map(quote_ident, ref.child_columns))}) first")
-    for check, definition in not_valid_checks(info):
-        w.append(f"CHECK {check} is NOT VALID ({definition}): rows it never checked are copied as they are, "
-                 "and the live table gets it NOT VALID too")
-    for v in info.views:
-        if v.kind == "m":
-            w.append(f"materialized view {v.name} is rebuilt WITH DATA inside the swap: the lock "
-                     "is held while it is computed from the kept rows")
-            deps = _scalar(st, "SELECT count(*) FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid"
-                                 " WHERE d.refobjid = %s AND r.ev_class <> %s", (v.oid, v.oid))
-            if deps:
-                b.append(f"materialized view {v.name} has dependent views; the swap cannot "
-                         "recreate it; drop them first")
+        plan.warnings.append(f"materialized view {v.name} is rebuilt WITH DATA inside the swap: the lock "
+                             "is held while it is computed from the kept rows")
+        deps = _scalar(st, "SELECT count(*) FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid"
+                             " WHERE d.refobjid = %s AND r.ev_class <> %s", (v.oid, v.oid))
+        if deps:
+            plan.blockers.append(f"materialized view {v.name} has dependent views; the swap cannot "
+                                 "recreate it; drop them first")
+
+
+def _check_other_objects(plan: TablePlan) -> None:
+    """Triggers, functions bound by OID, extended statistics, and the archive mode."""
+    info, b, w = plan.info, plan.blockers, plan.warnings
     for trg in info.triggers:  # not tablemig's own: those are left out of the inspection
         if trg.name in TOOL_TRIGGERS:
             b.append(f"trigger {trg.name} on {plan.original} has a name tablemig uses for its own "

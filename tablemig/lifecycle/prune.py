@@ -69,10 +69,7 @@ def run(ctx: RunContext, batch_size: int | None = None) -> int:
         for fn in (names.prune_function, names.mirror_function):
             ex.run(drop_function_sql(fn))
         ctx.store.update(state="pruned")
-        ex.run(sql.SQL(
-            "UPDATE table_migration.migration_state SET checkpoint = checkpoint || jsonb_build_object("
-            "'archive_rows_at_prune', (SELECT count(*) FROM {})) WHERE table_name = %s").format(a.ident()),
-            (ctx.table,))
+        ctx.store.record_archive_rows(a)
         ctx.store.log("prune", "done", rows=Observed("rows", deleted))
         return {}
     with_lock_retries(ex, f"prune of {t}", [t], finish, mode="SHARE ROW EXCLUSIVE", **s.lock_options())

@@ -22,7 +22,7 @@ from ..errors import ConcurrentRun
 from ..pg.names import QualifiedName
 from ..pg.schema import SCHEMA, installed_version
 from ..pg.statements import Result, Statements
-from .executor import Observed
+from .executor import Executor, Observed
 from .objects import Objects
 
 # Advisory-lock class for "a tablemig run owns this table" (objid = the table's OID).
@@ -468,6 +468,40 @@ class StateStore:
                     data[path[0]] = _plain(value)
                 self._planning(base, {**fields, "checkpoint": Checkpoint(data)})
         return result
+
+    def set_paused(self, paused: bool) -> bool:
+        """`tablemig pause` / `resume`: set checkpoint.paused; False when the table has no row."""
+        return self.set_checkpoint({"paused": paused}).rowcount > 0
+
+    def paused_now(self) -> bool:
+        """Is the run paused (`tablemig pause`)? A poll, not a statement of the migration: an
+        executor runs it in both modes without recording it (how often depends on time)."""
+        query = sql.SQL("SELECT (checkpoint->>'paused')::boolean FROM {} WHERE table_name = %s").format(
+            TABLE.ident())
+        if isinstance(self.st, Executor):
+            return bool(self.st.probe(query, (self.table,), reads=[self._key()], planned=[(False,)]).scalar())
+        return bool(self.st.read(query, (self.table,)).scalar())
+
+    def clear_error(self) -> None:
+        """Forget the last failure recorded (a step is starting again)."""
+        self.st.run(sql.SQL("UPDATE {} SET last_error = NULL WHERE table_name = %s AND last_error IS NOT NULL")
+                    .format(TABLE.ident()), (self.table,))
+
+    def record_archive_rows(self, archive: QualifiedName) -> None:
+        """The archive's row count when the prune finished, counted by the server in the
+        prune's transaction (checkpoint.archive_rows_at_prune)."""
+        self.st.run(sql.SQL(
+            "UPDATE {} SET checkpoint = checkpoint || jsonb_build_object("
+            "'archive_rows_at_prune', (SELECT count(*) FROM {})) WHERE table_name = %s").format(
+                TABLE.ident(), archive.ident()), (self.table,))
+
+    def record_swap(self, lock_hold_ms: Any, attempts: int) -> str:
+        """The swap's lock hold and attempts, and the WAL position after its commit (for the
+        standbys to reach); returns that position."""
+        return str(self.st.run(sql.SQL(
+            "UPDATE {} SET lock_hold_ms = %s, swap_attempts = %s, swap_lsn = pg_current_wal_insert_lsn(),"
+            " updated_at = now() WHERE table_name = %s RETURNING swap_lsn::text").format(TABLE.ident()),
+            (lock_hold_ms, attempts, self.table), planned=[("0/0",)]).scalar())
 
     def acquire_lock(self, table_oid: int) -> None:
         """Session advisory lock for the table; names the holder when another run has it."""

@@ -194,10 +194,7 @@ def swap(ex: Executor, m: State, *, lock_timeout: str, attempts: int, statement_
         durable=True, autovacuum_policy=autovacuum_policy))
     hold = record.pop("lock_hold_ms")
     # the LSN after the swap's commit, for the standbys to reach
-    lsn = str(ex.run("UPDATE table_migration.migration_state SET lock_hold_ms = %s, swap_attempts = %s,"
-                     " swap_lsn = pg_current_wal_insert_lsn(), updated_at = now()"
-                     " WHERE table_name = %s RETURNING swap_lsn::text", (Observed("ms", hold), used, m.table),
-                     planned=[("0/0",)]).scalar())
+    lsn = store.record_swap(Observed("ms", hold), used)
     return SwapResult(used, hold, lsn, plain(record), log)
 
 

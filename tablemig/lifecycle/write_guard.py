@@ -98,21 +98,29 @@ class WriteGuard:
             return
         self._last = (t, count)
         if quiet and dt >= 0.02 and (settled or self.rate is None):  # shorter: mostly rounding
-            r = self._recent_rate = dc / dt
-            if self.rate is None:
-                self.expected += r * self._pending_s
-                self._pending_s = 0.0
-            if self.rate is None or (self.provisional and settled):
-                self.rate, self.provisional = r, not settled
-            elif settled:
-                self.rate += (1.0 - math.exp(-dt / self.tau)) * (r - self.rate)
-            if settled:
-                self._settled_at = t
+            self._learn(t, dt, dc, settled)
         if quiet and settled:
             # what the application wrote while nothing of the migration ran is, exactly, what
             # it would have written: only the other intervals need the estimated rate
             self.expected += dc
             return
+        self._worked(dt, dc)
+
+    def _learn(self, t: float, dt: float, dc: int, settled: bool) -> None:
+        """A quiet interval: the application's own rate, measured."""
+        r = self._recent_rate = dc / dt
+        if self.rate is None:
+            self.expected += r * self._pending_s
+            self._pending_s = 0.0
+        if self.rate is None or (self.provisional and settled):
+            self.rate, self.provisional = r, not settled
+        elif settled:
+            self.rate += (1.0 - math.exp(-dt / self.tau)) * (r - self.rate)
+        if settled:
+            self._settled_at = t
+
+    def _worked(self, dt: float, dc: int) -> None:
+        """An interval in which the migration worked: the application's writes expected at its rate."""
         self._work_s += dt
         acc_dt, acc_dc = self._acc[0] + dt, self._acc[1] + dc
         if acc_dt >= self.recent_s:

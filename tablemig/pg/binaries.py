@@ -111,6 +111,30 @@ def _explicit(path: str, origin: str) -> PgBin:
     return PgBin(bindir, server_version(bindir), origin)
 
 
+def _from_pg_config(search_path: str, looked: list[str]) -> PgBin | None:
+    """The server binaries in `pg_config --bindir` (pg_config looked up on `search_path`);
+    None, with what was seen added to `looked`, when there are none."""
+    pg_config = shutil.which("pg_config", path=search_path)
+    if not pg_config:
+        looked.append(f"pg_config on PATH ({search_path or 'empty'}): not found")
+        return None
+    try:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True,
+                             timeout=30, stdin=subprocess.DEVNULL).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    if out and _has(Path(out), SERVER_TOOLS):
+        return PgBin(Path(out), server_version(Path(out)), f"pg_config ({pg_config})")
+    looked.append(f"{pg_config} --bindir -> {out or '?'} (no postgres/initdb there)")
+    return None
+
+
+def _major(d: str) -> tuple[int, str]:
+    """(major version, path) of a system bin directory (/usr/lib/postgresql/15/bin: 15)."""
+    m = re.search(r"/(\d+)(?:\.\d+)?/bin/?$", d)
+    return (int(m.group(1)) if m else -1, d)
+
+
 def find_pg_bin(explicit: str | None = None, *, env: Mapping[str, str] | None = None,
                 path: str | None = None, system_glob: str = SYSTEM_GLOB,
                 embedded: bool = True) -> PgBin:
@@ -128,23 +152,9 @@ def find_pg_bin(explicit: str | None = None, *, env: Mapping[str, str] | None = 
     looked: list[str] = ["--pg-bin (not given)", f"${ENV_VAR} (not set)"]
 
     search_path = env.get("PATH", os.defpath) if path is None else path
-    pg_config = shutil.which("pg_config", path=search_path)
-    if pg_config:
-        try:
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True,
-                                 timeout=30, stdin=subprocess.DEVNULL).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            out = ""
-        if out and _has(Path(out), SERVER_TOOLS):
-            return PgBin(Path(out), server_version(Path(out)), f"pg_config ({pg_config})")
-        looked.append(f"{pg_config} --bindir -> {out or '?'} (no postgres/initdb there)")
-    else:
-        looked.append(f"pg_config on PATH ({search_path or 'empty'}): not found")
-
-    def _major(d: str) -> tuple[int, str]:
-        m = re.search(r"/(\d+)(?:\.\d+)?/bin/?$", d)
-        return (int(m.group(1)) if m else -1, d)
-
+    by_pg_config = _from_pg_config(search_path, looked)
+    if by_pg_config:
+        return by_pg_config
     for d in sorted(glob.glob(system_glob), key=_major, reverse=True):
         if _has(Path(d), SERVER_TOOLS):
             return PgBin(Path(d), server_version(Path(d)), f"system packages ({d})")

@@ -107,7 +107,12 @@ def bindings(conn: psycopg.Connection[Any], table: QualifiedName) -> list[Bindin
     if row is None or row[0] is None:
         return []
     oid = row[0]
-    out: list[Binding] = []
+    return [*_rewrites(conn, oid), *_atomic(conn, oid), *_by_name(conn, table), *_others(conn, oid)]
+
+
+def _rewrites(conn: psycopg.Connection[Any], oid: int) -> list[Binding]:
+    """Views, materialized views and rules (their rewrite rules hold the table's OID)."""
+    out = []
     for name, relkind, rule, on_table in conn.execute(_REWRITES, {"oid": oid}).fetchall():
         if rule == "_RETURN":
             kind = "materialized view" if relkind == "m" else "view"
@@ -117,24 +122,41 @@ def bindings(conn: psycopg.Connection[Any], table: QualifiedName) -> list[Bindin
         else:
             out.append(Binding("rule elsewhere", f"{rule} on {name}", OID,
                                "recreated so that it reads or writes the new table"))
+    return out
+
+
+def _atomic(conn: psycopg.Connection[Any], oid: int) -> list[Binding]:
+    """Functions and procedures with a SQL-standard body (bound by OID, recorded in pg_depend)."""
+    out = []
     for name, prokind in conn.execute(_ATOMIC, {"oid": oid}).fetchall():
         kind = "procedure (BEGIN ATOMIC)" if prokind == "p" else "function (BEGIN ATOMIC)"
         out.append(Binding(kind, name, OID, "refused before anything changes: recreate it after the swap "
                                             "or give it a body as a string"))
+    return out
+
+
+def _by_name(conn: psycopg.Connection[Any], table: QualifiedName) -> list[Binding]:
+    """Functions whose bodies name the table as text: resolved at each call."""
+    out = []
     for f in scan_functions(conn, table):
         if f["status"].startswith("bound by OID"):
-            continue  # listed above, from pg_depend
+            continue  # listed by _atomic, from pg_depend
         lang = "PL/pgSQL" if f["language"] == "plpgsql" else "SQL"
         how = "" if f["status"] == "references the table" else " (found by text: its body is not parsed)"
         out.append(Binding(f"{lang} function", f["function"], NAME,
                            f"resolved at each call: sees the new table after the swap{how}"))
+    return out
+
+
+def _others(conn: psycopg.Connection[Any], oid: int) -> list[Binding]:
+    """Sequences, triggers, policies, publications, foreign keys."""
+    out = []
     for kind, name, deptype in conn.execute(_OTHERS, {"oid": oid}).fetchall():
-        if kind == "sequence":
-            if deptype == "i":
-                out.append(Binding("identity sequence", name, OID, "stays with the archive; the new table's "
-                                                                   "identity continues past the copied keys"))
-            else:
-                out.append(Binding("owned sequence", name, OID, "ownership moved to the new table"))
+        if kind == "sequence" and deptype == "i":
+            out.append(Binding("identity sequence", name, OID, "stays with the archive; the new table's "
+                                                               "identity continues past the copied keys"))
+        elif kind == "sequence":
+            out.append(Binding("owned sequence", name, OID, "ownership moved to the new table"))
         else:
             out.append(Binding(kind, name, NAME if kind == "publication of all tables" else OID, _SWAP[kind]))
     return out

@@ -103,12 +103,7 @@ def candidates(explicit: Sequence[tuple[str, str]] = (), *, env: Mapping[str, st
     origin, bindir = _pg_config_bindir(search_path)
     if bindir:
         found.append(Candidate(bindir, origin, False))
-
-    def major_of(d: str) -> int:
-        m = re.search(r"/(\d+)(?:\.\d+)?/bin/?$", d)
-        return int(m.group(1)) if m else -1
-
-    for d in sorted(glob.glob(system_glob), key=major_of):
+    for d in sorted(glob.glob(system_glob), key=_major_of):
         found.append(Candidate(Path(d), "system packages", False))
     wheel = embedded_bindir() if embedded else None
     if wheel:
@@ -116,6 +111,17 @@ def candidates(explicit: Sequence[tuple[str, str]] = (), *, env: Mapping[str, st
     for d in search_path.split(os.pathsep):
         if d and _is_exe(Path(d) / "pg_dump"):
             found.append(Candidate(Path(d), "PATH", False))
+    return _unique(found)
+
+
+def _major_of(bindir: str) -> int:
+    """The major version in a system bin directory's path (/usr/lib/postgresql/15/bin: 15)."""
+    m = re.search(r"/(\d+)(?:\.\d+)?/bin/?$", bindir)
+    return int(m.group(1)) if m else -1
+
+
+def _unique(found: list[Candidate]) -> list[Candidate]:
+    """The candidates without a directory seen before (symbolic links resolved)."""
     unique: list[Candidate] = []
     seen: set[Path] = set()
     for c in found:

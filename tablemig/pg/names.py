@@ -46,44 +46,12 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 
 
 def _split(text: str) -> list[str]:
+    """The dot-separated identifiers of `text`, quoted ones unquoted and unquoted ones folded."""
     parts: list[str] = []
     i, n = 0, len(text)
     while i < n:
-        if text[i] == '"':
-            j, buf = i + 1, []
-            while True:
-                if j >= n:
-                    raise InputError(
-                        f"unterminated quoted identifier in {text!r}",
-                        'close the double quote, e.g. "Sales"."Invoice"',
-                    )
-                if text[j] == '"':
-                    if j + 1 < n and text[j + 1] == '"':
-                        buf.append('"')
-                        j += 2
-                        continue
-                    break
-                buf.append(text[j])
-                j += 1
-            parts.append("".join(buf))
-            i = j + 1
-        else:
-            j = text.find(".", i)
-            raw = text[i:] if j < 0 else text[i:j]
-            if raw.strip() != raw or not raw:
-                raise InputError(
-                    f"invalid table name {text!r}",
-                    'write it as SQL does: schema.table, or quote it: "My Schema"."My Table"',
-                )
-            if '"' in raw:
-                raise InputError(f"stray double quote in {text!r}", "quote the whole identifier")
-            if not _UNQUOTED.fullmatch(raw):
-                raise InputError(
-                    f"invalid unquoted identifier {raw!r} in {text!r}",
-                    'quote names with spaces or special characters: "My Schema"."My Table"',
-                )
-            parts.append(raw.translate(_ASCII_LOWER))  # unquoted identifiers fold, as in SQL
-            i = i + len(raw)
+        part, i = _quoted(text, i) if text[i] == '"' else _unquoted(text, i)
+        parts.append(part)
         if i < n:
             if text[i] != ".":
                 raise InputError(f"unexpected {text[i]!r} in table name {text!r}",
@@ -92,6 +60,45 @@ def _split(text: str) -> list[str]:
             if i == n:
                 raise InputError(f"table name {text!r} ends with a dot", "give schema.table")
     return parts
+
+
+def _quoted(text: str, i: int) -> tuple[str, int]:
+    """The quoted identifier starting at text[i] (a double quote); and where it ends."""
+    j, buf, n = i + 1, [], len(text)
+    while True:
+        if j >= n:
+            raise InputError(
+                f"unterminated quoted identifier in {text!r}",
+                'close the double quote, e.g. "Sales"."Invoice"',
+            )
+        if text[j] == '"':
+            if j + 1 < n and text[j + 1] == '"':
+                buf.append('"')
+                j += 2
+                continue
+            break
+        buf.append(text[j])
+        j += 1
+    return "".join(buf), j + 1
+
+
+def _unquoted(text: str, i: int) -> tuple[str, int]:
+    """The unquoted identifier starting at text[i], folded as SQL folds it; and where it ends."""
+    j = text.find(".", i)
+    raw = text[i:] if j < 0 else text[i:j]
+    if raw.strip() != raw or not raw:
+        raise InputError(
+            f"invalid table name {text!r}",
+            'write it as SQL does: schema.table, or quote it: "My Schema"."My Table"',
+        )
+    if '"' in raw:
+        raise InputError(f"stray double quote in {text!r}", "quote the whole identifier")
+    if not _UNQUOTED.fullmatch(raw):
+        raise InputError(
+            f"invalid unquoted identifier {raw!r} in {text!r}",
+            'quote names with spaces or special characters: "My Schema"."My Table"',
+        )
+    return raw.translate(_ASCII_LOWER), i + len(raw)  # unquoted identifiers fold, as in SQL
 
 
 @dataclass(frozen=True, order=True)

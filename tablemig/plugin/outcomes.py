@@ -29,7 +29,7 @@ import pytest
 
 from ..checklist.context import NotApplicable
 from ..checklist.outcome import RUNNING
-from ..checklist.record import StepResult
+from ..checklist.record import RunRecord, StepResult
 from ..checklist.statements import check_statements, missing_message, verdict_dicts
 from ..pg.connect import redact
 from ..pg.statement_check import MISSING
@@ -96,7 +96,27 @@ def pytest_runtest_makereport(item: pytest.Item,
             return report
         if report.failed:
             result.status, result.reason = "failed", redact(str(call.excinfo.value) if call.excinfo else "")
-    elif call.excinfo is not None and call.excinfo.errisinstance(NotApplicable):
+    else:
+        _call_outcome(item, call, report, result, record)
+    if call.when == "call":
+        result.statements = [
+            {"site": s.site, "sql": s.text, "kind": s.kind, "executed": s.executed, "duration_ms": s.duration_ms,
+             "rows": s.rows, "error": s.error, **({"sent_with": s.batch} if s.batch else {})}
+            for s in record.recorder.for_step(f"{result.id}|{result.table or ''}")]
+        if not record.execute and result.statements and result.status != "failed":
+            _check_statements(item, report, result)
+    if record.plan is not None:
+        mark_done(item.config, record.plan.name, result.id, result.table, result.status)
+    if call.when == "call" or not report.passed:
+        _tell(item, report, result.status, result.reason)
+    return report
+
+
+def _call_outcome(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport,
+                  result: StepResult, record: RunRecord) -> None:
+    """The step's status from its call: not applicable, failed (blocking the steps after
+    it), or passed unless the step decided otherwise."""
+    if call.excinfo is not None and call.excinfo.errisinstance(NotApplicable):
         result.status, result.reason = "not-applicable", str(call.excinfo.value)
         report.outcome = "skipped"
         report.longrepr = (str(item.path), 0, f"not applicable: {call.excinfo.value}")
@@ -110,18 +130,6 @@ def pytest_runtest_makereport(item: pytest.Item,
             result.reason = result.reason or redact(str(call.excinfo.value) if call.excinfo else "skipped")
         else:
             result.status = "passed"
-    if call.when == "call":
-        result.statements = [
-            {"site": s.site, "sql": s.text, "kind": s.kind, "executed": s.executed, "duration_ms": s.duration_ms,
-             "rows": s.rows, "error": s.error, **({"sent_with": s.batch} if s.batch else {})}
-            for s in record.recorder.for_step(f"{result.id}|{result.table or ''}")]
-        if not record.execute and result.statements and result.status != "failed":
-            _check_statements(item, report, result)
-    if record.plan is not None:
-        mark_done(item.config, record.plan.name, result.id, result.table, result.status)
-    if call.when == "call" or not report.passed:
-        _tell(item, report, result.status, result.reason)
-    return report
 
 
 def _check_statements(item: pytest.Item, report: pytest.TestReport, result: StepResult) -> None:

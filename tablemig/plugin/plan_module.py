@@ -87,6 +87,24 @@ def _generated(obj: object) -> bool:
 
 
 def _check(pm: PlanModule, names: set[str]) -> None:
+    """The plan module names known checklist items, uses one form, adds one function of a
+    kind per item, and defines no test of the plugin's own; else InputError."""
+    _check_item_ids(pm)
+    if pm.long_form and pm.additions:
+        raise InputError(
+            f"{pm.name} mixes the two plan forms: @step test functions ({', '.join(sorted(pm.steps))}) and "
+            f"@after/@replace ({', '.join(a.where for a in pm.additions)})",
+            "remove the @step functions (every checklist item then runs, with your additions), or write the "
+            "extra check into the @step function itself")
+    _check_one_addition_each(pm)
+    if not pm.long_form:
+        for item_id, test_name in TEST_NAMES.items():
+            if test_name in names:
+                raise InputError(f"{pm.name} defines {test_name}, the test the plugin makes for {item_id}",
+                                 f"rename it, or carry out the item your way with @replace({item_id!r})")
+
+
+def _check_item_ids(pm: PlanModule) -> None:
     for item_id in pm.plan.attestations:
         if item_id not in ITEMS:
             raise InputError(f"attestation for unknown checklist item {item_id!r}",
@@ -97,12 +115,9 @@ def _check(pm: PlanModule, names: set[str]) -> None:
     for a in pm.additions:
         if a.item_id not in ITEMS:
             raise InputError(f"{pm.name}: @{a.kind}({a.item_id!r}) on {a.where}: unknown checklist item", UNKNOWN_FIX)
-    if pm.long_form and pm.additions:
-        raise InputError(
-            f"{pm.name} mixes the two plan forms: @step test functions ({', '.join(sorted(pm.steps))}) and "
-            f"@after/@replace ({', '.join(a.where for a in pm.additions)})",
-            "remove the @step functions (every checklist item then runs, with your additions), or write the "
-            "extra check into the @step function itself")
+
+
+def _check_one_addition_each(pm: PlanModule) -> None:
     for kind in ("replace", "after"):
         for item_id in ORDER:
             same = [a for a in pm.additions if a.kind == kind and a.item_id == item_id]
@@ -111,11 +126,6 @@ def _check(pm: PlanModule, names: set[str]) -> None:
                                  + ", ".join(a.where for a in same),
                                  "keep one: an item is carried out once" if kind == "replace"
                                  else "put the checks into one function")
-    if not pm.long_form:
-        for item_id, test_name in TEST_NAMES.items():
-            if test_name in names:
-                raise InputError(f"{pm.name} defines {test_name}, the test the plugin makes for {item_id}",
-                                 f"rename it, or carry out the item your way with @replace({item_id!r})")
 
 
 def item_tests(pm: PlanModule) -> list[tuple[str, str, ItemTest]]:

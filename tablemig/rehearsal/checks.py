@@ -97,19 +97,31 @@ def _rules(e: exp.Expression, value_name: str | None) -> tuple[list[Rule], bool]
         b, cb = _rules(e.expression, value_name)
         return a + b, ca and cb
     if isinstance(e, exp.Between):
-        col, lo, hi = _column(e.this, value_name, False), _literal(e.args["low"]), _literal(e.args["high"])
-        if col and lo is not None and hi is not None:
-            return [Rule(col, ">=", (lo,)), Rule(col, "<=", (hi,))], True
-        return [], False
+        return _between(e, value_name)
     if isinstance(e, exp.In):
-        col = _column(e.this, value_name)
-        items = [_literal(x) for x in e.expressions]
-        if col and e.expressions and all(v is not None for v in items):
-            return [Rule(col, "in", tuple(str(v) for v in items))], True
-        return [], False
+        return _in_list(e, value_name)
     op = _OPS.get(type(e))
     if op is None:
         return [], False
+    return _comparison(e, op, value_name)
+
+
+def _between(e: exp.Between, value_name: str | None) -> tuple[list[Rule], bool]:
+    col, lo, hi = _column(e.this, value_name, False), _literal(e.args["low"]), _literal(e.args["high"])
+    if col and lo is not None and hi is not None:
+        return [Rule(col, ">=", (lo,)), Rule(col, "<=", (hi,))], True
+    return [], False
+
+
+def _in_list(e: exp.In, value_name: str | None) -> tuple[list[Rule], bool]:
+    col = _column(e.this, value_name)
+    items = [_literal(x) for x in e.expressions]
+    if col and e.expressions and all(v is not None for v in items):
+        return [Rule(col, "in", tuple(str(v) for v in items))], True
+    return [], False
+
+
+def _comparison(e: exp.Expression, op: str, value_name: str | None) -> tuple[list[Rule], bool]:
     left, right = e.this, e.expression
     if op == "=" and isinstance(_strip(right), exp.Any):
         col, values = _column(left, value_name), _literals(_strip(right).this)
@@ -164,30 +176,38 @@ def repair(rules: list[Rule], row: dict[str, Any], kinds: dict[str, Kind], fixed
     those of the columns in `fixed`. A NULL satisfies a CHECK, so it is left alone."""
     for r in rules:
         kind = kinds.get(r.column)
-        a = row.get(r.column)
-        if kind is None or a is None or r.column not in row:
+        if kind is None or r.column not in row or row.get(r.column) is None:
             continue
         if r.other is not None:
-            other_kind = kinds.get(r.other)
-            b = row.get(r.other)
-            if b is None or other_kind is None or type(other_kind) is not type(kind):
-                continue
-            if _holds(kind, a, r.op, b) is not False:
-                continue
-            if r.column not in fixed:
-                row[r.column] = _satisfying(kind, r.op, b, a)
-            elif r.other not in fixed:
-                row[r.other] = _satisfying(kind, _FLIP[r.op], a, b)
-            continue
-        if r.column in fixed:
-            continue
-        try:
-            bounds = [kind.parse(v) for v in r.literals]
-        except (ValueError, TypeError, ArithmeticError):
-            continue
-        if r.op == "in":
-            if a not in bounds and bounds:
-                row[r.column] = rng.choice(bounds)
-            continue
-        if _holds(kind, a, r.op, bounds[0]) is False:
-            row[r.column] = _satisfying(kind, r.op, bounds[0], a)
+            _repair_pair(r, row, kind, kinds, fixed)
+        elif r.column not in fixed:
+            _repair_literal(r, row, kind, rng)
+
+
+def _repair_pair(r: Rule, row: dict[str, Any], kind: Kind, kinds: dict[str, Kind], fixed: set[str]) -> None:
+    """A rule between two columns: change the one that may change."""
+    assert r.other is not None
+    a, b, other_kind = row.get(r.column), row.get(r.other), kinds.get(r.other)
+    if b is None or other_kind is None or type(other_kind) is not type(kind):
+        return
+    if _holds(kind, a, r.op, b) is not False:
+        return
+    if r.column not in fixed:
+        row[r.column] = _satisfying(kind, r.op, b, a)
+    elif r.other not in fixed:
+        row[r.other] = _satisfying(kind, _FLIP[r.op], a, b)
+
+
+def _repair_literal(r: Rule, row: dict[str, Any], kind: Kind, rng: random.Random) -> None:
+    """A rule between a column and literals: a value that satisfies it."""
+    a = row.get(r.column)
+    try:
+        bounds = [kind.parse(v) for v in r.literals]
+    except (ValueError, TypeError, ArithmeticError):
+        return
+    if r.op == "in":
+        if a not in bounds and bounds:
+            row[r.column] = rng.choice(bounds)
+        return
+    if _holds(kind, a, r.op, bounds[0]) is False:
+        row[r.column] = _satisfying(kind, r.op, bounds[0], a)

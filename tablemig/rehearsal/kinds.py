@@ -14,6 +14,7 @@ import math
 import random
 import string
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -341,30 +342,30 @@ CONSTANTS = {"json": '{"n": N}', "jsonb": '{"n": N}', "bytea": "\\x00", "inet": 
 TEXT_TYPES = {"text", "varchar", "bpchar", "name", "citext"}
 
 
+def _fixed_kind(typname: str, typmod: int) -> Kind | None:
+    """The kind of a type known by its name alone (numbers, dates and times, uuid, bool)."""
+    if typname in INT_BITS:
+        return IntKind(INT_BITS[typname])
+    if typname == "numeric":
+        return NumericKind((typmod - 4) >> 16, (typmod - 4) & 0xFFFF) if typmod >= 4 else NumericKind()
+    simple: dict[str, Callable[[], Kind]] = {
+        "float4": FloatKind, "float8": FloatKind, "date": DateKind, "time": TimeKind, "uuid": UuidKind,
+        "timestamp": lambda: TimestampKind(with_zone=False), "timestamptz": lambda: TimestampKind(with_zone=True),
+        "bool": lambda: ChoiceKind(("t", "f")),
+    }
+    make = simple.get(typname)
+    return make() if make else None
+
+
 def kind_for(typname: str, typmod: int, category: str, *, enum_labels: tuple[str, ...] = (),
              element: Kind | None = None, width: int = 8) -> Kind:
     """The kind of a base type (domains resolved to their base type first) by its name in
     pg_type, its type modifier, its category and, for enums, its labels."""
-    if typname in INT_BITS:
-        return IntKind(INT_BITS[typname])
-    if typname == "numeric":
-        if typmod >= 4:
-            return NumericKind((typmod - 4) >> 16, (typmod - 4) & 0xFFFF)
-        return NumericKind()
-    if typname in ("float4", "float8"):
-        return FloatKind()
-    if typname == "date":
-        return DateKind()
-    if typname in ("timestamp", "timestamptz"):
-        return TimestampKind(with_zone=typname == "timestamptz")
-    if typname == "time":
-        return TimeKind()
+    known = _fixed_kind(typname, typmod)
+    if known is not None:
+        return known
     if typname in TEXT_TYPES or category == "S":
         return TextKind(typmod - 4 if typname in ("varchar", "bpchar") and typmod >= 4 else None, max(width, 2))
-    if typname == "uuid":
-        return UuidKind()
-    if typname == "bool":
-        return ChoiceKind(("t", "f"))
     if category == "E" or enum_labels:
         return ChoiceKind(enum_labels)
     if element is not None:

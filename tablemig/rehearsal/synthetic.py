@@ -272,22 +272,9 @@ class TableGenerator:
                 seen.add(value)
                 continue
             if vary is not None:
-                p = index[vary]
-                base = r[p]
-                for k in range(1, MAX_BUMPS):
-                    r[p] = self.kinds[vary].bump(base, k)
-                    value = tuple(r[q] for q in positions)
-                    if r[p] is not None and value not in seen:
-                        break
+                value = self._bump_until_new(r, vary, positions, index, seen)
             elif fk is not None and self.parents.get(fk.name) and self.parents[fk.name].keys:
-                keys = self.parents[fk.name].keys
-                for _ in range(MAX_PARENT_TRIES):
-                    pick = keys[self.rng.randrange(len(keys))]
-                    for col, text in zip(fk.columns, pick, strict=True):
-                        r[index[col]] = self._parse(col, text)
-                    value = tuple(r[q] for q in positions)
-                    if value not in seen:
-                        break
+                value = self._repoint_until_new(r, fk, positions, index, seen)
             if value in seen:
                 r[positions[0]] = _DROP
                 dropped += 1
@@ -296,6 +283,33 @@ class TableGenerator:
         if dropped:
             rows[:] = [r for r in rows if r[positions[0]] is not _DROP]
             self.notes.append(f"{dropped} row(s) left out: no unique value for ({', '.join(key)})")
+
+    def _bump_until_new(self, r: list[Any], vary: str, positions: list[int], index: dict[str, int],
+                        seen: set[tuple[Any, ...]]) -> tuple[Any, ...]:
+        """Bump the value of `vary` until the key is new (or the bumps run out); the key."""
+        p = index[vary]
+        base = r[p]
+        value = tuple(r[q] for q in positions)
+        for k in range(1, MAX_BUMPS):
+            r[p] = self.kinds[vary].bump(base, k)
+            value = tuple(r[q] for q in positions)
+            if r[p] is not None and value not in seen:
+                break
+        return value
+
+    def _repoint_until_new(self, r: list[Any], fk: ForeignKey, positions: list[int], index: dict[str, int],
+                           seen: set[tuple[Any, ...]]) -> tuple[Any, ...]:
+        """Point the row's foreign key at other parents until the key is new; the key."""
+        keys = self.parents[fk.name].keys
+        value = tuple(r[q] for q in positions)
+        for _ in range(MAX_PARENT_TRIES):
+            pick = keys[self.rng.randrange(len(keys))]
+            for col, text in zip(fk.columns, pick, strict=True):
+                r[index[col]] = self._parse(col, text)
+            value = tuple(r[q] for q in positions)
+            if value not in seen:
+                break
+        return value
 
     def _sample(self, column: str, rows: list[list[Any]], index: dict[str, int]) -> Any:
         return next((r[index[column]] for r in rows if r[index[column]] is not None), None)

@@ -31,15 +31,25 @@ def plain(obj: Any, depth: int = 0) -> Any:
         return redact(obj)
     if isinstance(obj, bytes | bytearray):
         return redact(bytes(obj).decode("utf-8", "replace"))
+    if isinstance(obj, dict | list | tuple | set | frozenset) or (is_dataclass(obj) and not isinstance(obj, type)):
+        return _plain_container(obj, depth)
+    return _plain_value(obj, depth)
+
+
+def _plain_container(obj: Any, depth: int) -> Any:
+    """A dict, list, tuple, set or dataclass instance, its members made plain."""
     if isinstance(obj, dict):
         return {redact(str(k)): plain(v, depth + 1) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [plain(v, depth + 1) for v in obj]
     if isinstance(obj, set | frozenset):
         return [plain(v, depth + 1) for v in sorted(obj, key=str)]
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: plain(getattr(obj, f.name, None), depth + 1) for f in fields(obj)
-                if not f.name.startswith("_")}
+    return {f.name: plain(getattr(obj, f.name, None), depth + 1) for f in fields(obj)
+            if not f.name.startswith("_")}
+
+
+def _plain_value(obj: Any, depth: int) -> Any:
+    """A value JSON lacks: dates and decimals as str(), pandas and numpy values as Python's."""
     if isinstance(obj, dt.datetime | dt.date | dt.time | dt.timedelta | decimal.Decimal):
         return str(obj)  # as run.json has them (json.dumps default=str): exact, no float rounding
     kind = type(obj).__name__

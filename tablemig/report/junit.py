@@ -165,37 +165,7 @@ def junit_tree(run: dict[str, Any]) -> ET.ElementTree:
         _property(props, f"steps_{status.replace('-', '_')}", n)
 
     for s in steps:
-        sid, table, status = str(s["id"]), s.get("table"), str(s.get("status") or "unknown")
-        item = ITEMS.get(sid)
-        case = ET.SubElement(suite, "testcase", classname=_clean(_classname(plan, s)),
-                             name=_clean(f"{sid} {table}" if table else sid), time=_seconds(s.get("duration_s")))
-        cprops = ET.SubElement(case, "properties")
-        _property(cprops, "id", sid)
-        _property(cprops, "text", s.get("text") or (item.text if item else ""))
-        _property(cprops, "section", s.get("section") or (item.section if item else ""))
-        if table:
-            _property(cprops, "table", table)
-        _property(cprops, "status", status)
-        if s.get("reason"):
-            _property(cprops, "reason", s["reason"])
-        flat = _flatten(mapping(s.get("evidence")))
-        for name, value in flat[:MAX_PROPERTIES]:
-            _property(cprops, name, value)
-        if len(flat) > MAX_PROPERTIES:
-            _property(cprops, "evidence.truncated", f"{len(flat) - MAX_PROPERTIES} more values in report.html")
-        reason = str(s.get("reason") or "")
-        if status == "failed":
-            fail = ET.SubElement(case, "failure", message=_clean(reason or "failed", MAX_MESSAGE), type="failed")
-            fail.text = _clean(reason or "failed")
-        elif status in ERRORS:
-            err = ET.SubElement(case, "error", message=_clean(reason or status, MAX_MESSAGE), type=status)
-            err.text = _clean(reason or status)
-        elif status in SKIPPED:
-            ET.SubElement(case, "skipped", message=_clean(f"{status}: {reason}" if reason else status, MAX_MESSAGE),
-                          type=status)
-        statements = [st for st in s.get("statements") or [] if isinstance(st, dict)]
-        if statements:
-            ET.SubElement(case, "system-out").text = _clean(_statements_text(statements))
+        _testcase(suite, plan, s)
     if unfinished:
         case = ET.SubElement(suite, "testcase", classname=_clean(f"{plan}.run"), name="run verdict", time="0.000")
         message = str(run.get("headline") or run.get("status"))
@@ -203,6 +173,45 @@ def junit_tree(run: dict[str, Any]) -> ET.ElementTree:
             _clean(message)
     ET.indent(suites)
     return ET.ElementTree(suites)
+
+
+def _testcase(suite: ET.Element, plan: str, s: dict[str, Any]) -> None:
+    """One step as a test case: its properties, its evidence, its outcome, its statements."""
+    sid, table, status = str(s["id"]), s.get("table"), str(s.get("status") or "unknown")
+    item = ITEMS.get(sid)
+    case = ET.SubElement(suite, "testcase", classname=_clean(_classname(plan, s)),
+                         name=_clean(f"{sid} {table}" if table else sid), time=_seconds(s.get("duration_s")))
+    cprops = ET.SubElement(case, "properties")
+    _property(cprops, "id", sid)
+    _property(cprops, "text", s.get("text") or (item.text if item else ""))
+    _property(cprops, "section", s.get("section") or (item.section if item else ""))
+    if table:
+        _property(cprops, "table", table)
+    _property(cprops, "status", status)
+    if s.get("reason"):
+        _property(cprops, "reason", s["reason"])
+    flat = _flatten(mapping(s.get("evidence")))
+    for name, value in flat[:MAX_PROPERTIES]:
+        _property(cprops, name, value)
+    if len(flat) > MAX_PROPERTIES:
+        _property(cprops, "evidence.truncated", f"{len(flat) - MAX_PROPERTIES} more values in report.html")
+    _outcome(case, status, str(s.get("reason") or ""))
+    statements = [st for st in s.get("statements") or [] if isinstance(st, dict)]
+    if statements:
+        ET.SubElement(case, "system-out").text = _clean(_statements_text(statements))
+
+
+def _outcome(case: ET.Element, status: str, reason: str) -> None:
+    """The failure, error or skip element of a step that did not pass."""
+    if status == "failed":
+        fail = ET.SubElement(case, "failure", message=_clean(reason or "failed", MAX_MESSAGE), type="failed")
+        fail.text = _clean(reason or "failed")
+    elif status in ERRORS:
+        err = ET.SubElement(case, "error", message=_clean(reason or status, MAX_MESSAGE), type=status)
+        err.text = _clean(reason or status)
+    elif status in SKIPPED:
+        ET.SubElement(case, "skipped", message=_clean(f"{status}: {reason}" if reason else status, MAX_MESSAGE),
+                      type=status)
 
 
 def write_junit(out: Path, run: dict[str, Any]) -> Path:

@@ -212,62 +212,14 @@ def summary(run: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
 # -- notes and observations ------------------------------------------------------------------
 def derived_notes(run: dict[str, Any], steps: list[dict[str, Any]], summ: dict[str, Any],
                   tables: list[dict[str, Any]], sections: list[dict[str, Any]]) -> dict[str, Any]:
-    issues = []
-    for s in steps:
-        where = f" ({s['table']})" if s["table"] else ""
-        if s["status"] == "failed":
-            issues.append(f"{s['id']}{where} failed: {s['reason'] or 'no reason recorded'}")
-        elif s["status"] == "blocked":
-            issues.append(f"{s['id']}{where} {s['reason'] or 'blocked'}")
-        elif s["status"] == "warning":
-            issues.append(f"{s['id']}{where} warning: {s['reason'] or 'no reason recorded'}")
-        elif s["status"] == "interrupted":
-            issues.append(f"{s['id']}{where} interrupted: {s['reason']}")
-    unattested = [f"{s['id']}{' (' + s['table'] + ')' if s['table'] else ''}" for s in steps
-                  if s["status"] == "needs-attestation"]
-    not_run = [it["id"] for sec in sections for it in sec["items"] if all(r["not_run"] for r in it["rows"])]
-
-    perf, recs = [], []
-    for t in tables:
-        if t["timings"]:
-            phases = ", ".join(f"{k} {fmt_duration(v)}" for k, v in t["timings"].items() if num(v) is not None)
-            perf.append(f"{t['name']}: phase timings — {phases}.")
-        fig = t["figures"]
-        if fig:
-            perf.append(f"{t['name']}: backfill copied {fmt(t['rows_copied'])} rows; {batch_text(fig)}.")
-            advice = recommendation(fig)
-            if advice:
-                recs.append(f"{t['name']}: {advice}.")
-        if t["pacing"]:
-            perf.append(f"{t['name']}: {t['pacing']}.")
-        if t["lock_hold_ms"] is not None:
-            perf.append(f"{t['name']}: the swap held its exclusive lock for {fmt(t['lock_hold_ms'])} ms"
-                        f" ({fmt(t['swap_attempts'])} attempt(s)).")
-        if t["lag"]:
-            peak = max((num(x.get("lag_bytes")) or 0) for x in t["lag"])
-            pauses = sum(1 for x in t["lag"] if x.get("paused"))
-            perf.append(f"{t['name']}: peak replication lag {fmt(peak)} bytes over {len(t['lag'])} samples"
-                        f"{f', {pauses} paused samples' if pauses else ''}.")
-        if num(t["swap_attempts"]) and (num(t["swap_attempts"]) or 0) > 1:
-            recs.append(f"{t['name']}: the swap needed {fmt(t['swap_attempts'])} attempts (lock contention); "
-                        "schedule the swap at a quieter time or end long transactions first.")
-        if t["reconciliation"]["mismatches"]:
-            recs.append(f"{t['name']}: {t['reconciliation']['mismatches']} reconciliation segment(s) differ; "
-                        "investigate before sign-off.")
-    failed = [s for s in steps if s["status"] == "failed"]
-    if failed:
-        recs.append("Resolve the failure of " + ", ".join(sorted({s["id"] for s in failed}))
-                    + " and run the plan again (the migration resumes where it stopped).")
-    if unattested:
-        recs.append("Record the human confirmations still missing: " + ", ".join(unattested)
-                    + " (plan attestations or --attest ID=NAME).")
+    """The closing notes when the plan has none of its own: issues, performance, recommendations."""
+    issues = [issue for s in steps if (issue := _issue(s))]
+    perf = [line for t in tables for line in _table_performance(t)]
+    recs = [line for t in tables for line in _table_recommendations(t)]
+    recs += _run_recommendations(run, steps, sections)
     if summ["unfinished"]:
         recs.insert(0, f"The {summ['status']} run did not get to its end: run the plan again; every step is "
                        "rerun and the migration continues from the state recorded in the database.")
-    if run.get("mode") == "dry-run":
-        recs.append("This was a dry run: nothing was changed; review the planned SQL, then run with --execute.")
-    if not_run:
-        recs.append(f"{len(not_run)} checklist item(s) have no result in this run: " + ", ".join(not_run) + ".")
     return {
         "Migration date": summ["started"].split(" ")[0] if summ["started"] != "—" else "—",
         "Executed by": summ["executed_by"] or "—", "Database role": summ["role"] or "not recorded",
@@ -275,6 +227,71 @@ def derived_notes(run: dict[str, Any], steps: list[dict[str, Any]], summ: dict[s
         "Performance observations": perf or ["No performance data was recorded."],
         "Recommendations": recs or ["None."],
     }
+
+
+def _issue(s: dict[str, Any]) -> str | None:
+    """A step that failed, was blocked, warned or was interrupted, in one line (else None)."""
+    where = f" ({s['table']})" if s["table"] else ""
+    said = {"failed": f"failed: {s['reason'] or 'no reason recorded'}", "blocked": s["reason"] or "blocked",
+            "warning": f"warning: {s['reason'] or 'no reason recorded'}",
+            "interrupted": f"interrupted: {s['reason']}"}.get(s["status"])
+    return f"{s['id']}{where} {said}" if said is not None else None
+
+
+def _table_performance(t: dict[str, Any]) -> list[str]:
+    perf = []
+    if t["timings"]:
+        phases = ", ".join(f"{k} {fmt_duration(v)}" for k, v in t["timings"].items() if num(v) is not None)
+        perf.append(f"{t['name']}: phase timings — {phases}.")
+    fig = t["figures"]
+    if fig:
+        perf.append(f"{t['name']}: backfill copied {fmt(t['rows_copied'])} rows; {batch_text(fig)}.")
+    if t["pacing"]:
+        perf.append(f"{t['name']}: {t['pacing']}.")
+    if t["lock_hold_ms"] is not None:
+        perf.append(f"{t['name']}: the swap held its exclusive lock for {fmt(t['lock_hold_ms'])} ms"
+                    f" ({fmt(t['swap_attempts'])} attempt(s)).")
+    if t["lag"]:
+        peak = max((num(x.get("lag_bytes")) or 0) for x in t["lag"])
+        pauses = sum(1 for x in t["lag"] if x.get("paused"))
+        perf.append(f"{t['name']}: peak replication lag {fmt(peak)} bytes over {len(t['lag'])} samples"
+                    f"{f', {pauses} paused samples' if pauses else ''}.")
+    return perf
+
+
+def _table_recommendations(t: dict[str, Any]) -> list[str]:
+    recs = []
+    advice = recommendation(t["figures"]) if t["figures"] else None
+    if advice:
+        recs.append(f"{t['name']}: {advice}.")
+    if num(t["swap_attempts"]) and (num(t["swap_attempts"]) or 0) > 1:
+        recs.append(f"{t['name']}: the swap needed {fmt(t['swap_attempts'])} attempts (lock contention); "
+                    "schedule the swap at a quieter time or end long transactions first.")
+    if t["reconciliation"]["mismatches"]:
+        recs.append(f"{t['name']}: {t['reconciliation']['mismatches']} reconciliation segment(s) differ; "
+                    "investigate before sign-off.")
+    return recs
+
+
+def _run_recommendations(run: dict[str, Any], steps: list[dict[str, Any]],
+                         sections: list[dict[str, Any]]) -> list[str]:
+    """What the run as a whole asks for next."""
+    recs = []
+    unattested = [f"{s['id']}{' (' + s['table'] + ')' if s['table'] else ''}" for s in steps
+                  if s["status"] == "needs-attestation"]
+    not_run = [it["id"] for sec in sections for it in sec["items"] if all(r["not_run"] for r in it["rows"])]
+    failed = [s for s in steps if s["status"] == "failed"]
+    if failed:
+        recs.append("Resolve the failure of " + ", ".join(sorted({s["id"] for s in failed}))
+                    + " and run the plan again (the migration resumes where it stopped).")
+    if unattested:
+        recs.append("Record the human confirmations still missing: " + ", ".join(unattested)
+                    + " (plan attestations or --attest ID=NAME).")
+    if run.get("mode") == "dry-run":
+        recs.append("This was a dry run: nothing was changed; review the planned SQL, then run with --execute.")
+    if not_run:
+        recs.append(f"{len(not_run)} checklist item(s) have no result in this run: " + ", ".join(not_run) + ".")
+    return recs
 
 
 def step_notes(evidence: dict[str, Any]) -> dict[str, Any]:

@@ -217,18 +217,20 @@ def pre_2_2_restore_point(ctx: StepContext) -> None:
     usable = archiving[0] != "off" and archiving[1] not in ("", "(disabled)")
     ctx.evidence(archive_mode=archiving[0], archive_command=redact(archiving[1]), wal_level=archiving[2],
                  pitr_usable=usable)
-    if not ctx.execute:
-        ctx.dry_run("would run SELECT pg_create_restore_point('before_table_rename_strategy')")
-        return
+    ex = ctx.executor()
     try:
-        row = conn.execute("SELECT pg_create_restore_point('before_table_rename_strategy')::text").fetchone()
+        # in plan mode: recorded, not run
+        lsn = ex.run("SELECT pg_create_restore_point(%s)::text", ("before_table_rename_strategy",)).scalar()
     except psycopg.errors.InsufficientPrivilege as exc:
         raise AssertionError(
             f"{exc.diag.message_primary}: the role may not create restore points. Fix: "
             "GRANT EXECUTE ON FUNCTION pg_create_restore_point(text) TO <role>, or create it as a superuser "
             "and attest PRE-2.2") from None
-    ctx.evidence(restore_point="before_table_rename_strategy", lsn=row and row[0])
-    ctx.record.facts["restore_point"] = {"name": "before_table_rename_strategy", "lsn": row and row[0]}
+    if not ctx.execute:
+        ctx.dry_run("would create the restore point before_table_rename_strategy", sql=ctx.recorded_changes())
+        return
+    ctx.evidence(restore_point="before_table_rename_strategy", lsn=lsn)
+    ctx.record.facts["restore_point"] = {"name": "before_table_rename_strategy", "lsn": lsn}
     if not usable:
         ctx.warn("WAL archiving is off: the restore point cannot be used for point-in-time recovery; the "
                  "pg_dump backup (PRE-2.1) is the way back")

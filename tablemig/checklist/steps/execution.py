@@ -12,7 +12,7 @@ from ...pg import inventory, probes
 from ...pg.connect import read_snapshot
 from ...pg.names import QualifiedName
 from ...pg.reconcile import Reconciler, Side
-from ...pg.schema import SCHEMA_VERSION, install_schema, installed_version, render_schema
+from ...pg.schema import SCHEMA_VERSION, install_schema, installed_version
 from ...pg.sqltext import Fragment
 from ..context import StepContext
 
@@ -28,7 +28,7 @@ def ex_1_1_deploy_framework(ctx: StepContext) -> None:
         # in plan mode: recorded, and the steps after it read the schema as installed
         install_schema(ctx.executor())
         ctx.dry_run(f"would install table_migration schema version {SCHEMA_VERSION}"
-                    f" (installed: {before})", sql=render_schema())
+                    f" (installed: {before})", sql=ctx.recorded_changes())
         return
     result = install_schema(conn)
     schema = conn.execute("SELECT schema_name FROM information_schema.schemata"
@@ -156,22 +156,12 @@ def ex_2_2_execute_migration(ctx: StepContext) -> None:
                         summary=plan.summary(), resumed_state=plan.resumed_state,
                         remaining=remaining(plan.resumed_state))
             return
-        from ...lifecycle.chunks import chunk_sql
-        from ...lifecycle.copying import CopyJob
-        from .scheduling import PLANNING_ROWS_PER_SECOND
-
-        types = {c.name: c.type for c in plan.info.columns}
-        job = CopyJob(plan.original, plan.new, plan.columns, plan.order_columns,
-                      [types[c] for c in plan.order_columns], plan.date_column, plan.date_type, plan.cutoff,
-                      plan.overriding, plan.key)
-        estimate = round(plan.keep_rows / PLANNING_ROWS_PER_SECOND * 2.5, 1)
-        split = plan.date_column if plan.order_by_date else plan.key[0]
-        split_type = plan.date_type if plan.order_by_date else types[split]
-        ctx.dry_run(f"would copy {plan.keep_rows} rows to {plan.new} in chunks (about {estimate} s), "
-                    f"build its key and {len(plan.info.indexes) - 1} indexes, replay the changes "
-                    "logged meanwhile, switch to direct capture, verify, and swap",
-                    summary=plan.summary(), estimated_seconds=estimate, estimated_rows=plan.keep_rows,
-                    batch_sql=[chunk_sql(job, split, split_type, True, True).as_string()])
+        would = mig.run("swapped")  # in plan mode: the statements --execute runs, recorded
+        ctx.dry_run(f"would copy the {plan.keep_rows} rows kept to {plan.new} in chunks, build its key and "
+                    f"{len(plan.info.indexes) - 1} indexes, replay the changes logged meanwhile, switch to "
+                    "direct capture, verify, and swap", summary=plan.summary(),
+                    estimated_rows=plan.keep_rows, reaches=would.state if would else None,
+                    sql=ctx.recorded_changes())
         return
     m = mig.state()
     ctx.evidence(dry_run_review=(mig.last_plan.summary() if mig.last_plan else None),

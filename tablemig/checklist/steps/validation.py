@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -50,6 +51,17 @@ def _may_skip_triggers(conn: psycopg.Connection[Any]) -> bool:
         return False
 
 
+def _interleaved(once: Callable[[str], float], labels: tuple[str, str]) -> dict[str, list[float]]:
+    """Each measurement once to warm up, then TRIGGER_ROUNDS rounds, alternating which goes first."""
+    samples: dict[str, list[float]] = {k: [] for k in labels}
+    for label in labels:
+        once(label)
+    for i in range(TRIGGER_ROUNDS):
+        for label in (labels if i % 2 == 0 else labels[::-1]):
+            samples[label].append(once(label))
+    return samples
+
+
 def _trigger_overhead(conn: psycopg.Connection[Any], m: State, live: QualifiedName) -> dict[str, Any]:
     """The same update of TRIGGER_ROWS rows with the triggers and without them, each in a
     transaction that is rolled back, interleaved, medians. Rows another session holds are
@@ -87,14 +99,8 @@ def _trigger_overhead(conn: psycopg.Connection[Any], m: State, live: QualifiedNa
                 conn.execute("SET LOCAL session_replication_role = replica")
             return float(timed()["ms"])
 
-    labels = ("with_triggers", "without_triggers")
-    samples: dict[str, list[float]] = {k: [] for k in labels}
     try:
-        for label in labels:  # warm-up
-            once(label)
-        for i in range(TRIGGER_ROUNDS):
-            for label in (labels if i % 2 == 0 else labels[::-1]):
-                samples[label].append(once(label))
+        samples = _interleaved(once, ("with_triggers", "without_triggers"))
     except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
         return {"measured": False, "why": f"not measured: {exc.diag.message_primary}"}
     except LockNotAcquired as exc:
@@ -136,22 +142,22 @@ def ex_4_2_performance(ctx: StepContext) -> None:
     assert not found["worse"], "the new table's plans are worse than the original's: " + "; ".join(found["worse"])
 
 
-def ex_4_3_application_testing(ctx: StepContext) -> None:
-    if not ctx.execute:  # it writes, in transactions rolled back, and promotes a copy of the standby
-        ctx.dry_run("after the swap: reads, writes through the triggers, error handling, failover rehearsal")
-        return
-    found = _after_swap(ctx, "reads, writes through the triggers, error handling, failover rehearsal")
-    if found is None:
-        return
-    m, live, archive = found
-    conn = ctx.connect()
-    key = sql.SQL(", ").join(map(sql.Identifier, m.key))
+def _reads(conn: psycopg.Connection[Any], m: State, live: QualifiedName) -> dict[str, Any]:
+    """The live table and the views the swap recreated, read."""
     results: dict[str, Any] = {}
     row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(live.ident())).fetchone()
     results["read"] = {"rows": row and row[0]}
     for v in m.swap_record.views:
         n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(QualifiedName.parse(v).ident())).fetchone()
         results.setdefault("views", {})[v] = n and n[0]
+    return results
+
+
+def _write_probe(conn: psycopg.Connection[Any], m: State, live: QualifiedName,
+                 archive: QualifiedName) -> dict[str, Any]:
+    """An update and a delete of one live row, rolled back: what the mirror trigger did to
+    the archive's copy."""
+    key = sql.SQL(", ").join(map(sql.Identifier, m.key))
     match = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in m.key)
     rules = [r for (r,) in conn.execute("SELECT rulename FROM pg_rewrite WHERE ev_class = %s::regclass"
                                         " AND rulename <> '_RETURN' ORDER BY rulename", (str(live),)).fetchall()]
@@ -179,10 +185,13 @@ def ex_4_3_application_testing(ctx: StepContext) -> None:
         done, _, _ = with_lock_retries(conn, f"EX-4.3 write probe on {live}", [live], write_through,
                                        rehearse=True, **Settings.current(conn).lock_options())
         done.pop("lock_hold_ms", None)
-    else:
-        with conn.transaction(force_rollback=True):
-            done = write_through()
-    results["write_through_triggers"] = done
+        return done
+    with conn.transaction(force_rollback=True):
+        return write_through()
+
+
+def _error_handling(conn: psycopg.Connection[Any], live: QualifiedName) -> dict[str, str]:
+    """A duplicate key and a TRUNCATE, each rolled back: how the live table refused them."""
     errors = {}
     with conn.transaction(force_rollback=True):
         try:
@@ -207,6 +216,21 @@ def ex_4_3_application_testing(ctx: StepContext) -> None:
     tried, _, _ = with_lock_retries(conn, f"EX-4.3 TRUNCATE probe on {live}", [live], truncate, rehearse=True,
                                     **Settings.current(conn).lock_options())
     errors["truncate"] = tried["truncate"]
+    return errors
+
+
+def ex_4_3_application_testing(ctx: StepContext) -> None:
+    if not ctx.execute:  # it writes, in transactions rolled back, and promotes a copy of the standby
+        ctx.dry_run("after the swap: reads, writes through the triggers, error handling, failover rehearsal")
+        return
+    found = _after_swap(ctx, "reads, writes through the triggers, error handling, failover rehearsal")
+    if found is None:
+        return
+    m, live, archive = found
+    conn = ctx.connect()
+    results: dict[str, Any] = _reads(conn, m, live)
+    results["write_through_triggers"] = _write_probe(conn, m, live, archive)
+    errors = _error_handling(conn, live)
     results["error_handling"] = errors
     sb = ctx.request.getfixturevalue("sandbox")
     results["failover"] = ("rehearsed on a promoted copy of the standby (see tablemig.sandbox.failover)"
