@@ -45,6 +45,21 @@ def test_references_found_in_the_catalog_are_verified(catalog_db: FreshDb) -> No
         assert conn.execute("SELECT count(*) FROM orders").fetchone() == (0,), "nothing was run"
 
 
+def test_what_the_migration_itself_runs_is_verified(catalog_db: FreshDb) -> None:
+    """The engine's own statement shapes: a row hash over ROW(...), an index built and then
+    renamed, a constraint dropped by name (none of them is a function or a table)."""
+    with catalog_db.connect() as conn:
+        conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, order_id bigint"
+                     " CONSTRAINT items_order_fkey REFERENCES orders (id))")
+        verdicts = StatementCheck(conn).check([
+            ("EX-2.2", "SELECT hash_record_extended(ROW(\"id\", \"note\"), 0) FROM \"public\".\"orders\" LIMIT 1"),
+            ("EX-2.2", 'CREATE UNIQUE INDEX "orders_note_idx_n1" ON "public"."orders" USING btree (note)'),
+            ("EX-2.2", 'ALTER INDEX "public"."orders_note_idx_n1" RENAME TO "orders_note_idx"'),
+            ("EX-2.2", 'ALTER TABLE "public"."items" DROP CONSTRAINT "items_order_fkey"'),
+        ])
+        assert [v.status for v in verdicts] == [VERIFIED] * 4, [v.as_dict() for v in verdicts]
+
+
 @pytest.mark.parametrize("text, missing", [
     ("UPDATE orders SET notes = 'x' WHERE id = 1", "column notes of orders"),
     ("SELECT o.created_at FROM orders o", "column created_at of orders"),

@@ -36,6 +36,8 @@ _OPAQUE_CREATE = re.compile(
 _LEADING_COMMENTS = re.compile(r"^(?:\s+|/\*.*?\*/|--[^\n]*)*", re.DOTALL)
 _PLPGSQL = re.compile(r"^(?:DO\b|CREATE\b.*\bLANGUAGE\s+'?plpgsql\b)", re.IGNORECASE | re.DOTALL)
 _SEQUENCE_FUNCTIONS = {"nextval", "currval", "setval"}
+# SQL constructs sqlglot reads as calls of unknown functions: ROW(a, b) is a row constructor
+_CONSTRUCTS = {"row"}
 ANY_COLUMNS: frozenset[str] = frozenset({"*"})  # an object whose columns are not known here
 
 logging.getLogger("sqlglot").setLevel(logging.ERROR)  # "falling back to a Command" is our verdict
@@ -208,7 +210,10 @@ class StatementCheck:
             elif isinstance(target, exp.Table):
                 self.created[(_name(target.args.get("db")), _name(target.this))] = ANY_COLUMNS
             elif isinstance(target, exp.Index) and target.this is not None:
-                self.created[("", _name(target.this))] = ANY_COLUMNS
+                # an index lives in its table's schema
+                on = target.args.get("table")
+                schema = _name(on.args.get("db")) if isinstance(on, exp.Table) else ""
+                self.created[(schema, _name(target.this))] = ANY_COLUMNS
         elif isinstance(tree, exp.Alter) and isinstance(tree.this, exp.Table):
             schema, name = _name(tree.this.args.get("db")), _name(tree.this.this)
             for action in tree.args.get("actions") or []:
@@ -232,6 +237,8 @@ class StatementCheck:
                 continue
             if isinstance(tree, exp.Alter) and isinstance(table.parent, exp.AlterRename):
                 continue  # the new name of a rename
+            if isinstance(table.parent, exp.Drop) and str(table.parent.args.get("kind", "")).upper() == "CONSTRAINT":
+                continue  # ALTER TABLE ... DROP CONSTRAINT names a constraint, not a table
             cols = self.relation_columns(schema, name)
             label = f"table {schema + '.' if schema else ''}{name}"
             if cols is None:
@@ -286,19 +293,7 @@ class StatementCheck:
     def _missing_routines(self, tree: exp.Expression) -> list[str]:
         out: list[str] = []
         for call in tree.find_all(exp.Anonymous):
-            name = _name(call.this) if isinstance(call.this, exp.Identifier) else str(call.this).lower()
-            parent = call.parent
-            schema = ""
-            if isinstance(parent, exp.Dot) and parent.expression is call:
-                schema = _name(parent.this)
-            elif isinstance(parent, exp.Table) and parent.this is call:  # a function in FROM
-                schema = _name(parent.args.get("db"))
-            if name in _SEQUENCE_FUNCTIONS and call.expressions and isinstance(call.expressions[0], exp.Literal):
-                seq = _split_name(str(call.expressions[0].this))
-                if self.relation_columns(*seq) is None:
-                    out.append(f"sequence {'.'.join(p for p in seq if p)}")
-            if not self.function_exists(schema, name):
-                out.append(f"function {schema + '.' if schema else ''}{name}")
+            out += self._missing_call(call)
         for dtype in tree.find_all(exp.DataType):
             if dtype.this == exp.DataType.Type.USERDEFINED:
                 kind = dtype.args.get("kind")
@@ -306,4 +301,24 @@ class StatementCheck:
                 schema, name = _split_name(text)
                 if not self.type_exists(schema, name):
                     out.append(f"type {text}")
+        return out
+
+    def _missing_call(self, call: exp.Anonymous) -> list[str]:
+        """A function call: the function, and the sequence a nextval/currval/setval names."""
+        name = _name(call.this) if isinstance(call.this, exp.Identifier) else str(call.this).lower()
+        if name in _CONSTRUCTS:
+            return []
+        parent = call.parent
+        schema = ""
+        if isinstance(parent, exp.Dot) and parent.expression is call:
+            schema = _name(parent.this)
+        elif isinstance(parent, exp.Table) and parent.this is call:  # a function in FROM
+            schema = _name(parent.args.get("db"))
+        out = []
+        if name in _SEQUENCE_FUNCTIONS and call.expressions and isinstance(call.expressions[0], exp.Literal):
+            seq = _split_name(str(call.expressions[0].this))
+            if self.relation_columns(*seq) is None:
+                out.append(f"sequence {'.'.join(p for p in seq if p)}")
+        if not self.function_exists(schema, name):
+            out.append(f"function {schema + '.' if schema else ''}{name}")
         return out
