@@ -74,7 +74,9 @@ def migrate_cmd(a: argparse.Namespace, dsn: str, retention: float, until: str = 
                 cutoff: str | None = None) -> list[str]:
     """`tablemig migrate` of the orders table with the bench's options."""
     which = ["--cutoff", cutoff] if cutoff else ["--retention", str(retention)]
-    return tablemig_cli("migrate", "--dsn", dsn, "--table", TABLE, "--date-column", DATE_COLUMN, *which,
+    # --execute --yes: change without asking or describing first; --json: the result on stdout
+    return tablemig_cli("migrate", "--execute", "--yes", "--json", "--dsn", dsn, "--table", TABLE,
+                        "--date-column", DATE_COLUMN, *which,
                         "--batch-size", str(a.batch_size), "--workers", str(a.workers), "--until", until,
                         *(["--nice-ratio", str(a.nice_ratio)] if a.nice_ratio is not None else []),
                         *(["--app-write-share", str(a.app_write_share)] if a.app_write_share is not None
@@ -83,7 +85,7 @@ def migrate_cmd(a: argparse.Namespace, dsn: str, retention: float, until: str = 
 
 def plan_cmd(dsn: str, retention: float) -> list[str]:
     """`tablemig plan` (read-only) of the orders table."""
-    return tablemig_cli("plan", "--dsn", dsn, "--table", TABLE, "--date-column", DATE_COLUMN,
+    return tablemig_cli("plan", "--json", "--dsn", dsn, "--table", TABLE, "--date-column", DATE_COLUMN,
                         "--retention", str(retention))
 
 
