@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from importlib import resources
 from pathlib import Path
@@ -12,9 +13,11 @@ import jinja2
 from ..checklist.items import ORDER
 from ..config.plan import Contact, TableConfig
 from ..config.settings import BATCH_SIZE
+from ..config.spec import CHILD_POLICIES
 from ..errors import InputError
+from ..lifecycle.driver import Migration
 from ..pg.replication import LagLimit
-from .conventions import add_json, cutoff, emit, fraction, positive_int
+from .conventions import add_dsn, add_json, cutoff, emit, fraction, positive_int
 
 PLACEHOLDER_CONTACTS = [
     Contact("DBA Lead", "[Name]", "[Phone]", "[Email]", "Primary"),
@@ -27,7 +30,8 @@ PLACEHOLDER_CONTACTS = [
 def render_plan(*, name: str, tables: list[TableConfig], path: str, title: str = "",
                 max_replication_lag: str = "16MB", contacts: list[Contact] | None = None,
                 demo_rows: int = 0, notifiers: list[dict[str, str]] | None = None, window: str = "None",
-                require_attestations: bool = False, backup_dir: str = "backups") -> str:
+                require_attestations: bool = False, backup_dir: str = "backups",
+                child_notes: dict[str, str] | None = None) -> str:
     """The source of a short-form plan module: `PLAN` only (the plugin runs every checklist
     item, in order)."""
     LagLimit.parse(max_replication_lag)
@@ -41,22 +45,64 @@ def render_plan(*, name: str, tables: list[TableConfig], path: str, title: str =
                            tables=tables, max_replication_lag=max_replication_lag,
                            contacts=contacts if contacts is not None else PLACEHOLDER_CONTACTS,
                            demo_rows=demo_rows, notifiers=notifiers or [], window=window,
-                           require_attestations=require_attestations, backup_dir=backup_dir)
+                           require_attestations=require_attestations, backup_dir=backup_dir,
+                           child_notes=child_notes or {})
+
+
+def _children(a: argparse.Namespace, table: TableConfig) -> tuple[TableConfig, dict[str, str], list[str]]:
+    """With --dsn: the table's children (tables whose foreign keys reference it), each with
+    the policy --children gives and a comment of its counts; and the plan's blockers."""
+    if not a.dsn:
+        return table, {}, []
+    with Migration(a.dsn, table.spec(), progress=lambda _p: None) as mig:
+        plan = mig.plan()
+    policies = {str(c.ref.child): a.children for c in plan.children if not c.ref.self_ref}
+    notes = {}
+    for c in plan.children:
+        if c.ref.self_ref:
+            continue
+        note = f"{c.referencing_archived} rows reference {plan.original} rows to be archived"
+        if c.retained is not None:
+            note += f"; keeps {c.retained} of them live"
+        notes[str(c.ref.child)] = note
+    table = dataclasses.replace(table, children=policies)
+    blockers = plan.blockers
+    if policies:  # the policies given are planned again: their own refusals show now
+        with Migration(a.dsn, table.spec(), progress=lambda _p: None) as mig:
+            again = mig.plan()
+        blockers = again.blockers
+        for c in again.children:
+            if c.retained is not None and str(c.ref.child) in notes:
+                notes[str(c.ref.child)] = (f"{c.referencing_archived} rows reference {again.original} rows to be "
+                                           f"archived; keeps {c.retained} of them live")
+    return table, notes, blockers
 
 
 def _cmd(a: argparse.Namespace) -> int:
     table = TableConfig(a.table, a.date_column, retention=a.retention, cutoff=a.cutoff, new_table=a.new_table,
                         archive_table=a.archive_table, archive_mode=a.archive_mode, batch_size=a.batch_size)
+    if a.children and not a.dsn:
+        raise InputError("--children needs --dsn: the children are found in the database",
+                         "pass --dsn of the active site, or name each child in the plan's children")
     out = Path(a.output)
     if out.exists() and not a.force:
         raise InputError(f"{out} exists", "choose another --output or pass --force")
     name = a.name or re.sub(r"\W+", "_", out.stem).strip("_") or "migration"
-    source = render_plan(name=name, tables=[table], path=str(out), max_replication_lag=a.max_replication_lag)
+    a.children = a.children or "refuse"
+    table, notes, blockers = _children(a, table)
+    source = render_plan(name=name, tables=[table], path=str(out), max_replication_lag=a.max_replication_lag,
+                         child_notes=notes)
     compile(source, str(out), "exec")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(source)
-    emit(a, {"path": str(out), "plan": name, "table": str(table.qualified), "steps": len(ORDER)},
-         f"wrote {out}: plan {name!r} for {table.qualified} ({len(ORDER)} checklist steps)")
+    text = f"wrote {out}: plan {name!r} for {table.qualified} ({len(ORDER)} checklist steps)"
+    if table.children:
+        text += "\nchildren: " + "; ".join(f"{c} {p} ({notes[c]})" for c, p in table.children.items())
+    if blockers:
+        text += "\nthe plan is blocked until these are resolved:\n" + "\n".join(f"  - {b}" for b in blockers)
+    emit(a, {"path": str(out), "plan": name, "table": str(table.qualified), "steps": len(ORDER),
+             "children": [{"table": c, "policy": p, "note": notes[c]} for c, p in table.children.items()],
+             "blockers": blockers}, text)
     return 0
 
 
@@ -75,5 +121,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--name", help="plan name (default: from the output file name)")
     p.add_argument("--output", required=True, help="path of the plan module to write")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    add_dsn(p, "the active site: the plan lists the tables whose foreign keys reference the table, with "
+               "their counts (without it the plan names no children)")
+    p.add_argument("--children", choices=CHILD_POLICIES,
+                   help="the policy of every child found (with --dsn; default refuse); see docs/families.md")
     add_json(p)
     p.set_defaults(func=_cmd)

@@ -9,6 +9,10 @@ from ..pg.names import QualifiedName
 from .settings import BATCH_SIZE, WORKERS
 
 ARCHIVE_MODES = ("rename", "copy")
+# what happens to the rows of a table whose foreign key references the migrated table (a
+# child): see docs/families.md
+CHILD_POLICIES = ("refuse", "keep", "follow")
+BUILT_CHILD_POLICIES = ("refuse", "keep")
 
 
 @dataclass(frozen=True)
@@ -17,6 +21,9 @@ class TableSpec:
 
     `retention` is the fraction of rows (by `date_column`) kept live; `cutoff` an explicit
     timestamp instead. Names default to `<table>_new` and `<table>_archive_<YYYYMMDD>`.
+    `children`: the policy for each table whose foreign key references this one, by name
+    (`{"public.order_items": "keep"}`); a child not named is refused when rows of it
+    reference rows to be archived (docs/families.md).
     """
 
     table: str
@@ -30,6 +37,7 @@ class TableSpec:
     key: tuple[str, ...] | None = None
     workers: int = WORKERS
     extra: dict[str, str] = field(default_factory=dict)
+    children: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.retention is None) == (self.cutoff is None):
@@ -48,6 +56,33 @@ class TableSpec:
         if not self.date_column or "\x00" in self.date_column:
             raise InputError("date column is empty", "name the column that dates each row")
         _ = self.qualified  # parse now: bad names fail before anything connects
+        _ = self.child_policies
+
+    @property
+    def child_policies(self) -> dict[QualifiedName, str]:
+        """`children` by parsed name; every policy checked (InputError)."""
+        out: dict[QualifiedName, str] = {}
+        for name, policy in self.children.items():
+            child = QualifiedName.parse(name)
+            if policy not in CHILD_POLICIES:
+                raise InputError(f"table {self.table}: child policy {policy!r} for {name} is unknown",
+                                 f"use one of {', '.join(CHILD_POLICIES)} (docs/families.md)")
+            if policy not in BUILT_CHILD_POLICIES:
+                raise InputError(
+                    f"table {self.table}: child policy {policy!r} for {name} is not available in this version "
+                    "of tablemig (its child tables are not migrated with the parent yet)",
+                    f"use 'keep' (the parent rows {name} references stay live, whatever their date) or "
+                    f"'refuse' (the migration stops while rows of {name} reference rows to be archived); "
+                    "see docs/families.md")
+            if child in out:
+                raise InputError(f"table {self.table}: child {name} is named twice in children",
+                                 "name each child table once")
+            out[child] = policy
+        return out
+
+    def child_policy(self, child: QualifiedName) -> str:
+        """The policy for one child table ("refuse" when the plan does not name it)."""
+        return self.child_policies.get(child, "refuse")
 
     @property
     def qualified(self) -> QualifiedName:

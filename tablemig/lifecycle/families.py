@@ -33,6 +33,7 @@ disarmed (triggers dropped, the capture function back to plain direct capture).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from psycopg import sql
 
@@ -156,9 +157,11 @@ def orphans_since_armed(st: Statements, refs: list[Reference], objects: Objects,
 
 
 def child_trigger_sql(refs: list[Reference], objects: Objects, key: list[str],
-                      search_path: tuple[str, ...] | list[str]) -> list[sql.Composable]:
+                      search_path: tuple[str, ...] | list[str],
+                      kept: frozenset[QualifiedName] = frozenset()) -> list[sql.Composable]:
     """The row triggers on the referencing tables (other than the table itself) that log
-    the key of the row each new or changed foreign key points at."""
+    the key of the row each new or changed foreign key points at; for the `kept` children
+    (policy keep, tablemig.lifecycle.retain) also the row a changed or deleted one pointed at."""
     out: list[sql.Composable] = []
     by_child: dict[QualifiedName, list[Reference]] = {}
     for ref in refs:
@@ -169,15 +172,16 @@ def child_trigger_sql(refs: list[Reference], objects: Objects, key: list[str],
         fn = objects.family_function(group[0].child_oid)
         text = render("family_function.sql.j2", function=(fn.schema, fn.name), log=(log.schema, log.name),
                       source=(original.schema, original.name), key=key, search_path=list(search_path),
-                      refs=[{"child": list(r.child_columns), "parent": list(r.parent_columns)} for r in group])
+                      refs=[{"child": list(r.child_columns), "parent": list(r.parent_columns),
+                             "old": child in kept} for r in group])
         columns = sorted({c for r in group for c in r.child_columns})
         # OR REPLACE (PostgreSQL 14+): SHARE ROW EXCLUSIVE, where DROP TRIGGER would take
         # ACCESS EXCLUSIVE on the referencing table
         out += [Fragment(text),
-                sql.SQL("CREATE OR REPLACE TRIGGER {} AFTER INSERT OR UPDATE OF {} ON {} FOR EACH ROW"
+                sql.SQL("CREATE OR REPLACE TRIGGER {} AFTER INSERT OR UPDATE OF {}{} ON {} FOR EACH ROW"
                         " EXECUTE FUNCTION {}()")
                 .format(sql.Identifier(FAMILY_TRIGGER), sql.SQL(", ").join(map(sql.Identifier, columns)),
-                        child.ident(), fn.ident())]
+                        sql.SQL(" OR DELETE" if child in kept else ""), child.ident(), fn.ident())]
     return out
 
 
@@ -196,6 +200,12 @@ def disarm_sql(refs: list[Reference], objects: Objects) -> list[sql.Composable]:
     return out
 
 
+class Retaining(Protocol):
+    """What the guard needs of the `keep` rule (tablemig.lifecycle.retain.KeepRule)."""
+
+    def locked_pass(self, st: Statements, new: QualifiedName, log: QualifiedName) -> tuple[int, int]: ...
+
+
 @dataclass(frozen=True)
 class OrphanGuard:
     """The orphan check of the swap step, armed (see the module docstring)."""
@@ -204,13 +214,22 @@ class OrphanGuard:
     objects: Objects
     key: list[str]
     key_types: list[str]
+    # the `keep` children's rule (tablemig.lifecycle.retain), applied first under the lock
+    retain: Retaining | None = None
+    retained_full_pass: int = 0  # rows the `keep` rule copied before the lock
 
-    def check_locked(self, st: Statements) -> None:
-        """Under the swap's lock: raise the refusal if a write made since the full check
-        left an orphan."""
+    def check_locked(self, st: Statements) -> dict[str, int]:
+        """Under the swap's lock: the rows the `keep` children reference made exact in the
+        new table (returns what changed), then the refusal if a write made since the full
+        check left an orphan."""
+        fixed: dict[str, int] = {}
+        if self.retain is not None:
+            deleted, inserted = self.retain.locked_pass(st, self.objects.new, self.objects.family_log)
+            fixed = {"retained_rows_removed_under_lock": deleted, "retained_rows_copied_under_lock": inserted}
         found = orphans_since_armed(st, self.refs, self.objects, self.key, self.key_types)
         if found:
             raise orphan_error(str(self.objects.original), found, under_lock=True)
+        return fixed
 
     def disarm_sql(self) -> list[sql.Composable]:
         return disarm_sql(self.refs, self.objects)
@@ -225,5 +244,7 @@ def orphan_error(table: str, found: dict[str, list[list[str]]], *, under_lock: b
     return TablemigError(
         f"swap of {table} refused, nothing was changed: rows referencing {table} would lose the row they "
         f"reference, which stays in the archive ({when}): {rows}",
-        "delete or re-point those rows, or date the rows they reference on or after the cutoff, then rerun "
-        f"to resume; or undo the migration: tablemig rollback --execute --table {table}")
+        "delete or re-point those rows, or date the rows they reference on or after the cutoff, or give "
+        "their table the child policy 'keep' in the plan (the rows it references stay live; "
+        "docs/families.md), then rerun to resume; or undo the migration: "
+        f"tablemig rollback --execute --table {table}")

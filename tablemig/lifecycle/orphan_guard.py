@@ -4,6 +4,7 @@ logged and why the check under the swap's lock is then enough)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any
 
 import psycopg
@@ -16,6 +17,7 @@ from .capture import direct_function_sql
 from .executor import Executor
 from .families import OrphanGuard, Reference, child_trigger_sql, disarm_sql, orphan_error, orphans
 from .planner import TablePlan
+from .retain import purge_old_rows
 from .state import State
 from .structure import change_log_sql, drop_table_sql
 
@@ -28,7 +30,8 @@ def arm(ex: Executor, m: State, plan: TablePlan, refs: list[Reference], s: Setti
     stmts: list[sql.Composable] = [
         drop_table_sql(log), change_log_sql(plan.info, log),
         direct_function_sql(m, plan, family=log, refs=refs),
-        *child_trigger_sql(refs, names, plan.key, plan.search_path)]
+        *child_trigger_sql(refs, names, plan.key, plan.search_path,
+                           frozenset(r.child for r in plan.keep_rule.refs) if plan.keep_rule else frozenset())]
 
     def body(_locked_at: float) -> dict[str, Any]:
         with ex.batched():
@@ -43,9 +46,18 @@ def arm(ex: Executor, m: State, plan: TablePlan, refs: list[Reference], s: Setti
     with_lock_retries(ex, f"arming the orphan check of {plan.original}", [plan.original, *children], body,
                       mode="SHARE ROW EXCLUSIVE", **s.lock_options())
     types = {c.name: c.type for c in plan.info.columns}
-    guard = OrphanGuard(refs, names, plan.key, [types[k] for k in plan.key])
+    guard = OrphanGuard(refs, names, plan.key, [types[k] for k in plan.key], plan.keep_rule)
     try:
-        found = {r.label(): rows for r in refs if (rows := orphans(ex, r, names.new))}
+        # from the new table as the engine keeps it: a failed or interrupted swap step may
+        # have left copies of rows a `keep` child referenced, whose changes the emptied
+        # family log no longer names (tablemig.lifecycle.retain)
+        purge_old_rows(ex, names.new, m.date_column, m.date_type, m.cutoff.text)
+        if plan.keep_rule is not None:
+            guard = dataclasses.replace(guard, retained_full_pass=plan.keep_rule.full_pass(ex, names.new))
+        # a `keep` child's references are the rule's, made exact under the swap's lock (its
+        # writes since the full pass are logged); only the other children can refuse here
+        kept = plan.keep_rule.refs if plan.keep_rule is not None else ()
+        found = {r.label(): rows for r in refs if r not in kept and (rows := orphans(ex, r, names.new))}
         if found:
             raise orphan_error(str(plan.original), found, under_lock=False)
     except BaseException:

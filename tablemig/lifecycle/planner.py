@@ -21,8 +21,25 @@ from ..pg.statements import Statements
 from .families import Reference, references, trigger_name_taken
 from .objects import FAMILY_TRIGGER, TOOL_TRIGGERS, Objects, archive_name, backup_name, new_name
 from .resume import remaining
+from .retain import KeepRule, keep_rule
 from .state import AFTER_SWAP, State
-from .structure import not_valid_checks
+from .structure import deferrable_key, not_valid_checks
+
+
+@dataclass(frozen=True)
+class ChildPlan:
+    """One foreign key referencing the table, with its policy (docs/families.md)."""
+
+    ref: Reference
+    policy: str  # refuse or keep
+    referencing_archived: int  # its rows that reference rows dated before the cutoff
+    retained: int | None = None  # keep: the rows of the table it alone keeps live
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"child": str(self.ref.child), "foreign_key": self.ref.name, "policy": self.policy,
+                "self_reference": self.ref.self_ref, "partitioned": self.ref.partitioned,
+                "indexed": self.ref.indexed, "rows_referencing_archived": self.referencing_archived,
+                **({"parent_rows_kept_live": self.retained} if self.retained is not None else {})}
 
 
 @dataclass
@@ -66,10 +83,19 @@ class TablePlan:
     cutoff_local: str | None = None
     timezone: str | None = None
     references: list[Reference] = field(default_factory=list)  # foreign keys to the table
+    # the `keep` children's rule (tablemig.lifecycle.retain) and each child's figures
+    keep_rule: KeepRule | None = None
+    children: list[ChildPlan] = field(default_factory=list)
 
     @property
     def key(self) -> list[str]:
         return self.info.key_columns
+
+    @property
+    def retained_rows(self) -> int:
+        """Rows dated before the cutoff that `keep` children keep live (at planning time;
+        the sum over the children: a row two children reference counts twice)."""
+        return sum(c.retained or 0 for c in self.children)
 
     @property
     def table_label(self) -> str:
@@ -102,8 +128,10 @@ class TablePlan:
             "cutoff_local": self.cutoff_local, "timezone": self.timezone,
             "rows_total": self.total_rows, "rows_keep": self.keep_rows,
             "rows_archive": self.archive_rows, "rows_null_date": self.null_dated_rows,
+            "rows_kept_for_children": self.retained_rows,
             "table_bytes": self.info.table_bytes, "total_bytes": self.info.total_bytes,
             "blockers": self.blockers, "warnings": self.warnings,
+            "children": [c.as_dict() for c in self.children],
             "dependencies": dependencies(self.info),
             **({"resumed_state": self.resumed_state, "remaining": remaining(self.resumed_state)}
                if self.resumed_state else {}),
@@ -198,6 +226,9 @@ def build_plan(st: Statements, spec: TableSpec, existing: State | None, today: d
         plan.blockers.append(f"{path.problem()}; revoke CREATE on those schemas from those roles, or give the "
                              "functions the table's expressions call their own search_path (ALTER FUNCTION ... "
                              "SET search_path = ...), or run tablemig as the table's owner")
+    policies = spec.child_policies
+    plan.keep_rule = keep_rule(plan.references, policies, original, info.key_columns, plan.columns,
+                               plan.overriding, spec.date_column, date_type, cut.value)
     _check(st, plan, existing is not None)
     return plan
 
@@ -291,6 +322,12 @@ def _check(st: Statements, plan: TablePlan, resuming: bool) -> None:
     _check_indexes(plan)
     for ref in plan.references:
         _check_reference(st, plan, ref)
+    found = {r.child for r in plan.references}
+    for child in plan.spec.child_policies:
+        if child not in found:
+            plan.blockers.append(
+                f"children names {child}, which has no foreign key referencing {plan.original}; "
+                "remove it from children (tablemig new-plan --dsn lists the children a table has)")
     for check, definition in not_valid_checks(plan.info):
         plan.warnings.append(f"CHECK {check} is NOT VALID ({definition}): rows it never checked are copied as "
                              "they are, and the live table gets it NOT VALID too")
@@ -340,8 +377,10 @@ def _check_indexes(plan: TablePlan) -> None:
 
 
 def _check_reference(st: Statements, plan: TablePlan, ref: Reference) -> None:
-    """One foreign key referencing the table (from another table or from itself)."""
+    """One foreign key referencing the table (from another table or from itself), with the
+    policy the plan gives its table (docs/families.md)."""
     b, w = plan.blockers, plan.warnings
+    policy = plan.spec.child_policy(ref.child)
     if ref.partitioned and st.conn.info.server_version < 180000:
         b.append(f"foreign key {ref.name} of the partitioned table {ref.child} references {plan.original}: "
                  "the swap re-points it NOT VALID (validated afterwards, without blocking writes), which "
@@ -354,18 +393,49 @@ def _check_reference(st: Statements, plan: TablePlan, ref: Reference) -> None:
                  f"tables referencing {plan.original} during the swap step; rename it (ALTER TRIGGER "
                  f"{FAMILY_TRIGGER} ON {ref.child} RENAME TO ...)")
     lost = _orphans_after_swap(st, plan, ref)
-    if lost:
+    retained = None
+    if policy == "keep":
+        retained = _check_keep(st, plan, ref)
+    elif lost:
         what = (f"{lost} kept rows of {plan.original} reference rows of it that will be archived"
                 if ref.self_ref else f"{lost} rows of {ref.child} reference {plan.original} rows that "
                 "will be archived")
         b.append(f"{what}, so foreign key {ref.name} cannot follow the live table; "
                  + (f"choose a cutoff that keeps the rows they reference, or drop {ref.name}" if ref.self_ref
-                    else f"migrate {ref.child} with the same cutoff first, or drop {ref.name}"))
-    if not ref.indexed:
+                    else f"give {ref.child} a child policy in the plan: children={{{str(ref.child)!r}: 'keep'}} "
+                    f"keeps the {plan.original} rows it references live whatever their date (docs/families.md); "
+                    f"or drop {ref.name}"))
+    plan.children.append(ChildPlan(ref, policy, lost, retained))
+    if not ref.indexed and policy != "keep":
         w.append(f"no index leads with the referencing columns of {ref.label()}: the swap's orphan check "
                  f"looks up {ref.child} rows by them, scanning it under the swap's lock if a write "
                  f"reached a row to be archived meanwhile; CREATE INDEX CONCURRENTLY on "
                  f"{ref.child} ({', '.join(map(quote_ident, ref.child_columns))}) first")
+
+
+def _check_keep(st: Statements, plan: TablePlan, ref: Reference) -> int | None:
+    """The policy keep for one child: its refusals, and the rows it keeps live."""
+    b = plan.blockers
+    if ref.self_ref:
+        b.append(f"child policy 'keep' for {ref.child} itself (the self-reference {ref.name}) is not available "
+                 "in this version: the rows kept rows reference are not kept with them; choose a cutoff that "
+                 f"keeps the rows they reference, or drop {ref.name}, and remove {ref.child} from children")
+        return None
+    if plan.spec.archive_mode != "rename":
+        b.append(f"child policy 'keep' for {ref.child} needs archive mode rename (in mode copy the rows it "
+                 "keeps live would also be copied to the archive); use archive_mode='rename'")
+    if deferrable_key(plan.info):
+        b.append(f"child policy 'keep' for {ref.child}: the key of {plan.original} is DEFERRABLE, which "
+                 "cannot arbitrate the copies of the rows it keeps live; make the key not deferrable, or "
+                 "use the policy refuse")
+    if not ref.indexed:
+        b.append(f"child policy 'keep' for {ref.child}: no index leads with the referencing columns of "
+                 f"{ref.name}, and the rows kept live are found through them; CREATE INDEX CONCURRENTLY ON "
+                 f"{ref.child} ({', '.join(map(quote_ident, ref.child_columns))}) first")
+        return None
+    one = keep_rule([ref], {ref.child: "keep"}, plan.original, plan.key, plan.columns, plan.overriding,
+                    plan.date_column, plan.date_type, plan.cutoff)
+    return one.count(st) if one is not None else None
 
 
 def _check_views(st: Statements, plan: TablePlan) -> None:

@@ -153,8 +153,11 @@ def swap(ex: Executor, m: State, *, lock_timeout: str, attempts: int, statement_
         info = inspect_table(ex, t, list(m.key))  # under the lock: current
         if not deps.covers(info):
             raise psycopg.errors.LockNotAvailable("dependencies changed while locking")
+        retained: dict[str, int] = {}
         if guard is not None:  # before anything changes: an orphan rolls this transaction back
-            guard.check_locked(ex)
+            retained = guard.check_locked(ex)
+            if guard.retain is not None:
+                retained["retained_rows_copied_before_lock"] = guard.retained_full_pass
         mirror = sync_function_sql(info, names.mirror_function, "mirror", outgoing, search_path=search_path,
                                    defer=deferred_names(info, outgoing.schema, "a"))
         with ex.batched():  # the DDL in as few round trips as its reads allow
@@ -182,6 +185,8 @@ def swap(ex: Executor, m: State, *, lock_timeout: str, attempts: int, statement_
                    + record.pop("self_foreign_keys", []),
                    "views": [str(v.name) for v in info.views], "publications": info.publications,
                    "outgoing": outgoing.name, "fk_validated": []}
+        if retained:  # the rows `keep` children reference, live whatever their date (EX-4.1 counts them)
+            record["retained"] = retained
         # Last, with every lock held: the peers catch up and prepare their own exchange.
         record["peers"] = {p.name: p.prepare_swap(m, back=False) for p in peers}
         store_advance(store, m, record, locked_at)

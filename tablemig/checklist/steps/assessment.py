@@ -196,10 +196,12 @@ def pre_1_3a_affected_tables(ctx: StepContext) -> None:
 
 def pre_1_3b_foreign_keys(ctx: StepContext) -> None:
     plan = ctx.migration().plan()
-    blockers = [b for b in plan.blockers if "foreign key" in b]
+    blockers = [b for b in plan.blockers if "foreign key" in b or "child" in b]
     ctx.evidence(incoming=[f"{fk.table}.{fk.name}: {fk.definition}" for fk in plan.info.incoming_fks],
                  outgoing=[f"{n}: {d}" for n, d, _ in plan.info.outgoing_fks],
                  self_references=[f"{fk.name}: {fk.definition}" for fk in plan.info.self_fks],
+                 children=[c.as_dict() for c in plan.children],
+                 rows_kept_live_for_children=plan.retained_rows,
                  blockers=blockers)
     assert not blockers, "foreign keys block the migration: " + "; ".join(blockers)
 

@@ -1,0 +1,177 @@
+"""A parent table with two children, and concurrent writers with twin tables as ground truth.
+
+`orders` (dated) is referenced by `items` (ON DELETE CASCADE) and `notes` (ON DELETE SET
+NULL), neither of which has a date of its own; both reference orders of every age. Each
+writer transaction applies one operation to the real tables and the same statement to the
+twins (`orders_twin`, `items_twin`, `notes_twin`, with the same foreign keys), in one
+transaction: a statement the real tables refuse (a reference to a missing or, after the
+swap, archived order) rolls both back. The twins are therefore the tables had there been no
+migration.
+
+Before the swap the writers insert orders of any date, move dates across the cutoff both
+ways, delete orders (cascading to items, nulling notes), and insert, re-point, change and
+delete items and notes. Once `swapping` is set they keep to what leaves the rule of the
+policy keep checkable afterwards: orders dated from the cutoff on, no reference removed
+from an old order (an old order still live stays referenced).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from tablemig.pg.connect import connect
+
+BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+CUTOFF = BASE + dt.timedelta(days=300)
+
+# items reference every fifth order, of every age; notes every seventh
+SCHEMA = """
+CREATE TABLE {o} (id bigint PRIMARY KEY, d timestamptz NOT NULL, v integer NOT NULL);
+CREATE TABLE {i} (id bigint PRIMARY KEY, order_id bigint NOT NULL REFERENCES {o} ON DELETE CASCADE,
+                  qty integer NOT NULL);
+CREATE TABLE {n} (id bigint PRIMARY KEY, order_id bigint REFERENCES {o} ON DELETE SET NULL, body text);
+CREATE INDEX ON {i} (order_id);
+CREATE INDEX ON {n} (order_id);
+INSERT INTO {o} SELECT g, %(base)s::timestamptz + (g * 365.0 / %(rows)s) * interval '1 day', g %% 100
+  FROM generate_series(1, %(rows)s) g;
+INSERT INTO {i} SELECT g, g, g %% 9 + 1 FROM generate_series(5, %(rows)s, 5) g;
+INSERT INTO {n} SELECT g, g, 'note ' || g FROM generate_series(7, %(rows)s, 7) g;
+"""
+
+
+def create_family(conn: psycopg.Connection[Any], rows: int) -> None:
+    """The three tables and their twins, `rows` orders over 365 days (~18 % from CUTOFF on)."""
+    for suffix in ("", "_twin"):
+        text = SCHEMA.format(o=f"orders{suffix}", i=f"items{suffix}", n=f"notes{suffix}")
+        for stmt in filter(str.strip, text.split(";")):
+            conn.execute(stmt, {"base": BASE, "rows": rows} if "%(" in stmt else None)
+    conn.execute("CREATE INDEX ON orders (d)")
+    conn.execute("ANALYZE orders; ANALYZE items; ANALYZE notes")
+
+
+def differences(conn: psycopg.Connection[Any], left: str, right: str, where: str = "true") -> int:
+    """Rows of `left` not in `right` plus the reverse (every column; `where` filters `right`)."""
+    row = conn.execute(f"SELECT (SELECT count(*) FROM (SELECT * FROM {left} EXCEPT ALL"
+                       f" SELECT * FROM {right} WHERE {where}) a),"
+                       f" (SELECT count(*) FROM (SELECT * FROM {right} WHERE {where} EXCEPT ALL"
+                       f" SELECT * FROM {left}) b)").fetchone()
+    assert row is not None
+    return int(row[0]) + int(row[1])
+
+
+BEFORE = ("insert_order", "move_order", "delete_order", "insert_item", "repoint_item", "change_item",
+          "delete_item", "insert_note", "repoint_note", "delete_note")
+AFTER = ("insert_order", "move_order", "delete_order", "insert_item", "change_item", "insert_note")
+
+
+class FamilyWriters:
+    """Writer threads on the family (see the module docstring)."""
+
+    def __init__(self, dsn: str, rows: int, *, threads: int = 3, seed: int = 5) -> None:
+        self.dsn, self.rows = dsn, rows
+        self.stop = threading.Event()
+        self.swapping = threading.Event()
+        self.ops: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._next = rows * 10
+        self._after: set[int] = set()
+        self._threads = [threading.Thread(target=self._run, args=(seed + k, k), daemon=True)
+                         for k in range(threads)]
+
+    def __enter__(self) -> FamilyWriters:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+
+    def begin_swap(self, timeout_s: float = 20.0) -> None:
+        """Switch to the writes allowed after the swap; return once every writer has
+        finished the operation it chose before."""
+        self.swapping.set()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                alive = {k for k, t in enumerate(self._threads) if t.is_alive()}
+                if alive <= self._after:
+                    return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"writers {sorted(alive - self._after)} did not finish in {timeout_s} s")
+            time.sleep(0.001)
+
+    def _id(self) -> int:
+        with self._lock:
+            self._next += 1
+            return self._next
+
+    def _count(self, bucket: dict[str, int], op: str) -> None:
+        with self._lock:
+            bucket[op] = bucket.get(op, 0) + 1
+
+    def _run(self, seed: int, index: int) -> None:
+        rnd = random.Random(seed)
+        with connect(self.dsn, application_name="family-writer") as conn:
+            while not self.stop.is_set():
+                after = self.swapping.is_set()
+                if after:
+                    with self._lock:
+                        self._after.add(index)
+                op = rnd.choice(AFTER if after else BEFORE)
+                try:
+                    with conn.transaction():
+                        for sql, params in self._statements(conn, op, rnd, after):
+                            # after the swap a row may be archived: absent from the real
+                            # table, present in the twin; a statement that reached no row
+                            # is not applied to the twin
+                            if conn.execute(sql.format(o="orders", i="items", n="notes"), params).rowcount:
+                                conn.execute(sql.format(o="orders_twin", i="items_twin", n="notes_twin"),
+                                             params)
+                    self._count(self.ops, op)
+                except (psycopg.errors.ForeignKeyViolation, psycopg.errors.UniqueViolation,
+                        psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable) as exc:
+                    self._count(self.refused, type(exc).__name__)
+                time.sleep(0.001)
+
+    def _date(self, rnd: random.Random, recent: bool) -> dt.datetime:
+        days = rnd.uniform(300.5, 400) if recent else rnd.uniform(0, 400)
+        return BASE + dt.timedelta(days=days)
+
+    def _child(self, conn: psycopg.Connection[Any], table: str, rnd: random.Random) -> int:
+        """A row of a child table, locked (so the twin's statement reaches the same row)."""
+        row = conn.execute(f"SELECT id FROM {table} WHERE id >= %s ORDER BY id LIMIT 1 FOR UPDATE",
+                           (rnd.randint(1, self.rows),)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _statements(self, conn: psycopg.Connection[Any], op: str, rnd: random.Random,
+                    after: bool) -> list[tuple[str, tuple[Any, ...]]]:
+        some = rnd.randint(1, self.rows)
+        if op == "insert_order":
+            return [("INSERT INTO {o} VALUES (%s, %s, %s)", (self._id(), self._date(rnd, after), rnd.randint(0, 99)))]
+        if op == "move_order":  # across the cutoff both ways before the swap; recent after it
+            return [("UPDATE {o} SET d = %s, v = v + 1 WHERE id = %s", (self._date(rnd, after), some))]
+        if op == "delete_order":
+            return [("DELETE FROM {o} WHERE id = %s", (some,))]
+        if op == "insert_item":  # an order of any age: after the swap an archived one is refused
+            return [("INSERT INTO {i} VALUES (%s, %s, %s)", (self._id(), some, rnd.randint(1, 9)))]
+        if op == "repoint_item":
+            return [("UPDATE {i} SET order_id = %s WHERE id = %s", (some, self._child(conn, "items", rnd)))]
+        if op == "change_item":
+            return [("UPDATE {i} SET qty = qty + 1 WHERE id = %s", (self._child(conn, "items", rnd),))]
+        if op == "delete_item":
+            return [("DELETE FROM {i} WHERE id = %s", (self._child(conn, "items", rnd),))]
+        if op == "insert_note":
+            return [("INSERT INTO {n} VALUES (%s, %s, 'new')", (self._id(), some))]
+        if op == "repoint_note":
+            return [("UPDATE {n} SET order_id = %s WHERE id = %s", (some, self._child(conn, "notes", rnd)))]
+        assert op == "delete_note", op
+        return [("DELETE FROM {n} WHERE id = %s", (self._child(conn, "notes", rnd),))]

@@ -1,0 +1,217 @@
+"""Families: a table with children, and the child policies refuse (the default) and keep
+(tablemig.lifecycle.retain, docs/families.md).
+
+Ground truth is a twin family written in the same transactions (tests/family_twin.py):
+after the swap the live table must hold exactly the twin's orders dated from the cutoff on
+plus every order an item or a note references, the archive every order, the children
+their twins' rows, and the foreign keys must be valid on the live table; a rollback, after
+the swap or after prune, must give back every order.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from family_twin import CUTOFF, FamilyWriters, create_family, differences
+
+from tablemig.config.spec import TableSpec
+from tablemig.errors import InputError
+from tablemig.lifecycle.driver import Migration
+
+ROWS = 20_000
+KEEP = {"public.items": "keep", "public.notes": "keep"}
+REFERENCED = (f"(d >= '{CUTOFF.isoformat()}' OR id IN (SELECT order_id FROM items_twin)"
+              " OR id IN (SELECT order_id FROM notes_twin WHERE order_id IS NOT NULL))")
+
+
+def _spec(**kw: Any) -> TableSpec:
+    return TableSpec("public.orders", "d", cutoff=CUTOFF.isoformat(), batch_size=500, **kw)
+
+
+def _fks(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    return conn.execute("SELECT conrelid::regclass::text, confrelid::regclass::text, convalidated"
+                        " FROM pg_constraint WHERE contype = 'f' AND conrelid::regclass::text IN ('items', 'notes')"
+                        " ORDER BY 1").fetchall()
+
+
+@pytest.mark.parametrize("rollback_after", ["swap", "prune"])
+def test_keep_under_concurrent_writes_then_rollback(fresh_db: Any, rollback_after: str) -> None:
+    with fresh_db.connect() as conn:
+        create_family(conn, ROWS)
+    with FamilyWriters(fresh_db.dsn, ROWS) as writers, \
+            Migration(fresh_db.dsn, _spec(children=KEEP), progress=lambda p: None,
+                      throttle=lambda: time.sleep(0.02), lock_timeout="100ms", batch_target_seconds=0.001,
+                      swap_max_attempts=40) as mig:
+        plan = mig.plan()
+        assert not plan.blockers, plan.blockers
+        assert {c.ref.child.name: c.policy for c in plan.children} == {"items": "keep", "notes": "keep"}
+        assert all(c.referencing_archived > 0 and (c.retained or 0) > 0 for c in plan.children), plan.children
+        mig.run("verified")
+        time.sleep(0.3)  # writes of every kind reach the armed family log too
+        writers.begin_swap()
+        result = mig.swap()
+        assert result.record["retained"]["retained_rows_copied_before_lock"] > 0, result.record
+        assert mig.validate_foreign_keys()
+        time.sleep(0.5)  # writes go on against the live table
+        if rollback_after == "prune":
+            writers.stop.set()  # (the rows the application writes meanwhile are the restore's concern)
+            mig.prune()
+    ops = writers.ops
+    assert all(ops.get(op, 0) > 0 for op in ("insert_order", "move_order", "delete_order", "insert_item",
+                                             "repoint_item", "delete_item", "repoint_note")), ops
+    with fresh_db.connect() as conn:
+        archive = conn.execute("SELECT archive_name FROM table_migration.migration_state").fetchone()
+        assert archive is not None
+        # the children are their twins; the live table is the rule, exactly
+        assert differences(conn, "items", "items_twin") == 0
+        assert differences(conn, "notes", "notes_twin") == 0
+        assert differences(conn, "orders", "orders_twin", REFERENCED) == 0
+        old_live = conn.execute("SELECT count(*) FROM orders WHERE d < %s", (CUTOFF,)).fetchone()
+        assert old_live is not None and old_live[0] > 0
+        if rollback_after == "swap":  # the archive is every order, kept by the mirror
+            assert differences(conn, archive[0], "orders_twin") == 0
+        assert _fks(conn) == [("items", "orders", True), ("notes", "orders", True)]
+    with Migration(fresh_db.dsn, _spec(children=KEEP), progress=lambda p: None, lock_timeout="100ms",
+                   swap_max_attempts=40) as mig:
+        assert mig.rollback() == "swapped back"
+    with fresh_db.connect() as conn:
+        assert differences(conn, "orders", "orders_twin") == 0  # every order back, nothing lost
+        assert differences(conn, "items", "items_twin") == 0
+        assert _fks(conn) == [("items", "orders", True), ("notes", "orders", True)]
+        oid = conn.execute("SELECT 'orders'::regclass::oid").fetchone()
+        assert oid is not None
+        assert conn.execute("SELECT count(*) FROM pg_constraint WHERE confrelid = %s", oid).fetchone() == (2,)
+
+
+def _waiting_for_the_swap(conn: psycopg.Connection[Any], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if conn.execute("SELECT 1 FROM pg_locks WHERE relation = 'public.orders'::regclass AND NOT granted"
+                        " AND mode = 'AccessExclusiveLock'").fetchone():
+            return
+        time.sleep(0.02)
+    raise AssertionError("the swap never waited for its lock")
+
+
+def test_keep_is_made_exact_under_the_swaps_lock(fresh_db: Any) -> None:
+    """Writes made after the full pass, while the swap waits for its lock: a reference to an
+    old order not yet kept, the last reference to a kept order removed, a kept order
+    changed. Under the lock the live table follows each of them."""
+    with fresh_db.connect() as conn:
+        create_family(conn, 2000)
+    spec = _spec(children=KEEP)
+    with Migration(fresh_db.dsn, spec, progress=lambda p: None) as mig:
+        mig.run("verified")
+    with fresh_db.connect() as conn, fresh_db.connect() as holder:
+        conn.execute("UPDATE table_migration.migration_config SET config_value = '40'"
+                     " WHERE config_key = 'swap_max_attempts'")
+        holder.execute("BEGIN")
+        holder.execute("SELECT count(*) FROM orders")  # ACCESS SHARE until COMMIT: the swap waits
+        errors: list[BaseException] = []
+
+        def swap() -> None:
+            try:
+                with Migration(fresh_db.dsn, spec, progress=lambda p: None, lock_timeout="100ms") as m2:
+                    m2.swap()
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(exc)
+
+        t = threading.Thread(target=swap)
+        t.start()
+        try:
+            _waiting_for_the_swap(conn)
+            conn.execute("INSERT INTO items VALUES (900001, 3, 1)")  # order 3: old, referenced by nothing
+            conn.execute("DELETE FROM items WHERE order_id = 10")  # order 10's only reference
+            conn.execute("UPDATE orders SET v = 4242 WHERE id = 20")  # kept for item 20
+            conn.execute("UPDATE notes SET order_id = 35 WHERE id = 7")  # order 7 loses its note, 35 has items
+        finally:
+            holder.execute("COMMIT")
+            t.join(timeout=300)
+        assert not errors, errors
+        live = dict(conn.execute("SELECT id, v FROM orders WHERE id IN (3, 7, 10, 20, 35)").fetchall())
+        assert live == {3: 3, 20: 4242, 35: 35}, live
+        assert conn.execute("SELECT count(*) FROM orders WHERE d < %s", (CUTOFF,)).fetchone() == (
+            conn.execute("SELECT count(DISTINCT o.id) FROM orders o WHERE o.d < %s AND (EXISTS (SELECT 1 FROM items i"
+                         " WHERE i.order_id = o.id) OR EXISTS (SELECT 1 FROM notes n WHERE n.order_id = o.id))",
+                         (CUTOFF,)).fetchone())
+
+
+def test_refuse_is_the_default_and_its_advice_names_keep(fresh_db: Any) -> None:
+    with fresh_db.connect() as conn:
+        create_family(conn, 2000)
+    with Migration(fresh_db.dsn, _spec(), progress=lambda p: None) as mig:
+        plan = mig.plan()
+    refused = [b for b in plan.blockers if "public.items" in b]
+    assert refused and "children={'public.items': 'keep'}" in refused[0] and "docs/families.md" in refused[0]
+    assert [(c.ref.child.name, c.policy) for c in plan.children] == [("items", "refuse"), ("notes", "refuse")]
+    assert all(c.referencing_archived > 0 for c in plan.children)
+    # one child kept, the other still refused
+    with Migration(fresh_db.dsn, _spec(children={"public.items": "keep"}), progress=lambda p: None) as mig:
+        plan = mig.plan()
+    assert not [b for b in plan.blockers if "public.items" in b]
+    assert [b for b in plan.blockers if "public.notes" in b]
+
+
+@pytest.mark.parametrize(("setup", "kw", "expected"), [
+    ("DROP INDEX items_order_id_idx", {}, "no index leads with the referencing columns"),
+    ("", {"archive_mode": "copy"}, "needs archive mode rename"),
+    ("CREATE TABLE other (id int)", {"children": {"public.other": "keep", **KEEP}}, "children names public.other"),
+])
+def test_keep_refusals_change_nothing(fresh_db: Any, setup: str, kw: dict[str, Any], expected: str) -> None:
+    with fresh_db.connect() as conn:
+        create_family(conn, 1000)
+        if setup:
+            conn.execute(setup)
+    kw = {"children": KEEP} | kw
+    with Migration(fresh_db.dsn, _spec(**kw), progress=lambda p: None) as mig:
+        blockers = mig.plan().blockers
+        assert any(expected in b for b in blockers), blockers
+        with pytest.raises(Exception, match="blockers"):
+            mig.capture()
+    with fresh_db.connect() as conn:
+        assert conn.execute("SELECT to_regclass('orders_new')").fetchone() == (None,)
+
+
+def test_a_child_policy_that_is_not_built_is_refused_at_import() -> None:
+    with pytest.raises(InputError) as err:
+        _spec(children={"public.items": "follow"})
+    assert "not available in this version" in err.value.problem and "'keep'" in err.value.fix
+    with pytest.raises(InputError, match="unknown"):
+        _spec(children={"public.items": "sometimes"})
+
+
+def test_a_self_reference_with_keep_is_refused(fresh_db: Any) -> None:
+    with fresh_db.connect() as conn:
+        conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, d date NOT NULL, parent_id bigint REFERENCES t (id));"
+                     " CREATE INDEX ON t (parent_id);"
+                     " INSERT INTO t SELECT g, date '2024-01-01' + g, NULLIF(g - 1, 0) FROM generate_series(1, 100) g")
+    spec = TableSpec("public.t", "d", cutoff="2024-03-01", children={"public.t": "keep"})
+    with Migration(fresh_db.dsn, spec, progress=lambda p: None) as mig:
+        blockers = mig.plan().blockers
+    assert any("self-reference" in b and "not available in this version" in b for b in blockers), blockers
+
+
+def test_new_plan_lists_the_children_with_their_counts(fresh_db: Any, tmp_path: Any) -> None:
+    with fresh_db.connect() as conn:
+        create_family(conn, 2000)
+    out = tmp_path / "family_plan.py"
+    done = subprocess.run([sys.executable, "-m", "tablemig.cli.main", "new-plan", "--dsn", fresh_db.dsn,
+                           "--table", "public.orders", "--date-column", "d", "--cutoff", CUTOFF.isoformat(),
+                           "--children", "keep", "--output", str(out)],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "'public.items': 'keep'" in text and "'public.notes': 'keep'" in text, text
+    assert "rows reference public.orders rows to be archived" in text, text
+    namespace: dict[str, Any] = {}
+    exec(compile(text, str(out), "exec"), namespace)  # noqa: S102 - the generated plan is Python
+    table = namespace["PLAN"].tables[0]
+    assert table.children == KEEP
+    with Migration(fresh_db.dsn, table.spec(), progress=lambda p: None) as mig:
+        assert not mig.plan().blockers
