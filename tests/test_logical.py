@@ -17,6 +17,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from family_twin import CUTOFF as FAMILY_CUTOFF
+from family_twin import FamilyWriters, create_family
 from plan_compare import run, same, statements
 from site_helpers import own_sandbox
 from twin import CUTOFF, Writers, create_events
@@ -29,6 +31,7 @@ from tablemig.pg.replication import wait_for_apply
 from tablemig.sandbox.cluster import Sandbox
 
 ROWS = 20_000
+FAMILY_ROWS = 10_000
 TABLE_DDL = ("CREATE TABLE {t} (id bigint PRIMARY KEY, d timestamptz NOT NULL, v integer NOT NULL,"
              " payload text)")
 
@@ -298,3 +301,41 @@ def test_the_dry_run_records_the_statements_the_execution_runs_on_both_sites(log
     assert would is not None and final is not None and would.state == final.state == "swapped"
     assert any(s.site == "subscriber" and s.kind == "change" for s in planned.statements)
     same(statements(planned), statements(executed))
+
+
+def test_subscriber_follows_a_family_with_children_kept(logical_sandbox: Sandbox) -> None:
+    """orders with two children, the policy keep, under writes on the whole family: the rows
+    the swap step copies for the children (before the lock and under it) reach the
+    subscriber's live table like every other change."""
+    sb = logical_sandbox
+    assert sb.subscriber_dsn is not None
+    with connect(sb.active_dsn) as pub, connect(sb.subscriber_dsn) as sub:
+        create_family(pub, FAMILY_ROWS)
+        pub.execute("CREATE PUBLICATION pub_family FOR TABLE orders, items, notes")
+        create_family(sub, 0)
+        sub.execute("DROP TABLE orders_twin, items_twin, notes_twin")
+        info = pub.info
+        conninfo = f"host={info.host} port={info.port} dbname={info.dbname} user={info.user}"
+        sub.execute(f"CREATE SUBSCRIPTION sub_family CONNECTION '{conninfo}' PUBLICATION pub_family")
+        _wait(lambda: sub.execute("SELECT bool_and(srsubstate = 'r') FROM pg_subscription_rel").fetchone()[0],
+              "initial table sync")
+    spec = TableSpec("public.orders", "d", cutoff=FAMILY_CUTOFF.isoformat(), batch_size=500,
+                     children={"public.items": "keep", "public.notes": "keep"})
+    with FamilyWriters(sb.active_dsn, FAMILY_ROWS) as writers, \
+            Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn],
+                      throttle=lambda: time.sleep(0.02), lock_timeout="200ms", batch_target_seconds=0.001,
+                      swap_max_attempts=30) as mig:
+        mig.run("verified")
+        time.sleep(0.3)
+        writers.begin_swap()
+        mig.swap()
+        mig.validate_foreign_keys()
+        time.sleep(0.5)
+        m = mig.state()
+    assert m is not None and m.state == "swapped" and writers.ops
+    sites = _caught_up(sb, ["orders", m.archive.name, "items", "notes"])
+    for table, (pub_fp, sub_fp) in sites.items():
+        assert pub_fp == sub_fp, f"{table}: publisher {pub_fp} != subscriber {sub_fp}"
+    with connect(sb.subscriber_dsn) as sub:
+        assert sub.execute("SELECT count(*) FROM orders WHERE d < %s", (FAMILY_CUTOFF,)).fetchone()[0] > 0
+        assert sub.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone()[0] == 0

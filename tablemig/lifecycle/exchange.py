@@ -11,6 +11,7 @@ writes fire neither; the swap record keeps each trigger's state for the swap bac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from psycopg import sql
@@ -246,13 +247,17 @@ def _rename_index(ex: Executor, table: QualifiedName, schema: str, constraint: s
 
 
 def exchange(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
-             outgoing: QualifiedName) -> dict[str, Any]:
+             outgoing: QualifiedName, *, after_rename: Callable[[], object] | None = None) -> dict[str, Any]:
     """Rename `t -> outgoing` and `n -> t` and make the new `t` look like the old one
     (index and constraint names, sequences, incoming FKs, views, grants, policies, user
-    triggers, rules, comment). Shared by the active site and logical subscribers."""
+    triggers, rules, comment). Shared by the active site and logical subscribers.
+    `after_rename` runs right after the two renames, before anything references the new
+    `t` or fires on it (the rows kept for `keep` children, tablemig.lifecycle.retain)."""
     schema = t.schema
     ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(t.ident(), sql.Identifier(outgoing.name)))
     ex.run(sql.SQL("ALTER TABLE {} RENAME TO {}").format(n.ident(), sql.Identifier(t.name)))
+    if after_rename is not None:
+        after_rename()
     names = []
     for idx in [i for i in info.indexes if i.is_key] + secondary_indexes(info):
         archived, temp = archive_index_name(idx), temp_index_name(idx)

@@ -203,7 +203,11 @@ def disarm_sql(refs: list[Reference], objects: Objects) -> list[sql.Composable]:
 class Retaining(Protocol):
     """What the guard needs of the `keep` rule (tablemig.lifecycle.retain.KeepRule)."""
 
-    def locked_pass(self, st: Statements, new: QualifiedName, log: QualifiedName) -> tuple[int, int]: ...
+    @property
+    def refs(self) -> tuple[Reference, ...]: ...
+
+    def locked_pass(self, st: Statements, live: QualifiedName, log: QualifiedName,
+                    source: QualifiedName) -> tuple[int, int]: ...
 
 
 @dataclass(frozen=True)
@@ -218,18 +222,26 @@ class OrphanGuard:
     retain: Retaining | None = None
     retained_full_pass: int = 0  # rows the `keep` rule copied before the lock
 
-    def check_locked(self, st: Statements) -> dict[str, int]:
-        """Under the swap's lock: the rows the `keep` children reference made exact in the
-        new table (returns what changed), then the refusal if a write made since the full
-        check left an orphan."""
-        fixed: dict[str, int] = {}
-        if self.retain is not None:
-            deleted, inserted = self.retain.locked_pass(st, self.objects.new, self.objects.family_log)
-            fixed = {"retained_rows_removed_under_lock": deleted, "retained_rows_copied_under_lock": inserted}
-        found = orphans_since_armed(st, self.refs, self.objects, self.key, self.key_types)
+    def check_locked(self, st: Statements) -> None:
+        """Under the swap's lock: raise the refusal if a write made since the full check
+        left an orphan (`keep` children excepted: `retain_locked` makes theirs exact)."""
+        # the log's size, for the plans below: a few keys are looked up by index, not
+        # joined against a scan of the table, while the lock is held
+        st.run(sql.SQL("ANALYZE {}").format(self.objects.family_log.ident()))
+        kept = self.retain.refs if self.retain is not None else ()
+        found = orphans_since_armed(st, [r for r in self.refs if r not in kept], self.objects, self.key,
+                                    self.key_types)
         if found:
             raise orphan_error(str(self.objects.original), found, under_lock=True)
-        return fixed
+
+    def retain_locked(self, st: Statements, live: QualifiedName, source: QualifiedName) -> dict[str, int]:
+        """Under the swap's lock, after the renames: the rows the `keep` children reference
+        made exact in the live table (tablemig.lifecycle.retain); what changed."""
+        if self.retain is None:
+            return {}
+        deleted, inserted = self.retain.locked_pass(st, live, self.objects.family_log, source)
+        return {"retained_rows_copied_before_lock": self.retained_full_pass,
+                "retained_rows_removed_under_lock": deleted, "retained_rows_copied_under_lock": inserted}
 
     def disarm_sql(self) -> list[sql.Composable]:
         return disarm_sql(self.refs, self.objects)

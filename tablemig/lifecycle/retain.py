@@ -12,9 +12,12 @@ are added by the swap step, on top of the orphan check it arms (tablemig.lifecyc
 2. *full pass*, no lock: `INSERT ... SELECT` of the rows dated before the cutoff that a
    `keep` child references, into the new table (`ON CONFLICT DO NOTHING`: a row the
    capture function wrote meanwhile wins). A row changed while it runs was logged;
-3. *under the swap's lock*: for each logged key, the new table's copy is made exact: a row
-   not dated from the cutoff on is deleted, then inserted again from the original when a
-   child still references it. The cost follows the writes since step 1, not the tables.
+3. *under the swap's lock*, right after the renames: for each logged key, the new table's
+   copy is made exact: a row not dated from the cutoff on is deleted, then inserted again
+   from the original when a child still references it. The cost follows the writes since
+   step 1, not the tables. After the renames, so that a logical subscriber receives these
+   changes for the live table's name (its own renames are committed with the swap's), and
+   before the foreign keys are re-pointed and the user triggers copied.
 
 With the lock held nothing writes the table or its children, so what the swap publishes is
 exactly `D >= C` plus the rows referenced at that moment; the foreign keys re-pointed to the
@@ -63,11 +66,13 @@ class KeepRule:
             parts.append(sql.SQL("EXISTS (SELECT 1 FROM {} c WHERE {})").format(ref.child.ident(), match))
         return sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
 
-    def _insert(self, target: QualifiedName, where: sql.Composable) -> sql.Composable:
+    def _insert(self, target: QualifiedName, where: sql.Composable,
+                source: QualifiedName | None = None) -> sql.Composable:
         cols = sql.SQL(", ").join(sql.Identifier("p", c) for c in self.columns)
         return sql.SQL("INSERT INTO {t} ({c}){o} SELECT {pc} FROM {src} p WHERE {w} AND {old} AND {ref}").format(
             t=target.ident(), c=sql.SQL(", ").join(map(sql.Identifier, self.columns)),
-            o=sql.SQL(" OVERRIDING SYSTEM VALUE" if self.overriding else ""), pc=cols, src=self.original.ident(),
+            o=sql.SQL(" OVERRIDING SYSTEM VALUE" if self.overriding else ""), pc=cols,
+            src=(source or self.original).ident(),
             w=where, old=self._old("p"), ref=self._referenced("p"))
 
     def count(self, st: Statements) -> int:
@@ -84,21 +89,26 @@ class KeepRule:
         stmt = sql.SQL("{} ON CONFLICT ({}) DO NOTHING").format(self._insert(new, sql.SQL("true")), conflict)
         return max(st.run(stmt, (self.cutoff,)).rowcount, 0)
 
-    def locked_pass(self, st: Statements, new: QualifiedName, log: QualifiedName) -> tuple[int, int]:
-        """Step 3, under the swap's lock: for the keys in the family `log`, the new table's
-        rows not dated from the cutoff on are deleted, then those still referenced are
-        copied again from the original. Returns (deleted, inserted)."""
+    def locked_pass(self, st: Statements, live: QualifiedName, log: QualifiedName,
+                    source: QualifiedName) -> tuple[int, int]:
+        """Step 3, in the swap's transaction right after the two renames (`live` is the new
+        table under the table's name, `source` the original under its archive name): for
+        the keys in the family `log`, the rows not dated from the cutoff on are deleted,
+        then those still referenced are copied again from the original. Made then, the
+        changes carry the live table's name to logical subscribers, and nothing yet
+        references the live table or fires on it (foreign keys are re-pointed and user
+        triggers copied after). Returns (deleted, inserted)."""
         keys = sql.SQL(", ").join(map(sql.Identifier, self.key))
         logged = sql.SQL("({}) IN (SELECT {} FROM {})").format(
             sql.SQL(", ").join(sql.Identifier("p", k) for k in self.key), keys, log.ident())
         match = sql.SQL(" AND ").join(sql.SQL("o.{0} = n.{0}").format(sql.Identifier(k)) for k in self.key)
         gone = st.run(sql.SQL(
-            "DELETE FROM {new} n WHERE ({nk}) IN (SELECT {k} FROM {log})"
+            "DELETE FROM {live} n WHERE ({nk}) IN (SELECT {k} FROM {log})"
             " AND NOT EXISTS (SELECT 1 FROM {orig} o WHERE {match} AND o.{d} >= %s::{t})").format(
-            new=new.ident(), nk=sql.SQL(", ").join(sql.Identifier("n", k) for k in self.key), k=keys,
-            log=log.ident(), orig=self.original.ident(), match=match, d=sql.Identifier(self.date_column),
+            live=live.ident(), nk=sql.SQL(", ").join(sql.Identifier("n", k) for k in self.key), k=keys,
+            log=log.ident(), orig=source.ident(), match=match, d=sql.Identifier(self.date_column),
             t=Fragment(self.date_type)), (self.cutoff,)).rowcount
-        back = st.run(self._insert(new, logged), (self.cutoff,)).rowcount
+        back = st.run(self._insert(live, logged, source), (self.cutoff,)).rowcount
         return max(gone, 0), max(back, 0)
 
 

@@ -155,21 +155,20 @@ def swap(ex: Executor, m: State, *, lock_timeout: str, attempts: int, statement_
             raise psycopg.errors.LockNotAvailable("dependencies changed while locking")
         retained: dict[str, int] = {}
         if guard is not None:  # before anything changes: an orphan rolls this transaction back
-            retained = guard.check_locked(ex)
-            if guard.retain is not None:
-                retained["retained_rows_copied_before_lock"] = guard.retained_full_pass
+            guard.check_locked(ex)
         mirror = sync_function_sql(info, names.mirror_function, "mirror", outgoing, search_path=search_path,
                                    defer=deferred_names(info, outgoing.schema, "a"))
         with ex.batched():  # the DDL in as few round trips as its reads allow
-            if guard is not None:
-                for stmt in guard.disarm_sql():
-                    ex.run(stmt)
             ex.run(drop_trigger_sql(t, CAPTURE_TRIGGER))
             ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
             ex.run(drop_function_sql(names.capture_function))
             # the change log, emptied by the switch to direct capture (this commit is durable anyway)
             ex.run(drop_table_sql(names.change_log))
-            record = exchange(ex, info, t, n, outgoing)
+            record = exchange(ex, info, t, n, outgoing, after_rename=None if guard is None else
+                              lambda: retained.update(guard.retain_locked(ex, t, outgoing)))
+            if guard is not None:  # the family log, read by the rows kept for the children
+                for stmt in guard.disarm_sql():
+                    ex.run(stmt)
             if not peers:  # a managed subscriber keeps both tables published (see tablemig.lifecycle.logical)
                 move_publications(ex, info.publication_rels, outgoing, t)
             ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(outgoing.ident(), sql.Literal(
