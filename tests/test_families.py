@@ -247,3 +247,27 @@ def test_new_plan_lists_the_children_with_their_counts(fresh_db: Any, tmp_path: 
     assert table.children == KEEP
     with Migration(fresh_db.dsn, table.spec(), progress=lambda p: None) as mig:
         assert not mig.plan().blockers
+
+
+def test_the_command_line_takes_a_policy_per_child(fresh_db: Any) -> None:
+    with fresh_db.connect() as conn:
+        create_family(conn, 2000)
+
+    def migrate(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tablemig.cli.main", "migrate", "--execute", "--yes",
+                               "--dsn", fresh_db.dsn, "--table", "public.orders", "--date-column", "d",
+                               "--cutoff", CUTOFF.isoformat(), *extra],
+                              capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+    bad = migrate("--child", "public.items")
+    assert bad.returncode == 2 and "is not TABLE=POLICY" in bad.stderr, bad.stderr
+    assert "--child public.order_items=keep" in bad.stderr
+    refused = migrate("--child", "public.items=keep")  # notes is still refused
+    assert refused.returncode != 0 and "public.notes" in refused.stderr, refused.stderr
+    with fresh_db.connect() as conn:
+        assert conn.execute("SELECT to_regclass('orders_new')").fetchone() == (None,)
+    done = migrate("--child", "public.items=keep", "--child", "public.notes=keep")
+    assert done.returncode == 0, done.stderr
+    with fresh_db.connect() as conn:
+        assert conn.execute("SELECT state FROM table_migration.migration_state").fetchone() == ("swapped",)
+        assert differences(conn, "orders", "orders_twin", REFERENCED) == 0

@@ -46,7 +46,20 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--archive-mode", choices=["rename", "copy"], default="rename")
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, help="rows per unit of bulk work")
     p.add_argument("--workers", type=positive_int, default=WORKERS, help="concurrent backfill workers")
+    p.add_argument("--child", action="append", default=[], metavar="TABLE=POLICY",
+                   help="the policy of a table whose foreign key references the table: refuse (the default) or"
+                        " keep, e.g. --child public.order_items=keep (repeatable; docs/families.md)")
     add_json(p)
+
+
+def _children(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        table, sep, policy = pair.rpartition("=")
+        if not sep or not table:
+            raise InputError(f"--child {pair!r} is not TABLE=POLICY", "e.g. --child public.order_items=keep")
+        out[table] = policy
+    return out
 
 
 def _table_args(p: argparse.ArgumentParser) -> None:
@@ -70,7 +83,7 @@ def _pacing_args(p: argparse.ArgumentParser) -> None:
 def _spec(a: argparse.Namespace) -> TableSpec:
     return TableSpec(a.table, a.date_column, retention=a.retention, cutoff=a.cutoff, new_table=a.new_table,
                      archive_table=a.archive_table, archive_mode=a.archive_mode, batch_size=a.batch_size,
-                     workers=a.workers)
+                     workers=a.workers, children=_children(a.child))
 
 
 def load_state(dsn: str, table: str) -> State:
