@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from backup_helpers import private_cluster
+from backup_helpers import private_cluster, run_plan
 from family_twin import CUTOFF, FamilyWriters, create_family, differences
 
 from tablemig.config.spec import TableSpec
@@ -245,8 +245,22 @@ def test_new_plan_lists_the_children_with_their_counts(fresh_db: Any, tmp_path: 
     exec(compile(text, str(out), "exec"), namespace)  # noqa: S102 - the generated plan is Python
     table = namespace["PLAN"].tables[0]
     assert table.children == KEEP
-    with Migration(fresh_db.dsn, table.spec(), progress=lambda p: None) as mig:
-        assert not mig.plan().blockers
+    # the plan as written, every checklist item, executed while the family is written
+    with FamilyWriters(fresh_db.dsn, 2000, threads=2) as writers:
+        proc, steps = run_plan(out, fresh_db.dsn, "--execute", timeout=900)
+        writers.begin_swap()  # (the swap is done: from here the writers keep to the live rows)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert steps["PRE-1.3b"]["status"] == "passed", steps["PRE-1.3b"]
+    children = steps["PRE-1.3b"]["evidence"]["children"]
+    assert [(c["child"], c["policy"]) for c in children] == [("public.items", "keep"), ("public.notes", "keep")]
+    assert steps["EX-4.1"]["status"] == "passed", steps["EX-4.1"]
+    assert writers.ops
+    with fresh_db.connect() as conn:
+        assert conn.execute("SELECT state FROM table_migration.migration_state").fetchone() == ("swapped",)
+        assert _fks(conn) == [("items", "orders", True), ("notes", "orders", True)]
+        orphans = conn.execute("SELECT count(*) FROM items i WHERE NOT EXISTS"
+                               " (SELECT 1 FROM orders o WHERE o.id = i.order_id)").fetchone()
+        assert orphans == (0,)
 
 
 def test_the_command_line_takes_a_policy_per_child(fresh_db: Any) -> None:
