@@ -255,6 +255,8 @@ def test_new_plan_lists_the_children_with_their_counts(fresh_db: Any, tmp_path: 
     assert [(c["child"], c["policy"]) for c in children] == [("public.items", "keep"), ("public.notes", "keep")]
     assert steps["EX-4.1"]["status"] == "passed", steps["EX-4.1"]
     assert writers.ops
+    (html,) = (out.parent / "reports").glob("*/latest/report.html")
+    assert "plus the rows public.items, public.notes reference (policy keep)" in html.read_text()
     with fresh_db.connect() as conn:
         assert conn.execute("SELECT state FROM table_migration.migration_state").fetchone() == ("swapped",)
         assert _fks(conn) == [("items", "orders", True), ("notes", "orders", True)]

@@ -334,6 +334,9 @@ def table_outcomes(names: list[str], table_facts: dict[str, Any], steps: list[di
             "cutoff": local or cutoff, "cutoff_utc": cutoff if local and str(local) != str(cutoff) else None,
             "timezone": fact("timezone") if local else None,
             "rows_keep": fact("rows_keep"), "rows_archive": fact("rows_archive"),
+            # the children whose policy keeps the rows they reference live (docs/families.md)
+            "kept_for": [c["child"] for c in f.get("children") or [] if c.get("policy") == "keep"],
+            "rows_kept_for_children": f.get("rows_kept_for_children"),
             "archive": fact("archive_table"), "new_table": fact("new_table"),
             "lock_hold_ms": f.get("lock_hold_ms"), "swap_attempts": f.get("swap_attempts"),
         })

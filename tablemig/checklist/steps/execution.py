@@ -85,6 +85,9 @@ def ex_1_3_analyze_tables(ctx: StepContext) -> None:
     ctx.table.facts.update(cutoff=plan.cutoff, cutoff_local=plan.cutoff_local, timezone=plan.timezone,
                            rows_total=counts["total"], rows_keep=counts["keep"],
                            rows_archive=archive, distribution=frame.to_dict("records"))
+    if plan.children:  # the tables referencing it, with their policies (docs/families.md)
+        ctx.table.facts.update(children=[c.as_dict() for c in plan.children],
+                               rows_kept_for_children=plan.retained_rows)
     ctx.evidence(cutoff=plan.cutoff, cutoff_local=plan.cutoff_local, timezone=plan.timezone,
                  rows_total=counts["total"], rows_keep=counts["keep"], rows_archive=archive,
                  rows_null_date=counts["null_dated"], months=len(frame), warnings=plan.warnings,
