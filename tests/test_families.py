@@ -193,7 +193,6 @@ def test_refuse_is_the_default_and_its_advice_names_keep(fresh_db: Any) -> None:
 @pytest.mark.parametrize(("setup", "kw", "expected"), [
     ("DROP INDEX items_order_id_idx", {}, "no index leads with the referencing columns"),
     ("", {"archive_mode": "copy"}, "needs archive mode rename"),
-    ("CREATE TABLE other (id int)", {"children": {"public.other": "keep", **KEEP}}, "children names public.other"),
 ])
 def test_keep_refusals_change_nothing(fresh_db: Any, setup: str, kw: dict[str, Any], expected: str) -> None:
     with fresh_db.connect() as conn:
@@ -208,6 +207,21 @@ def test_keep_refusals_change_nothing(fresh_db: Any, setup: str, kw: dict[str, A
             mig.capture()
     with fresh_db.connect() as conn:
         assert conn.execute("SELECT to_regclass('orders_new')").fetchone() == (None,)
+
+
+def test_a_child_named_that_does_not_reference_the_table_is_a_warning(fresh_db: Any) -> None:
+    with fresh_db.connect() as conn:
+        create_family(conn, 1000)
+        conn.execute("CREATE TABLE other (id int)")
+    with Migration(fresh_db.dsn, _spec(children={"public.other": "keep", **KEEP}), progress=lambda p: None) as mig:
+        plan = mig.plan()
+    assert not plan.blockers, plan.blockers
+    assert any("children names public.other" in w and "not used" in w for w in plan.warnings), plan.warnings
+    # a misspelt child leaves the real one at refuse: still blocked, naming it
+    with Migration(fresh_db.dsn, _spec(children={"public.item": "keep", "public.notes": "keep"}),
+                   progress=lambda p: None) as mig:
+        plan = mig.plan()
+    assert any("public.items" in b for b in plan.blockers), plan.blockers
 
 
 def test_a_child_policy_that_is_not_built_is_refused_at_import() -> None:
