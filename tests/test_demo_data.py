@@ -149,3 +149,18 @@ def test_other_schema(fresh_db: Any) -> None:
         assert scalar(conn, 'SELECT count(*) FROM "Shop".orders') == 1000
         assert scalar(conn, "SELECT to_regclass('public.orders')") is None
         assert scalar(conn, """SELECT to_regclass('"Shop".recent_orders') IS NOT NULL""")
+
+
+def test_returns_reference_orders_of_every_age(fresh_db: Any) -> None:
+    """`--returns`: order_returns, 2 % of the orders, from the oldest months to the newest
+    (the demo plan's child with the policy keep, docs/families.md)."""
+    out = demo_data(fresh_db.dsn, "--rows", str(ROWS), "--returns", "--json")
+    assert out.returncode == 0, out.stderr
+    with fresh_db.connect() as conn:
+        n, oldest, newest, span = conn.execute(
+            "SELECT count(*), min(o.created_date), max(o.created_date),"
+            " (SELECT max(created_date) - min(created_date) FROM orders)"
+            " FROM order_returns r JOIN orders o ON o.id = r.order_id").fetchone() or (0, None, None, None)
+        assert ROWS * 0.015 <= n <= ROWS * 0.025, n
+        assert newest - oldest > span * 0.95  # every age
+        assert scalar(conn, "SELECT count(*) FROM pg_indexes WHERE indexname = 'order_returns_order_id_idx'") == 1

@@ -27,6 +27,8 @@ from tablemig.errors import InputError
 from tablemig.lifecycle.driver import Migration
 from tablemig.pg.binaries import embedded_bindir
 from tablemig.pg.connect import connect
+from tablemig.pg.names import QualifiedName
+from tablemig.pg.reconcile import Reconciler, Side
 
 ROWS = 20_000
 KEEP = {"public.items": "keep", "public.notes": "keep"}
@@ -301,3 +303,28 @@ def test_the_command_line_takes_a_policy_per_child(fresh_db: Any) -> None:
     with fresh_db.connect() as conn:
         assert conn.execute("SELECT state FROM table_migration.migration_state").fetchone() == ("swapped",)
         assert differences(conn, "orders", "orders_twin", REFERENCED) == 0
+
+
+def test_the_partial_rollback_repairs_referenced_rows_in_place(fresh_db: Any) -> None:
+    """RB-2's procedure restores live rows from the original. A DELETE + INSERT of a row
+    that children reference would cascade into them (or be refused); in place, the children
+    keep their rows."""
+    with fresh_db.connect() as conn:
+        conn.execute("CREATE TABLE src (id bigint PRIMARY KEY, v integer NOT NULL, w text);"
+                     " CREATE TABLE dst (id bigint PRIMARY KEY, v integer NOT NULL, w text);"
+                     " CREATE TABLE kid (id bigint PRIMARY KEY, dst_id bigint REFERENCES dst ON DELETE CASCADE);"
+                     " CREATE TABLE ward (id bigint PRIMARY KEY, dst_id bigint REFERENCES dst);"
+                     " INSERT INTO src VALUES (1, 10, 'a'), (2, 20, 'b'), (3, 30, 'c');"
+                     " INSERT INTO dst VALUES (1, 11, 'x'), (2, 20, 'b'), (4, 40, 'gone');"
+                     " INSERT INTO kid VALUES (1, 1), (2, 2); INSERT INTO ward VALUES (1, 1)")
+        rec = Reconciler(["id"], ["bigint"], ["id", "v", "w"], ["id", "v", "w"])
+        keys = [["1"], ["2"], ["3"], ["4"]]
+        with conn.transaction(force_rollback=True):  # replaced: ward refuses the DELETE
+            with pytest.raises(psycopg.errors.ForeignKeyViolation):
+                rec.repair(conn, Side(QualifiedName("public", "src")), Side(QualifiedName("public", "dst")), keys,
+                           False)
+        assert rec.repair(conn, Side(QualifiedName("public", "src")), Side(QualifiedName("public", "dst")), keys,
+                          False, in_place=["v", "w"]) == 4
+        assert conn.execute("SELECT * FROM dst ORDER BY id").fetchall() == [(1, 10, "a"), (2, 20, "b"), (3, 30, "c")]
+        assert conn.execute("SELECT id, dst_id FROM kid ORDER BY id").fetchall() == [(1, 1), (2, 2)]
+        assert conn.execute("SELECT id, dst_id FROM ward").fetchall() == [(1, 1)]

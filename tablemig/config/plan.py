@@ -86,7 +86,9 @@ class Window:
 class PlanConfig:
     name: str
     tables: list[TableConfig]
-    demo_rows: int = 0  # on the embedded sandbox only: demo orders to create before the plan runs
+    # on the embedded sandbox only: demo orders to create before the plan runs (with
+    # order_items and order_returns, tablemig.sandbox.demo_data)
+    demo_rows: int = 0
     window: Window | None = None
     max_replication_lag: str = "16MB"
     # pace the bulk work (tablemig.lifecycle.pacing); None: migration_config's nice_ratio, re-read live

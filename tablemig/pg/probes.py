@@ -56,6 +56,31 @@ def rewritable(conn: psycopg.Connection[Any], table: QualifiedName) -> sql.Compo
     return sql.SQL(" AND ").join(parts or [sql.SQL("true")])
 
 
+_INCOMING = """
+SELECT n.nspname, c.relname,
+       ARRAY(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(n, o)
+               JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.o),
+       ARRAY(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY k(n, o)
+               JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.o)
+  FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE con.confrelid = %s::regclass AND con.contype = 'f' AND con.conparentid = 0
+ ORDER BY 1, 2, con.conname
+"""
+
+
+def unreferenced(conn: psycopg.Connection[Any], table: QualifiedName, alias: str) -> sql.Composable:
+    """A condition for the rows of `table` (as `alias`) that no foreign key references: a
+    probe that deletes a row, even in a transaction rolled back, must neither cascade into
+    the children nor fail on them (ON DELETE RESTRICT / NO ACTION)."""
+    parts: list[sql.Composable] = []
+    for schema, child, cols, pcols in conn.execute(_INCOMING, (str(table),)).fetchall():
+        match = sql.SQL(" AND ").join(sql.SQL("x.{} = {}").format(sql.Identifier(c), sql.Identifier(alias, p))
+                                      for c, p in zip(cols, pcols, strict=True))
+        parts.append(sql.SQL("NOT EXISTS (SELECT 1 FROM {} x WHERE {})").format(
+            sql.Identifier(schema, child), match))
+    return sql.SQL(" AND ").join(parts or [sql.SQL("true")])
+
+
 def validation_summary(conn: psycopg.Connection[Any], tables: dict[str, QualifiedName],
                        date_column: str) -> list[dict[str, Any]]:
     """The checklist's validation summary: count and min/max date of each table."""

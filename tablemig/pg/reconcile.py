@@ -300,24 +300,48 @@ class Reconciler:
         return [[str(v) for v in r] for r in rows]
 
     def repair(self, conn: DB, source: Side, target: Side,
-               keys: list[list[str]], overriding: bool) -> int:
+               keys: list[list[str]], overriding: bool, *, in_place: list[str] | None = None) -> int:
         """Make `target` hold exactly the `source` version of each key (one transaction).
         `FOR SHARE` holds off writers of those few rows until the repair commits, so the
-        repaired copy cannot itself go stale."""
+        repaired copy cannot itself go stale. A row is replaced (DELETE, then INSERT), or,
+        with `in_place` (the columns an UPDATE may set), updated where both sides have it:
+        for a table that foreign keys reference, whose DELETE would cascade into the
+        children, set their keys NULL or be refused."""
         if not keys:
             return 0
         match = sql.SQL("({}) = ({})").format(self.key_list(), self.typed())
         sw, sparams = source.where()
         cols = sql.SQL(", ").join(map(sql.Identifier, self.write_columns))
         ovr = sql.SQL(" OVERRIDING SYSTEM VALUE" if overriding else "")
+        insert = sql.SQL(
+            "INSERT INTO {tt} ({cols}){ovr} SELECT {cols} FROM {st} WHERE {m} AND {sw}"
+            " FOR SHARE").format(tt=target.table.ident(), cols=cols, ovr=ovr, st=source.table.ident(), m=match, sw=sw)
         st = statements(conn)
         with st.transaction():
             for k in keys:
-                st.run(sql.SQL("DELETE FROM {} WHERE {}").format(target.table.ident(), match), k)
-                st.run(sql.SQL(
-                    "INSERT INTO {tt} ({cols}){ovr} SELECT {cols} FROM {st} WHERE {m} AND {sw}"
-                    " FOR SHARE").format(tt=target.table.ident(), cols=cols, ovr=ovr,
-                                             st=source.table.ident(), m=match, sw=sw),
-                    [*k, *sparams])
+                if in_place is None:
+                    st.run(sql.SQL("DELETE FROM {} WHERE {}").format(target.table.ident(), match), k)
+                    st.run(insert, [*k, *sparams])
+                    continue
+                if in_place:
+                    sets = sql.SQL(", ").join(sql.SQL("{0} = s.{0}").format(sql.Identifier(c)) for c in in_place)
+                    tmatch = sql.SQL("({}) = ({})").format(
+                        sql.SQL(", ").join(sql.Identifier("t", c) for c in self.key), self.typed())
+                    found = st.run(sql.SQL(
+                        "UPDATE {tt} t SET {sets} FROM (SELECT {cols} FROM {st} WHERE {m} AND {sw} FOR SHARE) s"
+                        " WHERE {tm}").format(tt=target.table.ident(), sets=sets, cols=cols,
+                                              st=source.table.ident(), m=match, sw=sw, tm=tmatch),
+                        [*k, *sparams, *k]).rowcount
+                else:  # nothing but the key: present is equal
+                    found = int(st.read(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+                        target.table.ident(), match), k).scalar() or 0)
+                if found:
+                    continue
+                present = int(st.read(sql.SQL("SELECT count(*) FROM {} WHERE {} AND {}").format(
+                    source.table.ident(), match, sw), [*k, *sparams]).scalar() or 0)
+                if present:
+                    st.run(insert, [*k, *sparams])
+                else:  # the source has no such row: neither may the target
+                    st.run(sql.SQL("DELETE FROM {} WHERE {}").format(target.table.ident(), match), k)
         return len(keys)
 

@@ -35,7 +35,10 @@ def _table_line(o: dict[str, Any], mode: str) -> str:
         parts.append(f"cutoff {o['cutoff']}")
     if o["rows_keep"] is not None or o["rows_archive"] is not None:
         verb = ("would keep", "would archive") if mode == "dry-run" else ("kept", "archived")
-        parts.append(f"{verb[0]} {fmt(o['rows_keep'])} rows, {verb[1]} {fmt(o['rows_archive'])}")
+        kept = fmt(o["rows_keep"])
+        if o.get("kept_for") and o.get("rows_kept_for_children") is not None:  # docs/families.md
+            kept += f" (+{fmt(o['rows_kept_for_children'])} referenced by {', '.join(o['kept_for'])})"
+        parts.append(f"{verb[0]} {kept} rows, {verb[1]} {fmt(o['rows_archive'])}")
     if o["archive"]:
         parts.append(f"archive {o['archive']}")
     if o["lock_hold_ms"] is not None:

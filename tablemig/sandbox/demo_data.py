@@ -3,7 +3,9 @@
 Everything is generated server-side with `generate_series`; no row passes through Python.
 `order_items` references only orders of the last 30 days (items of open orders), so its
 foreign key can follow `orders` to the live table after a migration that keeps at least
-the newest ~6 % of rows.
+the newest ~6 % of rows. With `returns`, `order_returns` references 2 % of the orders, of
+every age (a warranty claim comes years later): a child that blocks a migration unless the
+plan gives it a policy (`keep`, docs/families.md), as the demo plan does.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..pg.connect import connect
 
 DDL = """
 DROP VIEW IF EXISTS {schema}.recent_orders;
+DROP TABLE IF EXISTS {schema}.order_returns;
 DROP TABLE IF EXISTS {schema}.order_items;
 DROP TABLE IF EXISTS {schema}.orders;
 CREATE TABLE {schema}.orders (
@@ -72,10 +75,27 @@ ANALYZE {schema}.orders;
 ANALYZE {schema}.order_items;
 """
 
+RETURNS = """
+CREATE TABLE {schema}.order_returns (
+    id           bigserial PRIMARY KEY,
+    order_id     bigint NOT NULL REFERENCES {schema}.orders (id),
+    reason       text NOT NULL,
+    returned_at  timestamptz NOT NULL
+);
+INSERT INTO {schema}.order_returns (order_id, reason, returned_at)
+SELECT o.id, (ARRAY['damaged','wrong size','warranty','late delivery'])[1 + mod(o.id, 4)::int],
+       o.created_date + interval '9 days'
+  FROM {schema}.orders o
+ WHERE mod(o.id * 7907, 50) = 0;
+CREATE INDEX order_returns_order_id_idx ON {schema}.order_returns (order_id);
+ANALYZE {schema}.order_returns;
+"""
+
 
 def create_demo_data(conn: psycopg.Connection[Any], rows: int, *, schema: str = "public",
-                     months: int = 36, end: str | None = None) -> dict[str, Any]:
-    """(Re)create the demo tables with `rows` orders; returns counts and the elapsed time."""
+                     months: int = 36, end: str | None = None, returns: bool = False) -> dict[str, Any]:
+    """(Re)create the demo tables with `rows` orders (and `order_returns` with `returns`);
+    returns counts and the elapsed time."""
     if rows < 1:
         raise InputError(f"--rows must be at least 1, got {rows}", "give a positive row count")
     started = time.monotonic()
@@ -88,18 +108,23 @@ def create_demo_data(conn: psycopg.Connection[Any], rows: int, *, schema: str = 
         conn.execute(sql.SQL(INSERT_ORDERS).format(schema=s),
                      {"rows": rows, "months": months, "end": end_ts})
         conn.execute(sql.SQL(AFTER_LOAD).format(schema=s))
+        if returns:
+            conn.execute(sql.SQL(RETURNS).format(schema=s))
     counts = conn.execute(
         sql.SQL("SELECT (SELECT count(*) FROM {}.orders), (SELECT count(*) FROM {}.order_items)")
         .format(s, s)
     ).fetchone()
     assert counts is not None
-    return {"orders": counts[0], "order_items": counts[1],
-            "seconds": round(time.monotonic() - started, 2)}
+    out = {"orders": counts[0], "order_items": counts[1], "seconds": round(time.monotonic() - started, 2)}
+    if returns:
+        found = conn.execute(sql.SQL("SELECT count(*) FROM {}.order_returns").format(s)).fetchone()
+        out["order_returns"] = found[0] if found else 0
+    return out
 
 
 def _cmd(args: argparse.Namespace) -> int:
     with connect(dsn_of(args)) as conn:
-        result = create_demo_data(conn, args.rows, schema=args.schema, months=args.months)
+        result = create_demo_data(conn, args.rows, schema=args.schema, months=args.months, returns=args.returns)
     emit(args, {**result, "schema": args.schema}, f"created {result['orders']} orders and {result['order_items']} "
          f"order_items in {args.schema} in {result['seconds']} s")
     return 0
@@ -111,5 +136,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--rows", type=int, default=100_000, help="number of orders (default 100000)")
     p.add_argument("--months", type=positive_int, default=36, help="months of history (default 36)")
     p.add_argument("--schema", default="public", help="schema to create the tables in")
+    p.add_argument("--returns", action="store_true",
+                   help="also order_returns, referencing 2 %% of the orders of every age (a child that needs a "
+                        "policy: docs/families.md)")
     add_json(p)
     p.set_defaults(func=_cmd)

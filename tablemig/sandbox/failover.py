@@ -17,6 +17,7 @@ from ..pg.binaries import chown_to, run_tool
 from ..pg.catalog import inspect_table
 from ..pg.connect import connect
 from ..pg.names import QualifiedName
+from ..pg.probes import unreferenced
 from ..pg.reconcile import Reconciler
 from ..pg.site_compare import Pair, compare
 from .cluster import SOCKET_LIMIT, ClusterInfo, Sandbox, _read_state, _start, _write_state
@@ -62,10 +63,14 @@ def rehearse(sb: Sandbox, active_dsn: str, live: QualifiedName, archive: Qualifi
             in_recovery = p.execute("SELECT pg_is_in_recovery()").fetchone()
             found = {str(t): p.execute(sql.SQL("SELECT count(*) FROM {}").format(t.ident())).fetchone()[0]  # type: ignore[index]
                      for t in (live, archive)}
-            delete_one = "DELETE FROM {0} WHERE ctid IN (SELECT ctid FROM {0} ORDER BY ctid DESC LIMIT 1)"
+            # a row no foreign key references: the write is the test, not the children's
+            # ON DELETE actions (RESTRICT would refuse it)
+            delete_one = "DELETE FROM {0} WHERE ctid IN (SELECT ctid FROM {0} r WHERE {1} ORDER BY ctid DESC LIMIT 1)"
             with p.transaction():  # committed: the promoted copy is thrown away afterwards
-                wrote = p.execute(sql.SQL(delete_one).format(live.ident())).rowcount
-                wrote_archive = p.execute(sql.SQL(delete_one).format(archive.ident())).rowcount == 1
+                wrote = p.execute(sql.SQL(delete_one).format(
+                    live.ident(), unreferenced(p, live, "r"))).rowcount
+                wrote_archive = p.execute(sql.SQL(delete_one).format(
+                    archive.ident(), unreferenced(p, archive, "r"))).rowcount == 1
         out.update(promoted=not (in_recovery and in_recovery[0]), rows_found=found,
                    intact=all(d.in_sync for d in compared.values()), writable=wrote == 1 and wrote_archive)
         return out

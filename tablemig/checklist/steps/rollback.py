@@ -46,7 +46,10 @@ def rb_2_partial_rollback(ctx: StepContext) -> None:
         sample = conn.execute(sql.SQL("SELECT {k} FROM {t} WHERE {ok} ORDER BY {k} DESC LIMIT 100").format(
             k=key, t=live.ident(), ok=probes.rewritable(conn, live))).fetchall()
         keys[:] = [[str(v) for v in r] for r in sample]
-        restored = rec.repair(conn, Side(archive), Side(live), keys, plan.overriding)
+        # in place: the live table's rows are referenced by the children's foreign keys,
+        # which a DELETE + INSERT would cascade into (or be refused by)
+        restored = rec.repair(conn, Side(archive), Side(live), keys, plan.overriding, in_place=[
+            c.name for c in plan.info.writable_columns if c.name not in plan.key and c.identity != "a"])
         conn.execute(sql.SQL("ALTER TABLE {} ENABLE TRIGGER USER").format(live.ident()))
         bounds = rec.boundaries(conn, Side(live), 4)
         # rows dated from the cutoff on: a live row dated below it after the swap has its copy
@@ -64,7 +67,8 @@ def rb_2_partial_rollback(ctx: StepContext) -> None:
                                    rehearse=True, statement_timeout="0", **Settings.current(conn).lock_options())
     done.pop("lock_hold_ms", None)
     ctx.evidence(**done, procedure=["ALTER TABLE T DISABLE TRIGGER USER (and DISABLE RULE for each rule of T)",
-                                    "restore the affected recent rows from the original (tablemig verify repairs)",
+                                    "restore the affected recent rows from the original, updated in place "
+                                    "(a DELETE + INSERT would cascade into the tables that reference them)",
                                     "ALTER TABLE T ENABLE TRIGGER USER, then give each trigger and rule its own "
                                     "state again (DISABLE / ENABLE REPLICA / ENABLE ALWAYS, as before)",
                                     "compare segment checksums"],

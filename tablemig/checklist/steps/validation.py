@@ -155,8 +155,8 @@ def _reads(conn: psycopg.Connection[Any], m: State, live: QualifiedName) -> dict
 
 def _write_probe(conn: psycopg.Connection[Any], m: State, live: QualifiedName,
                  archive: QualifiedName) -> dict[str, Any]:
-    """An update and a delete of one live row, rolled back: what the mirror trigger did to
-    the archive's copy."""
+    """An update and a delete of one live row (one that no foreign key references), rolled
+    back: what the mirror trigger did to the archive's copy."""
     key = sql.SQL(", ").join(map(sql.Identifier, m.key))
     match = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in m.key)
     rules = [r for (r,) in conn.execute("SELECT rulename FROM pg_rewrite WHERE ev_class = %s::regclass"
@@ -168,8 +168,11 @@ def _write_probe(conn: psycopg.Connection[Any], m: State, live: QualifiedName,
         # transaction
         for rule in rules:
             conn.execute(sql.SQL("ALTER TABLE {} DISABLE RULE {}").format(live.ident(), sql.Identifier(rule)))
-        first = conn.execute(sql.SQL("SELECT {k} FROM {t} WHERE {ok} ORDER BY {k} DESC LIMIT 1").format(
-            k=key, t=live.ident(), ok=probes.rewritable(conn, live))).fetchone()
+        # the newest row no foreign key references: the probe's DELETE tests the mirror
+        # trigger, not the children's ON DELETE actions
+        first = conn.execute(sql.SQL("SELECT {k} FROM {t} l WHERE {ok} AND {free} ORDER BY {k} DESC LIMIT 1").format(
+            k=key, t=live.ident(), ok=probes.rewritable(conn, live),
+            free=probes.unreferenced(conn, live, "l"))).fetchone()
         assert first is not None
         conn.execute(sql.SQL("UPDATE {} SET {d} = {d} WHERE {m}").format(
             live.ident(), d=sql.Identifier(m.date_column), m=match), first)
