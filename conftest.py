@@ -73,7 +73,7 @@ def new_database(active: psycopg.Connection[Any], active_dsn: str,
         # of CREATE DATABASE (it lags while another xdist worker writes; on a busy machine,
         # for many seconds)
         with connect(passive_dsn) as passive:
-            if passive.execute("SELECT pg_is_in_recovery()").fetchone()[0]:  # type: ignore[index]
+            if passive.execute("SELECT pg_is_in_recovery()").fetchone() == (True,):
                 wait_for_replay(active, passive, timeout_s=300)
     db = FreshDb(name, with_dbname(active_dsn, name),
                  with_dbname(passive_dsn, name) if passive_dsn else None)

@@ -11,8 +11,8 @@ from typing import Any
 
 from psycopg import sql
 
-from tablemig.lifecycle.planner import compute_cutoff
 from tablemig.pg.connect import connect
+from tablemig.pg.cutoff import compute_cutoff
 from tablemig.pg.names import QualifiedName
 
 from .proc import log, run_child, tablemig_cli, tail

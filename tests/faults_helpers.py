@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -43,7 +43,7 @@ def ok(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
 
 def final_state(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     """The JSON summary `migrate` prints on stdout."""
-    return json.loads(proc.stdout)
+    return cast("dict[str, Any]", json.loads(proc.stdout))
 
 
 class Harness:
@@ -99,7 +99,7 @@ def wait_for(fn: Callable[[], T], what: str, timeout: float = 60, interval: floa
     """Poll `fn` until it returns something truthy; fail after `timeout` seconds (or as soon
     as `alive`, a background harness, has exited: it cannot get there any more)."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | None = None
     while time.monotonic() < deadline:
         last = fn()
         if last:
@@ -122,6 +122,13 @@ def state_row(conn: psycopg.Connection[Any], table: str = "public.events") -> di
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute("SELECT * FROM table_migration.migration_state WHERE table_name = %s",
                            (table,)).fetchone()
+
+
+def stored_row(conn: psycopg.Connection[Any], table: str = "public.events") -> dict[str, Any]:
+    """`table`'s state row, which must be there (the test fails saying so when it is not)."""
+    m = state_row(conn, table)
+    assert m is not None, f"{table} has no migration state row"
+    return m
 
 
 def lock_holders(conn: psycopg.Connection[Any]) -> list[int]:
@@ -228,4 +235,4 @@ def invalid_indexes(conn: psycopg.Connection[Any], table: str) -> list[str]:
 def with_dbname(dsn: str, dbname: str) -> str:
     params = conninfo_to_dict(dsn)
     params["dbname"] = dbname
-    return make_conninfo(**params)
+    return make_conninfo("", **params)

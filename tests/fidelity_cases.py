@@ -60,7 +60,7 @@ def create(conn: Conn, case: Case) -> None:
     conn.execute(BASE + case.setup)
 
 
-def _one(conn: Conn, query: str, params: tuple[Any, ...] = ()) -> Any:
+def _one(conn: Conn, query: sql.SQL | sql.Composed | str, params: tuple[Any, ...] = ()) -> Any:
     row = conn.execute(query, params).fetchone()
     assert row is not None
     return row[0]

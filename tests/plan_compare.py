@@ -8,7 +8,8 @@ from typing import Any
 
 from tablemig.config.spec import TableSpec
 from tablemig.lifecycle.driver import Migration
-from tablemig.lifecycle.executor import Recorder, StatementRecord
+from tablemig.lifecycle.executor import Mode, Recorder, StatementRecord
+from tablemig.lifecycle.state import State
 
 
 def shown(value: Any) -> Any:
@@ -45,12 +46,13 @@ def same(dry: list[tuple[str, str, str, Any]], real: list[tuple[str, str, str, A
         f"{real[first] if first is not None and first < len(real) else None}")
 
 
-def run(dsn: str, spec: TableSpec, mode: str, until: str, subscribers: Sequence[str] = ()) -> tuple[Recorder, Any]:
+def run(dsn: str, spec: TableSpec, mode: Mode, until: str,
+        subscribers: Sequence[str] = ()) -> tuple[Recorder, State | None]:
     """Migrate `spec` up to `until` in `mode`; the recorder and the state reached."""
     recorder = Recorder()
     # unpaced, as a dry run is: the write guard's rests (and the drain of the change log
     # after one) are decided by the clock, not by the plan
-    with Migration(dsn, spec, mode=mode, recorder=recorder, progress=lambda p: None,  # type: ignore[arg-type]
+    with Migration(dsn, spec, mode=mode, recorder=recorder, progress=lambda p: None,
                    subscribers=subscribers, lock_timeout="1s", nice_ratio=0, app_write_share=0) as mig:
         final = mig.run(until)
     return recorder, final

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from snapshots import snapshot
+from state_helpers import stored
 
 from tablemig.config.spec import TableSpec
 from tablemig.errors import InputError
@@ -87,7 +88,7 @@ def test_null_dates_are_reported_and_stay_in_the_archive(fresh_db: Any) -> None:
             plan = mig.plan()
             assert any("20 rows have a NULL d: they are history and stay in the archive" in w for w in plan.warnings)
             mig.run("swapped")
-            archive = mig.state().archive.name
+            archive = stored(mig).archive.name
         assert conn.execute("SELECT count(*) FROM t WHERE d IS NULL").fetchone() == (0,)
         assert conn.execute(f"SELECT count(*) FROM {archive} WHERE d IS NULL").fetchone() == (20,)
 
@@ -122,7 +123,7 @@ def test_hostile_and_unusual_names_migrate(fresh_db: Any, name: str) -> None:
         spec = TableSpec(f'"Odd Schema".{q}', "When; it happened", retention=0.1, batch_size=100)
         with Migration(fresh_db.dsn, spec, progress=lambda p: None) as mig:
             mig.run("swapped")
-            m = mig.state()
+            m = stored(mig)
         assert conn.execute(f'SELECT count(*) FROM "Odd Schema".{q}').fetchone() == (50,)
         assert len(m.new.name.encode()) <= 63 and len(m.archive.name.encode()) <= 63
         assert conn.execute("SELECT to_regclass('victim')").fetchone() != (None,)

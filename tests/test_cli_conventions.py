@@ -179,13 +179,15 @@ def _on_a_terminal(args: list[str], answer: bytes | None) -> tuple[int, str, str
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLEAN)
         os.close(slave)
         if answer is not None:
+            stderr = proc.stderr
+            assert stderr is not None  # stderr=PIPE
             deadline = time.monotonic() + 120
             err = ""
             while "proceed? [y/N]" not in err:  # stderr is a pipe: read what it said so far
                 assert time.monotonic() < deadline and proc.poll() is None, err
-                ready, _, _ = select.select([proc.stderr], [], [], 1)
+                ready, _, _ = select.select([stderr], [], [], 1)
                 if ready:
-                    err += os.read(proc.stderr.fileno(), 4096).decode()  # type: ignore[union-attr]
+                    err += os.read(stderr.fileno(), 4096).decode()
             os.write(master, answer)
             out, rest = proc.communicate(timeout=300)
             return proc.returncode, out, err + rest

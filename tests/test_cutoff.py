@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql
 
 from tablemig.errors import InputError
-from tablemig.lifecycle.planner import compute_cutoff
+from tablemig.pg.cutoff import compute_cutoff
 from tablemig.pg.names import QualifiedName
 from tablemig.pg.schema import install_schema
 

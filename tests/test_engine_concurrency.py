@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import psycopg
+from state_helpers import stored
 from twin import BASE, CUTOFF, Writers, create_events, diff
 
 from tablemig.config.spec import TableSpec
@@ -169,7 +170,7 @@ def test_identity_column_beside_the_key_changed_before_and_after_the_swap(fresh_
                    swap_max_attempts=30) as mig:
         mig.run("verified")  # the capture writes the new table directly from here on
         change([5, 390, 395])  # a history row and two kept rows
-        m = mig.state()
+        m = stored(mig)
         same(m.new.name, recent)
         mig.swap()
         change([391, 396])

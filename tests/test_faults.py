@@ -33,6 +33,7 @@ from faults_helpers import (
     ok,
     scalar,
     state_row,
+    stored_row,
     tablemig,
     unblock_backfill,
     wait_for,
@@ -118,7 +119,7 @@ def test_sigkill_during_index_build_leaves_no_index_and_rerun_builds_them(fresh_
     args = migrate_args(fresh_db.dsn, batch=2000)
     ok(*args, "--until", "backfilling")
     with fresh_db.connect() as conn:
-        assert state_row(conn)["state"] == "backfilling"
+        assert stored_row(conn)["state"] == "backfilling"
         # CREATE INDEX (SHARE) waits for a session holding ROW EXCLUSIVE on the new table
         blocker = Session(fresh_db.dsn)
         try:
@@ -136,7 +137,7 @@ def test_sigkill_during_index_build_leaves_no_index_and_rerun_builds_them(fresh_
         finally:
             blocker.close()
         wait_harness_gone(conn)
-        assert state_row(conn)["state"] == "backfilling"
+        assert stored_row(conn)["state"] == "backfilling"
         assert invalid_indexes(conn, "public.events_new") == []
         assert scalar(conn, "SELECT count(*) FROM pg_index WHERE indrelid = 'public.events_new'::regclass") == 0
         done = ok(*args)
@@ -176,7 +177,7 @@ def test_sigkill_during_swap_lock_retries_renames_nothing(fresh_db: Any, tmp_pat
                              alive=run, interval=0.02, timeout=120)
                     run.kill()
                 wait_harness_gone(conn)
-                m = state_row(conn)
+                m = stored_row(conn)
                 assert m["state"] == "verified" and m["table_oid"] == oid, m
                 assert scalar(conn, "SELECT 'public.events'::regclass::oid") == oid  # nothing renamed
                 assert scalar(conn, "SELECT to_regclass('public.events_new')") is not None
@@ -189,7 +190,7 @@ def test_sigkill_during_swap_lock_retries_renames_nothing(fresh_db: Any, tmp_pat
             assert final_state(done)["state"] == "swapped"
             time.sleep(0.3)
         assert writers.stats.ops, writers.stats
-        assert scalar(conn, "SELECT to_regclass(%s)::oid", (f"public.{state_row(conn)['archive_name']}",)) == oid
+        assert scalar(conn, "SELECT to_regclass(%s)::oid", (f"public.{stored_row(conn)['archive_name']}",)) == oid
         check_twin_invariants(conn)
 
 
@@ -217,12 +218,12 @@ def test_primary_restart_during_backfill_exits_3_and_rerun_finishes(private_sb: 
     assert "connection to the server was lost" in err and "rerun the same command" in err, err
     assert "Traceback" not in err, err
     with connect(dsn) as conn:
-        m = state_row(conn)
+        m = stored_row(conn)
         assert m["state"] == "backfilling" and m["rows_copied"] > 0, m  # committed batches survived
     done = ok(*args)
     assert final_state(done)["state"] == "swapped"
     with connect(dsn) as conn:
-        m = state_row(conn)
+        m = stored_row(conn)
         live = scalar(conn, "SELECT count(*) FROM events")
         assert live == scalar(conn, f"SELECT count(*) FROM {m['archive_name']} WHERE d >= %s", (CUTOFF,)) > 0
         # nothing written twice, nothing lost: the live table is exactly the twin's recent rows
@@ -245,7 +246,7 @@ def test_server_crash_right_after_a_step_loses_at_most_its_unflushed_commits(
     private_sb.pg_ctl("active", "stop", "-m", "immediate")
     private_sb.pg_ctl("active", "start", "-w")
     with connect(dsn) as conn:
-        survived = state_row(conn)["state"]
+        survived = stored_row(conn)["state"]
         # writes after the crash, through whatever capture survived
         conn.execute("UPDATE events SET v = v + 1 WHERE id % 97 = 0")
         conn.execute("UPDATE events_twin SET v = v + 1 WHERE id % 97 = 0")
@@ -340,7 +341,7 @@ def test_second_run_of_a_table_is_refused_and_names_the_holder(fresh_db: Any, tm
         assert second.returncode == 2, second.stderr
         assert f"being migrated by another tablemig run: pid {holder[0]} " in second.stderr, second.stderr
         assert "tablemig: fix:" in second.stderr
-        assert first.alive() and state_row(conn)["rows_copied"] == 0
+        assert first.alive() and stored_row(conn)["rows_copied"] == 0
         assert lock_holders(conn) == holder  # the refused run took nothing away
         ok("resume", "--dsn", fresh_db.dsn, "--table", "public.events")
         assert first.wait(timeout=180) == 0, first.stderr[-3000:]
@@ -361,7 +362,7 @@ def test_a_table_mid_migration_by_another_plan_is_refused(fresh_db: Any) -> None
     with Migration(fresh_db.dsn, spec, plan_name="plan_a") as a:  # the owning plan resumes
         a.capture()
     with fresh_db.connect() as conn:
-        m = state_row(conn)
+        m = stored_row(conn)
         assert m["plan_name"] == "plan_a" and m["state"] == "capturing"
 
 

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _as(dsn: str, user: str) -> str:
     params = conninfo_to_dict(dsn)
     params["user"] = user
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 def _run(db: Any, role: str, tmp: Path) -> tuple[int, dict[str, Any], str]:

@@ -37,13 +37,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
+from db_helpers import scalar
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from conftest import InstalledWheel
 from tablemig.pg.binaries import find_pg_bin
 from tablemig.pg.connect import connect
 
@@ -182,7 +184,7 @@ def site(active: psycopg.Connection[Any], active_dsn: str, passive_dsn: str | No
         active.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def new_plan(wheel: Any, s: Site) -> Path:
+def new_plan(wheel: InstalledWheel, s: Site) -> Path:
     out = wheel.run("tablemig", "new-plan", "--table", '"Sales"."OrderLog"', "--date-column", "OrderDate",
                     "--cutoff", CUTOFF.isoformat(), "--batch-size", "300", "--max-replication-lag", "64MB",
                     "--output", f"{PLAN}.py", cwd=s.work)
@@ -204,9 +206,9 @@ def pgbench_load(s: Site) -> Iterator[subprocess.Popen[str]]:
     """The pgbench load, running until the block ends (4 clients, at most 300 transactions
     a second: an application that keeps the server busy without saturating it)."""
     with s.connect() as conn:
-        orig = conn.execute("""SELECT '"Sales"."OrderLog"'::regclass::oid""").fetchone()[0]  # type: ignore[index]
-        old_max = conn.execute('SELECT max("OrderId") FROM "Sales"."OrderLog" WHERE "OrderDate" < %s',
-                               (CUTOFF,)).fetchone()[0]  # type: ignore[index]
+        orig = scalar(conn, """SELECT '"Sales"."OrderLog"'::regclass::oid""")
+        old_max = scalar(conn, 'SELECT max("OrderId") FROM "Sales"."OrderLog" WHERE "OrderDate" < %s',
+                         (CUTOFF,))
     script = s.work / "app.sql"
     script.write_text(PGBENCH_SCRIPT)
     variables = {"orig": orig, "old_max": old_max - 1, "recent_lo": old_max + 2,
@@ -229,8 +231,8 @@ def pgbench_load(s: Site) -> Iterator[subprocess.Popen[str]]:
         log.close()
         with s.connect() as conn:
             deadline = time.monotonic() + 60
-            while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'"
-                               " AND datname = current_database()").fetchone()[0]:  # type: ignore[index]
+            while scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'"
+                               " AND datname = current_database()"):
                 assert time.monotonic() < deadline, "pgbench's sessions did not end"
                 time.sleep(0.05)
     assert alive, "pgbench stopped before the end:\n" + (s.work / "pgbench.log").read_text()[-3000:]
@@ -240,8 +242,8 @@ def pgbench_load(s: Site) -> Iterator[subprocess.Popen[str]]:
 
 def _load_writes(s: Site) -> int:
     with s.connect() as conn:
-        return int(conn.execute("SELECT count(*) FROM \"Sales\".\"OrderLogTwin\" WHERE note IN ('new', 'history',"
-                                " 'updated', 'old touched')").fetchone()[0])  # type: ignore[index]
+        return int(scalar(conn, "SELECT count(*) FROM \"Sales\".\"OrderLogTwin\" WHERE note IN ('new', 'history',"
+                                " 'updated', 'old touched')"))
 
 
 # -- running the plan ---------------------------------------------------------------------------
@@ -259,7 +261,7 @@ def attestations() -> list[str]:
 
 
 def latest_run(s: Site) -> dict[str, Any]:
-    return json.loads((s.work / "reports" / PLAN / "latest" / "run.json").read_text())
+    return cast("dict[str, Any]", json.loads((s.work / "reports" / PLAN / "latest" / "run.json").read_text()))
 
 
 def not_ok(run: dict[str, Any]) -> list[str]:
@@ -311,12 +313,12 @@ class Findings:
         assert not self.problems, "\n".join(self.problems)
 
 
-def run_plan(wheel: Any, s: Site, *extra: str) -> subprocess.CompletedProcess[str]:
+def run_plan(wheel: InstalledWheel, s: Site, *extra: str) -> subprocess.CompletedProcess[str]:
     return wheel.run("pytest", *plan_args(s, *extra), cwd=s.work, check=False, timeout=900)
 
 
 @contextmanager
-def plan_process(wheel: Any, s: Site, *extra: str) -> Iterator[subprocess.Popen[str]]:
+def plan_process(wheel: InstalledWheel, s: Site, *extra: str) -> Iterator[subprocess.Popen[str]]:
     """The plan run as a terminal would start it: its own process group (a Ctrl-C reaches
     every process in it)."""
     out = (s.work / "terminal.log").open("w")
@@ -363,8 +365,8 @@ def wait_harness_gone(s: Site) -> None:
     """A killed plan's sessions end (the server notices within a second)."""
     deadline = time.monotonic() + 120
     with s.connect() as conn:
-        while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                           " AND application_name LIKE 'tablemig%'").fetchone()[0]:  # type: ignore[index]
+        while scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                           " AND application_name LIKE 'tablemig%'"):
             assert time.monotonic() < deadline, "the killed plan's sessions did not end"
             time.sleep(0.05)
 
@@ -384,7 +386,7 @@ def assert_live_equals_twin(s: Site) -> None:
         live, twin = sql.Identifier("Sales", "OrderLog"), sql.Identifier("Sales", "OrderLogTwin")
 
         def count(query: sql.Composed) -> int:
-            return int(conn.execute(query, {"c": CUTOFF}).fetchone()[0])  # type: ignore[index]
+            return int(scalar(conn, query, {"c": CUTOFF}))
 
         recent = sql.SQL('"OrderDate" >= %(c)s')
         differ: dict[str, int] = {}
@@ -406,17 +408,17 @@ def assert_live_equals_twin(s: Site) -> None:
         live_rows = count(sql.SQL("SELECT count(*) FROM {}").format(live))
         orphans = count(sql.SQL('SELECT count(*) FROM "Sales"."OrderLine" c WHERE NOT EXISTS'
                                 ' (SELECT FROM {} p WHERE p."OrderId" = c."OrderId")').format(live))
-        view_on_live = conn.execute(
-            "SELECT bool_and(d.refobjid = '\"Sales\".\"OrderLog\"'::regclass) FROM pg_depend d"
-            " JOIN pg_rewrite r ON r.oid = d.objid WHERE r.ev_class = '\"Sales\".\"OpenOrders\"'::regclass"
-            " AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.ev_class").fetchone()[0]  # type: ignore[index]
+        view_on_live = scalar(
+            conn, "SELECT bool_and(d.refobjid = '\"Sales\".\"OrderLog\"'::regclass) FROM pg_depend d"
+                  " JOIN pg_rewrite r ON r.oid = d.objid WHERE r.ev_class = '\"Sales\".\"OpenOrders\"'::regclass"
+                  " AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.ev_class")
     assert not any(differ.values()), f"{differ}; for example: {samples}"
     assert live_rows > 0 and orphans == 0 and view_on_live, (live_rows, orphans, view_on_live)
 
 
 # -- the phases ---------------------------------------------------------------------------------
 
-def test_live_fire_dry_run_then_execute_under_a_pgbench_load(installed_wheel: Any, site: Site) -> None:
+def test_live_fire_dry_run_then_execute_under_a_pgbench_load(installed_wheel: InstalledWheel, site: Site) -> None:
     found = Findings()
     new_plan(installed_wheel, site)
     with pgbench_load(site):
@@ -426,7 +428,7 @@ def test_live_fire_dry_run_then_execute_under_a_pgbench_load(installed_wheel: An
     found.assert_none()
 
 
-def test_live_fire_sigkill_during_the_bulk_load_then_rerun(installed_wheel: Any, site: Site) -> None:
+def test_live_fire_sigkill_during_the_bulk_load_then_rerun(installed_wheel: InstalledWheel, site: Site) -> None:
     found = Findings()
     new_plan(installed_wheel, site)
     with pgbench_load(site):
@@ -441,7 +443,7 @@ def test_live_fire_sigkill_during_the_bulk_load_then_rerun(installed_wheel: Any,
     found.assert_none()
 
 
-def test_live_fire_ctrl_c_is_reported_interrupted_then_rerun(installed_wheel: Any, site: Site) -> None:
+def test_live_fire_ctrl_c_is_reported_interrupted_then_rerun(installed_wheel: InstalledWheel, site: Site) -> None:
     found = Findings()
     new_plan(installed_wheel, site)
     with pgbench_load(site):

@@ -11,12 +11,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from db_helpers import scalar
 from family_twin import CUTOFF as FAMILY_CUTOFF
 from family_twin import FamilyWriters, create_family
 from plan_compare import run, same, statements
@@ -52,11 +53,11 @@ def _subscribe(sb: Sandbox, table: str, *, copy: bool = True) -> None:
         conninfo = f"host={info.host} port={info.port} dbname={info.dbname} user={info.user}"
         sub.execute(f"CREATE SUBSCRIPTION sub_{table} CONNECTION '{conninfo}' PUBLICATION pub_{table}"
                     f" WITH (copy_data = {str(copy).lower()})")
-        _wait(lambda: sub.execute("SELECT bool_and(srsubstate = 'r') FROM pg_subscription_rel").fetchone()[0],
+        _wait(lambda: scalar(sub, "SELECT bool_and(srsubstate = 'r') FROM pg_subscription_rel"),
               "initial table sync")
 
 
-def _wait(fn: Any, what: str, timeout: float = 60) -> None:
+def _wait(fn: Callable[[], object], what: str, timeout: float = 60) -> None:
     t0 = time.monotonic()
     while not fn():
         assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
@@ -97,7 +98,7 @@ def test_subscriber_follows_the_migration_under_concurrent_writes(logical_sandbo
         time.sleep(0.3)
         mig.run("verified")
         with connect(sb.subscriber_dsn) as sub:  # the subscriber received the new table's rows
-            assert sub.execute("SELECT count(*) FROM events_new").fetchone()[0] > 0
+            assert scalar(sub, "SELECT count(*) FROM events_new") > 0
         writers.begin_swap()
         time.sleep(0.2)
         result = mig.swap()
@@ -114,11 +115,11 @@ def test_subscriber_follows_the_migration_under_concurrent_writes(logical_sandbo
         assert pub_fp == sub_fp, f"{table}: publisher {pub_fp} != subscriber {sub_fp}"
     with connect(sb.subscriber_dsn) as sub, connect(sb.active_dsn) as pub:
         # nothing left prepared; the subscriber's tables have the publisher's names and indexes
-        assert sub.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone()[0] == 0
-        assert sub.execute("SELECT to_regclass('events_new')").fetchone()[0] is None
-        assert sub.execute("SELECT count(*) FROM events WHERE d < %s", (CUTOFF,)).fetchone()[0] == 0
-        assert sub.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = 'events'::regclass"
-                           " AND indisprimary").fetchone()[0] == "events_pkey"
+        assert scalar(sub, "SELECT count(*) FROM pg_prepared_xacts") == 0
+        assert scalar(sub, "SELECT to_regclass('events_new')") is None
+        assert scalar(sub, "SELECT count(*) FROM events WHERE d < %s", (CUTOFF,)) == 0
+        assert scalar(sub, "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = 'events'::regclass"
+                           " AND indisprimary") == "events_pkey"
         # both tables stay subscribed and ready
         states = dict(sub.execute("SELECT srrelid::regclass::text, srsubstate FROM pg_subscription_rel").fetchall())
         assert states == {"events": "r", archive: "r"}
@@ -131,7 +132,7 @@ def test_subscriber_follows_the_migration_under_concurrent_writes(logical_sandbo
 def _row_on_subscriber(sb: Sandbox, table: str, ident: int) -> bool:
     assert sb.subscriber_dsn is not None
     with connect(sb.subscriber_dsn) as sub:
-        return bool(sub.execute(f"SELECT count(*) FROM {table} WHERE id = %s", (ident,)).fetchone()[0])
+        return bool(scalar(sub, f"SELECT count(*) FROM {table} WHERE id = %s", (ident,)))
 
 
 def test_rollback_after_swap_and_before_swap_on_the_subscriber(logical_sandbox: Sandbox) -> None:
@@ -147,25 +148,26 @@ def test_rollback_after_swap_and_before_swap_on_the_subscriber(logical_sandbox: 
     assert sites["rb"][0] == sites["rb"][1] and sites["rb"][0][0] == 5_000
     with connect(sb.subscriber_dsn) as sub:
         assert sub.execute("SELECT to_regclass('rb_new'), to_regclass('rb_archive')").fetchone() == (None, None)
-        assert sub.execute("SELECT srsubstate FROM pg_subscription_rel WHERE srrelid = 'rb'::regclass"
-                           ).fetchone()[0] == "r"
+        assert scalar(sub, "SELECT srsubstate FROM pg_subscription_rel WHERE srrelid = 'rb'::regclass"
+                           ) == "r"
     # and once more, rolled back before the swap: the subscriber's new table goes too
     with Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn]) as mig:
         mig.run("indexed")  # the subscriber gets the new table once it has its key
         with connect(sb.subscriber_dsn) as sub:
-            assert sub.execute("SELECT to_regclass('rb_new')").fetchone()[0] is None
+            assert scalar(sub, "SELECT to_regclass('rb_new')") is None
         mig.run("verified")
     with connect(sb.subscriber_dsn) as sub:
-        assert sub.execute("SELECT to_regclass('rb_new') IS NOT NULL").fetchone()[0]
+        assert scalar(sub, "SELECT to_regclass('rb_new') IS NOT NULL")
     out = subprocess.run([sys.executable, "-m", "tablemig.cli.main", "rollback", "--execute", "--dsn", sb.active_dsn,
                           "--table", "public.rb", "--subscriber-dsn", sb.subscriber_dsn], capture_output=True,
                          text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert out.returncode == 0 and "new table dropped" in out.stdout, out.stderr
     with connect(sb.subscriber_dsn) as sub:
-        assert sub.execute("SELECT to_regclass('rb_new')").fetchone()[0] is None
+        assert scalar(sub, "SELECT to_regclass('rb_new')") is None
 
 
-def test_prepared_swap_left_by_a_crash_is_resolved_by_the_rerun(logical_sandbox: Sandbox) -> None:
+def test_prepared_swap_left_by_a_crash_is_resolved_by_the_rerun(logical_sandbox: Sandbox,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash between the active site's commit and COMMIT PREPARED: the subscriber holds the
     renames prepared (applying nothing to the wrong table) until the rerun commits them."""
     sb = logical_sandbox
@@ -174,7 +176,7 @@ def test_prepared_swap_left_by_a_crash_is_resolved_by_the_rerun(logical_sandbox:
     with Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn]) as mig:
         mig.run("verified")
         (sub,) = mig.subscribers
-        sub.finish_swap = lambda *a, **k: None  # type: ignore[method-assign] - the "crash"
+        monkeypatch.setattr(sub, "finish_swap", lambda *a, **k: None)  # the "crash"
         mig.swap()
         m = mig.state()
         assert m is not None
@@ -182,7 +184,7 @@ def test_prepared_swap_left_by_a_crash_is_resolved_by_the_rerun(logical_sandbox:
     with connect(sb.active_dsn) as pub:
         pub.execute("INSERT INTO cr VALUES (777777, now(), 1, 'while prepared')")
     with connect(sb.subscriber_dsn) as s:
-        assert s.execute("SELECT count(*) FROM pg_prepared_xacts WHERE gid = %s", (gid,)).fetchone()[0] == 1
+        assert scalar(s, "SELECT count(*) FROM pg_prepared_xacts WHERE gid = %s", (gid,)) == 1
         time.sleep(0.5)
         s.execute("SET lock_timeout = '200ms'")
         with pytest.raises(psycopg.errors.LockNotAvailable):  # the renamed tables are held
@@ -210,7 +212,7 @@ def test_unsupported_publications_are_refused_before_anything_changes(logical_sa
             pytest.raises(InputError, match="row filter or column list"):
         mig.run("capturing")
     with connect(sb.active_dsn) as pub:
-        assert pub.execute("SELECT to_regclass('filtered_new')").fetchone()[0] is None
+        assert scalar(pub, "SELECT to_regclass('filtered_new')") is None
 
 
 def test_plan_executes_against_a_logical_subscriber(logical_sandbox: Sandbox, tmp_path: Path) -> None:
@@ -232,7 +234,7 @@ def test_plan_executes_against_a_logical_subscriber(logical_sandbox: Sandbox, tm
         info = pub.info
         sub.execute(f"CREATE SUBSCRIPTION sub_shop CONNECTION 'host={info.host} port={info.port}"
                     f" dbname={info.dbname} user={info.user}' PUBLICATION pub_shop")
-        _wait(lambda: sub.execute("SELECT bool_and(srsubstate = 'r') FROM pg_subscription_rel").fetchone()[0],
+        _wait(lambda: scalar(sub, "SELECT bool_and(srsubstate = 'r') FROM pg_subscription_rel"),
               "initial table sync")
     plan = tmp_path / "logical_plan.py"
     plan.write_text(render_plan(name="logical_plan", path=str(plan), tables=[
@@ -255,7 +257,7 @@ def test_plan_executes_against_a_logical_subscriber(logical_sandbox: Sandbox, tm
         fk = sub.execute("SELECT confrelid::regclass::text, convalidated FROM pg_constraint WHERE conrelid ="
                          " 'shop.order_items'::regclass AND contype = 'f'").fetchone()
         assert fk == ("shop.orders", True)
-        assert sub.execute("SELECT count(*) FROM shop.orders").fetchone()[0] == 2_000
+        assert scalar(sub, "SELECT count(*) FROM shop.orders") == 2_000
 
 
 def test_copy_mode_prune_and_cleanup_follow_on_the_subscriber(logical_sandbox: Sandbox) -> None:
@@ -283,7 +285,7 @@ def test_copy_mode_prune_and_cleanup_follow_on_the_subscriber(logical_sandbox: S
     sites = _caught_up(sb, ["cp", history])
     assert all(p == s for p, s in sites.values()), sites
     with connect(sb.subscriber_dsn) as sub:
-        assert sub.execute("SELECT to_regclass(%s)", (backup,)).fetchone()[0] is None
+        assert scalar(sub, "SELECT to_regclass(%s)", (backup,)) is None
 
 
 def test_the_dry_run_records_the_statements_the_execution_runs_on_both_sites(logical_sandbox: Sandbox) -> None:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, TypedDict
 
 import psycopg
 import pytest
@@ -198,7 +198,7 @@ def _exact(dsn: str) -> None:
     with connect(dsn) as conn:
         d = diff(conn, "events", "events_twin", f"d >= '{CUTOFF.isoformat()}'")
         assert d["only_left"] == 0 and d["only_right"] == 0 and d["left"] > 0
-        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == d["left"]  # type: ignore[index]
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (d["left"],)
 
 
 def test_under_a_write_load_the_guard_rests_works_one_unit_at_a_time_and_stays_exact(fresh_db: Any) -> None:
@@ -226,10 +226,10 @@ def test_the_write_counter_moves_with_every_writing_transaction(fresh_db: Any) -
     server's counter (other sessions' writes move it too: only the lower bound is ours)."""
     with fresh_db.connect() as conn, fresh_db.connect() as app:
         app.execute("CREATE TABLE app_writes (id bigserial PRIMARY KEY, v integer)")
-        before = int(conn.execute(WRITE_COUNTER).fetchone()[0])  # type: ignore[index]
+        before = int(conn.execute(WRITE_COUNTER).fetchone()[0])
         for i in range(100):
             app.execute("INSERT INTO app_writes (v) VALUES (%s)", (i,))
-        assert int(conn.execute(WRITE_COUNTER).fetchone()[0]) - before >= 100  # type: ignore[index]
+        assert int(conn.execute(WRITE_COUNTER).fetchone()[0]) - before >= 100
 
 
 def test_a_resting_migration_is_released_from_migration_config(fresh_db: Any) -> None:
@@ -287,7 +287,7 @@ def test_bad_pacing_values_are_refused_before_anything_changes(
                             f"{flag}={bad}"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
         assert r.returncode == 2 and flag in r.stderr and flag_says in r.stderr, r.stderr
     with fresh_db.connect() as conn:
-        assert conn.execute("SELECT to_regclass('events_new')").fetchone()[0] is None  # type: ignore[index]
+        assert conn.execute("SELECT to_regclass('events_new')").fetchone()[0] is None
         install_schema(conn)
         conn.execute("UPDATE table_migration.migration_config SET config_value = %s WHERE config_key = %s",
                      (bad_config, key))
@@ -296,13 +296,19 @@ def test_bad_pacing_values_are_refused_before_anything_changes(
         mig.run("swapped")
     assert key in err.value.problem and config_says in err.value.problem and "number" in (err.value.fix or "")
     with fresh_db.connect() as conn:  # read before the capture: nothing was created
-        assert conn.execute("SELECT to_regclass('events_new')").fetchone()[0] is None  # type: ignore[index]
+        assert conn.execute("SELECT to_regclass('events_new')").fetchone()[0] is None
         assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'events'::regclass"
-                            " AND NOT tgisinternal").fetchone()[0] == 0  # type: ignore[index]
+                            " AND NOT tgisinternal").fetchone()[0] == 0
+
+
+class PacingSetting(TypedDict, total=False):
+    """The plan's pacing fields, one of them set per case."""
+    nice_ratio: float
+    app_write_share: float
 
 
 @pytest.mark.parametrize(("setting", "fix_says"), [({"nice_ratio": -2}, "0"), ({"app_write_share": 1.0}, "0.9")])
-def test_a_plan_with_a_bad_pacing_value_is_refused(setting: dict[str, float], fix_says: str) -> None:
+def test_a_plan_with_a_bad_pacing_value_is_refused(setting: PacingSetting, fix_says: str) -> None:
     from tablemig.config.plan import PlanConfig, TableConfig
 
     with pytest.raises(InputError) as err:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import psycopg
+from db_helpers import scalar
 from twin import CUTOFF, Writers, create_events, diff
 
 from tablemig.config.spec import TableSpec
@@ -19,13 +21,13 @@ def _spec(**kw: Any) -> TableSpec:
     return TableSpec("public.events", "d", cutoff=CUTOFF.isoformat(), batch_size=500, **kw)
 
 
-def _log_table(conn: Any) -> str:
-    oid = conn.execute("SELECT 'public.events'::regclass::oid").fetchone()[0]
+def _log_table(conn: psycopg.Connection[Any]) -> str:
+    oid = scalar(conn, "SELECT 'public.events'::regclass::oid")
     return f"table_migration.changes_{oid}"
 
 
-def _exists(conn: Any, name: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+def _exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    return bool(scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", (name,)))
 
 
 def test_log_mode_then_replay_and_switch_keep_the_new_table_exact(fresh_db: Any) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from psycopg import sql
 from site_helpers import pause_replay
+from state_helpers import stored
 from twin import CUTOFF, create_events
 
 from tablemig.config.spec import TableSpec
@@ -85,14 +86,14 @@ def test_backfill_pauses_on_lag_and_resumes_when_replay_resumes(private_sandbox:
             time.sleep(0.1)
         assert any(s["paused"] for s in throttle.samples), ("the backfill never paused on lag", errors,
                                                             throttle.samples[-3:])
-        copied_while_paused = mig.state().rows_copied
+        copied_while_paused = stored(mig).rows_copied
         time.sleep(2)
-        assert mig.state().rows_copied == copied_while_paused, "batches ran while replay was paused"
+        assert stored(mig).rows_copied == copied_while_paused, "batches ran while replay was paused"
         assert worker.is_alive()
         standby.execute("SELECT pg_wal_replay_resume()")
         worker.join(120)
         assert not errors, errors
-        assert mig.state().state == "backfilling" and mig.state().rows_copied > copied_while_paused
+        assert stored(mig).state == "backfilling" and stored(mig).rows_copied > copied_while_paused
         batch_wal = max(s["wal_bytes"] or 0 for s in mig.backfill_samples)
     peak = max(s["lag_bytes"] or 0 for s in throttle.samples)
     assert throttle.pauses and peak > limit.value
@@ -175,7 +176,7 @@ def test_standby_has_the_same_checksums_after_execute_and_failover_rehearsal(fre
     with Migration(fresh_db.dsn, TableSpec("public.orders", "created_date", retention=0.1),
                    progress=lambda p: None) as mig:
         mig.run("swapped")
-        m = mig.state()
+        m = stored(mig)
         plan = mig.plan_for_state(m)
     live = QualifiedName("public", "orders")
     archive = QualifiedName("public", m.archive.name)

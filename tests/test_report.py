@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pytest
@@ -49,7 +49,7 @@ class Run:
 
     @property
     def data(self) -> dict[str, Any]:
-        return json.loads((self.dir / "run.json").read_text())
+        return cast("dict[str, Any]", json.loads((self.dir / "run.json").read_text()))
 
     def why(self) -> str:
         return f"plan run output:\n{self.proc.stdout[-6000:]}\n{self.proc.stderr[-3000:]}"
@@ -585,7 +585,8 @@ def test_failed_run_still_writes_every_report(fresh_db: Any, tmp_path: Path) -> 
     assert first["id"] in notes
     suite = check_junit(run)
     failure = next(c for c in suite.findall("testcase") if c.get("name") == f"{first['id']} public.orders")
-    assert failure.find("failure") is not None and "text" in failure.find("failure").get("message", "")  # type: ignore[union-attr]
+    failure_element = failure.find("failure")
+    assert failure_element is not None and "text" in failure_element.get("message", "")
 
 
 # -- tests: passwords ------------------------------------------------------------------------------

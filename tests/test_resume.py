@@ -123,9 +123,9 @@ def test_interrupted_run_says_so_everywhere_and_the_rerun_passes(fresh_db: Any, 
     junit = ET.parse(_latest(tmp_path, plan) / "junit.xml").getroot()
     suite = junit.find("testsuite")
     assert suite is not None and int(suite.get("errors") or 0) >= 2
-    errors = {c.get("name"): c.find("error") for c in suite.iter("testcase") if c.find("error") is not None}
+    errors = {c.get("name"): e for c in suite.iter("testcase") if (e := c.find("error")) is not None}
     assert "EX-2.2 public.events" in errors and "run verdict" in errors
-    assert errors["run verdict"].get("type") == "interrupted"  # type: ignore[union-attr]
+    assert errors["run verdict"].get("type") == "interrupted"
     html = (_latest(tmp_path, plan) / "report.html").read_text()
     assert "<title>interrupted_plan · execute · INTERRUPTED" in html
     assert 'data-step-id="EX-2.2" data-status="interrupted"' in html and 'id="unfinished"' in html

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import pytest
+from state_helpers import stored
 from twin import CUTOFF, Writers, create_events, diff
 
 from tablemig.config.spec import TableSpec
@@ -49,9 +50,9 @@ def test_rollback_before_swap_leaves_the_original_untouched(fresh_db: Any, stop_
             mig.capture()
         else:
             mig.run(stop_at)
-        assert mig.state().state == stop_at
+        assert stored(mig).state == stop_at
         assert mig.rollback() == "capture removed, new table dropped"
-        assert mig.state().state == "rolled_back"
+        assert stored(mig).state == "rolled_back"
         time.sleep(0.2)
     assert sum(w.stats.ops.values()) > 0
     _same_as_twin(fresh_db)
@@ -85,10 +86,10 @@ def test_prune_leaves_disjoint_live_and_archive_and_rollback_restores(fresh_db: 
         w.begin_swap()
         mig.swap()
         time.sleep(0.3)
-        archive = mig.state().archive.name
+        archive = stored(mig).archive.name
         deleted = mig.prune(batch_size=700)
         assert deleted > 0
-        assert mig.state().state == "pruned"
+        assert stored(mig).state == "pruned"
         with fresh_db.connect() as conn:
             overlap = conn.execute(f"SELECT count(*) FROM events JOIN {archive} USING (id)").fetchone()[0]
             assert overlap == 0
@@ -114,7 +115,7 @@ def test_copy_mode_archives_history_into_a_separate_table(fresh_db: Any) -> None
         w.begin_swap()
         mig.swap()
         time.sleep(0.3)
-        m = mig.state()
+        m = stored(mig)
     archive, backup = m.archive.name, m.objects.outgoing.name
     with fresh_db.connect() as conn:
         # the archive holds exactly the history (as of the swap), the live table the recent rows
@@ -128,4 +129,4 @@ def test_copy_mode_archives_history_into_a_separate_table(fresh_db: Any) -> None
     with _mig(fresh_db, archive_mode="copy") as mig:
         mig.prune()
         assert mig.cleanup(approved_by="change board CAB-42") == [f"public.{backup}"]
-        assert mig.state().state == "cleaned"
+        assert stored(mig).state == "cleaned"

@@ -58,8 +58,8 @@ def test_junit_and_html_of_an_interrupted_run() -> None:
     assert suite is not None
     errors = {c.get("name"): c.find("error") for c in suite.iter("testcase") if c.find("error") is not None}
     assert set(errors) == {"EX-2.2 public.t", "run verdict"} and suite.get("errors") == "2"
-    skipped = [c.find("skipped") for c in suite.iter("testcase") if c.find("skipped") is not None]
-    assert len(skipped) == run["not_run"] and all(s.get("type") == "not-run" for s in skipped)  # type: ignore[union-attr]
+    skipped = [s for c in suite.iter("testcase") if (s := c.find("skipped")) is not None]
+    assert len(skipped) == run["not_run"] and all(s.get("type") == "not-run" for s in skipped)
     html = render_html(run)
     assert "p · execute · INTERRUPTED" in html and 'id="unfinished"' in html
     assert 'data-status="interrupted"' in html and html.count('data-status="not-run"') == run["not_run"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from db_helpers import scalar
 from site_helpers import own_sandbox, pause_replay
 from twin import CUTOFF, Writers, create_events
 
@@ -56,7 +57,7 @@ def _published(sb: Sandbox, table: str, rows: int = ROWS) -> QualifiedName:
         sub.execute(f"CREATE SUBSCRIPTION sub_{table} CONNECTION 'host={info.host} port={info.port}"
                     f" dbname={info.dbname} user={info.user}' PUBLICATION pub_{table}")
         t0 = time.monotonic()
-        while not sub.execute("SELECT bool_and(srsubstate = 'r') FROM pg_subscription_rel").fetchone()[0]:
+        while not scalar(sub, "SELECT bool_and(srsubstate = 'r') FROM pg_subscription_rel"):
             assert time.monotonic() - t0 < 60, "initial table sync"
             time.sleep(0.05)
     return QualifiedName("public", table)
@@ -168,7 +169,7 @@ def test_a_subscriber_that_does_not_apply_fails_the_check(sites: Sandbox) -> Non
         finally:
             locker.execute("ROLLBACK")
         wait_for_apply(pub, sub, table="public.blocked")
-        assert sub.execute("SELECT count(*) FROM blocked WHERE id = -5").fetchone()[0] == 1
+        assert sub.execute("SELECT count(*) FROM blocked WHERE id = -5").fetchone() == (1,)
         sub.execute(f"ALTER SUBSCRIPTION sub_{table.name} DISABLE")
         with pytest.raises(InputError, match="no enabled subscription"):
             compare(Pair(pub, sub, logical=True, timeout_s=2), _rec(), table)

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from state_helpers import reached, stored
 
 from tablemig.config.spec import TableSpec
 from tablemig.lifecycle.driver import Migration
@@ -256,7 +257,7 @@ def migrated(fresh_db: Any, roles: Roles) -> Iterator[After]:
         before = _snapshot(conn, roles)
     with _mig(fresh_db) as mig:
         warnings = mig.plan().warnings
-        m = mig.run("swapped")
+        m = reached(mig.run("swapped"))
         assert m.state == "swapped"
         with fresh_db.connect() as conn:
             live = _oid(conn, "public.orders")
@@ -272,7 +273,7 @@ def test_the_live_table_is_a_new_table_and_the_archive_keeps_every_row(fresh_db:
     with fresh_db.connect() as conn:
         assert _one(conn, f"SELECT count(*) FROM public.{migrated.archive_name}") == b.rows == ROWS
         live_rows = _one(conn, "SELECT count(*) FROM public.orders")
-        cutoff = migrated.mig.state().cutoff.text
+        cutoff = stored(migrated.mig).cutoff.text
         assert live_rows == _one(conn, f"SELECT count(*) FROM public.{migrated.archive_name}"
                                        " WHERE created_date >= %s::timestamptz", (cutoff,))
         assert 0 < live_rows < ROWS
@@ -301,7 +302,7 @@ def test_incoming_foreign_key_points_at_the_live_table_validated_and_enforced(
         confrelid, validated = _fk(conn)
         assert confrelid == migrated.live
         assert validated is True
-        rec = migrated.mig.state().swap_record
+        rec = stored(migrated.mig).swap_record
         assert rec.fk_validated == ["public.order_items.order_items_order_id_fkey"]
         with pytest.raises(psycopg.errors.ForeignKeyViolation):
             conn.execute("INSERT INTO public.order_items (order_id, sku, quantity) VALUES (-42, 'x', 1)")
@@ -421,7 +422,7 @@ def test_comment_and_user_trigger_are_carried(fresh_db: Any, migrated: After) ->
         live = _triggers(conn, migrated.live)
         assert live["orders_touch_updated_at"] == "O"
         assert _triggers(conn, migrated.archive) == {"orders_touch_updated_at": "D"}
-        assert migrated.mig.state().swap_record.disabled_triggers == ["orders_touch_updated_at"]
+        assert stored(migrated.mig).swap_record.disabled_triggers == ["orders_touch_updated_at"]
         ident = _one(conn, "SELECT max(id) FROM public.orders")
         new_stamp, fresh = conn.execute(
             "UPDATE public.orders SET note = 'touched', updated_at = '2000-01-01' WHERE id = %s"
@@ -485,7 +486,7 @@ def test_rollback_after_swap_restores_everything_on_the_original(
         written = _one(conn, "INSERT INTO public.orders (customer_id, status, amount, created_date)"
                              " VALUES (8, 'paid', 1.5, now()) RETURNING id")
     assert migrated.mig.rollback() == "swapped back"
-    assert migrated.mig.state().state == "rolled_back"
+    assert stored(migrated.mig).state == "rolled_back"
     with fresh_db.connect() as conn:
         assert _oid(conn, "public.orders") == b.oid
         assert _oid(conn, f"public.{migrated.archive_name}") is None
@@ -538,7 +539,7 @@ def test_identity_table_generated_always(fresh_db: Any) -> None:
         old_seq = _one(conn, "SELECT pg_get_serial_sequence('public.ledger', 'id')")
     spec = TableSpec("public.ledger", "booked", retention=0.1, batch_size=1000)
     with _mig(fresh_db, spec) as mig:
-        m = mig.run("swapped")
+        m = reached(mig.run("swapped"))
         assert m.state == "swapped"
         archive = m.archive.name
         with fresh_db.connect() as conn:

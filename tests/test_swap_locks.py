@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from state_helpers import stored
 
 from tablemig.config.spec import TableSpec
 from tablemig.errors import LockNotAcquired
@@ -162,7 +163,7 @@ def test_a_lock_holder_makes_the_swap_give_up_after_bounded_attempts(
     with _mig(demo) as mig:
         result = mig.swap()
         assert result.attempts == 1
-        assert mig.state().state == "swapped"
+        assert stored(mig).state == "swapped"
     assert _names(demo)[0] != original
 
 
@@ -178,7 +179,7 @@ def test_writers_wait_at_most_lock_timeout_and_the_retry_succeeds(
         with pytest.raises(LockNotAcquired, match=f"pid {blocker.pid}"):
             mig.swap()
         t1 = time.perf_counter()
-        assert mig.state().state == "verified"
+        assert stored(mig).state == "verified"
         assert _names(demo)[0] == original
         during_failure = w.during(t0, t1)
         assert len(during_failure) >= ATTEMPTS, "the writer made progress while the swap retried"
@@ -191,10 +192,11 @@ def test_writers_wait_at_most_lock_timeout_and_the_retry_succeeds(
         result = mig.swap()
         t3 = time.perf_counter()
         time.sleep(0.3)  # the writer goes on against the new table
-        m = mig.state()
+        m = stored(mig)
         assert m.state == "swapped"
         assert result.attempts >= 1 and m.swap_attempts == result.attempts
         assert [a["outcome"] for a in result.attempt_log][-1] == "ok"
+        assert m.lock_hold_ms is not None, "the swap recorded no lock hold time"
         hold_s = float(m.lock_hold_ms) / 1000
         assert float(m.lock_hold_ms) == result.lock_hold_ms
         during_swap = w.during(t2, t3)
@@ -242,7 +244,7 @@ def test_an_old_idle_transaction_is_reported_as_a_blocker(
         result = mig.swap()
         reported = {b["pid"]: b["holds_lock"] for b in result.attempt_log[-1]["blockers"]}
         assert reported.get(idle.pid) is False
-        assert mig.state().state == "swapped"
+        assert stored(mig).state == "swapped"
 
 
 def test_lock_hold_time_is_recorded(demo: Any) -> None:
@@ -281,13 +283,13 @@ def test_a_reader_of_a_materialized_view_delays_the_swap_within_bounds(
         t1 = time.perf_counter()
         assert f"pid {reader.pid} " in str(err.value) and "holds a lock" in str(err.value)
         assert t1 - t0 < ATTEMPTS * (LOCK_TIMEOUT_S + MAX_BACKOFF_S)
-        assert mig.state().state == "verified" and _names(demo)[0] == original
+        assert stored(mig).state == "verified" and _names(demo)[0] == original
         # orders was locked while the DROP waited: writers waited, but not past lock_timeout
         # plus the part of the swap done before the DROP (no insert failed on its own lock_timeout)
         assert w.during(t0, t1) and not w.errors, w.errors
         reader.release()
         mig.swap()
-        assert mig.state().state == "swapped"
+        assert stored(mig).state == "swapped"
     assert w.errors == []
     with demo.connect() as conn:
         # rebuilt over the live table (the writer has added rows since: compare the reference)

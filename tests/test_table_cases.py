@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from db_helpers import scalar
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from snapshots import snapshot
 
@@ -66,7 +67,7 @@ def _ny_count(conn: psycopg.Connection[Any], t: str) -> int:
     """Rows >= '2024-10-01' read as a plain session of the database reads it (its TimeZone)."""
     params = conninfo_to_dict(conn.info.dsn)
     params.pop("options", None)  # tablemig's fixed UTC
-    with psycopg.connect(make_conninfo(**params), autocommit=True) as plain:
+    with psycopg.connect(make_conninfo("", **params), autocommit=True) as plain:
         assert plain.execute("SHOW TimeZone").fetchone() == ("America/New_York",)
         row = plain.execute(f"SELECT count(*) FROM {_archive(conn, t)} WHERE d >= '2024-10-01'").fetchone()
     assert row is not None
@@ -85,7 +86,7 @@ def _check_not_valid(conn: psycopg.Connection[Any], t: str) -> None:
     row = conn.execute("SELECT convalidated FROM pg_constraint WHERE conrelid = %s::regclass"
                        " AND conname = %s", (t, f"{t.split('.')[1]}_n_positive")).fetchone()
     assert row == (False,), row  # still NOT VALID, as on the original
-    assert conn.execute(f"SELECT count(*) FROM {t} WHERE n < 0").fetchone()[0] > 0  # type: ignore[index]
+    assert scalar(conn, f"SELECT count(*) FROM {t} WHERE n < 0") > 0
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute(f"INSERT INTO {t} (id, d, n) VALUES (1000, current_date, -1)")
     conn.execute(f"INSERT INTO {t} (id, d, n) VALUES (1000, current_date, 1)")
@@ -245,7 +246,7 @@ REFUSED = [
 
 def _setup(conn: psycopg.Connection[Any], cases: list[Case]) -> None:
     for c in cases:
-        conn.execute(c.sql())  # type: ignore[arg-type]
+        conn.execute(c.sql())
         conn.execute(f"ANALYZE {c.name}")
 
 

@@ -130,7 +130,8 @@ def _statements_text(statements: list[dict[str, Any]]) -> str:
     return "\n\n".join(parts)
 
 
-def junit_tree(run: dict[str, Any]) -> ET.ElementTree:
+def junit_tree(run: dict[str, Any]) -> ET.ElementTree[ET.Element]:
+    """The run's JUnit XML as a tree whose root, `<testsuites>`, is always there."""
     plan = str(run.get("plan") or "plan")
     steps = [s for s in run.get("steps") or [] if isinstance(s, dict) and s.get("id")]
     failures = sum(1 for s in steps if s.get("status") == "failed")
