@@ -319,7 +319,7 @@ def test_subscriber_follows_a_family_with_children_kept(logical_sandbox: Sandbox
         info = pub.info
         conninfo = f"host={info.host} port={info.port} dbname={info.dbname} user={info.user}"
         sub.execute(f"CREATE SUBSCRIPTION sub_family CONNECTION '{conninfo}' PUBLICATION pub_family")
-        _wait(lambda: sub.execute("SELECT bool_and(srsubstate = 'r') FROM pg_subscription_rel").fetchone()[0],
+        _wait(lambda: scalar(sub, "SELECT bool_and(srsubstate = 'r') FROM pg_subscription_rel"),
               "initial table sync")
     spec = TableSpec("public.orders", "d", cutoff=FAMILY_CUTOFF.isoformat(), batch_size=500,
                      children={"public.items": "keep", "public.notes": "keep"})
@@ -339,5 +339,5 @@ def test_subscriber_follows_a_family_with_children_kept(logical_sandbox: Sandbox
     for table, (pub_fp, sub_fp) in sites.items():
         assert pub_fp == sub_fp, f"{table}: publisher {pub_fp} != subscriber {sub_fp}"
     with connect(sb.subscriber_dsn) as sub:
-        assert sub.execute("SELECT count(*) FROM orders WHERE d < %s", (FAMILY_CUTOFF,)).fetchone()[0] > 0
-        assert sub.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone()[0] == 0
+        assert scalar(sub, "SELECT count(*) FROM orders WHERE d < %s", (FAMILY_CUTOFF,)) > 0
+        assert scalar(sub, "SELECT count(*) FROM pg_prepared_xacts") == 0
