@@ -257,6 +257,14 @@ def test_new_plan_lists_the_children_with_their_counts(fresh_db: Any, tmp_path: 
     text = out.read_text()
     assert "'public.items': 'keep'" in text and "'public.notes': 'keep'" in text, text
     assert "rows reference public.orders rows to be archived" in text, text
+    assert "# On the active site when this plan was written: the cutoff given: cutoff " in text, text
+    assert "keeps" in done.stdout and "of 2000 rows, archives" in done.stdout, done.stdout
+    # the table and column are checked: a wrong column is refused and nothing is written
+    bad = subprocess.run([sys.executable, "-m", "tablemig.cli.main", "new-plan", "--dsn", fresh_db.dsn,
+                          "--table", "public.orders", "--date-column", "nope", "--retention", "0.1",
+                          "--output", str(tmp_path / "bad.py")],
+                         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert bad.returncode == 2 and "nope" in bad.stderr and not (tmp_path / "bad.py").exists(), bad.stderr
     namespace: dict[str, Any] = {}
     exec(compile(text, str(out), "exec"), namespace)  # noqa: S102 - the generated plan is Python
     table = namespace["PLAN"].tables[0]

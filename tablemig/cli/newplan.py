@@ -16,6 +16,7 @@ from ..config.settings import BATCH_SIZE
 from ..config.spec import CHILD_POLICIES
 from ..errors import InputError
 from ..lifecycle.driver import Migration
+from ..lifecycle.planner import TablePlan
 from ..pg.replication import LagLimit
 from .conventions import add_dsn, add_json, cutoff, emit, fraction, positive_int
 
@@ -31,7 +32,7 @@ def render_plan(*, name: str, tables: list[TableConfig], path: str, title: str =
                 max_replication_lag: str = "16MB", contacts: list[Contact] | None = None,
                 demo_rows: int = 0, notifiers: list[dict[str, str]] | None = None, window: str = "None",
                 require_attestations: bool = False, backup_dir: str = "backups",
-                child_notes: dict[str, str] | None = None) -> str:
+                child_notes: dict[str, str] | None = None, proposed_cutoff: str = "") -> str:
     """The source of a short-form plan module: `PLAN` only (the plugin runs every checklist
     item, in order)."""
     LagLimit.parse(max_replication_lag)
@@ -46,36 +47,49 @@ def render_plan(*, name: str, tables: list[TableConfig], path: str, title: str =
                            contacts=contacts if contacts is not None else PLACEHOLDER_CONTACTS,
                            demo_rows=demo_rows, notifiers=notifiers or [], window=window,
                            require_attestations=require_attestations, backup_dir=backup_dir,
-                           child_notes=child_notes or {})
+                           child_notes=child_notes or {}, proposed_cutoff=proposed_cutoff)
 
 
-def _children(a: argparse.Namespace, table: TableConfig) -> tuple[TableConfig, dict[str, str], list[str]]:
-    """With --dsn: the table's children (tables whose foreign keys reference it), each with
-    the policy --children gives and a comment of its counts; and the plan's blockers."""
+@dataclasses.dataclass
+class Found:
+    """What `--dsn` found: the table with its children's policies, a comment per child, the
+    cutoff the retention gives with its counts, and the plan's blockers."""
+
+    table: TableConfig
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
+    cutoff: str = ""
+    blockers: list[str] = dataclasses.field(default_factory=list)
+
+
+def _child_notes(plan: TablePlan) -> dict[str, str]:
+    notes = {}
+    for c in plan.children:
+        if not c.ref.self_ref:
+            notes[str(c.ref.child)] = f"{c.referencing_archived} rows reference {plan.original} rows to be archived"
+            if c.retained is not None:
+                notes[str(c.ref.child)] += f"; keeps {c.retained} of them live"
+    return notes
+
+
+def _inspect(a: argparse.Namespace, table: TableConfig) -> Found:
+    """With --dsn: the table and column checked by planning them, the cutoff proposed with
+    the rows it keeps and archives, and the table's children (tables whose foreign keys
+    reference it), each with the policy --children gives and its counts."""
     if not a.dsn:
-        return table, {}, []
+        return Found(table)
     with Migration(a.dsn, table.spec(), progress=lambda _p: None) as mig:
         plan = mig.plan()
     policies = {str(c.ref.child): a.children for c in plan.children if not c.ref.self_ref}
-    notes = {}
-    for c in plan.children:
-        if c.ref.self_ref:
-            continue
-        note = f"{c.referencing_archived} rows reference {plan.original} rows to be archived"
-        if c.retained is not None:
-            note += f"; keeps {c.retained} of them live"
-        notes[str(c.ref.child)] = note
-    table = dataclasses.replace(table, children=policies)
-    blockers = plan.blockers
-    if policies:  # the policies given are planned again: their own refusals show now
+    if policies:  # planned again with the policies given: their own figures and refusals
+        table = dataclasses.replace(table, children=policies)
         with Migration(a.dsn, table.spec(), progress=lambda _p: None) as mig:
-            again = mig.plan()
-        blockers = again.blockers
-        for c in again.children:
-            if c.retained is not None and str(c.ref.child) in notes:
-                notes[str(c.ref.child)] = (f"{c.referencing_archived} rows reference {again.original} rows to be "
-                                           f"archived; keeps {c.retained} of them live")
-    return table, notes, blockers
+            plan = mig.plan()
+    rule = f"retention {table.retention}" if table.retention is not None else "the cutoff given"
+    cutoff = (f"{rule}: cutoff {plan.cutoff_local or plan.cutoff} on {plan.date_column}; keeps {plan.keep_rows} "
+              f"of {plan.total_rows} rows, archives {plan.archive_rows}")
+    if plan.retained_rows:
+        cutoff += f" (and keeps {plan.retained_rows} rows live for the children)"
+    return Found(table, _child_notes(plan), cutoff, plan.blockers)
 
 
 def _cmd(a: argparse.Namespace) -> int:
@@ -89,20 +103,24 @@ def _cmd(a: argparse.Namespace) -> int:
         raise InputError(f"{out} exists", "choose another --output or pass --force")
     name = a.name or re.sub(r"\W+", "_", out.stem).strip("_") or "migration"
     a.children = a.children or "refuse"
-    table, notes, blockers = _children(a, table)
+    found = _inspect(a, table)
+    table = found.table
     source = render_plan(name=name, tables=[table], path=str(out), max_replication_lag=a.max_replication_lag,
-                         child_notes=notes)
+                         child_notes=found.notes, proposed_cutoff=found.cutoff)
     compile(source, str(out), "exec")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(source)
     text = f"wrote {out}: plan {name!r} for {table.qualified} ({len(ORDER)} checklist steps)"
+    if found.cutoff:
+        text += f"\n{found.cutoff}"
     if table.children:
-        text += "\nchildren: " + "; ".join(f"{c} {p} ({notes[c]})" for c, p in table.children.items())
-    if blockers:
-        text += "\nthe plan is blocked until these are resolved:\n" + "\n".join(f"  - {b}" for b in blockers)
+        text += "\nchildren: " + "; ".join(f"{c} {p} ({found.notes[c]})" for c, p in table.children.items())
+    if found.blockers:
+        text += "\nthe plan is blocked until these are resolved:\n" + "\n".join(f"  - {b}" for b in found.blockers)
     emit(a, {"path": str(out), "plan": name, "table": str(table.qualified), "steps": len(ORDER),
-             "children": [{"table": c, "policy": p, "note": notes[c]} for c, p in table.children.items()],
-             "blockers": blockers}, text)
+             "proposed_cutoff": found.cutoff or None,
+             "children": [{"table": c, "policy": p, "note": found.notes[c]} for c, p in table.children.items()],
+             "blockers": found.blockers}, text)
     return 0
 
 
