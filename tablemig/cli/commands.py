@@ -46,6 +46,10 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--archive-mode", choices=["rename", "copy"], default="rename")
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, help="rows per unit of bulk work")
     p.add_argument("--workers", type=positive_int, default=WORKERS, help="concurrent backfill workers")
+    p.add_argument("--hold-swap", metavar="release|TIMESTAMP",
+                   help="postponed cut-over: once verified, the swap waits for `tablemig release` (release) or"
+                        " until an ISO 8601 timestamp (or an earlier release); the new table follows every write"
+                        " meanwhile")
     p.add_argument("--child", action="append", default=[], metavar="TABLE=POLICY",
                    help="the policy of a table whose foreign key references the table: refuse (the default) or"
                         " keep, e.g. --child public.order_items=keep (repeatable; docs/families.md)")
@@ -83,7 +87,7 @@ def _pacing_args(p: argparse.ArgumentParser) -> None:
 def _spec(a: argparse.Namespace) -> TableSpec:
     return TableSpec(a.table, a.date_column, retention=a.retention, cutoff=a.cutoff, new_table=a.new_table,
                      archive_table=a.archive_table, archive_mode=a.archive_mode, batch_size=a.batch_size,
-                     workers=a.workers, children=_children(a.child))
+                     workers=a.workers, children=_children(a.child), hold_swap=a.hold_swap)
 
 
 def load_state(dsn: str, table: str) -> State:
@@ -173,6 +177,28 @@ def _set_paused(a: argparse.Namespace, paused: bool) -> int:
     return OK
 
 
+def cmd_release(a: argparse.Namespace) -> int:
+    """`tablemig release`: a postponed cut-over (migrate --hold-swap) swaps now."""
+    name = str(QualifiedName.parse(a.table))
+    with connect(dsn_of(a)) as conn:
+        if installed_version(conn) is None:
+            raise InputError(f"no tablemig schema in this database: {name} was never migrated here",
+                             "check --dsn (the active site of the migration)")
+        store = StateStore(Direct(conn), name)
+        m = store.stored()
+        if m is None:
+            raise InputError(f"{name} has no migration state", "see `tablemig status`")
+        if m.swapped:
+            raise InputError(f"{name} is already swapped (state {m.state}): nothing to release",
+                             "see `tablemig status`")
+        store.set_released()
+        waiting = m.checkpoint.holding
+    text = (f"{name}: released; the swap waiting for it goes ahead now" if waiting else
+            f"{name}: released; its swap will not wait (state {m.state})")
+    emit(a, {"table": name, "released": True, "was_waiting": bool(waiting), "state": m.state}, text)
+    return OK
+
+
 def _intent_data(m: dict[str, Any]) -> dict[str, Any]:
     return {k: m.get(k) for k in ("table_name", "state", "archive_mode", "new_name", "archive_name", "cutoff",
                                   "rows_copied")}
@@ -231,6 +257,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = sub.add_parser(name, help=f"{name} the batches of a table's backfill or prune")
         _table_args(p)
         p.set_defaults(func=lambda a, paused=paused: _set_paused(a, paused))
+    p = sub.add_parser("release", help="let a postponed cut-over (migrate --hold-swap) swap now")
+    _table_args(p)
+    p.set_defaults(func=cmd_release)
     p = sub.add_parser("prune", help="after the swap: delete the archive's copies of live rows; needs --execute")
     _table_args(p)
     p.add_argument("--batch-size", type=positive_int)

@@ -122,7 +122,9 @@ def status_text(rows: list[dict[str, Any]]) -> str:
                     if total is not None else fmt_count(done))
         paused = str(r.get("paused")).lower() == "true"
         rate = r.get("rows_per_second")
-        blocks.append(f"{r['table_name']}: {r['state']}{' (PAUSED: tablemig resume)' if paused else ''}\n" + _lines([
+        holding = f" (SWAP WAITS for {r['holding']})" if r.get("holding") else ""
+        blocks.append(f"{r['table_name']}: {r['state']}{' (PAUSED: tablemig resume)' if paused else ''}{holding}\n"
+                      + _lines([
             ("phase", r.get("phase")),
             ("rate", f"{fmt_count(rate)} rows/s" if rate is not None else None),
             ("ETA", fmt_duration(r["eta_seconds"]) if r.get("eta_seconds") is not None else None),

@@ -63,6 +63,8 @@ def read(dsn: str, table: str | None) -> list[dict[str, Any]] | None:
             full = m.row()
             r: dict[str, Any] = {k: full[k] for k in _SHOWN}
             r["paused"] = bool(m.checkpoint.data.get("paused"))
+            # a postponed cut-over waiting (tablemig.lifecycle.hold): what it waits for
+            r["holding"] = m.checkpoint.holding
             held = conn.execute(_RUNNING, (LOCK_CLASS, m.table_oid)).fetchone()
             r["running"] = bool(held and held[0])
             # keys logged by the capture trigger and not replayed yet (the change log lives

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
 from ..errors import InputError
@@ -38,6 +39,9 @@ class TableSpec:
     workers: int = WORKERS
     extra: dict[str, str] = field(default_factory=dict)
     children: dict[str, str] = field(default_factory=dict)
+    # postponed cut-over: "release" (the swap waits for `tablemig release`) or an ISO 8601
+    # timestamp (it waits until then, or a release); None swaps as soon as verified
+    hold_swap: str | None = None
 
     def __post_init__(self) -> None:
         if (self.retention is None) == (self.cutoff is None):
@@ -57,6 +61,20 @@ class TableSpec:
             raise InputError("date column is empty", "name the column that dates each row")
         _ = self.qualified  # parse now: bad names fail before anything connects
         _ = self.child_policies
+        _ = self.hold_deadline
+
+    @property
+    def hold_deadline(self) -> dt.datetime | None:
+        """The postponed cut-over's deadline (None: none, or only `tablemig release`)."""
+        if self.hold_swap is None or self.hold_swap == "release":
+            return None
+        try:
+            when = dt.datetime.fromisoformat(self.hold_swap)
+        except ValueError:
+            raise InputError(f"table {self.table}: hold_swap {self.hold_swap!r} is neither 'release' nor a timestamp",
+                             "give hold_swap='release' (wait for `tablemig release`) or an ISO 8601 timestamp "
+                             "such as '2026-12-06T02:00+00:00' (swap then, or on an earlier release)") from None
+        return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
     @property
     def child_policies(self) -> dict[QualifiedName, str]:

@@ -87,6 +87,12 @@ class Checkpoint:
         return None if value is None else json.dumps(value) if isinstance(value, bool) else str(value)
 
     @property
+    def holding(self) -> str | None:
+        """While a postponed cut-over waits: what it waits for (tablemig.lifecycle.hold)."""
+        value = self.data.get("holding")
+        return str(value) if value else None
+
+    @property
     def prune_started(self) -> bool:
         return bool(self.data.get("prune_started"))
 
@@ -472,6 +478,19 @@ class StateStore:
     def set_paused(self, paused: bool) -> bool:
         """`tablemig pause` / `resume`: set checkpoint.paused; False when the table has no row."""
         return self.set_checkpoint({"paused": paused}).rowcount > 0
+
+    def set_released(self) -> bool:
+        """`tablemig release`: a postponed cut-over may swap now (checkpoint.released);
+        False when the table has no row."""
+        return self.set_checkpoint({"released": True}).rowcount > 0
+
+    def released_now(self) -> bool:
+        """Has `tablemig release` been given? A poll, like `paused_now`."""
+        query = sql.SQL("SELECT coalesce((checkpoint->>'released')::boolean, false) FROM {}"
+                        " WHERE table_name = %s").format(TABLE.ident())
+        if isinstance(self.st, Executor):
+            return bool(self.st.probe(query, (self.table,), reads=[self._key()], planned=[(False,)]).scalar())
+        return bool(self.st.read(query, (self.table,)).scalar())
 
     def paused_now(self) -> bool:
         """Is the run paused (`tablemig pause`)? A poll, not a statement of the migration: an

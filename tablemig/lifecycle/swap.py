@@ -36,6 +36,7 @@ from ..pg.catalog import TableInfo, inspect_table
 from ..pg.locking import blockers, with_lock_retries
 from ..pg.names import QualifiedName
 from ..pg.statements import Statements
+from . import hold
 from .context import RunContext
 from .exchange import exchange, move_publications, validate_foreign_keys
 from .executor import Executor, Observed, plain
@@ -235,6 +236,7 @@ def run(ctx: RunContext) -> SwapResult:
     if m.state == "swapped":
         return ctx.results.swap or SwapResult(m.swap_attempts, float(m.lock_hold_ms or 0), str(m.swap_lsn),
                                               m.swap_record.as_json())
+    hold.wait_for_release(ctx)  # a postponed cut-over (tablemig.lifecycle.hold)
     t0 = ctx.begin("swap")
     s = ctx.settings()
     plan = ctx.current_plan()
