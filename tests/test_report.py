@@ -502,7 +502,12 @@ def test_live_progress_and_the_end_of_run_summary(executed: Run) -> None:
     summary = out[end:]
     line = next(ln for ln in summary.splitlines() if ln.startswith("tablemig: public.orders: "))
     assert line.startswith("tablemig: public.orders: swapped; cutoff "), line
-    assert f"kept {facts['rows_keep']:,} rows, archived {facts['rows_archive']:,}" in line
+    # the demo's order_returns (policy keep) keeps the orders it references live
+    extra = facts["rows_kept_for_children"]
+    assert extra > 0 and {c["child"]: c["policy"] for c in facts["children"]} == {
+        "public.order_items": "refuse", "public.order_returns": "keep"}, facts.get("children")
+    assert (f"kept {facts['rows_keep'] + extra:,} rows ({extra:,} of them referenced by public.order_returns),"
+            f" archived {facts['rows_archive'] - extra:,}") in line
     assert re.search(r"archive public\.orders_archive_\d{8}", line), line
     assert f"lock held {fmt(facts['lock_hold_ms'])} ms" in line
     report = re.search(r"tablemig: report (\S+report\.html)", summary)
@@ -518,8 +523,10 @@ def test_a_dry_run_says_what_it_would_do(dry: Run) -> None:
     assert expected["dry-run"] and terminal_counts(out) == expected, dry.why()
     summary = out[out.index("tablemig: run "):]
     facts = data["tables"]["public.orders"]
-    assert (f"public.orders: unchanged (dry run); cutoff {facts['cutoff_local']}; would keep {facts['rows_keep']:,}"
-            f" rows, would archive {facts['rows_archive']:,}") in summary, summary
+    extra = facts["rows_kept_for_children"]
+    assert (f"public.orders: unchanged (dry run); cutoff {facts['cutoff_local']}; would keep "
+            f"{facts['rows_keep'] + extra:,} rows ({extra:,} of them referenced by public.order_returns),"
+            f" would archive {facts['rows_archive'] - extra:,}") in summary, summary
     assert "planned (dry run; --execute does it):" in summary
     copy = next(s for s in data["steps"] if s["id"] == "EX-2.2")
     assert copy["reason"].startswith("would copy") and f"EX-2.2 public.orders: {copy['reason']}" in summary

@@ -119,7 +119,8 @@ PLAN_WITH_STATEMENT = '''
 from tablemig.checklist.context import StepContext
 from tablemig.config.plan import PlanConfig, TableConfig, after
 
-PLAN = PlanConfig(name="{name}", tables=[TableConfig("public.orders", date_column="created_date", retention=0.1)],
+PLAN = PlanConfig(name="{name}", tables=[TableConfig("public.orders", date_column="created_date", retention=0.1,
+                                                    children={{"public.order_returns": "keep"}})],
                   demo_rows=3000)
 
 

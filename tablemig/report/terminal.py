@@ -35,10 +35,12 @@ def _table_line(o: dict[str, Any], mode: str) -> str:
         parts.append(f"cutoff {o['cutoff']}")
     if o["rows_keep"] is not None or o["rows_archive"] is not None:
         verb = ("would keep", "would archive") if mode == "dry-run" else ("kept", "archived")
-        kept = fmt(o["rows_keep"])
-        if o.get("kept_for") and o.get("rows_kept_for_children") is not None:  # docs/families.md
-            kept += f" (+{fmt(o['rows_kept_for_children'])} referenced by {', '.join(o['kept_for'])})"
-        parts.append(f"{verb[0]} {kept} rows, {verb[1]} {fmt(o['rows_archive'])}")
+        kept, archived, extra = o["rows_keep"], o["rows_archive"], o.get("rows_kept_for_children")
+        note = ""
+        if o.get("kept_for") and extra and kept is not None and archived is not None:  # docs/families.md
+            kept, archived = kept + extra, archived - extra
+            note = f" ({fmt(extra)} of them referenced by {', '.join(o['kept_for'])})"
+        parts.append(f"{verb[0]} {fmt(kept)} rows{note}, {verb[1]} {fmt(archived)}")
     if o["archive"]:
         parts.append(f"archive {o['archive']}")
     if o["lock_hold_ms"] is not None:
