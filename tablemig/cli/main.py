@@ -19,6 +19,7 @@ import psycopg
 from .. import version
 from ..errors import ConnectionFailed, TablemigError
 from ..pg.connect import redact
+from ..report import progress
 from .conventions import INTERRUPTED, REFUSED, UNREACHABLE, Parser, UsageError
 
 # Modules that contribute sub-commands, in the order `--help` lists them.
@@ -59,17 +60,41 @@ def _line(text: str) -> str:
 
 
 def _error(problem: str, fix: str) -> None:
+    for h in logging.getLogger("tablemig").handlers:  # a progress bar's line ends first
+        if isinstance(h, _Stderr):
+            h.close_bar()
     print(f"tablemig: error: {_line(problem)}", file=sys.stderr)
     if fix:
         print(f"tablemig: fix: {_line(fix)}", file=sys.stderr)
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
-    """The current `sys.stderr` at each record (a caller may have replaced it since)."""
+    """The current `sys.stderr` at each record (a caller may have replaced it since). On a
+    terminal the backfill's progress is one bar redrawn in place (tablemig.report.progress);
+    a pipe gets every record as a line."""
+
+    bar_open = False
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stderr)
+        stream = sys.stderr
+        self.setStream(stream)
+        shown = progress.figures(record)
+        try:
+            if shown is not None and stream.isatty():
+                stream.write("\r\x1b[2K" + progress.bar(shown))
+                stream.flush()
+                self.bar_open = True
+                return
+            self.close_bar()
+        except (OSError, ValueError):  # a closed stream: the record is dropped like any other
+            return
         super().emit(record)
+
+    def close_bar(self) -> None:
+        """End the bar's line before anything else is written."""
+        if self.bar_open:
+            sys.stderr.write("\n")
+            self.bar_open = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     finally:
+        handler.close_bar()
         logger.removeHandler(handler)
         logger.setLevel(level)
 

@@ -258,5 +258,8 @@ class ProgressLog:
         self._last = now
         rate = p["rows"] / max(now - p["started"], 1e-6)
         eta = (expected - p["rows"]) / rate if rate > 0 and expected > p["rows"] else 0
+        # the figures ride along: a terminal's handler draws them as one bar (tablemig.report.progress)
         log.info("%s: %s/%s rows, %s rows/s, batch %s, ETA %s s", p["table"], f"{p['rows']:,}", f"{expected:,}",
-                 f"{rate:,.0f}", f"{p['batch_size']:,}", f"{eta:,.0f}")
+                 f"{rate:,.0f}", f"{p['batch_size']:,}", f"{eta:,.0f}",
+                 extra={"progress": {"table": p["table"], "rows": p["rows"], "expected": expected, "rate": rate,
+                                     "eta": eta}})

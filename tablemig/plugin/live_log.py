@@ -3,7 +3,8 @@ plan run.
 
 pytest captures a test's output, so anything a step writes would reach the screen only after
 the step (or never). The `tablemig` logger's INFO records are written through pytest's
-terminal reporter with capturing suspended, as pytest's own live logging does. With
+terminal reporter with capturing suspended, as pytest's own live logging does; on a
+terminal the backfill's progress is one bar redrawn in place (tablemig.report.progress). With
 `--log-cli-level` pytest shows them itself (nothing is written twice); `--log-file` keeps
 them in a file. Under pytest-xdist the workers' records stay in their captured output.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from ..report import progress
 from .collection import item_id_of
 
 LOGGER = "tablemig"
@@ -30,6 +32,8 @@ class TerminalHandler(logging.Handler):
         self.config = config
         self.setFormatter(logging.Formatter("tablemig: %(message)s"))
 
+    bar_open = False
+
     def emit(self, record: logging.LogRecord) -> None:
         reporter: Any = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None:
@@ -37,10 +41,17 @@ class TerminalHandler(logging.Handler):
         capture: Any = self.config.pluginmanager.get_plugin("capturemanager")
         suspended = capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext()
         try:
-            text = self.format(record)
+            shown = progress.figures(record)
             with suspended:
+                if shown is not None and reporter.isatty:  # one bar, redrawn in place
+                    reporter.rewrite("tablemig: " + progress.bar(shown), erase=True)
+                    self.bar_open = True
+                    return
+                if self.bar_open:
+                    reporter.write("\n")
+                    self.bar_open = False
                 reporter.ensure_newline()
-                reporter.write_line(text)
+                reporter.write_line(self.format(record))
         except Exception:  # noqa: BLE001 - logging must never cost a step
             self.handleError(record)
 
