@@ -93,3 +93,44 @@ def test_the_dry_run_lists_the_bindings_of_the_demo_table(tmp_path: Path) -> Non
             ("foreign key in", "order_items_order_id_fkey on public.order_items", OID),
             ("owned sequence", "public.orders_id_seq", OID)} <= found, found
     assert all(b["swap"] for b in step["evidence"]["bindings"])
+
+
+def test_begin_atomic_functions_follow_the_swap_and_the_rollback(fresh_db: FreshDb) -> None:
+    """A SQL-standard-body function and procedure are bound to the table by OID: the swap
+    rebuilds them against the live table, the rollback against the original again. One
+    whose result is the table's row type cannot be rebuilt and is refused by the plan."""
+    from tablemig.config.spec import TableSpec
+    from tablemig.lifecycle.driver import Migration
+
+    with fresh_db.connect() as conn:
+        conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, d date NOT NULL, v int NOT NULL DEFAULT 0);"
+                     " INSERT INTO t SELECT g, date '2024-01-01' + g, 0 FROM generate_series(1, 300) g;"
+                     " CREATE FUNCTION t_rows() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM t; END;"
+                     " CREATE PROCEDURE t_touch(k bigint) LANGUAGE sql BEGIN ATOMIC UPDATE t SET v = v + 1"
+                     " WHERE id = k; END;"
+                     " COMMENT ON FUNCTION t_rows() IS 'rows of t'")
+        before = conn.execute("SELECT oid, proowner FROM pg_proc WHERE proname = 't_rows'").fetchone()
+    spec = TableSpec("public.t", "d", cutoff="2024-09-01")
+    with Migration(fresh_db.dsn, spec, progress=lambda p: None) as mig:
+        assert not mig.plan().blockers
+        mig.run("swapped")
+        with fresh_db.connect() as conn:
+            live = conn.execute("SELECT count(*) FROM t").fetchone()
+            assert live is not None and live[0] < 300
+            assert conn.execute("SELECT t_rows()").fetchone() == live  # reads the live table
+            conn.execute("CALL t_touch(300)")
+            assert conn.execute("SELECT v FROM t WHERE id = 300").fetchone() == (1,)  # writes it
+            assert conn.execute("SELECT oid, proowner FROM pg_proc WHERE proname = 't_rows'").fetchone() == before
+            assert conn.execute("SELECT obj_description(%s, 'pg_proc')", (before[0] if before else 0,)
+                                ).fetchone() == ("rows of t",)
+        assert mig.rollback() == "swapped back"
+    with fresh_db.connect() as conn:
+        assert conn.execute("SELECT t_rows()").fetchone() == (300,)  # the original again
+        conn.execute("CALL t_touch(1)")
+        assert conn.execute("SELECT v FROM t WHERE id = 1").fetchone() == (1,)
+        conn.execute("CREATE FUNCTION t_newest() RETURNS t LANGUAGE sql"
+                     " BEGIN ATOMIC SELECT * FROM t ORDER BY id DESC LIMIT 1; END")
+    with Migration(fresh_db.dsn, spec, progress=lambda p: None) as mig:
+        blockers = mig.plan().blockers
+    assert any("t_newest()" in b and "row type" in b for b in blockers), blockers
+    assert not any("t_rows()" in b for b in blockers), blockers

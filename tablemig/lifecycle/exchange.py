@@ -53,6 +53,15 @@ def validate_foreign_keys(ex: Executor, fks: list[dict[str, Any]]) -> list[str]:
     return done
 
 
+def _rebuild_functions(ex: Executor, functions: list[tuple[str, str]]) -> None:
+    """Functions and procedures with a SQL-standard body (BEGIN ATOMIC) are bound to the
+    table by OID when created: re-issuing their definition (read under the swap's lock,
+    before the renames) parses the body again, and binds it to the table now under the
+    name. CREATE OR REPLACE keeps the function's OID, owner, privileges and comment."""
+    for _signature, definition in functions:
+        ex.run(Fragment(definition))
+
+
 def _recreate_views(ex: Executor, views: list[DependentView]) -> None:
     """Views resolve table names when created: re-issuing the saved definition binds them
     to whatever table now has the name."""
@@ -270,6 +279,7 @@ def exchange(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedName,
     for stmt in not_valid_checks_sql(info, t):
         ex.run(stmt)
     _recreate_views(ex, info.views)
+    _rebuild_functions(ex, info.atomic_functions)
     _recreate_rules(ex, info.rules_elsewhere)
     _grant(ex, t, info.acl)
     _column_grants(ex, info, t)
@@ -296,6 +306,7 @@ def exchange_back(ex: Executor, info: TableInfo, t: QualifiedName, n: QualifiedN
     _sequences(ex, info, t)  # `info` is the table now renamed to `n`: its sequences
     _repoint_fks(ex, info.incoming_fks)
     _recreate_views(ex, info.views)
+    _rebuild_functions(ex, info.atomic_functions)
     _recreate_rules(ex, info.rules_elsewhere)
     _grant(ex, t, info.acl)
     _column_grants(ex, info, t)

@@ -460,10 +460,12 @@ def _check_other_objects(plan: TablePlan) -> None:
         if trg.name in TOOL_TRIGGERS:
             b.append(f"trigger {trg.name} on {plan.original} has a name tablemig uses for its own "
                      f"triggers; rename it (ALTER TRIGGER {trg.name} ON {plan.original} RENAME TO ...)")
-    if info.bound_functions:
-        b.append("functions bound to the table by OID (SQL-standard bodies) would keep reading "
-                 f"the archive: {', '.join(info.bound_functions)}; recreate them after the swap "
-                 "or rewrite them as plain SQL/PL/pgSQL")
+    rebuilt = {name for name, _ in info.atomic_functions}
+    fixed = [f for f in info.bound_functions if f not in rebuilt]
+    if fixed:
+        b.append("functions bound to the table by OID whose arguments or result are the table's row type "
+                 f"cannot be rebuilt against the new table by the swap: {', '.join(fixed)}; drop them before "
+                 "the migration and create them again after it, or rewrite them as plain SQL/PL/pgSQL")
     if info.statistics:
         w.append("extended statistics are copied with LIKE ... INCLUDING STATISTICS under new "
                  "names: " + "; ".join(info.statistics))

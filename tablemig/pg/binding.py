@@ -51,8 +51,9 @@ ORDER BY 1, 3
 """
 
 _ATOMIC = """
-SELECT DISTINCT p.oid::regprocedure::text, p.prokind
-  FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
+SELECT DISTINCT p.oid::regprocedure::text, p.prokind,
+       p.prorettype = c.reltype OR c.reltype = ANY (coalesce(p.proallargtypes, p.proargtypes::oid[]))
+  FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid JOIN pg_class c ON c.oid = d.refobjid
  WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_class'::regclass AND d.refobjid = %(oid)s
    AND p.prosqlbody IS NOT NULL
  ORDER BY 1
@@ -128,10 +129,12 @@ def _rewrites(conn: psycopg.Connection[Any], oid: int) -> list[Binding]:
 def _atomic(conn: psycopg.Connection[Any], oid: int) -> list[Binding]:
     """Functions and procedures with a SQL-standard body (bound by OID, recorded in pg_depend)."""
     out = []
-    for name, prokind in conn.execute(_ATOMIC, {"oid": oid}).fetchall():
+    for name, prokind, row_type in conn.execute(_ATOMIC, {"oid": oid}).fetchall():
         kind = "procedure (BEGIN ATOMIC)" if prokind == "p" else "function (BEGIN ATOMIC)"
-        out.append(Binding(kind, name, OID, "refused before anything changes: recreate it after the swap "
-                                            "or give it a body as a string"))
+        out.append(Binding(kind, name, OID, "refused before anything changes (its arguments or result are the "
+                                            "table's row type): drop it and create it again after the swap"
+                           if row_type else "rebuilt by the swap against the new table (and by a rollback "
+                                            "against the original)"))
     return out
 
 

@@ -180,6 +180,10 @@ class TableInfo:
     estimated_rows: int
     # column privileges (pg_attribute.attacl): (grantee, privilege, grantable, columns)
     column_acl: list[tuple[str, str, bool, list[str]]] = field(default_factory=list)
+    # of bound_functions, those with a SQL-standard body (BEGIN ATOMIC) that the swap rebuilds
+    # against the table now under the name: (signature, CREATE OR REPLACE text). A function
+    # whose arguments or result are the table's row type is not among them (refused)
+    atomic_functions: list[tuple[str, str]] = field(default_factory=list)
     constraints: list[Constraint] = field(default_factory=list)
     rules: list[Rule] = field(default_factory=list)
     publication_rels: list[PublicationRel] = field(default_factory=list)
@@ -377,6 +381,15 @@ SELECT
     FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
    WHERE d.classid = 'pg_proc'::regclass AND d.refobjid = %(oid)s
      AND d.refclassid = 'pg_class'::regclass) AS bound,
+ (SELECT coalesce(json_agg(json_build_array(p.oid::regprocedure::text, pg_get_functiondef(p.oid)) ORDER BY p.oid),
+                  '[]')
+    FROM pg_proc p
+   WHERE p.prosqlbody IS NOT NULL
+     AND p.oid IN (SELECT d.objid FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                      AND d.refclassid = 'pg_class'::regclass AND d.refobjid = %(oid)s)
+     AND p.prorettype <> (SELECT reltype FROM pg_class WHERE oid = %(oid)s)
+     AND NOT (SELECT reltype FROM pg_class WHERE oid = %(oid)s)
+             = ANY (coalesce(p.proallargtypes, p.proargtypes::oid[]))) AS atomic,
  ({_ACL.format(oid="%(oid)s")}) AS acl,
  (SELECT coalesce(json_agg(json_build_array(g.grantee, g.privilege_type, g.is_grantable, g.cols)
                            ORDER BY g.grantee, g.privilege_type, g.is_grantable), '[]') FROM (
@@ -460,6 +473,7 @@ def inspect_table(conn: psycopg.Connection[Any] | Statements, name: QualifiedNam
         comment=base["comment"], reloptions=list(base["reloptions"]),
         replica_identity=base["relreplident"], statistics=[d for d, _ in r["stats"]],
         bound_functions=list(r["bound"]), inherits=base["inherits"],
+        atomic_functions=[(str(name), str(text)) for name, text in r["atomic"]],
         has_children=base["relhassubclass"], total_bytes=base["total_bytes"],
         table_bytes=base["table_bytes"], estimated_rows=base["estimated_rows"],
         column_acl=[(g, p, bool(grantable), list(cols)) for g, p, grantable, cols in r["col_acl"]],
