@@ -9,7 +9,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from conftest import FreshDb
@@ -95,42 +97,86 @@ def test_the_dry_run_lists_the_bindings_of_the_demo_table(tmp_path: Path) -> Non
     assert all(b["swap"] for b in step["evidence"]["bindings"])
 
 
-def test_begin_atomic_functions_follow_the_swap_and_the_rollback(fresh_db: FreshDb) -> None:
-    """A SQL-standard-body function and procedure are bound to the table by OID: the swap
-    rebuilds them against the live table, the rollback against the original again. One
-    whose result is the table's row type cannot be rebuilt and is refused by the plan."""
+def test_every_dependent_reads_and_writes_the_live_table_after_the_swap_and_the_original_after_rollback(
+        fresh_db: FreshDb) -> None:
+    """A PL/pgSQL function, a SQL function, a SQL-standard-body function and procedure, a
+    view, a materialized view, a rule on another table that writes the table, and a policy
+    of the table: after the swap each reads (or writes) the live table, after a rollback the
+    original again. A SQL-standard-body function whose result is the table's row type cannot
+    be rebuilt and is refused by the plan."""
     from tablemig.config.spec import TableSpec
     from tablemig.lifecycle.driver import Migration
 
+    reader = f"reader_{fresh_db.name}"
     with fresh_db.connect() as conn:
-        conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, d date NOT NULL, v int NOT NULL DEFAULT 0);"
-                     " INSERT INTO t SELECT g, date '2024-01-01' + g, 0 FROM generate_series(1, 300) g;"
-                     " CREATE FUNCTION t_rows() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM t; END;"
-                     " CREATE PROCEDURE t_touch(k bigint) LANGUAGE sql BEGIN ATOMIC UPDATE t SET v = v + 1"
-                     " WHERE id = k; END;"
-                     " COMMENT ON FUNCTION t_rows() IS 'rows of t'")
-        before = conn.execute("SELECT oid, proowner FROM pg_proc WHERE proname = 't_rows'").fetchone()
+        conn.execute("""
+            CREATE TABLE t (id bigint PRIMARY KEY, d date NOT NULL, v int NOT NULL DEFAULT 0);
+            INSERT INTO t SELECT g, date '2024-01-01' + g, 0 FROM generate_series(1, 300) g;
+            CREATE FUNCTION t_plpgsql() RETURNS bigint LANGUAGE plpgsql
+                AS 'BEGIN RETURN (SELECT count(*) FROM t); END';
+            CREATE FUNCTION t_sql() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM t';
+            CREATE FUNCTION t_atomic() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM t; END;
+            CREATE PROCEDURE t_touch(k bigint) LANGUAGE sql BEGIN ATOMIC UPDATE t SET v = v + 1 WHERE id = k; END;
+            COMMENT ON FUNCTION t_atomic() IS 'rows of t';
+            CREATE VIEW t_view AS SELECT id FROM t;
+            CREATE MATERIALIZED VIEW t_mat AS SELECT count(*) AS n FROM t;
+            CREATE TABLE inbox (id bigint, d date);
+            CREATE RULE inbox_to_t AS ON INSERT TO inbox DO ALSO INSERT INTO t (id, d) VALUES (NEW.id, NEW.d);
+            ALTER TABLE t ENABLE ROW LEVEL SECURITY;
+            CREATE POLICY t_recent ON t USING (d >= date '2024-03-01');
+        """)
+        # roles are the cluster's: one of this test's own, dropped at its end
+        conn.execute(f"CREATE ROLE {reader}; GRANT SELECT ON t TO {reader}")
+        before = conn.execute("SELECT oid, proowner FROM pg_proc WHERE proname = 't_atomic'").fetchone()
+        assert before is not None
+
+    def reads(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+        conn.execute("REFRESH MATERIALIZED VIEW t_mat")
+        out: dict[str, Any] = {}
+        for name, query in (("plpgsql", "SELECT t_plpgsql()"), ("sql", "SELECT t_sql()"),
+                            ("atomic", "SELECT t_atomic()"), ("view", "SELECT count(*) FROM t_view"),
+                            ("matview", "SELECT n FROM t_mat")):
+            row = conn.execute(query).fetchone()
+            out[name] = row[0] if row else None
+        with conn.transaction(force_rollback=True):  # the policy, as a role it applies to
+            conn.execute(f"SET LOCAL ROLE {reader}")
+            row = conn.execute("SELECT count(*) FROM t").fetchone()
+            out["policy"] = row[0] if row else None
+        return out
+
+    def rows_of_t(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+        total = conn.execute("SELECT count(*), count(*) FILTER (WHERE d >= date '2024-03-01') FROM t").fetchone()
+        assert total is not None
+        return int(total[0]), int(total[1])
+
     spec = TableSpec("public.t", "d", cutoff="2024-09-01")
     with Migration(fresh_db.dsn, spec, progress=lambda p: None) as mig:
         assert not mig.plan().blockers
         mig.run("swapped")
         with fresh_db.connect() as conn:
-            live = conn.execute("SELECT count(*) FROM t").fetchone()
-            assert live is not None and live[0] < 300
-            assert conn.execute("SELECT t_rows()").fetchone() == live  # reads the live table
-            conn.execute("CALL t_touch(300)")
-            assert conn.execute("SELECT v FROM t WHERE id = 300").fetchone() == (1,)  # writes it
-            assert conn.execute("SELECT oid, proowner FROM pg_proc WHERE proname = 't_rows'").fetchone() == before
-            assert conn.execute("SELECT obj_description(%s, 'pg_proc')", (before[0] if before else 0,)
-                                ).fetchone() == ("rows of t",)
+            n, visible = rows_of_t(conn)
+            assert n < 300
+            assert reads(conn) == {"plpgsql": n, "sql": n, "atomic": n, "view": n, "matview": n, "policy": visible}
+            conn.execute("CALL t_touch(300)")  # the procedure writes the live table
+            assert conn.execute("SELECT v FROM t WHERE id = 300").fetchone() == (1,)
+            conn.execute("INSERT INTO inbox VALUES (1000, date '2025-01-01')")  # through the rule
+            assert conn.execute("SELECT count(*) FROM t WHERE id = 1000").fetchone() == (1,)
+            assert conn.execute("SELECT oid, proowner FROM pg_proc WHERE proname = 't_atomic'").fetchone() == before
+            assert conn.execute("SELECT obj_description(%s, 'pg_proc')", (before[0],)).fetchone() == ("rows of t",)
         assert mig.rollback() == "swapped back"
     with fresh_db.connect() as conn:
-        assert conn.execute("SELECT t_rows()").fetchone() == (300,)  # the original again
+        n, visible = rows_of_t(conn)
+        assert n == 301  # every row of the original, and the one written through the rule since
+        assert reads(conn) == {"plpgsql": n, "sql": n, "atomic": n, "view": n, "matview": n, "policy": visible}
         conn.execute("CALL t_touch(1)")
         assert conn.execute("SELECT v FROM t WHERE id = 1").fetchone() == (1,)
+        conn.execute("INSERT INTO inbox VALUES (1001, date '2025-01-01')")
+        assert conn.execute("SELECT count(*) FROM t WHERE id = 1001").fetchone() == (1,)
         conn.execute("CREATE FUNCTION t_newest() RETURNS t LANGUAGE sql"
                      " BEGIN ATOMIC SELECT * FROM t ORDER BY id DESC LIMIT 1; END")
     with Migration(fresh_db.dsn, spec, progress=lambda p: None) as mig:
         blockers = mig.plan().blockers
     assert any("t_newest()" in b and "row type" in b for b in blockers), blockers
-    assert not any("t_rows()" in b for b in blockers), blockers
+    assert not any("t_atomic()" in b for b in blockers), blockers
+    with fresh_db.connect() as conn:
+        conn.execute(f"REVOKE ALL ON t FROM {reader}; DROP ROLE {reader}")
