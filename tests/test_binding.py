@@ -180,3 +180,30 @@ def test_every_dependent_reads_and_writes_the_live_table_after_the_swap_and_the_
     assert not any("t_atomic()" in b for b in blockers), blockers
     with fresh_db.connect() as conn:
         conn.execute(f"REVOKE ALL ON t FROM {reader}; DROP ROLE {reader}")
+
+
+def test_the_queries_that_touch_the_table_from_pg_stat_statements() -> None:
+    """PRE-1.3c's hint from pg_stat_statements on a server that preloads it: the recorded
+    statements naming the table, with calls and mean time, not those of other tables; on a
+    server without it, said so."""
+    from backup_helpers import private_cluster
+
+    from tablemig.pg.app_queries import table_queries
+    from tablemig.pg.connect import connect
+
+    with private_cluster(shared_preload_libraries="pg_stat_statements") as sb, connect(sb.active_dsn) as conn:
+        assert table_queries(conn, QualifiedName("public", "orders"))["available"] is False
+        conn.execute("CREATE EXTENSION pg_stat_statements; CREATE TABLE orders (id int, d date);"
+                      " CREATE TABLE orders_log (id int); CREATE TABLE other (id int)")
+        for i in range(3):
+            conn.execute("SELECT count(*) FROM orders WHERE id = %s", (i,))
+        conn.execute("INSERT INTO orders VALUES (1, now())")
+        conn.execute("SELECT count(*) FROM other")
+        conn.execute("SELECT count(*) FROM orders_log")
+        found = table_queries(conn, QualifiedName("public", "orders"))
+    assert found["available"] is True
+    by_text = {q["query"]: q for q in found["queries"]}
+    select = next(q for t, q in by_text.items() if t.startswith("SELECT count(*) FROM orders WHERE"))
+    assert select["calls"] == 3 and select["mean_ms"] >= 0 and "$1" in select["query"]
+    assert any(t.startswith("INSERT INTO orders") for t in by_text)
+    assert not any("other" in t or "orders_log" in t for t in by_text), by_text

@@ -99,6 +99,9 @@ class PlanConfig:
     thresholds: dict[str, str] = field(default_factory=dict)
     notifiers: list[dict[str, str]] = field(default_factory=list)
     contacts: list[Contact] = field(default_factory=list)
+    # the applications that use the tables, as the DBA knows them (PRE-1.3c lists them next
+    # to the sessions connected and the statements pg_stat_statements recorded)
+    applications: list[str] = field(default_factory=list)
     attestations: dict[str, Attestation] = field(default_factory=dict)
     require_attestations: bool = False
     # No --passive-dsn at all: run single-site (replication items "not applicable"). False

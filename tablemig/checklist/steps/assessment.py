@@ -14,6 +14,7 @@ from ...config.settings import Settings
 from ...lifecycle.pacing import write_rate
 from ...lifecycle.resume import note
 from ...pg import replication
+from ...pg.app_queries import table_queries
 from ...pg.binding import bindings
 from ...pg.connect import server_identity
 from ...pg.dependencies import scan_functions
@@ -212,7 +213,12 @@ def pre_1_3c_application_dependencies(ctx: StepContext) -> None:
                         " WHERE datname = current_database() AND backend_type = 'client backend'"
                         " AND application_name NOT LIKE 'tablemig%%' GROUP BY 1, 2 ORDER BY 3 DESC").fetchall()
     ctx.evidence(connected_applications=[{"application": a, "user": u, "sessions": n} for a, u, n in apps],
-                 note="connected sessions are a hint, not a list of every application: a person confirms")
+                 declared_applications=list(ctx.plan.applications),
+                 note="connected sessions and recorded queries are hints, not a list of every application: "
+                      "a person confirms")
+    for t in ctx.plan.tables:  # the statements the server recorded that name each table
+        found = table_queries(conn, t.spec().qualified)
+        ctx.evidence(**{f"queries_touching_{t.spec().qualified}": found})
     ctx.attest()
 
 
