@@ -40,7 +40,7 @@ from tablemig.sandbox.demo_data import create_demo_data
 ROOT = Path(__file__).resolve().parent.parent
 INVOICES = QualifiedName("shop", "invoices")
 SOURCE_TABLES = ("shop.segments", "shop.customers", "shop.invoices", "shop.invoice_lines")
-DEMO_TABLES = ("public.orders", "public.order_items")
+DEMO_TABLES = ("public.orders", "public.order_items", "public.order_returns")
 
 SHOP = """
 CREATE SCHEMA shop;
@@ -312,8 +312,9 @@ def test_rehearse_the_demo_plan_against_a_sandbox_production_under_writes(fresh_
     primary and standby while an application writes there, passes, is reported as a rehearsal
     everywhere, and production is left exactly as it was (rows, catalog, sequences)."""
     with fresh_db.connect() as prod:
-        create_demo_data(prod, 30_000)
+        create_demo_data(prod, 30_000, returns=True)  # with the child the demo plan keeps
         before = snapshot(prod, DEMO_TABLES)
+        source_months = monthly_shares(prod, "public.orders", "created_date")
     # a directory the server's user can traverse (pytest's temporary ones are private to root)
     root = Path(tempfile.mkdtemp(prefix="tablemig-rehearsal-test-"))
     root.chmod(0o755)
@@ -354,6 +355,11 @@ def test_rehearse_the_demo_plan_against_a_sandbox_production_under_writes(fresh_
     steps = {s["id"]: s for s in run["steps"]}
     assert steps["EX-2.2"]["status"] == "passed" and steps["EX-4.1"]["status"] == "passed"
     assert run["mode"] == "rehearsal" and "execute" not in run["run_id"]
+    # the rehearsal's orders are dated as production's, month by month (EX-1.3, counted there)
+    months = run["tables"]["public.orders"]["distribution"]
+    total = sum(m["record_count"] for m in months)
+    rehearsal_months = {str(m["month"])[:7]: m["record_count"] / total for m in months}
+    assert largest_gap(source_months, rehearsal_months) < 0.02, (source_months, rehearsal_months)
     with fresh_db.connect() as prod:
         assert snapshot(prod, DEMO_TABLES) == before, "production was changed"
 
