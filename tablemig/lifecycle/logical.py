@@ -62,6 +62,7 @@ from ..pg import autovacuum
 from ..pg.catalog import inspect_table
 from ..pg.connect import connect, redact
 from ..pg.names import QualifiedName
+from ..pg.replication import wait_for_apply
 from ..pg.schema import install_schema
 from ..pg.statements import Statements, statements
 from .exchange import exchange, exchange_back, repointed, validate_foreign_keys
@@ -302,12 +303,18 @@ class Subscriber:
         return done
 
     def validate_foreign_keys(self, m: State) -> list[str]:
-        """VALIDATE the subscriber's own re-pointed foreign keys (idempotent)."""
+        """VALIDATE the subscriber's own re-pointed foreign keys (idempotent), once it has
+        applied everything the active site committed: the swap's own transaction carries
+        rows to the live table (those kept for `keep` children, tablemig.lifecycle.retain),
+        which the subscriber applies only after its renames are committed."""
         peer = m.swap_record.peer(self.name)
         todo = [fk for fk in peer.get("foreign_keys", []) if self.ex.read(
             "SELECT NOT convalidated FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
             (fk["table"], fk["name"]), reads=[repointed(fk["table"], fk["name"])],
             planned=[(True,)]).fetchone() in ((True,),)]
+        if todo and not self.ex.planning:
+            with connect(self.publisher_dsn, application_name="tablemig-barrier") as pub:
+                wait_for_apply(pub, self.ex.conn, timeout_s=self.barrier_timeout_s)
         return validate_foreign_keys(self.ex, todo)
 
     # -- removal --------------------------------------------------------------------------
