@@ -40,7 +40,7 @@ CHILD_COLUMN = "order_id"
 POLICY = "keep"
 MARK = "tablemig-bench family source complete"
 # a multiplier prime to 10**6: `id * HASH mod 10**6` runs over every residue once per
-# million consecutive ids, so a threshold picks an exact share of the orders at every age
+# million consecutive ids, so a threshold picks the same share of the orders of every age
 HASH = 2_654_435_761
 REASONS = "ARRAY['damaged', 'late', 'wrong item', 'changed mind']"
 
@@ -63,9 +63,9 @@ def migrate_command(a: argparse.Namespace, dsn: str, retention: float) -> list[s
     return [*migrate_cmd(a, dsn, retention), "--child", f"{CHILD}={POLICY}"]
 
 
-def _make_refunds(c: psycopg.Connection[Any], b: Bench) -> int:
+def _make_refunds(c: psycopg.Connection[Any], b: Bench) -> None:
     """Make `refunds` in the family's database (loaded bare, then keyed and indexed: cheaper
-    than maintaining them per row); returns the refunds of old orders."""
+    than maintaining them per row)."""
     a, cut = b.args, b.cut
     d, reasons = sql.Identifier(DATE_COLUMN), sql.SQL(REASONS)
     c.execute("DROP TABLE IF EXISTS order_items")
@@ -93,7 +93,6 @@ def _make_refunds(c: psycopg.Connection[Any], b: Bench) -> int:
     c.execute("ALTER TABLE refunds ADD CONSTRAINT refunds_order_id_fkey FOREIGN KEY (order_id)"
               " REFERENCES orders (id) ON DELETE CASCADE")
     c.execute("VACUUM (ANALYZE) refunds")
-    return max(int(old), 0)
 
 
 def ensure_family_source(b: Bench) -> dict[str, Any]:
