@@ -250,7 +250,10 @@ def family(results: list[Result]) -> list[str]:
             ["foreign key validation s", fmt(t.get("validate_fks")), fmt(s["physical_validate_fk_s"]),
              fmt(s["validate_fks_over_physical"])],
             ["WAL MiB", _mib(s["tablemig_wal_bytes"]), _mib(s["physical_wal_bytes"]), ""],
-            ["exclusive lock held ms", fmt(s["tablemig_lock_hold_ms"], ".1f") + " (the swap)", "-", ""]])
+            ["exclusive lock held ms", fmt(s["tablemig_lock_hold_ms"], ".1f") + " (the swap)", "-", ""],
+            ["not in the core: the plan s (read-only, first; it counts each child's references to older rows)",
+             fmt(t.get("plan")), "-", ""],
+            ["the whole `tablemig migrate` process, wall s", fmt(s["tablemig_wall_s"]), "-", ""]])
         out += [f"Rows kept live for the children (swap record, `retained`): "
                 f"{fmt(ret.get('retained_rows_copied_before_lock'), ',.0f')} copied before the lock, "
                 f"{fmt(ret.get('retained_rows_removed_under_lock'), ',.0f')} removed and "
