@@ -10,6 +10,8 @@ summarised into docs/benchmarks.md by `python -m bench.summary`):
   --whole-plan        the whole checklist plan (pytest PLAN --execute) per --plan-retention,
                       each step next to its physical limit, and the plan's peak RSS
   --workload          pgbench writing during a migration, against baselines
+  --family            a parent with a child table whose policy is `keep` (refunds of orders):
+                      tablemig against the physical limit of the same live table
   --trigger-overhead  pgbench with only the capture trigger installed
   --explain, --profile  diagnostics of the bulk load and of the statements
 
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .phases import diagnostics, measure, smoke, trigger, whole_plan, workload
+from .phases import diagnostics, family, measure, smoke, trigger, whole_plan, workload
 from .proc import loadavg, log, stop_children
 from .results import RESULTS, engine_fingerprint, machine_facts, result_path, targets_report, write
 from .runs import Bench
@@ -45,6 +47,7 @@ EXAMPLES = """examples (from the repository root):
   .venv/bin/python -m bench --repeat 3 --scale-test          # also 20M rows with the same 1M kept
   .venv/bin/python -m bench --workload --workload-seconds 200 --migration-delay 20
   .venv/bin/python -m bench --trigger-overhead --explain --profile
+  .venv/bin/python -m bench --family --rows 1000000 --repeat 3   # orders + 3M refunds, child policy keep
   .venv/bin/python -m bench --keep-sandbox --sandbox-dir /tmp/tmb
   .venv/bin/python -m bench --reuse-dsn 'host=127.0.0.1 port=5432 dbname=tablemig user=postgres'
   .venv/bin/python -m bench.summary                          # rewrite docs/benchmarks.md from bench/results/
@@ -95,6 +98,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("scale test")
     g.add_argument("--scale-test", action="store_true",
                    help="also migrate 2x rows over 2x months with retention/2 (same kept rows)")
+    g = p.add_argument_group("family (child policy keep)")
+    g.add_argument("--family", action="store_true",
+                   help="orders with a child table refunds (policy keep): tablemig against the physical limit")
+    g.add_argument("--family-children", type=int,
+                   help="refunds rows (default 3x --rows), most referencing orders dated from the cutoff on")
+    g.add_argument("--family-old-share", type=float, default=0.01,
+                   help="share of the orders before the cutoff that one refund references (default 0.01)")
     g = p.add_argument_group("workload (pgbench)")
     g.add_argument("--workload", action="store_true", help="pgbench baseline, then pgbench during a migration")
     g.add_argument("--workload-seconds", type=int, default=0,
@@ -135,6 +145,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.plan_retention = a.plan_retention or [0.1, 0.5]
     if not all(0 < r < 1 for r in a.plan_retention):
         p.error("need 0 < --plan-retention < 1")
+    if not 0 <= a.family_old_share <= 1 or (a.family_children is not None and a.family_children < 1):
+        p.error("need 0 <= --family-old-share <= 1 and --family-children >= 1")
     if a.warmup is None:
         a.warmup = 1 if a.smoke else 0
     if a.autovacuum is None:
@@ -154,7 +166,8 @@ class Phase:
 
 
 def _others(a: argparse.Namespace) -> bool:
-    return bool(a.smoke or a.whole_plan or a.workload or a.trigger_overhead or a.explain or a.profile)
+    return bool(a.smoke or a.whole_plan or a.workload or a.trigger_overhead or a.explain or a.profile
+                or a.family)
 
 
 def _estimate(results: dict[str, Any]) -> float | None:
@@ -174,6 +187,7 @@ PHASES = (
           whole_plan.target_values),
     Phase("workload", lambda a: a.workload, lambda b, r: workload.run(b, _estimate(r)), workload.report,
           workload.target_values),
+    Phase("family", lambda a: a.family, lambda b, _r: family.run(b), family.report),
     Phase("trigger", lambda a: a.trigger_overhead, lambda b, _r: trigger.run(b), trigger.report),
     Phase("explain", lambda a: a.explain, lambda b, _r: diagnostics.explain(b), diagnostics.report_explain),
     Phase("profile", lambda a: a.profile, lambda b, _r: diagnostics.profile(b), diagnostics.report_profile),

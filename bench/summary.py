@@ -210,6 +210,58 @@ def trigger(res: Result) -> list[str]:
         f"({fmt(t['trig_capture']['all']['tps'], '.0f')} against {fmt(t['trig_base']['all']['tps'], '.0f')} tps).", ""])
 
 
+def family(results: list[Result]) -> list[str]:
+    """The latest family run of each size, smallest first."""
+    latest: dict[int, Result] = {}
+    for p, r in results:
+        if "family" in r.get("phases", []) and r.get("family") and not r.get("error"):
+            latest[int(r["family"]["source"]["rows"])] = (p, r)
+    if not latest:
+        return []
+    out = ["## Family (child policy keep)", "",
+           "`orders` with a child table `refunds` whose foreign key references it, migrated with "
+           "`--child public.refunds=keep`: the live table holds the orders dated from the cutoff on plus every "
+           "order a refund references. The family bench of the issue with children moved along with their "
+           "parent (`follow`) is not measured: `follow` is not built.", ""]
+    for rows in sorted(latest):
+        path, r = latest[rows]
+        f = r["family"]
+        src, s = f["source"], f["summary"]
+        t = s["timings_median"]
+        steps = ", ".join(f"{k} {fmt(t.get(k))}" for k in ("capture", "backfill", "index", "replay", "verify", "swap"))
+        ret = s["retained"]
+        loads = [x for x in s["loadavg"] if x is not None and x >= 0]
+        rounds = (f"medians of {s['rounds']} rounds" if s["rounds"] > 1 else
+                  "one round (`--repeat 1`): a single sample of each, not a median")
+        out += [f"### {size_label(rows)} orders, {src['child_rows']:,} refunds", ""] + _provenance(path, r)
+        out += [f"{rows:,} orders; {src['child_rows']:,} refunds, {src['child_rows_old']:,} of them referencing "
+                f"{src['old_orders_referenced']:,} of the {src['old_orders']:,} orders older than the cutoff "
+                f"(share {src['old_share']:g}); the live table holds {r['cutoff']['kept_rows']:,} + "
+                f"{src['old_orders_referenced']:,} = {src['live_rows_expected']:,} rows "
+                f"({'as expected in every run' if s['all_ok'] else '**not as expected in some run**'}). "
+                f"Fresh copies, tablemig and the physical limit alternating; {rounds}. Load average before and "
+                f"after each run: {fmt(min(loads, default=None), '.1f')}–{fmt(max(loads, default=None), '.1f')}.",
+                ""]
+        out += _table(["", "tablemig", "physical limit", "ratio"], [
+            ["core s", f"{fmt(s['tablemig_core_s'])} ({steps})",
+             f"{fmt(s['physical_s'])} (insert {fmt(s['physical_insert_s'])}, key and indexes "
+             f"{fmt(s['physical_indexes_s'])})", f"**{fmt(s['core_over_physical'])}** (median of pairs "
+             f"{fmt(s['core_over_physical_paired'])})"],
+            ["foreign key validation s", fmt(t.get("validate_fks")), fmt(s["physical_validate_fk_s"]),
+             fmt(s["validate_fks_over_physical"])],
+            ["WAL MiB", _mib(s["tablemig_wal_bytes"]), _mib(s["physical_wal_bytes"]), ""],
+            ["exclusive lock held ms", fmt(s["tablemig_lock_hold_ms"], ".1f") + " (the swap)", "-", ""],
+            ["not in the core: the plan s (read-only, first; it counts each child's references to older rows)",
+             fmt(t.get("plan")), "-", ""],
+            ["the whole `tablemig migrate` process, wall s", fmt(s["tablemig_wall_s"]), "-", ""]])
+        out += [f"Rows kept live for the children (swap record, `retained`): "
+                f"{fmt(ret.get('retained_rows_copied_before_lock'), ',.0f')} copied before the lock, "
+                f"{fmt(ret.get('retained_rows_removed_under_lock'), ',.0f')} removed and "
+                f"{fmt(ret.get('retained_rows_copied_under_lock'), ',.0f')} copied under it; peak RSS of "
+                f"`tablemig migrate` {fmt(s['peak_rss_mb'], '.0f')} MB.", ""]
+    return out
+
+
 def render(results: list[Result]) -> list[str]:
     """The generated part of the page."""
     out = [MARKER, "", "# Latest results", ""]
@@ -219,6 +271,7 @@ def render(results: list[Result]) -> list[str]:
     for phase, fn in (("measure", measure), ("scale", scale), ("workload", workload), ("trigger", trigger)):
         found = _latest(results, phase)
         out += fn(found) if found else []
+    out += family(results)
     return out
 
 

@@ -10,14 +10,18 @@ from typing import Any
 
 import psycopg
 
-from bench import workstats
-from bench.phases import smoke, whole_plan
+from bench import cli, workstats
+from bench.phases import family, smoke, whole_plan
 from bench.results import result_path, size_label
-from bench.server import Target
+from bench.runs import Bench
+from bench.server import Target, drop_database
+from bench.source import cutoff
 from bench.summary import MARKER
+from bench.summary import family as family_summary
 from bench.summary import main as summary_main
 from tablemig.pg.binaries import find_pg_bin
 from tablemig.pg.connect import connect
+from tablemig.sandbox.demo_data import create_demo_data
 
 # what the smoke measured at 100k rows keeping 10k (docs/benchmarks.md)
 CORE = {"rows_read": 101_919, "blocks": 11_468, "wal_bytes": 2_043_384}
@@ -120,3 +124,39 @@ def test_summary_rewrites_the_figures_below_the_marker_only(tmp_path: Path) -> N
     assert "`.venv/bin/python -m bench --smoke` (two CPU hogs)" in text
     assert "| rows_read | 101,919 | 40,000 | 2.548 | 2.7 | ok |" in text
     assert "| two CPU hogs | 1 × 3 | 2.1–2.3 |" in text
+
+
+def test_family_phase_keeps_the_referenced_orders_live_in_tablemig_and_its_physical_limit(
+        fresh_db: Any, active: psycopg.Connection[Any], active_dsn: str, tmp_path: Path) -> None:
+    a = cli.parse_args(["--family", "--rows", "2000"])
+    assert [ph.name for ph in cli.PHASES if ph.selected(a)] == ["family"]
+    cmd = family.migrate_command(a, "dbname=x", 0.1)
+    assert cmd[-2:] == ["--child", "public.refunds=keep"]
+    assert {"migrate", "--execute", "--yes", "--json"} <= set(cmd)
+    with fresh_db.connect() as c:
+        create_demo_data(c, 2000)
+        c.execute("VACUUM (ANALYZE) orders")
+    target = Target(active_dsn, None, find_pg_bin(), None, active)
+    b = Bench(target, a, tmp_path, {"database": fresh_db.name, "rows": 2000}, cutoff(fresh_db.dsn, a.retention))
+    try:
+        res = family.run(b)
+    finally:
+        drop_database(target, family.source_name(b))
+    src, runs, s = res["source"], res["runs"], res["summary"]
+    assert src["child_rows"] == 6000 and src["order_items"] == "dropped"
+    assert 0 < src["old_orders_referenced"] == src["child_rows_old"] < src["old_orders"]
+    assert src["live_rows_expected"] == b.cut.kept_rows + src["old_orders_referenced"]
+    assert [r["method"] for r in runs] == ["tablemig", "physical"]
+    tm, ph = runs
+    # the same live table both ways: the recent orders and every order a refund references
+    assert tm["rows_after"] == ph["rows_after"] == src["live_rows_expected"]
+    assert tm["old_rows_live"] == src["old_orders_referenced"] and tm["fk_ok"] and tm["cutoff_matches"]
+    assert tm["retained"]["retained_rows_copied_before_lock"] == src["old_orders_referenced"]
+    assert s["all_ok"] and s["rounds"] == 1 and s["core_over_physical"] is not None
+    assert set(ph["steps"]) == {"create", "insert", "primary_key", "index_customer_id", "index_created_date"}
+    run = {"started": "20250101-120000", "phases": ["family"], "command": ".venv/bin/python -m bench --family",
+           "cutoff": b.cut.as_dict(), "family": res}
+    text = "\n".join(family_summary([(tmp_path / "r.json", run)]))
+    assert "## Family (child policy keep)" in text and "(`follow`) is not measured" in text
+    assert f"= {src['live_rows_expected']:,} rows (as expected in every run)" in text
+    assert "one round (`--repeat 1`)" in text
