@@ -42,16 +42,25 @@ def source_name(rows: int, months: int) -> str:
     return f"bench_src_{rows}" + ("" if months == 36 else f"_m{months}")
 
 
+def described(t: Target, db: str, mark: str) -> dict[str, Any] | None:
+    """The description an earlier run left in database `db`'s comment (after `mark`) when it
+    completed it, with "reused": True; None when there is none."""
+    text = scalar(t.conn, "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                  (db,))
+    if not (text and str(text).startswith(mark)):
+        return None
+    info: dict[str, Any] = json.loads(str(text)[len(mark):])
+    info["reused"] = True
+    return info
+
+
 def ensure_source(t: Target, rows: int, workdir: Path, months: int = 36) -> dict[str, Any]:
     """The source database, made with `tablemig demo-data` then VACUUM (ANALYZE) so that
     every copy starts with hint bits, visibility map and statistics set; reused when an
     earlier run completed it (its description is kept in the database's comment)."""
     db = source_name(rows, months)
-    mark = scalar(t.conn, "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-                  (db,))
-    if mark and str(mark).startswith(SRC_MARK):
-        info: dict[str, Any] = json.loads(str(mark)[len(SRC_MARK):])
-        info["reused"] = True
+    info = described(t, db, SRC_MARK)
+    if info is not None:
         log(f"reusing source database {db} ({rows:,} rows)")
         return info
     drop_database(t, db)

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import threading
 import time
 from typing import Any
 
 import psycopg
+from twin import WriterThreads
 
 from tablemig.pg.connect import connect
 
@@ -88,62 +88,29 @@ BEFORE = ("insert_order", "move_order", "delete_order", "insert_item", "repoint_
 AFTER = ("insert_order", "move_order", "delete_order", "insert_item", "change_item", "insert_note")
 
 
-class FamilyWriters:
+class FamilyWriters(WriterThreads):
     """Writer threads on the family (see the module docstring)."""
 
     def __init__(self, dsn: str, rows: int, *, threads: int = 3, seed: int = 5) -> None:
         self.dsn, self.rows = dsn, rows
-        self.stop = threading.Event()
-        self.swapping = threading.Event()
         self.ops: dict[str, int] = {}
         self.refused: dict[str, int] = {}
-        self._lock = threading.Lock()
         self._next = rows * 10
-        self._after: set[int] = set()
-        self._threads = [threading.Thread(target=self._run, args=(seed + k, k), daemon=True)
-                         for k in range(threads)]
-
-    def __enter__(self) -> FamilyWriters:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self._threads:
-            t.join(timeout=60)
+        super().__init__(threads, seed)
 
     def begin_swap(self, timeout_s: float = 20.0) -> None:
-        """Switch to the writes allowed after the swap; return once every writer has
-        finished the operation it chose before."""
-        self.swapping.set()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with self._lock:
-                alive = {k for k, t in enumerate(self._threads) if t.is_alive()}
-                if alive <= self._after:
-                    return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"writers {sorted(alive - self._after)} did not finish in {timeout_s} s")
-            time.sleep(0.001)
+        super().begin_swap(timeout_s)
 
     def _id(self) -> int:
         with self._lock:
             self._next += 1
             return self._next
 
-    def _count(self, bucket: dict[str, int], op: str) -> None:
-        with self._lock:
-            bucket[op] = bucket.get(op, 0) + 1
-
     def _run(self, seed: int, index: int) -> None:
         rnd = random.Random(seed)
         with connect(self.dsn, application_name="family-writer") as conn:
             while not self.stop.is_set():
-                after = self.swapping.is_set()
-                if after:
-                    with self._lock:
-                        self._after.add(index)
+                after = self._choosing(index)
                 op = rnd.choice(AFTER if after else BEFORE)
                 try:
                     with conn.transaction():

@@ -1,5 +1,6 @@
 """Helpers for tests that need sites of their own: a private sandbox (with a logical
-subscriber) and a standby whose replay is paused."""
+subscriber) and a standby whose replay is paused; and the wait for a swap that waits for its
+lock."""
 
 from __future__ import annotations
 
@@ -33,3 +34,15 @@ def pause_replay(standby: Any) -> None:
     while standby.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()[0] != "paused":
         assert time.monotonic() - t0 < 30, "replay did not pause"
         time.sleep(0.05)
+
+
+def waiting_for_the_swap(conn: Any, table: str, timeout: float = 120) -> None:
+    """Until a swap's ACCESS EXCLUSIVE request on `table` waits (it comes after the checks
+    made without a lock)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if conn.execute("SELECT 1 FROM pg_locks WHERE relation = %s::regclass AND NOT granted"
+                        " AND mode = 'AccessExclusiveLock'", (table,)).fetchone():
+            return
+        time.sleep(0.02)
+    raise AssertionError("the swap never waited for its lock")

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from backup_helpers import private_cluster, run_plan
 from family_twin import CUTOFF, FamilyWriters, create_family, differences
+from site_helpers import waiting_for_the_swap
 
 from tablemig.config.spec import TableSpec
 from tablemig.errors import InputError
@@ -123,16 +124,6 @@ def test_a_child_partitioned_by_month_is_refused_before_postgresql_18(fresh_db: 
     assert any("partitioned table public.notes" in b and "PostgreSQL 18" in b for b in blockers), blockers
 
 
-def _waiting_for_the_swap(conn: psycopg.Connection[Any], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if conn.execute("SELECT 1 FROM pg_locks WHERE relation = 'public.orders'::regclass AND NOT granted"
-                        " AND mode = 'AccessExclusiveLock'").fetchone():
-            return
-        time.sleep(0.02)
-    raise AssertionError("the swap never waited for its lock")
-
-
 def test_keep_is_made_exact_under_the_swaps_lock(fresh_db: Any) -> None:
     """Writes made after the full pass, while the swap waits for its lock: a reference to an
     old order not yet kept, the last reference to a kept order removed, a kept order
@@ -159,7 +150,7 @@ def test_keep_is_made_exact_under_the_swaps_lock(fresh_db: Any) -> None:
         t = threading.Thread(target=swap)
         t.start()
         try:
-            _waiting_for_the_swap(conn)
+            waiting_for_the_swap(conn, 'public.orders')
             conn.execute("INSERT INTO items VALUES (900001, 3, 1)")  # order 3: old, referenced by nothing
             conn.execute("DELETE FROM items WHERE order_id = 10")  # order 10's only reference
             conn.execute("UPDATE orders SET v = 4242 WHERE id = 20")  # kept for item 20

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from typing import Any
 
 import psycopg
 import pytest
+from site_helpers import waiting_for_the_swap
 from snapshots import snapshot
 
 from tablemig.config.spec import TableSpec
@@ -61,18 +61,6 @@ def _fk_state(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
                         " FROM pg_constraint WHERE contype = 'f' ORDER BY 1, 2").fetchall()
 
 
-def _waiting_for_the_swap(conn: psycopg.Connection[Any], timeout: float = 120) -> None:
-    """Until the swap's ACCESS EXCLUSIVE request on t waits (it comes after the check
-    without lock)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if conn.execute("SELECT 1 FROM pg_locks WHERE relation = 'public.t'::regclass AND NOT granted"
-                        " AND mode = 'AccessExclusiveLock'").fetchone():
-            return
-        time.sleep(0.02)
-    raise AssertionError("the swap never waited for its lock")
-
-
 @pytest.mark.parametrize("kind", list(WRITES))
 def test_an_orphan_written_while_the_swap_waits_rolls_the_swap_back(fresh_db: Any, kind: str) -> None:
     write, undo, named = WRITES[kind]
@@ -89,7 +77,7 @@ def test_an_orphan_written_while_the_swap_waits_rolls_the_swap_back(fresh_db: An
         holder.execute("SELECT count(*) FROM t")  # ACCESS SHARE until COMMIT: the swap waits
         swap = tablemig("migrate", "--execute", *_spec(fresh_db), wait=False)
         try:
-            _waiting_for_the_swap(conn)
+            waiting_for_the_swap(conn, 'public.t')
             conn.execute(write)  # between two attempts (it waits at most one lock_timeout)
             holder.execute("COMMIT")
             _, err = swap.communicate(timeout=300)

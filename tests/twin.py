@@ -24,7 +24,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 
@@ -64,27 +64,23 @@ class WriterStats:
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (start, seconds)
 
 
-class Writers:
-    """`deferrable` (the table's key is DEFERRABLE): the writers also exchange the keys of
-    two rows in one statement, and insert a row under a taken key that they re-key before
-    commit (SET CONSTRAINTS ALL DEFERRED): transient duplicates the migration must mirror.
-    `identity` (the key is GENERATED ALWAYS AS IDENTITY, see create_events): keys come from
-    the table's identity, on insert and on a key change (SET id = DEFAULT)."""
+class WriterThreads:
+    """Writer threads that switch, on `begin_swap`, to what an application does after the
+    swap. A subclass's `_run(seed, index)` calls `_choosing(index)` before choosing each
+    operation; it returns whether the operation is one of after the swap."""
 
-    def __init__(self, dsn: str, rows: int, *, table: str = "events", threads: int = 3,
-                 seed: int = 7, deferrable: bool = False, identity: bool = False) -> None:
-        assert not (deferrable and identity), "the deferrable key's operations set keys explicitly"
-        self.dsn, self.rows, self.table, self.n = dsn, rows, table, threads
-        self.deferrable, self.identity = deferrable, identity
+    def __init__(self, threads: int, seed: int) -> None:
         self.stop = threading.Event()
         self.swapping = threading.Event()
-        self.stats = WriterStats()
         self._lock = threading.Lock()
         self._in_swap_mode: set[int] = set()  # writers whose operation was chosen after `swapping`
         self._threads = [threading.Thread(target=self._run, args=(seed + i, i), daemon=True)
                          for i in range(threads)]
 
-    def __enter__(self) -> Writers:
+    def _run(self, seed: int, index: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
         for t in self._threads:
             t.start()
         return self
@@ -93,6 +89,13 @@ class Writers:
         self.stop.set()
         for t in self._threads:
             t.join(timeout=60)
+
+    def _choosing(self, index: int) -> bool:
+        after_swap = self.swapping.is_set()
+        if after_swap:
+            with self._lock:
+                self._in_swap_mode.add(index)
+        return after_swap
 
     def _count(self, bucket: dict[str, int], key: str) -> None:
         with self._lock:
@@ -115,14 +118,27 @@ class Writers:
                                      f"their operation within {timeout_s} s")
             time.sleep(0.001)
 
+
+class Writers(WriterThreads):
+    """`deferrable` (the table's key is DEFERRABLE): the writers also exchange the keys of
+    two rows in one statement, and insert a row under a taken key that they re-key before
+    commit (SET CONSTRAINTS ALL DEFERRED): transient duplicates the migration must mirror.
+    `identity` (the key is GENERATED ALWAYS AS IDENTITY, see create_events): keys come from
+    the table's identity, on insert and on a key change (SET id = DEFAULT)."""
+
+    def __init__(self, dsn: str, rows: int, *, table: str = "events", threads: int = 3,
+                 seed: int = 7, deferrable: bool = False, identity: bool = False) -> None:
+        assert not (deferrable and identity), "the deferrable key's operations set keys explicitly"
+        self.dsn, self.rows, self.table, self.n = dsn, rows, table, threads
+        self.deferrable, self.identity = deferrable, identity
+        self.stats = WriterStats()
+        super().__init__(threads, seed)
+
     def _run(self, seed: int, index: int) -> None:
         rnd = random.Random(seed)
         with connect(self.dsn, application_name="twin-writer") as conn:
             while not self.stop.is_set():
-                after_swap = self.swapping.is_set()
-                if after_swap:
-                    with self._lock:
-                        self._in_swap_mode.add(index)
+                after_swap = self._choosing(index)
                 op = self._choose(rnd)
                 t0 = time.perf_counter()
                 try:

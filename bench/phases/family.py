@@ -33,7 +33,7 @@ from ..proc import log
 from ..results import fmt, median, ratio, size_label
 from ..runs import ALL_STEPS, Bench, check_tablemig, fresh_copy, migrate_cmd, run_tablemig
 from ..server import APP, checkpoint, copy_database, scalar, wal_lsn, wal_since
-from ..source import DATE_COLUMN
+from ..source import DATE_COLUMN, described
 
 CHILD = "public.refunds"
 CHILD_COLUMN = "order_id"
@@ -101,13 +101,10 @@ def ensure_family_source(b: Bench) -> dict[str, Any]:
     kept in the database's comment)."""
     t, a = b.target, b.args
     db = source_name(b)
-    mark = scalar(t.conn, "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-                  (db,))
-    if mark and str(mark).startswith(MARK):
-        info: dict[str, Any] = json.loads(str(mark)[len(MARK):])
-        info["reused"] = True
+    found = described(t, db, MARK)
+    if found is not None:
         log(f"reusing the family source {db}")
-        return info
+        return found
     log(f"family source {db}: the orders of {b.src} and {children_of(a):,} refunds ...")
     copy_database(t, b.src, db)
     t0 = time.perf_counter()
