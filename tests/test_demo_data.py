@@ -158,8 +158,8 @@ def test_returns_reference_orders_of_every_age(fresh_db: Any) -> None:
     assert out.returncode == 0, out.stderr
     with fresh_db.connect() as conn:
         row = conn.execute(
-            "SELECT count(*), extract(epoch FROM max(o.created_date) - min(o.created_date)),"
-            " (SELECT extract(epoch FROM max(created_date) - min(created_date)) FROM orders)"
+            "SELECT count(*), extract(epoch FROM max(o.created_date) - min(o.created_date))::float8,"
+            " (SELECT extract(epoch FROM max(created_date) - min(created_date))::float8 FROM orders)"
             " FROM order_returns r JOIN orders o ON o.id = r.order_id").fetchone()
         assert row is not None
         n, covered, span = row
