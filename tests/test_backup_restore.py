@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 from backup_helpers import run_plan, wait_for, write_plan
+from db_helpers import drop_owned
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -235,7 +236,6 @@ def test_a_role_that_cannot_read_every_table_backs_up_and_restores_its_own(fresh
         ev = steps["PRE-2.3"]["evidence"]
         assert ev["restored"] == ev["dumped"] and ev["restored"]["public.t"]["rows"] == 500
     finally:
-        with fresh_db.connect() as conn:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(r))
+        drop_owned(fresh_db.connect, r)
         active.execute(sql.SQL("DROP OWNED BY {}").format(r))
         active.execute(sql.SQL("DROP ROLE {}").format(r))

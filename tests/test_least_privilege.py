@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from db_helpers import drop_owned
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -67,7 +68,7 @@ def test_demo_plan_as_a_non_superuser(fresh_db: Any, active: Any, tmp_path: Path
     finally:
         with fresh_db.connect() as conn:
             conn.execute(sql.SQL("REASSIGN OWNED BY {} TO postgres").format(r))
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(r))
+        drop_owned(fresh_db.connect, r)
         active.execute(sql.SQL("DROP OWNED BY {}").format(r))
         active.execute(sql.SQL("DROP ROLE {}").format(r))
 
@@ -98,7 +99,6 @@ def test_a_role_that_does_not_own_the_table_gets_a_clear_refusal(fresh_db: Any, 
             assert conn.execute("SELECT to_regclass('orders_new'), to_regnamespace('table_migration')"
                                 ).fetchone() == (None, None)
     finally:
-        with fresh_db.connect() as conn:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(r))
+        drop_owned(fresh_db.connect, r)
         active.execute(sql.SQL("DROP OWNED BY {}").format(r))
         active.execute(sql.SQL("DROP ROLE {}").format(r))

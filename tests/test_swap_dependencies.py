@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from db_helpers import drop_owned
 from psycopg import sql
 from state_helpers import reached, stored
 
@@ -51,9 +52,7 @@ def roles(fresh_db: Any, active: psycopg.Connection[Any]) -> Iterator[Roles]:
     try:
         yield r
     finally:
-        with fresh_db.connect() as conn:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, r.all))))
+        drop_owned(fresh_db.connect, sql.SQL(", ").join(map(sql.Identifier, r.all)))
         for name in r.all:
             active.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
