@@ -269,6 +269,8 @@ def test_new_plan_lists_the_children_with_their_counts(fresh_db: Any, tmp_path: 
     children = steps["PRE-1.3b"]["evidence"]["children"]
     assert [(c["child"], c["policy"]) for c in children] == [("public.items", "keep"), ("public.notes", "keep")]
     assert steps["EX-4.1"]["status"] == "passed", steps["EX-4.1"]
+    kept = steps["EX-2.2"]["evidence"]["kept_for_children"]
+    assert kept["retained_rows_copied_before_lock"] > 0, kept
     assert writers.ops
     (html,) = (out.parent / "reports").glob("*/latest/report.html")
     assert "plus the rows public.items, public.notes reference (policy keep)" in html.read_text()

@@ -187,7 +187,11 @@ def ex_2_2_execute_migration(ctx: StepContext) -> None:
     ctx.evidence(state=final.state, timings=mig.timings, rows_copied=final.rows_copied,
                  swap_attempts=final.swap_attempts, lock_hold_ms=final.lock_hold_ms,
                  pacing=mig.pacer.summary(), progress=[list(map(str, r)) for r in progress],
-                 inventory=final.swap_record.inventory)
+                 inventory=final.swap_record.inventory,
+                 # the rows kept live for `keep` children (docs/families.md): copied before the
+                 # swap's lock, and removed and copied under it
+                 **({"kept_for_children": final.swap_record.as_json()["retained"]}
+                    if "retained" in final.swap_record.as_json() else {}))
     assert final.state in AFTER_SWAP, f"state is {final.state}"
 
 
