@@ -13,7 +13,6 @@ ARCHIVE_MODES = ("rename", "copy")
 # what happens to the rows of a table whose foreign key references the migrated table (a
 # child): see docs/families.md
 CHILD_POLICIES = ("refuse", "keep", "follow")
-BUILT_CHILD_POLICIES = ("refuse", "keep")
 
 
 @dataclass(frozen=True)
@@ -85,13 +84,6 @@ class TableSpec:
             if policy not in CHILD_POLICIES:
                 raise InputError(f"table {self.table}: child policy {policy!r} for {name} is unknown",
                                  f"use one of {', '.join(CHILD_POLICIES)} (docs/families.md)")
-            if policy not in BUILT_CHILD_POLICIES:
-                raise InputError(
-                    f"table {self.table}: child policy {policy!r} for {name} is not available in this version "
-                    "of tablemig (its child tables are not migrated with the parent yet)",
-                    f"use 'keep' (the parent rows {name} references stay live, whatever their date) or "
-                    f"'refuse' (the migration stops while rows of {name} reference rows to be archived); "
-                    "see docs/families.md")
             if child in out:
                 raise InputError(f"table {self.table}: child {name} is named twice in children",
                                  "name each child table once")

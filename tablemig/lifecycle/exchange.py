@@ -33,8 +33,9 @@ def repointed(table: str, constraint: str) -> str:
 def _repoint_fks(ex: Executor, fks: list[ForeignKey]) -> None:
     for fk in fks:
         body = fk.definition.removesuffix(" NOT VALID")
-        ex.run(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(fk.table.ident(),
-                                                                   sql.Identifier(fk.name)))
+        # IF EXISTS: a `follow` child's live table is new, without the key (tablemig.lifecycle.follow)
+        ex.run(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(fk.table.ident(),
+                                                                             sql.Identifier(fk.name)))
         ex.run(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
             fk.table.ident(), sql.Identifier(fk.name), Fragment(body)))
         ex.creates(repointed(str(fk.table), fk.name))

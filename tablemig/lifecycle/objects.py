@@ -23,6 +23,7 @@ MIRROR_TRIGGER = TRIGGER_PREFIX + "mirror"  # on the live table after the swap: 
 GUARD_TRIGGER = TRIGGER_PREFIX + "no_truncate"  # refuses TRUNCATE while a trigger keeps a copy
 PRUNE_TRIGGER = TRIGGER_PREFIX + "prune"  # during prune: deletes reach the archive
 FAMILY_TRIGGER = TRIGGER_PREFIX + "family"  # on referencing tables during the swap step
+FOLLOW_TRIGGER = TRIGGER_PREFIX + "follow"  # on a `follow` child (its keys) and the table (its keys) then
 TOOL_TRIGGERS = (CAPTURE_TRIGGER, MIRROR_TRIGGER, GUARD_TRIGGER, PRUNE_TRIGGER)
 REFUSE_TRUNCATE = QualifiedName(SCHEMA, "refuse_truncate")  # installed with the schema
 
@@ -120,6 +121,12 @@ class Objects:
     def family_function(self, child_oid: int) -> QualifiedName:
         """The orphan check's trigger function on one referencing table."""
         return _tool(f"family_{self.table_oid}_{child_oid}")
+
+    def follow_object(self, kind: str, child_oid: int) -> QualifiedName:
+        """One of the objects the swap step makes for a `follow` child (tablemig.lifecycle.follow):
+        kind "log" (the child's changed keys), "parents" (the table's changed keys), "capture"
+        and "watch" (their trigger functions), "mirror" and "prune" (after the swap)."""
+        return _tool(f"follow_{kind}_{self.table_oid}_{child_oid}")
 
     def swap_gid(self, back: bool) -> str:
         """The prepared transaction of a logical subscriber's part of the swap (or swap back)."""

@@ -19,6 +19,7 @@ from ..pg.search_path import trigger_path
 from ..pg.sqltext import Fragment
 from ..pg.statements import Statements
 from .families import Reference, references, trigger_name_taken
+from .follow import refusals as follow_refusals
 from .objects import FAMILY_TRIGGER, TOOL_TRIGGERS, Objects, archive_name, backup_name, new_name
 from .resume import remaining
 from .retain import KeepRule, keep_rule
@@ -31,7 +32,7 @@ class ChildPlan:
     """One foreign key referencing the table, with its policy (docs/families.md)."""
 
     ref: Reference
-    policy: str  # refuse or keep
+    policy: str  # refuse, keep or follow
     referencing_archived: int  # its rows that reference rows dated before the cutoff
     retained: int | None = None  # keep: the rows of the table it alone keeps live
 
@@ -398,6 +399,8 @@ def _check_reference(st: Statements, plan: TablePlan, ref: Reference) -> None:
     retained = None
     if policy == "keep":
         retained = _check_keep(st, plan, ref)
+    elif policy == "follow":  # the `lost` rows go to the archive with the rows they reference
+        b.extend(follow_refusals(st, ref, plan.references, plan.key, plan.spec.archive_mode))
     elif lost:
         what = (f"{lost} kept rows of {plan.original} reference rows of it that will be archived"
                 if ref.self_ref else f"{lost} rows of {ref.child} reference {plan.original} rows that "
@@ -408,7 +411,7 @@ def _check_reference(st: Statements, plan: TablePlan, ref: Reference) -> None:
                     f"keeps the {plan.original} rows it references live whatever their date (docs/families.md); "
                     f"or drop {ref.name}"))
     plan.children.append(ChildPlan(ref, policy, lost, retained))
-    if not ref.indexed and policy != "keep":
+    if not ref.indexed and policy == "refuse":
         w.append(f"no index leads with the referencing columns of {ref.label()}: the swap's orphan check "
                  f"looks up {ref.child} rows by them, scanning it under the swap's lock if a write "
                  f"reached a row to be archived meanwhile; CREATE INDEX CONCURRENTLY on "

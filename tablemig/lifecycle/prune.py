@@ -13,10 +13,12 @@ from typing import Any
 
 from psycopg import sql
 
+from ..pg.catalog import inspect_table
 from ..pg.locking import with_lock_retries
 from ..pg.names import QualifiedName
 from ..pg.sqltext import Fragment
 from ..pg.statements import Statements
+from . import follow_after
 from .context import RunContext
 from .executor import Observed
 from .objects import GUARD_TRIGGER, MIRROR_TRIGGER, PRUNE_TRIGGER
@@ -43,12 +45,15 @@ def run(ctx: RunContext, batch_size: int | None = None) -> int:
     plan = ctx.last_plan or plan_for_state(ctx, m)
     names = m.objects
     copy_mode = m.archive_mode == "copy"
+    children = follow_after.followed(m.swap_record.as_json())  # `follow` children (mode rename only)
     if not m.checkpoint.prune_started and not copy_mode:
         # the archive's foreign keys to itself: archived rows may reference rows that are
         # live now, whose copies the prune deletes; dropped (rollback adds them back)
         self_fks = self_references(ex, a)
+        infos = [(c, inspect_table(ex, c.child)) for c in children]
 
         def start(_locked_at: float) -> dict[str, Any]:
+            follow_after.start_prune(ex, infos)  # the `follow` children's mirrors too
             for name, _ in self_fks:
                 ex.run(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(a.ident(), sql.Identifier(name)))
             ex.run(drop_trigger_sql(t, MIRROR_TRIGGER))
@@ -59,8 +64,11 @@ def run(ctx: RunContext, batch_size: int | None = None) -> int:
             ctx.store.set_checkpoint({"prune_started": True, "archive_self_fks": [list(f) for f in self_fks]})
             ctx.store.log("prune", "started")
             return {}
-        with_lock_retries(ex, f"prune of {t}", [t], start, mode="SHARE ROW EXCLUSIVE", **s.lock_options())
+        with_lock_retries(ex, f"prune of {t}", [t, *(c.child for c in children)], start,
+                          mode="SHARE ROW EXCLUSIVE", **s.lock_options())
         m = ctx.state() or m
+    # the children's copies before the table's: an archived child row references the table's archive
+    deleted_children = _delete_children_copies(ctx, children, batch_size or m.batch_size)
     deleted = 0 if copy_mode else _delete_archived_copies(ctx, m, t, a, batch_size or m.batch_size)
 
     def finish(_locked_at: float) -> dict[str, Any]:
@@ -68,13 +76,25 @@ def run(ctx: RunContext, batch_size: int | None = None) -> int:
             ex.run(drop_trigger_sql(t, trg))
         for fn in (names.prune_function, names.mirror_function):
             ex.run(drop_function_sql(fn))
+        follow_after.finish_prune(ex, children)
         ctx.store.update(state="pruned")
         ctx.store.record_archive_rows(a)
-        ctx.store.log("prune", "done", rows=Observed("rows", deleted))
+        ctx.store.log("prune", "done", rows=Observed("rows", deleted),
+                      details={"children": deleted_children} if deleted_children else None)
         return {}
-    with_lock_retries(ex, f"prune of {t}", [t], finish, mode="SHARE ROW EXCLUSIVE", **s.lock_options())
+    with_lock_retries(ex, f"prune of {t}", [t, *(c.child for c in children)], finish, mode="SHARE ROW EXCLUSIVE",
+                      **s.lock_options())
     ctx.timed("prune", t0)
     return deleted
+
+
+def _delete_children_copies(ctx: RunContext, children: list[follow_after.Followed], batch: int) -> dict[str, int]:
+    """The `follow` children's archive copies of their live rows, deleted (tablemig.lifecycle.follow_after)."""
+    out = {}
+    for c in children:
+        ctx.pause()
+        out[str(c.child)] = follow_after.delete_copies(ctx.ex, c.child, c.archive, c.key, batch)
+    return out
 
 
 def _delete_archived_copies(ctx: RunContext, m: State, t: QualifiedName, a: QualifiedName, batch: int) -> int:

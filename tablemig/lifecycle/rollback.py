@@ -19,10 +19,10 @@ from psycopg import sql
 from ..config.settings import Settings
 from ..errors import InputError, TablemigError
 from ..pg.autovacuum import AutovacuumPolicy
-from ..pg.catalog import inspect_table
+from ..pg.catalog import TableInfo, inspect_table
 from ..pg.locking import with_lock_retries
 from ..pg.sqltext import Fragment
-from . import prune
+from . import follow_after, prune
 from .batch_copy import BatchCopier
 from .context import RunContext
 from .copying import CopyJob
@@ -52,6 +52,7 @@ def swap_back(ex: Executor, m: State, *, lock_timeout: str, attempts: int, state
     names = m.objects
     t, n, outgoing = m.live, m.new, m.old_table
     deps = Dependents.read(ex, t)
+    children = follow_after.followed(m.swap_record.as_json())
 
     def body(locked_at: float) -> dict[str, Any]:
         info = inspect_table(ex, t, list(m.key))
@@ -64,6 +65,8 @@ def swap_back(ex: Executor, m: State, *, lock_timeout: str, attempts: int, state
             exchange_back(ex, info, t, n, outgoing, m.swap_record.as_json())
             if not peers:
                 move_publications(ex, info.publication_rels, n, t)
+            for child in children:  # before the new table goes: the live children referenced it
+                follow_after.swap_back(ex, child)
             ex.run(drop_table_sql(n, if_exists=False))
         for p in peers:
             p.prepare_swap(m, back=True)
@@ -71,7 +74,7 @@ def swap_back(ex: Executor, m: State, *, lock_timeout: str, attempts: int, state
         return {"foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks]}
 
     record, used, log = coordinated(peers, m, True, lambda: with_lock_retries(
-        ex, f"swap back of {t}", deps.lock_list(t, outgoing), body,
+        ex, f"swap back of {t}", deps.lock_list(t, outgoing) + [c.archive for c in children], body,
         lock_timeout=lock_timeout, attempts=attempts, statement_timeout=statement_timeout,
         long_xact_seconds=long_xact_seconds, watch=sorted(deps.matviews), report_seen=True,
         durable=True, autovacuum_policy=autovacuum_policy))
@@ -172,6 +175,7 @@ def _unprune(ctx: RunContext, m: State, s: Settings) -> None:
         ctx.store.set_checkpoint(drop=["unprune"])
     BatchCopier(ex, ctx.dsn, job, ctx.table, "unprune", batch_size=m.batch_size, throttle=ctx.throttle,
                 progress=ctx.progress, pace=ctx.pacer).run(ctx.store, None)
+    _unprune_children(ctx, m, s)
     # the archive's foreign keys to itself, dropped by the prune: complete again, it
     # satisfies them (added NOT VALID, then validated without blocking writes)
     present = prune.self_references(ex, a)
@@ -190,3 +194,19 @@ def _unprune(ctx: RunContext, m: State, s: Settings) -> None:
     for name, definition in fks:
         if not definition.endswith(" NOT VALID"):
             ex.run(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(a.ident(), sql.Identifier(name)))
+
+
+def _unprune_children(ctx: RunContext, m: State, s: Settings) -> None:
+    """The `follow` children's archives made complete again, after the table's (their rows
+    reference the table's archive): the mirror back on each live child, then its rows copied."""
+    ex = ctx.ex
+    for child in follow_after.followed(m.swap_record.as_json()):
+        info = inspect_table(ex, child.child)
+
+        def mirror(_locked_at: float, child: follow_after.Followed = child, info: TableInfo = info) -> dict[str, Any]:
+            follow_after.restore_mirror(ex, child, info)
+            return {}
+
+        with_lock_retries(ex, f"restore mirror on {child.child}", [child.child], mirror, mode="SHARE ROW EXCLUSIVE",
+                          **s.lock_options())
+        follow_after.copy_back(ex, child, m.batch_size)

@@ -41,6 +41,8 @@ from .context import RunContext
 from .exchange import exchange, move_publications, validate_foreign_keys
 from .executor import Executor, Observed, plain
 from .families import OrphanGuard, references
+from .follow import FollowRun, follower, prepare
+from .follow import disarm as follow_disarm
 from .objects import CAPTURE_TRIGGER, GUARD_TRIGGER, MIRROR_TRIGGER, deferred_names
 from .orphan_guard import arm, disarm
 from .state import Expr, State, StateStore
@@ -134,17 +136,47 @@ def coordinated(peers: Sequence[SwapPeer], m: State, back: bool,
     return out
 
 
+@dataclass
+class FamilyPass:
+    """Under the swap's lock, right after the renames: the live table made exact for the
+    `keep` children (tablemig.lifecycle.retain), then the `follow` children put in place
+    (tablemig.lifecycle.follow); what they did goes into the swap record."""
+
+    ex: Executor
+    guard: OrphanGuard | None
+    follow: FollowRun | None
+    live: QualifiedName
+    outgoing: QualifiedName
+    retained: dict[str, int] = field(default_factory=dict)
+    followed: list[dict[str, Any]] = field(default_factory=list)
+
+    def after_rename(self) -> None:
+        if self.guard is not None:
+            self.retained.update(self.guard.retain_locked(self.ex, self.live, self.outgoing))
+        if self.follow is not None:
+            # the keys the `keep` rule decided again: their rows' children are decided again
+            decided = self.guard.objects.family_log if self.guard and self.guard.retain else None
+            self.followed.extend(self.follow.locked(self.ex, self.live, self.outgoing, decided))
+
+    def record(self, record: dict[str, Any]) -> None:
+        if self.retained:  # the rows `keep` children reference, live whatever their date (EX-4.1 counts them)
+            record["retained"] = self.retained
+        if self.followed:  # the children that moved with the table (prune and rollback read them)
+            record["follow"] = self.followed
+
+
 def swap(ex: Executor, m: State, *, lock_timeout: str, attempts: int, statement_timeout: str,
          long_xact_seconds: float, on_attempt: Callable[[dict[str, Any]], None] | None = None,
          peers: Sequence[SwapPeer] = (), search_path: Sequence[str] = (),
          guard: OrphanGuard | None = None, autovacuum_policy: AutovacuumPolicy | None = None,
-         store: StateStore | None = None) -> SwapResult:
+         store: StateStore | None = None, follow: FollowRun | None = None) -> SwapResult:
     """Forward swap of the table described by state `m`; `peers` (logical subscribers)
     make the same exchange, committed right after this one (see tablemig.lifecycle.logical).
     `search_path`: the schemas of the mirror function's path (tablemig.pg.search_path).
     `guard`: the orphan check armed by the swap step, repeated first under the lock (a
     finding rolls the swap back; tablemig.lifecycle.families). `store`: the run's state store
-    (a dry run keeps there the row it would have written)."""
+    (a dry run keeps there the row it would have written). `follow`: the `follow` children's
+    new tables, built by the swap step, put in place with the table (tablemig.lifecycle.follow)."""
     names = m.objects
     store = store or StateStore(ex, m.table)
     t, n, outgoing = names.original, names.new, names.outgoing
@@ -154,7 +186,7 @@ def swap(ex: Executor, m: State, *, lock_timeout: str, attempts: int, statement_
         info = inspect_table(ex, t, list(m.key))  # under the lock: current
         if not deps.covers(info):
             raise psycopg.errors.LockNotAvailable("dependencies changed while locking")
-        retained: dict[str, int] = {}
+        family = FamilyPass(ex, guard, follow, t, outgoing)
         if guard is not None:  # before anything changes: an orphan rolls this transaction back
             guard.check_locked(ex)
         mirror = sync_function_sql(info, names.mirror_function, "mirror", outgoing, search_path=search_path,
@@ -165,8 +197,7 @@ def swap(ex: Executor, m: State, *, lock_timeout: str, attempts: int, statement_
             ex.run(drop_function_sql(names.capture_function))
             # the change log, emptied by the switch to direct capture (this commit is durable anyway)
             ex.run(drop_table_sql(names.change_log))
-            record = exchange(ex, info, t, n, outgoing, after_rename=None if guard is None else
-                              lambda: retained.update(guard.retain_locked(ex, t, outgoing)))
+            record = exchange(ex, info, t, n, outgoing, after_rename=family.after_rename)
             if guard is not None:  # the family log, read by the rows kept for the children
                 for stmt in guard.disarm_sql():
                     ex.run(stmt)
@@ -185,15 +216,15 @@ def swap(ex: Executor, m: State, *, lock_timeout: str, attempts: int, statement_
                    + record.pop("self_foreign_keys", []),
                    "views": [str(v.name) for v in info.views], "publications": info.publications,
                    "outgoing": outgoing.name, "fk_validated": []}
-        if retained:  # the rows `keep` children reference, live whatever their date (EX-4.1 counts them)
-            record["retained"] = retained
+        family.record(record)
         # Last, with every lock held: the peers catch up and prepare their own exchange.
         record["peers"] = {p.name: p.prepare_swap(m, back=False) for p in peers}
         store_advance(store, m, record, locked_at)
         return record
 
+    locks = deps.lock_list(t, n) + (follow.lock_list() if follow else [])
     record, used, log = coordinated(peers, m, False, lambda: with_lock_retries(
-        ex, f"swap of {t}", deps.lock_list(t, n), body, lock_timeout=lock_timeout,
+        ex, f"swap of {t}", locks, body, lock_timeout=lock_timeout,
         attempts=attempts, statement_timeout=statement_timeout,
         long_xact_seconds=long_xact_seconds, on_attempt=on_attempt, watch=sorted(deps.matviews),
         durable=True, autovacuum_policy=autovacuum_policy))
@@ -242,17 +273,26 @@ def run(ctx: RunContext) -> SwapResult:
     plan = ctx.current_plan()
     ex = ctx.ex
     refs = references(ex, m.table_oid)
+    followed = [r for r in refs if not r.self_ref and plan.spec.child_policy(r.child) == "follow"]
+    refs = [r for r in refs if r not in followed]  # the orphan check is for the others
     guard = arm(ex, m, plan, refs, s) if refs else None
+    following: FollowRun | None = None
     try:
+        if followed:  # after the arming: the new table holds the rows kept for `keep` children
+            following = prepare(ex, [follower(ex, r, m.objects) for r in followed], m.new,
+                                str(ex.scalar("SELECT current_user")), m.date_column, m.key, plan.search_path,
+                                s.lock_options())
         for sub in ctx.subscribers:  # caught up before the locks: the barrier under them is short
             sub.link(ex, m.live)
             sub.wait_ready([m.new])
             sub.barrier()
         result = swap(ex, m, peers=ctx.subscribers, search_path=plan.search_path, guard=guard,
-                      store=ctx.store, **s.swap_options())
+                      store=ctx.store, follow=following, **s.swap_options())
     except BaseException:
         if guard is not None:
             disarm(ex, m, plan, refs, s)
+        if following is not None:
+            follow_disarm(ex, following.followers, s.lock_options())
         raise
     ctx.results.swap = result
     ctx.timed("swap", t0)

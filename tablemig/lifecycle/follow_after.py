@@ -1,0 +1,159 @@
+"""The `follow` children after the swap (tablemig.lifecycle.follow): prune, and the swap back.
+
+The swap record's `follow` entries name each child's live table, archive and trigger
+functions. While the live child's mirror trigger keeps its archive complete, the swap back
+is the swap's exchange in the other direction, in the table's transaction. Prune deletes the
+archive's copies of the live child's rows before the table's own (children before parents:
+the archived child references the archived table), under the same prune guard as the
+table; a rollback after prune restores the table's archive first, then the child's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import sql
+
+from ..pg.catalog import TableInfo, inspect_table
+from ..pg.names import QualifiedName
+from ..pg.sqltext import Fragment
+from ..pg.statements import Statements
+from .exchange import exchange_back
+from .executor import Executor
+from .objects import GUARD_TRIGGER, MIRROR_TRIGGER, PRUNE_TRIGGER, deferred_names
+from .structure import (
+    drop_function_sql,
+    drop_table_sql,
+    drop_trigger_sql,
+    sync_function_sql,
+    trigger_sql,
+    truncate_guard_sql,
+)
+
+
+@dataclass(frozen=True)
+class Followed:
+    """A `follow` child after the swap, as the swap record names it."""
+
+    child: QualifiedName  # the live child
+    new: QualifiedName  # the name the live child had before the swap (and takes back)
+    archive: QualifiedName
+    key: tuple[str, ...]
+    mirror: QualifiedName
+    prune: QualifiedName
+    exchange: dict[str, Any]
+
+    @classmethod
+    def of(cls, entry: dict[str, Any]) -> Followed:
+        return cls(QualifiedName.parse(entry["child"]), QualifiedName.parse(entry["new"]),
+                   QualifiedName.parse(entry["archive"]), tuple(entry["key"]), QualifiedName.parse(entry["mirror"]),
+                   QualifiedName.parse(entry["prune"]), dict(entry.get("exchange") or {}))
+
+
+def followed(record: dict[str, Any]) -> list[Followed]:
+    """The `follow` children of a swap record (none for a table without)."""
+    return [Followed.of(e) for e in record.get("follow") or []]
+
+
+def swap_back(ex: Executor, f: Followed) -> None:
+    """Under the swap back's lock, after the table's own exchange back: the archive becomes
+    the child again, the live child (the new table) is dropped."""
+    info = inspect_table(ex, f.child)
+    for trg in (MIRROR_TRIGGER, GUARD_TRIGGER, PRUNE_TRIGGER):
+        ex.run(drop_trigger_sql(f.child, trg))
+    for fn in (f.mirror, f.prune):
+        ex.run(drop_function_sql(fn))
+    exchange_back(ex, info, f.child, f.new, f.archive, f.exchange)
+    ex.run(drop_table_sql(f.new, if_exists=False))
+
+
+def start_prune(ex: Executor, children: list[tuple[Followed, TableInfo]]) -> None:
+    """In the prune's first transaction: each child's mirror replaced by the prune guard."""
+    for f, info in children:
+        ex.run(drop_trigger_sql(f.child, MIRROR_TRIGGER))
+        ex.run(drop_function_sql(f.mirror))
+        ex.run(sync_function_sql(info, f.prune, "prune", f.archive))
+        for stmt in trigger_sql(f.child, PRUNE_TRIGGER, f.prune):
+            ex.run(stmt)
+
+
+def finish_prune(ex: Executor, children: list[Followed]) -> None:
+    """In the prune's last transaction: the guards and the TRUNCATE refusals dropped."""
+    for f in children:
+        for trg in (PRUNE_TRIGGER, MIRROR_TRIGGER, GUARD_TRIGGER):
+            ex.run(drop_trigger_sql(f.child, trg))
+        for fn in (f.prune, f.mirror):
+            ex.run(drop_function_sql(fn))
+
+
+def restore_mirror(ex: Executor, f: Followed, info: TableInfo) -> None:
+    """Rollback after prune: the mirror on the live child again (before its rows are copied
+    back into the archive)."""
+    ex.run(drop_trigger_sql(f.child, PRUNE_TRIGGER))
+    ex.run(drop_function_sql(f.prune))
+    ex.run(sync_function_sql(info, f.mirror, "mirror", f.archive,
+                             defer=deferred_names(info, f.archive.schema, "a")))
+    ex.run(drop_trigger_sql(f.child, MIRROR_TRIGGER))
+    for stmt in trigger_sql(f.child, MIRROR_TRIGGER, f.mirror):
+        ex.run(stmt)
+    ex.run(drop_trigger_sql(f.child, GUARD_TRIGGER))
+    ex.run(truncate_guard_sql(f.child))
+
+
+def _types(st: Statements, table: QualifiedName, columns: tuple[str, ...]) -> list[str]:
+    rows: dict[str, str] = dict(st.read("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+                        " WHERE attrelid = %s::regclass AND attname = ANY(%s)", (str(table), list(columns))).fetchall())
+    return [str(rows[c]) for c in columns]
+
+
+def _by_key_ranges(ex: Executor, source: QualifiedName, key: tuple[str, ...], batch: int,
+                   statement: Callable[[sql.Composable], sql.Composable]) -> int:
+    """Run `statement(range)` for consecutive ranges of `source`'s key, `batch` rows each,
+    each in its own transaction (`range`: a condition on `source`'s key columns, whose
+    parameters are passed); returns the rows it changed."""
+    k = [sql.Identifier(c) for c in key]
+    klist = sql.SQL(", ").join(k)
+    typed = sql.SQL(", ").join(sql.SQL("%s::{}").format(Fragment(t)) for t in _types(ex, source, key))
+    texts = sql.SQL(", ").join(sql.SQL("{}::text").format(c) for c in k)
+    last: list[str] | None = None
+    total = 0
+    while True:
+        above = sql.SQL("({}) > ({})").format(klist, typed) if last else sql.SQL("true")
+        with ex.transaction():
+            bound = ex.read(sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET %s LIMIT 1").format(
+                texts, source.ident(), above, klist), [*(last or []), batch - 1]).fetchone()
+            upper = [str(v) for v in bound] if bound else None
+            upto = sql.SQL(" AND ({}) <= ({})").format(klist, typed) if upper else sql.SQL("")
+            total += max(ex.run(statement(sql.SQL("{}{}").format(above, upto)),
+                                [*(last or []), *(upper or [])]).rowcount, 0)
+        if upper is None:
+            return total
+        last = upper
+
+
+def delete_copies(ex: Executor, source: QualifiedName, target: QualifiedName, key: tuple[str, ...],
+                  batch: int) -> int:
+    """Delete from `target` the rows whose key `source` has, in batches of `source`'s key:
+    prune deletes the archive's copies of the live rows."""
+    klist = sql.SQL(", ").join(map(sql.Identifier, key))
+    match = sql.SQL(" AND ").join(sql.SQL("a.{0} = b.{0}").format(sql.Identifier(c)) for c in key)
+    return _by_key_ranges(ex, source, key, batch, lambda where: sql.SQL(
+        "DELETE FROM {} a USING (SELECT {} FROM {} WHERE {}) b WHERE {}").format(
+        target.ident(), klist, source.ident(), where, match))
+
+
+def copy_back(ex: Executor, f: Followed, batch: int) -> int:
+    """Rollback after prune: the live child's rows copied into its archive, in batches of
+    its key, the rows locked FOR SHARE (a writer waits, and the mirror then sees the copy);
+    rows the archive has already are skipped."""
+    info = inspect_table(ex, f.child)
+    cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in info.writable_columns)
+    overriding = any(c.identity == "a" for c in info.writable_columns)
+    klist = sql.SQL(", ").join(map(sql.Identifier, f.key))
+    return _by_key_ranges(ex, f.child, f.key, batch, lambda where: sql.SQL(
+        "INSERT INTO {a} ({c}){o} SELECT {c} FROM (SELECT * FROM {s} WHERE {w} FOR SHARE) s"
+        " ON CONFLICT ({k}) DO NOTHING").format(
+        a=f.archive.ident(), c=cols, o=sql.SQL(" OVERRIDING SYSTEM VALUE" if overriding else ""),
+        s=f.child.ident(), w=where, k=klist))
