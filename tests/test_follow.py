@@ -12,12 +12,15 @@ swap or after prune, every table is its twin again.
 
 from __future__ import annotations
 
+import datetime as dt
+import threading
 import time
 from typing import Any
 
 import psycopg
 import pytest
 from family_twin import CUTOFF, FamilyWriters, create_family, differences
+from site_helpers import waiting_for_the_swap
 
 from tablemig.config.spec import TableSpec
 from tablemig.lifecycle.driver import Migration
@@ -106,3 +109,73 @@ def test_follow_under_concurrent_writes_then_rollback(fresh_db: Any, rollback_af
         assert _fks(conn) == {"items": ("orders", True), "notes": ("orders", True),
                               "items_twin": ("orders_twin", True), "notes_twin": ("orders_twin", True)}
         assert _tables(conn, "items%") == ["items", "items_twin"]
+
+
+def test_follow_is_made_exact_under_the_swaps_lock(fresh_db: Any) -> None:
+    """Writes made after the child's new table was built, while the swap waits for its lock:
+    an old order moved on or after the cutoff (its item goes live), a recent one moved before
+    it (its item goes to the archive; one a note keeps live keeps its items live too), an old item re-pointed to a recent order and a recent
+    one to an old order, an item added to a recent order, a recent order deleted (its items
+    cascade). Under the lock the live child follows each of them."""
+    with fresh_db.connect() as conn:
+        create_family(conn, 2000)
+        recent = [int(r[0]) for r in conn.execute(
+            "SELECT o.id FROM orders o WHERE o.d >= %s AND EXISTS (SELECT 1 FROM items i WHERE i.order_id = o.id)"
+            " AND NOT EXISTS (SELECT 1 FROM notes n WHERE n.order_id = o.id) ORDER BY o.id LIMIT 4",
+            (CUTOFF,)).fetchall()]
+    spec = _spec(children={"public.items": "follow", "public.notes": "keep"})
+    with Migration(fresh_db.dsn, spec, progress=lambda p: None) as mig:
+        mig.run("verified")
+    with fresh_db.connect() as conn, fresh_db.connect() as holder:
+        conn.execute("UPDATE table_migration.migration_config SET config_value = '40'"
+                     " WHERE config_key = 'swap_max_attempts'")
+        holder.execute("BEGIN")
+        holder.execute("SELECT count(*) FROM orders")  # ACCESS SHARE until COMMIT: the swap waits
+        errors: list[BaseException] = []
+
+        def swap() -> None:
+            try:
+                with Migration(fresh_db.dsn, spec, progress=lambda p: None, lock_timeout="100ms") as m2:
+                    m2.swap()
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(exc)
+
+        t = threading.Thread(target=swap)
+        t.start()
+        try:
+            waiting_for_the_swap(conn, "public.orders")
+            # the swap itself waits: the child's new table is built, its triggers armed
+            armed = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tablemig_follow%'").fetchone()
+            assert armed == (2,) and conn.execute("SELECT count(*) FROM items_new").fetchone() != (0,)
+            conn.execute("UPDATE orders SET d = %s WHERE id = 5", (CUTOFF + dt.timedelta(days=1),))  # item 5 live
+            conn.execute("UPDATE orders SET d = %s WHERE id = %s", (CUTOFF - dt.timedelta(days=1), recent[0]))
+            conn.execute("UPDATE items SET order_id = %s WHERE id = 10", (recent[1],))  # old item re-pointed
+            conn.execute("UPDATE items SET order_id = 15 WHERE id = %s", (recent[2],))  # to an old order
+            conn.execute("INSERT INTO items VALUES (900001, %s, 1)", (recent[1],))
+            conn.execute("DELETE FROM orders WHERE id = %s", (recent[3],))
+            conn.execute("UPDATE orders SET d = %s WHERE id = 35", (CUTOFF - dt.timedelta(days=2),))  # note 35
+            # the rows the `keep` rule decides again carry their items: order 25 now kept for
+            # note 14, order 70 no longer kept (its note re-pointed)
+            conn.execute("UPDATE notes SET order_id = 25 WHERE id = 14")
+            conn.execute("UPDATE notes SET order_id = 3 WHERE id = 70")
+        finally:
+            holder.execute("COMMIT")
+            t.join(timeout=300)
+        assert not errors, errors
+        live = {int(r[0]) for r in conn.execute(
+            "SELECT id FROM items WHERE id IN (5, 10, 25, 35, 70, 900001) OR id = ANY(%s)", (recent,)).fetchall()}
+        # item ids are their order's (family_twin); r0 went with its order, r2 with its new
+        # (old) order, r3 with its deleted order
+        assert live == {5, 10, 25, 35, 900001, recent[1]}, live
+        # exactly: the live items are those whose order is live, the archive every item
+        wrong = conn.execute("SELECT count(*) FROM items i WHERE NOT EXISTS (SELECT 1 FROM orders o"
+                             " WHERE o.id = i.order_id)").fetchone()
+        assert wrong == (0,)
+        archive = conn.execute("SELECT archive_name FROM table_migration.migration_state").fetchone()
+        assert archive is not None
+        items_archive = "items" + str(archive[0])[len("orders"):]
+        missing = conn.execute(f"SELECT count(*) FROM {items_archive} a JOIN orders o ON o.id = a.order_id"
+                               " WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.id = a.id)").fetchone()
+        assert missing == (0,)  # no item of a live order was left in the archive only
+        assert {int(r[0]) for r in conn.execute(f"SELECT id FROM {items_archive} WHERE id = ANY(%s)",
+                                                  (recent,)).fetchall()} == {recent[0], recent[1], recent[2]}

@@ -63,6 +63,7 @@ from .objects import (
     FOLLOW_TRIGGER,
     GUARD_TRIGGER,
     MIRROR_TRIGGER,
+    REFUSE_TRUNCATE,
     Objects,
     deferred_names,
     new_name,
@@ -175,27 +176,33 @@ def _parent_log_sql(f: Follower) -> sql.Composable:
         f.parents.ident(), sql.Identifier(change_id_column(f.ref.child_columns)), cols)
 
 
+def _or_replace_trigger(name: str, events: sql.Composable, table: QualifiedName, function: QualifiedName,
+                       level: str = "ROW") -> sql.Composable:
+    # OR REPLACE: SHARE ROW EXCLUSIVE, where dropping an earlier attempt's trigger first
+    # would take ACCESS EXCLUSIVE on the table (and keep its readers waiting meanwhile)
+    return sql.SQL("CREATE OR REPLACE TRIGGER {} {} ON {} FOR EACH {} EXECUTE FUNCTION {}()").format(
+        sql.Identifier(name), events, table.ident(), sql.SQL(level), function.ident())
+
+
 def arm_sql(f: Follower, user: str, parent_date_column: str, parent_key: Sequence[str],
             search_path: Sequence[str]) -> list[sql.Composable]:
-    """Step 1 (after `disarm_sql`, which drops what an earlier attempt left)."""
-    stmts: list[sql.Composable] = list(create_table_sql(f.info, f.new, user, with_key=False))
+    """Step 1, from scratch: what an earlier attempt left is replaced (its tables dropped,
+    its triggers and functions replaced)."""
+    stmts: list[sql.Composable] = [drop_table_sql(t) for t in (f.new, f.log, f.parents)]
     # the new child references the live table from the swap on; before it, nothing
-    stmts.append(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(f.new.ident(), sql.Identifier(f.ref.name)))
+    stmts += create_table_sql(f.info, f.new, user, with_key=False, without_fks=[f.ref.name])
     stmts.append(change_log_sql(f.info, f.log))
     stmts.append(_parent_log_sql(f))
     stmts.append(sync_function_sql(f.info, f.capture, "log", f.log, search_path=search_path))
-    stmts.append(sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW"
-                         " EXECUTE FUNCTION {}()").format(sql.Identifier(FOLLOW_TRIGGER), f.child.ident(),
-                                                         f.capture.ident()))
-    stmts.append(truncate_guard_sql(f.child))
+    stmts.append(_or_replace_trigger(FOLLOW_TRIGGER, sql.SQL("AFTER INSERT OR UPDATE OR DELETE"), f.child, f.capture))
+    stmts.append(_or_replace_trigger(GUARD_TRIGGER, sql.SQL("BEFORE TRUNCATE"), f.child, REFUSE_TRUNCATE,
+                                     "STATEMENT"))
     stmts.append(Fragment(render("follow_watch_function.sql.j2", function=(f.watch.schema, f.watch.name),
                                  log=(f.parents.schema, f.parents.name), search_path=list(search_path),
                                  child=list(f.ref.child_columns), parent=list(f.ref.parent_columns))))
     watched = sorted({parent_date_column, *parent_key, *f.ref.parent_columns})
-    stmts.append(sql.SQL("CREATE TRIGGER {} AFTER UPDATE OF {} OR DELETE ON {} FOR EACH ROW"
-                         " EXECUTE FUNCTION {}()").format(
-        sql.Identifier(f.watch_trigger), sql.SQL(", ").join(map(sql.Identifier, watched)), f.parent.ident(),
-        f.watch.ident()))
+    stmts.append(_or_replace_trigger(f.watch_trigger, sql.SQL("AFTER UPDATE OF {} OR DELETE").format(
+        sql.SQL(", ").join(map(sql.Identifier, watched))), f.parent, f.watch))
     return stmts
 
 
@@ -390,7 +397,7 @@ def prepare(ex: Executor, followers: list[Follower], parent_new: QualifiedName, 
     try:
         for f in followers:
             t0 = time.perf_counter()
-            stmts: list[sql.Composable] = [*disarm_sql(f), *arm_sql(f, user, date_column, parent_key, search_path)]
+            stmts = arm_sql(f, user, date_column, parent_key, search_path)
 
             def body(_locked_at: float, stmts: list[sql.Composable] = stmts, f: Follower = f) -> dict[str, Any]:
                 with ex.batched():

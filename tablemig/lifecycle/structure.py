@@ -59,12 +59,14 @@ def _placement(info: TableInfo) -> tuple[sql.Composable, sql.Composable]:
 
 
 def create_table_sql(info: TableInfo, target: QualifiedName, current_user: str,
-                     tag: str = "n", *, with_key: bool = True) -> list[sql.Composable]:
+                     tag: str = "n", *, with_key: bool = True, without_fks: Sequence[str] = ()) -> list[sql.Composable]:
     """CREATE the new (or archive-copy) table: same columns, defaults, identity, generated
     columns, CHECK constraints, comments, storage, extended statistics, column statistics
     targets and options, replica identity FULL / NOTHING; the key; outgoing FKs with their
     comments. `with_key=False` leaves the table bare (no key): the engine loads it first and
-    builds the key and indexes afterwards (`key_constraint_sql`, `index_properties_sql`)."""
+    builds the key and indexes afterwards (`key_constraint_sql`, `index_properties_sql`).
+    `without_fks`: outgoing foreign keys left out (a `follow` child's key to the table,
+    tablemig.lifecycle.follow; adding and dropping it would lock the table it references)."""
     using, space = _placement(info)
     stmts: list[sql.Composable] = [sql.SQL(
         "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED"
@@ -90,6 +92,8 @@ def create_table_sql(info: TableInfo, target: QualifiedName, current_user: str,
         stmts.extend(index_properties_sql(key, target, tag))
     comments = {c.name: c.comment for c in info.constraints if c.type == "f"}
     for name, definition, _ in info.outgoing_fks:
+        if name in without_fks:
+            continue
         body = definition if definition.endswith(" NOT VALID") else definition + " NOT VALID"
         stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
             target.ident(), sql.Identifier(name), Fragment(body)))
