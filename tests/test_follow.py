@@ -13,6 +13,8 @@ swap or after prune, every table is its twin again.
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -179,3 +181,61 @@ def test_follow_is_made_exact_under_the_swaps_lock(fresh_db: Any) -> None:
         assert missing == (0,)  # no item of a live order was left in the archive only
         assert {int(r[0]) for r in conn.execute(f"SELECT id FROM {items_archive} WHERE id = ANY(%s)",
                                                   (recent,)).fetchall()} == {recent[0], recent[1], recent[2]}
+
+
+SWAP_SCRIPT = """
+import sys
+from tablemig.config.spec import TableSpec
+from tablemig.lifecycle.driver import Migration
+spec = TableSpec("public.orders", "d", cutoff=sys.argv[2], batch_size=500, children={"public.items": "follow"})
+with Migration(sys.argv[1], spec, progress=lambda p: None, lock_timeout="100ms", swap_max_attempts=1000) as mig:
+    mig.swap()
+"""
+
+
+def _killed_while_waiting_for_the_swap(dsn: str) -> None:
+    """Run the swap step in another process and SIGKILL it while it waits for its lock,
+    the `follow` child's new table built and its triggers armed."""
+    with connect(dsn) as conn, connect(dsn) as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT count(*) FROM orders")
+        run = subprocess.Popen([sys.executable, "-c", SWAP_SCRIPT, dsn, CUTOFF.isoformat()])
+        try:
+            waiting_for_the_swap(conn, "public.orders")
+            assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tablemig_follow%'").fetchone() == (2,)
+        finally:
+            run.kill()
+            run.wait(timeout=60)
+            holder.execute("ROLLBACK")
+
+
+def _follow_objects(conn: psycopg.Connection[Any]) -> list[Any]:
+    return conn.execute(
+        "SELECT 'trigger ' || tgname FROM pg_trigger WHERE tgname LIKE 'tablemig_follow%'"
+        " UNION ALL SELECT 'table ' || relname FROM pg_class WHERE relname LIKE 'follow%' OR relname = 'items_new'"
+        " UNION ALL SELECT 'function ' || proname FROM pg_proc WHERE proname LIKE 'follow%'").fetchall()
+
+
+def test_a_swap_step_killed_while_following_resumes_or_rolls_back(fresh_db: Any) -> None:
+    """A crash (SIGKILL) after the child's new table was built: a rerun builds it again and
+    swaps; a rollback drops what was armed; nothing is lost either way."""
+    with fresh_db.connect() as conn:
+        create_family(conn, 2000)
+        conn.execute("DROP TABLE notes")  # items only: the script's plan names it alone
+    spec = _spec(children={"public.items": "follow"})
+    for then in ("rerun", "rollback"):
+        with Migration(fresh_db.dsn, spec, progress=lambda p: None) as mig:
+            mig.run("verified")
+        _killed_while_waiting_for_the_swap(fresh_db.dsn)
+        with fresh_db.connect() as conn:
+            conn.execute("INSERT INTO items VALUES (900001, 5, 1)")  # written meanwhile: not logged by anything
+            assert _follow_objects(conn)  # left armed by the kill
+        with Migration(fresh_db.dsn, spec, progress=lambda p: None) as mig:
+            if then == "rerun":
+                mig.swap()
+            assert mig.rollback() in ("swapped back", "capture removed, new table dropped")
+        with fresh_db.connect() as conn:
+            assert _follow_objects(conn) == []
+            assert differences(conn, "orders", "orders_twin") == 0
+            assert differences(conn, "items", "(SELECT * FROM items_twin UNION ALL SELECT 900001, 5, 1) t") == 0
+            conn.execute("DELETE FROM items WHERE id = 900001")

@@ -488,3 +488,25 @@ def _child_refusals(st: Statements, ref: Reference, what: str) -> list[str]:
     if info.inherits or info.has_children:
         out.append(f"{what}: {ref.child} uses table inheritance, which cannot follow; use 'keep'")
     return out
+
+
+def leftovers_sql(st: Statements, objects: Objects) -> tuple[list[QualifiedName], list[sql.Composable]]:
+    """What a swap step that did not finish (a crash, a kill) left armed for `follow`
+    children, found by the names of the logs: (the children, the statements dropping it).
+    For the rollback before the swap."""
+    prefix = objects.follow_object("log", 0).name.removesuffix("0")
+    rows = st.read("SELECT s.oid::oid::regclass::text FROM (SELECT substr(c.relname, length(%(p)s) + 1) AS oid"
+                   " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %(s)s"
+                   " AND c.relkind = 'r' AND left(c.relname, length(%(p)s)) = %(p)s) s WHERE s.oid ~ '^[0-9]+$'",
+                   {"p": prefix, "s": objects.change_log.schema}).fetchall()
+    children, stmts = [], []
+    for (name,) in rows:
+        child = QualifiedName.parse(str(name))
+        oid = int(st.read("SELECT %s::regclass::oid", (str(child),)).scalar())
+        children.append(child)
+        stmts += [drop_trigger_sql(objects.original, derived_name(FOLLOW_TRIGGER, f"_{oid}")),
+                  drop_trigger_sql(child, FOLLOW_TRIGGER), drop_trigger_sql(child, GUARD_TRIGGER),
+                  *(drop_function_sql(objects.follow_object(k, oid)) for k in ("watch", "capture")),
+                  *(drop_table_sql(objects.follow_object(k, oid)) for k in ("log", "parents")),
+                  drop_table_sql(new_name(child))]
+    return children, stmts

@@ -29,6 +29,7 @@ from .copying import CopyJob
 from .exchange import exchange_back, move_publications, validate_foreign_keys
 from .executor import Executor, plain
 from .families import disarm_sql, references
+from .follow import leftovers_sql
 from .objects import CAPTURE_TRIGGER, GUARD_TRIGGER, MIRROR_TRIGGER, deferrable_constraints
 from .state import State, StateStore
 from .structure import (
@@ -110,9 +111,11 @@ def run(ctx: RunContext) -> str:
     armed = ex.scalar("SELECT to_regclass(%s) IS NOT NULL", (str(names.family_log),),
                       reads=[str(names.family_log)], planned=[(True,)])
     refs = references(ex, m.table_oid) if armed else []
+    # the `follow` children's new tables and triggers, when the swap step was interrupted
+    followers, unfollow = leftovers_sql(ex, names)
 
     def drop(_locked_at: float) -> dict[str, Any]:
-        for stmt in disarm_sql(refs, names):
+        for stmt in [*disarm_sql(refs, names), *unfollow]:
             ex.run(stmt)
         ex.run(drop_trigger_sql(t, CAPTURE_TRIGGER))
         ex.run(drop_trigger_sql(t, GUARD_TRIGGER))
@@ -123,7 +126,7 @@ def run(ctx: RunContext) -> str:
         ctx.store.advance("rollback", "capture removed", state="rolled_back")
         return {}
 
-    children = sorted({r.child for r in refs if not r.self_ref})
+    children = sorted({r.child for r in refs if not r.self_ref} | set(followers))
     with_lock_retries(ex, f"rollback of {t}", [t, *children], drop, **s.lock_options())
     dropped = [m.new] + ([m.old_table] if m.archive_mode == "copy" else [])
     for sub in ctx.subscribers:  # after the active site: no change for them is in flight
