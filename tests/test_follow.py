@@ -116,8 +116,8 @@ def test_follow_under_concurrent_writes_then_rollback(fresh_db: Any, rollback_af
 def test_follow_is_made_exact_under_the_swaps_lock(fresh_db: Any) -> None:
     """Writes made after the child's new table was built, while the swap waits for its lock:
     an old order moved on or after the cutoff (its item goes live), a recent one moved before
-    it (its item goes to the archive; one a note keeps live keeps its items live too), an old item re-pointed to a recent order and a recent
-    one to an old order, an item added to a recent order, a recent order deleted (its items
+    it (its item goes to the archive; one a note keeps live keeps its items live too), an old
+    item re-pointed to a recent order and a recent one to an old order, an item added to a recent order, a recent order deleted (its items
     cascade). Under the lock the live child follows each of them."""
     with fresh_db.connect() as conn:
         create_family(conn, 2000)
@@ -202,7 +202,8 @@ def _killed_while_waiting_for_the_swap(dsn: str) -> None:
         run = subprocess.Popen([sys.executable, "-c", SWAP_SCRIPT, dsn, CUTOFF.isoformat()])
         try:
             waiting_for_the_swap(conn, "public.orders")
-            assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tablemig_follow%'").fetchone() == (2,)
+            armed = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tablemig_follow%'").fetchone()
+            assert armed == (2,)
         finally:
             run.kill()
             run.wait(timeout=60)

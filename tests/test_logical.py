@@ -341,3 +341,24 @@ def test_subscriber_follows_a_family_with_children_kept(logical_sandbox: Sandbox
     with connect(sb.subscriber_dsn) as sub:
         assert scalar(sub, "SELECT count(*) FROM orders WHERE d < %s", (FAMILY_CUTOFF,)) > 0
         assert scalar(sub, "SELECT count(*) FROM pg_prepared_xacts") == 0
+
+
+def test_follow_with_a_subscriber_is_refused_before_anything_changes(logical_sandbox: Sandbox) -> None:
+    """The child policy follow does not build the children's new tables on a subscriber in
+    this version: a plan that names it with a subscriber stops at the capture, changing nothing."""
+    sb = logical_sandbox
+    assert sb.subscriber_dsn is not None
+    with connect(sb.active_dsn) as pub:  # a schema of its own: the module's other family test uses public
+        pub.execute("CREATE SCHEMA refused")
+        pub.execute("SET search_path = refused")
+        create_family(pub, 1000)
+    spec = TableSpec("refused.orders", "d", cutoff=FAMILY_CUTOFF.isoformat(), batch_size=500,
+                     children={"refused.items": "follow", "refused.notes": "keep"})
+    with Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn]) as mig:
+        with pytest.raises(InputError, match="not available with a logical subscriber") as err:
+            mig.capture()
+        assert "keep" in err.value.fix and mig.state() is None
+    with connect(sb.active_dsn) as pub:
+        assert scalar(pub, "SELECT to_regclass('refused.orders_new') IS NULL"
+                           " AND to_regclass('refused.items_new') IS NULL")
+        pub.execute("DROP SCHEMA refused CASCADE")

@@ -71,8 +71,7 @@ def run(ctx: RunContext) -> None:
                          + "; nothing was changed",
                          "run as the table's owner (or a member of the owner role, also of referencing "
                          "tables and views) with CREATE on its schema; see README, Least privilege")
-    for sub in ctx.subscribers:  # refusals before anything changes
-        sub.link(ex, plan.original)
+    _link_subscribers(ctx, plan)
     t_install = time.perf_counter()
     try:
         install_schema(ex)
@@ -134,6 +133,18 @@ def run(ctx: RunContext) -> None:
             "run as the table's owner (or a member of the owner role) with CREATE on its schema; "
             "see README, Least privilege") from None
     ctx.timed("capture", t0)
+
+
+def _link_subscribers(ctx: RunContext, plan: TablePlan) -> None:
+    """The logical subscribers' refusals, before anything changes."""
+    following = [str(c.ref.child) for c in plan.children if c.policy == "follow"]
+    if following and ctx.subscribers:
+        raise InputError(f"{ctx.table}: the child policy follow ({', '.join(following)}) is not available with "
+                         "a logical subscriber in this version; nothing was changed",
+                         "use 'keep' for those children, or migrate without --subscriber-dsn and refresh the "
+                         "subscriber's copy afterwards (docs/families.md)")
+    for sub in ctx.subscribers:
+        sub.link(ctx.ex, plan.original)
 
 
 def _created(names: Objects) -> list[str]:
