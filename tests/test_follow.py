@@ -117,8 +117,10 @@ def test_follow_is_made_exact_under_the_swaps_lock(fresh_db: Any) -> None:
     """Writes made after the child's new table was built, while the swap waits for its lock:
     an old order moved on or after the cutoff (its item goes live), a recent one moved before
     it (its item goes to the archive; one a note keeps live keeps its items live too), an old
-    item re-pointed to a recent order and a recent one to an old order, an item added to a recent order, a recent order deleted (its items
-    cascade). Under the lock the live child follows each of them."""
+    item re-pointed to a recent order and a recent one to an old order, an item added to a
+    recent order, a recent order deleted (its items cascade), and notes re-pointed (the `keep`
+    rule decides their orders again, and their items with them). Under the lock the live
+    child follows each of them."""
     with fresh_db.connect() as conn:
         create_family(conn, 2000)
         recent = [int(r[0]) for r in conn.execute(
