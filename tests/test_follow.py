@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 from family_twin import CUTOFF, FamilyWriters, create_family, differences
+from plan_compare import run, same, statements
 from site_helpers import waiting_for_the_swap
 
 from tablemig.config.spec import TableSpec
@@ -242,3 +243,21 @@ def test_a_swap_step_killed_while_following_resumes_or_rolls_back(fresh_db: Any)
             assert differences(conn, "orders", "orders_twin") == 0
             assert differences(conn, "items", "(SELECT * FROM items_twin UNION ALL SELECT 900001, 5, 1) t") == 0
             conn.execute("DELETE FROM items WHERE id = 900001")
+
+
+def test_the_dry_run_records_what_the_execution_runs(fresh_db: Any) -> None:
+    """`pytest plans/...` without --execute: the swap step of a plan with a `follow` child
+    is recorded statement by statement as the execution then runs it (the figures the
+    execution observes excepted), and the dry run changes nothing."""
+    with fresh_db.connect() as conn:
+        create_family(conn, 2000)
+    spec = _spec(children=POLICIES)
+    planned, would = run(fresh_db.dsn, spec, "plan", "swapped")
+    with fresh_db.connect() as conn:
+        assert conn.execute("SELECT to_regclass('items_new'), to_regclass('orders_new')").fetchone() == (None, None)
+    executed, final = run(fresh_db.dsn, spec, "execute", "swapped")
+    assert would is not None and final is not None and would.state == final.state == "swapped"
+    texts = [s[2] for s in statements(planned)]
+    assert any(t.startswith('INSERT INTO "public"."items_new"') for t in texts)
+    assert any('ALTER TABLE "public"."items" RENAME TO "items_archive' in t for t in texts), texts
+    same(statements(planned), statements(executed))

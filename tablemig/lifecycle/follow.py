@@ -57,7 +57,7 @@ from ..pg.sqltext import Fragment
 from ..pg.statements import Statements
 from ..pg.templating import render
 from .exchange import exchange
-from .executor import Executor
+from .executor import Executor, Observed
 from .families import Reference
 from .objects import (
     FOLLOW_TRIGGER,
@@ -349,8 +349,8 @@ def verify(st: Statements, f: Follower, parent_new: QualifiedName) -> dict[str, 
             f"({live[0]} rows against {want[0]}); nothing was swapped",
             f"rerun the swap step (it builds {f.new} again); if it differs again, roll back "
             f"(tablemig rollback --table {f.parent}) and report it")
-    return {"rows_live": live[0], "rows_archived": int(total or 0) - live[0], "checksum": live[1],
-            "replayed_at_verify": done.logged}
+    return {"rows_live": Observed("rows", live[0]), "rows_archived": Observed("rows", int(total or 0) - live[0]),
+            "checksum": Observed("checksum", live[1]), "replayed_at_verify": Observed("rows", done.logged)}
 
 
 @dataclass
@@ -384,8 +384,8 @@ class FollowRun:
             ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(f.archive.ident(), sql.Literal(
                 f"tablemig: original {f.child} (all rows) before the swap of {f.parent}, whose rows it follows")))
             out.append(f.record() | self.figures.get(str(f.child), {}) | {
-                "replayed_under_lock": done.logged, "exchange": record,
-                "under_lock_ms": round((time.perf_counter() - t0) * 1000, 1)})
+                "replayed_under_lock": Observed("rows", done.logged), "exchange": record,
+                "under_lock_ms": Observed("ms", round((time.perf_counter() - t0) * 1000, 1))})
         return out
 
 
@@ -417,8 +417,10 @@ def prepare(ex: Executor, followers: list[Follower], parent_new: QualifiedName, 
             replayed = drain(ex, f, parent_new)
             checked = verify(ex, f, parent_new)
             run.figures[str(f.child)] = checked | {
-                "rows_loaded": loaded, "indexes": indexes, "replayed_before_lock": replayed.logged,
-                "replay_batches": replayed.batches, "prepare_ms": round((time.perf_counter() - t0) * 1000, 1)}
+                "rows_loaded": Observed("rows", loaded), "indexes": indexes,
+                "replayed_before_lock": Observed("rows", replayed.logged),
+                "replay_batches": Observed("count", replayed.batches),
+                "prepare_ms": Observed("ms", round((time.perf_counter() - t0) * 1000, 1))}
     except BaseException:
         disarm(ex, followers, lock_options)
         raise

@@ -168,9 +168,11 @@ class SwapRecord:
         """What a logical subscriber recorded of its part of the swap."""
         return dict((self.data.get("peers") or {}).get(name) or {})
 
-    def validated(self, done: Sequence[str]) -> SwapRecord:
-        """The record with `done` foreign keys added to the validated ones."""
-        return SwapRecord({**self.data, "fk_validated": [*self.fk_validated, *done]})
+    def validated(self, done: Sequence[str]) -> Expr:
+        """The stored record with `done` foreign keys added to the validated ones: only that
+        field is written (the record's other values stay as the swap observed them)."""
+        return Expr(sql.SQL("jsonb_set(swap_record, '{fk_validated}', %s)"),
+                    (Jsonb([*self.fk_validated, *done]),))
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.data)

@@ -159,8 +159,9 @@ class FamilyPass:
             self.followed.extend(self.follow.locked(self.ex, self.live, self.outgoing, decided))
 
     def record(self, record: dict[str, Any]) -> None:
+        # counts the execution observes (a dry run records their kind)
         if self.retained:  # the rows `keep` children reference, live whatever their date (EX-4.1 counts them)
-            record["retained"] = self.retained
+            record["retained"] = {k: Observed("rows", v) for k, v in self.retained.items()}
         if self.followed:  # the children that moved with the table (prune and rollback read them)
             record["follow"] = self.followed
 
