@@ -261,3 +261,39 @@ def test_the_dry_run_records_what_the_execution_runs(fresh_db: Any) -> None:
     assert any(t.startswith('INSERT INTO "public"."items_new"') for t in texts)
     assert any('ALTER TABLE "public"."items" RENAME TO "items_archive' in t for t in texts), texts
     same(statements(planned), statements(executed))
+
+
+@pytest.mark.parametrize(("setup", "kw", "expected"), [
+    ("DROP INDEX items_order_id_idx", {}, "no index leads with the referencing columns"),
+    ("", {"archive_mode": "copy"}, "needs archive mode rename"),
+    ("CREATE TABLE parts (id bigint PRIMARY KEY, item_id bigint REFERENCES items); CREATE INDEX ON parts (item_id)",
+     {}, "is referenced by public.parts"),
+    ("ALTER TABLE items ADD COLUMN other bigint REFERENCES orders; CREATE INDEX ON items (other)", {},
+     "more than one foreign key to the table"),
+    ("ALTER TABLE items DROP CONSTRAINT items_pkey, ADD PRIMARY KEY (id) DEFERRABLE", {}, "DEFERRABLE"),
+])
+def test_follow_refusals_change_nothing(fresh_db: Any, setup: str, kw: dict[str, Any], expected: str) -> None:
+    """What follow cannot do is refused by the plan, naming the problem and the way out,
+    and the capture then refuses to start."""
+    with fresh_db.connect() as conn:
+        create_family(conn, 1000)
+        if setup:
+            conn.execute(setup)
+    with Migration(fresh_db.dsn, _spec(children=POLICIES, **kw), progress=lambda p: None) as mig:
+        blockers = mig.plan().blockers
+        assert any(expected in b and "'follow' for public.items" in b for b in blockers), blockers
+        with pytest.raises(Exception, match="blockers"):
+            mig.capture()
+    with fresh_db.connect() as conn:
+        assert conn.execute("SELECT to_regclass('orders_new'), to_regclass('items_new')").fetchone() == (None, None)
+
+
+def test_follow_for_a_self_reference_is_refused(fresh_db: Any) -> None:
+    with fresh_db.connect() as conn:
+        conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, d date NOT NULL, parent_id bigint REFERENCES t (id));"
+                     " CREATE INDEX ON t (parent_id);"
+                     " INSERT INTO t SELECT g, date '2024-01-01' + g, NULLIF(g - 1, 0) FROM generate_series(1, 100) g")
+    spec = TableSpec("public.t", "d", cutoff="2024-03-01", children={"public.t": "follow"})
+    with Migration(fresh_db.dsn, spec, progress=lambda p: None) as mig:
+        blockers = mig.plan().blockers
+    assert any("self-reference" in b and "cannot follow itself" in b for b in blockers), blockers
