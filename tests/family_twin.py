@@ -54,10 +54,20 @@ CREATE TABLE {n}_2024 PARTITION OF {n} FOR VALUES FROM ('2024-01-01') TO ('2025-
 """
 
 
-def create_family(conn: psycopg.Connection[Any], rows: int, *, partitioned: bool = False) -> None:
+# parts reference items (a grandchild of orders): two per item
+PARTS = """
+CREATE TABLE {p} (id bigint PRIMARY KEY, item_id bigint NOT NULL REFERENCES {i} ON DELETE CASCADE, n integer NOT NULL);
+CREATE INDEX ON {p} (item_id);
+INSERT INTO {p} SELECT i.id * 2 + k, i.id, k FROM {i} i, generate_series(0, 1) k;
+"""
+
+
+def create_family(conn: psycopg.Connection[Any], rows: int, *, partitioned: bool = False,
+                  parts: bool = False) -> None:
     """The three tables and their twins, `rows` orders over 365 days (~18 % from CUTOFF on).
     `partitioned`: notes is partitioned by month (PostgreSQL 18 re-points a partitioned
-    table's foreign key NOT VALID; before it, the plan refuses)."""
+    table's foreign key NOT VALID; before it, the plan refuses). `parts`: a table `parts`
+    referencing items (two per item)."""
     for suffix in ("", "_twin"):
         schema = SCHEMA.replace("{notes}", NOTES)
         if partitioned:
@@ -66,7 +76,9 @@ def create_family(conn: psycopg.Connection[Any], rows: int, *, partitioned: bool
                 f"('{'2025-01-01' if m == 12 else f'2024-{m + 1:02d}-01'}');\n" for m in range(1, 13))
             schema = SCHEMA.replace("{notes}", PARTITIONED_NOTES + months)
             schema = schema.replace("'note ' || g FROM", "'note ' || g, date '2024-01-01' + g %% 365 FROM")
-        text = schema.format(o=f"orders{suffix}", i=f"items{suffix}", n=f"notes{suffix}")
+        if parts:
+            schema += PARTS
+        text = schema.format(o=f"orders{suffix}", i=f"items{suffix}", n=f"notes{suffix}", p=f"parts{suffix}")
         for stmt in filter(str.strip, text.split(";")):
             conn.execute(stmt, {"base": BASE, "rows": rows} if "%(" in stmt else None)
     conn.execute("CREATE INDEX ON orders (d)")
@@ -85,14 +97,16 @@ def differences(conn: psycopg.Connection[Any], left: str, right: str, where: str
 
 BEFORE = ("insert_order", "move_order", "delete_order", "insert_item", "repoint_item", "change_item",
           "delete_item", "insert_note", "repoint_note", "delete_note")
+PART_OPS = ("insert_part", "repoint_part", "delete_part")  # with `parts`, before and after the swap
 AFTER = ("insert_order", "move_order", "delete_order", "insert_item", "change_item", "insert_note")
 
 
 class FamilyWriters(WriterThreads):
     """Writer threads on the family (see the module docstring)."""
 
-    def __init__(self, dsn: str, rows: int, *, threads: int = 3, seed: int = 5) -> None:
+    def __init__(self, dsn: str, rows: int, *, threads: int = 3, seed: int = 5, parts: bool = False) -> None:
         self.dsn, self.rows = dsn, rows
+        self.parts = PART_OPS if parts else ()
         self.ops: dict[str, int] = {}
         self.refused: dict[str, int] = {}
         self._next = rows * 10
@@ -111,16 +125,18 @@ class FamilyWriters(WriterThreads):
         with connect(self.dsn, application_name="family-writer") as conn:
             while not self.stop.is_set():
                 after = self._choosing(index)
-                op = rnd.choice(AFTER if after else BEFORE)
+                op = rnd.choice((AFTER if after else BEFORE) + self.parts)
                 try:
                     with conn.transaction():
-                        for sql, params in self._statements(conn, op, rnd, after):
+                        ops = self._part(conn, op, rnd) if op in PART_OPS else self._statements(conn, op, rnd, after)
+                        for sql, params in ops:
                             # after the swap a row may be archived: absent from the real
                             # table, present in the twin; a statement that reached no row
                             # is not applied to the twin
-                            if conn.execute(sql.format(o="orders", i="items", n="notes"), params).rowcount:
-                                conn.execute(sql.format(o="orders_twin", i="items_twin", n="notes_twin"),
-                                             params)
+                            if conn.execute(sql.format(o="orders", i="items", n="notes", p="parts"),
+                                            params).rowcount:
+                                conn.execute(sql.format(o="orders_twin", i="items_twin", n="notes_twin",
+                                                        p="parts_twin"), params)
                     self._count(self.ops, op)
                 except (psycopg.errors.ForeignKeyViolation, psycopg.errors.UniqueViolation,
                         psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable) as exc:
@@ -136,6 +152,15 @@ class FamilyWriters(WriterThreads):
         row = conn.execute(f"SELECT id FROM {table} WHERE id >= %s ORDER BY id LIMIT 1 FOR UPDATE",
                            (rnd.randint(1, self.rows),)).fetchone()
         return int(row[0]) if row else 0
+
+    def _part(self, conn: psycopg.Connection[Any], op: str, rnd: random.Random) -> list[tuple[str, tuple[Any, ...]]]:
+        if op == "insert_part":  # a live item of any age
+            return [("INSERT INTO {p} VALUES (%s, %s, %s)", (self._id(), self._child(conn, "items", rnd), 7))]
+        if op == "repoint_part":
+            return [("UPDATE {p} SET item_id = %s WHERE id = %s",
+                     (self._child(conn, "items", rnd), self._child(conn, "parts", rnd)))]
+        assert op == "delete_part", op
+        return [("DELETE FROM {p} WHERE id = %s", (self._child(conn, "parts", rnd),))]
 
     def _statements(self, conn: psycopg.Connection[Any], op: str, rnd: random.Random,
                     after: bool) -> list[tuple[str, tuple[Any, ...]]]:

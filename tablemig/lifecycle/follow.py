@@ -41,6 +41,7 @@ that reference a live row (or nothing). A failure before the swap drops what was
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ from ..pg.statements import Statements
 from ..pg.templating import render
 from .exchange import exchange
 from .executor import Executor, Observed
-from .families import Reference
+from .families import Reference, references
 from .objects import (
     FOLLOW_TRIGGER,
     GUARD_TRIGGER,
@@ -100,20 +101,34 @@ def child_archive_name(child: QualifiedName, parent: QualifiedName, parent_archi
 
 
 @dataclass(frozen=True)
+class Downstream:
+    """A table following a `follow` child in turn (a grandchild): its parent log, fed by the
+    child's replay with the keys of the child rows it moved."""
+
+    log: QualifiedName
+    child_columns: tuple[str, ...]  # the grandchild's referencing columns (the log's)
+    parent_columns: tuple[str, ...]  # the child's columns they reference
+
+
+@dataclass(frozen=True)
 class Follower:
-    """One `follow` child of the table, and the names of what the swap step builds for it."""
+    """One table of the family that follows (a child of the table, or of a following child),
+    and the names of what the swap step builds for it."""
 
     ref: Reference
     info: TableInfo  # the child as inspected
-    parent: QualifiedName  # the table (its original)
+    parent: QualifiedName  # the table it references (its original name)
+    upstream: QualifiedName  # the parent's new table, which decides its rows before the swap
+    depth: int  # 1: a child of the table; 2: a grandchild; ...
     new: QualifiedName
     archive: QualifiedName
     log: QualifiedName  # the child's written keys
-    parents: QualifiedName  # the table's keys whose rows changed sides or went
+    parents: QualifiedName  # the parent's keys whose rows changed sides or went
     capture: QualifiedName
     watch: QualifiedName
     mirror: QualifiedName
     prune: QualifiedName
+    downstream: tuple[Downstream, ...] = ()
 
     @property
     def child(self) -> QualifiedName:
@@ -133,25 +148,42 @@ class Follower:
 
     @property
     def watch_trigger(self) -> str:
-        """The trigger on the table feeding this child's parent log (one per child)."""
+        """The trigger on the table feeding a child's parent log (one per child of the table;
+        a grandchild's parent log is fed by its parent's replay)."""
         return derived_name(FOLLOW_TRIGGER, f"_{self.ref.child_oid}")
 
     def record(self) -> dict[str, Any]:
         """What the swap record keeps of it (read by prune and rollback)."""
-        return {"child": str(self.child), "oid": self.ref.child_oid, "new": str(self.new),
-                "archive": str(self.archive), "foreign_key": self.ref.name, "key": self.key,
+        return {"child": str(self.child), "parent": str(self.parent), "depth": self.depth, "oid": self.ref.child_oid,
+                "new": str(self.new), "archive": str(self.archive), "foreign_key": self.ref.name, "key": self.key,
                 "mirror": str(self.mirror), "prune": str(self.prune)}
 
 
-def follower(st: Statements, ref: Reference, objects: Objects) -> Follower:
-    """The `follow` child of `ref`, inspected now."""
+def follower(st: Statements, ref: Reference, objects: Objects, parent: QualifiedName, upstream: QualifiedName,
+             depth: int) -> Follower:
+    """The following table of `ref`, inspected now."""
     info = inspect_table(st, ref.child)
     o = ref.child_oid
-    return Follower(ref, info, objects.original, new_name(ref.child),
+    return Follower(ref, info, parent, upstream, depth, new_name(ref.child),
                     child_archive_name(ref.child, objects.original, objects.archive),
                     objects.follow_object("log", o), objects.follow_object("parents", o),
                     objects.follow_object("capture", o), objects.follow_object("watch", o),
                     objects.follow_object("mirror", o), objects.follow_object("prune", o))
+
+
+def family(st: Statements, refs: Sequence[Reference], objects: Objects) -> list[Follower]:
+    """The `follow` children of the table (`refs`) and, in turn, every table referencing a
+    following table: parents before their children."""
+    out: list[Follower] = []
+    todo = [(r, objects.original, objects.new, 1) for r in refs]
+    while todo:
+        ref, parent, upstream, depth = todo.pop(0)
+        f = follower(st, ref, objects, parent, upstream, depth)
+        out.append(f)
+        todo += [(r, f.child, f.new, depth + 1) for r in references(st, ref.child_oid) if not r.self_ref]
+    return [dataclasses.replace(f, downstream=tuple(
+        Downstream(g.parents, g.ref.child_columns, g.ref.parent_columns) for g in out if g.parent == f.child))
+        for f in out]
 
 
 def _and(parts: Sequence[sql.Composable]) -> sql.Composable:
@@ -200,18 +232,19 @@ def arm_sql(f: Follower, user: str, parent_date_column: str, parent_key: Sequenc
     stmts.append(Fragment(render("follow_watch_function.sql.j2", function=(f.watch.schema, f.watch.name),
                                  log=(f.parents.schema, f.parents.name), search_path=list(search_path),
                                  child=list(f.ref.child_columns), parent=list(f.ref.parent_columns))))
-    watched = sorted({parent_date_column, *parent_key, *f.ref.parent_columns})
-    stmts.append(_or_replace_trigger(f.watch_trigger, sql.SQL("AFTER UPDATE OF {} OR DELETE").format(
-        sql.SQL(", ").join(map(sql.Identifier, watched))), f.parent, f.watch))
+    if f.depth == 1:  # a grandchild's parent log is fed by its parent's replay
+        watched = sorted({parent_date_column, *parent_key, *f.ref.parent_columns})
+        stmts.append(_or_replace_trigger(f.watch_trigger, sql.SQL("AFTER UPDATE OF {} OR DELETE").format(
+            sql.SQL(", ").join(map(sql.Identifier, watched))), f.parent, f.watch))
     return stmts
 
 
 def triggers_off_sql(f: Follower, parent: QualifiedName, child: QualifiedName) -> list[sql.Composable]:
     """The capture of the swap step off: triggers (on `parent` and `child`, the names the
     two tables have now), functions and logs."""
-    return [drop_trigger_sql(parent, f.watch_trigger), drop_trigger_sql(child, FOLLOW_TRIGGER),
-            drop_trigger_sql(child, GUARD_TRIGGER), drop_function_sql(f.watch), drop_function_sql(f.capture),
-            drop_table_sql(f.log), drop_table_sql(f.parents)]
+    watch = [drop_trigger_sql(parent, f.watch_trigger)] if f.depth == 1 else []
+    return [*watch, drop_trigger_sql(child, FOLLOW_TRIGGER), drop_trigger_sql(child, GUARD_TRIGGER),
+            drop_function_sql(f.watch), drop_function_sql(f.capture), drop_table_sql(f.log), drop_table_sql(f.parents)]
 
 
 def disarm_sql(f: Follower) -> list[sql.Composable]:
@@ -302,14 +335,32 @@ def batch(st: Statements, f: Follower, parent: QualifiedName, limit: int | None,
             sql.SQL(", ").join(sql.SQL("{} AS {}").format(sql.Identifier(lc), sql.Identifier(cc))
                                for lc, cc in zip(log_cols, child_cols, strict=True)), log.ident(), cond)
         match = _and([sql.SQL("x.{0} = c.{0}").format(sql.Identifier(c)) for c in child_cols])
-        out.deleted += max(st.run(sql.SQL("DELETE FROM {} x USING ({}) c WHERE {}").format(
-            f.new.ident(), picked, match), params).rowcount, 0)
+        out.deleted += _changed(st, f, sql.SQL("DELETE FROM {} x USING ({}) c WHERE {} RETURNING x.*").format(
+            f.new.ident(), picked, match), params)
         tmatch = _and([sql.SQL("t.{0} = c.{0}").format(sql.Identifier(c)) for c in child_cols])
         keys = sql.SQL("({}) c JOIN {} t ON {}").format(picked, f.child.ident(), tmatch)
-        out.inserted += max(st.run(_insert(f, sql.SQL("true"), keys, parent, conflict=True), params).rowcount, 0)
+        out.inserted += _changed(st, f, sql.SQL("{} RETURNING *").format(
+            _insert(f, sql.SQL("true"), keys, parent, conflict=True)), params)
         if consume:
             st.run(sql.SQL("DELETE FROM {} WHERE {}").format(log.ident(), cond), params)
     return out
+
+
+def _changed(st: Statements, f: Follower, change: sql.Composable, params: list[Any]) -> int:
+    """Run `change` (a DELETE or INSERT of the new table RETURNING its rows); the keys of the
+    rows it moved go to the parent log of each table following `f` (their rows referencing
+    them are decided again by their next batch, whose snapshot sees this one's commit).
+    Returns the rows changed."""
+    if not f.downstream:
+        return max(st.run(change, params).rowcount, 0)
+    parts = [sql.SQL("moved AS ({})").format(change)]
+    for i, d in enumerate(f.downstream):
+        parts.append(sql.SQL("{} AS (INSERT INTO {} ({}) SELECT {} FROM moved)").format(
+            sql.Identifier(f"down{i}"), d.log.ident(), sql.SQL(", ").join(map(sql.Identifier, d.child_columns)),
+            sql.SQL(", ").join(map(sql.Identifier, d.parent_columns))))
+    row = st.run(sql.SQL("WITH {} SELECT count(*) FROM moved").format(sql.SQL(", ").join(parts)), params,
+                 planned=[(0,)]).fetchone()
+    return int(row[0]) if row else 0
 
 
 def drain(st: Statements, f: Follower, parent_new: QualifiedName, *, max_rounds: int = 10_000) -> Replayed:
@@ -355,25 +406,34 @@ def verify(st: Statements, f: Follower, parent_new: QualifiedName) -> dict[str, 
 
 @dataclass
 class FollowRun:
-    """What the swap step did for the `follow` children before its lock, and does under it."""
+    """What the swap step did for the following tables before its lock, and does under it."""
 
-    followers: list[Follower]
+    followers: list[Follower]  # parents before their children
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def lock_list(self) -> list[QualifiedName]:
-        return [f.new for f in self.followers]
+        """What the swap locks besides the table's own list (which has the table's children)."""
+        return [*(f.child for f in self.followers if f.depth > 1), *(f.new for f in self.followers)]
 
     def locked(self, ex: Executor, live: QualifiedName, outgoing: QualifiedName,
                decided_again: QualifiedName | None) -> list[dict[str, Any]]:
         """Under the swap's lock, after the table's renames (and the `keep` rule's pass): each
-        child made exact against the live table, then put in its place (see the module
-        docstring). Returns the swap record's `follow` entries."""
-        out = []
+        following table made exact, parents first (a child of the table against the live
+        table, a grandchild against its parent's new table, made exact just before), then
+        each put in its place, children first (a child's exchange re-points its children's
+        keys to the live child). Returns the swap record's `follow` entries."""
+        done: dict[QualifiedName, Replayed] = {}
         for f in self.followers:
+            done[f.child] = batch(ex, f, live if f.depth == 1 else f.upstream, None,
+                                  decided_again if f.depth == 1 else None)
+        # under the lock, current, and before any exchange: a child's incoming keys must name
+        # its children as they are now (after their exchange, those names are the live ones)
+        infos = {f.child: inspect_table(ex, f.child) for f in self.followers}
+        out = []
+        for f in reversed(self.followers):
             t0 = time.perf_counter()
-            done = batch(ex, f, live, None, decided_again)
-            info = inspect_table(ex, f.child)  # under the lock: current
-            for stmt in triggers_off_sql(f, outgoing, f.child):
+            info = infos[f.child]
+            for stmt in triggers_off_sql(f, outgoing if f.depth == 1 else f.parent, f.child):
                 ex.run(stmt)
             record = exchange(ex, info, f.child, f.new, f.archive)
             ex.run(sync_function_sql(info, f.mirror, "mirror", f.archive,
@@ -384,19 +444,23 @@ class FollowRun:
             ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(f.archive.ident(), sql.Literal(
                 f"tablemig: original {f.child} (all rows) before the swap of {f.parent}, whose rows it follows")))
             out.append(f.record() | self.figures.get(str(f.child), {}) | {
-                "replayed_under_lock": Observed("rows", done.logged), "exchange": record,
+                "replayed_under_lock": Observed("rows", done[f.child].logged), "exchange": record,
+                # its children's keys, re-pointed to the live child by its exchange: validated after the swap
+                "foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks],
                 "under_lock_ms": Observed("ms", round((time.perf_counter() - t0) * 1000, 1))})
-        return out
+        return out[::-1]
 
 
-def prepare(ex: Executor, followers: list[Follower], parent_new: QualifiedName, user: str, date_column: str,
-            parent_key: Sequence[str], search_path: Sequence[str], lock_options: dict[str, Any]) -> FollowRun:
-    """Steps 1 to 5 for every `follow` child, before the swap's lock (see the module
-    docstring); on any failure what was armed is dropped again."""
+def prepare(ex: Executor, followers: list[Follower], user: str, date_column: str, parent_key: Sequence[str],
+            search_path: Sequence[str], lock_options: dict[str, Any]) -> FollowRun:
+    """Steps 1 to 5 for every following table, before the swap's lock (see the module
+    docstring), parents first; on any failure what was armed is dropped again. Every table
+    is armed before any is loaded: a child's replay feeds its children's parent logs."""
     run = FollowRun(followers)
     try:
+        started = {}
         for f in followers:
-            t0 = time.perf_counter()
+            started[f.child] = time.perf_counter()
             stmts = arm_sql(f, user, date_column, parent_key, search_path)
 
             def body(_locked_at: float, stmts: list[sql.Composable] = stmts, f: Follower = f) -> dict[str, Any]:
@@ -406,21 +470,24 @@ def prepare(ex: Executor, followers: list[Follower], parent_new: QualifiedName, 
                 ex.creates(str(f.new), str(f.log), str(f.parents))
                 return {}
 
-            # SHARE ROW EXCLUSIVE on both: the writers that started before have committed
-            # (the load sees them), every later write is logged
-            with_lock_retries(ex, f"arming follow of {f.child}", [f.parent, f.child], body,
-                              mode="SHARE ROW EXCLUSIVE", **lock_options)
+            # SHARE ROW EXCLUSIVE: the writers that started before have committed (the load
+            # sees them), every later write is logged; for a child of the table, on the table
+            # too (its trigger feeds the parent log)
+            with_lock_retries(ex, f"arming follow of {f.child}", [f.parent, f.child] if f.depth == 1 else [f.child],
+                              body, mode="SHARE ROW EXCLUSIVE", **lock_options)
+        for f in followers:
             with ex.transaction():
-                loaded = load(ex, f, parent_new)
+                loaded = load(ex, f, f.upstream)
             with ex.transaction():
                 indexes = build_indexes(ex, f)
-            replayed = drain(ex, f, parent_new)
-            checked = verify(ex, f, parent_new)
-            run.figures[str(f.child)] = checked | {
-                "rows_loaded": Observed("rows", loaded), "indexes": indexes,
+            run.figures[str(f.child)] = {"rows_loaded": Observed("rows", loaded), "indexes": indexes}
+        for f in followers:
+            replayed = drain(ex, f, f.upstream)
+            checked = verify(ex, f, f.upstream)
+            run.figures[str(f.child)] |= checked | {
                 "replayed_before_lock": Observed("rows", replayed.logged),
                 "replay_batches": Observed("count", replayed.batches),
-                "prepare_ms": Observed("ms", round((time.perf_counter() - t0) * 1000, 1))}
+                "prepare_ms": Observed("ms", round((time.perf_counter() - started[f.child]) * 1000, 1))}
     except BaseException:
         disarm(ex, followers, lock_options)
         raise
@@ -440,15 +507,19 @@ def disarm(ex: Executor, followers: list[Follower], lock_options: dict[str, Any]
         with contextlib.suppress(psycopg.Error, TablemigError):
             if ex.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 ex.conn.rollback()
-            with_lock_retries(ex, f"disarming follow of {f.child}", [f.parent, f.child], body,
+            with_lock_retries(ex, f"disarming follow of {f.child}", [f.parent, f.child] if f.depth == 1 else [f.child],
+                              body,
                               **(lock_options | {"attempts": min(3, int(lock_options.get("attempts", 3)))}))
 
 
 def refusals(st: Statements, ref: Reference, siblings: Sequence[Reference], table_key: Sequence[str],
-             archive_mode: str) -> list[str]:
+             archive_mode: str, via: QualifiedName | None = None,
+             seen: frozenset[QualifiedName] = frozenset()) -> list[str]:
     """Why the policy follow cannot be applied to the child of `ref` (empty: it can), found
-    before anything changes. `siblings`: every foreign key referencing the table."""
-    what = f"child policy 'follow' for {ref.child}"
+    before anything changes, for it and for the tables that would follow it in turn.
+    `siblings`: every foreign key referencing the same table; `via`: the following table
+    `ref` references (None: the migrated table)."""
+    what = f"child policy 'follow' for {ref.child}" + (f" (which follows {via})" if via else "")
     if ref.self_ref:
         return [f"{what} itself (the self-reference {ref.name}) is not available: a table cannot follow "
                 f"itself; use a cutoff that keeps the rows kept rows reference, or drop {ref.name}"]
@@ -465,30 +536,34 @@ def refusals(st: Statements, ref: Reference, siblings: Sequence[Reference], tabl
                    f"{ref.child} ({', '.join(ref.child_columns)}) first")
     if sorted(ref.parent_columns) != sorted(table_key):
         out.append(f"{what}: foreign key {ref.name} references ({', '.join(ref.parent_columns)}), not the "
-                   f"key ({', '.join(table_key)}) of the table; only a reference to the key can be followed")
+                   f"key ({', '.join(table_key)}); only a reference to the key can be followed")
     if sum(1 for r in siblings if r.child == ref.child) > 1:
-        out.append(f"{what}: {ref.child} has more than one foreign key to the table, which this version "
-                   "cannot follow; use 'keep'")
-    return out + _child_refusals(st, ref, what)
+        out.append(f"{what}: {ref.child} has more than one foreign key to the table it follows, which this "
+                   "version cannot follow; use 'keep'")
+    if ref.child in seen:
+        return [*out, f"{what}: {ref.child} is reached twice in the family (it references two following "
+                      "tables), which this version cannot follow; use 'keep'"]
+    return out + _child_refusals(st, ref, what, archive_mode, seen | {ref.child})
 
 
-def _child_refusals(st: Statements, ref: Reference, what: str) -> list[str]:
-    """What of the child itself keeps it from following."""
+def _child_refusals(st: Statements, ref: Reference, what: str, archive_mode: str,
+                    seen: frozenset[QualifiedName]) -> list[str]:
+    """What of the child itself, or of the tables that would follow it, keeps it from following."""
     out: list[str] = []
     try:
         info = inspect_table(st, ref.child)
     except TablemigError as exc:
-        return [*out, f"{what}: {exc}"]
+        return [f"{what}: {exc}"]
     if any(i.is_key and (i.deferrable or not i.arbiter_shape) for i in info.indexes):
         out.append(f"{what}: the key of {ref.child} is DEFERRABLE (or partial), which cannot arbitrate "
                    "the replay's copies; make it not deferrable, or use 'keep'")
-    grandchildren = sorted({str(fk.table) for fk in info.incoming_fks if fk.table != ref.child})
-    if grandchildren or info.self_fks:
-        out.append(f"{what}: {ref.child} is referenced by {', '.join(grandchildren) or 'itself'}; tables that "
-                   "reference a following child cannot follow it in this version; use 'keep' for "
-                   f"{ref.child}, or drop those foreign keys before the migration")
     if info.inherits or info.has_children:
         out.append(f"{what}: {ref.child} uses table inheritance, which cannot follow; use 'keep'")
+    # the tables referencing it follow it in turn (a grandchild whose parent is archived
+    # would be an orphan)
+    below = references(st, ref.child_oid)
+    for g in below:
+        out += refusals(st, g, below, info.key_columns, archive_mode, ref.child, seen)
     return out
 
 

@@ -91,7 +91,7 @@ def run(ctx: RunContext, batch_size: int | None = None) -> int:
 def _delete_children_copies(ctx: RunContext, children: list[follow_after.Followed], batch: int) -> dict[str, int]:
     """The `follow` children's archive copies of their live rows, deleted (tablemig.lifecycle.follow_after)."""
     out = {}
-    for c in children:
+    for c in reversed(children):  # grandchildren before children
         ctx.pause()
         out[str(c.child)] = follow_after.delete_copies(ctx.ex, c.child, c.archive, c.key, batch)
     return out

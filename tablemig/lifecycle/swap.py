@@ -41,7 +41,7 @@ from .context import RunContext
 from .exchange import exchange, move_publications, validate_foreign_keys
 from .executor import Executor, Observed, plain
 from .families import OrphanGuard, references
-from .follow import FollowRun, follower, prepare
+from .follow import FollowRun, family, prepare
 from .follow import disarm as follow_disarm
 from .objects import CAPTURE_TRIGGER, GUARD_TRIGGER, MIRROR_TRIGGER, deferred_names
 from .orphan_guard import arm, disarm
@@ -164,6 +164,8 @@ class FamilyPass:
             record["retained"] = {k: Observed("rows", v) for k, v in self.retained.items()}
         if self.followed:  # the children that moved with the table (prune and rollback read them)
             record["follow"] = self.followed
+            for f in self.followed:  # re-pointed to the live children: validated after the swap
+                record["foreign_keys"] += f.pop("foreign_keys")
 
 
 def swap(ex: Executor, m: State, *, lock_timeout: str, attempts: int, statement_timeout: str,
@@ -280,9 +282,8 @@ def run(ctx: RunContext) -> SwapResult:
     following: FollowRun | None = None
     try:
         if followed:  # after the arming: the new table holds the rows kept for `keep` children
-            following = prepare(ex, [follower(ex, r, m.objects) for r in followed], m.new,
-                                str(ex.scalar("SELECT current_user")), m.date_column, m.key, plan.search_path,
-                                s.lock_options())
+            following = prepare(ex, family(ex, followed, m.objects), str(ex.scalar("SELECT current_user")),
+                                m.date_column, m.key, plan.search_path, s.lock_options())
         for sub in ctx.subscribers:  # caught up before the locks: the barrier under them is short
             sub.link(ex, m.live)
             sub.wait_ready([m.new])
