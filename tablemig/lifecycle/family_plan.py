@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from ..pg.names import quote_ident
+from ..pg.references import Reference
 from ..pg.sqltext import Fragment
 from ..pg.statements import Statements
-from .families import Reference, trigger_name_taken
+from .families import trigger_name_taken
 from .objects import FAMILY_TRIGGER
 from .retain import keep_rule
 from .structure import deferrable_key

@@ -15,10 +15,10 @@ from ..errors import InputError
 from ..pg.catalog import TableInfo, inspect_table, resolve
 from ..pg.cutoff import DATE_TYPES, base_types, compute_cutoff, read_cutoff, show_cutoff
 from ..pg.names import QualifiedName, quote_ident
+from ..pg.references import Reference, references
 from ..pg.search_path import trigger_path
 from ..pg.sqltext import Fragment
 from ..pg.statements import Statements
-from .families import Reference, references
 from .family_plan import ChildPlan, check_reference
 from .objects import TOOL_TRIGGERS, Objects, archive_name, backup_name, new_name
 from .resume import remaining
