@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from ..pg.names import quote_ident
+from ..pg.names import QualifiedName, quote_ident
 from ..pg.references import Reference
 from ..pg.sqltext import Fragment
 from ..pg.statements import Statements
@@ -37,12 +37,24 @@ class ChildPlan:
                 **({"parent_rows_kept_live": self.retained} if self.retained is not None else {})}
 
 
+def refused_partitioned(st: Statements, ref: Reference) -> bool:
+    """A partitioned referencing table before PostgreSQL 18 is refused whatever its policy:
+    the swap re-points its foreign key NOT VALID, which those versions refuse there."""
+    return ref.partitioned and st.conn.info.server_version < 180000
+
+
+def policy_children(st: Statements, refs: list[Reference]) -> list[QualifiedName]:
+    """The tables among `refs` a plan gives a child policy (each has a ChildPlan), once each,
+    in order: every table referencing the table but itself, unless refused_partitioned."""
+    return list(dict.fromkeys(r.child for r in refs if not r.self_ref and not refused_partitioned(st, r)))
+
+
 def check_reference(st: Statements, plan: TablePlan, ref: Reference) -> None:
     """One foreign key referencing the table (from another table or from itself), with the
     policy the plan gives its table (docs/families.md)."""
     b, w = plan.blockers, plan.warnings
     policy = plan.spec.child_policy(ref.child)
-    if ref.partitioned and st.conn.info.server_version < 180000:
+    if refused_partitioned(st, ref):
         b.append(f"foreign key {ref.name} of the partitioned table {ref.child} references {plan.original}: "
                  "the swap re-points it NOT VALID (validated afterwards, without blocking writes), which "
                  "PostgreSQL before 18 refuses on a partitioned table, and adding it validated would scan "
