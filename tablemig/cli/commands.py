@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import psycopg
+
 from ..config.settings import BATCH_SIZE, WORKERS, Fixed, argument
 from ..config.spec import TableSpec
 from ..errors import InputError, TablemigError
@@ -90,17 +92,23 @@ def _spec(a: argparse.Namespace) -> TableSpec:
                      workers=a.workers, children=_children(a.child), hold_swap=a.hold_swap)
 
 
-def load_state(dsn: str, table: str) -> State:
-    """The migration state of a table already under way; refused when there is none."""
-    name = str(QualifiedName.parse(table))
-    with connect(dsn) as conn:
-        if installed_version(conn) is None:
-            raise InputError(f"no tablemig schema in this database: {name} was never migrated here",
-                             "check --dsn (the active site of the migration)")
-        m = StateStore(Direct(conn), name).load()
+def _stored_state(conn: psycopg.Connection[Any], name: str) -> tuple[StateStore, State]:
+    """The state store of a table already under way (`name` as QualifiedName prints it) and
+    its state row; refused when there is none."""
+    if installed_version(conn) is None:
+        raise InputError(f"no tablemig schema in this database: {name} was never migrated here",
+                         "check --dsn (the active site of the migration)")
+    store = StateStore(Direct(conn), name)
+    m = store.load()
     if m is None:
         raise InputError(f"{name} has no migration state", "see `tablemig status` for tables under way")
-    return m
+    return store, m
+
+
+def load_state(dsn: str, table: str) -> State:
+    """The migration state of a table already under way; refused when there is none."""
+    with connect(dsn) as conn:
+        return _stored_state(conn, str(QualifiedName.parse(table)))[1]
 
 
 def state_row(dsn: str, table: str) -> dict[str, Any]:
@@ -181,13 +189,7 @@ def cmd_release(a: argparse.Namespace) -> int:
     """`tablemig release`: a postponed cut-over (migrate --hold-swap) swaps now."""
     name = str(QualifiedName.parse(a.table))
     with connect(dsn_of(a)) as conn:
-        if installed_version(conn) is None:
-            raise InputError(f"no tablemig schema in this database: {name} was never migrated here",
-                             "check --dsn (the active site of the migration)")
-        store = StateStore(Direct(conn), name)
-        m = store.stored()
-        if m is None:
-            raise InputError(f"{name} has no migration state", "see `tablemig status`")
+        store, m = _stored_state(conn, name)
         if m.swapped:
             raise InputError(f"{name} is already swapped (state {m.state}): nothing to release",
                              "see `tablemig status`")

@@ -16,8 +16,13 @@ from ..config.settings import BATCH_SIZE
 from ..config.spec import CHILD_POLICIES
 from ..errors import InputError
 from ..lifecycle.driver import Migration
+from ..lifecycle.family_plan import policy_children
 from ..lifecycle.planner import TablePlan
+from ..pg.catalog import resolve
+from ..pg.connect import connect
+from ..pg.references import references
 from ..pg.replication import LagLimit
+from ..pg.statements import Direct
 from .conventions import add_dsn, add_json, cutoff, emit, fraction, positive_int
 
 PLACEHOLDER_CONTACTS = [
@@ -77,13 +82,18 @@ def _inspect(a: argparse.Namespace, table: TableConfig) -> Found:
     reference it), each with the policy --children gives and its counts."""
     if not a.dsn:
         return Found(table)
-    with Migration(a.dsn, table.spec(), progress=lambda _p: None) as mig:
+    # the children are found first, so that the one plan has their policies: their own
+    # figures and refusals
+    with connect(a.dsn) as conn:
+        st = Direct(conn)
+        children = policy_children(st, references(st, resolve(st, table.spec().qualified)))
+    given = dataclasses.replace(table, children={str(c): a.children for c in children}) if children else table
+    with Migration(a.dsn, given.spec(), progress=lambda _p: None) as mig:
         plan = mig.plan()
+    # the children the plan gave a policy (after a swap, none)
     policies = {str(c.ref.child): a.children for c in plan.children if not c.ref.self_ref}
-    if policies:  # planned again with the policies given: their own figures and refusals
+    if policies:
         table = dataclasses.replace(table, children=policies)
-        with Migration(a.dsn, table.spec(), progress=lambda _p: None) as mig:
-            plan = mig.plan()
     rule = f"retention {table.retention}" if table.retention is not None else "the cutoff given"
     cutoff = (f"{rule}: cutoff {plan.cutoff_local or plan.cutoff} on {plan.date_column}; keeps {plan.keep_rows} "
               f"of {plan.total_rows} rows, archives {plan.archive_rows}")

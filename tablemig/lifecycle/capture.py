@@ -18,9 +18,9 @@ from psycopg import sql
 from ..errors import InputError, TablemigError
 from ..pg.locking import with_lock_retries
 from ..pg.names import QualifiedName
+from ..pg.references import Reference
 from ..pg.schema import install_schema
 from .context import RunContext
-from .families import Reference
 from .objects import CAPTURE_TRIGGER, Objects, deferred_names
 from .planner import TablePlan, missing_privileges
 from .state import Cutoff, State

@@ -54,12 +54,12 @@ from ..errors import TablemigError
 from ..pg.catalog import TableInfo, inspect_table
 from ..pg.locking import with_lock_retries
 from ..pg.names import QualifiedName, derived_name
+from ..pg.references import Reference, references
 from ..pg.sqltext import Fragment
 from ..pg.statements import Statements
 from ..pg.templating import render
 from .exchange import exchange
 from .executor import Executor, Observed
-from .families import Reference, references
 from .objects import (
     FOLLOW_TRIGGER,
     GUARD_TRIGGER,

@@ -13,9 +13,10 @@ from psycopg import sql
 from ..config.settings import Settings
 from ..errors import TablemigError
 from ..pg.locking import with_lock_retries
+from ..pg.references import Reference
 from .capture import direct_function_sql
 from .executor import Executor
-from .families import OrphanGuard, Reference, child_trigger_sql, disarm_sql, orphan_error, orphans
+from .families import OrphanGuard, child_trigger_sql, disarm_sql, orphan_error, orphans
 from .planner import TablePlan
 from .retain import purge_old_rows
 from .state import State

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from ..pg.names import QualifiedName
+from ..pg.references import Reference
 from ..pg.sqltext import Fragment
 from ..pg.statements import Statements
-from .families import Reference
 
 
 @dataclass(frozen=True)

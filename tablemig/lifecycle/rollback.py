@@ -21,6 +21,7 @@ from ..errors import InputError, TablemigError
 from ..pg.autovacuum import AutovacuumPolicy
 from ..pg.catalog import TableInfo, inspect_table
 from ..pg.locking import with_lock_retries
+from ..pg.references import references
 from ..pg.sqltext import Fragment
 from . import follow_after, prune
 from .batch_copy import BatchCopier
@@ -28,7 +29,7 @@ from .context import RunContext
 from .copying import CopyJob
 from .exchange import exchange_back, move_publications, validate_foreign_keys
 from .executor import Executor, plain
-from .families import disarm_sql, references
+from .families import disarm_sql
 from .follow import leftovers_sql
 from .objects import CAPTURE_TRIGGER, GUARD_TRIGGER, MIRROR_TRIGGER, deferrable_constraints
 from .state import State, StateStore

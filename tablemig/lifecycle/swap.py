@@ -35,12 +35,13 @@ from ..pg.autovacuum import AutovacuumPolicy
 from ..pg.catalog import TableInfo, inspect_table
 from ..pg.locking import blockers, with_lock_retries
 from ..pg.names import QualifiedName
+from ..pg.references import references
 from ..pg.statements import Statements
 from . import hold
 from .context import RunContext
 from .exchange import exchange, move_publications, validate_foreign_keys
 from .executor import Executor, Observed, plain
-from .families import OrphanGuard, references
+from .families import OrphanGuard
 from .follow import FollowRun, family, prepare
 from .follow import disarm as follow_disarm
 from .objects import CAPTURE_TRIGGER, GUARD_TRIGGER, MIRROR_TRIGGER, deferred_names

@@ -10,7 +10,9 @@ import psycopg
 from psycopg import sql
 
 from .names import QualifiedName
+from .references import references
 from .sqltext import Fragment
+from .statements import Direct
 
 
 def monthly_distribution(conn: psycopg.Connection[Any], table: QualifiedName | list[QualifiedName],
@@ -56,28 +58,17 @@ def rewritable(conn: psycopg.Connection[Any], table: QualifiedName) -> sql.Compo
     return sql.SQL(" AND ").join(parts or [sql.SQL("true")])
 
 
-_INCOMING = """
-SELECT n.nspname, c.relname,
-       ARRAY(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(n, o)
-               JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.o),
-       ARRAY(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY k(n, o)
-               JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.o)
-  FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE con.confrelid = %s::regclass AND con.contype = 'f' AND con.conparentid = 0
- ORDER BY 1, 2, con.conname
-"""
-
-
 def unreferenced(conn: psycopg.Connection[Any], table: QualifiedName, alias: str) -> sql.Composable:
     """A condition for the rows of `table` (as `alias`) that no foreign key references: a
     probe that deletes a row, even in a transaction rolled back, must neither cascade into
     the children nor fail on them (ON DELETE RESTRICT / NO ACTION)."""
+    oid = conn.execute("SELECT %s::regclass::oid", (str(table),)).fetchone()
+    assert oid is not None
     parts: list[sql.Composable] = []
-    for schema, child, cols, pcols in conn.execute(_INCOMING, (str(table),)).fetchall():
+    for ref in references(Direct(conn), int(oid[0])):
         match = sql.SQL(" AND ").join(sql.SQL("x.{} = {}").format(sql.Identifier(c), sql.Identifier(alias, p))
-                                      for c, p in zip(cols, pcols, strict=True))
-        parts.append(sql.SQL("NOT EXISTS (SELECT 1 FROM {} x WHERE {})").format(
-            sql.Identifier(schema, child), match))
+                                      for c, p in zip(ref.child_columns, ref.parent_columns, strict=True))
+        parts.append(sql.SQL("NOT EXISTS (SELECT 1 FROM {} x WHERE {})").format(ref.child.ident(), match))
     return sql.SQL(" AND ").join(parts or [sql.SQL("true")])
 
 
