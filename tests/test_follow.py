@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from backup_helpers import run_plan
 from family_twin import CUTOFF, FamilyWriters, create_family, differences
 from plan_compare import run, same, statements
 from site_helpers import waiting_for_the_swap
@@ -309,3 +310,39 @@ def test_follow_for_a_self_reference_is_refused(fresh_db: Any) -> None:
     with Migration(fresh_db.dsn, spec, progress=lambda p: None) as mig:
         blockers = mig.plan().blockers
     assert any("self-reference" in b and "cannot follow itself" in b for b in blockers), blockers
+
+
+def test_a_plan_written_by_new_plan_with_follow_runs_end_to_end(fresh_db: Any, tmp_path: Any) -> None:
+    """`new-plan --children follow` for a table with two children (one with a NULL-able key,
+    ON DELETE SET NULL) writes the policies with the counts; the plan as written runs every
+    checklist item while the family is written, and the report shows the children moved."""
+    with fresh_db.connect() as conn:
+        create_family(conn, 2000)
+    out = tmp_path / "family_plan.py"
+    done = subprocess.run([sys.executable, "-m", "tablemig.cli.main", "new-plan", "--dsn", fresh_db.dsn,
+                           "--table", "public.orders", "--date-column", "d", "--cutoff", CUTOFF.isoformat(),
+                           "--children", "follow", "--output", str(out)],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "'public.items': 'follow'" in text and "'public.notes': 'follow'" in text, text
+    assert "they go to the archive with them" in text, text
+    with FamilyWriters(fresh_db.dsn, 2000, threads=2) as writers:
+        proc, steps = run_plan(out, fresh_db.dsn, "--execute", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert writers.ops
+    children = steps["PRE-1.3b"]["evidence"]["children"]
+    assert [(c["child"], c["policy"]) for c in children] == [("public.items", "follow"), ("public.notes", "follow")]
+    assert steps["EX-4.1"]["status"] == "passed", steps["EX-4.1"]
+    moved = steps["EX-2.2"]["evidence"]["followed_children"]
+    assert [m["child"] for m in moved] == ["public.items", "public.notes"]
+    assert all(m["rows_live"] > 0 and m["rows_archived"] > 0 for m in moved), moved
+    (html,) = (out.parent / "reports").glob("*/latest/report.html")
+    assert "the rows referencing live rows of public.orders (policy follow)" in html.read_text()
+    with fresh_db.connect() as conn:
+        assert conn.execute("SELECT state FROM table_migration.migration_state").fetchone() == ("swapped",)
+        for child in ("items", "notes"):  # every live child row references a live order (or nothing)
+            lost = conn.execute(f"SELECT count(*) FROM {child} c WHERE c.order_id IS NOT NULL AND NOT EXISTS"
+                                " (SELECT 1 FROM orders o WHERE o.id = c.order_id)").fetchone()
+            assert lost == (0,), child
+        assert _fks(conn)["items"] == ("orders", True) and _fks(conn)["notes"] == ("orders", True)

@@ -73,6 +73,8 @@ def _child_notes(plan: TablePlan) -> dict[str, str]:
             notes[str(c.ref.child)] = f"{c.referencing_archived} rows reference {plan.original} rows to be archived"
             if c.retained is not None:
                 notes[str(c.ref.child)] += f"; keeps {c.retained} of them live"
+            if c.policy == "follow":
+                notes[str(c.ref.child)] += "; they go to the archive with them"
     return notes
 
 

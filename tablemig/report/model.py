@@ -340,6 +340,13 @@ def table_outcomes(names: list[str], table_facts: dict[str, Any], steps: list[di
             "archive": fact("archive_table"), "new_table": fact("new_table"),
             "lock_hold_ms": f.get("lock_hold_ms"), "swap_attempts": f.get("swap_attempts"),
         })
+        # the `follow` children moved with it (docs/families.md), one row each
+        out += [{"name": c["child"], "anchor": f"table-{safe_name(name)}", "state": out[-1]["state"],
+                 "status": out[-1]["status"], "cutoff": None, "cutoff_utc": None, "timezone": None,
+                 "follows": c.get("follows") or name, "rows_keep": c.get("rows_live"),
+                 "rows_archive": c.get("rows_archived"), "kept_for": [], "rows_kept_for_children": None,
+                 "archive": c.get("archive"), "new_table": None, "lock_hold_ms": None, "swap_attempts": None}
+                for c in f.get("followed") or []]
     return out
 
 

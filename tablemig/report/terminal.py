@@ -31,6 +31,8 @@ def counts_text(counts: dict[str, int]) -> str:
 
 def _table_line(o: dict[str, Any], mode: str) -> str:
     parts = [f"{o['name']}: {o['state']}"]
+    if o.get("follows"):  # a `follow` child (docs/families.md)
+        parts.append(f"follows {o['follows']}")
     if o["cutoff"] not in (None, ""):
         parts.append(f"cutoff {o['cutoff']}")
     if o["rows_keep"] is not None or o["rows_archive"] is not None:

@@ -178,7 +178,8 @@ def ex_2_2_execute_migration(ctx: StepContext) -> None:
         " FROM table_migration.generate_migration_report() WHERE table_name = %s"
         " ORDER BY operation_time DESC LIMIT 20", (ctx.result.table,)).fetchall()
     swap = mig.swap_result
-    ctx.table.facts.update(state=final.state, timings=dict(mig.timings),
+    followed = followed_children(final.swap_record.as_json())
+    ctx.table.facts.update(followed=followed, state=final.state, timings=dict(mig.timings),
                            swap_attempts=final.swap_attempts, lock_hold_ms=float(final.lock_hold_ms or 0),
                            rows_copied=final.rows_copied, throughput=mig.backfill_samples[-200:],
                            swap_log=swap.attempt_log if swap else [], pacing=mig.pacer.summary())
@@ -191,8 +192,17 @@ def ex_2_2_execute_migration(ctx: StepContext) -> None:
                  # the rows kept live for `keep` children (docs/families.md): copied before the
                  # swap's lock, and removed and copied under it
                  **({"kept_for_children": final.swap_record.as_json()["retained"]}
-                    if "retained" in final.swap_record.as_json() else {}))
+                    if "retained" in final.swap_record.as_json() else {}),
+                 # the `follow` children, moved with the table: their rows live and archived
+                 **({"followed_children": followed} if followed else {}))
     assert final.state in AFTER_SWAP, f"state is {final.state}"
+
+
+def followed_children(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The swap record's `follow` children (docs/families.md), as the evidence and the report show them."""
+    return [{"child": f["child"], "follows": f.get("parent"), "archive": f["archive"], "rows_live": f.get("rows_live"),
+             "rows_archived": f.get("rows_archived"), "checksum": f.get("checksum"),
+             "replayed_under_lock": f.get("replayed_under_lock")} for f in record.get("follow") or []]
 
 
 def ex_2_3_change_capture(ctx: StepContext) -> None:
