@@ -14,10 +14,10 @@ PLAN = PlanConfig(
     name="orders_migration",
     tables=[TableConfig("public.orders", date_column="created_date", retention=0.1, archive_mode="rename",
                         batch_size=10000, workers=1,
-                        # order_returns references orders of every age: the orders it references stay
-                        # live (docs/families.md); order_items references recent orders only
-                        children={"public.order_returns": "keep", "public.order_items": "refuse"})],
-    demo_rows=100000,  # on the embedded sandbox only: demo data (with order_returns) to migrate
+                        # both reference orders of every age (docs/families.md): the items go to the
+                        # archive with their orders, the orders a return references stay live
+                        children={"public.order_items": "follow", "public.order_returns": "keep"})],
+    demo_rows=100000,  # on the embedded sandbox only: demo data (orders, items, returns) to migrate
     max_replication_lag="16MB",
     app_write_share=None,  # write guard: None = migration_config's (0.9, re-read while running); 0 = off
     window=None,  # e.g. Window("2026-11-21T01:00Z", "2026-11-21T07:00Z")

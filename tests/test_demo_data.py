@@ -151,18 +151,20 @@ def test_other_schema(fresh_db: Any) -> None:
         assert scalar(conn, """SELECT to_regclass('"Shop".recent_orders') IS NOT NULL""")
 
 
-def test_returns_reference_orders_of_every_age(fresh_db: Any) -> None:
-    """`--returns`: order_returns, 2 % of the orders, from the oldest months to the newest
-    (the demo plan's child with the policy keep, docs/families.md)."""
-    out = demo_data(fresh_db.dsn, "--rows", str(ROWS), "--returns", "--json")
+def test_the_family_references_orders_of_every_age(fresh_db: Any) -> None:
+    """`--family`: order_items of orders of every age (one to three per order), and
+    order_returns, 2 % of the orders, from the oldest months to the newest (the demo plan's
+    children, with the policies follow and keep, docs/families.md)."""
+    out = demo_data(fresh_db.dsn, "--rows", str(ROWS), "--family", "--json")
     assert out.returncode == 0, out.stderr
     with fresh_db.connect() as conn:
-        row = conn.execute(
-            "SELECT count(*), extract(epoch FROM max(o.created_date) - min(o.created_date))::float8,"
-            " (SELECT extract(epoch FROM max(created_date) - min(created_date))::float8 FROM orders)"
-            " FROM order_returns r JOIN orders o ON o.id = r.order_id").fetchone()
-        assert row is not None
-        n, covered, span = row
-        assert ROWS * 0.015 <= n <= ROWS * 0.025, n
-        assert covered > span * 0.95, (covered, span)  # every age
-        assert scalar(conn, "SELECT count(*) FROM pg_indexes WHERE indexname = 'order_returns_order_id_idx'") == 1
+        span = scalar(conn, "SELECT extract(epoch FROM max(created_date) - min(created_date))::float8 FROM orders")
+        for child, low, high in (("order_returns", 0.015, 0.025), ("order_items", 1.9, 2.1)):
+            row = conn.execute(
+                "SELECT count(*), extract(epoch FROM max(o.created_date) - min(o.created_date))::float8"
+                f" FROM {child} c JOIN orders o ON o.id = c.order_id").fetchone()
+            assert row is not None
+            n, covered = row
+            assert ROWS * low <= n <= ROWS * high, (child, n)
+            assert covered > span * 0.95, (child, covered, span)  # every age
+            assert scalar(conn, f"SELECT count(*) FROM pg_indexes WHERE indexname = '{child}_order_id_idx'") == 1

@@ -312,7 +312,7 @@ def test_rehearse_the_demo_plan_against_a_sandbox_production_under_writes(fresh_
     primary and standby while an application writes there, passes, is reported as a rehearsal
     everywhere, and production is left exactly as it was (rows, catalog, sequences)."""
     with fresh_db.connect() as prod:
-        create_demo_data(prod, 30_000, returns=True)  # with the child the demo plan keeps
+        create_demo_data(prod, 30_000, family=True)  # with the child the demo plan keeps
         before = snapshot(prod, DEMO_TABLES)
         source_months = monthly_shares(prod, "public.orders", "created_date")
     # a directory the server's user can traverse (pytest's temporary ones are private to root)

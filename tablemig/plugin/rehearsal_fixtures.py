@@ -82,7 +82,7 @@ def _ensure_demo_data(dsn: str, rows: int) -> None:
         try:
             exists = conn.execute("SELECT to_regclass('public.orders') IS NOT NULL").fetchone()
             if not (exists and exists[0]):
-                create_demo_data(conn, rows, returns=True)
+                create_demo_data(conn, rows, family=True)
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext('tablemig.sandbox.demo_data'))")
 

@@ -106,7 +106,7 @@ def plan_ready(request: pytest.FixtureRequest, sandbox: Any, active_dsn: str) ->
             conn.execute("SELECT pg_advisory_lock(hashtext('tablemig.sandbox.demo_data'))")
             exists = conn.execute("SELECT to_regclass('public.orders') IS NOT NULL").fetchone()
             if not (exists and exists[0]):
-                record.facts["demo_data"] = create_demo_data(conn, plan.demo_rows, returns=True)
+                record.facts["demo_data"] = create_demo_data(conn, plan.demo_rows, family=True)
             conn.execute("SELECT pg_advisory_unlock(hashtext('tablemig.sandbox.demo_data'))")
         record.facts["demo_loaded"] = True
     yield

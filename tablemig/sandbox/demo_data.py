@@ -1,11 +1,15 @@
 """Demo data: `public.orders` (growth-skewed over 36 months) with real dependencies.
 
 Everything is generated server-side with `generate_series`; no row passes through Python.
-`order_items` references only orders of the last 30 days (items of open orders), so its
-foreign key can follow `orders` to the live table after a migration that keeps at least
-the newest ~6 % of rows. With `returns`, `order_returns` references 2 % of the orders, of
-every age (a warranty claim comes years later): a child that blocks a migration unless the
-plan gives it a policy (`keep`, docs/families.md), as the demo plan does.
+By default `order_items` references only orders of the last 30 days (items of open orders),
+so its foreign key can follow `orders` to the live table after a migration that keeps at
+least the newest ~6 % of rows: a plain child for the tests that are not about families.
+
+With `family` the data is as real data is, and as the demo plan migrates it: `order_items`
+references orders of every age (one to three items per order), and `order_returns`
+references 2 % of the orders, of every age (a warranty claim comes years later). Both block
+a migration unless the plan gives them a policy (docs/families.md): the demo plan's items
+follow their orders (policy `follow`), its returns keep theirs live (policy `keep`).
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ CREATE TABLE {schema}.order_items (
 INSERT INTO {schema}.order_items (order_id, sku, quantity)
 SELECT o.id, 'SKU-' || (o.id % 997), 1 + (o.id % 3)
   FROM {schema}.orders o, generate_series(1, 1 + (o.id % 3)::int) n
- WHERE o.created_date >= (SELECT max(created_date) FROM {schema}.orders) - interval '30 days';
+ WHERE {items_of};
 CREATE INDEX order_items_order_id_idx ON {schema}.order_items (order_id);
 CREATE VIEW {schema}.recent_orders AS
     SELECT id, customer_id, status, amount, created_date
@@ -93,9 +97,9 @@ ANALYZE {schema}.order_returns;
 
 
 def create_demo_data(conn: psycopg.Connection[Any], rows: int, *, schema: str = "public",
-                     months: int = 36, end: str | None = None, returns: bool = False) -> dict[str, Any]:
-    """(Re)create the demo tables with `rows` orders (and `order_returns` with `returns`);
-    returns counts and the elapsed time."""
+                     months: int = 36, end: str | None = None, family: bool = False) -> dict[str, Any]:
+    """(Re)create the demo tables with `rows` orders (with `family`: items of orders of
+    every age, and `order_returns`); returns counts and the elapsed time."""
     if rows < 1:
         raise InputError(f"--rows must be at least 1, got {rows}", "give a positive row count")
     started = time.monotonic()
@@ -107,8 +111,10 @@ def create_demo_data(conn: psycopg.Connection[Any], rows: int, *, schema: str = 
         conn.execute("SELECT setseed(0.42)")
         conn.execute(sql.SQL(INSERT_ORDERS).format(schema=s),
                      {"rows": rows, "months": months, "end": end_ts})
-        conn.execute(sql.SQL(AFTER_LOAD).format(schema=s))
-        if returns:
+        items_of = (sql.SQL("true") if family else sql.SQL(
+            "o.created_date >= (SELECT max(created_date) FROM {}.orders) - interval '30 days'").format(s))
+        conn.execute(sql.SQL(AFTER_LOAD).format(schema=s, items_of=items_of))
+        if family:
             conn.execute(sql.SQL(RETURNS).format(schema=s))
     counts = conn.execute(
         sql.SQL("SELECT (SELECT count(*) FROM {}.orders), (SELECT count(*) FROM {}.order_items)")
@@ -116,7 +122,7 @@ def create_demo_data(conn: psycopg.Connection[Any], rows: int, *, schema: str = 
     ).fetchone()
     assert counts is not None
     out = {"orders": counts[0], "order_items": counts[1], "seconds": round(time.monotonic() - started, 2)}
-    if returns:
+    if family:
         found = conn.execute(sql.SQL("SELECT count(*) FROM {}.order_returns").format(s)).fetchone()
         out["order_returns"] = found[0] if found else 0
     return out
@@ -124,7 +130,7 @@ def create_demo_data(conn: psycopg.Connection[Any], rows: int, *, schema: str = 
 
 def _cmd(args: argparse.Namespace) -> int:
     with connect(dsn_of(args)) as conn:
-        result = create_demo_data(conn, args.rows, schema=args.schema, months=args.months, returns=args.returns)
+        result = create_demo_data(conn, args.rows, schema=args.schema, months=args.months, family=args.family)
     emit(args, {**result, "schema": args.schema}, f"created {result['orders']} orders and {result['order_items']} "
          f"order_items in {args.schema} in {result['seconds']} s")
     return 0
@@ -136,8 +142,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--rows", type=int, default=100_000, help="number of orders (default 100000)")
     p.add_argument("--months", type=positive_int, default=36, help="months of history (default 36)")
     p.add_argument("--schema", default="public", help="schema to create the tables in")
-    p.add_argument("--returns", action="store_true",
-                   help="also order_returns, referencing 2 %% of the orders of every age (a child that needs a "
-                        "policy: docs/families.md)")
+    p.add_argument("--family", action="store_true",
+                   help="as real data is: order_items of orders of every age, and order_returns referencing 2 %% "
+                        "of the orders of every age (children that need a policy: docs/families.md)")
     add_json(p)
     p.set_defaults(func=_cmd)
