@@ -10,8 +10,9 @@ summarised into docs/benchmarks.md by `python -m bench.summary`):
   --whole-plan        the whole checklist plan (pytest PLAN --execute) per --plan-retention,
                       each step next to its physical limit, and the plan's peak RSS
   --workload          pgbench writing during a migration, against baselines
-  --family            a parent with a child table whose policy is `keep` (refunds of orders):
-                      tablemig against the physical limit of the same live table
+  --family            a parent with a child table, policy `keep` (refunds of old orders) or, with
+                      `--family-policy follow`, `follow` (lines of orders of every age): tablemig
+                      against the physical limit of the same live tables
   --trigger-overhead  pgbench with only the capture trigger installed
   --explain, --profile  diagnostics of the bulk load and of the statements
 
@@ -48,6 +49,7 @@ EXAMPLES = """examples (from the repository root):
   .venv/bin/python -m bench --workload --workload-seconds 200 --migration-delay 20
   .venv/bin/python -m bench --trigger-overhead --explain --profile
   .venv/bin/python -m bench --family --rows 1000000 --repeat 3   # orders + 3M refunds, child policy keep
+  .venv/bin/python -m bench --family --family-policy follow      # 10M orders + 30M lines, child policy follow
   .venv/bin/python -m bench --keep-sandbox --sandbox-dir /tmp/tmb
   .venv/bin/python -m bench --reuse-dsn 'host=127.0.0.1 port=5432 dbname=tablemig user=postgres'
   .venv/bin/python -m bench.summary                          # rewrite docs/benchmarks.md from bench/results/
@@ -98,11 +100,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("scale test")
     g.add_argument("--scale-test", action="store_true",
                    help="also migrate 2x rows over 2x months with retention/2 (same kept rows)")
-    g = p.add_argument_group("family (child policy keep)")
+    g = p.add_argument_group("family (child policies keep and follow)")
     g.add_argument("--family", action="store_true",
-                   help="orders with a child table refunds (policy keep): tablemig against the physical limit")
+                   help="orders with a child table: tablemig against the physical limit")
+    g.add_argument("--family-policy", choices=["keep", "follow"], default="keep",
+                   help="keep: refunds of old orders keep them live (default); follow: lines of orders of every "
+                        "age move with them")
     g.add_argument("--family-children", type=int,
-                   help="refunds rows (default 3x --rows), most referencing orders dated from the cutoff on")
+                   help="the child's rows (default 3x --rows); keep: most referencing orders dated from the "
+                        "cutoff on; follow: over the orders of every age")
     g.add_argument("--family-old-share", type=float, default=0.01,
                    help="share of the orders before the cutoff that one refund references (default 0.01)")
     g = p.add_argument_group("workload (pgbench)")

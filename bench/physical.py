@@ -18,6 +18,7 @@ from tablemig.pg.connect import connect
 from .source import DATE_COLUMN, Cut
 
 BARE = "kept"
+BARE_CHILD = "kept_child"  # a `follow` child's kept rows (copy_followed_family)
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,36 @@ def validate_child_fk(conn: psycopg.Connection[Any], child: str, child_column: s
     return round(_timed(conn, sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(ch, fk)), 4)
 
 
-def _build_indexes(conn: psycopg.Connection[Any], table: str) -> dict[str, float]:
-    """The plain indexes of `table` built on the bare table one after the other, the key
-    as a primary key; seconds per index."""
-    bare = sql.Identifier(BARE)
+def copy_followed_family(conn: psycopg.Connection[Any], cut: Cut, child: str, child_column: str,
+                         table: str = "orders") -> dict[str, float]:
+    """The physical limit of a migration whose child `child` has the policy `follow`: both
+    tables' kept rows inserted into bare tables (the table's rows dated from the cutoff on;
+    the child's rows whose reference is one of them, a semi-join), then each table's key and
+    indexes built, and the bare child's key to the bare table added and validated (what the
+    migration's foreign key re-pointing costs at least). Seconds per statement."""
+    steps = copy_kept(conn, cut, table)
+    src, bare, d = sql.Identifier(*child.split(".")), sql.Identifier(BARE_CHILD), sql.Identifier(DATE_COLUMN)
+    name = child.split(".")[-1]
+    key = next(ix.columns for ix in simple_indexes(conn, table) if ix.primary)
+    match = sql.SQL(" AND ").join(sql.SQL("o.{} = c.{}").format(sql.Identifier(k), sql.Identifier(child_column))
+                                  for k in key)
+    steps["child_create"] = _timed(conn, sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(bare, src))
+    steps["child_insert"] = _timed(conn, sql.SQL(
+        "INSERT INTO {bare} SELECT c.* FROM {src} c WHERE EXISTS (SELECT 1 FROM {t} o WHERE {match}"
+        " AND o.{d} >= %s::timestamptz)").format(bare=bare, src=src, t=sql.Identifier(table), match=match, d=d),
+        (cut.cutoff,))
+    steps.update({f"child_{k}": v for k, v in _build_indexes(conn, name, BARE_CHILD).items()})
+    fk = sql.Identifier(f"{BARE_CHILD}_{child_column}_fk")
+    conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} NOT VALID").format(
+        bare, fk, sql.Identifier(child_column), sql.Identifier(BARE)))
+    steps["child_validate_fk"] = _timed(conn, sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(bare, fk))
+    return {k: round(v, 4) for k, v in steps.items()}
+
+
+def _build_indexes(conn: psycopg.Connection[Any], table: str, target: str = BARE) -> dict[str, float]:
+    """The plain indexes of `table` built on the bare table `target` one after the other,
+    the key as a primary key; seconds per index."""
+    bare = sql.Identifier(target)
     steps: dict[str, float] = {}
     for ix in simple_indexes(conn, table):
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in ix.columns)

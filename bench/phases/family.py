@@ -1,5 +1,7 @@
-"""A family with the child policy `keep` (`--family`): tablemig migrating `orders` while a
-child, `refunds`, references old orders, against the physical limit of the same result.
+"""A family (`--family`): tablemig migrating `orders` with a child table, against the
+physical limit of the same result. `--family-policy keep` (the default): the child
+`refunds` references old orders, which stay live; `--family-policy follow`: the child
+`lines` references orders of every age, and moves with them.
 
 The source is the demo data's `orders` plus `refunds` (made here, once per size, in a
 database of its own): `--family-children` rows, most of them referencing orders dated from
@@ -12,8 +14,15 @@ Each round, on fresh copies and in alternating order as the measurement does:
 the orders dated from the cutoff on plus every order a refund references; then the physical
 limit of that table (`physical.copy_kept_family`: one INSERT ... SELECT of the same rows
 into a bare table, then its key and indexes), and the validation of the refunds' foreign
-key against it (what tablemig's `validate_fks` does after the swap). `follow` (children
-moved with their parent) is not built, so it is not measured."""
+key against it (what tablemig's `validate_fks` does after the swap).
+
+With `follow` the source's child is `lines`: `--family-children` rows (three per order by
+default) spread over the orders of every age, so that the child keeps the table's share.
+tablemig (`--child public.lines=follow`) leaves the orders dated from the cutoff on and the
+lines referencing them live, the others in the two archives; the physical limit inserts both
+tables' kept rows into bare tables (the lines by a semi-join on the kept orders), builds
+each table's key and indexes and validates the bare child's key to the bare table
+(`physical.copy_followed_family`)."""
 
 from __future__ import annotations
 
@@ -35,9 +44,8 @@ from ..runs import ALL_STEPS, Bench, check_tablemig, fresh_copy, migrate_cmd, ru
 from ..server import APP, checkpoint, copy_database, scalar, wal_lsn, wal_since
 from ..source import DATE_COLUMN, described
 
-CHILD = "public.refunds"
+CHILDREN = {"keep": "public.refunds", "follow": "public.lines"}
 CHILD_COLUMN = "order_id"
-POLICY = "keep"
 MARK = "tablemig-bench family source complete"
 # a multiplier prime to 10**6: `id * HASH mod 10**6` runs over every residue once per
 # million consecutive ids, so a threshold picks the same share of the orders of every age
@@ -46,8 +54,13 @@ REASONS = "ARRAY['damaged', 'late', 'wrong item', 'changed mind']"
 
 
 def children_of(a: argparse.Namespace) -> int:
-    """The refunds rows: --family-children, else three per order."""
+    """The child's rows: --family-children, else three per order."""
     return int(a.family_children) if a.family_children else 3 * a.rows
+
+
+def child_of(a: argparse.Namespace) -> str:
+    """The family's child table: refunds (keep) or lines (follow)."""
+    return CHILDREN[a.family_policy]
 
 
 def source_name(b: Bench) -> str:
@@ -55,12 +68,34 @@ def source_name(b: Bench) -> str:
     that reference old orders depend on the cutoff)."""
     a = b.args
     months = "" if a.months == 36 else f"_m{a.months}"
+    if a.family_policy == "follow":  # every order has its lines: the cutoff does not change the source
+        return f"bench_famf_{a.rows}_{children_of(a)}{months}"
     return f"bench_fam_{a.rows}_{children_of(a)}_o{a.family_old_share:g}_r{b.cut.retention:g}{months}"
 
 
 def migrate_command(a: argparse.Namespace, dsn: str, retention: float) -> list[str]:
-    """`tablemig migrate` of the orders table, as every phase runs it, with refunds `keep`."""
-    return [*migrate_cmd(a, dsn, retention), "--child", f"{CHILD}={POLICY}"]
+    """`tablemig migrate` of the orders table, as every phase runs it, with the child's policy."""
+    return [*migrate_cmd(a, dsn, retention), "--child", f"{child_of(a)}={a.family_policy}"]
+
+
+def _make_lines(c: psycopg.Connection[Any], b: Bench) -> None:
+    """Make `lines` (policy follow) in the family's database: the child rows spread over the
+    orders of every age in turn (each order gets `rows / orders` of them, give or take one),
+    loaded bare, then keyed and indexed."""
+    a = b.args
+    c.execute("DROP TABLE IF EXISTS order_items")
+    c.execute("CREATE TABLE lines (id bigserial, order_id bigint NOT NULL, sku text, quantity integer)")
+    per = -(-children_of(a) // max(b.cut.total, 1))
+    c.execute("INSERT INTO lines (order_id, sku, quantity)"
+              " SELECT o.id, 'SKU-' || mod(o.id + n, 997), 1 + mod(o.id + n, 3)::int"
+              " FROM (SELECT id, row_number() OVER (ORDER BY id) - 1 AS rn FROM orders) o"
+              " CROSS JOIN generate_series(0::bigint, %s - 1) n WHERE n * %s + o.rn < %s ORDER BY o.id, n",
+              (per, b.cut.total, children_of(a)))
+    c.execute("ALTER TABLE lines ADD CONSTRAINT lines_pkey PRIMARY KEY (id)")
+    c.execute("CREATE INDEX lines_order_id_idx ON lines (order_id)")
+    c.execute("ALTER TABLE lines ADD CONSTRAINT lines_order_id_fkey FOREIGN KEY (order_id)"
+              " REFERENCES orders (id) ON DELETE CASCADE")
+    c.execute("VACUUM (ANALYZE) lines")
 
 
 def _make_refunds(c: psycopg.Connection[Any], b: Bench) -> None:
@@ -105,52 +140,69 @@ def ensure_family_source(b: Bench) -> dict[str, Any]:
     if found is not None:
         log(f"reusing the family source {db}")
         return found
-    log(f"family source {db}: the orders of {b.src} and {children_of(a):,} refunds ...")
+    child = child_of(a)
+    name = sql.Identifier(child.split(".")[-1])
+    log(f"family source {db}: the orders of {b.src} and {children_of(a):,} rows of {child} ...")
     copy_database(t, b.src, db)
     t0 = time.perf_counter()
     with connect(t.dsn(db), application_name=APP) as c:
-        _make_refunds(c, b)
+        (_make_lines if a.family_policy == "follow" else _make_refunds)(c, b)
         row = c.execute(sql.SQL(
-            "SELECT (SELECT count(*) FROM refunds),"
-            " (SELECT count(*) FROM refunds r JOIN orders o ON o.id = r.order_id WHERE o.{d} < %s::timestamptz),"
+            "SELECT (SELECT count(*) FROM {c}),"
+            " (SELECT count(*) FROM {c} r JOIN orders o ON o.id = r.order_id WHERE o.{d} < %s::timestamptz),"
             " (SELECT count(*) FROM orders WHERE {d} < %s::timestamptz),"
             " (SELECT count(*) FROM orders o WHERE o.{d} < %s::timestamptz"
-            "   AND EXISTS (SELECT 1 FROM refunds r WHERE r.order_id = o.id)),"
-            " pg_database_size(current_database()), pg_total_relation_size('refunds')").format(
-            d=sql.Identifier(DATE_COLUMN)), (b.cut.cutoff,) * 3).fetchone()
+            "   AND EXISTS (SELECT 1 FROM {c} r WHERE r.order_id = o.id)),"
+            " pg_database_size(current_database()), pg_total_relation_size(%s)").format(
+            d=sql.Identifier(DATE_COLUMN), c=name), (b.cut.cutoff,) * 3 + (child,)).fetchone()
         assert row is not None
     seconds = time.perf_counter() - t0
     checkpoint(t)
-    info = {**b.source, "database": db, "demo_source": b.src, "child": CHILD, "child_rows": int(row[0]),
-            "child_rows_old": int(row[1]), "old_orders": int(row[2]), "old_orders_referenced": int(row[3]),
-            "old_share": a.family_old_share, "cutoff": b.cut.cutoff,
-            "live_rows_expected": b.cut.kept_rows + int(row[3]), "family_seconds": round(seconds, 2),
+    follow = a.family_policy == "follow"
+    info = {**b.source, "database": db, "demo_source": b.src, "child": child, "policy": a.family_policy,
+            "child_rows": int(row[0]), "child_rows_old": int(row[1]), "old_orders": int(row[2]),
+            "old_orders_referenced": int(row[3]), "old_share": None if follow else a.family_old_share,
+            "cutoff": b.cut.cutoff,
+            # follow: the kept orders, and the lines referencing them; keep: the kept orders plus
+            # the older ones a refund references
+            "live_rows_expected": b.cut.kept_rows + (0 if follow else int(row[3])),
+            "child_live_rows_expected": int(row[0]) - int(row[1]) if follow else int(row[0]),
+            "family_seconds": round(seconds, 2),
             "database_bytes": int(row[4]), "child_total_bytes": int(row[5]), "order_items": "dropped",
             "reused": False}
     t.conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
         sql.Identifier(db), sql.Literal(MARK + json.dumps(info))))
-    log(f"family source ready in {seconds:.1f} s: {info['child_rows']:,} refunds, {info['child_rows_old']:,} of "
-        f"them referencing {info['old_orders_referenced']:,} orders older than the cutoff")
+    log(f"family source ready in {seconds:.1f} s: {info['child_rows']:,} rows of {child}, "
+        f"{info['child_rows_old']:,} of them referencing {info['old_orders_referenced']:,} orders older than "
+        "the cutoff")
     return info
 
 
 def _check_family(b: Bench, db: str, res: dict[str, Any]) -> None:
     """What tablemig left: the engine's state (`check_tablemig`), then the live table
-    against the family's expectation, the rows kept for the children (the swap record) and
-    the refunds' foreign key, re-pointed to the live table and validated."""
+    against the family's expectation, the swap record (keep: the rows kept for the
+    children; follow: the child's live and archived rows) and the child's foreign key,
+    re-pointed to the live table and validated (follow: the live child's rows and archive too)."""
     check_tablemig(b, db, res)
     expected = int(b.source["live_rows_expected"])
+    child = str(b.source["child"])
+    name = sql.Identifier(child.split(".")[-1])
     with connect(b.target.dsn(db), application_name=APP) as c:
-        rec = c.execute("SELECT swap_record -> 'retained' FROM table_migration.migration_state").fetchone()
+        rec = c.execute("SELECT swap_record -> 'retained', swap_record -> 'follow' FROM table_migration.migration_state"
+                        ).fetchone()
         old_live = scalar(c, sql.SQL("SELECT count(*) FROM orders WHERE {} < %s::timestamptz").format(
             sql.Identifier(DATE_COLUMN)), (b.cut.cutoff,))
         fks = c.execute("SELECT confrelid::regclass::text, convalidated FROM pg_constraint"
-                        " WHERE conrelid = 'refunds'::regclass AND contype = 'f'").fetchall()
+                        " WHERE conrelid = %s::regclass AND contype = 'f'", (child,)).fetchall()
+        child_live = int(scalar(c, sql.SQL("SELECT count(*) FROM {}").format(name)))
     retained = (rec[0] if rec else None) or {}
+    followed = ((rec[1] if rec else None) or [{}])[0]
     fk_ok = [(str(f[0]), bool(f[1])) for f in fks] == [("orders", True)]
-    res.update(retained=retained, old_rows_live=int(old_live), rows_expected=expected, fk_ok=fk_ok,
-               ok=res["rows_after"] == expected and int(old_live) == int(b.source["old_orders_referenced"])
-               and fk_ok)
+    old_expected = 0 if b.source.get("policy") == "follow" else int(b.source["old_orders_referenced"])
+    child_ok = child_live == int(b.source.get("child_live_rows_expected") or child_live)
+    res.update(retained=retained, followed=followed, old_rows_live=int(old_live), rows_expected=expected,
+               child_rows_live=child_live, fk_ok=fk_ok,
+               ok=res["rows_after"] == expected and int(old_live) == old_expected and fk_ok and child_ok)
 
 
 def _tablemig(b: Bench, label: str) -> dict[str, Any]:
@@ -169,10 +221,17 @@ def _physical(b: Bench, label: str) -> dict[str, Any]:
         with connect(t.dsn(db), application_name="tablemig-bench-physical") as c:
             start = wal_lsn(t)
             t0 = time.perf_counter()
-            steps = physical.copy_kept_family(c, b.cut, CHILD, CHILD_COLUMN)
-            elapsed = time.perf_counter() - t0
+            child = str(b.source["child"])
+            if b.source.get("policy") == "follow":  # both tables; the key validated inside
+                steps = physical.copy_followed_family(c, b.cut, child, CHILD_COLUMN)
+                validate = steps.pop("child_validate_fk")
+                elapsed = time.perf_counter() - t0 - validate
+            else:
+                steps = physical.copy_kept_family(c, b.cut, child, CHILD_COLUMN)
+                elapsed = time.perf_counter() - t0
             wal = wal_since(t, start)
-            validate = physical.validate_child_fk(c, CHILD, CHILD_COLUMN)
+            if b.source.get("policy") != "follow":
+                validate = physical.validate_child_fk(c, child, CHILD_COLUMN)
             rows = int(scalar(c, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(physical.BARE))))
     expected = int(b.source["live_rows_expected"])
     return {"method": "physical", "elapsed_s": round(elapsed, 4), "wal_bytes": wal, "steps": steps,
@@ -194,7 +253,8 @@ def run(b: Bench) -> dict[str, Any]:
             log(f"family round {i}: {method} {res['elapsed_s']:.2f} s, load {res['loadavg_before']:.2f}"
                 + ("" if res["ok"] else "  ROWS OR KEY NOT AS EXPECTED"))
             runs.append(res)
-    return {"source": fam.source, "child": CHILD, "policy": POLICY, "runs": runs, "summary": summarize(runs)}
+    return {"source": fam.source, "child": fam.source["child"], "policy": b.args.family_policy, "runs": runs,
+            "summary": summarize(runs)}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -219,6 +279,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "physical_validate_fk_s": median(r["validate_fk_s"] for r in ph),
         "retained": {k: median(r["retained"].get(k) for r in tm)
                      for k in sorted({k for r in tm for k in r["retained"]})},
+        # follow: the child's rows and the work of its new table (the swap record's entry)
+        "followed": {k: median(r["followed"].get(k) for r in tm)
+                     for k in ("rows_live", "rows_archived", "rows_loaded", "replayed_before_lock",
+                               "replayed_under_lock", "prepare_ms", "under_lock_ms")
+                     if any(k in r.get("followed", {}) for r in tm)},
         "live_rows": median(r["rows_after"] for r in tm),
         "live_rows_expected": tm[0]["rows_expected"] if tm else None,
         "loadavg": [x for r in runs for x in (r["loadavg_before"], r.get("loadavg_after"))],
@@ -233,8 +298,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def report(res: dict[str, Any], _b: Bench) -> None:
     src, s = res["source"], res["summary"]
-    print(f"\n== family: {src['rows']:,} orders ({size_label(src['rows'])}), {src['child_rows']:,} refunds "
-          f"(policy {res['policy']}); {src['old_orders_referenced']:,} orders older than the cutoff referenced; "
+    print(f"\n== family: {src['rows']:,} orders ({size_label(src['rows'])}), {src['child_rows']:,} rows of "
+          f"{res['child']} (policy {res['policy']}); {src['old_orders_referenced']:,} orders older than the "
+          "cutoff referenced; "
           f"live table {src['live_rows_expected']:,} rows expected; {s['rounds']} rounds ==")
     print(f"{'run':<26}{'elapsed s':>10}{'wall s':>9}{'live rows':>12}{'load':>6}  steps (s)")
     for r in res["runs"]:
@@ -249,6 +315,8 @@ def report(res: dict[str, Any], _b: Bench) -> None:
           f"{fmt(s['core_over_physical_paired'])})")
     print(f"foreign key validation: tablemig {fmt(s['timings_median'].get('validate_fks'))} s, physical "
           f"{fmt(s['physical_validate_fk_s'])} s; retained (medians): "
-          + ", ".join(f"{k} {v:,.0f}" for k, v in s["retained"].items() if v is not None))
+          + ", ".join(f"{k} {v:,.0f}" for k, v in s["retained"].items() if v is not None)
+          + ("; followed (medians): " + ", ".join(f"{k} {v:,.0f}" for k, v in s["followed"].items()
+                                                  if v is not None) if s.get("followed") else ""))
     if not s["all_ok"] or not s["cutoff_matches"]:
         print("WARNING: a run kept other rows than expected, left the key unvalidated or used another cutoff")

@@ -3,6 +3,7 @@ summaries, trigger probes. Each returns plain data for the report."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -85,6 +86,33 @@ def validation_summary(conn: psycopg.Connection[Any], tables: dict[str, Qualifie
     return out
 
 
+def insert_copy(conn: psycopg.Connection[Any], table: QualifiedName, key: str, columns: list[str],
+                overriding: bool, where: sql.Composable | None = None, params: Sequence[Any] = ()) -> int:
+    """Insert a copy of one row of `table` (`where`, rewritable) under a new value of its
+    one integer key column (far above the largest), for a probe whose transaction is rolled
+    back: a row nothing references. Returns the new key."""
+    k = sql.Identifier(key)
+    new_key = conn.execute(sql.SQL("SELECT coalesce(max({k}), 0) + 1000000 FROM {t}").format(
+        k=k, t=table.ident())).fetchone()
+    assert new_key is not None
+    others = [c for c in columns if c != key]
+    conn.execute(sql.SQL(
+        "INSERT INTO {t} ({k}, {o}){ovr} SELECT %s, {o} FROM {t} WHERE {w} AND {ok} LIMIT 1").format(
+        t=table.ident(), k=k, o=sql.SQL(", ").join(map(sql.Identifier, others)),
+        ovr=sql.SQL(" OVERRIDING SYSTEM VALUE" if overriding else ""), w=where or sql.SQL("true"),
+        ok=rewritable(conn, table)),
+        (new_key[0], *params))
+    return int(new_key[0])
+
+
+def touch_one(conn: psycopg.Connection[Any], table: QualifiedName, key: list[str]) -> int:
+    """Write one row of `table` without changing it (its key set to itself: no foreign key
+    action fires); the rows written (0 when the table is empty)."""
+    k = sql.SQL(", ").join(map(sql.Identifier, key))
+    return conn.execute(sql.SQL("UPDATE {0} SET ({1}) = ROW({1}) WHERE ctid IN (SELECT ctid FROM {0}"
+                                " ORDER BY ctid DESC LIMIT 1)").format(table.ident(), k)).rowcount
+
+
 def trigger_probe(conn: psycopg.Connection[Any], source: QualifiedName, target: QualifiedName,
                   key: list[str], date_column: str, date_type: str, cutoff: str,
                   columns: list[str], overriding: bool, *, key_only: bool = False) -> dict[str, Any]:
@@ -103,19 +131,11 @@ def trigger_probe(conn: psycopg.Connection[Any], source: QualifiedName, target: 
             integer = len(key) == 1 and kind is not None and kind[0] in ("integer", "bigint", "smallint")
             with conn.transaction():  # savepoint: fall back to an update probe on any failure
                 if integer:
-                    new_key = conn.execute(sql.SQL("SELECT coalesce(max({k}), 0) + 1000000 FROM {t}").format(
-                        k=k, t=source.ident())).fetchone()
-                    assert new_key is not None
-                    others = [c for c in columns if c != key[0]]
-                    conn.execute(sql.SQL(
-                        "INSERT INTO {t} ({k}, {o}){ovr} SELECT %s, {o} FROM {t} WHERE {d} >= %s::{dt} AND {ok}"
-                        " LIMIT 1"
-                    ).format(t=source.ident(), k=k, o=sql.SQL(", ").join(map(sql.Identifier, others)),
-                             ovr=sql.SQL(" OVERRIDING SYSTEM VALUE" if overriding else ""), d=d,
-                             dt=Fragment(date_type), ok=rewritable(conn, source)), (new_key[0], cutoff))
-                    result.update(probe="insert", key=[str(new_key[0])])
+                    new_key = insert_copy(conn, source, key[0], columns, overriding, sql.SQL(
+                        "{} >= %s::{}").format(d, Fragment(date_type)), [cutoff])
+                    result.update(probe="insert", key=[str(new_key)])
                     found = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
-                        target.ident(), k), (new_key[0],)).fetchone()
+                        target.ident(), k), (new_key,)).fetchone()
                 else:
                     row = conn.execute(sql.SQL(
                         "UPDATE {t} SET {d} = {d} WHERE ({k}) = (SELECT {k} FROM {t} WHERE {d} >= %s::{dt}"

@@ -17,7 +17,7 @@ from ..pg.binaries import chown_to, run_tool
 from ..pg.catalog import inspect_table
 from ..pg.connect import connect
 from ..pg.names import QualifiedName
-from ..pg.probes import unreferenced
+from ..pg.probes import touch_one, unreferenced
 from ..pg.reconcile import Reconciler
 from ..pg.site_compare import Pair, compare
 from .cluster import SOCKET_LIMIT, ClusterInfo, Sandbox, _read_state, _start, _write_state
@@ -66,11 +66,13 @@ def rehearse(sb: Sandbox, active_dsn: str, live: QualifiedName, archive: Qualifi
             # a row no foreign key references: the write is the test, not the children's
             # ON DELETE actions (RESTRICT would refuse it)
             delete_one = "DELETE FROM {0} WHERE ctid IN (SELECT ctid FROM {0} r WHERE {1} ORDER BY ctid DESC LIMIT 1)"
+            # (when every row is referenced, children of every row: one row written unchanged)
             with p.transaction():  # committed: the promoted copy is thrown away afterwards
-                wrote = p.execute(sql.SQL(delete_one).format(
-                    live.ident(), unreferenced(p, live, "r"))).rowcount
-                wrote_archive = p.execute(sql.SQL(delete_one).format(
-                    archive.ident(), unreferenced(p, archive, "r"))).rowcount == 1
+                wrote = (p.execute(sql.SQL(delete_one).format(live.ident(), unreferenced(p, live, "r"))).rowcount
+                         or touch_one(p, live, inspect_table(p, live).key_columns))
+                wrote_archive = (p.execute(sql.SQL(delete_one).format(
+                    archive.ident(), unreferenced(p, archive, "r"))).rowcount
+                    or touch_one(p, archive, inspect_table(p, archive).key_columns)) == 1
         out.update(promoted=not (in_recovery and in_recovery[0]), rows_found=found,
                    intact=all(d.in_sync for d in compared.values()), writable=wrote == 1 and wrote_archive)
         return out

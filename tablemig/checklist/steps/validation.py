@@ -15,6 +15,7 @@ from ...errors import LockNotAcquired
 from ...lifecycle.resume import AFTER_SWAP
 from ...lifecycle.state import State
 from ...pg import probes
+from ...pg.catalog import inspect_table
 from ...pg.locking import with_lock_retries
 from ...pg.names import QualifiedName
 from ...pg.query_plans import STATEMENT_TIMEOUT, compare
@@ -153,6 +154,20 @@ def _reads(conn: psycopg.Connection[Any], m: State, live: QualifiedName) -> dict
     return results
 
 
+def _own_row(conn: psycopg.Connection[Any], live: QualifiedName, m: State) -> int:
+    """A row of the probe's own in its rolled-back transaction, which nothing references: a
+    copy of a row under a new key (a table whose every row is referenced must have one
+    integer key column for the probe)."""
+    info = inspect_table(conn, live, list(m.key))
+    column = info.column(m.key[0])
+    assert len(m.key) == 1 and column is not None and column.type in ("integer", "bigint", "smallint"), (
+        f"every row of {live} is referenced, and its key is not one integer column: the write probe "
+        "needs a row no foreign key references")
+    writable = info.writable_columns
+    return probes.insert_copy(conn, live, m.key[0], [c.name for c in writable],
+                              any(c.identity == "a" for c in writable))
+
+
 def _write_probe(conn: psycopg.Connection[Any], m: State, live: QualifiedName,
                  archive: QualifiedName) -> dict[str, Any]:
     """An update and a delete of one live row (one that no foreign key references), rolled
@@ -173,6 +188,8 @@ def _write_probe(conn: psycopg.Connection[Any], m: State, live: QualifiedName,
         first = conn.execute(sql.SQL("SELECT {k} FROM {t} l WHERE {ok} AND {free} ORDER BY {k} DESC LIMIT 1").format(
             k=key, t=live.ident(), ok=probes.rewritable(conn, live),
             free=probes.unreferenced(conn, live, "l"))).fetchone()
+        if first is None:  # every row is referenced (children of every row: docs/families.md)
+            first = (_own_row(conn, live, m),)
         assert first is not None
         conn.execute(sql.SQL("UPDATE {} SET {d} = {d} WHERE {m}").format(
             live.ident(), d=sql.Identifier(m.date_column), m=match), first)
