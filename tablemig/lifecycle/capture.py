@@ -35,7 +35,7 @@ def log_function_sql(plan: TablePlan) -> sql.SQL:
 
 
 def direct_function_sql(m: State, plan: TablePlan, *, family: QualifiedName | None = None,
-                        refs: Sequence[Reference] = ()) -> sql.SQL:
+                        refs: Sequence[Reference] = (), self_kept: bool = False) -> sql.SQL:
     """The capture function in direct mode (it keeps N, and H, equal itself); with `family`
     it also feeds the swap step's orphan check (tablemig.lifecycle.families)."""
     names = m.objects
@@ -44,6 +44,7 @@ def direct_function_sql(m: State, plan: TablePlan, *, family: QualifiedName | No
                              date_column=m.date_column, date_type=m.date_type, cutoff=m.cutoff.text,
                              search_path=plan.search_path, family=family, source=plan.original,
                              self_refs=[(r.child_columns, r.parent_columns) for r in refs if r.self_ref],
+                             self_refs_kept=self_kept,
                              defer=[*deferred_names(plan.info, names.new.schema, "n"),
                                     *(deferred_names(plan.info, history.schema, "h") if history else [])])
 

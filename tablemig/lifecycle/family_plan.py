@@ -92,10 +92,15 @@ def check_reference(st: Statements, plan: TablePlan, ref: Reference) -> None:
 def _check_keep(st: Statements, plan: TablePlan, ref: Reference) -> int | None:
     """The policy keep for one child: its refusals, and the rows it keeps live."""
     b = plan.blockers
-    if ref.self_ref:
-        b.append(f"child policy 'keep' for {ref.child} itself (the self-reference {ref.name}) is not available "
-                 "in this version: the rows kept rows reference are not kept with them; choose a cutoff that "
-                 f"keeps the rows they reference, or drop {ref.name}, and remove {ref.child} from children")
+    if ref.self_ref and sorted(ref.parent_columns) != sorted(plan.key):
+        b.append(f"child policy 'keep' for {ref.child} itself: the self-reference {ref.name} references "
+                 f"({', '.join(ref.parent_columns)}), not the key ({', '.join(plan.key)}); only a reference to the "
+                 f"key can be kept; choose a cutoff that keeps the rows they reference, or drop {ref.name}")
+        return None
+    if ref.self_ref and sum(1 for r in plan.references if r.self_ref) > 1:
+        b.append(f"child policy 'keep' for {ref.child} itself: it has more than one foreign key to itself, "
+                 "which this version cannot keep; drop all but one, or choose a cutoff that keeps the rows "
+                 "they reference")
         return None
     if plan.spec.archive_mode != "rename":
         b.append(f"child policy 'keep' for {ref.child} needs archive mode rename (in mode copy the rows it "

@@ -30,7 +30,8 @@ def arm(ex: Executor, m: State, plan: TablePlan, refs: list[Reference], s: Setti
     log = names.family_log
     stmts: list[sql.Composable] = [
         drop_table_sql(log), change_log_sql(plan.info, log),
-        direct_function_sql(m, plan, family=log, refs=refs),
+        direct_function_sql(m, plan, family=log, refs=refs,
+                            self_kept=plan.keep_rule is not None and plan.keep_rule.self_ref is not None),
         *child_trigger_sql(refs, names, plan.key, plan.search_path,
                            frozenset(r.child for r in plan.keep_rule.refs) if plan.keep_rule else frozenset())]
 

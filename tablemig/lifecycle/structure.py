@@ -208,12 +208,15 @@ def sync_function_sql(info: TableInfo, function: QualifiedName, mode: str,
                       search_path: Sequence[str] = (), family: QualifiedName | None = None,
                       source: QualifiedName | None = None,
                       self_refs: Sequence[tuple[Sequence[str], Sequence[str]]] = (),
+                      self_refs_kept: bool = False,
                       defer: list[QualifiedName] | None = None) -> sql.SQL:
     """The row-sync trigger function (see sql_templates/row_sync_function.sql.j2). In mode
     "log", `recent` is the change log table. `search_path`: the schemas the table's own
     expressions need, between pg_catalog and pg_temp (tablemig.pg.search_path). Mode
     "capture" with `family`: also the family log of the orphan check (tablemig.lifecycle.families),
-    with `self_refs` (referencing, referenced columns) looked up in `source`. `defer`: the
+    with `self_refs` (referencing, referenced columns) looked up in `source`; with
+    `self_refs_kept` (the policy keep for the table itself, tablemig.lifecycle.retain), the
+    rows every write referenced before and after it. `defer`: the
     deferrable PRIMARY KEY / UNIQUE constraints of the tables the function writes
     (`deferred_names`): checked at commit, so a statement that passes through a transient
     duplicate (UPDATE t SET id = id + 1 under a DEFERRABLE key) is mirrored row by row
@@ -234,7 +237,8 @@ def sync_function_sql(info: TableInfo, function: QualifiedName, mode: str,
                   defer=[(d.schema, d.name) for d in defer or []], search_path=list(search_path),
                   family=(family.schema, family.name) if family else None,
                   source=(source.schema, source.name) if source else None,
-                  self_refs=[{"child": list(c), "parent": list(p)} for c, p in self_refs])
+                  self_refs=[{"child": list(c), "parent": list(p)} for c, p in self_refs],
+                  self_refs_kept=self_refs_kept)
     return sql.SQL(text)  # rendered with the quoting filters
 
 
