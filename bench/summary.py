@@ -211,20 +211,38 @@ def trigger(res: Result) -> list[str]:
 
 
 def family(results: list[Result]) -> list[str]:
-    """The latest family run of each size, smallest first."""
-    latest: dict[int, Result] = {}
+    """The latest family run of each policy and size, smallest first."""
+    latest: dict[tuple[str, int], Result] = {}
     for p, r in results:
         if "family" in r.get("phases", []) and r.get("family") and not r.get("error"):
-            latest[int(r["family"]["source"]["rows"])] = (p, r)
-    if not latest:
-        return []
-    out = ["## Family (child policy keep)", "",
-           "`orders` with a child table `refunds` whose foreign key references it, migrated with "
-           "`--child public.refunds=keep`: the live table holds the orders dated from the cutoff on plus every "
-           "order a refund references. The family bench of the issue with children moved along with their "
-           "parent (`follow`) is not measured: `follow` is not built.", ""]
-    for rows in sorted(latest):
-        path, r = latest[rows]
+            policy = str(r["family"].get("policy") or "keep")
+            latest[(policy, int(r["family"]["source"]["rows"]))] = (p, r)
+    out: list[str] = []
+    for policy in ("keep", "follow"):
+        sizes = sorted(rows for pol, rows in latest if pol == policy)
+        if sizes:
+            out += _family_policy(policy, [latest[(policy, rows)] for rows in sizes])
+    return out
+
+
+FAMILY_INTRO = {
+    "keep": ["## Family (child policy keep)", "",
+             "`orders` with a child table `refunds` whose foreign key references it, migrated with "
+             "`--child public.refunds=keep`: the live table holds the orders dated from the cutoff on plus every "
+             "order a refund references.", ""],
+    "follow": ["## Family (child policy follow)", "",
+               "`orders` with a child table `lines` (three per order, orders of every age), migrated with "
+               "`--child public.lines=follow`: the live tables hold the orders dated from the cutoff on and the "
+               "lines referencing them; the physical limit inserts both tables' kept rows into bare tables, builds "
+               "their keys and indexes and validates the bare child's key (`bench/physical.py: "
+               "copy_followed_family`).", ""],
+}
+
+
+def _family_policy(policy: str, runs: list[Result]) -> list[str]:
+    out = list(FAMILY_INTRO[policy])
+    for path, r in runs:
+        rows = int(r["family"]["source"]["rows"])
         f = r["family"]
         src, s = f["source"], f["summary"]
         t = s["timings_median"]
@@ -233,15 +251,22 @@ def family(results: list[Result]) -> list[str]:
         loads = [x for x in s["loadavg"] if x is not None and x >= 0]
         rounds = (f"medians of {s['rounds']} rounds" if s["rounds"] > 1 else
                   "one round (`--repeat 1`): a single sample of each, not a median")
-        out += [f"### {size_label(rows)} orders, {src['child_rows']:,} refunds", ""] + _provenance(path, r)
-        out += [f"{rows:,} orders; {src['child_rows']:,} refunds, {src['child_rows_old']:,} of them referencing "
-                f"{src['old_orders_referenced']:,} of the {src['old_orders']:,} orders older than the cutoff "
-                f"(share {src['old_share']:g}); the live table holds {r['cutoff']['kept_rows']:,} + "
-                f"{src['old_orders_referenced']:,} = {src['live_rows_expected']:,} rows "
-                f"({'as expected in every run' if s['all_ok'] else '**not as expected in some run**'}). "
-                f"Fresh copies, tablemig and the physical limit alternating; {rounds}. Load average before and "
-                f"after each run: {fmt(min(loads, default=None), '.1f')}–{fmt(max(loads, default=None), '.1f')}.",
-                ""]
+        child = str(src.get("child", "public.refunds")).split(".")[-1]
+        expected = 'as expected in every run' if s['all_ok'] else '**not as expected in some run**'
+        out += [f"### {size_label(rows)} orders, {src['child_rows']:,} {child}", ""] + _provenance(path, r)
+        if policy == "follow":
+            live_child = src.get("child_live_rows_expected")
+            shape = (f"{rows:,} orders; {src['child_rows']:,} {child}, {src['child_rows_old']:,} of them "
+                     f"referencing the {src['old_orders']:,} orders older than the cutoff; the live tables hold "
+                     f"{src['live_rows_expected']:,} orders and {fmt(live_child, ',.0f')} {child} ({expected}).")
+        else:
+            shape = (f"{rows:,} orders; {src['child_rows']:,} {child}, {src['child_rows_old']:,} of them referencing "
+                     f"{src['old_orders_referenced']:,} of the {src['old_orders']:,} orders older than the cutoff "
+                     f"(share {src['old_share']:g}); the live table holds {r['cutoff']['kept_rows']:,} + "
+                     f"{src['old_orders_referenced']:,} = {src['live_rows_expected']:,} rows ({expected}).")
+        out += [f"{shape} Fresh copies, tablemig and the physical limit alternating; {rounds}. Load average "
+                f"before and after each run: {fmt(min(loads, default=None), '.1f')}–"
+                f"{fmt(max(loads, default=None), '.1f')}.", ""]
         out += _table(["", "tablemig", "physical limit", "ratio"], [
             ["core s", f"{fmt(s['tablemig_core_s'])} ({steps})",
              f"{fmt(s['physical_s'])} (insert {fmt(s['physical_insert_s'])}, key and indexes "
@@ -254,11 +279,20 @@ def family(results: list[Result]) -> list[str]:
             ["not in the core: the plan s (read-only, first; it counts each child's references to older rows)",
              fmt(t.get("plan")), "-", ""],
             ["the whole `tablemig migrate` process, wall s", fmt(s["tablemig_wall_s"]), "-", ""]])
-        out += [f"Rows kept live for the children (swap record, `retained`): "
-                f"{fmt(ret.get('retained_rows_copied_before_lock'), ',.0f')} copied before the lock, "
-                f"{fmt(ret.get('retained_rows_removed_under_lock'), ',.0f')} removed and "
-                f"{fmt(ret.get('retained_rows_copied_under_lock'), ',.0f')} copied under it; peak RSS of "
-                f"`tablemig migrate` {fmt(s['peak_rss_mb'], '.0f')} MB.", ""]
+        if policy == "follow":
+            fol = s.get("followed") or {}
+            out += [f"The child's new table (swap record, `follow`): {fmt(fol.get('rows_loaded'), ',.0f')} rows "
+                    f"loaded, {fmt(fol.get('replayed_before_lock'), ',.0f')} log rows replayed before the lock and "
+                    f"{fmt(fol.get('replayed_under_lock'), ',.0f')} under it; built in "
+                    f"{fmt((fol.get('prepare_ms') or 0) / 1000)} s of the swap step, "
+                    f"{fmt(fol.get('under_lock_ms'), '.1f')} ms under its lock; peak RSS of `tablemig migrate` "
+                    f"{fmt(s['peak_rss_mb'], '.0f')} MB.", ""]
+        else:
+            out += [f"Rows kept live for the children (swap record, `retained`): "
+                    f"{fmt(ret.get('retained_rows_copied_before_lock'), ',.0f')} copied before the lock, "
+                    f"{fmt(ret.get('retained_rows_removed_under_lock'), ',.0f')} removed and "
+                    f"{fmt(ret.get('retained_rows_copied_under_lock'), ',.0f')} copied under it; peak RSS of "
+                    f"`tablemig migrate` {fmt(s['peak_rss_mb'], '.0f')} MB.", ""]
     return out
 
 
