@@ -120,7 +120,8 @@ from tablemig.checklist.context import StepContext
 from tablemig.config.plan import PlanConfig, TableConfig, after
 
 PLAN = PlanConfig(name="{name}", tables=[TableConfig("public.orders", date_column="created_date", retention=0.1,
-                                                    children={{"public.order_returns": "keep"}})],
+                                                    children={{"public.order_returns": "keep",
+                                                              "public.order_items": "follow"}})],
                   demo_rows=3000)
 
 
