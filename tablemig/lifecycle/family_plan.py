@@ -3,17 +3,19 @@ plan gives its table (refuse, keep or follow), its refusals and figures (docs/fa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
+from ..errors import TablemigError
+from ..pg.catalog import inspect_table
 from ..pg.names import QualifiedName, quote_ident
-from ..pg.references import Reference
+from ..pg.references import Reference, references
 from ..pg.sqltext import Fragment
 from ..pg.statements import Statements
 from .families import trigger_name_taken
-from .follow import refusals as follow_refusals
 from .objects import FAMILY_TRIGGER
 from .retain import keep_rule
 from .structure import deferrable_key
@@ -135,3 +137,58 @@ def _orphans_after_swap(st: Statements, plan: TablePlan, ref: Reference) -> int:
         child=ref.child.ident(), parent=plan.original.ident(), join=join, notnull=notnull, kept=kept,
         d=d, t=t)
     return int(st.read(query, ((plan.cutoff,) if ref.self_ref else ()) + (plan.cutoff,)).scalar())
+
+
+def follow_refusals(st: Statements, ref: Reference, siblings: Sequence[Reference], table_key: Sequence[str],
+             archive_mode: str, via: QualifiedName | None = None,
+             seen: frozenset[QualifiedName] = frozenset()) -> list[str]:
+    """Why the policy follow cannot be applied to the child of `ref` (empty: it can), found
+    before anything changes, for it and for the tables that would follow it in turn.
+    `siblings`: every foreign key referencing the same table; `via`: the following table
+    `ref` references (None: the migrated table)."""
+    what = f"child policy 'follow' for {ref.child}" + (f" (which follows {via})" if via else "")
+    if ref.self_ref:
+        return [f"{what} itself (the self-reference {ref.name}) is not available: a table cannot follow "
+                f"itself; use a cutoff that keeps the rows kept rows reference, or drop {ref.name}"]
+    out = []
+    if archive_mode != "rename":
+        out.append(f"{what} needs archive mode rename (the child's original becomes its archive); "
+                   "use archive_mode='rename'")
+    if ref.partitioned:
+        out.append(f"{what}: {ref.child} is partitioned, which this version cannot follow; use 'keep' "
+                   "(its rows stay, and the rows they reference stay live)")
+    if not ref.indexed:
+        out.append(f"{what}: no index leads with the referencing columns of {ref.name}; the rows of a "
+                   f"changed {ref.child} reference are found through it: CREATE INDEX CONCURRENTLY ON "
+                   f"{ref.child} ({', '.join(ref.child_columns)}) first")
+    if sorted(ref.parent_columns) != sorted(table_key):
+        out.append(f"{what}: foreign key {ref.name} references ({', '.join(ref.parent_columns)}), not the "
+                   f"key ({', '.join(table_key)}); only a reference to the key can be followed")
+    if sum(1 for r in siblings if r.child == ref.child) > 1:
+        out.append(f"{what}: {ref.child} has more than one foreign key to the table it follows, which this "
+                   "version cannot follow; use 'keep'")
+    if ref.child in seen:
+        return [*out, f"{what}: {ref.child} is reached twice in the family (it references two following "
+                      "tables), which this version cannot follow; use 'keep'"]
+    return out + _child_refusals(st, ref, what, archive_mode, seen | {ref.child})
+
+
+def _child_refusals(st: Statements, ref: Reference, what: str, archive_mode: str,
+                    seen: frozenset[QualifiedName]) -> list[str]:
+    """What of the child itself, or of the tables that would follow it, keeps it from following."""
+    out: list[str] = []
+    try:
+        info = inspect_table(st, ref.child)
+    except TablemigError as exc:
+        return [f"{what}: {exc}"]
+    if any(i.is_key and (i.deferrable or not i.arbiter_shape) for i in info.indexes):
+        out.append(f"{what}: the key of {ref.child} is DEFERRABLE (or partial), which cannot arbitrate "
+                   "the replay's copies; make it not deferrable, or use 'keep'")
+    if info.inherits or info.has_children:
+        out.append(f"{what}: {ref.child} uses table inheritance, which cannot follow; use 'keep'")
+    # the tables referencing it follow it in turn (a grandchild whose parent is archived
+    # would be an orphan)
+    below = references(st, ref.child_oid)
+    for g in below:
+        out += follow_refusals(st, g, below, info.key_columns, archive_mode, ref.child, seen)
+    return out

@@ -1,4 +1,5 @@
-"""The `follow` children after the swap (tablemig.lifecycle.follow): prune, and the swap back.
+"""The `follow` children after the swap (tablemig.lifecycle.follow): prune, and the swap back;
+and what a swap step interrupted before the swap left armed for them (`leftovers_sql`).
 
 The swap record's `follow` entries name each child's live table, archive and trigger
 functions. While the live child's mirror trigger keeps its archive complete, the swap back
@@ -22,7 +23,16 @@ from ..pg.sqltext import Fragment
 from ..pg.statements import Statements
 from .exchange import exchange_back
 from .executor import Executor
-from .objects import GUARD_TRIGGER, MIRROR_TRIGGER, PRUNE_TRIGGER, deferred_names
+from .objects import (
+    FOLLOW_TRIGGER,
+    GUARD_TRIGGER,
+    MIRROR_TRIGGER,
+    PRUNE_TRIGGER,
+    Objects,
+    deferred_names,
+    follow_watch_trigger,
+    new_name,
+)
 from .structure import (
     drop_function_sql,
     drop_table_sql,
@@ -157,3 +167,25 @@ def copy_back(ex: Executor, f: Followed, batch: int) -> int:
         " ON CONFLICT ({k}) DO NOTHING").format(
         a=f.archive.ident(), c=cols, o=sql.SQL(" OVERRIDING SYSTEM VALUE" if overriding else ""),
         s=f.child.ident(), w=where, k=klist))
+
+
+def leftovers_sql(st: Statements, objects: Objects) -> tuple[list[QualifiedName], list[sql.Composable]]:
+    """What a swap step that did not finish (a crash, a kill) left armed for `follow`
+    children, found by the names of the logs: (the children, the statements dropping it).
+    For the rollback before the swap."""
+    prefix = objects.follow_object("log", 0).name.removesuffix("0")
+    rows = st.read("SELECT s.oid::oid::regclass::text FROM (SELECT substr(c.relname, length(%(p)s) + 1) AS oid"
+                   " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %(s)s"
+                   " AND c.relkind = 'r' AND left(c.relname, length(%(p)s)) = %(p)s) s WHERE s.oid ~ '^[0-9]+$'",
+                   {"p": prefix, "s": objects.change_log.schema}).fetchall()
+    children, stmts = [], []
+    for (name,) in rows:
+        child = QualifiedName.parse(str(name))
+        oid = int(st.read("SELECT %s::regclass::oid", (str(child),)).scalar())
+        children.append(child)
+        stmts += [drop_trigger_sql(objects.original, follow_watch_trigger(oid)),
+                  drop_trigger_sql(child, FOLLOW_TRIGGER), drop_trigger_sql(child, GUARD_TRIGGER),
+                  *(drop_function_sql(objects.follow_object(k, oid)) for k in ("watch", "capture")),
+                  *(drop_table_sql(objects.follow_object(k, oid)) for k in ("log", "parents")),
+                  drop_table_sql(new_name(child))]
+    return children, stmts

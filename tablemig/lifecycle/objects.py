@@ -28,6 +28,11 @@ TOOL_TRIGGERS = (CAPTURE_TRIGGER, MIRROR_TRIGGER, GUARD_TRIGGER, PRUNE_TRIGGER)
 REFUSE_TRUNCATE = QualifiedName(SCHEMA, "refuse_truncate")  # installed with the schema
 
 
+def follow_watch_trigger(child_oid: int) -> str:
+    """The trigger on the table that feeds one `follow` child's parent log (tablemig.lifecycle.follow)."""
+    return derived_name(FOLLOW_TRIGGER, f"_{child_oid}")
+
+
 def new_name(original: QualifiedName) -> QualifiedName:
     """The default new table: `T_new`, in T's schema."""
     return original.sibling(derived_name(original.name, "_new"))

@@ -30,7 +30,6 @@ from .copying import CopyJob
 from .exchange import exchange_back, move_publications, validate_foreign_keys
 from .executor import Executor, plain
 from .families import disarm_sql
-from .follow import leftovers_sql
 from .objects import CAPTURE_TRIGGER, GUARD_TRIGGER, MIRROR_TRIGGER, deferrable_constraints
 from .state import State, StateStore
 from .structure import (
@@ -113,7 +112,7 @@ def run(ctx: RunContext) -> str:
                       reads=[str(names.family_log)], planned=[(True,)])
     refs = references(ex, m.table_oid) if armed else []
     # the `follow` children's new tables and triggers, when the swap step was interrupted
-    followers, unfollow = leftovers_sql(ex, names)
+    followers, unfollow = follow_after.leftovers_sql(ex, names)
 
     def drop(_locked_at: float) -> dict[str, Any]:
         for stmt in [*disarm_sql(refs, names), *unfollow]:
