@@ -1,16 +1,20 @@
 """Helpers for tests that need sites of their own: a private sandbox (with a logical
 subscriber) and a standby whose replay is paused; and the wait for a swap that waits for its
-lock."""
+lock, and a swap made to wait while the test writes."""
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tablemig.config.spec import TableSpec
+from tablemig.lifecycle.driver import Migration
+from tablemig.pg.connect import connect
 from tablemig.sandbox.cluster import Sandbox, start_sandbox, stop_sandbox
 
 
@@ -46,3 +50,38 @@ def waiting_for_the_swap(conn: Any, table: str, timeout: float = 120) -> None:
             return
         time.sleep(0.02)
     raise AssertionError("the swap never waited for its lock")
+
+
+@contextlib.contextmanager
+def swap_kept_waiting(dsn: str, spec: TableSpec, table: str, *, validate: bool = False) -> Iterator[Any]:
+    """The swap step of `spec` in a thread while a session holds ACCESS SHARE on `table`:
+    yields a connection once the swap waits for its lock (its work without a lock is done),
+    for the test's writes; leaving releases the lock, and the swap (and with `validate` the
+    foreign keys' validation) must then finish without error."""
+    errors: list[BaseException] = []
+
+    def swap() -> None:
+        try:
+            with Migration(dsn, spec, progress=lambda p: None, lock_timeout="100ms") as mig:
+                mig.swap()
+                if validate:
+                    mig.validate_foreign_keys()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    with connect(dsn) as conn, connect(dsn) as holder:
+        # attempts enough to outlast the test's own writes whatever the machine's load
+        conn.execute("UPDATE table_migration.migration_config SET config_value = '40'"
+                     " WHERE config_key = 'swap_max_attempts'")
+        holder.execute("BEGIN")
+        holder.execute(f"SELECT count(*) FROM {table}")  # ACCESS SHARE until COMMIT: the swap waits
+        t = threading.Thread(target=swap)
+        t.start()
+        try:
+            waiting_for_the_swap(conn, table)
+            yield conn
+        finally:
+            holder.execute("COMMIT")
+            t.join(timeout=300)
+    assert not t.is_alive(), "the swap did not finish"
+    assert not errors, errors

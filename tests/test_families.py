@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
@@ -21,7 +20,7 @@ import psycopg
 import pytest
 from backup_helpers import private_cluster, run_plan
 from family_twin import CUTOFF, FamilyWriters, create_family, differences
-from site_helpers import waiting_for_the_swap
+from site_helpers import swap_kept_waiting
 
 from tablemig.config.spec import TableSpec
 from tablemig.errors import InputError
@@ -133,32 +132,12 @@ def test_keep_is_made_exact_under_the_swaps_lock(fresh_db: Any) -> None:
     spec = _spec(children=KEEP)
     with Migration(fresh_db.dsn, spec, progress=lambda p: None) as mig:
         mig.run("verified")
-    with fresh_db.connect() as conn, fresh_db.connect() as holder:
-        conn.execute("UPDATE table_migration.migration_config SET config_value = '40'"
-                     " WHERE config_key = 'swap_max_attempts'")
-        holder.execute("BEGIN")
-        holder.execute("SELECT count(*) FROM orders")  # ACCESS SHARE until COMMIT: the swap waits
-        errors: list[BaseException] = []
-
-        def swap() -> None:
-            try:
-                with Migration(fresh_db.dsn, spec, progress=lambda p: None, lock_timeout="100ms") as m2:
-                    m2.swap()
-            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-                errors.append(exc)
-
-        t = threading.Thread(target=swap)
-        t.start()
-        try:
-            waiting_for_the_swap(conn, 'public.orders')
-            conn.execute("INSERT INTO items VALUES (900001, 3, 1)")  # order 3: old, referenced by nothing
-            conn.execute("DELETE FROM items WHERE order_id = 10")  # order 10's only reference
-            conn.execute("UPDATE orders SET v = 4242 WHERE id = 20")  # kept for item 20
-            conn.execute("UPDATE notes SET order_id = 35 WHERE id = 7")  # order 7 loses its note, 35 has items
-        finally:
-            holder.execute("COMMIT")
-            t.join(timeout=300)
-        assert not errors, errors
+    with swap_kept_waiting(fresh_db.dsn, spec, "public.orders") as conn:
+        conn.execute("INSERT INTO items VALUES (900001, 3, 1)")  # order 3: old, referenced by nothing
+        conn.execute("DELETE FROM items WHERE order_id = 10")  # order 10's only reference
+        conn.execute("UPDATE orders SET v = 4242 WHERE id = 20")  # kept for item 20
+        conn.execute("UPDATE notes SET order_id = 35 WHERE id = 7")  # order 7 loses its note, 35 has items
+    with fresh_db.connect() as conn:
         live = dict(conn.execute("SELECT id, v FROM orders WHERE id IN (3, 7, 10, 20, 35)").fetchall())
         assert live == {3: 3, 20: 4242, 35: 35}, live
         assert conn.execute("SELECT count(*) FROM orders WHERE d < %s", (CUTOFF,)).fetchone() == (

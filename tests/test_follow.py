@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
@@ -24,7 +23,7 @@ import pytest
 from backup_helpers import run_plan
 from family_twin import CUTOFF, FamilyWriters, create_family, differences
 from plan_compare import run, same, statements
-from site_helpers import waiting_for_the_swap
+from site_helpers import swap_kept_waiting, waiting_for_the_swap
 
 from tablemig.config.spec import TableSpec
 from tablemig.lifecycle.driver import Migration
@@ -144,42 +143,22 @@ def test_follow_is_made_exact_under_the_swaps_lock(fresh_db: Any) -> None:
     spec = _spec(children={"public.items": "follow", "public.notes": "keep"})
     with Migration(fresh_db.dsn, spec, progress=lambda p: None) as mig:
         mig.run("verified")
-    with fresh_db.connect() as conn, fresh_db.connect() as holder:
-        conn.execute("UPDATE table_migration.migration_config SET config_value = '40'"
-                     " WHERE config_key = 'swap_max_attempts'")
-        holder.execute("BEGIN")
-        holder.execute("SELECT count(*) FROM orders")  # ACCESS SHARE until COMMIT: the swap waits
-        errors: list[BaseException] = []
-
-        def swap() -> None:
-            try:
-                with Migration(fresh_db.dsn, spec, progress=lambda p: None, lock_timeout="100ms") as m2:
-                    m2.swap()
-            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-                errors.append(exc)
-
-        t = threading.Thread(target=swap)
-        t.start()
-        try:
-            waiting_for_the_swap(conn, "public.orders")
-            # the swap itself waits: the child's new table is built, its triggers armed
-            armed = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tablemig_follow%'").fetchone()
-            assert armed == (2,) and conn.execute("SELECT count(*) FROM items_new").fetchone() != (0,)
-            conn.execute("UPDATE orders SET d = %s WHERE id = 5", (CUTOFF + dt.timedelta(days=1),))  # item 5 live
-            conn.execute("UPDATE orders SET d = %s WHERE id = %s", (CUTOFF - dt.timedelta(days=1), recent[0]))
-            conn.execute("UPDATE items SET order_id = %s WHERE id = 10", (recent[1],))  # old item re-pointed
-            conn.execute("UPDATE items SET order_id = 15 WHERE id = %s", (recent[2],))  # to an old order
-            conn.execute("INSERT INTO items VALUES (900001, %s, 1)", (recent[1],))
-            conn.execute("DELETE FROM orders WHERE id = %s", (recent[3],))
-            conn.execute("UPDATE orders SET d = %s WHERE id = 35", (CUTOFF - dt.timedelta(days=2),))  # note 35
-            # the rows the `keep` rule decides again carry their items: order 25 now kept for
-            # note 14, order 70 no longer kept (its note re-pointed)
-            conn.execute("UPDATE notes SET order_id = 25 WHERE id = 14")
-            conn.execute("UPDATE notes SET order_id = 3 WHERE id = 70")
-        finally:
-            holder.execute("COMMIT")
-            t.join(timeout=300)
-        assert not errors, errors
+    with swap_kept_waiting(fresh_db.dsn, spec, "public.orders") as conn:
+        # the swap itself waits: the child's new table is built, its triggers armed
+        armed = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tablemig_follow%'").fetchone()
+        assert armed == (2,) and conn.execute("SELECT count(*) FROM items_new").fetchone() != (0,)
+        conn.execute("UPDATE orders SET d = %s WHERE id = 5", (CUTOFF + dt.timedelta(days=1),))  # item 5 live
+        conn.execute("UPDATE orders SET d = %s WHERE id = %s", (CUTOFF - dt.timedelta(days=1), recent[0]))
+        conn.execute("UPDATE items SET order_id = %s WHERE id = 10", (recent[1],))  # old item re-pointed
+        conn.execute("UPDATE items SET order_id = 15 WHERE id = %s", (recent[2],))  # to an old order
+        conn.execute("INSERT INTO items VALUES (900001, %s, 1)", (recent[1],))
+        conn.execute("DELETE FROM orders WHERE id = %s", (recent[3],))
+        conn.execute("UPDATE orders SET d = %s WHERE id = 35", (CUTOFF - dt.timedelta(days=2),))  # note 35
+        # the rows the `keep` rule decides again carry their items: order 25 now kept for
+        # note 14, order 70 no longer kept (its note re-pointed)
+        conn.execute("UPDATE notes SET order_id = 25 WHERE id = 14")
+        conn.execute("UPDATE notes SET order_id = 3 WHERE id = 70")
+    with fresh_db.connect() as conn:
         live = {int(r[0]) for r in conn.execute(
             "SELECT id FROM items WHERE id IN (5, 10, 25, 35, 70, 900001) OR id = ANY(%s)", (recent,)).fetchall()}
         # item ids are their order's (family_twin); r0 went with its order, r2 with its new

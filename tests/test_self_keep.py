@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import threading
 import time
 from typing import Any
 
@@ -21,7 +20,7 @@ import psycopg
 import pytest
 from db_helpers import scalar
 from family_twin import differences
-from site_helpers import waiting_for_the_swap
+from site_helpers import swap_kept_waiting
 from twin import WriterThreads
 
 from tablemig.config.spec import TableSpec
@@ -179,46 +178,24 @@ def test_keep_for_a_self_reference_is_made_exact_under_the_swaps_lock(fresh_db: 
     spec = _spec(children=KEEP)
     with Migration(fresh_db.dsn, spec, progress=lambda p: None) as mig:
         mig.run("verified")
-    with fresh_db.connect() as conn, fresh_db.connect() as holder:
-        conn.execute("UPDATE table_migration.migration_config SET config_value = '40'"
-                     " WHERE config_key = 'swap_max_attempts'")
-        recent = conn.execute("SELECT min(id) FROM nodes WHERE d >= %s", (CUTOFF,)).fetchone()
-        assert recent is not None
-        first = int(recent[0])
-        holder.execute("BEGIN")
-        holder.execute("SELECT count(*) FROM nodes")  # ACCESS SHARE until COMMIT: the swap waits
-        errors: list[BaseException] = []
-
-        def swap() -> None:
-            try:
-                with Migration(fresh_db.dsn, spec, progress=lambda p: None, lock_timeout="100ms") as m2:
-                    m2.swap()
-                    m2.validate_foreign_keys()
-            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-                errors.append(exc)
-
-        t = threading.Thread(target=swap)
-        t.start()
-        try:
-            waiting_for_the_swap(conn, "public.nodes")
-            # an old leaf (no node references it, it is not kept) gets a recent child
-            leaf = first - 1 if (first - 1) * 3 >= first else first - 2
-            conn.execute("UPDATE nodes SET parent_id = %s WHERE id = %s", (leaf, first + 5))
-            # a recent node's parent is old: re-pointed to the root's first child, its old parent
-            # may lose its last live child
-            conn.execute("UPDATE nodes SET parent_id = 1 WHERE id = %s", (first + 7,))
-            conn.execute("UPDATE nodes SET d = %s WHERE id = 2", (CUTOFF + dt.timedelta(days=3),))
-            conn.execute("UPDATE nodes SET d = %s WHERE id = %s", (CUTOFF - dt.timedelta(days=3), first + 9))
-            conn.execute("DELETE FROM nodes WHERE id = %s", (first + 11,))
-            # node 1000 (old) has one child, 3000 (the newest): re-pointed, 1000 is needed no more
-            conn.execute("UPDATE nodes SET parent_id = 1 WHERE id = 3000")
-            # the chain's recent node re-pointed: both old nodes leave (the second one is not
-            # written: it leaves because the first left)
-            conn.execute("UPDATE nodes SET parent_id = 1 WHERE id = 900003")
-        finally:
-            holder.execute("COMMIT")
-            t.join(timeout=300)
-        assert not errors, errors
+    with fresh_db.connect() as conn:
+        first = int(scalar(conn, "SELECT min(id) FROM nodes WHERE d >= %s", (CUTOFF,)))
+    with swap_kept_waiting(fresh_db.dsn, spec, "public.nodes", validate=True) as conn:
+        # an old leaf (no node references it, it is not kept) gets a recent child
+        leaf = first - 1 if (first - 1) * 3 >= first else first - 2
+        conn.execute("UPDATE nodes SET parent_id = %s WHERE id = %s", (leaf, first + 5))
+        # a recent node's parent is old: re-pointed to the root's first child, its old parent
+        # may lose its last live child
+        conn.execute("UPDATE nodes SET parent_id = 1 WHERE id = %s", (first + 7,))
+        conn.execute("UPDATE nodes SET d = %s WHERE id = 2", (CUTOFF + dt.timedelta(days=3),))
+        conn.execute("UPDATE nodes SET d = %s WHERE id = %s", (CUTOFF - dt.timedelta(days=3), first + 9))
+        conn.execute("DELETE FROM nodes WHERE id = %s", (first + 11,))
+        # node 1000 (old) has one child, 3000 (the newest): re-pointed, 1000 is needed no more
+        conn.execute("UPDATE nodes SET parent_id = 1 WHERE id = 3000")
+        # the chain's recent node re-pointed: both old nodes leave (the second one is not
+        # written: it leaves because the first left)
+        conn.execute("UPDATE nodes SET parent_id = 1 WHERE id = 900003")
+    with fresh_db.connect() as conn:
         archive = scalar(conn, "SELECT archive_name FROM table_migration.migration_state")
         # the closure computed afresh over the archive (every node, kept by the mirror)
         expected = {int(r[0]) for r in conn.execute(CLOSURE.format(t=archive), {"cutoff": CUTOFF}).fetchall()}

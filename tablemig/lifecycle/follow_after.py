@@ -159,8 +159,8 @@ def copy_back(ex: Executor, f: Followed, batch: int) -> int:
     its key, the rows locked FOR SHARE (a writer waits, and the mirror then sees the copy);
     rows the archive has already are skipped."""
     info = inspect_table(ex, f.child)
-    cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in info.writable_columns)
-    overriding = any(c.identity == "a" for c in info.writable_columns)
+    cols = sql.SQL(", ").join(map(sql.Identifier, info.written_columns))
+    overriding = info.identity_always
     klist = sql.SQL(", ").join(map(sql.Identifier, f.key))
     return _by_key_ranges(ex, f.child, f.key, batch, lambda where: sql.SQL(
         "INSERT INTO {a} ({c}){o} SELECT {c} FROM (SELECT * FROM {s} WHERE {w} FOR SHARE) s"

@@ -88,11 +88,11 @@ class TablePlan:
 
     @property
     def columns(self) -> list[str]:
-        return [c.name for c in self.info.writable_columns]
+        return self.info.written_columns
 
     @property
     def overriding(self) -> bool:
-        return any(c.identity == "a" for c in self.info.writable_columns)
+        return self.info.identity_always
 
     @property
     def order_columns(self) -> list[str]:

@@ -203,6 +203,16 @@ class TableInfo:
     def writable_columns(self) -> list[Column]:
         return [c for c in self.columns if not c.generated]
 
+    @property
+    def written_columns(self) -> list[str]:
+        """The names of the columns an INSERT of a copy writes (no generated ones)."""
+        return [c.name for c in self.writable_columns]
+
+    @property
+    def identity_always(self) -> bool:
+        """An identity column GENERATED ALWAYS: a copy's INSERT needs OVERRIDING SYSTEM VALUE."""
+        return any(c.identity == "a" for c in self.writable_columns)
+
 
 def resolve(conn: psycopg.Connection[Any] | Statements, name: QualifiedName) -> int:
     """The table's OID, or an InputError saying what the name is instead."""

@@ -163,9 +163,7 @@ def _own_row(conn: psycopg.Connection[Any], live: QualifiedName, m: State) -> in
     assert len(m.key) == 1 and column is not None and column.type in ("integer", "bigint", "smallint"), (
         f"every row of {live} is referenced, and its key is not one integer column: the write probe "
         "needs a row no foreign key references")
-    writable = info.writable_columns
-    return probes.insert_copy(conn, live, m.key[0], [c.name for c in writable],
-                              any(c.identity == "a" for c in writable))
+    return probes.insert_copy(conn, live, m.key[0], info.written_columns, info.identity_always)
 
 
 def _write_probe(conn: psycopg.Connection[Any], m: State, live: QualifiedName,
