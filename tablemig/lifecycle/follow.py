@@ -132,14 +132,6 @@ class Follower:
         return list(self.info.key_columns)
 
     @property
-    def columns(self) -> list[str]:
-        return self.info.written_columns
-
-    @property
-    def overriding(self) -> bool:
-        return self.info.identity_always
-
-    @property
     def watch_trigger(self) -> str:
         """The trigger on the table feeding a child's parent log (one per child of the table;
         a grandchild's parent log is fed by its parent's replay)."""

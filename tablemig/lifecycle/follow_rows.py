@@ -53,11 +53,11 @@ def member(f: Follower, alias: str, parent: QualifiedName) -> sql.Composable:
 
 def _insert(f: Follower, where: sql.Composable, keys: sql.Composable | None, parent: QualifiedName,
             conflict: bool) -> sql.Composable:
-    cols = sql.SQL(", ").join(map(sql.Identifier, f.columns))
-    tcols = sql.SQL(", ").join(sql.Identifier("t", c) for c in f.columns)
+    cols = sql.SQL(", ").join(map(sql.Identifier, f.info.written_columns))
+    tcols = sql.SQL(", ").join(sql.Identifier("t", c) for c in f.info.written_columns)
     return sql.SQL("INSERT INTO {new} ({cols}){ovr} SELECT {tcols} FROM {src} WHERE {where} AND {member}{oc}").format(
         new=f.new.ident(), cols=cols,
-        ovr=sql.SQL(" OVERRIDING SYSTEM VALUE" if f.overriding else ""), tcols=tcols,
+        ovr=sql.SQL(" OVERRIDING SYSTEM VALUE" if f.info.identity_always else ""), tcols=tcols,
         src=keys if keys is not None else sql.SQL("{} t").format(f.child.ident()), where=where,
         member=member(f, "t", parent),
         oc=sql.SQL(" ON CONFLICT ({}) DO NOTHING").format(sql.SQL(", ").join(map(sql.Identifier, f.key)))
