@@ -284,7 +284,10 @@ def _family_policy(policy: str, runs: list[Result]) -> list[str]:
             out += [f"The child's new table (swap record, `follow`): {fmt(fol.get('rows_loaded'), ',.0f')} rows "
                     f"loaded, {fmt(fol.get('replayed_before_lock'), ',.0f')} log rows replayed before the lock and "
                     f"{fmt(fol.get('replayed_under_lock'), ',.0f')} under it; built in "
-                    f"{fmt((fol.get('prepare_ms') or 0) / 1000)} s of the swap step, "
+                    f"{fmt((fol.get('prepare_ms') or 0) / 1000)} s of the swap step (load "
+                    f"{fmt((fol.get('load_ms') or 0) / 1000)}, index {fmt((fol.get('index_ms') or 0) / 1000)}, "
+                    f"replay {fmt((fol.get('replay_ms') or 0) / 1000)}, verify "
+                    f"{fmt((fol.get('verify_ms') or 0) / 1000)}), "
                     f"{fmt(fol.get('under_lock_ms'), '.1f')} ms under its lock; peak RSS of `tablemig migrate` "
                     f"{fmt(s['peak_rss_mb'], '.0f')} MB.", ""]
         else:

@@ -343,22 +343,93 @@ def test_subscriber_follows_a_family_with_children_kept(logical_sandbox: Sandbox
         assert scalar(sub, "SELECT count(*) FROM pg_prepared_xacts") == 0
 
 
-def test_follow_with_a_subscriber_is_refused_before_anything_changes(logical_sandbox: Sandbox) -> None:
-    """The child policy follow does not build the children's new tables on a subscriber in
-    this version: a plan that names it with a subscriber stops at the capture, changing nothing."""
+def _family_in_schema(sb: Sandbox, schema: str, publish: str) -> str:
+    """The family of tests/family_twin.py in `schema` on both sites, the publisher's tables
+    `publish` subscribed; returns a DSN whose search_path is the schema (for the writers)."""
+    assert sb.subscriber_dsn is not None
+    with connect(sb.active_dsn) as pub, connect(sb.subscriber_dsn) as sub:
+        for c in (pub, sub):
+            c.execute(f"CREATE SCHEMA {schema}")
+            c.execute(f"SET search_path = {schema}")
+        create_family(pub, FAMILY_ROWS)
+        create_family(sub, 0)
+        sub.execute("DROP TABLE orders_twin, items_twin, notes_twin")
+        pub.execute(f"CREATE PUBLICATION pub_{schema} FOR TABLE {publish}")
+        info = pub.info
+        conninfo = f"host={info.host} port={info.port} dbname={info.dbname} user={info.user}"
+        sub.execute(f"CREATE SUBSCRIPTION sub_{schema} CONNECTION '{conninfo}' PUBLICATION pub_{schema}")
+        _wait(lambda: scalar(sub, "SELECT bool_and(srsubstate = 'r') FROM pg_subscription_rel"),
+              "initial table sync")
+    return f"{sb.active_dsn} options='-c search_path={schema}'"
+
+
+def test_subscriber_follows_a_family_whose_child_follows(logical_sandbox: Sandbox) -> None:
+    """orders with items (policy follow) and notes (keep), under writes on the whole family:
+    the items' new table is attached to the subscriber like the table's, and swapped there
+    with it in the same prepared transaction; after the swap and after the swap back both
+    sites hold the same rows in every table of the family."""
     sb = logical_sandbox
     assert sb.subscriber_dsn is not None
-    with connect(sb.active_dsn) as pub:  # a schema of its own: the module's other family test uses public
-        pub.execute("CREATE SCHEMA refused")
-        pub.execute("SET search_path = refused")
-        create_family(pub, 1000)
+    writers_dsn = _family_in_schema(sb, "fol", "fol.orders, fol.items, fol.notes")
+    spec = TableSpec("fol.orders", "d", cutoff=FAMILY_CUTOFF.isoformat(), batch_size=500,
+                     children={"fol.items": "follow", "fol.notes": "keep"})
+    with FamilyWriters(writers_dsn, FAMILY_ROWS) as writers, \
+            Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn],
+                      throttle=lambda: time.sleep(0.02), lock_timeout="200ms", batch_target_seconds=0.001,
+                      swap_max_attempts=30) as mig:
+        mig.run("verified")
+        result = mig.swap()
+        peer = next(iter(result.record["peers"].values()))
+        assert [f["child"] for f in peer["follow"]] == ["fol.items"], peer
+        mig.validate_foreign_keys()
+        time.sleep(0.5)
+        m = mig.state()
+    assert m is not None and m.state == "swapped" and writers.ops.get("repoint_item")
+    suffix = m.archive.name[len("orders"):]
+    tables = ["fol.orders", f"fol.{m.archive.name}", "fol.items", f"fol.items{suffix}", "fol.notes"]
+    for table, (pub_fp, sub_fp) in _caught_up_tables(sb, tables).items():
+        assert pub_fp == sub_fp, f"{table}: publisher {pub_fp} != subscriber {sub_fp}"
+    with connect(sb.subscriber_dsn) as sub:
+        # the subscriber's live items reference its live orders only; its keys are validated
+        assert scalar(sub, "SELECT count(*) FROM fol.items i WHERE NOT EXISTS"
+                           " (SELECT 1 FROM fol.orders o WHERE o.id = i.order_id)") == 0
+        assert scalar(sub, "SELECT bool_and(convalidated) FROM pg_constraint WHERE contype = 'f'"
+                           " AND connamespace = 'fol'::regnamespace") is True
+        assert scalar(sub, "SELECT count(*) FROM pg_prepared_xacts") == 0
+    with Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn],
+                   lock_timeout="200ms", swap_max_attempts=30) as mig:
+        assert mig.rollback() == "swapped back"
+    for table, (pub_fp, sub_fp) in _caught_up_tables(sb, ["fol.orders", "fol.items", "fol.notes"]).items():
+        assert pub_fp == sub_fp, f"{table} after the swap back: publisher {pub_fp} != subscriber {sub_fp}"
+    with connect(sb.subscriber_dsn) as sub:
+        assert scalar(sub, "SELECT count(*) FROM pg_tables WHERE schemaname = 'fol'") == 3
+        sub.execute("DROP SUBSCRIPTION sub_fol")
+    with connect(sb.active_dsn) as pub:
+        pub.execute("DROP PUBLICATION pub_fol")
+
+
+def _caught_up_tables(sb: Sandbox, tables: list[str]) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
+    """`_caught_up` for schema-qualified tables."""
+    assert sb.subscriber_dsn is not None
+    with connect(sb.active_dsn) as pub, connect(sb.subscriber_dsn) as sub:
+        wait_for_apply(pub, sub, table=tables[0])
+        return {t: (_fingerprint(pub, t), _fingerprint(sub, t)) for t in tables}
+
+
+def test_follow_of_a_child_the_subscriber_does_not_receive_is_refused(logical_sandbox: Sandbox) -> None:
+    """A following child is swapped with the table on the subscriber too: one the table's
+    subscription does not carry is refused at the capture, before anything changes."""
+    sb = logical_sandbox
+    _family_in_schema(sb, "refused", "refused.orders, refused.notes")  # items not published
     spec = TableSpec("refused.orders", "d", cutoff=FAMILY_CUTOFF.isoformat(), batch_size=500,
                      children={"refused.items": "follow", "refused.notes": "keep"})
     with Migration(sb.active_dsn, spec, progress=lambda p: None, subscribers=[sb.subscriber_dsn]) as mig:
-        with pytest.raises(InputError, match="not available with a logical subscriber") as err:
+        with pytest.raises(InputError) as err:
             mig.capture()
-        assert "keep" in err.value.fix and mig.state() is None
-    with connect(sb.active_dsn) as pub:
-        assert scalar(pub, "SELECT to_regclass('refused.orders_new') IS NULL"
-                           " AND to_regclass('refused.items_new') IS NULL")
-        pub.execute("DROP SCHEMA refused CASCADE")
+        assert "refused.items" in err.value.problem and "keep" in err.value.fix, err.value
+        assert mig.state() is None
+    assert sb.subscriber_dsn is not None
+    with connect(sb.active_dsn) as pub, connect(sb.subscriber_dsn) as sub:
+        assert scalar(pub, "SELECT to_regclass('refused.orders_new') IS NULL")
+        sub.execute("DROP SUBSCRIPTION sub_refused")
+        pub.execute("DROP PUBLICATION pub_refused")

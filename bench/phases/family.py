@@ -283,7 +283,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         # follow: the child's rows and the work of its new table (the swap record's entry)
         "followed": {k: median(r["followed"].get(k) for r in tm)
                      for k in ("rows_live", "rows_archived", "rows_loaded", "replayed_before_lock",
-                               "replayed_under_lock", "prepare_ms", "under_lock_ms")
+                               "replayed_under_lock", "prepare_ms", "load_ms", "index_ms", "replay_ms",
+                               "verify_ms", "under_lock_ms")
                      if any(k in r.get("followed", {}) for r in tm)},
         "live_rows": median(r["rows_after"] for r in tm),
         "live_rows_expected": tm[0]["rows_expected"] if tm else None,

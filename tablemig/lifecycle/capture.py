@@ -138,14 +138,11 @@ def run(ctx: RunContext) -> None:
 
 def _link_subscribers(ctx: RunContext, plan: TablePlan) -> None:
     """The logical subscribers' refusals, before anything changes."""
-    following = [str(c.ref.child) for c in plan.children if c.policy == "follow"]
-    if following and ctx.subscribers:
-        raise InputError(f"{ctx.table}: the child policy follow ({', '.join(following)}) is not available with "
-                         "a logical subscriber in this version; nothing was changed",
-                         "use 'keep' for those children, or migrate without --subscriber-dsn and refresh the "
-                         "subscriber's copy afterwards (docs/families.md)")
     for sub in ctx.subscribers:
         sub.link(ctx.ex, plan.original)
+        for c in plan.children:  # a `follow` child is swapped with the table there too
+            if c.policy == "follow":
+                sub.child_publications(ctx.ex, c.ref.child)
 
 
 def _created(names: Objects) -> list[str]:

@@ -25,11 +25,12 @@ application writes both tables:
 5. *verify*: in one snapshot, the last log rows replayed, then the count and a checksum of
    `C_new` against the child's rows whose reference is in the new table;
 6. *under the swap's lock*, after the table's renames and the rows kept for `keep` children
-   (so that the live table is exact): the remaining log rows (and the keys the `keep` rule
-   decided again) replayed against the live table, the child renamed to its archive and
-   `C_new` to the child's name (tablemig.lifecycle.exchange, as for the table), the
-   triggers and logs dropped, and a mirror trigger on the live child that keeps the
-   archive complete (rollback stays lossless until prune). The swap then re-points the
+   (so that the live table is exact): the child renamed to its archive and `C_new` to the
+   child's name, then the remaining log rows (and the keys the `keep` rule decided again)
+   replayed into it (after the renames, so that a logical subscriber receives these changes
+   under the live names), the rest of the exchange (tablemig.lifecycle.exchange, as for the
+   table), the triggers and logs dropped, and a mirror trigger on the live child that keeps
+   the archive complete (rollback stays lossless until prune). The swap then re-points the
    child's foreign key: on the live child, to the live table (NOT VALID, validated after
    the swap); the archived child keeps its own key to the archived table.
 
@@ -43,9 +44,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -210,18 +211,23 @@ def arm_sql(f: Follower, user: str, parent_date_column: str, parent_key: Sequenc
     return stmts
 
 
-def triggers_off_sql(f: Follower, parent: QualifiedName, child: QualifiedName) -> list[sql.Composable]:
-    """The capture of the swap step off: triggers (on `parent` and `child`, the names the
-    two tables have now), functions and logs."""
+def trigger_drops_sql(f: Follower, parent: QualifiedName, child: QualifiedName) -> list[sql.Composable]:
+    """The capture of the swap step off: its triggers (on `parent` and `child`, the names the
+    two tables have now)."""
     watch = [drop_trigger_sql(parent, f.watch_trigger)] if f.depth == 1 else []
-    return [*watch, drop_trigger_sql(child, FOLLOW_TRIGGER), drop_trigger_sql(child, GUARD_TRIGGER),
-            drop_function_sql(f.watch), drop_function_sql(f.capture), drop_table_sql(f.log), drop_table_sql(f.parents)]
+    return [*watch, drop_trigger_sql(child, FOLLOW_TRIGGER), drop_trigger_sql(child, GUARD_TRIGGER)]
+
+
+def logs_drop_sql(f: Follower) -> list[sql.Composable]:
+    """The capture's functions and logs dropped (after its triggers)."""
+    return [drop_function_sql(f.watch), drop_function_sql(f.capture), drop_table_sql(f.log),
+            drop_table_sql(f.parents)]
 
 
 def disarm_sql(f: Follower) -> list[sql.Composable]:
     """Undo step 1 before the swap (or what an earlier attempt left): the triggers, logs and
     the child's new table."""
-    return [*triggers_off_sql(f, f.parent, f.child), drop_table_sql(f.new)]
+    return [*trigger_drops_sql(f, f.parent, f.child), *logs_drop_sql(f), drop_table_sql(f.new)]
 
 
 @dataclass
@@ -242,20 +248,37 @@ class FollowRun:
         table, a grandchild against its parent's new table, made exact just before), then
         each put in its place, children first (a child's exchange re-points its children's
         keys to the live child). Returns the swap record's `follow` entries."""
-        done: dict[QualifiedName, Replayed] = {}
-        for f in self.followers:
-            done[f.child] = batch(ex, f, live if f.depth == 1 else f.upstream, None,
-                                  decided_again if f.depth == 1 else None)
-        # under the lock, current, and before any exchange: a child's incoming keys must name
+        t0 = time.perf_counter()
+        # under the lock, current, and before any rename: a child's incoming keys must name
         # its children as they are now (after their exchange, those names are the live ones)
         infos = {f.child: inspect_table(ex, f.child) for f in self.followers}
-        out = []
-        for f in reversed(self.followers):
-            t0 = time.perf_counter()
-            info = infos[f.child]
-            for stmt in triggers_off_sql(f, outgoing if f.depth == 1 else f.parent, f.child):
+        for f in self.followers:  # the triggers, on the tables under their names before the renames
+            for stmt in trigger_drops_sql(f, outgoing if f.depth == 1 else f.parent, f.child):
                 ex.run(stmt)
-            record = exchange(ex, info, f.child, f.new, f.archive)
+        done: dict[QualifiedName, Replayed] = {}
+        records: dict[QualifiedName, dict[str, Any]] = {}
+
+        def replay() -> None:
+            # after every rename, parents first: a logical subscriber receives these changes
+            # under the live names (its renames are committed with the swap's)
+            for f in self.followers:
+                done[f.child] = batch(ex, f, live if f.depth == 1 else f.parent, None,
+                                      decided_again if f.depth == 1 else None, renamed=True)
+
+        # the exchanges nested, the deepest outermost: every table renamed first (children
+        # first), then the replay, then each exchange goes on, parents first (a child's
+        # re-points its children's keys to the live child: they are renamed already)
+        step: Callable[[], None] = replay
+        for f in self.followers:
+            def exchanged(f: Follower = f, inner: Callable[[], None] = step) -> None:
+                records[f.child] = exchange(ex, infos[f.child], f.child, f.new, f.archive, after_rename=inner)
+            step = exchanged
+        step()
+        out = []
+        for f in self.followers:
+            info = infos[f.child]
+            for stmt in logs_drop_sql(f):
+                ex.run(stmt)
             ex.run(sync_function_sql(info, f.mirror, "mirror", f.archive,
                                      defer=deferred_names(info, f.archive.schema, "a")))
             for stmt in trigger_sql(f.child, MIRROR_TRIGGER, f.mirror):
@@ -264,20 +287,40 @@ class FollowRun:
             ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(f.archive.ident(), sql.Literal(
                 f"tablemig: original {f.child} (all rows) before the swap of {f.parent}, whose rows it follows")))
             out.append(f.record() | self.figures.get(str(f.child), {}) | {
-                "replayed_under_lock": Observed("rows", done[f.child].logged), "exchange": record,
+                "replayed_under_lock": Observed("rows", done[f.child].logged), "exchange": records[f.child],
                 # its children's keys, re-pointed to the live child by its exchange: validated after the swap
                 "foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks],
                 "under_lock_ms": Observed("ms", round((time.perf_counter() - t0) * 1000, 1))})
-        return out[::-1]
+        return out
+
+
+def _ms(start: float, end: float) -> Observed:
+    return Observed("ms", round((end - start) * 1000, 1))
+
+
+class FollowPeer(Protocol):
+    """A logical subscriber, as the follow step needs it (tablemig.lifecycle.logical.Subscriber)."""
+
+    children: list[tuple[QualifiedName, QualifiedName, QualifiedName]]
+
+    def attach_child(self, pub: Executor, child: QualifiedName, new: QualifiedName, without_fk: str) -> float: ...
+
+    def drop(self, tables: list[QualifiedName]) -> list[str]: ...
 
 
 def prepare(ex: Executor, followers: list[Follower], user: str, date_column: str, parent_key: Sequence[str],
-            search_path: Sequence[str], lock_options: dict[str, Any]) -> FollowRun:
+            search_path: Sequence[str], lock_options: dict[str, Any],
+            peers: Sequence[FollowPeer] = ()) -> FollowRun:
     """Steps 1 to 5 for every following table, before the swap's lock (see the module
     docstring), parents first; on any failure what was armed is dropped again. Every table
-    is armed before any is loaded: a child's replay feeds its children's parent logs."""
+    is armed before any is loaded: a child's replay feeds its children's parent logs. With
+    logical subscribers (`peers`), each new table is attached there once built, before its
+    replay (as the table's own: tablemig.lifecycle.logical), and each peer is told the
+    children its part of the swap puts in place."""
     run = FollowRun(followers)
     try:
+        for peer in peers:  # what an earlier, unfinished attempt left there
+            peer.drop([f.new for f in followers])
         started = {}
         for f in followers:
             started[f.child] = time.perf_counter()
@@ -296,25 +339,37 @@ def prepare(ex: Executor, followers: list[Follower], user: str, date_column: str
             with_lock_retries(ex, f"arming follow of {f.child}", [f.parent, f.child] if f.depth == 1 else [f.child],
                               body, mode="SHARE ROW EXCLUSIVE", **lock_options)
         for f in followers:
+            t0 = time.perf_counter()
             with ex.transaction():
                 loaded = load(ex, f, f.upstream)
+            t1 = time.perf_counter()
             with ex.transaction():
                 indexes = build_indexes(ex, f)
-            run.figures[str(f.child)] = {"rows_loaded": Observed("rows", loaded), "indexes": indexes}
+            t2 = time.perf_counter()
+            for peer in peers:
+                peer.attach_child(ex, f.child, f.new, f.ref.name)
+            run.figures[str(f.child)] = {"rows_loaded": Observed("rows", loaded), "indexes": indexes,
+                                         "load_ms": _ms(t0, t1), "index_ms": _ms(t1, t2)}
         for f in followers:
+            t0 = time.perf_counter()
             replayed = drain(ex, f, f.upstream)
+            t1 = time.perf_counter()
             checked = verify(ex, f, f.upstream)
             run.figures[str(f.child)] |= checked | {
                 "replayed_before_lock": Observed("rows", replayed.logged),
                 "replay_batches": Observed("count", replayed.batches),
-                "prepare_ms": Observed("ms", round((time.perf_counter() - started[f.child]) * 1000, 1))}
+                "replay_ms": _ms(t0, t1), "verify_ms": _ms(t1, time.perf_counter()),
+                "prepare_ms": _ms(started[f.child], time.perf_counter())}
     except BaseException:
-        disarm(ex, followers, lock_options)
+        disarm(ex, followers, lock_options, peers)
         raise
+    for peer in peers:
+        peer.children = [(f.child, f.new, f.archive) for f in followers]
     return run
 
 
-def disarm(ex: Executor, followers: list[Follower], lock_options: dict[str, Any]) -> None:
+def disarm(ex: Executor, followers: list[Follower], lock_options: dict[str, Any],
+           peers: Sequence[FollowPeer] = ()) -> None:
     """Drop what the swap step armed for the `follow` children (the swap did not happen).
     Best effort, a few attempts, like the orphan check's (tablemig.lifecycle.orphan_guard): a
     rerun or a rollback drops what is left."""
@@ -330,3 +385,6 @@ def disarm(ex: Executor, followers: list[Follower], lock_options: dict[str, Any]
             with_lock_retries(ex, f"disarming follow of {f.child}", [f.parent, f.child] if f.depth == 1 else [f.child],
                               body,
                               **(lock_options | {"attempts": min(3, int(lock_options.get("attempts", 3)))}))
+    for peer in peers:  # the new tables attached there (after a barrier: no change for them in flight)
+        with contextlib.suppress(psycopg.Error, TablemigError):
+            peer.drop([f.new for f in followers])

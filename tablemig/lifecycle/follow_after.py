@@ -51,15 +51,22 @@ class Followed:
     new: QualifiedName  # the name the live child had before the swap (and takes back)
     archive: QualifiedName
     key: tuple[str, ...]
-    mirror: QualifiedName
-    prune: QualifiedName
+    mirror: QualifiedName | None  # none on a logical subscriber (its copy is written by replication)
+    prune: QualifiedName | None
     exchange: dict[str, Any]
 
     @classmethod
     def of(cls, entry: dict[str, Any]) -> Followed:
+        def name(key: str) -> QualifiedName | None:
+            return QualifiedName.parse(entry[key]) if entry.get(key) else None
         return cls(QualifiedName.parse(entry["child"]), QualifiedName.parse(entry["new"]),
-                   QualifiedName.parse(entry["archive"]), tuple(entry["key"]), QualifiedName.parse(entry["mirror"]),
-                   QualifiedName.parse(entry["prune"]), dict(entry.get("exchange") or {}))
+                   QualifiedName.parse(entry["archive"]), tuple(entry["key"]), name("mirror"), name("prune"),
+                   dict(entry.get("exchange") or {}))
+
+    def functions(self) -> tuple[QualifiedName, QualifiedName]:
+        """The mirror and prune functions (the active site's record names them)."""
+        assert self.mirror is not None and self.prune is not None, f"{self.child}: no mirror on this site"
+        return self.mirror, self.prune
 
 
 def followed(record: dict[str, Any]) -> list[Followed]:
@@ -74,7 +81,8 @@ def swap_back(ex: Executor, f: Followed) -> None:
     for trg in (MIRROR_TRIGGER, GUARD_TRIGGER, PRUNE_TRIGGER):
         ex.run(drop_trigger_sql(f.child, trg))
     for fn in (f.mirror, f.prune):
-        ex.run(drop_function_sql(fn))
+        if fn is not None:
+            ex.run(drop_function_sql(fn))
     exchange_back(ex, info, f.child, f.new, f.archive, f.exchange)
     ex.run(drop_table_sql(f.new, if_exists=False))
 
@@ -82,10 +90,11 @@ def swap_back(ex: Executor, f: Followed) -> None:
 def start_prune(ex: Executor, children: list[tuple[Followed, TableInfo]]) -> None:
     """In the prune's first transaction: each child's mirror replaced by the prune guard."""
     for f, info in children:
+        mirror, prune = f.functions()
         ex.run(drop_trigger_sql(f.child, MIRROR_TRIGGER))
-        ex.run(drop_function_sql(f.mirror))
-        ex.run(sync_function_sql(info, f.prune, "prune", f.archive))
-        for stmt in trigger_sql(f.child, PRUNE_TRIGGER, f.prune):
+        ex.run(drop_function_sql(mirror))
+        ex.run(sync_function_sql(info, prune, "prune", f.archive))
+        for stmt in trigger_sql(f.child, PRUNE_TRIGGER, prune):
             ex.run(stmt)
 
 
@@ -94,19 +103,19 @@ def finish_prune(ex: Executor, children: list[Followed]) -> None:
     for f in children:
         for trg in (PRUNE_TRIGGER, MIRROR_TRIGGER, GUARD_TRIGGER):
             ex.run(drop_trigger_sql(f.child, trg))
-        for fn in (f.prune, f.mirror):
+        for fn in f.functions():
             ex.run(drop_function_sql(fn))
 
 
 def restore_mirror(ex: Executor, f: Followed, info: TableInfo) -> None:
     """Rollback after prune: the mirror on the live child again (before its rows are copied
     back into the archive)."""
+    mirror, prune = f.functions()
     ex.run(drop_trigger_sql(f.child, PRUNE_TRIGGER))
-    ex.run(drop_function_sql(f.prune))
-    ex.run(sync_function_sql(info, f.mirror, "mirror", f.archive,
-                             defer=deferred_names(info, f.archive.schema, "a")))
+    ex.run(drop_function_sql(prune))
+    ex.run(sync_function_sql(info, mirror, "mirror", f.archive, defer=deferred_names(info, f.archive.schema, "a")))
     ex.run(drop_trigger_sql(f.child, MIRROR_TRIGGER))
-    for stmt in trigger_sql(f.child, MIRROR_TRIGGER, f.mirror):
+    for stmt in trigger_sql(f.child, MIRROR_TRIGGER, mirror):
         ex.run(stmt)
     ex.run(drop_trigger_sql(f.child, GUARD_TRIGGER))
     ex.run(truncate_guard_sql(f.child))

@@ -59,12 +59,13 @@ from psycopg import sql
 
 from ..errors import InputError, TablemigError
 from ..pg import autovacuum
-from ..pg.catalog import inspect_table
+from ..pg.catalog import TableInfo, inspect_table
 from ..pg.connect import connect, redact
 from ..pg.names import QualifiedName
 from ..pg.replication import wait_for_apply
 from ..pg.schema import install_schema
 from ..pg.statements import Statements, statements
+from . import follow_after
 from .exchange import exchange, exchange_back, repointed, validate_foreign_keys
 from .executor import Executor, Mode, Observed, Recorder
 from .objects import temp_index_name
@@ -104,6 +105,9 @@ class Subscriber:
         self.barrier_timeout_s = barrier_timeout_s
         self.name = redact(dsn)
         self._link: Link | None = None
+        # the `follow` children's (child, new table, archive), parents first, set by the swap
+        # step once their new tables are attached here (tablemig.lifecycle.follow)
+        self.children: list[tuple[QualifiedName, QualifiedName, QualifiedName]] = []
 
     def close(self) -> None:
         self.conn.close()
@@ -140,39 +144,82 @@ class Subscriber:
         """Steps 1-3 of the capture (module docstring); idempotent."""
         t = m.live
         link = self.link(pub, t)
-        ex = self.ex
-        install_schema(ex)
+        install_schema(self.ex)
         targets = m.new_tables()
-        info = inspect_table(ex, t, list(m.key))
+        info = inspect_table(self.ex, t, list(m.key))
         for target, tag in targets:
-            if self._exists(target):
-                continue
-            user = ex.scalar("SELECT current_user")
-            with ex.transaction():
-                for stmt in create_table_sql(info, target, str(user or ""), tag=tag):
-                    ex.run(stmt)
-                for idx in secondary_indexes(info):
-                    ex.run(index_sql(info, idx, target, temp_index_name(idx, tag), concurrently=False))
-                    for stmt in [*key_constraint_sql(idx, target, tag), *index_properties_sql(idx, target, tag)]:
-                        ex.run(stmt)
-            ex.creates(str(target))
+            self._create_copy(info, target, tag)
         for target, _ in targets:
-            for pubname in link.publications:
-                member = pub.read("SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND"
-                                  " schemaname = %s AND tablename = %s", (pubname, target.schema, target.name),
-                                  reads=[_member(pubname, target)], planned=[(1,)]).fetchone()
-                if not member:
-                    pub.run(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                        sql.Identifier(pubname), target.ident()))
-                    pub.creates(_member(pubname, target))
-        if any(self._sub_state(target) is None for target, _ in targets):
-            ex.run(sql.SQL("ALTER SUBSCRIPTION {} REFRESH PUBLICATION WITH (copy_data = true)")
-                   .format(sql.Identifier(link.subscription)))
-            ex.creates(*(_subscribed(target) for target, _ in targets))
+            self._publish(pub, link.publications, target)
+        self._refresh([target for target, _ in targets])
         waited = self.wait_ready([t for t, _ in targets])
         self._control(m, "logical: new table created here, published, subscription refreshed (copy_data = true)")
         return {"subscription": link.subscription, "publications": link.publications,
                 "tables": [str(t) for t, _ in targets], "ready_after_s": Observed("s", waited)}
+
+    def attach_child(self, pub: Executor, child: QualifiedName, new: QualifiedName, without_fk: str) -> float:
+        """The new table of a `follow` child (tablemig.lifecycle.follow), as `attach` does the
+        table's: created here (without its key to the table: the swap adds it), published,
+        the subscription refreshed; the child must come through the table's subscription.
+        Returns the seconds waited for the table sync."""
+        listed = self.child_publications(pub, child)
+        self._create_copy(inspect_table(self.ex, child), new, "n", without_fks=[without_fk])
+        for pubname in listed:
+            self._publish(pub, [pubname], new)
+        self._refresh([new])
+        return self.wait_ready([new])
+
+    def child_publications(self, pub: Statements | psycopg.Connection[Any], child: QualifiedName) -> list[str]:
+        """The publications through which this subscriber receives a `follow` child: the
+        table's subscription's (refused otherwise, before anything changes)."""
+        assert self._link is not None
+        try:
+            name, pubs, _ = _subscription(self.ex, statements(pub), child)
+        except InputError as exc:
+            raise InputError(f"{exc.problem}; the child policy follow swaps {child} with the table on the "
+                             "subscriber too", f"publish {child} in a publication of subscription "
+                             f"{self._link.subscription} (and refresh it), or give {child} the policy keep") from None
+        if name != self._link.subscription:
+            raise InputError(f"the subscriber receives {child} through subscription {name}, and the table "
+                             f"through {self._link.subscription}: a following child is swapped with the table "
+                             "in one transaction there", f"publish {child} in a publication of "
+                             f"{self._link.subscription}, or give it the policy keep")
+        return _listing_publications(statements(pub), child, name, pubs)
+
+    def _create_copy(self, info: TableInfo, target: QualifiedName, tag: str, *,
+                     without_fks: list[str] | None = None) -> None:
+        """The new table here: the structure of `info` (this site's table), its key and
+        indexes under the names the active site's copy has (the swap renames them the same way)."""
+        ex = self.ex
+        if self._exists(target):
+            return
+        user = ex.scalar("SELECT current_user")
+        with ex.transaction():
+            for stmt in create_table_sql(info, target, str(user or ""), tag=tag, without_fks=without_fks or []):
+                ex.run(stmt)
+            for idx in secondary_indexes(info):
+                ex.run(index_sql(info, idx, target, temp_index_name(idx, tag), concurrently=False))
+                for stmt in [*key_constraint_sql(idx, target, tag), *index_properties_sql(idx, target, tag)]:
+                    ex.run(stmt)
+        ex.creates(str(target))
+
+    def _publish(self, pub: Executor, publications: list[str], target: QualifiedName) -> None:
+        """`target` added to each publication on the active site (once)."""
+        for pubname in publications:
+            member = pub.read("SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND"
+                              " schemaname = %s AND tablename = %s", (pubname, target.schema, target.name),
+                              reads=[_member(pubname, target)], planned=[(1,)]).fetchone()
+            if not member:
+                pub.run(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(pubname), target.ident()))
+                pub.creates(_member(pubname, target))
+
+    def _refresh(self, targets: list[QualifiedName]) -> None:
+        """The subscription refreshed when a target is not in it yet (copy_data = true)."""
+        assert self._link is not None
+        if any(self._sub_state(target) is None for target in targets):
+            self.ex.run(sql.SQL("ALTER SUBSCRIPTION {} REFRESH PUBLICATION WITH (copy_data = true)")
+                        .format(sql.Identifier(self._link.subscription)))
+            self.ex.creates(*(_subscribed(target) for target in targets))
 
     def wait_ready(self, tables: list[QualifiedName]) -> float:
         """Until the table sync of `tables` is done (state r); polled, not recorded."""
@@ -260,13 +307,23 @@ class Subscriber:
             ex.run("SET LOCAL lock_timeout = '2s'")
             info = inspect_table(ex, t, list(m.key))
             if back:
-                exchange_back(ex, info, t, n, outgoing, m.swap_record.peer(self.name))
+                peer = m.swap_record.peer(self.name)
+                exchange_back(ex, info, t, n, outgoing, peer)
+                for child in follow_after.followed(peer):  # before the new table they referenced goes
+                    follow_after.swap_back(ex, child)
                 ex.run(drop_table_sql(n, if_exists=False))
                 record: dict[str, Any] = {}
             else:
-                record = exchange(ex, info, t, n, outgoing)
+                # the children's own tables, current and before any exchange (as on the active site)
+                infos = [(c, inspect_table(ex, c[0])) for c in self.children]
+                followed: list[dict[str, Any]] = []
+                record = exchange(ex, info, t, n, outgoing,
+                                  after_rename=lambda: followed.extend(_exchange_children(ex, infos)))
                 record["foreign_keys"] = [{"table": str(fk.table), "name": fk.name} for fk in info.incoming_fks] + [
-                    {"table": fk["table"], "name": fk["name"]} for fk in record.pop("self_foreign_keys", [])]
+                    {"table": fk["table"], "name": fk["name"]} for fk in record.pop("self_foreign_keys", [])] + [
+                    fk for f in followed for fk in f.pop("foreign_keys")]
+                if followed:
+                    record["follow"] = followed
             ex.run(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
             ex.creates(_prepared(gid))
         except BaseException:
@@ -329,6 +386,19 @@ class Subscriber:
             self.ex.run(drop_table_sql(t))
             self.ex.drops(str(t))
         return [str(t) for t in present]
+
+
+def _exchange_children(ex: Executor, infos: list[tuple[tuple[QualifiedName, QualifiedName, QualifiedName],
+                                                         TableInfo]]) -> list[dict[str, Any]]:
+    """The `follow` children put in place here, children first, as on the active site
+    (tablemig.lifecycle.follow): what the swap back needs of each (follow_after.Followed)."""
+    out = []
+    for (child, new, archive), info in reversed(infos):
+        rec = exchange(ex, info, child, new, archive)
+        out.append({"child": str(child), "new": str(new), "archive": str(archive), "key": info.key_columns,
+                    "exchange": rec,
+                    "foreign_keys": [{"table": str(fk.table), "name": fk.name} for fk in info.incoming_fks]})
+    return out[::-1]
 
 
 def _member(publication: str, table: QualifiedName) -> str:

@@ -30,7 +30,7 @@ from .copying import CopyJob
 from .exchange import exchange_back, move_publications, validate_foreign_keys
 from .executor import Executor, plain
 from .families import disarm_sql
-from .objects import CAPTURE_TRIGGER, GUARD_TRIGGER, MIRROR_TRIGGER, deferrable_constraints
+from .objects import CAPTURE_TRIGGER, GUARD_TRIGGER, MIRROR_TRIGGER, deferrable_constraints, new_name
 from .state import State, StateStore
 from .structure import (
     deferrable_key,
@@ -128,7 +128,7 @@ def run(ctx: RunContext) -> str:
 
     children = sorted({r.child for r in refs if not r.self_ref} | set(followers))
     with_lock_retries(ex, f"rollback of {t}", [t, *children], drop, **s.lock_options())
-    dropped = [m.new] + ([m.old_table] if m.archive_mode == "copy" else [])
+    dropped = [m.new] + ([m.old_table] if m.archive_mode == "copy" else []) + [new_name(c) for c in followers]
     for sub in ctx.subscribers:  # after the active site: no change for them is in flight
         sub.drop(dropped)
     return "capture removed, new table dropped"

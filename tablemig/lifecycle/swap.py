@@ -276,6 +276,8 @@ def run(ctx: RunContext) -> SwapResult:
     s = ctx.settings()
     plan = ctx.current_plan()
     ex = ctx.ex
+    for sub in ctx.subscribers:  # first: a following child's new table is attached there
+        sub.link(ex, m.live)
     refs = references(ex, m.table_oid)
     followed = [r for r in refs if not r.self_ref and plan.spec.child_policy(r.child) == "follow"]
     refs = [r for r in refs if r not in followed]  # the orphan check is for the others
@@ -284,9 +286,8 @@ def run(ctx: RunContext) -> SwapResult:
     try:
         if followed:  # after the arming: the new table holds the rows kept for `keep` children
             following = prepare(ex, family(ex, followed, m.objects), str(ex.scalar("SELECT current_user")),
-                                m.date_column, m.key, plan.search_path, s.lock_options())
+                                m.date_column, m.key, plan.search_path, s.lock_options(), ctx.subscribers)
         for sub in ctx.subscribers:  # caught up before the locks: the barrier under them is short
-            sub.link(ex, m.live)
             sub.wait_ready([m.new])
             sub.barrier()
         result = swap(ex, m, peers=ctx.subscribers, search_path=plan.search_path, guard=guard,
@@ -295,7 +296,7 @@ def run(ctx: RunContext) -> SwapResult:
         if guard is not None:
             disarm(ex, m, plan, refs, s)
         if following is not None:
-            follow_disarm(ex, following.followers, s.lock_options())
+            follow_disarm(ex, following.followers, s.lock_options(), ctx.subscribers)
         raise
     ctx.results.swap = result
     ctx.timed("swap", t0)
