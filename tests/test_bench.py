@@ -157,6 +157,35 @@ def test_family_phase_keeps_the_referenced_orders_live_in_tablemig_and_its_physi
     run = {"started": "20250101-120000", "phases": ["family"], "command": ".venv/bin/python -m bench --family",
            "cutoff": b.cut.as_dict(), "family": res}
     text = "\n".join(family_summary([(tmp_path / "r.json", run)]))
-    assert "## Family (child policy keep)" in text and "(`follow`) is not measured" in text
+    assert "## Family (child policy keep)" in text and "## Family (child policy follow)" not in text
     assert f"= {src['live_rows_expected']:,} rows (as expected in every run)" in text
     assert "one round (`--repeat 1`)" in text
+
+
+def test_family_phase_with_follow_moves_the_lines_with_their_orders(
+        fresh_db: Any, active: psycopg.Connection[Any], active_dsn: str, tmp_path: Path) -> None:
+    """`--family --family-policy follow`: lines of orders of every age; tablemig and the
+    physical limit keep the same orders and the lines referencing them."""
+    a = cli.parse_args(["--family", "--family-policy", "follow", "--rows", "2000"])
+    assert family.migrate_command(a, "dbname=x", 0.1)[-2:] == ["--child", "public.lines=follow"]
+    with fresh_db.connect() as c:
+        create_demo_data(c, 2000)
+        c.execute("VACUUM (ANALYZE) orders")
+    target = Target(active_dsn, None, find_pg_bin(), None, active)
+    b = Bench(target, a, tmp_path, {"database": fresh_db.name, "rows": 2000}, cutoff(fresh_db.dsn, a.retention))
+    try:
+        res = family.run(b)
+    finally:
+        drop_database(target, family.source_name(b))
+    src, runs, s = res["source"], res["runs"], res["summary"]
+    assert src["child_rows"] == 6000 and src["policy"] == "follow" and src["live_rows_expected"] == b.cut.kept_rows
+    assert src["child_live_rows_expected"] == 6000 - src["child_rows_old"] > 0
+    tm, ph = runs
+    assert tm["rows_after"] == ph["rows_after"] == b.cut.kept_rows and tm["old_rows_live"] == 0
+    assert tm["child_rows_live"] == src["child_live_rows_expected"] and tm["fk_ok"] and s["all_ok"]
+    assert tm["followed"]["rows_archived"] == src["child_rows_old"]
+    assert {"child_insert", "child_primary_key", "child_index_order_id"} <= set(ph["steps"])
+    run = {"started": "20250101-120000", "phases": ["family"], "command": ".venv/bin/python -m bench --family",
+           "cutoff": b.cut.as_dict(), "family": res}
+    text = "\n".join(family_summary([(tmp_path / "r.json", run)]))
+    assert "## Family (child policy follow)" in text and "The child's new table (swap record, `follow`)" in text
