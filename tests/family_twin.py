@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -185,3 +188,11 @@ class FamilyWriters(WriterThreads):
             return [("UPDATE {n} SET order_id = %s WHERE id = %s", (some, self._child(conn, "notes", rnd)))]
         assert op == "delete_note", op
         return [("DELETE FROM {n} WHERE id = %s", (self._child(conn, "notes", rnd),))]
+
+
+def new_family_plan(dsn: str, out: Path, children: str) -> subprocess.CompletedProcess[str]:
+    """`tablemig new-plan --dsn` for the family's orders, every child given `children`."""
+    return subprocess.run([sys.executable, "-m", "tablemig.cli.main", "new-plan", "--dsn", dsn, "--table",
+                           "public.orders", "--date-column", "d", "--cutoff", CUTOFF.isoformat(),
+                           "--children", children, "--output", str(out)],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)

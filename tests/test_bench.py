@@ -126,6 +126,20 @@ def test_summary_rewrites_the_figures_below_the_marker_only(tmp_path: Path) -> N
     assert "| two CPU hogs | 1 × 3 | 2.1–2.3 |" in text
 
 
+def _family(fresh_db: Any, active: psycopg.Connection[Any], active_dsn: str, tmp_path: Path,
+            a: Any) -> tuple[dict[str, Any], Bench]:
+    """The family phase run on 2000 demo orders (its source database dropped afterwards)."""
+    with fresh_db.connect() as c:
+        create_demo_data(c, 2000)
+        c.execute("VACUUM (ANALYZE) orders")
+    target = Target(active_dsn, None, find_pg_bin(), None, active)
+    b = Bench(target, a, tmp_path, {"database": fresh_db.name, "rows": 2000}, cutoff(fresh_db.dsn, a.retention))
+    try:
+        return family.run(b), b
+    finally:
+        drop_database(target, family.source_name(b))
+
+
 def test_family_phase_keeps_the_referenced_orders_live_in_tablemig_and_its_physical_limit(
         fresh_db: Any, active: psycopg.Connection[Any], active_dsn: str, tmp_path: Path) -> None:
     a = cli.parse_args(["--family", "--rows", "2000"])
@@ -133,15 +147,7 @@ def test_family_phase_keeps_the_referenced_orders_live_in_tablemig_and_its_physi
     cmd = family.migrate_command(a, "dbname=x", 0.1)
     assert cmd[-2:] == ["--child", "public.refunds=keep"]
     assert {"migrate", "--execute", "--yes", "--json"} <= set(cmd)
-    with fresh_db.connect() as c:
-        create_demo_data(c, 2000)
-        c.execute("VACUUM (ANALYZE) orders")
-    target = Target(active_dsn, None, find_pg_bin(), None, active)
-    b = Bench(target, a, tmp_path, {"database": fresh_db.name, "rows": 2000}, cutoff(fresh_db.dsn, a.retention))
-    try:
-        res = family.run(b)
-    finally:
-        drop_database(target, family.source_name(b))
+    res, b = _family(fresh_db, active, active_dsn, tmp_path, a)
     src, runs, s = res["source"], res["runs"], res["summary"]
     assert src["child_rows"] == 6000 and src["order_items"] == "dropped"
     assert 0 < src["old_orders_referenced"] == src["child_rows_old"] < src["old_orders"]
@@ -168,15 +174,7 @@ def test_family_phase_with_follow_moves_the_lines_with_their_orders(
     physical limit keep the same orders and the lines referencing them."""
     a = cli.parse_args(["--family", "--family-policy", "follow", "--rows", "2000"])
     assert family.migrate_command(a, "dbname=x", 0.1)[-2:] == ["--child", "public.lines=follow"]
-    with fresh_db.connect() as c:
-        create_demo_data(c, 2000)
-        c.execute("VACUUM (ANALYZE) orders")
-    target = Target(active_dsn, None, find_pg_bin(), None, active)
-    b = Bench(target, a, tmp_path, {"database": fresh_db.name, "rows": 2000}, cutoff(fresh_db.dsn, a.retention))
-    try:
-        res = family.run(b)
-    finally:
-        drop_database(target, family.source_name(b))
+    res, b = _family(fresh_db, active, active_dsn, tmp_path, a)
     src, runs, s = res["source"], res["runs"], res["summary"]
     assert src["child_rows"] == 6000 and src["policy"] == "follow" and src["live_rows_expected"] == b.cut.kept_rows
     assert src["child_live_rows_expected"] == 6000 - src["child_rows_old"] > 0

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 from backup_helpers import private_cluster, run_plan
-from family_twin import CUTOFF, FamilyWriters, create_family, differences
+from family_twin import CUTOFF, FamilyWriters, create_family, differences, new_family_plan
 from site_helpers import swap_kept_waiting
 
 from tablemig.config.spec import TableSpec
@@ -218,10 +218,7 @@ def test_new_plan_lists_the_children_with_their_counts(fresh_db: Any, tmp_path: 
     with fresh_db.connect() as conn:
         create_family(conn, 2000)
     out = tmp_path / "family_plan.py"
-    done = subprocess.run([sys.executable, "-m", "tablemig.cli.main", "new-plan", "--dsn", fresh_db.dsn,
-                           "--table", "public.orders", "--date-column", "d", "--cutoff", CUTOFF.isoformat(),
-                           "--children", "keep", "--output", str(out)],
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    done = new_family_plan(fresh_db.dsn, out, "keep")
     assert done.returncode == 0, done.stderr
     text = out.read_text()
     assert "'public.items': 'keep'" in text and "'public.notes': 'keep'" in text, text

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 from backup_helpers import run_plan
-from family_twin import CUTOFF, FamilyWriters, create_family, differences
+from family_twin import CUTOFF, FamilyWriters, create_family, differences, new_family_plan
 from plan_compare import run, same, statements
 from site_helpers import swap_kept_waiting, waiting_for_the_swap
 
@@ -298,10 +298,7 @@ def test_a_plan_written_by_new_plan_with_follow_runs_end_to_end(fresh_db: Any, t
     with fresh_db.connect() as conn:
         create_family(conn, 2000)
     out = tmp_path / "family_plan.py"
-    done = subprocess.run([sys.executable, "-m", "tablemig.cli.main", "new-plan", "--dsn", fresh_db.dsn,
-                           "--table", "public.orders", "--date-column", "d", "--cutoff", CUTOFF.isoformat(),
-                           "--children", "follow", "--output", str(out)],
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    done = new_family_plan(fresh_db.dsn, out, "follow")
     assert done.returncode == 0, done.stderr
     text = out.read_text()
     assert "'public.items': 'follow'" in text and "'public.notes': 'follow'" in text, text

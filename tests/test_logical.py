@@ -420,6 +420,7 @@ def test_follow_of_a_child_the_subscriber_does_not_receive_is_refused(logical_sa
     """A following child is swapped with the table on the subscriber too: one the table's
     subscription does not carry is refused at the capture, before anything changes."""
     sb = logical_sandbox
+    assert sb.subscriber_dsn is not None
     _family_in_schema(sb, "refused", "refused.orders, refused.notes")  # items not published
     spec = TableSpec("refused.orders", "d", cutoff=FAMILY_CUTOFF.isoformat(), batch_size=500,
                      children={"refused.items": "follow", "refused.notes": "keep"})
@@ -428,7 +429,6 @@ def test_follow_of_a_child_the_subscriber_does_not_receive_is_refused(logical_sa
             mig.capture()
         assert "refused.items" in err.value.problem and "keep" in err.value.fix, err.value
         assert mig.state() is None
-    assert sb.subscriber_dsn is not None
     with connect(sb.active_dsn) as pub, connect(sb.subscriber_dsn) as sub:
         assert scalar(pub, "SELECT to_regclass('refused.orders_new') IS NULL")
         sub.execute("DROP SUBSCRIPTION sub_refused")
