@@ -1,17 +1,19 @@
-"""The `follow` children after the swap (tablemig.lifecycle.follow): prune, and the swap back;
-and what a swap step interrupted before the swap left armed for them (`leftovers_sql`).
+"""The `follow` children after the swap (tablemig.lifecycle.follow): their triggers for prune
+and for the restore of a rollback after prune, and the swap back; and what a swap step
+interrupted before the swap left armed for them (`leftovers_sql`).
 
 The swap record's `follow` entries name each child's live table, archive and trigger
 functions. While the live child's mirror trigger keeps its archive complete, the swap back
 is the swap's exchange in the other direction, in the table's transaction. Prune deletes the
 archive's copies of the live child's rows before the table's own (children before parents:
-the archived child references the archived table), under the same prune guard as the
-table; a rollback after prune restores the table's archive first, then the child's.
+the archived child references the archived table), under the same prune guard and with the
+same keyset batches as the table (tablemig.lifecycle.prune); a rollback after prune restores
+the table's archive first, then the child's, with the same batch copy
+(tablemig.lifecycle.rollback).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,6 @@ from psycopg import sql
 
 from ..pg.catalog import TableInfo, inspect_table
 from ..pg.names import QualifiedName
-from ..pg.sqltext import Fragment
 from ..pg.statements import Statements
 from .exchange import exchange_back
 from .executor import Executor
@@ -119,63 +120,6 @@ def restore_mirror(ex: Executor, f: Followed, info: TableInfo) -> None:
         ex.run(stmt)
     ex.run(drop_trigger_sql(f.child, GUARD_TRIGGER))
     ex.run(truncate_guard_sql(f.child))
-
-
-def _types(st: Statements, table: QualifiedName, columns: tuple[str, ...]) -> list[str]:
-    rows: dict[str, str] = dict(st.read("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
-                        " WHERE attrelid = %s::regclass AND attname = ANY(%s)", (str(table), list(columns))).fetchall())
-    return [str(rows[c]) for c in columns]
-
-
-def _by_key_ranges(ex: Executor, source: QualifiedName, key: tuple[str, ...], batch: int,
-                   statement: Callable[[sql.Composable], sql.Composable]) -> int:
-    """Run `statement(range)` for consecutive ranges of `source`'s key, `batch` rows each,
-    each in its own transaction (`range`: a condition on `source`'s key columns, whose
-    parameters are passed); returns the rows it changed."""
-    k = [sql.Identifier(c) for c in key]
-    klist = sql.SQL(", ").join(k)
-    typed = sql.SQL(", ").join(sql.SQL("%s::{}").format(Fragment(t)) for t in _types(ex, source, key))
-    texts = sql.SQL(", ").join(sql.SQL("{}::text").format(c) for c in k)
-    last: list[str] | None = None
-    total = 0
-    while True:
-        above = sql.SQL("({}) > ({})").format(klist, typed) if last else sql.SQL("true")
-        with ex.transaction():
-            bound = ex.read(sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET %s LIMIT 1").format(
-                texts, source.ident(), above, klist), [*(last or []), batch - 1]).fetchone()
-            upper = [str(v) for v in bound] if bound else None
-            upto = sql.SQL(" AND ({}) <= ({})").format(klist, typed) if upper else sql.SQL("")
-            total += max(ex.run(statement(sql.SQL("{}{}").format(above, upto)),
-                                [*(last or []), *(upper or [])]).rowcount, 0)
-        if upper is None:
-            return total
-        last = upper
-
-
-def delete_copies(ex: Executor, source: QualifiedName, target: QualifiedName, key: tuple[str, ...],
-                  batch: int) -> int:
-    """Delete from `target` the rows whose key `source` has, in batches of `source`'s key:
-    prune deletes the archive's copies of the live rows."""
-    klist = sql.SQL(", ").join(map(sql.Identifier, key))
-    match = sql.SQL(" AND ").join(sql.SQL("a.{0} = b.{0}").format(sql.Identifier(c)) for c in key)
-    return _by_key_ranges(ex, source, key, batch, lambda where: sql.SQL(
-        "DELETE FROM {} a USING (SELECT {} FROM {} WHERE {}) b WHERE {}").format(
-        target.ident(), klist, source.ident(), where, match))
-
-
-def copy_back(ex: Executor, f: Followed, batch: int) -> int:
-    """Rollback after prune: the live child's rows copied into its archive, in batches of
-    its key, the rows locked FOR SHARE (a writer waits, and the mirror then sees the copy);
-    rows the archive has already are skipped."""
-    info = inspect_table(ex, f.child)
-    cols = sql.SQL(", ").join(map(sql.Identifier, info.written_columns))
-    overriding = info.identity_always
-    klist = sql.SQL(", ").join(map(sql.Identifier, f.key))
-    return _by_key_ranges(ex, f.child, f.key, batch, lambda where: sql.SQL(
-        "INSERT INTO {a} ({c}){o} SELECT {c} FROM (SELECT * FROM {s} WHERE {w} FOR SHARE) s"
-        " ON CONFLICT ({k}) DO NOTHING").format(
-        a=f.archive.ident(), c=cols, o=sql.SQL(" OVERRIDING SYSTEM VALUE" if overriding else ""),
-        s=f.child.ident(), w=where, k=klist))
 
 
 def leftovers_sql(st: Statements, objects: Objects) -> tuple[list[QualifiedName], list[sql.Composable]]:

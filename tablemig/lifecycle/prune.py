@@ -9,6 +9,7 @@ during or after it goes through tablemig.lifecycle.rollback's restore path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from psycopg import sql
@@ -69,7 +70,7 @@ def run(ctx: RunContext, batch_size: int | None = None) -> int:
         m = ctx.state() or m
     # the children's copies before the table's: an archived child row references the table's archive
     deleted_children = _delete_children_copies(ctx, children, batch_size or m.batch_size)
-    deleted = 0 if copy_mode else _delete_archived_copies(ctx, m, t, a, batch_size or m.batch_size)
+    deleted = 0 if copy_mode else _delete_table_copies(ctx, m, t, a, batch_size or m.batch_size)
 
     def finish(_locked_at: float) -> dict[str, Any]:
         for trg in (PRUNE_TRIGGER, MIRROR_TRIGGER, GUARD_TRIGGER):
@@ -89,24 +90,34 @@ def run(ctx: RunContext, batch_size: int | None = None) -> int:
 
 
 def _delete_children_copies(ctx: RunContext, children: list[follow_after.Followed], batch: int) -> dict[str, int]:
-    """The `follow` children's archive copies of their live rows, deleted (tablemig.lifecycle.follow_after)."""
+    """The `follow` children's archive copies of their live rows, deleted, grandchildren first
+    (each from the start of its key: a rerun deletes what is left)."""
     out = {}
-    for c in reversed(children):  # grandchildren before children
-        ctx.pause()
-        out[str(c.child)] = follow_after.delete_copies(ctx.ex, c.child, c.archive, c.key, batch)
+    for c in reversed(children):
+        out[str(c.child)] = _delete_archived_copies(ctx, list(c.key), c.child, c.archive, batch, None,
+                                                    lambda _last, _done: None)
     return out
 
 
-def _delete_archived_copies(ctx: RunContext, m: State, t: QualifiedName, a: QualifiedName, batch: int) -> int:
+def _delete_table_copies(ctx: RunContext, m: State, t: QualifiedName, a: QualifiedName, batch: int) -> int:
+    """The table's archive copies of its live rows, deleted, resuming at the checkpoint."""
+    return _delete_archived_copies(ctx, list(m.key), t, a, batch, m.checkpoint.prune_last, lambda last, done:
+                                   ctx.store.set_checkpoint({"prune_last": last, "prune_done": done}))
+
+
+def _delete_archived_copies(ctx: RunContext, keys: list[str], t: QualifiedName, a: QualifiedName, batch: int,
+                            last: list[str] | None, save: Callable[[list[str] | None, bool], object]) -> int:
+    """Delete from `a` the rows whose key `t` has, in keyset batches of `t`'s key (each its
+    own transaction, paced), after `last`; `save(last, done)` records each batch's end in its
+    transaction."""
     ex = ctx.ex
-    key = [sql.Identifier(k) for k in m.key]
+    key = [sql.Identifier(k) for k in keys]
     klist = sql.SQL(", ").join(key)
     texts = sql.SQL(", ").join(sql.SQL("src.{}::text").format(k) for k in key)
     src_order = sql.SQL(", ").join(sql.SQL("src.{}").format(k) for k in key)
     match = sql.SQL(" AND ").join(sql.SQL("a.{0} = b.{0}").format(k) for k in key)
-    last = m.checkpoint.prune_last
     total = 0
-    typed = sql.SQL(", ").join(sql.SQL("%s::{}").format(Fragment(_type_of(ex, t, k))) for k in m.key)
+    typed = sql.SQL(", ").join(sql.SQL("%s::{}").format(Fragment(_type_of(ex, t, k))) for k in keys)
     above = sql.SQL("({}) > ({})").format(klist, typed)
     upto = sql.SQL("({}) <= ({})").format(klist, typed)
     while True:
@@ -125,7 +136,7 @@ def _delete_archived_copies(ctx: RunContext, m: State, t: QualifiedName, a: Qual
                 a=a.ident(), k=klist, t=t.ident(), w=where, m=match),
                 [*(last or []), *(upper or [])]).rowcount, 0)
             last = upper or last
-            ctx.store.set_checkpoint({"prune_last": last, "prune_done": bound is None})
+            save(last, bound is None)
         if bound is None:
             break
     return total

@@ -21,6 +21,7 @@ from ..errors import InputError, TablemigError
 from ..pg.autovacuum import AutovacuumPolicy
 from ..pg.catalog import TableInfo, inspect_table
 from ..pg.locking import with_lock_retries
+from ..pg.names import QualifiedName
 from ..pg.references import references
 from ..pg.sqltext import Fragment
 from . import follow_after, prune
@@ -169,15 +170,7 @@ def _unprune(ctx: RunContext, m: State, s: Settings) -> None:
         return {}
 
     with_lock_retries(ex, f"restore mirror on {t}", [t], mirror, mode="SHARE ROW EXCLUSIVE", **s.lock_options())
-    types = {c.name: c.type for c in info.columns}
-    # no verify pass follows this copy, so it locks the rows it reads: a writer
-    # changing one of them waits for the batch, then the mirror trigger sees the copy
-    job = CopyJob(t, a, plan.columns, list(m.key), [types[k] for k in m.key], None, "", "", plan.overriding,
-                  list(m.key), lock_rows=True, no_arbiter=deferrable_key(info))
-    with ex.transaction():
-        ctx.store.set_checkpoint(drop=["unprune"])
-    BatchCopier(ex, ctx.dsn, job, ctx.table, "unprune", batch_size=m.batch_size, throttle=ctx.throttle,
-                progress=ctx.progress, pace=ctx.pacer).run(ctx.store, None)
+    _copy_back(ctx, m, info, list(m.key), t, a, "unprune")
     _unprune_children(ctx, m, s)
     # the archive's foreign keys to itself, dropped by the prune: complete again, it
     # satisfies them (added NOT VALID, then validated without blocking writes)
@@ -212,4 +205,19 @@ def _unprune_children(ctx: RunContext, m: State, s: Settings) -> None:
 
         with_lock_retries(ex, f"restore mirror on {child.child}", [child.child], mirror, mode="SHARE ROW EXCLUSIVE",
                           **s.lock_options())
-        follow_after.copy_back(ex, child, m.batch_size)
+        _copy_back(ctx, m, info, list(child.key), child.child, child.archive, f"unprune {child.child}")
+
+
+def _copy_back(ctx: RunContext, m: State, info: TableInfo, key: list[str], live: QualifiedName,
+               archive: QualifiedName, checkpoint: str) -> None:
+    """The live table's rows copied into its archive in keyset batches (the table's, or a
+    `follow` child's), from the start (`checkpoint`: the key of its ranges in the state's
+    checkpoint). No verify pass follows this copy, so it locks the rows it reads: a writer
+    changing one of them waits for the batch, then the mirror trigger sees the copy."""
+    types = {c.name: c.type for c in info.columns}
+    job = CopyJob(live, archive, info.written_columns, key, [types[k] for k in key], None, "", "",
+                  info.identity_always, key, lock_rows=True, no_arbiter=deferrable_key(info))
+    with ctx.ex.transaction():
+        ctx.store.set_checkpoint(drop=[checkpoint])
+    BatchCopier(ctx.ex, ctx.dsn, job, ctx.table, checkpoint, batch_size=m.batch_size, throttle=ctx.throttle,
+                progress=ctx.progress, pace=ctx.pacer).run(ctx.store, None)
