@@ -22,7 +22,7 @@ from psycopg import sql
 from ..pg.catalog import TableInfo, inspect_table
 from ..pg.names import QualifiedName
 from ..pg.statements import Statements
-from .exchange import exchange_back
+from .exchange import exchange, exchange_back
 from .executor import Executor
 from .objects import (
     FOLLOW_TRIGGER,
@@ -142,3 +142,17 @@ def leftovers_sql(st: Statements, objects: Objects) -> tuple[list[QualifiedName]
                   *(drop_table_sql(objects.follow_object(k, oid)) for k in ("log", "parents")),
                   drop_table_sql(new_name(child))]
     return children, stmts
+
+
+def exchange_children(ex: Executor, infos: list[tuple[tuple[QualifiedName, QualifiedName, QualifiedName],
+                                                         TableInfo]]) -> list[dict[str, Any]]:
+    """On a logical subscriber, in its part of the swap: the `follow` children put in place,
+    children first, as on the active site (tablemig.lifecycle.follow); what the swap back
+    needs of each (`Followed`), with the keys its exchange re-pointed."""
+    out = []
+    for (child, new, archive), info in reversed(infos):
+        rec = exchange(ex, info, child, new, archive)
+        out.append({"child": str(child), "new": str(new), "archive": str(archive), "key": info.key_columns,
+                    "exchange": rec,
+                    "foreign_keys": [{"table": str(fk.table), "name": fk.name} for fk in info.incoming_fks]})
+    return out[::-1]

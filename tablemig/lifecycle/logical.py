@@ -318,7 +318,7 @@ class Subscriber:
                 infos = [(c, inspect_table(ex, c[0])) for c in self.children]
                 followed: list[dict[str, Any]] = []
                 record = exchange(ex, info, t, n, outgoing,
-                                  after_rename=lambda: followed.extend(_exchange_children(ex, infos)))
+                                  after_rename=lambda: followed.extend(follow_after.exchange_children(ex, infos)))
                 record["foreign_keys"] = [{"table": str(fk.table), "name": fk.name} for fk in info.incoming_fks] + [
                     {"table": fk["table"], "name": fk["name"]} for fk in record.pop("self_foreign_keys", [])] + [
                     fk for f in followed for fk in f.pop("foreign_keys")]
@@ -386,19 +386,6 @@ class Subscriber:
             self.ex.run(drop_table_sql(t))
             self.ex.drops(str(t))
         return [str(t) for t in present]
-
-
-def _exchange_children(ex: Executor, infos: list[tuple[tuple[QualifiedName, QualifiedName, QualifiedName],
-                                                         TableInfo]]) -> list[dict[str, Any]]:
-    """The `follow` children put in place here, children first, as on the active site
-    (tablemig.lifecycle.follow): what the swap back needs of each (follow_after.Followed)."""
-    out = []
-    for (child, new, archive), info in reversed(infos):
-        rec = exchange(ex, info, child, new, archive)
-        out.append({"child": str(child), "new": str(new), "archive": str(archive), "key": info.key_columns,
-                    "exchange": rec,
-                    "foreign_keys": [{"table": str(fk.table), "name": fk.name} for fk in info.incoming_fks]})
-    return out[::-1]
 
 
 def _member(publication: str, table: QualifiedName) -> str:
