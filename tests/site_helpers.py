@@ -19,11 +19,11 @@ from tablemig.sandbox.cluster import Sandbox, start_sandbox, stop_sandbox
 
 
 @contextlib.contextmanager
-def own_sandbox(prefix: str, *, subscriber: bool = True) -> Iterator[Sandbox]:
+def own_sandbox(prefix: str, *, subscriber: bool = True, pg_bin: str | None = None) -> Iterator[Sandbox]:
     """A primary, a streaming standby and (by default) a logical subscriber for one test
-    module, removed afterwards."""
+    module, removed afterwards (`pg_bin`: the server binaries, the sandbox's choice if None)."""
     root = Path("/tmp") / f"tablemig-{prefix}-{uuid.uuid4().hex[:8]}"
-    sb = start_sandbox(root, subscriber=subscriber)
+    sb = start_sandbox(root, subscriber=subscriber, pg_bin=pg_bin)
     try:
         yield sb
     finally:

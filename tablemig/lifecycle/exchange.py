@@ -22,7 +22,7 @@ from ..pg.names import QualifiedName
 from ..pg.sqltext import Fragment
 from .executor import Executor
 from .objects import archive_index_name, temp_index_name
-from .structure import not_valid_checks_sql, secondary_indexes
+from .structure import grant_sql, not_valid_checks_sql, secondary_indexes
 
 
 def repointed(table: str, constraint: str) -> str:
@@ -122,11 +122,8 @@ def _self_references(ex: Executor, info: TableInfo, t: QualifiedName) -> list[di
 
 def _grant(ex: Executor, target: QualifiedName, acl: list[tuple[str, str, bool]],
            kind: str = "TABLE") -> None:
-    for grantee, priv, grantable in acl:
-        who = sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee)
-        ex.run(sql.SQL("GRANT {} ON {} {} TO {}{}").format(
-            Fragment(priv), sql.SQL(kind), target.ident(), who,
-            sql.SQL(" WITH GRANT OPTION" if grantable else "")))
+    for stmt in grant_sql(target, acl, kind):
+        ex.run(stmt)
 
 
 def _column_grants(ex: Executor, info: TableInfo, target: QualifiedName) -> None:

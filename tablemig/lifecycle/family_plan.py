@@ -12,6 +12,7 @@ from psycopg import sql
 from ..errors import TablemigError
 from ..pg.catalog import inspect_table
 from ..pg.names import QualifiedName, quote_ident
+from ..pg.partitions import partition_own_objects
 from ..pg.references import Reference, references
 from ..pg.sqltext import Fragment
 from ..pg.statements import Statements
@@ -155,8 +156,7 @@ def follow_refusals(st: Statements, ref: Reference, siblings: Sequence[Reference
         out.append(f"{what} needs archive mode rename (the child's original becomes its archive); "
                    "use archive_mode='rename'")
     if ref.partitioned:
-        out.append(f"{what}: {ref.child} is partitioned, which this version cannot follow; use 'keep' "
-                   "(its rows stay, and the rows they reference stay live)")
+        out += _partitioned_refusals(st, ref, what)
     if not ref.indexed:
         out.append(f"{what}: no index leads with the referencing columns of {ref.name}; the rows of a "
                    f"changed {ref.child} reference are found through it: CREATE INDEX CONCURRENTLY ON "
@@ -173,18 +173,34 @@ def follow_refusals(st: Statements, ref: Reference, siblings: Sequence[Reference
     return out + _child_refusals(st, ref, what, archive_mode, seen | {ref.child})
 
 
+def _partitioned_refusals(st: Statements, ref: Reference, what: str) -> list[str]:
+    """What keeps a partitioned child from following (its new table is partitioned the same
+    way: tablemig.lifecycle.follow_partitions)."""
+    out = []
+    own = partition_own_objects(st, ref.child)
+    if own:
+        out.append(f"{what}: {', '.join(own)}: the new table's partitions would not have them (a copy partitioned "
+                   f"the same way has what {ref.child} itself has); create them on {ref.child} itself, or drop "
+                   "them, or use 'keep'")
+    below = sorted({str(r.child) for r in references(st, ref.child_oid) if not r.self_ref})
+    if below:
+        out.append(f"{what}: {', '.join(below)} reference the partitioned {ref.child}, and this version cannot "
+                   f"follow a partitioned table's children in turn; use 'keep' for {ref.child}")
+    return out
+
+
 def _child_refusals(st: Statements, ref: Reference, what: str, archive_mode: str,
                     seen: frozenset[QualifiedName]) -> list[str]:
     """What of the child itself, or of the tables that would follow it, keeps it from following."""
     out: list[str] = []
     try:
-        info = inspect_table(st, ref.child)
+        info = inspect_table(st, ref.child, partitioned=True)
     except TablemigError as exc:
         return [f"{what}: {exc}"]
     if any(i.is_key and (i.deferrable or not i.arbiter_shape) for i in info.indexes):
         out.append(f"{what}: the key of {ref.child} is DEFERRABLE (or partial), which cannot arbitrate "
                    "the replay's copies; make it not deferrable, or use 'keep'")
-    if info.inherits or info.has_children:
+    if info.inherits or (info.has_children and info.relkind != "p"):
         out.append(f"{what}: {ref.child} uses table inheritance, which cannot follow; use 'keep'")
     # the tables referencing it follow it in turn (a grandchild whose parent is archived
     # would be an orphan)

@@ -54,13 +54,16 @@ from psycopg import sql
 from ..errors import TablemigError
 from ..pg.catalog import TableInfo, inspect_table
 from ..pg.locking import with_lock_retries
-from ..pg.names import QualifiedName, derived_name
+from ..pg.names import QualifiedName
+from ..pg.partitions import Partition, partition_key, partition_tree
 from ..pg.references import Reference, references
 from ..pg.sqltext import Fragment
 from ..pg.statements import Statements
 from ..pg.templating import render
+from . import follow_partitions
 from .exchange import exchange
 from .executor import Executor, Observed
+from .follow_partitions import archived
 from .follow_rows import Replayed, batch, build_indexes, drain, load, verify
 from .objects import (
     FOLLOW_TRIGGER,
@@ -71,6 +74,7 @@ from .objects import (
     deferred_names,
     follow_watch_trigger,
     new_name,
+    temp_index_name,
 )
 from .structure import (
     change_id_column,
@@ -79,19 +83,12 @@ from .structure import (
     drop_function_sql,
     drop_table_sql,
     drop_trigger_sql,
+    key_index,
+    secondary_indexes,
     sync_function_sql,
     trigger_sql,
     truncate_guard_sql,
 )
-
-
-def child_archive_name(child: QualifiedName, parent: QualifiedName, parent_archive: QualifiedName) -> QualifiedName:
-    """The archive of a `follow` child: the child's name with the suffix the table's archive
-    has after the table's name (`orders_archive_20261205` gives `order_items_archive_20261205`),
-    or `_archive`."""
-    suffix = (parent_archive.name[len(parent.name):] if parent_archive.name.startswith(parent.name)
-              and len(parent_archive.name) > len(parent.name) else "_archive")
-    return child.sibling(derived_name(child.name, suffix))
 
 
 @dataclass(frozen=True)
@@ -123,6 +120,12 @@ class Follower:
     mirror: QualifiedName
     prune: QualifiedName
     downstream: tuple[Downstream, ...] = ()
+    partition_by: str | None = None  # a partitioned child: its PARTITION BY (tablemig.lifecycle.follow_partitions)
+    partitions: tuple[Partition, ...] = ()  # ... and its partitions, as inspected
+
+    @property
+    def partitioned(self) -> bool:
+        return self.partition_by is not None
 
     @property
     def child(self) -> QualifiedName:
@@ -148,13 +151,16 @@ class Follower:
 def follower(st: Statements, ref: Reference, objects: Objects, parent: QualifiedName, upstream: QualifiedName,
              depth: int) -> Follower:
     """The following table of `ref`, inspected now."""
-    info = inspect_table(st, ref.child)
+    info = inspect_table(st, ref.child, partitioned=True)
     o = ref.child_oid
+    parted = info.relkind == "p"
     return Follower(ref, info, parent, upstream, depth, new_name(ref.child),
-                    child_archive_name(ref.child, objects.original, objects.archive),
+                    archived(ref.child, objects.original, objects.archive),
                     objects.follow_object("log", o), objects.follow_object("parents", o),
                     objects.follow_object("capture", o), objects.follow_object("watch", o),
-                    objects.follow_object("mirror", o), objects.follow_object("prune", o))
+                    objects.follow_object("mirror", o), objects.follow_object("prune", o),
+                    partition_by=partition_key(st, ref.child) if parted else None,
+                    partitions=tuple(partition_tree(st, ref.child)) if parted else ())
 
 
 def family(st: Statements, refs: Sequence[Reference], objects: Objects) -> list[Follower]:
@@ -194,7 +200,9 @@ def arm_sql(f: Follower, user: str, parent_date_column: str, parent_key: Sequenc
     its triggers and functions replaced)."""
     stmts: list[sql.Composable] = [drop_table_sql(t) for t in (f.new, f.log, f.parents)]
     # the new child references the live table from the swap on; before it, nothing
-    stmts += create_table_sql(f.info, f.new, user, with_key=False, without_fks=[f.ref.name])
+    stmts += create_table_sql(f.info, f.new, user, with_key=False, without_fks=[f.ref.name],
+                              partition_by=f.partition_by)
+    stmts += follow_partitions.create_sql(f.partitions, f.child, f.new)
     stmts.append(change_log_sql(f.info, f.log))
     stmts.append(_parent_log_sql(f))
     stmts.append(sync_function_sql(f.info, f.capture, "log", f.log, search_path=search_path))
@@ -211,11 +219,13 @@ def arm_sql(f: Follower, user: str, parent_date_column: str, parent_key: Sequenc
     return stmts
 
 
-def trigger_drops_sql(f: Follower, parent: QualifiedName, child: QualifiedName) -> list[sql.Composable]:
+def trigger_drops_sql(f: Follower, parent: QualifiedName, child: QualifiedName,
+                      partitions: Sequence[QualifiedName] = ()) -> list[sql.Composable]:
     """The capture of the swap step off: its triggers (on `parent` and `child`, the names the
-    two tables have now)."""
+    two tables have now, and on the child's `partitions`)."""
     watch = [drop_trigger_sql(parent, f.watch_trigger)] if f.depth == 1 else []
-    return [*watch, drop_trigger_sql(child, FOLLOW_TRIGGER), drop_trigger_sql(child, GUARD_TRIGGER)]
+    return [*watch, drop_trigger_sql(child, FOLLOW_TRIGGER), drop_trigger_sql(child, GUARD_TRIGGER),
+            *follow_partitions.guard_drops_sql(partitions)]
 
 
 def logs_drop_sql(f: Follower) -> list[sql.Composable]:
@@ -224,10 +234,10 @@ def logs_drop_sql(f: Follower) -> list[sql.Composable]:
             drop_table_sql(f.parents)]
 
 
-def disarm_sql(f: Follower) -> list[sql.Composable]:
-    """Undo step 1 before the swap (or what an earlier attempt left): the triggers, logs and
-    the child's new table."""
-    return [*trigger_drops_sql(f, f.parent, f.child), *logs_drop_sql(f), drop_table_sql(f.new)]
+def disarm_sql(f: Follower, partitions: Sequence[QualifiedName] = ()) -> list[sql.Composable]:
+    """Undo step 1 before the swap (or what an earlier attempt left): the triggers (also on
+    the child's `partitions`, as they are now), logs and the child's new table."""
+    return [*trigger_drops_sql(f, f.parent, f.child, partitions), *logs_drop_sql(f), drop_table_sql(f.new)]
 
 
 @dataclass
@@ -241,6 +251,20 @@ class FollowRun:
         """What the swap locks besides the table's own list (which has the table's children)."""
         return [*(f.child for f in self.followers if f.depth > 1), *(f.new for f in self.followers)]
 
+    def _exchange_partitions(self, ex: Executor, trees: dict[QualifiedName, list[Partition]]
+                             ) -> dict[QualifiedName, list[dict[str, Any]]]:
+        """The partitions of the partitioned children exchanged, before the tables' renames
+        (their indexes have the names the pairing needs still): the record of each."""
+        parts = {}
+        for f in self.followers:
+            if f.partitioned:
+                temporary = {i.name: temp_index_name(i) for i in [key_index(f.info), *secondary_indexes(f.info)]}
+                stmts, parts[f.child] = follow_partitions.exchange_sql(ex, trees[f.child], f.child, f.archive,
+                                                                       temporary)
+                for stmt in stmts:
+                    ex.run(stmt)
+        return parts
+
     def locked(self, ex: Executor, live: QualifiedName, outgoing: QualifiedName,
                decided_again: QualifiedName | None) -> list[dict[str, Any]]:
         """Under the swap's lock, after the table's renames (and the `keep` rule's pass): each
@@ -251,10 +275,14 @@ class FollowRun:
         t0 = time.perf_counter()
         # under the lock, current, and before any rename: a child's incoming keys must name
         # its children as they are now (after their exchange, those names are the live ones)
-        infos = {f.child: inspect_table(ex, f.child) for f in self.followers}
+        infos = {f.child: inspect_table(ex, f.child, partitioned=True) for f in self.followers}
+        # a partitioned child's partitions, as they are now (tablemig.lifecycle.follow_partitions)
+        trees = {f.child: follow_partitions.sync(ex, f.child, f.new) for f in self.followers if f.partitioned}
         for f in self.followers:  # the triggers, on the tables under their names before the renames
-            for stmt in trigger_drops_sql(f, outgoing if f.depth == 1 else f.parent, f.child):
+            for stmt in trigger_drops_sql(f, outgoing if f.depth == 1 else f.parent, f.child,
+                                          [p.name for p in trees.get(f.child, [])]):
                 ex.run(stmt)
+        parts = self._exchange_partitions(ex, trees)
         done: dict[QualifiedName, Replayed] = {}
         records: dict[QualifiedName, dict[str, Any]] = {}
 
@@ -288,6 +316,7 @@ class FollowRun:
                 f"tablemig: original {f.child} (all rows) before the swap of {f.parent}, whose rows it follows")))
             out.append(f.record() | self.figures.get(str(f.child), {}) | {
                 "replayed_under_lock": Observed("rows", done[f.child].logged), "exchange": records[f.child],
+                **({"partitions": parts[f.child]} if f.partitioned else {}),
                 # its children's keys, re-pointed to the live child by its exchange: validated after the swap
                 "foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks],
                 "under_lock_ms": Observed("ms", round((time.perf_counter() - t0) * 1000, 1))})
@@ -330,7 +359,7 @@ def prepare(ex: Executor, followers: list[Follower], user: str, date_column: str
                 with ex.batched():
                     for stmt in stmts:
                         ex.run(stmt)
-                ex.creates(str(f.new), str(f.log), str(f.parents))
+                ex.creates(str(f.new), str(f.log), str(f.parents), *(str(new_name(p.name)) for p in f.partitions))
                 return {}
 
             # SHARE ROW EXCLUSIVE: the writers that started before have committed (the load
@@ -375,7 +404,7 @@ def disarm(ex: Executor, followers: list[Follower], lock_options: dict[str, Any]
     rerun or a rollback drops what is left."""
     for f in followers:
         def body(_locked_at: float, f: Follower = f) -> dict[str, Any]:
-            for stmt in disarm_sql(f):
+            for stmt in disarm_sql(f, follow_partitions.current(ex, f.child) if f.partitioned else ()):
                 ex.run(stmt)
             return {}
 

@@ -22,6 +22,7 @@ from psycopg import sql
 from ..pg.catalog import TableInfo, inspect_table
 from ..pg.names import QualifiedName
 from ..pg.statements import Statements
+from . import follow_partitions
 from .exchange import exchange, exchange_back
 from .executor import Executor
 from .objects import (
@@ -55,6 +56,7 @@ class Followed:
     mirror: QualifiedName | None  # none on a logical subscriber (its copy is written by replication)
     prune: QualifiedName | None
     exchange: dict[str, Any]
+    partitions: tuple[dict[str, Any], ...] = ()  # a partitioned child's (tablemig.lifecycle.follow_partitions)
 
     @classmethod
     def of(cls, entry: dict[str, Any]) -> Followed:
@@ -62,7 +64,7 @@ class Followed:
             return QualifiedName.parse(entry[key]) if entry.get(key) else None
         return cls(QualifiedName.parse(entry["child"]), QualifiedName.parse(entry["new"]),
                    QualifiedName.parse(entry["archive"]), tuple(entry["key"]), name("mirror"), name("prune"),
-                   dict(entry.get("exchange") or {}))
+                   dict(entry.get("exchange") or {}), tuple(entry.get("partitions") or ()))
 
     def functions(self) -> tuple[QualifiedName, QualifiedName]:
         """The mirror and prune functions (the active site's record names them)."""
@@ -78,12 +80,14 @@ def followed(record: dict[str, Any]) -> list[Followed]:
 def swap_back(ex: Executor, f: Followed) -> None:
     """Under the swap back's lock, after the table's own exchange back: the archive becomes
     the child again, the live child (the new table) is dropped."""
-    info = inspect_table(ex, f.child)
+    info = inspect_table(ex, f.child, partitioned=True)
     for trg in (MIRROR_TRIGGER, GUARD_TRIGGER, PRUNE_TRIGGER):
         ex.run(drop_trigger_sql(f.child, trg))
     for fn in (f.mirror, f.prune):
         if fn is not None:
             ex.run(drop_function_sql(fn))
+    for stmt in follow_partitions.back_sql(f.partitions):
+        ex.run(stmt)
     exchange_back(ex, info, f.child, f.new, f.archive, f.exchange)
     ex.run(drop_table_sql(f.new, if_exists=False))
 
@@ -136,7 +140,8 @@ def leftovers_sql(st: Statements, objects: Objects) -> tuple[list[QualifiedName]
         child = QualifiedName.parse(str(name))
         oid = int(st.read("SELECT %s::regclass::oid", (str(child),)).scalar())
         children.append(child)
-        stmts += [drop_trigger_sql(objects.original, follow_watch_trigger(oid)),
+        stmts += [*follow_partitions.guard_drops_sql(follow_partitions.current(st, child)),
+                  drop_trigger_sql(objects.original, follow_watch_trigger(oid)),
                   drop_trigger_sql(child, FOLLOW_TRIGGER), drop_trigger_sql(child, GUARD_TRIGGER),
                   *(drop_function_sql(objects.follow_object(k, oid)) for k in ("watch", "capture")),
                   *(drop_table_sql(objects.follow_object(k, oid)) for k in ("log", "parents")),

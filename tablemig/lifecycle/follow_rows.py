@@ -20,6 +20,7 @@ from ..errors import TablemigError
 from ..pg.names import QualifiedName
 from ..pg.statements import Statements
 from .executor import Observed
+from .follow_partitions import sync
 from .objects import temp_index_name
 from .structure import (
     change_id_column,
@@ -27,6 +28,7 @@ from .structure import (
     index_sql,
     key_constraint_sql,
     key_index,
+    partitioned_key_sql,
     secondary_indexes,
 )
 
@@ -79,6 +81,8 @@ def _insert(f: Follower, where: sql.Composable, keys: sql.Composable | None, par
 
 def load(st: Statements, f: Follower, parent_new: QualifiedName) -> int:
     """Step 2: the child's rows whose reference is in the table's new table (`live_rows`)."""
+    if f.partitioned:  # a partition added since the arm
+        sync(st, f.child, f.new)
     cols = sql.SQL(", ").join(map(sql.Identifier, f.info.written_columns))
     return max(st.run(sql.SQL("INSERT INTO {} ({}){} SELECT {} FROM {}").format(
         f.new.ident(), cols, sql.SQL(" OVERRIDING SYSTEM VALUE" if f.info.identity_always else ""),
@@ -91,9 +95,12 @@ def build_indexes(st: Statements, f: Follower) -> list[str]:
     foreign keys validated; returns the indexes built."""
     built = []
     for idx in [key_index(f.info), *secondary_indexes(f.info)]:
-        name = temp_index_name(idx)
-        st.run(index_sql(f.info, idx, f.new, name, concurrently=False))
-        for stmt in [*key_constraint_sql(idx, f.new), *index_properties_sql(idx, f.new)]:
+        if f.partitioned and idx.constraint_type in ("p", "u"):
+            stmts = partitioned_key_sql(idx, f.new)
+        else:
+            stmts = [index_sql(f.info, idx, f.new, temp_index_name(idx), concurrently=False),
+                     *key_constraint_sql(idx, f.new)]
+        for stmt in [*stmts, *index_properties_sql(idx, f.new)]:
             st.run(stmt)
         built.append(idx.name)
     for fk_name, _, _ in f.info.outgoing_fks:
@@ -129,6 +136,8 @@ def batch(st: Statements, f: Follower, parent: QualifiedName, limit: int | None,
     new table has the child's name, the child its archive's), so that the changes reach a
     logical subscriber under the names its own renames give."""
     target, source = (f.child, f.archive) if renamed else (f.new, f.child)
+    if f.partitioned and not renamed:  # a partition added meanwhile (under the lock: FollowRun.locked)
+        sync(st, f.child, f.new)
     st.run("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
     out = Replayed(batches=1)
     sources: list[tuple[QualifiedName, Sequence[str], Sequence[str], bool]] = [

@@ -173,6 +173,10 @@ class Subscriber:
         """The publications through which this subscriber receives a `follow` child: the
         table's subscription's (refused otherwise, before anything changes)."""
         assert self._link is not None
+        if statements(pub).read("SELECT relkind FROM pg_class WHERE oid = %s::regclass", (str(child),)).scalar() == "p":
+            raise InputError(f"{child} is partitioned: the child policy follow cannot swap a partitioned child on "
+                             "a logical subscriber in this version", f"give {child} the policy keep, or migrate "
+                             "without the subscriber and copy its tables afterwards")
         try:
             name, pubs, _ = _subscription(self.ex, statements(pub), child)
         except InputError as exc:

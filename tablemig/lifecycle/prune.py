@@ -51,7 +51,7 @@ def run(ctx: RunContext, batch_size: int | None = None) -> int:
         # the archive's foreign keys to itself: archived rows may reference rows that are
         # live now, whose copies the prune deletes; dropped (rollback adds them back)
         self_fks = self_references(ex, a)
-        infos = [(c, inspect_table(ex, c.child)) for c in children]
+        infos = [(c, inspect_table(ex, c.child, partitioned=True)) for c in children]
 
         def start(_locked_at: float) -> dict[str, Any]:
             follow_after.start_prune(ex, infos)  # the `follow` children's mirrors too

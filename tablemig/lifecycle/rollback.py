@@ -197,7 +197,7 @@ def _unprune_children(ctx: RunContext, m: State, s: Settings) -> None:
     reference the table's archive): the mirror back on each live child, then its rows copied."""
     ex = ctx.ex
     for child in follow_after.followed(m.swap_record.as_json()):
-        info = inspect_table(ex, child.child)
+        info = inspect_table(ex, child.child, partitioned=True)
 
         def mirror(_locked_at: float, child: follow_after.Followed = child, info: TableInfo = info) -> dict[str, Any]:
             follow_after.restore_mirror(ex, child, info)

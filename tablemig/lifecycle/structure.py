@@ -59,20 +59,24 @@ def _placement(info: TableInfo) -> tuple[sql.Composable, sql.Composable]:
 
 
 def create_table_sql(info: TableInfo, target: QualifiedName, current_user: str,
-                     tag: str = "n", *, with_key: bool = True, without_fks: Sequence[str] = ()) -> list[sql.Composable]:
+                     tag: str = "n", *, with_key: bool = True, without_fks: Sequence[str] = (),
+                     partition_by: str | None = None) -> list[sql.Composable]:
     """CREATE the new (or archive-copy) table: same columns, defaults, identity, generated
     columns, CHECK constraints, comments, storage, extended statistics, column statistics
     targets and options, replica identity FULL / NOTHING; the key; outgoing FKs with their
     comments. `with_key=False` leaves the table bare (no key): the engine loads it first and
     builds the key and indexes afterwards (`key_constraint_sql`, `index_properties_sql`).
     `without_fks`: outgoing foreign keys left out (a `follow` child's key to the table,
-    tablemig.lifecycle.follow; adding and dropping it would lock the table it references)."""
+    tablemig.lifecycle.follow; adding and dropping it would lock the table it references).
+    `partition_by`: the table is created partitioned so (a `follow` child that is
+    partitioned, tablemig.lifecycle.follow_partitions)."""
     using, space = _placement(info)
+    parted = sql.SQL(" PARTITION BY {}").format(Fragment(partition_by)) if partition_by else sql.SQL("")
     stmts: list[sql.Composable] = [sql.SQL(
         "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED"
         " INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING COMMENTS INCLUDING CONSTRAINTS"
-        " INCLUDING STATISTICS){}{}{}").format(target.ident(), info.name.ident(), using,
-                                                _reloptions(info), space)]
+        " INCLUDING STATISTICS){}{}{}{}").format(target.ident(), info.name.ident(), parted, using,
+                                                  _reloptions(info), space)]
     # LIKE ... INCLUDING CONSTRAINTS makes a NOT VALID check valid on the copy, where the
     # rows it never checked would fail the load: such checks come back NOT VALID in the
     # swap (not_valid_checks_sql)
@@ -167,6 +171,27 @@ def key_constraint_sql(index: Index, target: QualifiedName, tag: str = "n") -> l
               " DEFERRABLE" if index.deferrable else "")
     return [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} USING INDEX {}{}").format(
         target.ident(), sql.Identifier(tmp), sql.SQL(kind), sql.Identifier(tmp), sql.SQL(timing))]
+
+
+def partitioned_key_sql(index: Index, target: QualifiedName, tag: str = "n") -> list[sql.Composable]:
+    """A PRIMARY KEY / UNIQUE constraint of a partitioned `target` with its index (named as
+    `key_constraint_sql` names it): a partitioned table cannot attach an index built before
+    (ADD CONSTRAINT ... USING INDEX), so the constraint builds it, on every partition."""
+    tmp = temp_index_name(index, tag)
+    kind = {"p": "PRIMARY KEY", "u": "UNIQUE"}[index.constraint_type or ""]
+    timing = (" DEFERRABLE INITIALLY DEFERRED" if index.deferred else
+              " DEFERRABLE" if index.deferrable else "")
+    return [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} ({}){}").format(
+        target.ident(), sql.Identifier(tmp), sql.SQL(kind), sql.SQL(", ").join(map(sql.Identifier, index.columns)),
+        sql.SQL(timing))]
+
+
+def grant_sql(target: QualifiedName, acl: Sequence[tuple[str, str, bool]], kind: str = "TABLE") -> list[sql.Composable]:
+    """GRANT each (grantee, privilege, grantable) of `acl` on `target`."""
+    return [sql.SQL("GRANT {} ON {} {} TO {}{}").format(
+        Fragment(priv), sql.SQL(kind), target.ident(),
+        sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee),
+        sql.SQL(" WITH GRANT OPTION" if grantable else "")) for grantee, priv, grantable in acl]
 
 
 def deferrable_key(info: TableInfo) -> bool:

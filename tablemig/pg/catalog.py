@@ -67,7 +67,10 @@ class Index:
         """Split the definition into ("CREATE [UNIQUE] ", "USING ... (...) ...") around
         the index and table names, so it can be re-issued for another table."""
         anchor = f"INDEX {self.quoted_name} ON {table_quoted} "
-        head, sep, rest = self.definition.partition(anchor)
+        # a partitioned table's index prints ON ONLY: re-issued without, it is built on
+        # every partition too
+        definition = self.definition.replace(f" ON ONLY {table_quoted} ", f" ON {table_quoted} ", 1)
+        head, sep, rest = definition.partition(anchor)
         if not sep or head not in ("CREATE ", "CREATE UNIQUE "):
             raise InputError(f"cannot parse the definition of index {self.name}: "
                              f"{self.definition}", "report this index definition")
@@ -219,11 +222,12 @@ def resolve(conn: psycopg.Connection[Any] | Statements, name: QualifiedName) -> 
     return _resolve(statements(conn), name)[0]
 
 
-def _resolve(st: Statements, name: QualifiedName) -> tuple[int, bool]:
-    """resolve(), and whether this session has the inspection prepared already."""
+def _resolve(st: Statements, name: QualifiedName, partitioned: bool = False) -> tuple[int, bool]:
+    """resolve(), and whether this session has the inspection prepared already.
+    `partitioned`: a partitioned table is accepted (a `follow` child, tablemig.lifecycle.follow)."""
     row = st.read(
         "SELECT c.oid, c.relkind,"
-        " EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid OR inhparent = c.oid),"
+        " EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid OR (inhparent = c.oid AND c.relkind <> 'p')),"
         " EXISTS (SELECT 1 FROM pg_prepared_statements WHERE name = %s)"
         " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = %s AND c.relname = %s", (_INSPECT_NAME, name.schema, name.name)).fetchone()
@@ -238,12 +242,12 @@ def _resolve(st: Statements, name: QualifiedName) -> tuple[int, bool]:
     kinds = {"v": "a view", "m": "a materialized view", "f": "a foreign table",
              "S": "a sequence", "i": "an index", "c": "a composite type", "I": "an index",
              "t": "a TOAST table"}
-    if row[1] == "p":
+    if row[1] == "p" and not partitioned:
         raise InputError(
             f"{name} is a partitioned table: refused",
             "partitioned tables are shrunk by detaching or dropping old partitions "
             "(ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY), not by the rename strategy")
-    if row[1] != "r":
+    if row[1] not in ("r", "p"):
         raise InputError(f"{name} is {kinds.get(row[1], 'not a table')}, not a table",
                          "give the ordinary table that holds the rows")
     if row[2]:
@@ -442,11 +446,12 @@ def _inspect_row(st: Statements, oid: int, prepared: bool) -> dict[str, Any]:
 
 
 def inspect_table(conn: psycopg.Connection[Any] | Statements, name: QualifiedName,
-                  key_override: list[str] | None = None) -> TableInfo:
+                  key_override: list[str] | None = None, *, partitioned: bool = False) -> TableInfo:
     """Everything the planner needs to know about `name`, read in one snapshot by one
-    statement (it also runs under the swap's lock: one round trip instead of fifteen)."""
+    statement (it also runs under the swap's lock: one round trip instead of fifteen).
+    `partitioned`: a partitioned table is accepted (refused otherwise)."""
     st = statements(conn)
-    oid, prepared = _resolve(st, name)
+    oid, prepared = _resolve(st, name, partitioned)
     r = _inspect_row(st, oid, prepared)
     base, idx = r["base"], r["idx"]
     columns = [Column(c["attname"], c["type"], c["attnotnull"], c["generated"],

