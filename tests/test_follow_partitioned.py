@@ -18,11 +18,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from family_twin import CUTOFF, FamilyWriters, create_family, differences
+from backup_helpers import run_plan
+from family_twin import CUTOFF, FamilyWriters, create_family, differences, new_family_plan
 from plan_compare import run, same, statements
 from psycopg import sql
 from site_helpers import own_sandbox, waiting_for_the_swap
@@ -360,3 +362,28 @@ def test_a_partitioned_child_cannot_follow_with_a_logical_subscriber(pg18: Sandb
         with connect(pg18.active_dsn) as pub, connect(pg18.subscriber_dsn) as sub:
             sub.execute("DROP SUBSCRIPTION sub_sub18")
             pub.execute("DROP PUBLICATION pub_sub18")
+
+
+def test_a_plan_written_by_new_plan_follows_a_partitioned_child_end_to_end(db18: str, tmp_path: Path) -> None:
+    """`new-plan --children follow` for orders with items and the partitioned notes: the plan
+    as written runs every checklist item on PostgreSQL 18 while the family is written, and the
+    evidence shows both children moved."""
+    with connect(db18) as conn:
+        create_family(conn, 2000, partitioned=True)
+    out = tmp_path / "family_plan.py"
+    done = new_family_plan(db18, out, "follow")
+    assert done.returncode == 0, done.stderr
+    assert "'public.notes': 'follow'" in out.read_text()
+    with FamilyWriters(db18, 2000, threads=2, partitioned=True) as writers:
+        proc, steps = run_plan(out, db18, "--execute", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert writers.ops
+    moved = steps["EX-2.2"]["evidence"]["followed_children"]
+    assert [m["child"] for m in moved] == ["public.items", "public.notes"]
+    assert all(m["rows_live"] > 0 and m["rows_archived"] > 0 for m in moved), moved
+    with connect(db18) as conn:
+        assert conn.execute("SELECT state FROM table_migration.migration_state").fetchone() == ("swapped",)
+        lost = conn.execute("SELECT count(*) FROM notes c WHERE c.order_id IS NOT NULL AND NOT EXISTS"
+                            " (SELECT 1 FROM orders o WHERE o.id = c.order_id)").fetchone()
+        assert lost == (0,)
+        assert _partitions(conn, "notes")["notes_m01"] == "notes_2024"
