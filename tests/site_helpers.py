@@ -1,16 +1,19 @@
 """Helpers for tests that need sites of their own: a private sandbox (with a logical
 subscriber) and a standby whose replay is paused; and the wait for a swap that waits for its
-lock, and a swap made to wait while the test writes."""
+lock, a swap made to wait while the test writes, and a swap step killed while it waits."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tablemig.config.spec import TableSpec
 from tablemig.lifecycle.driver import Migration
@@ -85,3 +88,34 @@ def swap_kept_waiting(dsn: str, spec: TableSpec, table: str, *, validate: bool =
             t.join(timeout=300)
     assert not t.is_alive(), "the swap did not finish"
     assert not errors, errors
+
+
+T = TypeVar("T")
+
+# the swap step of public.orders by date column d, its children's policies given as JSON
+SWAP_SCRIPT = """
+import json, sys
+from tablemig.config.spec import TableSpec
+from tablemig.lifecycle.driver import Migration
+spec = TableSpec("public.orders", "d", cutoff=sys.argv[2], batch_size=500, children=json.loads(sys.argv[3]))
+with Migration(sys.argv[1], spec, progress=lambda p: None, lock_timeout="100ms", swap_max_attempts=1000) as mig:
+    mig.swap()
+"""
+
+
+def killed_while_the_swap_waits(dsn: str, cutoff: str, children: dict[str, str],
+                                probe: Callable[[Any], T]) -> T:
+    """Run the swap step of public.orders (with `children`) in another process while a
+    session holds ACCESS SHARE on orders; once it waits for its lock (its work without a lock
+    done), `probe(connection)` is read and the process is SIGKILLed. Returns the probe's value."""
+    with connect(dsn) as conn, connect(dsn) as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT count(*) FROM orders")
+        run = subprocess.Popen([sys.executable, "-c", SWAP_SCRIPT, dsn, cutoff, json.dumps(children)])
+        try:
+            waiting_for_the_swap(conn, "public.orders")
+            return probe(conn)
+        finally:
+            run.kill()
+            run.wait(timeout=60)
+            holder.execute("ROLLBACK")

@@ -13,8 +13,6 @@ swap or after prune, every table is its twin again.
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -23,7 +21,7 @@ import pytest
 from backup_helpers import run_plan
 from family_twin import CUTOFF, FamilyWriters, create_family, differences, new_family_plan
 from plan_compare import run, same, statements
-from site_helpers import swap_kept_waiting, waiting_for_the_swap
+from site_helpers import killed_while_the_swap_waits, swap_kept_waiting
 
 from tablemig.config.spec import TableSpec
 from tablemig.lifecycle.driver import Migration
@@ -178,31 +176,12 @@ def test_follow_is_made_exact_under_the_swaps_lock(fresh_db: Any) -> None:
                                                   (recent,)).fetchall()} == {recent[0], recent[1], recent[2]}
 
 
-SWAP_SCRIPT = """
-import sys
-from tablemig.config.spec import TableSpec
-from tablemig.lifecycle.driver import Migration
-spec = TableSpec("public.orders", "d", cutoff=sys.argv[2], batch_size=500, children={"public.items": "follow"})
-with Migration(sys.argv[1], spec, progress=lambda p: None, lock_timeout="100ms", swap_max_attempts=1000) as mig:
-    mig.swap()
-"""
-
-
 def _killed_while_waiting_for_the_swap(dsn: str) -> None:
     """Run the swap step in another process and SIGKILL it while it waits for its lock,
     the `follow` child's new table built and its triggers armed."""
-    with connect(dsn) as conn, connect(dsn) as holder:
-        holder.execute("BEGIN")
-        holder.execute("SELECT count(*) FROM orders")
-        run = subprocess.Popen([sys.executable, "-c", SWAP_SCRIPT, dsn, CUTOFF.isoformat()])
-        try:
-            waiting_for_the_swap(conn, "public.orders")
-            armed = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tablemig_follow%'").fetchone()
-            assert armed == (2,)
-        finally:
-            run.kill()
-            run.wait(timeout=60)
-            holder.execute("ROLLBACK")
+    armed = killed_while_the_swap_waits(dsn, CUTOFF.isoformat(), {"public.items": "follow"}, lambda conn: conn.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tablemig_follow%'").fetchone())
+    assert armed == (2,)
 
 
 def _follow_objects(conn: psycopg.Connection[Any]) -> list[Any]:

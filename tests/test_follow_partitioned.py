@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +25,7 @@ from backup_helpers import run_plan
 from family_twin import CUTOFF, FamilyWriters, create_family, differences, new_family_plan
 from plan_compare import run, same, statements
 from psycopg import sql
-from site_helpers import own_sandbox, waiting_for_the_swap
+from site_helpers import killed_while_the_swap_waits, own_sandbox, waiting_for_the_swap
 
 from tablemig.config.spec import TableSpec
 from tablemig.errors import InputError
@@ -82,6 +80,13 @@ def _partition_indexes(conn: psycopg.Connection[Any], table: str) -> set[tuple[s
     return {(str(r[0]), str(r[1])) for r in conn.execute(
         "SELECT t.relid::regclass::text, i.indexrelid::regclass::text FROM pg_partition_tree(%s::regclass) t"
         " JOIN pg_index i ON i.indrelid = t.relid WHERE t.level > 0", (table,)).fetchall()}
+
+
+def _guarded(conn: psycopg.Connection[Any]) -> int:
+    """The partitions of notes with tablemig's TRUNCATE refusal."""
+    row = conn.execute("SELECT count(*) FROM pg_partition_tree('notes') t JOIN pg_trigger g ON g.tgrelid = t.relid"
+                       " WHERE t.level > 0 AND g.tgname = 'tablemig_no_truncate'").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _next_year_while_the_swap_waits(dsn: str, ready: threading.Event, errors: list[BaseException]
@@ -173,6 +178,13 @@ def test_follow_a_child_partitioned_by_month_under_writes_then_rollback(db18: st
         assert _partition_indexes(conn, "notes") >= before  # the partitions' indexes have their names
         assert conn.execute("SELECT has_table_privilege('public', 'notes_m03', 'SELECT'),"
                             " obj_description('notes_m05'::regclass, 'pg_class')").fetchone() == (True, "May")
+        # until prune each live partition refuses TRUNCATE, as the live child does: its mirror
+        # would not see one
+        assert _guarded(conn) == (len(parts) if rollback_after == "swap" else 0)
+        if rollback_after == "swap":
+            with pytest.raises(psycopg.errors.ObjectInUse, match="TRUNCATE of public.notes_m01 refused"):
+                conn.execute("TRUNCATE notes_m01")
+            conn.rollback()
         fks = {str(r[0]): (str(r[1]), bool(r[2])) for r in conn.execute(
             "SELECT conrelid::regclass::text, confrelid::regclass::text, convalidated FROM pg_constraint"
             " WHERE contype = 'f' AND conparentid = 0 AND conrelid::regclass::text LIKE 'notes%'").fetchall()}
@@ -185,6 +197,7 @@ def test_follow_a_child_partitioned_by_month_under_writes_then_rollback(db18: st
         parts = _partitions(conn, "notes")
         assert parts["notes_m01"] == "notes_2024" and parts["notes_2025"] == "notes", parts
         assert _partition_indexes(conn, "notes") >= before
+        assert _guarded(conn) == 0
         left = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'notes%' AND relkind IN ('r', 'p')"
                             " AND (relname LIKE '%new%' OR relname LIKE '%archive%')").fetchall()
         assert left == [], left
@@ -279,18 +292,6 @@ def test_the_dry_run_records_the_partitions_and_changes_nothing(db18: str) -> No
     same(comparable(statements(planned)), comparable(statements(executed)))
 
 
-SWAP_SCRIPT = """
-import sys
-from tablemig.config.spec import TableSpec
-from tablemig.errors import InputError
-from tablemig.lifecycle.driver import Migration
-spec = TableSpec("public.orders", "d", cutoff=sys.argv[2], batch_size=500,
-                 children={"public.items": "follow", "public.notes": "follow"})
-with Migration(sys.argv[1], spec, progress=lambda p: None, lock_timeout="100ms", swap_max_attempts=1000) as mig:
-    mig.swap()
-"""
-
-
 def _tool_triggers(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tablemig%'").fetchone()
     return int(row[0]) if row else 0
@@ -305,17 +306,8 @@ def test_a_swap_step_killed_while_following_a_partitioned_child_recovers(db18: s
         create_family(conn, 2000, partitioned=True)
     with Migration(db18, _spec(), progress=lambda p: None) as mig:
         mig.run("verified")
-    with connect(db18) as conn, connect(db18) as holder:
-        holder.execute("BEGIN")
-        holder.execute("SELECT count(*) FROM orders")
-        run_ = subprocess.Popen([sys.executable, "-c", SWAP_SCRIPT, db18, CUTOFF.isoformat()])
-        try:
-            waiting_for_the_swap(conn, "public.orders")
-            armed = _tool_triggers(conn)
-        finally:
-            run_.kill()
-            run_.wait(timeout=60)
-            holder.execute("ROLLBACK")
+    armed = killed_while_the_swap_waits(db18, CUTOFF.isoformat(), POLICIES, _tool_triggers)
+    with connect(db18) as conn:
         assert armed > 13  # the partitions' TRUNCATE refusals among them
         conn.execute("INSERT INTO notes VALUES (900001, 5, 'meanwhile', '2024-03-03')")  # logged by nothing
         conn.execute("INSERT INTO notes_twin VALUES (900001, 5, 'meanwhile', '2024-03-03')")
@@ -387,3 +379,63 @@ def test_a_plan_written_by_new_plan_follows_a_partitioned_child_end_to_end(db18:
                             " (SELECT 1 FROM orders o WHERE o.id = c.order_id)").fetchone()
         assert lost == (0,)
         assert _partitions(conn, "notes")["notes_m01"] == "notes_2024"
+
+
+HASH_AND_LIST = """
+CREATE TABLE orders (id bigint PRIMARY KEY, d date NOT NULL);
+CREATE TABLE events (id bigint NOT NULL, order_id bigint REFERENCES orders, PRIMARY KEY (id)) PARTITION BY HASH (id);
+CREATE TABLE events_h0 PARTITION OF events FOR VALUES WITH (MODULUS 3, REMAINDER 0);
+CREATE TABLE events_h1 PARTITION OF events FOR VALUES WITH (MODULUS 3, REMAINDER 1);
+CREATE TABLE events_h2 PARTITION OF events FOR VALUES WITH (MODULUS 3, REMAINDER 2);
+CREATE TABLE tags (id bigint NOT NULL, kind text NOT NULL, order_id bigint REFERENCES orders,
+                   PRIMARY KEY (id, kind)) PARTITION BY LIST (kind);
+CREATE TABLE tags_red PARTITION OF tags FOR VALUES IN ('red') WITH (fillfactor = 80);
+CREATE TABLE tags_other PARTITION OF tags DEFAULT;
+CREATE INDEX ON events (order_id);
+CREATE INDEX ON tags (order_id);
+INSERT INTO orders SELECT g, date '2024-01-01' + g FROM generate_series(1, 1000) g;
+INSERT INTO events SELECT g, g FROM generate_series(1, 1000) g;
+INSERT INTO tags SELECT g, CASE WHEN g % 2 = 0 THEN 'red' ELSE 'blue' END, g FROM generate_series(1, 1000) g;
+"""
+
+
+def test_children_partitioned_by_hash_and_by_list_with_a_default_follow(db18: str) -> None:
+    """Any partitioning: a child partitioned by hash and one by list with a DEFAULT partition
+    (and a partition's storage option) follow, after writes made once the table's capture
+    runs (rows moved between partitions, orders moved across the cutoff both ways), and swap
+    back. (Writes during the whole migration: the test above.)"""
+    with connect(db18) as conn:
+        for stmt in filter(str.strip, HASH_AND_LIST.split(";")):
+            conn.execute(stmt)
+    spec = TableSpec("public.orders", "d", cutoff="2026-01-01", batch_size=200,
+                     children={"public.events": "follow", "public.tags": "follow"})
+    with Migration(db18, spec, progress=lambda p: None) as mig:
+        mig.run("verified")
+        with connect(db18) as conn:
+            # ten rows moved between partitions
+            conn.execute("UPDATE tags SET kind = 'red' WHERE id BETWEEN 1 AND 20 AND kind = 'blue'")
+            conn.execute("UPDATE orders SET d = date '2027-01-01' WHERE id = 10")  # to the live side
+            conn.execute("UPDATE orders SET d = date '2020-01-01' WHERE id = 990")  # to the archive
+            conn.execute("INSERT INTO events VALUES (5000, 999), (5001, 3)")
+            conn.execute("DELETE FROM events WHERE id = 998")
+        mig.swap()
+        assert mig.validate_foreign_keys()
+    with connect(db18) as conn:
+        for child in ("events", "tags"):
+            wrong = conn.execute(f"SELECT count(*) FROM {child} c WHERE NOT EXISTS"
+                                 " (SELECT 1 FROM orders o WHERE o.id = c.order_id)").fetchone()
+            assert wrong == (0,), child
+        live_orders = {int(r[0]) for r in conn.execute("SELECT id FROM orders").fetchall()}
+        assert 10 in live_orders and 990 not in live_orders
+        assert {int(r[0]) for r in conn.execute("SELECT id FROM events").fetchall()} == (
+            {i for i in live_orders if i != 998} | {5000})
+        assert conn.execute("SELECT count(*) FROM tags WHERE id = 10 AND kind = 'red'").fetchone() == (1,)
+        assert _partitions(conn, "tags") == {"tags_red": "tags", "tags_other": "tags"}
+        assert conn.execute("SELECT reloptions FROM pg_class WHERE relname = 'tags_red'").fetchone() == (
+            ["fillfactor=80"],)
+    with Migration(db18, spec, progress=lambda p: None, lock_timeout="100ms", swap_max_attempts=40) as mig:
+        assert mig.rollback() == "swapped back"
+    with connect(db18) as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (1001,)  # +5000 +5001 -998
+        assert conn.execute("SELECT count(*) FROM tags WHERE kind = 'red'").fetchone() == (510,)
+        assert _partitions(conn, "events") == {"events_h0": "events", "events_h1": "events", "events_h2": "events"}

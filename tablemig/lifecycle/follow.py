@@ -305,15 +305,8 @@ class FollowRun:
         out = []
         for f in self.followers:
             info = infos[f.child]
-            for stmt in logs_drop_sql(f):
+            for stmt in _mirrored_sql(f, info, [p.name for p in trees.get(f.child, [])]):
                 ex.run(stmt)
-            ex.run(sync_function_sql(info, f.mirror, "mirror", f.archive,
-                                     defer=deferred_names(info, f.archive.schema, "a")))
-            for stmt in trigger_sql(f.child, MIRROR_TRIGGER, f.mirror):
-                ex.run(stmt)
-            ex.run(truncate_guard_sql(f.child))
-            ex.run(sql.SQL("COMMENT ON TABLE {} IS {}").format(f.archive.ident(), sql.Literal(
-                f"tablemig: original {f.child} (all rows) before the swap of {f.parent}, whose rows it follows")))
             out.append(f.record() | self.figures.get(str(f.child), {}) | {
                 "replayed_under_lock": Observed("rows", done[f.child].logged), "exchange": records[f.child],
                 **({"partitions": parts[f.child]} if f.partitioned else {}),
@@ -321,6 +314,18 @@ class FollowRun:
                 "foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks],
                 "under_lock_ms": Observed("ms", round((time.perf_counter() - t0) * 1000, 1))})
         return out
+
+
+def _mirrored_sql(f: Follower, info: TableInfo, partitions: Sequence[QualifiedName]) -> list[sql.Composable]:
+    """After its exchange: the capture's logs dropped, the mirror that keeps the archive
+    complete on the live child, TRUNCATE refused there (and on its `partitions`), the
+    archive's comment."""
+    return [*logs_drop_sql(f), sync_function_sql(info, f.mirror, "mirror", f.archive,
+                                                 defer=deferred_names(info, f.archive.schema, "a")),
+            *trigger_sql(f.child, MIRROR_TRIGGER, f.mirror), truncate_guard_sql(f.child),
+            *follow_partitions.guards_sql(partitions),
+            sql.SQL("COMMENT ON TABLE {} IS {}").format(f.archive.ident(), sql.Literal(
+                f"tablemig: original {f.child} (all rows) before the swap of {f.parent}, whose rows it follows"))]
 
 
 def _ms(start: float, end: float) -> Observed:

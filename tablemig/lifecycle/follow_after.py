@@ -83,6 +83,8 @@ def swap_back(ex: Executor, f: Followed) -> None:
     info = inspect_table(ex, f.child, partitioned=True)
     for trg in (MIRROR_TRIGGER, GUARD_TRIGGER, PRUNE_TRIGGER):
         ex.run(drop_trigger_sql(f.child, trg))
+    for stmt in follow_partitions.guard_drops_sql(follow_partitions.current(ex, f.child)):
+        ex.run(stmt)
     for fn in (f.mirror, f.prune):
         if fn is not None:
             ex.run(drop_function_sql(fn))
@@ -108,6 +110,8 @@ def finish_prune(ex: Executor, children: list[Followed]) -> None:
     for f in children:
         for trg in (PRUNE_TRIGGER, MIRROR_TRIGGER, GUARD_TRIGGER):
             ex.run(drop_trigger_sql(f.child, trg))
+        for stmt in follow_partitions.guard_drops_sql(follow_partitions.current(ex, f.child)):
+            ex.run(stmt)
         for fn in f.functions():
             ex.run(drop_function_sql(fn))
 
@@ -124,6 +128,8 @@ def restore_mirror(ex: Executor, f: Followed, info: TableInfo) -> None:
         ex.run(stmt)
     ex.run(drop_trigger_sql(f.child, GUARD_TRIGGER))
     ex.run(truncate_guard_sql(f.child))
+    for stmt in follow_partitions.guards_sql(follow_partitions.current(ex, f.child)):
+        ex.run(stmt)
 
 
 def leftovers_sql(st: Statements, objects: Objects) -> tuple[list[QualifiedName], list[sql.Composable]]:

@@ -13,8 +13,9 @@ name; the indexes of the partitions made from the table's indexes take their nam
 way, so the live partitions and their indexes have the names the child's had. The swap back
 does the reverse (`back_sql`).
 
-Each partition at the arm also refuses TRUNCATE until the swap (a TRUNCATE of one partition
-fires no trigger of the partitioned table).
+Each partition refuses TRUNCATE from the arm on (a TRUNCATE of one partition fires no trigger
+of the partitioned table), the child's until the swap, the live child's until prune, as the
+child itself does.
 """
 
 from __future__ import annotations
@@ -64,13 +65,19 @@ def create_sql(tree: Sequence[Partition], child: QualifiedName, new: QualifiedNa
     stmts: list[sql.Composable] = []
     for p in tree:
         stmts += _create_sql(p, new if p.parent == child else new_name(p.parent))
-        stmts += [drop_trigger_sql(p.name, GUARD_TRIGGER), truncate_guard_sql(p.name)]
-    return stmts
+    return stmts + guards_sql([p.name for p in tree])
 
 
 def guard_drops_sql(partitions: Sequence[QualifiedName]) -> list[sql.Composable]:
     """The TRUNCATE refusals on the child's partitions (as they are now) dropped."""
     return [drop_trigger_sql(p, GUARD_TRIGGER) for p in partitions]
+
+
+def guards_sql(partitions: Sequence[QualifiedName]) -> list[sql.Composable]:
+    """A TRUNCATE refusal on each of `partitions` (made again where there is one): on the
+    live child's after the swap, while its mirror keeps the archive complete (a TRUNCATE of a
+    partition fires no trigger of the partitioned table)."""
+    return [stmt for p in partitions for stmt in (drop_trigger_sql(p, GUARD_TRIGGER), truncate_guard_sql(p))]
 
 
 def current(st: Statements, child: QualifiedName) -> list[QualifiedName]:
