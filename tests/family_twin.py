@@ -102,8 +102,8 @@ BEFORE = ("insert_order", "move_order", "delete_order", "insert_item", "repoint_
           "delete_item", "insert_note", "repoint_note", "delete_note")
 PART_OPS = ("insert_part", "repoint_part", "delete_part")  # with `parts`, before and after the swap
 # with `partitioned` notes, before and after the swap: a note moved to another month (a row
-# moving between partitions: a DELETE and an INSERT for the row triggers), or to 2025, which
-# has a partition only once a test adds one (refused before: no partition for it)
+# moving between partitions: a DELETE and an INSERT for the row triggers), or to 2025 or 2026,
+# which have a partition only once a test adds one (refused before: no partition for it)
 NOTE_OPS = ("move_note",)
 AFTER = ("insert_order", "move_order", "delete_order", "insert_item", "change_item", "insert_note")
 
@@ -166,7 +166,7 @@ class FamilyWriters(WriterThreads):
     def _part(self, conn: psycopg.Connection[Any], op: str, rnd: random.Random) -> list[tuple[str, tuple[Any, ...]]]:
         if op == "move_note":
             return [("UPDATE {n} SET at = %s WHERE id = %s",
-                     (dt.date(2024, 1, 1) + dt.timedelta(days=rnd.randint(0, 500)), self._child(conn, "notes", rnd)))]
+                     (dt.date(2024, 1, 1) + dt.timedelta(days=rnd.randint(0, 900)), self._child(conn, "notes", rnd)))]
         if op == "insert_part":  # a live item of any age
             return [("INSERT INTO {p} VALUES (%s, %s, %s)", (self._id(), self._child(conn, "items", rnd), 7))]
         if op == "repoint_part":

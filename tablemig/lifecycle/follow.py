@@ -64,6 +64,7 @@ from . import follow_partitions
 from .exchange import exchange
 from .executor import Executor, Observed
 from .follow_partitions import archived
+from .follow_partitions_after import archive_defaults, defaults_sql
 from .follow_rows import Replayed, batch, build_indexes, drain, load, verify
 from .objects import (
     FOLLOW_TRIGGER,
@@ -305,11 +306,14 @@ class FollowRun:
         out = []
         for f in self.followers:
             info = infos[f.child]
-            for stmt in _mirrored_sql(f, info, [p.name for p in trees.get(f.child, [])]):
+            defaults = (archive_defaults(trees[f.child], f.child, f.partition_by, f.archive)
+                        if f.partition_by is not None else [])
+            for stmt in [*defaults_sql(defaults, info.owner),
+                         *_mirrored_sql(f, info, [p.name for p in trees.get(f.child, [])])]:
                 ex.run(stmt)
             out.append(f.record() | self.figures.get(str(f.child), {}) | {
                 "replayed_under_lock": Observed("rows", done[f.child].logged), "exchange": records[f.child],
-                **({"partitions": parts[f.child]} if f.partitioned else {}),
+                **({"partitions": parts[f.child], "archive_defaults": defaults} if f.partitioned else {}),
                 # its children's keys, re-pointed to the live child by its exchange: validated after the swap
                 "foreign_keys": [fk.__dict__ | {"table": str(fk.table)} for fk in info.incoming_fks],
                 "under_lock_ms": Observed("ms", round((time.perf_counter() - t0) * 1000, 1))})

@@ -22,7 +22,7 @@ from psycopg import sql
 from ..pg.catalog import TableInfo, inspect_table
 from ..pg.names import QualifiedName
 from ..pg.statements import Statements
-from . import follow_partitions
+from . import follow_partitions, follow_partitions_after
 from .exchange import exchange, exchange_back
 from .executor import Executor
 from .objects import (
@@ -57,6 +57,7 @@ class Followed:
     prune: QualifiedName | None
     exchange: dict[str, Any]
     partitions: tuple[dict[str, Any], ...] = ()  # a partitioned child's (tablemig.lifecycle.follow_partitions)
+    archive_defaults: tuple[list[str], ...] = ()  # ... and its archive's (follow_partitions_after)
 
     @classmethod
     def of(cls, entry: dict[str, Any]) -> Followed:
@@ -64,7 +65,8 @@ class Followed:
             return QualifiedName.parse(entry[key]) if entry.get(key) else None
         return cls(QualifiedName.parse(entry["child"]), QualifiedName.parse(entry["new"]),
                    QualifiedName.parse(entry["archive"]), tuple(entry["key"]), name("mirror"), name("prune"),
-                   dict(entry.get("exchange") or {}), tuple(entry.get("partitions") or ()))
+                   dict(entry.get("exchange") or {}), tuple(entry.get("partitions") or ()),
+                   tuple(entry.get("archive_defaults") or ()))
 
     def functions(self) -> tuple[QualifiedName, QualifiedName]:
         """The mirror and prune functions (the active site's record names them)."""
@@ -88,10 +90,12 @@ def swap_back(ex: Executor, f: Followed) -> None:
     for fn in (f.mirror, f.prune):
         if fn is not None:
             ex.run(drop_function_sql(fn))
-    for stmt in follow_partitions.back_sql(f.partitions):
+    for stmt in [*follow_partitions_after.adopt_sql(ex, f.child, f.archive, f.key, f.partitions),
+                 *follow_partitions.back_sql(ex, f.partitions)]:
         ex.run(stmt)
     exchange_back(ex, info, f.child, f.new, f.archive, f.exchange)
     ex.run(drop_table_sql(f.new, if_exists=False))
+    follow_partitions_after.drop_empty_defaults(ex, f.archive_defaults)
 
 
 def start_prune(ex: Executor, children: list[tuple[Followed, TableInfo]]) -> None:
@@ -112,6 +116,7 @@ def finish_prune(ex: Executor, children: list[Followed]) -> None:
             ex.run(drop_trigger_sql(f.child, trg))
         for stmt in follow_partitions.guard_drops_sql(follow_partitions.current(ex, f.child)):
             ex.run(stmt)
+        follow_partitions_after.drop_empty_defaults(ex, f.archive_defaults)  # prune emptied them
         for fn in f.functions():
             ex.run(drop_function_sql(fn))
 
@@ -122,6 +127,8 @@ def restore_mirror(ex: Executor, f: Followed, info: TableInfo) -> None:
     mirror, prune = f.functions()
     ex.run(drop_trigger_sql(f.child, PRUNE_TRIGGER))
     ex.run(drop_function_sql(prune))
+    for stmt in follow_partitions_after.defaults_sql(f.archive_defaults, info.owner):  # dropped by prune
+        ex.run(stmt)
     ex.run(sync_function_sql(info, mirror, "mirror", f.archive, defer=deferred_names(info, f.archive.schema, "a")))
     ex.run(drop_trigger_sql(f.child, MIRROR_TRIGGER))
     for stmt in trigger_sql(f.child, MIRROR_TRIGGER, mirror):

@@ -137,17 +137,22 @@ def exchange_sql(st: Statements, tree: Sequence[Partition], original: QualifiedN
     return first + then, record
 
 
-def back_sql(record: Sequence[dict[str, Any]]) -> list[sql.Composable]:
+def back_sql(st: Statements, record: Sequence[dict[str, Any]]) -> list[sql.Composable]:
     """The swap back of `exchange_sql`: each live partition to its new table's name, each
-    archived partition to its name again, their indexes likewise."""
+    archived partition to its name again, their indexes likewise. A live partition dropped
+    since the swap (its rows are in the archive: the mirror saw them before) is not there to
+    rename; one detached since keeps its rows under the new table's name."""
     first: list[sql.Composable] = []
     then: list[sql.Composable] = []
     for e in record:
         p, gone, new = (QualifiedName.parse(e[k]) for k in ("partition", "archive", "new"))
+        live = st.read("SELECT to_regclass(%s) IS NOT NULL", (str(p),)).scalar()
         for name, far, mate in e.get("indexes", []):
-            first.append(_rename_index(p.sibling(name), mate))
+            if live:
+                first.append(_rename_index(p.sibling(name), mate))
             then.append(_rename_index(p.sibling(far), name))
-        first.append(_rename(p, new.name))
+        if live:
+            first.append(_rename(p, new.name))
         then.append(_rename(gone, p.name))
     return first + then
 
