@@ -11,6 +11,7 @@ application adds a partition (a job creating next year's), and the writers fill 
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import re
 import threading
@@ -25,7 +26,7 @@ from backup_helpers import run_plan
 from family_twin import CUTOFF, FamilyWriters, create_family, differences, new_family_plan
 from plan_compare import run, same, statements
 from psycopg import sql
-from site_helpers import killed_while_the_swap_waits, own_sandbox, waiting_for_the_swap
+from site_helpers import killed_while_the_swap_waits, own_sandbox, swap_kept_waiting, waiting_for_the_swap
 
 from tablemig.config.spec import TableSpec
 from tablemig.errors import InputError
@@ -215,13 +216,13 @@ def test_follow_a_child_partitioned_by_month_under_writes_then_rollback(db18: st
 
 @pytest.mark.parametrize(("setup", "expected"), [
     ("CREATE INDEX notes_m02_body ON notes_m02 (body)", "index notes_m02_body of the partition public.notes_m02"),
-    ("CREATE TABLE remarks (id bigint PRIMARY KEY, note_id bigint, note_at date,"
-     " FOREIGN KEY (note_id, note_at) REFERENCES notes); CREATE INDEX ON remarks (note_id, note_at)",
-     "public.remarks reference the partitioned public.notes"),
+    ("CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;"
+     " CREATE TRIGGER stamp BEFORE INSERT ON notes_m03 FOR EACH ROW EXECUTE FUNCTION stamp()",
+     "trigger stamp of the partition public.notes_m03"),
 ])
 def test_what_a_partitioned_child_cannot_follow_is_refused(db18: str, setup: str, expected: str) -> None:
-    """An object of one partition only, or a table referencing the partitioned child: refused
-    by the plan, naming it and the way out; nothing changes."""
+    """An object of one partition only (an index, a trigger): refused by the plan, naming it
+    and the way out; nothing changes."""
     with connect(db18) as conn:
         create_family(conn, 1000, partitioned=True)
         conn.execute(setup)
@@ -469,3 +470,51 @@ def test_children_partitioned_by_hash_and_by_list_with_a_default_follow(db18: st
         assert conn.execute("SELECT count(*) FROM tags_other WHERE kind = 'green'").fetchone() == (0,)
         assert _partitions(conn, "tags") == {"tags_red": "tags", "tags_other": "tags", "tags_green": "tags"}
         assert _partitions(conn, "events") == {"events_h0": "events", "events_h1": "events", "events_h2": "events"}
+
+
+def test_a_table_referencing_a_partitioned_child_follows_it(db18: str) -> None:
+    """remarks reference notes (partitioned; its key has the partition key, ON UPDATE
+    CASCADE): they follow notes in turn. Written while the swap waits for its lock: a note
+    moved to another month (its remark follows the cascade), a remark re-pointed to a note
+    of a live order and one to a note of an old order, an old order moved on the cutoff
+    (its notes and their remarks go live), a note deleted (its remark with it). After the
+    swap every live remark references a live note, and every remark of a live note is
+    live; the swap back restores every remark."""
+    with connect(db18) as conn:
+        create_family(conn, 2000, partitioned=True)
+        conn.execute("CREATE TABLE remarks (id bigint PRIMARY KEY, note_id bigint NOT NULL, note_at date NOT NULL,"
+                     " FOREIGN KEY (note_id, note_at) REFERENCES notes ON DELETE CASCADE ON UPDATE CASCADE);"
+                     " CREATE INDEX ON remarks (note_id, note_at);"
+                     " INSERT INTO remarks SELECT id, id, at FROM notes")
+        old, recent = (conn.execute("SELECT n.id, n.at FROM notes n JOIN orders o ON o.id = n.order_id"
+                                    f" WHERE o.d {op} %s AND n.id > 100 ORDER BY n.id LIMIT 1", (CUTOFF,)).fetchone()
+                       for op in ("<", ">="))
+        assert old is not None and recent is not None
+    with Migration(db18, _spec(), progress=lambda p: None) as mig:
+        assert not mig.plan().blockers
+        mig.run("verified")
+    with swap_kept_waiting(db18, _spec(), "public.orders", validate=True) as conn:
+        conn.execute("UPDATE notes SET at = at + 40 WHERE id = %s", (recent[0],))  # to another month
+        conn.execute("INSERT INTO remarks VALUES (900001, %s, %s + 40)", recent)
+        conn.execute("UPDATE remarks SET note_id = %s, note_at = %s WHERE id = 14", old)  # to an old order's note
+        conn.execute("UPDATE orders SET d = %s WHERE id = 7", (CUTOFF + dt.timedelta(days=3),))  # note 7 goes live
+        conn.execute("DELETE FROM notes WHERE id = 21")
+    with connect(db18) as conn:
+        wrong = conn.execute("SELECT count(*) FROM remarks r WHERE NOT EXISTS (SELECT 1 FROM notes n"
+                             " WHERE n.id = r.note_id AND n.at = r.note_at)").fetchone()
+        assert wrong == (0,)
+        archive = conn.execute("SELECT archive_name FROM table_migration.migration_state").fetchone()
+        assert archive is not None
+        remarks_archive = "remarks" + str(archive[0])[len("orders"):]  # every remark (the mirror's)
+        missing = conn.execute(f"SELECT count(*) FROM {remarks_archive} r JOIN notes n ON n.id = r.note_id"
+                               " AND n.at = r.note_at WHERE NOT EXISTS (SELECT 1 FROM remarks x WHERE x.id = r.id)"
+                               ).fetchone()
+        assert missing == (0,)
+        live = {int(r[0]) for r in conn.execute("SELECT id FROM remarks WHERE id IN (7, 14, 21, 900001)"
+                                                " OR id = %s", (recent[0],)).fetchall()}
+        assert live == {7, 900001, recent[0]}, live
+    with Migration(db18, _spec(), progress=lambda p: None, lock_timeout="100ms", swap_max_attempts=40) as mig:
+        assert mig.rollback() == "swapped back"
+    with connect(db18) as conn:
+        assert conn.execute("SELECT count(*) FROM remarks WHERE id IN (7, 14, 900001)").fetchone() == (3,)
+        assert conn.execute("SELECT count(*) FROM remarks WHERE id = 21").fetchone() == (0,)

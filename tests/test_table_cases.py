@@ -7,7 +7,8 @@ functions' search_path), a cutoff without an offset in a database whose TimeZone
 America/New_York, a NOT VALID CHECK violated by kept rows, column names with "%" and with
 the trigger body's dollar-quote tag, a foreign key to the table itself, a rule on another
 table that inserts into the table, key columns named like the change log's id and like
-PL/pgSQL's own variables, timestamp(3), timestamptz(0) and a domain over date.
+PL/pgSQL's own variables, timestamp(3), timestamptz(0), a domain over date and a foreign key
+to a partitioned table.
 Refused before anything changes: a new table in another schema or in a missing one, a
 foreign key from a partitioned table (PostgreSQL < 18), a kept row referencing an archived
 one through a self-reference, a schema of the trigger path where anyone may create
@@ -141,6 +142,15 @@ def _check_insert(conn: psycopg.Connection[Any], t: str) -> None:
     assert conn.execute(f"SELECT count(*) FROM {_archive(conn, t)} WHERE id = 1000").fetchone() == (1,)
 
 
+def _check_ref_partitioned(conn: psycopg.Connection[Any], t: str) -> None:
+    """Its key to a partitioned table references rows of both partitions after the swap as
+    before (the catalog's per-partition entries of that key are PostgreSQL's own, not copied)."""
+    conn.execute(f"INSERT INTO {t} (id, d, k) VALUES (1000, '2024-12-01', 5), (1001, '2024-12-01', 250)")
+    keys = conn.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'f'"
+                        " AND conparentid = 0", (t,)).fetchone()
+    assert keys == (1,)
+
+
 @dataclass(frozen=True)
 class Case:
     name: str  # the table is public.<name>; the setup's {t} is its name
@@ -215,6 +225,15 @@ MIGRATED = [
         CREATE TABLE {{t}} (id bigint PRIMARY KEY, d timestamptz(0) NOT NULL);
         INSERT INTO {{t}} SELECT g, ({DAY})::timestamp AT TIME ZONE 'UTC' {ROWS};""",
          cutoff="2024-06-01 00:00:00+00", check=_check_insert),
+    Case("t_ref_partitioned", f"""
+        CREATE TABLE {{t}}_kind (k int PRIMARY KEY) PARTITION BY RANGE (k);
+        CREATE TABLE {{t}}_kind_1 PARTITION OF {{t}}_kind FOR VALUES FROM (0) TO (100);
+        CREATE TABLE {{t}}_kind_2 PARTITION OF {{t}}_kind FOR VALUES FROM (100) TO (300);
+        INSERT INTO {{t}}_kind SELECT g FROM generate_series(0, 299) g;
+        CREATE TABLE {{t}} (id bigint PRIMARY KEY, d date NOT NULL, k int REFERENCES {{t}}_kind);
+        -- the kept rows reference rows of both partitions
+        INSERT INTO {{t}} SELECT g, {DAY}, CASE WHEN g % 2 = 0 THEN g ELSE g % 100 END {ROWS};""",
+         check=_check_ref_partitioned),
     Case("t_domain", f"""
         CREATE DOMAIN {{t}}_day AS date CHECK (VALUE > date '2000-01-01');
         CREATE TABLE {{t}} (id bigint PRIMARY KEY, d {{t}}_day NOT NULL);

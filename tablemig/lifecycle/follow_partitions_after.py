@@ -58,7 +58,8 @@ def defaults_sql(pairs: Sequence[Sequence[str]], owner: str) -> list[sql.Composa
 
 
 def drop_empty_defaults(st: Statements, pairs: Sequence[Sequence[str]]) -> list[str]:
-    """Drop the DEFAULT partitions of `pairs` that exist and are empty, deepest first;
+    """Drop the DEFAULT partitions of `pairs` that exist and are empty, deepest first (by
+    their names, which neither prune nor the swap back changes, unlike their tables');
     returns those left because they hold rows."""
     left = []
     for _, default in reversed(pairs):
@@ -69,6 +70,14 @@ def drop_empty_defaults(st: Statements, pairs: Sequence[Sequence[str]]) -> list[
                    planned=[(False,)]).scalar():
             left.append(default)
             continue
+        # detached first: a foreign key referencing the partitioned table depends on each
+        # partition. Its table is read: the swap back renamed it back
+        parent = st.read("SELECT n.nspname, c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhparent"
+                         " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE i.inhrelid = %s::regclass",
+                         (str(d),)).fetchone()
+        if parent is not None:
+            st.run(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+                QualifiedName(str(parent[0]), str(parent[1])).ident(), d.ident()))
         st.run(sql.SQL("DROP TABLE {}").format(d.ident()))
     return left
 

@@ -315,16 +315,16 @@ SELECT
  (SELECT coalesce(json_agg(x ORDER BY x.conname), '[]') FROM (
     SELECT conname, contype, pg_get_constraintdef(oid) AS def, convalidated,
            obj_description(oid, 'pg_constraint') AS comment FROM pg_constraint
-     WHERE conrelid = %(oid)s AND contype IN ('c', 'f')) x) AS cons,
+     WHERE conrelid = %(oid)s AND contype IN ('c', 'f') AND conparentid = 0) x) AS cons,
  (SELECT coalesce(json_agg(x ORDER BY x.conname), '[]') FROM (
     SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint
      WHERE conrelid = %(oid)s AND contype = 'c') x) AS checks,
  (SELECT coalesce(json_agg(x ORDER BY x.conname), '[]') FROM (
     SELECT conname, pg_get_constraintdef(oid) AS def, convalidated FROM pg_constraint
-     WHERE conrelid = %(oid)s AND contype = 'f' AND confrelid <> conrelid) x) AS fk_out,
+     WHERE conrelid = %(oid)s AND contype = 'f' AND confrelid <> conrelid AND conparentid = 0) x) AS fk_out,
  (SELECT coalesce(json_agg(x ORDER BY x.conname), '[]') FROM (
     SELECT conname, pg_get_constraintdef(oid) AS def, convalidated FROM pg_constraint
-     WHERE conrelid = %(oid)s AND contype = 'f' AND confrelid = conrelid) x) AS fk_self,
+     WHERE conrelid = %(oid)s AND contype = 'f' AND confrelid = conrelid AND conparentid = 0) x) AS fk_self,
  (SELECT coalesce(json_agg(x ORDER BY x.nspname, x.relname, x.conname), '[]') FROM (
     SELECT con.conname, n.nspname, c.relname, pg_get_constraintdef(con.oid) AS def, con.convalidated
       FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
