@@ -78,11 +78,11 @@ SELECT 'publication of all tables', quote_ident(p.pubname), NULL FROM pg_publica
 UNION ALL
 SELECT 'foreign key in', quote_ident(c.conname) || ' on ' || rel.qname, NULL
   FROM pg_constraint c JOIN rel ON rel.oid = c.conrelid
- WHERE c.contype = 'f' AND c.confrelid = %(oid)s AND c.conrelid <> %(oid)s
+ WHERE c.contype = 'f' AND c.confrelid = %(oid)s AND c.conrelid <> %(oid)s AND c.conparentid = 0
 UNION ALL
 SELECT CASE WHEN c.confrelid = %(oid)s THEN 'foreign key to itself' ELSE 'foreign key out' END,
        quote_ident(c.conname), NULL
-  FROM pg_constraint c WHERE c.contype = 'f' AND c.conrelid = %(oid)s
+  FROM pg_constraint c WHERE c.contype = 'f' AND c.conrelid = %(oid)s AND c.conparentid = 0
 UNION ALL
 SELECT 'sequence', rel.qname, d.deptype::text
   FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' JOIN rel ON rel.oid = s.oid

@@ -131,7 +131,7 @@ SELECT c.conname, n.nspname, p.relname,
        array(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY k(attnum, ord)
                JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum ORDER BY k.ord)
   FROM pg_constraint c JOIN pg_class p ON p.oid = c.confrelid JOIN pg_namespace n ON n.oid = p.relnamespace
- WHERE c.conrelid = %s AND c.contype = 'f'
+ WHERE c.conrelid = %s AND c.contype = 'f' AND c.conparentid = 0
  ORDER BY c.conname
 """
 

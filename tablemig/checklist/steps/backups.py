@@ -88,7 +88,8 @@ def _unreadable_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
 def _foreign_keys(conn: psycopg.Connection[Any], table: QualifiedName) -> dict[str, str]:
     """The table's foreign keys: name -> referenced table (as SQL writes it)."""
     rows = conn.execute("SELECT conname, confrelid::regclass::text FROM pg_constraint"
-                        " WHERE conrelid = %s::regclass AND contype = 'f'", (str(table),)).fetchall()
+                        " WHERE conrelid = %s::regclass AND contype = 'f' AND conparentid = 0",
+                        (str(table),)).fetchall()
     return {r[0]: str(QualifiedName.parse(r[1])) for r in rows}
 
 
