@@ -31,7 +31,7 @@ from ..pg.partitions import Partition, attached_indexes, partition_names, partit
 from ..pg.sqltext import Fragment
 from ..pg.statements import Statements
 from .objects import GUARD_TRIGGER, new_name
-from .structure import drop_trigger_sql, grant_sql, truncate_guard_sql
+from .structure import drop_trigger_sql, grant_sql, storage_options_sql, truncate_guard_sql
 
 
 def archived(name: QualifiedName, original: QualifiedName, archive: QualifiedName) -> QualifiedName:
@@ -45,8 +45,7 @@ def archived(name: QualifiedName, original: QualifiedName, archive: QualifiedNam
 
 def _create_sql(p: Partition, parent_new: QualifiedName) -> list[sql.Composable]:
     target = new_name(p.name)
-    opts = sql.SQL(" WITH ({})").format(sql.SQL(", ").join(Fragment(o) for o in p.reloptions)) \
-        if p.reloptions else sql.SQL("")
+    opts = storage_options_sql(p.reloptions, f"partition {p.name}")
     sub = sql.SQL(" PARTITION BY {}").format(Fragment(p.partition_by)) if p.partition_by else sql.SQL("")
     stmts: list[sql.Composable] = [sql.SQL("CREATE TABLE {} PARTITION OF {} {}{}{}").format(
         target.ident(), parent_new.ident(), Fragment(p.bound), sub, opts),

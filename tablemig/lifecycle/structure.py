@@ -42,10 +42,16 @@ def _options(options: list[str] | tuple[str, ...], what: str) -> list[sql.Compos
     return parts
 
 
-def _reloptions(info: TableInfo) -> sql.Composable:
-    if not info.reloptions:
+def storage_options_sql(options: Sequence[str], what: str) -> sql.Composable:
+    """` WITH (name='value', ...)` for a table's storage options as the catalog has them
+    (`reloptions`), or nothing without any."""
+    if not options:
         return sql.SQL("")
-    return sql.SQL(" WITH ({})").format(sql.SQL(", ").join(_options(info.reloptions, str(info.name))))
+    return sql.SQL(" WITH ({})").format(sql.SQL(", ").join(_options(list(options), what)))
+
+
+def _reloptions(info: TableInfo) -> sql.Composable:
+    return storage_options_sql(info.reloptions, str(info.name))
 
 
 def _placement(info: TableInfo) -> tuple[sql.Composable, sql.Composable]:
