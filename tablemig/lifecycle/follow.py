@@ -55,7 +55,7 @@ from ..errors import TablemigError
 from ..pg.catalog import TableInfo, inspect_table
 from ..pg.locking import with_lock_retries
 from ..pg.names import QualifiedName
-from ..pg.partitions import Partition, partition_key, partition_tree
+from ..pg.partitions import Partition, partition_key, partition_names, partition_tree
 from ..pg.references import Reference, references
 from ..pg.sqltext import Fragment
 from ..pg.statements import Statements
@@ -413,7 +413,7 @@ def disarm(ex: Executor, followers: list[Follower], lock_options: dict[str, Any]
     rerun or a rollback drops what is left."""
     for f in followers:
         def body(_locked_at: float, f: Follower = f) -> dict[str, Any]:
-            for stmt in disarm_sql(f, follow_partitions.current(ex, f.child) if f.partitioned else ()):
+            for stmt in disarm_sql(f, partition_names(ex, f.child) if f.partitioned else ()):
                 ex.run(stmt)
             return {}
 

@@ -21,6 +21,7 @@ from psycopg import sql
 
 from ..pg.catalog import TableInfo, inspect_table
 from ..pg.names import QualifiedName
+from ..pg.partitions import partition_names
 from ..pg.statements import Statements
 from . import follow_partitions, follow_partitions_after
 from .exchange import exchange, exchange_back
@@ -85,7 +86,7 @@ def swap_back(ex: Executor, f: Followed) -> None:
     info = inspect_table(ex, f.child, partitioned=True)
     for trg in (MIRROR_TRIGGER, GUARD_TRIGGER, PRUNE_TRIGGER):
         ex.run(drop_trigger_sql(f.child, trg))
-    for stmt in follow_partitions.guard_drops_sql(follow_partitions.current(ex, f.child)):
+    for stmt in follow_partitions.guard_drops_sql(partition_names(ex, f.child)):
         ex.run(stmt)
     for fn in (f.mirror, f.prune):
         if fn is not None:
@@ -114,7 +115,7 @@ def finish_prune(ex: Executor, children: list[Followed]) -> None:
     for f in children:
         for trg in (PRUNE_TRIGGER, MIRROR_TRIGGER, GUARD_TRIGGER):
             ex.run(drop_trigger_sql(f.child, trg))
-        for stmt in follow_partitions.guard_drops_sql(follow_partitions.current(ex, f.child)):
+        for stmt in follow_partitions.guard_drops_sql(partition_names(ex, f.child)):
             ex.run(stmt)
         follow_partitions_after.drop_empty_defaults(ex, f.archive_defaults)  # prune emptied them
         for fn in f.functions():
@@ -135,7 +136,7 @@ def restore_mirror(ex: Executor, f: Followed, info: TableInfo) -> None:
         ex.run(stmt)
     ex.run(drop_trigger_sql(f.child, GUARD_TRIGGER))
     ex.run(truncate_guard_sql(f.child))
-    for stmt in follow_partitions.guards_sql(follow_partitions.current(ex, f.child)):
+    for stmt in follow_partitions.guards_sql(partition_names(ex, f.child)):
         ex.run(stmt)
 
 
@@ -153,7 +154,7 @@ def leftovers_sql(st: Statements, objects: Objects) -> tuple[list[QualifiedName]
         child = QualifiedName.parse(str(name))
         oid = int(st.read("SELECT %s::regclass::oid", (str(child),)).scalar())
         children.append(child)
-        stmts += [*follow_partitions.guard_drops_sql(follow_partitions.current(st, child)),
+        stmts += [*follow_partitions.guard_drops_sql(partition_names(st, child)),
                   drop_trigger_sql(objects.original, follow_watch_trigger(oid)),
                   drop_trigger_sql(child, FOLLOW_TRIGGER), drop_trigger_sql(child, GUARD_TRIGGER),
                   *(drop_function_sql(objects.follow_object(k, oid)) for k in ("watch", "capture")),

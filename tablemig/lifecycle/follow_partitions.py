@@ -43,8 +43,11 @@ def archived(name: QualifiedName, original: QualifiedName, archive: QualifiedNam
     return name.sibling(derived_name(name.name, suffix))
 
 
-def _create_sql(p: Partition, parent_new: QualifiedName) -> list[sql.Composable]:
+def _create_sql(p: Partition, child: QualifiedName, new: QualifiedName) -> list[sql.Composable]:
+    """`p`'s partition of the child's new table `new`, under the new table of the table `p`
+    belongs to."""
     target = new_name(p.name)
+    parent_new = new if p.parent == child else new_name(p.parent)
     opts = storage_options_sql(p.reloptions, f"partition {p.name}")
     sub = sql.SQL(" PARTITION BY {}").format(Fragment(p.partition_by)) if p.partition_by else sql.SQL("")
     stmts: list[sql.Composable] = [sql.SQL("CREATE TABLE {} PARTITION OF {} {}{}{}").format(
@@ -63,7 +66,7 @@ def create_sql(tree: Sequence[Partition], child: QualifiedName, new: QualifiedNa
     on each of the child's."""
     stmts: list[sql.Composable] = []
     for p in tree:
-        stmts += _create_sql(p, new if p.parent == child else new_name(p.parent))
+        stmts += _create_sql(p, child, new)
     return stmts + guards_sql([p.name for p in tree])
 
 
@@ -79,18 +82,13 @@ def guards_sql(partitions: Sequence[QualifiedName]) -> list[sql.Composable]:
     return [stmt for p in partitions for stmt in (drop_trigger_sql(p, GUARD_TRIGGER), truncate_guard_sql(p))]
 
 
-def current(st: Statements, child: QualifiedName) -> list[QualifiedName]:
-    """The names of the child's partitions now."""
-    return [p.name for p in partition_tree(st, child)]
-
-
 def sync(st: Statements, child: QualifiedName, new: QualifiedName) -> list[Partition]:
     """Before a replay batch and under the swap's lock: the new table's partitions created
     for the partitions added to the child since (empty: the rows they get are logged); a
     partition of the new table whose partition the child lost is an error. Returns the
     child's partitions."""
     tree = partition_tree(st, child)
-    have = partition_names(st, new, reads=(str(new),), planned=[new_name(p.name) for p in tree])
+    have = set(partition_names(st, new, reads=(str(new),), planned=[new_name(p.name) for p in tree]))
     lost = sorted(str(n) for n in have - {new_name(p.name) for p in tree})
     if lost:
         raise TablemigError(
@@ -99,7 +97,7 @@ def sync(st: Statements, child: QualifiedName, new: QualifiedName) -> list[Parti
             "rerun the swap step: it builds the new table again from the partitions there are then")
     for p in tree:
         if new_name(p.name) not in have:
-            for stmt in _create_sql(p, new if p.parent == child else new_name(p.parent)):
+            for stmt in _create_sql(p, child, new):
                 st.run(stmt)
     return tree
 

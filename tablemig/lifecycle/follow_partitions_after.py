@@ -25,7 +25,13 @@ from typing import Any
 from psycopg import sql
 
 from ..pg.names import QualifiedName, derived_name
-from ..pg.partitions import Partition, partition_tree
+from ..pg.partitions import (
+    Partition,
+    default_partition,
+    inherited_foreign_keys,
+    partition_parent,
+    partition_tree,
+)
 from ..pg.sqltext import Fragment
 from ..pg.statements import Statements
 from .follow_partitions import archived
@@ -71,27 +77,12 @@ def drop_empty_defaults(st: Statements, pairs: Sequence[Sequence[str]]) -> list[
             left.append(default)
             continue
         # detached first: a foreign key referencing the partitioned table depends on each
-        # partition. Its table is read: the swap back renamed it back
-        parent = st.read("SELECT n.nspname, c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhparent"
-                         " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE i.inhrelid = %s::regclass",
-                         (str(d),)).fetchone()
+        # partition (its table read now: the swap back renamed it back)
+        parent = partition_parent(st, d)
         if parent is not None:
-            st.run(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
-                QualifiedName(str(parent[0]), str(parent[1])).ident(), d.ident()))
+            st.run(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent.ident(), d.ident()))
         st.run(sql.SQL("DROP TABLE {}").format(d.ident()))
     return left
-
-
-def _default_of(st: Statements, table: QualifiedName) -> QualifiedName | None:
-    row = st.read("SELECT n.nspname, c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-                  " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE i.inhparent = %s::regclass"
-                  " AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'", (str(table),)).fetchone()
-    return QualifiedName(str(row[0]), str(row[1])) if row else None
-
-
-def _inherited_fks(st: Statements, table: QualifiedName) -> list[str]:
-    return [str(r[0]) for r in st.read("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass"
-                                       " AND contype = 'f' AND conparentid <> 0", (str(table),)).fetchall()]
 
 
 def adopt_sql(st: Statements, child: QualifiedName, archive: QualifiedName, key: Sequence[str],
@@ -105,12 +96,12 @@ def adopt_sql(st: Statements, child: QualifiedName, archive: QualifiedName, key:
         if str(p.name) in recorded or (p.parent != child and str(p.parent) not in recorded):
             continue
         target = archive if p.parent == child else recorded[str(p.parent)]
-        default = _default_of(st, target)
+        default = default_partition(st, target)
         if default is not None:  # the mirror's copies of its rows
             stmts.append(sql.SQL("DELETE FROM {} d USING {} x WHERE {}").format(
                 default.ident(), p.name.ident(), sql.SQL(" AND ").join(
                     sql.SQL("d.{0} = x.{0}").format(sql.Identifier(k)) for k in key)))
-        fks = _inherited_fks(st, p.name)
+        fks = inherited_foreign_keys(st, p.name)
         stmts.append(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(p.parent.ident(), p.name.ident()))
         stmts += [sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(p.name.ident(), sql.Identifier(fk))
                   for fk in fks]

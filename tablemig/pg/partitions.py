@@ -56,14 +56,14 @@ def partition_tree(st: Statements, table: QualifiedName) -> list[Partition]:
 
 
 def partition_names(st: Statements, table: QualifiedName, *, reads: tuple[str, ...] = (),
-                    planned: list[QualifiedName] | None = None) -> set[QualifiedName]:
-    """The names of the partitions below `table` (`reads`/`planned`: for a table a dry run
-    only records the creation of, tablemig.pg.statements)."""
+                    planned: list[QualifiedName] | None = None) -> list[QualifiedName]:
+    """The names of the partitions below `table`, in name order (`reads`/`planned`: for a
+    table a dry run only records the creation of, tablemig.pg.statements)."""
     rows = st.read("SELECT n.nspname, c.relname FROM pg_partition_tree(%s::regclass) t"
                    " JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace"
-                   " WHERE t.level > 0", (str(table),), reads=reads,
+                   " WHERE t.level > 0 ORDER BY 1, 2", (str(table),), reads=reads,
                    planned=[(p.schema, p.name) for p in planned or []]).fetchall()
-    return {QualifiedName(str(r[0]), str(r[1])) for r in rows}
+    return [QualifiedName(str(r[0]), str(r[1])) for r in rows]
 
 
 _OWN = """
@@ -105,3 +105,29 @@ def attached_indexes(st: Statements, partition: QualifiedName, *, reads: tuple[s
                    " JOIN pg_inherits h ON h.inhrelid = i.indexrelid JOIN pg_class pc ON pc.oid = h.inhparent"
                    " WHERE i.indrelid = %s::regclass", (str(partition),), reads=reads, planned=[]).fetchall()
     return {str(r[0]): str(r[1]) for r in rows}
+
+
+def _one_name(st: Statements, query: str, table: QualifiedName) -> QualifiedName | None:
+    row = st.read(query, (str(table),)).fetchone()
+    return QualifiedName(str(row[0]), str(row[1])) if row else None
+
+
+def default_partition(st: Statements, table: QualifiedName) -> QualifiedName | None:
+    """The DEFAULT partition of the partitioned `table`, if it has one."""
+    return _one_name(st, "SELECT n.nspname, c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                         " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE i.inhparent = %s::regclass"
+                         " AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'", table)
+
+
+def partition_parent(st: Statements, partition: QualifiedName) -> QualifiedName | None:
+    """The table `partition` is a partition of (None: it is none's, or does not exist)."""
+    return _one_name(st, "SELECT n.nspname, c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhparent"
+                         " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                         " WHERE i.inhrelid = to_regclass(%s)", partition)
+
+
+def inherited_foreign_keys(st: Statements, partition: QualifiedName) -> list[str]:
+    """The foreign keys `partition` has from the table it is a partition of (which become its
+    own when it is detached)."""
+    return [str(r[0]) for r in st.read("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass"
+                                       " AND contype = 'f' AND conparentid <> 0", (str(partition),)).fetchall()]
